@@ -1,0 +1,1 @@
+//! The overlayd CNI plugin.

@@ -1,0 +1,1 @@
+//! Dataplane: VXLAN encapsulation between the node's TUN device and its peers.

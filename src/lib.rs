@@ -1,0 +1,20 @@
+//! overlayd: a container overlay network.
+//!
+//! One daemon per host owns the node bridge and a TUN device. Pod packets that leave
+//! the node are read from the TUN, wrapped in VXLAN ([RFC 7348]) and sent to the peer
+//! that owns the destination subnet; VXLAN datagrams from peers are unwrapped and
+//! written back to the TUN.
+//!
+//! # Layout
+//! - [`dataplane`]: VXLAN wire views, the sans-IO encap/decap core and FIB, and the
+//!   tokio driver that owns the TUN and UDP socket.
+//! - [`control`]: gossip membership and per-node subnet leases.
+//! - [`config`]: the daemon's settings, parsed and checked.
+//! - [`node`]: `node.json`, the contract between the daemon and the CNI plugin.
+//!
+//! [RFC 7348]: https://www.rfc-editor.org/rfc/rfc7348
+#![warn(missing_docs)]
+
+pub mod control;
+pub mod dataplane;
+pub mod node;
