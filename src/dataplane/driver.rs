@@ -29,12 +29,14 @@ const MAX_PACKET: usize = 65_535;
 /// Socket buffer size asked of the kernel for the VXLAN socket.
 const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Creates the TUN device `name` (no packet-information header).
+/// Creates the TUN device `name` (no packet-information header), still down, so the
+/// caller can finish configuring it before the kernel sends anything through it.
 pub fn open_tun(name: &str, mtu: u32) -> Result<AsyncDevice, Error> {
     let mtu16 = u16::try_from(mtu).unwrap_or(u16::MAX);
     tun_rs::DeviceBuilder::new()
         .name(name)
         .mtu(mtu16)
+        .enable(false)
         .build_async()
         .map_err(|source| Error::Tun {
             name: name.to_string(),

@@ -1,8 +1,10 @@
 //! Dataplane counters: packets, bytes and drops by reason, each direction on its own
 //! cache line so the two packet tasks never share one.
 //!
-//! Counters are relaxed atomics: each is written by one task and read by `status` and
-//! the metrics endpoint, which need no ordering between them.
+//! Counters are relaxed atomics with exactly one writer each (the task of their
+//! direction), so an increment is a plain load and store, not a locked
+//! read-modify-write; `status` and metrics read them without ordering. A design with
+//! several workers per direction gives each worker its own counters.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -78,6 +80,12 @@ impl DropReason {
     }
 }
 
+/// Adds `n` to a counter that only the calling task writes.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
 /// Packets and bytes one way, padded to a cache line.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -90,8 +98,8 @@ impl Flow {
     /// Counts one packet of `bytes` bytes.
     #[inline]
     pub fn add(&self, bytes: usize) {
-        self.packets.fetch_add(1, Relaxed);
-        self.bytes.fetch_add(bytes as u64, Relaxed);
+        bump(&self.packets, 1);
+        bump(&self.bytes, bytes as u64);
     }
 
     /// (packets, bytes) so far.
@@ -113,7 +121,7 @@ impl DirectionStats {
     /// Counts one drop.
     #[inline]
     pub fn drop(&self, reason: DropReason) {
-        self.drops[reason.index()].fetch_add(1, Relaxed);
+        bump(&self.drops[reason.index()], 1);
     }
 
     /// Drops so far for `reason`.
