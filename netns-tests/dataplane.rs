@@ -339,19 +339,20 @@ fn d_restart_repairs_setup_and_keeps_vtep_mac() {
     assert_eq!(d.status_json().unwrap()["node"]["vtep_mac"], mac.as_str());
     assert!(d.terminate());
 
-    // A different subnet: the old gateway address and its route are removed.
+    // A different subnet: the old gateway address and its route are removed. Without
+    // --advertise-addr, the address of the default-route interface is used.
+    n1.ip(&["route", "add", "default", "via", "198.18.0.2"]);
     let d = Daemon::start_with(
         &n1,
         d.run_dir.clone(),
         d.state_dir.clone(),
         d.log.clone(),
         "n1",
-        &[
-            "--subnet",
-            "10.244.5.0/24",
-            "--advertise-addr",
-            "198.18.0.1",
-        ],
+        &["--subnet", "10.244.5.0/24"],
+    );
+    assert_eq!(
+        d.status_json().unwrap()["node"]["advertise_addr"],
+        "198.18.0.1"
     );
     let addrs = n1.ip(&["addr", "show", "ovl0"]);
     assert!(
