@@ -122,6 +122,14 @@ pub struct DaemonArgs {
     #[arg(long = "static-peer", env = "OVERLAYD_STATIC_PEERS", value_delimiter = ';',
           value_name = "SUBNET,ADDR[:PORT],MAC", value_parser = parse_static_peer)]
     pub static_peers: Vec<StaticPeer>,
+    /// Address for Prometheus `/metrics` and `/healthz`, or `off`.
+    #[arg(
+        long,
+        env = "OVERLAYD_METRICS_ADDR",
+        value_name = "ADDR|off",
+        default_value = "127.0.0.1:9469"
+    )]
+    pub metrics_addr: MetricsAddr,
     /// Log filter (tracing syntax); RUST_LOG overrides it.
     #[arg(
         long,
@@ -133,6 +141,28 @@ pub struct DaemonArgs {
     /// Log format.
     #[arg(long, env = "OVERLAYD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Where metrics are served, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// No metrics listener.
+    Off,
+    /// Listen on this address.
+    On(SocketAddr),
+}
+
+impl std::str::FromStr for MetricsAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MetricsAddr, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(MetricsAddr::Off);
+        }
+        s.parse()
+            .map(MetricsAddr::On)
+            .map_err(|_| format!("'{s}' is neither IP:PORT (e.g. 127.0.0.1:9469) nor 'off'"))
+    }
 }
 
 /// A peer given on the command line.

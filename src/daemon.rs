@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use ipnet::IpNet;
 
-use crate::config::{ConfigError, DaemonArgs};
+use crate::config::{ConfigError, DaemonArgs, MetricsAddr};
 use crate::dataplane::driver::{open_socket, open_tun, DataplaneDriver};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
 use crate::dataplane::netlink::{disable_ipv6, enable_forwarding, Netlink};
@@ -38,6 +38,17 @@ pub enum DaemonError {
     /// Device setup or forwarding failed.
     #[error(transparent)]
     Dataplane(#[from] crate::dataplane::Error),
+    /// A listener could not be bound.
+    #[error("{what} {addr}: cannot listen: {source}")]
+    Listen {
+        /// The flag that named the address.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A state or runtime file could not be read or written.
     #[error("{what} {path}: {source}")]
     File {
@@ -238,6 +249,21 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         started,
         dataplane: handle.clone(),
     });
+    let metrics_task = match args.metrics_addr {
+        MetricsAddr::Off => None,
+        MetricsAddr::On(addr) => {
+            let listener =
+                crate::metrics::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Listen {
+                        what: "--metrics-addr",
+                        addr,
+                        source,
+                    })?;
+            let registry = Arc::new(crate::metrics::registry(source.clone()));
+            Some(tokio::spawn(crate::metrics::serve(listener, registry)))
+        }
+    };
     let status_task = tokio::spawn(status::serve(listener, source));
 
     tracing::info!(
@@ -253,6 +279,9 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         r = driver.wait() => r.map_err(DaemonError::from),
     };
     status_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&socket_path);
     driver.shutdown().await;
     result
