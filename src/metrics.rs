@@ -38,11 +38,12 @@ impl std::fmt::Debug for Exporter {
     }
 }
 
-fn counter(
+/// Encodes one counter family: `samples` are (label set, value).
+fn counters(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: &[(&[(&str, &str)], u64)],
+    samples: &[(Vec<(&str, &str)>, u64)],
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, value) in samples {
@@ -57,141 +58,133 @@ impl Collector for Exporter {
         let stats = self.source.dataplane.stats();
         let dirs: [(&str, &DirectionStats); 2] = [("tx", &stats.tx), ("rx", &stats.rx)];
 
-        let mut packets = Vec::new();
-        let mut bytes = Vec::new();
-        for (dir, s) in &dirs {
-            let (p, b) = s.forwarded.get();
-            packets.push((dir, p));
-            bytes.push((dir, b));
-        }
-        let labels: Vec<[(&str, &str); 1]> =
-            dirs.iter().map(|(d, _)| [("direction", *d)]).collect();
-        counter(
+        let packets: Vec<_> = dirs
+            .iter()
+            .map(|(d, s)| (vec![("direction", *d)], s.forwarded.get().0))
+            .collect();
+        counters(
             &mut encoder,
             "overlayd_dataplane_packets",
             "Packets forwarded, by direction (tx: TUN to peers, rx: peers to TUN).",
-            &[
-                (&labels[0][..], packets[0].1),
-                (&labels[1][..], packets[1].1),
-            ],
+            &packets,
         )?;
-        counter(
+        let bytes: Vec<_> = dirs
+            .iter()
+            .map(|(d, s)| (vec![("direction", *d)], s.forwarded.get().1))
+            .collect();
+        counters(
             &mut encoder,
             "overlayd_dataplane_bytes",
             "Inner IP bytes forwarded, by direction.",
-            &[(&labels[0][..], bytes[0].1), (&labels[1][..], bytes[1].1)],
+            &bytes,
         )?;
-
-        let mut drops = encoder.encode_descriptor(
+        let drops: Vec<_> = dirs
+            .iter()
+            .flat_map(|(d, s)| {
+                DropReason::ALL
+                    .iter()
+                    .map(move |r| (vec![("direction", *d), ("reason", r.as_str())], s.drops(*r)))
+            })
+            .collect();
+        counters(
+            &mut encoder,
             "overlayd_dataplane_drops",
             "Packets dropped, by direction and reason.",
-            None,
-            MetricType::Counter,
+            &drops,
         )?;
-        for (dir, s) in &dirs {
-            for reason in DropReason::ALL {
-                let n = s.drops(reason);
-                let labels = [("direction", *dir), ("reason", reason.as_str())];
-                ConstCounter::new(n).encode(drops.encode_family(&labels)?)?;
-            }
-        }
-        drop(drops);
 
-        let mut batch = encoder.encode_descriptor(
-            "overlayd_dataplane_batch_size",
-            "Packets handled per wake-up of a dataplane task.",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (dir, s) in &dirs {
-            let (sum, count, cumulative) = s.batches();
-            let buckets: Vec<(f64, u64)> = BATCH_BUCKETS
-                .iter()
-                .zip(cumulative)
-                .map(|(b, c)| (*b as f64, c))
-                .chain(std::iter::once((f64::INFINITY, count)))
-                .collect();
-            let labels = [("direction", *dir)];
-            batch
-                .encode_family(&labels)?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+        {
+            let mut batch = encoder.encode_descriptor(
+                "overlayd_dataplane_batch_size",
+                "Packets handled per wake-up of a dataplane task.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (dir, s) in &dirs {
+                let (sum, count, cumulative) = s.batches();
+                let buckets: Vec<(f64, u64)> = BATCH_BUCKETS
+                    .iter()
+                    .zip(cumulative)
+                    .map(|(b, c)| (*b as f64, c))
+                    .chain(std::iter::once((f64::INFINITY, count)))
+                    .collect();
+                batch
+                    .encode_family(&[("direction", *dir)])?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                     sum as f64, count, &buckets, None,
                 )?;
+            }
         }
-        drop(batch);
 
-        let mut peer_packets = encoder.encode_descriptor(
+        let per_peer =
+            |f: fn(&crate::status::PeerReport) -> (u64, u64)| -> Vec<(Vec<(&str, &str)>, u64)> {
+                report
+                    .peers
+                    .iter()
+                    .flat_map(|p| {
+                        let (tx, rx) = f(p);
+                        [
+                            (vec![("peer", p.name.as_str()), ("direction", "tx")], tx),
+                            (vec![("peer", p.name.as_str()), ("direction", "rx")], rx),
+                        ]
+                    })
+                    .collect()
+            };
+        counters(
+            &mut encoder,
             "overlayd_peer_packets",
             "Packets exchanged with each peer.",
-            None,
-            MetricType::Counter,
+            &per_peer(|p| (p.tx_packets, p.rx_packets)),
         )?;
-        for p in &report.peers {
-            ConstCounter::new(p.tx_packets).encode(
-                peer_packets.encode_family(&[("peer", p.name.as_str()), ("direction", "tx")])?,
-            )?;
-            ConstCounter::new(p.rx_packets).encode(
-                peer_packets.encode_family(&[("peer", p.name.as_str()), ("direction", "rx")])?,
-            )?;
-        }
-        drop(peer_packets);
-        let mut peer_bytes = encoder.encode_descriptor(
+        counters(
+            &mut encoder,
             "overlayd_peer_bytes",
             "Inner bytes exchanged with each peer.",
-            None,
-            MetricType::Counter,
+            &per_peer(|p| (p.tx_bytes, p.rx_bytes)),
         )?;
-        for p in &report.peers {
-            ConstCounter::new(p.tx_bytes).encode(
-                peer_bytes.encode_family(&[("peer", p.name.as_str()), ("direction", "tx")])?,
-            )?;
-            ConstCounter::new(p.rx_bytes).encode(
-                peer_bytes.encode_family(&[("peer", p.name.as_str()), ("direction", "rx")])?,
-            )?;
-        }
-        drop(peer_bytes);
 
-        let mut peers = encoder.encode_descriptor(
-            "overlayd_peers",
-            "Peers in the forwarding table, by state.",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (state, name) in [
-            (PeerState::Alive, "alive"),
-            (PeerState::Suspect, "suspect"),
-            (PeerState::Dead, "dead"),
-        ] {
-            let n = report.peers.iter().filter(|p| p.state == state).count() as i64;
-            ConstGauge::new(n).encode(peers.encode_family(&[("state", name)])?)?;
+        {
+            let mut peers = encoder.encode_descriptor(
+                "overlayd_peers",
+                "Peers in the forwarding table, by state.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, name) in [
+                (PeerState::Alive, "alive"),
+                (PeerState::Suspect, "suspect"),
+                (PeerState::Dead, "dead"),
+            ] {
+                let n = report.peers.iter().filter(|p| p.state == state).count() as i64;
+                ConstGauge::new(n).encode(peers.encode_family(&[("state", name)])?)?;
+            }
         }
-        drop(peers);
 
         let node = &report.node;
-        let mut info = encoder.encode_descriptor(
-            "overlayd_node",
-            "This node: name, subnet, VTEP MAC and underlay address.",
-            None,
-            MetricType::Info,
-        )?;
-        let subnet = node.subnet.to_string();
-        let mac = node.vtep_mac.to_string();
-        let addr = node.advertise_addr.to_string();
-        info.encode_info(&[
-            ("node", node.name.as_str()),
-            ("subnet", subnet.as_str()),
-            ("vtep_mac", mac.as_str()),
-            ("advertise_addr", addr.as_str()),
-        ])?;
-        drop(info);
+        {
+            let mut info = encoder.encode_descriptor(
+                "overlayd_node",
+                "This node: name, subnet, VTEP MAC and underlay address.",
+                None,
+                MetricType::Info,
+            )?;
+            let subnet = node.subnet.to_string();
+            let mac = node.vtep_mac.to_string();
+            let addr = node.advertise_addr.to_string();
+            info.encode_info(&[
+                ("node", node.name.as_str()),
+                ("subnet", subnet.as_str()),
+                ("vtep_mac", mac.as_str()),
+                ("advertise_addr", addr.as_str()),
+            ])?;
+        }
         let uptime = encoder.encode_descriptor(
             "overlayd_uptime_seconds",
             "Seconds since the daemon started.",
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(node.uptime_secs as i64).encode(uptime)?;
-        Ok(())
+        ConstGauge::new(node.uptime_secs as i64).encode(uptime)
     }
 }
 
