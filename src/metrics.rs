@@ -168,7 +168,7 @@ impl Collector for Exporter {
                 None,
                 MetricType::Info,
             )?;
-            let subnet = node.subnet.to_string();
+            let subnet = node.subnet.map(|s| s.to_string()).unwrap_or_default();
             let mac = node.vtep_mac.to_string();
             let addr = node.advertise_addr.to_string();
             info.encode_info(&[
@@ -215,6 +215,7 @@ fn response(status: StatusCode, content_type: &str, body: String) -> Response<Fu
 async fn handle(
     req: Request<Incoming>,
     registry: Arc<Registry>,
+    source: Arc<StatusSource>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     const TEXT: &str = "text/plain; charset=utf-8";
     Ok(match (req.method(), req.uri().path()) {
@@ -223,8 +224,16 @@ async fn handle(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             render(&registry),
         ),
-        // The daemon serves this only once the node is up with a subnet.
-        (&Method::GET, "/healthz") => response(StatusCode::OK, TEXT, "ok\n".into()),
+        // Ready once the dataplane runs (it does while this server does) and the
+        // node has a subnet for its pods.
+        (&Method::GET, "/healthz") => match source.node.borrow().subnet {
+            Some(subnet) => response(StatusCode::OK, TEXT, format!("ok: subnet {subnet}\n")),
+            None => response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                "not ready: no subnet yet\n".into(),
+            ),
+        },
         (&Method::GET, _) => response(
             StatusCode::NOT_FOUND,
             TEXT,
@@ -239,15 +248,17 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `/metrics` and `/healthz` until the task is dropped.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+/// Serves `/metrics` and `/healthz` for `source` until the task is dropped.
+pub async fn serve(listener: TcpListener, source: Arc<StatusSource>) {
+    let registry = Arc::new(registry(source.clone()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let registry = registry.clone();
+        let source = source.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, registry.clone()));
+            let service = service_fn(move |req| handle(req, registry.clone(), source.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
