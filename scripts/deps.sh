@@ -9,6 +9,7 @@ OVERLAYD_APT_PACKAGES=(
   iperf3              # throughput beside kernel vxlan
   procps              # sysctl
   kmod                # modprobe for the kernel vxlan reference
+  systemd             # systemd-analyze verify of config/overlayd.service
 )
 
 install_deps() {
