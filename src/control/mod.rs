@@ -1,2 +1,527 @@
 //! Control plane: gossip membership and per-node subnet leases (sans-IO cores plus
 //! one tokio driver).
+//!
+//! # Layout
+//! - [`message`]: datagram framing (magic, version, reserved auth field) and the
+//!   lease protocol codec.
+//! - [`membership`]: SWIM membership on [foca]; each node's identity carries what the
+//!   FIB needs (underlay address, VNI, VTEP MAC, lease).
+//! - [`lease`]: the subnet lease state machine; its safety argument is in
+//!   `docs/leases.md`.
+//! - [`Node`]: both cores behind one `handle_*`/`poll_*` interface, fed with datagrams
+//!   and `now`.
+//! - [`transport`] and [`driver`]: the only files here that touch sockets and clocks.
+//! - [`sim`]: a deterministic many-node simulator over [`Node`].
+//!
+//! Left out: authentication of gossip (a later issue adds an HMAC in the frame's auth
+//! field) and the FIB itself, which the dataplane builds from [`PeerInfo`].
+
+pub mod driver;
+pub mod lease;
+pub mod membership;
+pub mod message;
+pub mod sim;
+pub mod transport;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+pub use lease::{Lease, LeaseConfig, LeaseEvent, LeaseState};
+pub use membership::{Membership, MembershipConfig, MembershipEvent, NodeMeta, PeerState};
+pub use message::{LeaseDatagram, LeaseMsg, WireError};
+
+/// Errors of the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A peer runs with different cluster parameters; we refuse to join it.
+    #[error("refusing to join: peer {peer} has a different configuration ({reason})")]
+    ClusterMismatch {
+        /// The peer's name.
+        peer: String,
+        /// What differs.
+        reason: String,
+    },
+    /// The cluster CIDR cannot be split into subnets of the requested length.
+    #[error("cannot split cluster CIDR {cidr} into /{subnet_len} subnets")]
+    BadSubnetLen {
+        /// The cluster CIDR.
+        cidr: IpNet,
+        /// The requested subnet length.
+        subnet_len: u8,
+    },
+    /// `reclaim_after` is too short for the fence bound.
+    #[error(
+        "reclaim-after {reclaim_after:?} must be at least twice the fence bound {fence_after:?}"
+    )]
+    BadTimers {
+        /// The reclaim bound.
+        reclaim_after: Duration,
+        /// The fence bound.
+        fence_after: Duration,
+    },
+    /// Reading or writing the lease state file failed.
+    #[error("lease state file {path}: {source}")]
+    State {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The lease state file does not parse.
+    #[error("lease state file {path} is corrupt: {source}")]
+    StateCorrupt {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// The gossip socket failed.
+    #[error("gossip socket on {addr}: {source}")]
+    Socket {
+        /// The socket's address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The control driver has stopped.
+    #[error("control driver stopped")]
+    Stopped,
+}
+
+/// Number of `/subnet_len` subnets in `cidr`, capped at 2^20.
+pub fn subnet_count(cidr: IpNet, subnet_len: u8) -> Result<u32, Error> {
+    let bits = cidr.max_prefix_len();
+    if subnet_len < cidr.prefix_len() || subnet_len > bits {
+        return Err(Error::BadSubnetLen { cidr, subnet_len });
+    }
+    let shift = u32::from(subnet_len - cidr.prefix_len());
+    Ok(1u32 << shift.min(20))
+}
+
+/// The `idx`-th `/subnet_len` subnet of `cidr`.
+pub fn subnet_of(cidr: IpNet, subnet_len: u8, idx: u32) -> Option<IpNet> {
+    let host_bits = u32::from(cidr.max_prefix_len().checked_sub(subnet_len)?);
+    match cidr.trunc() {
+        IpNet::V4(n) => {
+            let off = u32::checked_shl(idx, host_bits).filter(|_| host_bits < 32)?;
+            let base = u32::from(n.network()).checked_add(off)?;
+            Ipv4Net::new(Ipv4Addr::from(base), subnet_len)
+                .ok()
+                .map(IpNet::V4)
+        }
+        IpNet::V6(n) => {
+            let off = u128::checked_shl(u128::from(idx), host_bits).filter(|_| host_bits < 128)?;
+            let base = u128::from(n.network()).checked_add(off)?;
+            Ipv6Net::new(Ipv6Addr::from(base), subnet_len)
+                .ok()
+                .map(IpNet::V6)
+        }
+    }
+}
+
+/// A peer as the FIB sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerInfo {
+    /// Node name.
+    pub name: String,
+    /// The pod subnet it uses.
+    pub subnet: IpNet,
+    /// Its VXLAN endpoint: advertise address and VXLAN port.
+    pub underlay: SocketAddr,
+    /// Its VTEP MAC address.
+    pub vtep_mac: [u8; 6],
+    /// Its VNI.
+    pub vni: u32,
+    /// Liveness: route when `Alive`/`Suspect`, drop and count when `Dead`.
+    pub state: PeerState,
+}
+
+/// What `overlayd status` shows about the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// Our node name.
+    pub name: String,
+    /// The subnet we use now.
+    pub lease: Option<IpNet>,
+    /// Whether we hold a lease we may not use (cut off from our witnesses).
+    pub fenced: bool,
+    /// Whether the last request for a subnet found no free space.
+    pub exhausted: bool,
+    /// Our current witnesses.
+    pub witnesses: Vec<String>,
+    /// Peers with a subnet.
+    pub peers: Vec<PeerInfo>,
+    /// Gossip datagrams dropped as malformed, oversized or mismatched.
+    pub dropped: u64,
+}
+
+/// An event for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The lease state machine reported something.
+    Lease(LeaseEvent),
+    /// The set of peers or their state changed: re-read [`Node::peers`].
+    PeersChanged,
+    /// A peer refused us for a configuration mismatch: we must not join.
+    Refused {
+        /// The peer.
+        peer: String,
+        /// What differs, from its point of view.
+        reason: String,
+    },
+    /// We refused a peer for a configuration mismatch.
+    RefusedPeer {
+        /// The peer.
+        peer: String,
+        /// What differs.
+        reason: String,
+    },
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub to: SocketAddr,
+    /// Framed datagram.
+    pub data: Vec<u8>,
+}
+
+/// Settings of one control-plane node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// What we publish (the lease fields are filled in by the lease machine).
+    pub meta: NodeMeta,
+    /// Seed gossip addresses (`--peers`).
+    pub seeds: Vec<SocketAddr>,
+    /// Whether we create the cluster's space if we start without state.
+    pub founder: bool,
+    /// Membership settings.
+    pub membership: MembershipConfig,
+    /// Lease timing (`reclaim_after`, fence bound, beat interval, witness count).
+    pub lease: LeaseConfig,
+}
+
+/// FNV-1a of the cluster parameters; lease datagrams from other clusters are dropped.
+pub fn cluster_fingerprint(cidr: IpNet, subnet_len: u8, vni: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let s = format!("{cidr}/{subnet_len}/{vni}");
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// One node's control plane: membership and leases behind one sans-IO interface.
+#[derive(Debug)]
+pub struct Node {
+    membership: Membership,
+    lease: Lease,
+    fingerprint: u64,
+    seeds: Vec<SocketAddr>,
+    next_join: Instant,
+    out: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    dropped: u64,
+    names: HashMap<String, SocketAddr>,
+    peers_dirty: bool,
+}
+
+impl Node {
+    /// Creates a node from its settings and persisted lease state.
+    pub fn new(
+        cfg: NodeConfig,
+        persisted: Option<LeaseState>,
+        now: Instant,
+    ) -> Result<Self, Error> {
+        let count = subnet_count(cfg.meta.cluster_cidr, cfg.meta.subnet_len)?;
+        if cfg.lease.fence_after * 2 > cfg.lease.reclaim_after {
+            return Err(Error::BadTimers {
+                reclaim_after: cfg.lease.reclaim_after,
+                fence_after: cfg.lease.fence_after,
+            });
+        }
+        let mut lc = cfg.lease.clone();
+        lc.name = cfg.meta.name.clone();
+        lc.subnet_count = count;
+        lc.founder = cfg.founder;
+        let lease = Lease::new(lc, persisted, now);
+        let mut meta = cfg.meta.clone();
+        // A restarted node must out-bump the identities it published before.
+        meta.bump = (lease.state().boot as u16).wrapping_mul(1024);
+        meta.lease = lease.published(now);
+        meta.has_free = lease.has_free();
+        let fingerprint = cluster_fingerprint(meta.cluster_cidr, meta.subnet_len, meta.vni);
+        let membership = Membership::new(meta, &cfg.membership);
+        Ok(Node {
+            membership,
+            lease,
+            fingerprint,
+            seeds: cfg.seeds,
+            next_join: now,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            dropped: 0,
+            names: HashMap::new(),
+            peers_dirty: true,
+        })
+    }
+
+    /// Our name.
+    pub fn name(&self) -> &str {
+        &self.membership.me().name
+    }
+
+    /// Handles one datagram received on the gossip socket.
+    pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        match message::parse_frame(data) {
+            Ok((message::Kind::Membership, body)) => {
+                let before = self.membership.dropped;
+                self.membership.handle_datagram(body, now);
+                if self.membership.dropped != before {
+                    self.dropped += 1;
+                }
+            }
+            Ok((message::Kind::Lease, body)) => match LeaseDatagram::parse(body) {
+                Ok(d) => self.handle_lease(from, d, now),
+                Err(_) => self.dropped += 1,
+            },
+            Err(_) => self.dropped += 1,
+        }
+        self.after(now);
+    }
+
+    fn handle_lease(&mut self, from: SocketAddr, d: LeaseDatagram, now: Instant) {
+        if let LeaseMsg::Refuse { reason } = d.msg {
+            self.events.push_back(Event::Refused {
+                peer: d.from,
+                reason,
+            });
+            return;
+        }
+        if d.cluster != self.fingerprint {
+            self.dropped += 1;
+            return;
+        }
+        self.names.entry(d.from.clone()).or_insert(from);
+        self.lease.handle_message(&d.from, d.msg, now);
+    }
+
+    /// Runs timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_join && !self.seeds.is_empty() {
+            self.next_join = now + Duration::from_secs(2);
+            if self.membership.live_names().next().is_none() {
+                for s in self.seeds.clone() {
+                    if s != self.membership.me().gossip {
+                        self.membership.join(s, now);
+                    }
+                }
+            }
+        }
+        self.membership.handle_timeout(now);
+        if now >= self.lease.poll_timeout() {
+            self.sync_peers_to_lease();
+            self.lease.handle_timeout(now);
+        }
+        self.after(now);
+    }
+
+    fn sync_peers_to_lease(&mut self) {
+        let mut live = Vec::new();
+        let mut free = Vec::new();
+        for n in self.membership.live_names() {
+            live.push(n.to_owned());
+            if let Some((m, _)) = self.membership.peer(n) {
+                if m.has_free {
+                    free.push(n.to_owned());
+                }
+            }
+        }
+        self.lease.set_peers(live, free);
+    }
+
+    /// Collects outputs of both machines after an input.
+    fn after(&mut self, now: Instant) {
+        while let Some(ev) = self.membership.poll_event() {
+            match ev {
+                MembershipEvent::Up(m) => {
+                    self.names.insert(m.name.clone(), m.gossip);
+                    self.peers_dirty = true;
+                }
+                MembershipEvent::Down(_) => self.peers_dirty = true,
+                MembershipEvent::Mismatch { peer, addr, reason } => {
+                    self.send_lease(
+                        addr,
+                        LeaseMsg::Refuse {
+                            reason: reason.clone(),
+                        },
+                    );
+                    self.events.push_back(Event::RefusedPeer { peer, reason });
+                }
+            }
+        }
+        while let Some(ev) = self.lease.poll_event() {
+            self.events.push_back(Event::Lease(ev));
+        }
+        let lease = self.lease.published(now);
+        let free = self.lease.has_free();
+        self.membership.set_meta(lease, free, now);
+        while let Some((to, msg)) = self.lease.poll_transmit() {
+            // Messages to names we have no address for yet are lost, like a datagram.
+            if let Some(addr) = self.names.get(&to).copied() {
+                self.send_lease(addr, msg);
+            }
+        }
+        if self.peers_dirty {
+            self.peers_dirty = false;
+            self.events.push_back(Event::PeersChanged);
+        }
+    }
+
+    fn send_lease(&mut self, to: SocketAddr, msg: LeaseMsg) {
+        let d = LeaseDatagram {
+            from: self.membership.me().name.clone(),
+            cluster: self.fingerprint,
+            msg,
+        };
+        let mut data = Vec::with_capacity(64);
+        d.emit(&mut data);
+        self.out.push_back(Transmit { to, data });
+    }
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some(t) = self.out.pop_front() {
+            return Some(t);
+        }
+        let (to, data) = self.membership.poll_transmit(now)?;
+        Some(Transmit { to, data })
+    }
+
+    /// Next instant [`Node::handle_timeout`] must run.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.lease.poll_timeout();
+        if let Some(m) = self.membership.poll_timeout() {
+            t = t.min(m);
+        }
+        if !self.seeds.is_empty() {
+            t = t.min(self.next_join);
+        }
+        t
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The subnet index this node may use at `now`.
+    pub fn using(&self, now: Instant) -> Option<u32> {
+        self.lease.using(now)
+    }
+
+    /// The subnet this node may use at `now`.
+    pub fn using_subnet(&self, now: Instant) -> Option<IpNet> {
+        let me = self.membership.me();
+        subnet_of(me.cluster_cidr, me.subnet_len, self.lease.using(now)?)
+    }
+
+    /// The lease machine (for persistence and inspection).
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Returns true once after each change of the lease state that must be persisted.
+    pub fn take_lease_dirty(&mut self) -> bool {
+        self.lease.take_dirty()
+    }
+
+    /// The membership machine.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Datagrams dropped as malformed, oversized or from another cluster.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Peers with a subnet, for the FIB. When two peers publish the same subnet (a
+    /// stale identity and its successor), the higher ownership version wins.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let me = self.membership.me();
+        let mut by_subnet: BTreeMap<u32, (u64, PeerInfo)> = BTreeMap::new();
+        for (m, state) in self.membership.peers() {
+            let Some((idx, ver)) = m.lease else { continue };
+            let Some(subnet) = subnet_of(me.cluster_cidr, me.subnet_len, idx) else {
+                continue;
+            };
+            let info = PeerInfo {
+                name: m.name.clone(),
+                subnet,
+                underlay: SocketAddr::new(m.gossip.ip(), m.vxlan_port),
+                vtep_mac: m.vtep_mac,
+                vni: m.vni,
+                state,
+            };
+            let replace = by_subnet
+                .get(&idx)
+                .is_none_or(|(v, old)| ver > *v || (ver == *v && old.state == PeerState::Dead));
+            if replace {
+                by_subnet.insert(idx, (ver, info));
+            }
+        }
+        by_subnet.into_values().map(|(_, p)| p).collect()
+    }
+
+    /// The status snapshot.
+    pub fn status(&self, now: Instant) -> Status {
+        let me = self.membership.me();
+        Status {
+            name: me.name.clone(),
+            lease: self.using_subnet(now),
+            fenced: self.lease.state().lease.is_some() && self.lease.using(now).is_none(),
+            exhausted: self.lease.exhausted(),
+            witnesses: self
+                .lease
+                .state()
+                .view
+                .configs
+                .last()
+                .map(|c| c.members.clone())
+                .unwrap_or_default(),
+            peers: self.peers(),
+            dropped: self.dropped,
+        }
+    }
+
+    /// Leaves on purpose: releases our space to a witness and tells the cluster.
+    pub fn leave(&mut self, now: Instant) {
+        self.lease.leave(now);
+        self.after(now);
+    }
+
+    /// Whether a leave has finished handing over our space.
+    pub fn leave_done(&self) -> bool {
+        self.lease.leave_done()
+    }
+
+    /// Announces our departure to the membership (after [`Node::leave_done`]).
+    pub fn leave_membership(&mut self, now: Instant) {
+        self.membership.leave(now);
+    }
+
+    /// `rmpeer NAME`: takes over `name`'s space now. Safe only if `name` is really
+    /// gone; if it is alive behind a partition, both nodes use the same subnet.
+    pub fn force_reclaim(&mut self, name: &str, now: Instant) -> Vec<u32> {
+        let published = self.membership.peer(name).and_then(|(m, _)| m.lease);
+        let taken = self.lease.force_reclaim(name, published);
+        self.after(now);
+        taken
+    }
+}

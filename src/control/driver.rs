@@ -1,0 +1,580 @@
+//! The tokio task that owns the gossip socket, the clock and the lease state file,
+//! and drives a [`Node`]. It makes no protocol decisions.
+//!
+//! The daemon calls [`ControlDriver::spawn`] and keeps the [`ControlHandle`]: its
+//! [`ControlHandle::peers`] watch feeds the FIB, [`ControlHandle::lease`] tells the
+//! daemon which subnet it may use, and [`ControlHandle::status`],
+//! [`ControlHandle::leave`] and [`ControlHandle::rmpeer`] back the CLI commands.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::message::MAX_DATAGRAM;
+use super::transport::{Transport, UdpTransport};
+use super::{
+    Error, Event, LeaseConfig, LeaseEvent, LeaseState, MembershipConfig, Node, NodeConfig,
+    NodeMeta, PeerInfo, Status,
+};
+
+/// Default gossip port (`--gossip-port`).
+pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
+/// File name of the persisted lease state inside `--state-dir`.
+pub const STATE_FILE: &str = "lease.json";
+
+/// Settings of the control plane, from the daemon's flags.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Node name (`--node-name`).
+    pub name: String,
+    /// Address peers reach us on, for gossip and VXLAN.
+    pub advertise_addr: IpAddr,
+    /// Our VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// Our VTEP MAC address.
+    pub vtep_mac: [u8; 6],
+    /// `--cluster-cidr`.
+    pub cluster_cidr: IpNet,
+    /// `--subnet-len` (default 24).
+    pub subnet_len: u8,
+    /// `--peers`, resolved (see [`parse_peers`]).
+    pub seeds: Vec<SocketAddr>,
+    /// `--gossip-port` (default 7946; 0 picks a free port, for tests).
+    pub gossip_port: u16,
+    /// `--state-dir`: where the lease state is persisted.
+    pub state_dir: PathBuf,
+    /// `--reclaim-after` (default 24 h). The fence bound is half of it.
+    pub reclaim_after: Duration,
+    /// `--leave-on-exit`: release our subnet when the shutdown future resolves.
+    pub leave_on_exit: bool,
+    /// Membership timing (200 ms gossip, 1 s probes by default).
+    pub membership: MembershipConfig,
+}
+
+impl ControlConfig {
+    /// Whether this node creates the cluster's address space when it has no state:
+    /// when `--peers` is empty or its first entry is this node. Every other node
+    /// waits until it reaches a cluster.
+    pub fn is_founder(&self, local: SocketAddr) -> bool {
+        match self.seeds.first() {
+            None => true,
+            Some(s) => *s == local || (s.ip() == self.advertise_addr && s.port() == local.port()),
+        }
+    }
+}
+
+/// Resolves `--peers HOST[:PORT][,…]`; the port defaults to `default_port`.
+pub fn parse_peers(list: &str, default_port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let with_port = if item.parse::<SocketAddr>().is_ok() {
+            item.to_owned()
+        } else if item.parse::<IpAddr>().is_ok() {
+            SocketAddr::new(item.parse().map_err(std::io::Error::other)?, default_port).to_string()
+        } else if item
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            item.to_owned()
+        } else {
+            format!("{item}:{default_port}")
+        };
+        out.extend(with_port.to_socket_addrs()?.take(1));
+    }
+    Ok(out)
+}
+
+/// What the daemon needs to know about its own subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LeaseStatus {
+    /// The subnet we may use now (`None`: not yet, lost, or fenced).
+    pub subnet: Option<IpNet>,
+    /// No free space is known; the node keeps asking.
+    pub exhausted: bool,
+}
+
+enum Command {
+    Status(oneshot::Sender<Status>),
+    Leave(oneshot::Sender<()>),
+    Rmpeer(String, oneshot::Sender<Vec<IpNet>>),
+}
+
+/// The cloneable front end of the control driver.
+#[derive(Debug, Clone)]
+pub struct ControlHandle {
+    tx: mpsc::Sender<Command>,
+    peers: watch::Receiver<Vec<PeerInfo>>,
+    lease: watch::Receiver<LeaseStatus>,
+    local: SocketAddr,
+}
+
+impl ControlHandle {
+    /// Peers with a subnet, for the FIB. Changes when a peer appears, changes its
+    /// subnet, is declared dead or comes back.
+    pub fn peers(&self) -> watch::Receiver<Vec<PeerInfo>> {
+        self.peers.clone()
+    }
+
+    /// Our own subnet.
+    pub fn lease(&self) -> watch::Receiver<LeaseStatus> {
+        self.lease.clone()
+    }
+
+    /// The gossip socket's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A snapshot for `overlayd status`.
+    pub async fn status(&self) -> Result<Status, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Status(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// `overlayd leave`: releases our subnet to a witness, leaves the cluster and
+    /// stops the driver. Resolves when done.
+    pub async fn leave(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Leave(tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// `overlayd rmpeer NAME`: takes over NAME's subnets now, without waiting for
+    /// `--reclaim-after`. If NAME is alive behind a partition, two nodes then use the
+    /// same subnet until the partition heals; only use it for nodes known to be gone.
+    pub async fn rmpeer(&self, name: &str) -> Result<Vec<IpNet>, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Rmpeer(name.to_owned(), tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+}
+
+/// The control plane's tokio task.
+#[derive(Debug)]
+pub struct ControlDriver;
+
+impl ControlDriver {
+    /// Binds the gossip socket on `0.0.0.0:gossip_port` and spawns the driver. The
+    /// task ends when `shutdown` resolves (after releasing our subnet if
+    /// `leave_on_exit`), after [`ControlHandle::leave`], or on a fatal error such as
+    /// a cluster mismatch.
+    pub async fn spawn(
+        cfg: ControlConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(ControlHandle, JoinHandle<Result<(), Error>>), Error> {
+        let bind = SocketAddr::new(
+            if cfg.advertise_addr.is_ipv6() {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            },
+            cfg.gossip_port,
+        );
+        let t = UdpTransport::bind(bind)
+            .await
+            .map_err(|source| Error::Socket { addr: bind, source })?;
+        Self::spawn_with(cfg, t, shutdown)
+    }
+
+    /// Spawns the driver on any [`Transport`] (tests use the in-memory one).
+    pub fn spawn_with<T: Transport>(
+        cfg: ControlConfig,
+        transport: T,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(ControlHandle, JoinHandle<Result<(), Error>>), Error> {
+        let local = SocketAddr::new(cfg.advertise_addr, transport.local_addr().port());
+        let state_path = cfg.state_dir.join(STATE_FILE);
+        let persisted = load_state(&state_path)?;
+        let node_cfg = NodeConfig {
+            meta: NodeMeta {
+                name: cfg.name.clone(),
+                gossip: local,
+                vxlan_port: cfg.vxlan_port,
+                vni: cfg.vni,
+                vtep_mac: cfg.vtep_mac,
+                cluster_cidr: cfg.cluster_cidr,
+                subnet_len: cfg.subnet_len,
+                lease: None,
+                has_free: false,
+                bump: 0,
+            },
+            seeds: cfg.seeds.iter().copied().filter(|s| *s != local).collect(),
+            founder: cfg.is_founder(local),
+            membership: cfg.membership.clone(),
+            lease: LeaseConfig::new(cfg.name.clone(), 0, false)
+                .with_reclaim_after(cfg.reclaim_after),
+        };
+        let node = Node::new(node_cfg, persisted, Instant::now().into_std())?;
+        let (tx, rx) = mpsc::channel(16);
+        let (peers_tx, peers) = watch::channel(Vec::new());
+        let (lease_tx, lease) = watch::channel(LeaseStatus::default());
+        let mut driver = Driver {
+            node,
+            transport,
+            rx,
+            peers_tx,
+            lease_tx,
+            state_path,
+            leave_on_exit: cfg.leave_on_exit,
+        };
+        let task = tokio::spawn(async move { driver.run(shutdown).await });
+        Ok((
+            ControlHandle {
+                tx,
+                peers,
+                lease,
+                local,
+            },
+            task,
+        ))
+    }
+}
+
+struct Driver<T> {
+    node: Node,
+    transport: T,
+    rx: mpsc::Receiver<Command>,
+    peers_tx: watch::Sender<Vec<PeerInfo>>,
+    lease_tx: watch::Sender<LeaseStatus>,
+    state_path: PathBuf,
+    leave_on_exit: bool,
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+impl<T: Transport> Driver<T> {
+    async fn run(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        tokio::pin!(shutdown);
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut leaving: Option<(Instant, Option<oneshot::Sender<()>>)> = None;
+        loop {
+            self.flush().await?;
+            if let Some((deadline, _)) = &leaving {
+                if self.node.leave_done() || Instant::now() >= *deadline {
+                    self.node.leave_membership(now());
+                    self.flush().await?;
+                    if let Some((_, Some(done))) = leaving.take() {
+                        let _ = done.send(());
+                    }
+                    return Ok(());
+                }
+            }
+            let mut wake = Instant::from_std(self.node.poll_timeout());
+            if leaving.is_some() {
+                wake = wake.min(Instant::now() + Duration::from_millis(100));
+            }
+            tokio::select! {
+                r = self.transport.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.node.handle_datagram(from, &buf[..n], now()),
+                    Err(e) => tracing::debug!(error = %e, "gossip receive failed"),
+                },
+                _ = tokio::time::sleep_until(wake) => self.node.handle_timeout(now()),
+                cmd = self.rx.recv(), if leaving.is_none() => match cmd {
+                    Some(Command::Status(tx)) => {
+                        let _ = tx.send(self.node.status(now()));
+                    }
+                    Some(Command::Leave(tx)) => {
+                        self.node.leave(now());
+                        leaving = Some((Instant::now() + Duration::from_secs(10), Some(tx)));
+                    }
+                    Some(Command::Rmpeer(name, tx)) => {
+                        let taken = self.node.force_reclaim(&name, now());
+                        tracing::warn!(peer = %name, subnets = ?taken, "rmpeer: reclaimed without waiting; unsafe if the peer is alive");
+                        let st = self.node.status(now());
+                        let _ = st;
+                        let me = self.node.membership().me().clone();
+                        let nets = taken
+                            .iter()
+                            .filter_map(|i| super::subnet_of(me.cluster_cidr, me.subnet_len, *i))
+                            .collect();
+                        let _ = tx.send(nets);
+                    }
+                    None => {}
+                },
+                _ = &mut shutdown, if leaving.is_none() => {
+                    if self.leave_on_exit {
+                        self.node.leave(now());
+                        leaving = Some((Instant::now() + Duration::from_secs(10), None));
+                    } else {
+                        self.flush().await?;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Persists state, sends datagrams, publishes events. Returns fatal errors.
+    async fn flush(&mut self) -> Result<(), Error> {
+        if self.node.take_lease_dirty() {
+            save_state(&self.state_path, self.node.lease().state())?;
+        }
+        let t = now();
+        while let Some(tx) = self.node.poll_transmit(t) {
+            if let Err(e) = self.transport.send_to(&tx.data, tx.to).await {
+                tracing::debug!(to = %tx.to, error = %e, "gossip send failed");
+            }
+        }
+        let mut peers_changed = false;
+        while let Some(ev) = self.node.poll_event() {
+            match ev {
+                Event::PeersChanged => peers_changed = true,
+                Event::Refused { peer, reason } => {
+                    return Err(Error::ClusterMismatch { peer, reason });
+                }
+                Event::RefusedPeer { peer, reason } => {
+                    tracing::error!(%peer, %reason, "refused a peer with a different configuration");
+                }
+                Event::Lease(LeaseEvent::Exhausted) => {
+                    tracing::warn!("subnet space exhausted: no peer has a free subnet; retrying");
+                }
+                Event::Lease(LeaseEvent::Reclaimed { node, subnets }) => {
+                    tracing::info!(%node, ?subnets, "reclaimed the space of a silent node");
+                }
+                Event::Lease(LeaseEvent::Lost) => {
+                    tracing::warn!(
+                        "our witnesses declared our lease dead; requesting a new subnet"
+                    );
+                }
+                Event::Lease(LeaseEvent::Using(_)) => {}
+            }
+        }
+        // The state file is written before the new lease is announced to the daemon.
+        if self.node.take_lease_dirty() {
+            save_state(&self.state_path, self.node.lease().state())?;
+        }
+        let status = LeaseStatus {
+            subnet: self.node.using_subnet(now()),
+            exhausted: self.node.lease().exhausted(),
+        };
+        self.lease_tx.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+        if peers_changed {
+            let peers = self.node.peers();
+            self.peers_tx.send_if_modified(|p| {
+                let changed = *p != peers;
+                *p = peers;
+                changed
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads the persisted lease state, if any.
+pub fn load_state(path: &Path) -> Result<Option<LeaseState>, Error> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| Error::StateCorrupt {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::State {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes the lease state atomically: temporary file, fsync, rename, fsync of the
+/// directory.
+pub fn save_state(path: &Path, st: &LeaseState) -> Result<(), Error> {
+    use std::io::Write;
+    let err = |source| Error::State {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(std::io::Error::other(e)))?;
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(&bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::transport::ChannelNetwork;
+    use super::*;
+
+    fn cfg(name: &str, dir: &Path, seeds: Vec<SocketAddr>, port: u16) -> ControlConfig {
+        ControlConfig {
+            name: name.into(),
+            advertise_addr: "127.0.0.1".parse().unwrap(),
+            vxlan_port: 4789,
+            vni: 7,
+            vtep_mac: [2, 0, 0, 0, 0, port as u8],
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            subnet_len: 24,
+            seeds,
+            gossip_port: port,
+            state_dir: dir.join(name),
+            reclaim_after: Duration::from_secs(3600),
+            leave_on_exit: false,
+            membership: MembershipConfig::default(),
+        }
+    }
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("overlayd-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    async fn wait_for<T: Clone>(rx: &mut watch::Receiver<T>, mut ok: impl FnMut(&T) -> bool) -> T {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let v = rx.borrow_and_update().clone();
+                if ok(&v) {
+                    return v;
+                }
+                rx.changed().await.expect("driver alive");
+            }
+        })
+        .await
+        .expect("condition reached in time")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_drivers_in_memory() {
+        let dir = tmpdir("mem");
+        let net = ChannelNetwork::new();
+        let a_addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let b_addr: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let (a, _ta) = ControlDriver::spawn_with(
+            cfg("a", &dir, vec![], 7001),
+            net.bind(a_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        let (b, tb) = ControlDriver::spawn_with(
+            cfg("b", &dir, vec![a_addr], 7002),
+            net.bind(b_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        let la = wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
+        let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
+        assert_ne!(la.subnet, lb.subnet);
+        let pa = wait_for(&mut a.peers(), |p| p.len() == 1).await;
+        assert_eq!(pa[0].name, "b");
+        assert_eq!(Some(pa[0].subnet), lb.subnet);
+        assert_eq!(pa[0].underlay, "127.0.0.1:4789".parse().unwrap());
+        let st = b.status().await.unwrap();
+        assert_eq!(st.lease, lb.subnet);
+        assert_eq!(st.witnesses, vec!["a".to_string()]);
+        // The lease is persisted and survives a restart of the driver.
+        let saved = load_state(&dir.join("b").join(STATE_FILE))
+            .unwrap()
+            .unwrap();
+        assert!(saved.lease.is_some());
+        tb.abort();
+        let _ = tb.await;
+        let (b2, _tb2) = ControlDriver::spawn_with(
+            cfg("b", &dir, vec![a_addr], 7002),
+            net.bind(b_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        let lb2 = wait_for(&mut b2.lease(), |l| l.subnet.is_some()).await;
+        assert_eq!(lb2.subnet, lb.subnet);
+        // When a leaves on purpose, b sees it dead and gets its space.
+        a.leave().await.unwrap();
+        wait_for(&mut b2.peers(), |p| {
+            p.iter().all(|x| x.state == super::super::PeerState::Dead)
+        })
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mismatched_cidr_refuses_to_join() {
+        let dir = tmpdir("mismatch");
+        let net = ChannelNetwork::new();
+        let a_addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let b_addr: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let (_a, _ta) = ControlDriver::spawn_with(
+            cfg("a", &dir, vec![], 7001),
+            net.bind(a_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        let mut bc = cfg("b", &dir, vec![a_addr], 7002);
+        bc.cluster_cidr = "10.99.0.0/16".parse().unwrap();
+        let (_b, tb) =
+            ControlDriver::spawn_with(bc, net.bind(b_addr), std::future::pending()).unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(30), tb)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("peer a"), "{msg}");
+        assert!(
+            msg.contains("10.244.0.0/16") && msg.contains("10.99.0.0/16"),
+            "{msg}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn two_drivers_over_udp() {
+        let dir = tmpdir("udp");
+        let (a, _ta) = ControlDriver::spawn(cfg("a", &dir, vec![], 0), std::future::pending())
+            .await
+            .unwrap();
+        let (b, _tb) = ControlDriver::spawn(
+            cfg("b", &dir, vec![a.local_addr()], 0),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
+        let pa = wait_for(&mut a.peers(), |p| p.len() == 1).await;
+        assert_eq!(Some(pa[0].subnet), lb.subnet);
+        let pb = wait_for(&mut b.peers(), |p| p.len() == 1).await;
+        assert_eq!(pb[0].name, "a");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn peers_parse_with_default_port() {
+        let p = parse_peers("127.0.0.1,127.0.0.2:8000, localhost", 7946).unwrap();
+        assert_eq!(p[0], "127.0.0.1:7946".parse().unwrap());
+        assert_eq!(p[1], "127.0.0.2:8000".parse().unwrap());
+        assert_eq!(p[2].port(), 7946);
+    }
+}

@@ -1,0 +1,882 @@
+//! Per-node subnet leases: a sans-IO state machine on top of the membership layer.
+//!
+//! The cluster CIDR is cut into `2^(subnet_len - prefix)` subnets, numbered from 0.
+//! Every subnet has at most one owner and an ownership version; only the owner
+//! changes it (grants it to a requester, or hands everything to a witness when it
+//! leaves). A node uses one owned subnet as its lease, and only while a majority of
+//! each of its witness sets has acknowledged a recent beat. The witnesses of a node
+//! that stays silent longer than `reclaim_after` attest it; when a majority of one
+//! witness set attests, the set's first member (the beneficiary) takes the space over
+//! with a higher version. `docs/leases.md` argues why no two nodes ever use the same
+//! subnet at once.
+//!
+//! The module leaves out transport and membership: messages go to and come from node
+//! names, and `now` is always passed in.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::message::{LeaseMsg, Owned, View, WitnessConfig};
+
+/// Settings of the lease state machine.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// This node's name.
+    pub name: String,
+    /// Number of subnets in the cluster CIDR.
+    pub subnet_count: u32,
+    /// Whether this node creates the cluster's space (owns every subnet at version 1)
+    /// when it starts without persisted state.
+    pub founder: bool,
+    /// A witness attests an owner dead after this long without a beat (`--reclaim-after`).
+    pub reclaim_after: Duration,
+    /// An owner stops using its lease when it has had no majority acknowledgement for
+    /// this long. Must be at most `reclaim_after / 2` (see `docs/leases.md`).
+    pub fence_after: Duration,
+    /// How often beats go to witnesses; also the tick of the state machine.
+    pub beat_interval: Duration,
+    /// How often a node without a lease asks again.
+    pub request_interval: Duration,
+    /// Number of witnesses each owner keeps.
+    pub witnesses: usize,
+}
+
+impl LeaseConfig {
+    /// Defaults for the daemon: 24 h reclaim, 12 h fence, 1 s beats, 3 witnesses.
+    pub fn new(name: impl Into<String>, subnet_count: u32, founder: bool) -> Self {
+        LeaseConfig {
+            name: name.into(),
+            subnet_count,
+            founder,
+            reclaim_after: Duration::from_secs(24 * 3600),
+            fence_after: Duration::from_secs(12 * 3600),
+            beat_interval: Duration::from_secs(1),
+            request_interval: Duration::from_secs(1),
+            witnesses: 3,
+        }
+    }
+
+    /// Sets `reclaim_after` and a fence bound of half of it.
+    pub fn with_reclaim_after(mut self, r: Duration) -> Self {
+        self.reclaim_after = r;
+        self.fence_after = r / 2;
+        self
+    }
+}
+
+/// What a witness remembers about an owner it watches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    /// The owner's epoch.
+    pub epoch: u64,
+    /// The newest witness sets the owner sent.
+    pub view: View,
+    /// The newest ownership version the owner sent.
+    pub state_version: u64,
+    /// The ownership set at that version.
+    pub owned: Vec<Owned>,
+}
+
+/// A transfer waiting for the giver's witnesses, then for the receiver's ack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingGrant {
+    /// Receiver.
+    pub to: String,
+    /// Subnets and their new versions.
+    pub subnets: Vec<Owned>,
+    /// The giver's state version that no longer contains them.
+    pub after_version: u64,
+}
+
+/// Everything the lease state machine persists under `--state-dir`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LeaseState {
+    /// Incremented each time this node learns it was reclaimed.
+    pub epoch: u64,
+    /// Incremented on every start; makes beat sequence numbers unique.
+    pub boot: u64,
+    /// Incremented on every change to `owned`.
+    pub state_version: u64,
+    /// Owned subnets and their versions.
+    pub owned: BTreeMap<u32, u64>,
+    /// The owned subnet this node uses as its lease.
+    pub lease: Option<u32>,
+    /// Witness sets not yet retired; the last one is current.
+    pub view: View,
+    /// Owners this node witnesses.
+    pub watching: BTreeMap<String, Watch>,
+    /// Owner epochs this node attested dead; it never acknowledges them again.
+    pub attested: BTreeSet<(String, u64)>,
+    /// Owner epochs this node took over as beneficiary.
+    pub reclaimed: BTreeSet<(String, u64)>,
+    /// Outgoing transfers.
+    pub pending_grants: Vec<PendingGrant>,
+}
+
+/// An event for the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// The subnet this node uses changed (`None`: none, lost or fenced).
+    Using(Option<u32>),
+    /// No peer is known to have free space; the node keeps asking.
+    Exhausted,
+    /// This node took over a silent node's space.
+    Reclaimed {
+        /// The silent node.
+        node: String,
+        /// The subnets taken over.
+        subnets: Vec<u32>,
+    },
+    /// Our witnesses declared this node's space reclaimed; it starts over.
+    Lost,
+}
+
+/// Attestations received as beneficiary, by witness: the owner's state version and
+/// ownership set as that witness saw them.
+type Attestations = BTreeMap<String, (u64, Vec<Owned>)>;
+
+/// Sent-beat bookkeeping: local send time, state version and config id.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Instant,
+    state_version: u64,
+    config_id: u64,
+}
+
+/// The lease state machine of one node.
+#[derive(Debug)]
+pub struct Lease {
+    cfg: LeaseConfig,
+    st: LeaseState,
+    seq: u64,
+    sent: VecDeque<(u64, Sent)>,
+    acks: HashMap<String, Sent>,
+    heard: HashMap<String, Instant>,
+    attest_sent: HashMap<String, Instant>,
+    inbox: HashMap<(String, u64, u64), Attestations>,
+    live: Vec<String>,
+    free_holders: Vec<String>,
+    outbox: VecDeque<(String, LeaseMsg)>,
+    pending_self: VecDeque<(String, LeaseMsg)>,
+    events: VecDeque<LeaseEvent>,
+    next_tick: Instant,
+    next_request: Instant,
+    requests: u64,
+    reported_use: Option<u32>,
+    exhausted: bool,
+    dirty: bool,
+    leaving: bool,
+}
+
+fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+impl Lease {
+    /// Starts the state machine from persisted state, or fresh.
+    pub fn new(cfg: LeaseConfig, persisted: Option<LeaseState>, now: Instant) -> Self {
+        let fresh = persisted.is_none();
+        let mut st = persisted.unwrap_or_default();
+        st.boot += 1;
+        if st.view.configs.is_empty() {
+            st.view.configs.push(WitnessConfig::default());
+        }
+        if fresh && cfg.founder {
+            st.owned = (0..cfg.subnet_count).map(|i| (i, 1)).collect();
+            st.state_version = 1;
+        }
+        let heard = st.watching.keys().map(|k| (k.clone(), now)).collect();
+        Lease {
+            seq: st.boot << 32,
+            st,
+            cfg,
+            sent: VecDeque::new(),
+            acks: HashMap::new(),
+            heard,
+            attest_sent: HashMap::new(),
+            inbox: HashMap::new(),
+            live: Vec::new(),
+            free_holders: Vec::new(),
+            outbox: VecDeque::new(),
+            pending_self: VecDeque::new(),
+            events: VecDeque::new(),
+            next_tick: now,
+            next_request: now,
+            requests: 0,
+            reported_use: None,
+            exhausted: false,
+            dirty: true,
+            leaving: false,
+        }
+    }
+
+    /// The persisted state.
+    pub fn state(&self) -> &LeaseState {
+        &self.st
+    }
+
+    /// Returns true once after each change that must be persisted before acting on it.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Tells the machine which peers are alive, and which of them have free space.
+    pub fn set_peers(&mut self, mut live: Vec<String>, mut free_holders: Vec<String>) {
+        live.sort();
+        free_holders.sort();
+        self.live = live;
+        self.free_holders = free_holders;
+    }
+
+    /// Whether this node owns subnets besides its lease.
+    pub fn has_free(&self) -> bool {
+        !self.leaving && self.free().next().is_some()
+    }
+
+    fn free(&self) -> impl Iterator<Item = u32> + '_ {
+        let lease = self.st.lease;
+        self.st
+            .owned
+            .keys()
+            .copied()
+            .filter(move |i| Some(*i) != lease)
+    }
+
+    /// The lease and its version, as published through gossip while in use.
+    pub fn published(&self, now: Instant) -> Option<(u32, u64)> {
+        let s = self.using(now)?;
+        Some((s, self.st.owned.get(&s).copied().unwrap_or(0)))
+    }
+
+    /// The local instant until which a majority of every witness set vouches for us.
+    /// `None` means no witness set constrains us (a cluster of one).
+    fn valid_until(&self, now: Instant) -> Option<Instant> {
+        let mut until: Option<Instant> = None;
+        for c in &self.st.view.configs {
+            if c.members.is_empty() {
+                continue;
+            }
+            let mut times: Vec<Instant> = c
+                .members
+                .iter()
+                .filter_map(|m| self.acks.get(m).map(|s| s.at + self.cfg.fence_after))
+                .collect();
+            times.sort_unstable_by(|a, b| b.cmp(a));
+            let t = match times.get(majority(c.members.len()) - 1) {
+                Some(t) => *t,
+                None => return Some(now),
+            };
+            until = Some(until.map_or(t, |u: Instant| u.min(t)));
+        }
+        until
+    }
+
+    /// Whether this node may use its lease and act as an owner at `now`. It stops two
+    /// beat intervals early, so that an event emitted on the next tick is never late.
+    pub fn in_good_standing(&self, now: Instant) -> bool {
+        if self.leaving {
+            return false;
+        }
+        let has_members = self.st.view.configs.iter().any(|c| !c.members.is_empty());
+        if !has_members {
+            return true;
+        }
+        match self.valid_until(now) {
+            None => true,
+            Some(t) => t > now + 2 * self.cfg.beat_interval,
+        }
+    }
+
+    /// The subnet this node may use at `now`.
+    pub fn using(&self, now: Instant) -> Option<u32> {
+        let l = self.st.lease?;
+        self.in_good_standing(now).then_some(l)
+    }
+
+    /// Next instant [`Lease::handle_timeout`] must run.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_tick
+    }
+
+    /// Next message to send, with the receiver's name.
+    pub fn poll_transmit(&mut self) -> Option<(String, LeaseMsg)> {
+        self.outbox.pop_front()
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<LeaseEvent> {
+        self.events.pop_front()
+    }
+
+    fn send(&mut self, to: &str, msg: LeaseMsg) {
+        if to == self.cfg.name {
+            // Messages to ourselves (the beneficiary attesting) are handled in place.
+            self.pending_self.push_back((to.to_owned(), msg));
+            return;
+        }
+        self.outbox.push_back((to.to_owned(), msg));
+    }
+
+    fn report_use(&mut self, now: Instant) {
+        let u = self.using(now);
+        if u != self.reported_use {
+            self.reported_use = u;
+            self.events.push_back(LeaseEvent::Using(u));
+        }
+    }
+
+    /// Handles a lease message from node `from`.
+    pub fn handle_message(&mut self, from: &str, msg: LeaseMsg, now: Instant) {
+        self.dispatch(from, msg, now);
+        self.drain_self(now);
+        self.report_use(now);
+    }
+
+    fn drain_self(&mut self, now: Instant) {
+        while let Some((from, msg)) = self.pending_self.pop_front() {
+            self.dispatch(&from, msg, now);
+        }
+    }
+
+    fn dispatch(&mut self, from: &str, msg: LeaseMsg, now: Instant) {
+        match msg {
+            LeaseMsg::Beat {
+                epoch,
+                seq,
+                view,
+                state_version,
+                owned,
+            } => self.on_beat(from, epoch, seq, view, state_version, owned, now),
+            LeaseMsg::BeatAck {
+                epoch,
+                seq,
+                reclaimed,
+            } => self.on_beat_ack(from, epoch, seq, reclaimed, now),
+            LeaseMsg::Attest {
+                about,
+                epoch,
+                view,
+                state_version,
+                owned,
+            } => self.on_attest(from, about, epoch, view, state_version, owned, now),
+            LeaseMsg::AttestAck { about, epoch } => {
+                if self
+                    .st
+                    .watching
+                    .get(&about)
+                    .is_some_and(|w| w.epoch == epoch)
+                {
+                    self.st.watching.remove(&about);
+                    self.heard.remove(&about);
+                    self.attest_sent.remove(&about);
+                    self.dirty = true;
+                }
+            }
+            LeaseMsg::Request => self.on_request(from, now),
+            LeaseMsg::Grant { subnets } => self.on_grant(from, subnets, now),
+            LeaseMsg::GrantAck { subnets } => {
+                let before = self.st.pending_grants.len();
+                self.st
+                    .pending_grants
+                    .retain(|g| !(g.to == from && g.subnets == subnets));
+                if before != self.st.pending_grants.len() {
+                    self.dirty = true;
+                    self.finish_leave();
+                }
+            }
+            LeaseMsg::Refuse { .. } => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_beat(
+        &mut self,
+        from: &str,
+        epoch: u64,
+        seq: u64,
+        view: View,
+        state_version: u64,
+        owned: Vec<Owned>,
+        now: Instant,
+    ) {
+        let dead = self
+            .st
+            .attested
+            .range((from.to_owned(), epoch)..=(from.to_owned(), u64::MAX))
+            .next()
+            .is_some();
+        if dead {
+            self.send(
+                from,
+                LeaseMsg::BeatAck {
+                    epoch,
+                    seq,
+                    reclaimed: true,
+                },
+            );
+            return;
+        }
+        let w = self
+            .st
+            .watching
+            .entry(from.to_owned())
+            .or_insert_with(|| Watch {
+                epoch,
+                view: view.clone(),
+                state_version,
+                owned: owned.clone(),
+            });
+        if w.epoch > epoch {
+            return;
+        }
+        if w.epoch < epoch {
+            *w = Watch {
+                epoch,
+                view: view.clone(),
+                state_version,
+                owned: owned.clone(),
+            };
+        }
+        if view.version > w.view.version {
+            w.view = view;
+            self.dirty = true;
+        }
+        if state_version > w.state_version {
+            w.state_version = state_version;
+            w.owned = owned;
+            self.dirty = true;
+        }
+        self.heard.insert(from.to_owned(), now);
+        self.send(
+            from,
+            LeaseMsg::BeatAck {
+                epoch,
+                seq,
+                reclaimed: false,
+            },
+        );
+    }
+
+    fn on_beat_ack(&mut self, from: &str, epoch: u64, seq: u64, reclaimed: bool, now: Instant) {
+        if epoch != self.st.epoch {
+            return;
+        }
+        if reclaimed {
+            // A witness declared this epoch dead: everything we owned may be someone
+            // else's by now. Start over with nothing.
+            self.st.epoch += 1;
+            self.st.owned.clear();
+            self.st.lease = None;
+            self.st.state_version += 1;
+            self.st.view.configs = vec![WitnessConfig::default()];
+            self.st.view.version += 1;
+            self.st.pending_grants.clear();
+            self.acks.clear();
+            self.sent.clear();
+            self.dirty = true;
+            self.events.push_back(LeaseEvent::Lost);
+            return;
+        }
+        let Some(sent) = self.sent.iter().find(|(s, _)| *s == seq).map(|(_, s)| *s) else {
+            return;
+        };
+        let newer = self.acks.get(from).is_none_or(|a| a.at <= sent.at);
+        if newer {
+            self.acks.insert(from.to_owned(), sent);
+        }
+        self.retire_configs();
+        let _ = now;
+    }
+
+    /// Drops witness sets a majority of which acknowledged a beat of a later set.
+    fn retire_configs(&mut self) {
+        while self.st.view.configs.len() > 1 {
+            let c = &self.st.view.configs[0];
+            let moved = c
+                .members
+                .iter()
+                .filter(|m| self.acks.get(*m).is_some_and(|a| a.config_id > c.id))
+                .count();
+            if c.members.is_empty() || moved >= majority(c.members.len()) {
+                self.st.view.configs.remove(0);
+                self.st.view.version += 1;
+                self.dirty = true;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Whether a majority of every witness set has seen state `version` or later.
+    fn witnessed(&self, version: u64) -> bool {
+        self.st.view.configs.iter().all(|c| {
+            c.members.is_empty()
+                || c.members
+                    .iter()
+                    .filter(|m| {
+                        self.acks
+                            .get(*m)
+                            .is_some_and(|a| a.state_version >= version)
+                    })
+                    .count()
+                    >= majority(c.members.len())
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_attest(
+        &mut self,
+        from: &str,
+        about: String,
+        epoch: u64,
+        view: View,
+        state_version: u64,
+        owned: Vec<Owned>,
+        now: Instant,
+    ) {
+        let key = (about.clone(), epoch);
+        if self.st.reclaimed.contains(&key) {
+            self.send(from, LeaseMsg::AttestAck { about, epoch });
+            return;
+        }
+        if view.beneficiary() != Some(self.cfg.name.as_str()) || !view.contains(from) {
+            return;
+        }
+        let votes = self
+            .inbox
+            .entry((about.clone(), epoch, view.version))
+            .or_default();
+        votes.insert(from.to_owned(), (state_version, owned));
+        // Every witness attests once per owner epoch, with the view it saw last, so
+        // two views can never both gather a majority of a set they share.
+        let enough = view.configs.iter().all(|c| {
+            c.members.is_empty()
+                || c.members.iter().filter(|m| votes.contains_key(*m)).count()
+                    >= majority(c.members.len())
+        });
+        if !enough {
+            return;
+        }
+        // The attesting majority intersects every majority that acknowledged a
+        // transfer, so the newest state among them has every transfer the owner made.
+        let (_, newest) = votes
+            .values()
+            .max_by_key(|(v, _)| *v)
+            .cloned()
+            .unwrap_or_default();
+        let mut taken = Vec::new();
+        for (idx, ver) in newest {
+            if self.st.owned.get(&idx).is_none_or(|v| *v <= ver) {
+                self.st.owned.insert(idx, ver + 1);
+                taken.push(idx);
+            }
+        }
+        self.st.state_version += 1;
+        self.st.reclaimed.insert(key.clone());
+        self.st.attested.insert(key);
+        self.inbox.retain(|k, _| k.0 != about || k.1 != epoch);
+        self.dirty = true;
+        self.events.push_back(LeaseEvent::Reclaimed {
+            node: about.clone(),
+            subnets: taken,
+        });
+        self.send(from, LeaseMsg::AttestAck { about, epoch });
+        let _ = now;
+    }
+
+    fn on_request(&mut self, from: &str, now: Instant) {
+        if !self.in_good_standing(now) || self.st.pending_grants.iter().any(|g| g.to == from) {
+            return;
+        }
+        let Some(idx) = self.free().next() else {
+            return;
+        };
+        let ver = self.st.owned.remove(&idx).unwrap_or(0) + 1;
+        self.st.state_version += 1;
+        self.st.pending_grants.push(PendingGrant {
+            to: from.to_owned(),
+            subnets: vec![(idx, ver)],
+            after_version: self.st.state_version,
+        });
+        self.dirty = true;
+    }
+
+    fn on_grant(&mut self, from: &str, subnets: Vec<Owned>, now: Instant) {
+        let mut changed = false;
+        for &(idx, ver) in &subnets {
+            if idx < self.cfg.subnet_count && self.st.owned.get(&idx).is_none_or(|v| *v < ver) {
+                self.st.owned.insert(idx, ver);
+                changed = true;
+            }
+        }
+        if changed {
+            self.st.state_version += 1;
+            self.dirty = true;
+            self.pick_lease(now);
+        }
+        self.send(from, LeaseMsg::GrantAck { subnets });
+    }
+
+    fn pick_lease(&mut self, _now: Instant) {
+        if self.st.lease.is_none() && !self.leaving {
+            let first = self.free().next();
+            if let Some(idx) = first {
+                self.st.lease = Some(idx);
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Runs periodic work: beats, witness checks, grants, requests.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            self.report_use(now);
+            return;
+        }
+        self.next_tick = now + self.cfg.beat_interval;
+        self.retire_configs();
+        self.maybe_reconfigure();
+        self.beat(now);
+        self.watch(now);
+        self.grants(now);
+        self.pick_lease(now);
+        self.request(now);
+        self.drain_self(now);
+        self.report_use(now);
+    }
+
+    fn maybe_reconfigure(&mut self) {
+        if self.st.view.configs.len() != 1 || self.leaving {
+            return;
+        }
+        let cur = &self.st.view.configs[0];
+        let mut members: Vec<String> = cur
+            .members
+            .iter()
+            .filter(|m| self.live.binary_search(m).is_ok())
+            .cloned()
+            .collect();
+        // Fill up with our successors on the ring of live names.
+        let start = self.live.partition_point(|n| *n <= self.cfg.name);
+        let n = self.live.len();
+        for i in 0..n {
+            if members.len() >= self.cfg.witnesses {
+                break;
+            }
+            let cand = &self.live[(start + i) % n];
+            if *cand != self.cfg.name && !members.contains(cand) {
+                members.push(cand.clone());
+            }
+        }
+        if members != cur.members {
+            let id = cur.id + 1;
+            self.st.view.configs.push(WitnessConfig { id, members });
+            self.st.view.version += 1;
+            self.dirty = true;
+        }
+    }
+
+    fn beat(&mut self, now: Instant) {
+        let mut to: BTreeSet<String> = BTreeSet::new();
+        for c in &self.st.view.configs {
+            to.extend(c.members.iter().cloned());
+        }
+        if to.is_empty() {
+            return;
+        }
+        self.seq += 1;
+        let view = self.st.view.clone();
+        let config_id = view.configs.last().map_or(0, |c| c.id);
+        self.sent.push_back((
+            self.seq,
+            Sent {
+                at: now,
+                state_version: self.st.state_version,
+                config_id,
+            },
+        ));
+        while self.sent.len() > 64 {
+            self.sent.pop_front();
+        }
+        let owned: Vec<Owned> = self.st.owned.iter().map(|(k, v)| (*k, *v)).collect();
+        for m in to {
+            self.send(
+                &m,
+                LeaseMsg::Beat {
+                    epoch: self.st.epoch,
+                    seq: self.seq,
+                    view: view.clone(),
+                    state_version: self.st.state_version,
+                    owned: owned.clone(),
+                },
+            );
+        }
+    }
+
+    fn watch(&mut self, now: Instant) {
+        let me = self.cfg.name.clone();
+        let mut attest = Vec::new();
+        let mut forget = Vec::new();
+        for (owner, w) in &self.st.watching {
+            let heard = *self.heard.entry(owner.clone()).or_insert(now);
+            if now.saturating_duration_since(heard) < self.cfg.reclaim_after {
+                continue;
+            }
+            if !w.view.contains(&me) {
+                forget.push(owner.clone());
+                continue;
+            }
+            let due = self
+                .attest_sent
+                .get(owner)
+                .is_none_or(|t| now.saturating_duration_since(*t) >= self.cfg.beat_interval * 5);
+            if due {
+                attest.push((owner.clone(), w.clone()));
+            }
+        }
+        for o in forget {
+            self.st.watching.remove(&o);
+            self.heard.remove(&o);
+            self.dirty = true;
+        }
+        for (owner, w) in attest {
+            if self.st.attested.insert((owner.clone(), w.epoch)) {
+                self.dirty = true;
+            }
+            self.attest_sent.insert(owner.clone(), now);
+            let Some(to) = w.view.beneficiary().map(str::to_owned) else {
+                continue;
+            };
+            self.send(
+                &to,
+                LeaseMsg::Attest {
+                    about: owner,
+                    epoch: w.epoch,
+                    view: w.view,
+                    state_version: w.state_version,
+                    owned: w.owned,
+                },
+            );
+        }
+    }
+
+    fn grants(&mut self, now: Instant) {
+        let _ = now;
+        let ready: Vec<PendingGrant> = self
+            .st
+            .pending_grants
+            .iter()
+            .filter(|g| self.witnessed(g.after_version))
+            .cloned()
+            .collect();
+        for g in ready {
+            self.send(&g.to, LeaseMsg::Grant { subnets: g.subnets });
+        }
+    }
+
+    fn request(&mut self, now: Instant) {
+        if self.st.lease.is_some() || self.leaving || now < self.next_request {
+            return;
+        }
+        self.next_request = now + self.cfg.request_interval;
+        if self.free_holders.is_empty() {
+            if !self.exhausted {
+                self.exhausted = true;
+                self.events.push_back(LeaseEvent::Exhausted);
+            }
+            return;
+        }
+        self.exhausted = false;
+        let i = (self.requests as usize) % self.free_holders.len();
+        self.requests += 1;
+        let to = self.free_holders[i].clone();
+        self.send(&to, LeaseMsg::Request);
+    }
+
+    /// Whether the last request round found no free space.
+    pub fn exhausted(&self) -> bool {
+        self.exhausted && self.st.lease.is_none()
+    }
+
+    /// Leaves on purpose: stops using the lease and hands every owned subnet to the
+    /// first live witness (once our witnesses have seen the hand-over).
+    pub fn leave(&mut self, now: Instant) {
+        self.leaving = true;
+        self.st.lease = None;
+        let to = self
+            .st
+            .view
+            .configs
+            .last()
+            .and_then(|c| {
+                c.members
+                    .iter()
+                    .find(|m| self.live.binary_search(m).is_ok())
+            })
+            .cloned();
+        if let Some(to) = to {
+            let subnets: Vec<Owned> = std::mem::take(&mut self.st.owned)
+                .into_iter()
+                .map(|(k, v)| (k, v + 1))
+                .collect();
+            if !subnets.is_empty() {
+                self.st.state_version += 1;
+                self.st.pending_grants.push(PendingGrant {
+                    to,
+                    subnets,
+                    after_version: self.st.state_version,
+                });
+            }
+        }
+        self.dirty = true;
+        self.next_tick = now;
+        self.finish_leave();
+        self.report_use(now);
+    }
+
+    /// Once everything is handed over, a later start is a new epoch: witnesses then
+    /// forget the old one instead of attesting it. Not earlier: a witness that has
+    /// attested the old epoch must never acknowledge a hand-over of its space.
+    fn finish_leave(&mut self) {
+        if self.leaving && self.st.pending_grants.is_empty() && self.st.owned.is_empty() {
+            self.st.epoch += 1;
+            self.st.view = View {
+                version: self.st.view.version + 1,
+                configs: vec![WitnessConfig::default()],
+            };
+            self.dirty = true;
+        }
+    }
+
+    /// Whether a leave has handed everything over (or had no one to hand it to).
+    pub fn leave_done(&self) -> bool {
+        self.leaving && self.st.pending_grants.is_empty()
+    }
+
+    /// `rmpeer`: takes over what `node` owned as far as this node knows, without
+    /// waiting for attestations. Unsafe if `node` is alive: see `docs/leases.md`.
+    pub fn force_reclaim(&mut self, node: &str, published: Option<(u32, u64)>) -> Vec<u32> {
+        let mut known: Vec<Owned> = self
+            .st
+            .watching
+            .get(node)
+            .map(|w| w.owned.clone())
+            .unwrap_or_default();
+        known.extend(published);
+        let mut taken = Vec::new();
+        for (idx, ver) in known {
+            if self.st.owned.get(&idx).is_none_or(|v| *v <= ver) {
+                self.st.owned.insert(idx, ver + 1);
+                taken.push(idx);
+            }
+        }
+        if let Some(w) = self.st.watching.remove(node) {
+            self.st.attested.insert((node.to_owned(), w.epoch));
+        }
+        self.st.state_version += 1;
+        self.dirty = true;
+        taken
+    }
+}

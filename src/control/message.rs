@@ -1,0 +1,576 @@
+//! Gossip datagram framing and the lease protocol messages, with a hand-written
+//! versioned codec.
+//!
+//! Every datagram on the gossip port starts with the same header:
+//!
+//! ```text
+//!  0       4       5       6       7
+//! +-------+-------+-------+-------+----------------+----------------------+
+//! | magic | ver   | kind  | alen  | auth (alen B)  | body                 |
+//! | OVLD  | 1     | 1|2   |       | reserved: HMAC | membership or lease  |
+//! +-------+-------+-------+-------+----------------+----------------------+
+//! ```
+//!
+//! `kind` 1 carries a foca (SWIM) payload encoded by
+//! [`membership::MetaCodec`](super::membership::MetaCodec); `kind` 2 carries a
+//! [`LeaseDatagram`]. `alen` is 0 today: the authenticated cluster key adds its tag(s)
+//! there without changing the body encodings. Parsing never panics: a datagram that is
+//! too short, too long, or inconsistent returns a [`WireError`], and the caller counts
+//! and drops it.
+
+use bytes::{Buf, BufMut};
+
+/// First four bytes of every overlayd gossip datagram.
+pub const MAGIC: [u8; 4] = *b"OVLD";
+/// The framing version this code emits and accepts.
+pub const VERSION: u8 = 1;
+/// Datagrams longer than this are dropped before parsing.
+pub const MAX_DATAGRAM: usize = 16 * 1024;
+/// Length of the fixed part of the header (magic, version, kind, auth length).
+pub const HEADER_LEN: usize = 7;
+
+/// What went wrong parsing a datagram. Small and `Copy`, like smoltcp's `wire::Error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The datagram ended before a field did.
+    #[error("datagram truncated")]
+    UnexpectedEnd,
+    /// The datagram does not start with [`MAGIC`].
+    #[error("bad magic number")]
+    BadMagic,
+    /// The version byte is not [`VERSION`].
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u8),
+    /// The kind byte or a message tag is unknown.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// The datagram is longer than [`MAX_DATAGRAM`].
+    #[error("datagram longer than {MAX_DATAGRAM} bytes")]
+    Oversized,
+    /// A field holds a value that cannot be valid (bad UTF-8, trailing bytes, ...).
+    #[error("malformed field")]
+    Malformed,
+}
+
+/// The payload type of a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A foca membership payload.
+    Membership = 1,
+    /// A [`LeaseDatagram`].
+    Lease = 2,
+}
+
+/// Splits a datagram into its kind and body, checking magic, version and length.
+pub fn parse_frame(buf: &[u8]) -> Result<(Kind, &[u8]), WireError> {
+    if buf.len() > MAX_DATAGRAM {
+        return Err(WireError::Oversized);
+    }
+    if buf.len() < HEADER_LEN {
+        return Err(WireError::UnexpectedEnd);
+    }
+    if buf[..4] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    if buf[4] != VERSION {
+        return Err(WireError::BadVersion(buf[4]));
+    }
+    let kind = match buf[5] {
+        1 => Kind::Membership,
+        2 => Kind::Lease,
+        k => return Err(WireError::UnknownKind(k)),
+    };
+    let alen = buf[6] as usize;
+    let body = buf
+        .get(HEADER_LEN + alen..)
+        .ok_or(WireError::UnexpectedEnd)?;
+    Ok((kind, body))
+}
+
+/// Writes the frame header for `kind` (with an empty auth field) into `out`.
+pub fn emit_frame_header(kind: Kind, out: &mut Vec<u8>) {
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(kind as u8);
+    out.push(0);
+}
+
+/// A set of witnesses a node has asked to watch its lease, numbered by the node.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct WitnessConfig {
+    /// Increases by one each time the node changes its witnesses.
+    pub id: u64,
+    /// Witness names; the first one is the beneficiary of a reclaim.
+    pub members: Vec<String>,
+}
+
+/// The witness sets of an owner that are not yet retired (at most two: the current
+/// one and the one it replaces), numbered so that a witness keeps the newest.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct View {
+    /// Increases on every change to `configs`.
+    pub version: u64,
+    /// Oldest first; the first member of the first set is the reclaim beneficiary.
+    pub configs: Vec<WitnessConfig>,
+}
+
+impl View {
+    /// The node that takes the space over when this view's witnesses attest.
+    pub fn beneficiary(&self) -> Option<&str> {
+        self.configs
+            .iter()
+            .find_map(|c| c.members.first())
+            .map(String::as_str)
+    }
+
+    /// Whether `name` belongs to one of the sets.
+    pub fn contains(&self, name: &str) -> bool {
+        self.configs
+            .iter()
+            .any(|c| c.members.iter().any(|m| m == name))
+    }
+}
+
+/// One owned subnet: its index in the cluster CIDR and its ownership version.
+pub type Owned = (u32, u64);
+
+/// A lease protocol message (see `docs/leases.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseMsg {
+    /// Owner → witness: "I am alive, this is what I own, these are my witnesses".
+    Beat {
+        /// The owner's lease epoch (bumped when it learns it was reclaimed).
+        epoch: u64,
+        /// Sequence number, unique per owner epoch and boot.
+        seq: u64,
+        /// The owner's witness sets.
+        view: View,
+        /// Version of the owner's ownership set.
+        state_version: u64,
+        /// Every subnet the owner owns (its lease and free space).
+        owned: Vec<Owned>,
+    },
+    /// Witness → owner: answer to a beat.
+    BeatAck {
+        /// Echo of the beat's epoch.
+        epoch: u64,
+        /// Echo of the beat's sequence number.
+        seq: u64,
+        /// Set when the witness has declared this epoch dead: the owner must start over.
+        reclaimed: bool,
+    },
+    /// Witness → beneficiary: "`about` has been silent longer than reclaim-after".
+    Attest {
+        /// The silent owner.
+        about: String,
+        /// The owner's epoch that is declared dead.
+        epoch: u64,
+        /// The owner's witness sets as this witness last saw them.
+        view: View,
+        /// Latest ownership version of `about` this witness saw.
+        state_version: u64,
+        /// Ownership set at that version.
+        owned: Vec<Owned>,
+    },
+    /// Beneficiary → witness: the attestation was received.
+    AttestAck {
+        /// The silent owner.
+        about: String,
+        /// Its dead epoch.
+        epoch: u64,
+    },
+    /// Node without a lease → owner of free space: "please give me a subnet".
+    Request,
+    /// Owner → new owner: ownership transfer, already acknowledged by the giver's witnesses.
+    Grant {
+        /// The transferred subnets, with their new versions.
+        subnets: Vec<Owned>,
+    },
+    /// New owner → giver: the grant arrived.
+    GrantAck {
+        /// The subnets received.
+        subnets: Vec<Owned>,
+    },
+    /// Reply to a node whose cluster parameters differ from ours.
+    Refuse {
+        /// What differs, from the refusing node's point of view.
+        reason: String,
+    },
+}
+
+/// The body of a [`Kind::Lease`] datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseDatagram {
+    /// Sender's node name.
+    pub from: String,
+    /// Fingerprint of the sender's cluster CIDR, subnet length and VNI.
+    pub cluster: u64,
+    /// The message.
+    pub msg: LeaseMsg,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(255);
+    out.put_u8(n as u8);
+    out.put_slice(&b[..n]);
+}
+
+fn get_u8(buf: &mut &[u8]) -> Result<u8, WireError> {
+    if buf.remaining() < 1 {
+        return Err(WireError::UnexpectedEnd);
+    }
+    Ok(buf.get_u8())
+}
+fn get_u16(buf: &mut &[u8]) -> Result<u16, WireError> {
+    if buf.remaining() < 2 {
+        return Err(WireError::UnexpectedEnd);
+    }
+    Ok(buf.get_u16())
+}
+fn get_u32(buf: &mut &[u8]) -> Result<u32, WireError> {
+    if buf.remaining() < 4 {
+        return Err(WireError::UnexpectedEnd);
+    }
+    Ok(buf.get_u32())
+}
+fn get_u64(buf: &mut &[u8]) -> Result<u64, WireError> {
+    if buf.remaining() < 8 {
+        return Err(WireError::UnexpectedEnd);
+    }
+    Ok(buf.get_u64())
+}
+pub(crate) fn get_str(buf: &mut &[u8]) -> Result<String, WireError> {
+    let n = get_u8(buf)? as usize;
+    if buf.remaining() < n {
+        return Err(WireError::UnexpectedEnd);
+    }
+    let s = std::str::from_utf8(&buf[..n]).map_err(|_| WireError::Malformed)?;
+    let s = s.to_owned();
+    buf.advance(n);
+    Ok(s)
+}
+
+/// Owned sets are written as runs of consecutive indices sharing a version, so a
+/// founder's whole genesis space fits in a few bytes.
+fn put_owned(out: &mut Vec<u8>, owned: &[Owned]) {
+    let mut runs: Vec<(u32, u32, u64)> = Vec::new();
+    for &(idx, ver) in owned {
+        match runs.last_mut() {
+            Some((start, len, v)) if *v == ver && start.checked_add(*len) == Some(idx) => *len += 1,
+            _ => runs.push((idx, 1, ver)),
+        }
+    }
+    out.put_u16(runs.len().min(u16::MAX as usize) as u16);
+    for (start, len, ver) in runs.into_iter().take(u16::MAX as usize) {
+        out.put_u32(start);
+        out.put_u32(len);
+        out.put_u64(ver);
+    }
+}
+
+/// Upper bound on subnets in one owned set (a /8 split into /24s).
+const MAX_OWNED: u64 = 1 << 16;
+
+fn get_owned(buf: &mut &[u8]) -> Result<Vec<Owned>, WireError> {
+    let runs = get_u16(buf)? as usize;
+    if buf.remaining() < runs * 16 {
+        return Err(WireError::UnexpectedEnd);
+    }
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    let mut next_min = 0u64;
+    for _ in 0..runs {
+        let start = get_u32(buf)?;
+        let len = get_u32(buf)?;
+        let ver = get_u64(buf)?;
+        total += u64::from(len);
+        // Runs are sorted, non-empty, non-overlapping and bounded.
+        if len == 0 || u64::from(start) < next_min || total > MAX_OWNED {
+            return Err(WireError::Malformed);
+        }
+        let end = u64::from(start) + u64::from(len);
+        if end > u64::from(u32::MAX) + 1 {
+            return Err(WireError::Malformed);
+        }
+        next_min = end;
+        out.extend((start..=(end - 1) as u32).map(|i| (i, ver)));
+    }
+    Ok(out)
+}
+
+fn put_config(out: &mut Vec<u8>, c: &WitnessConfig) {
+    out.put_u64(c.id);
+    let n = c.members.len().min(255);
+    out.put_u8(n as u8);
+    for m in &c.members[..n] {
+        put_str(out, m);
+    }
+}
+
+fn get_config(buf: &mut &[u8]) -> Result<WitnessConfig, WireError> {
+    let id = get_u64(buf)?;
+    let n = get_u8(buf)?;
+    let members = (0..n).map(|_| get_str(buf)).collect::<Result<_, _>>()?;
+    Ok(WitnessConfig { id, members })
+}
+
+fn put_view(out: &mut Vec<u8>, v: &View) {
+    out.put_u64(v.version);
+    let n = v.configs.len().min(255);
+    out.put_u8(n as u8);
+    for c in &v.configs[..n] {
+        put_config(out, c);
+    }
+}
+
+fn get_view(buf: &mut &[u8]) -> Result<View, WireError> {
+    let version = get_u64(buf)?;
+    let n = get_u8(buf)?;
+    let configs = (0..n).map(|_| get_config(buf)).collect::<Result<_, _>>()?;
+    Ok(View { version, configs })
+}
+
+impl LeaseDatagram {
+    /// Appends the framed datagram (header and body) to `out`.
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        emit_frame_header(Kind::Lease, out);
+        put_str(out, &self.from);
+        out.put_u64(self.cluster);
+        match &self.msg {
+            LeaseMsg::Beat {
+                epoch,
+                seq,
+                view,
+                state_version,
+                owned,
+            } => {
+                out.put_u8(1);
+                out.put_u64(*epoch);
+                out.put_u64(*seq);
+                put_view(out, view);
+                out.put_u64(*state_version);
+                put_owned(out, owned);
+            }
+            LeaseMsg::BeatAck {
+                epoch,
+                seq,
+                reclaimed,
+            } => {
+                out.put_u8(2);
+                out.put_u64(*epoch);
+                out.put_u64(*seq);
+                out.put_u8(u8::from(*reclaimed));
+            }
+            LeaseMsg::Attest {
+                about,
+                epoch,
+                view,
+                state_version,
+                owned,
+            } => {
+                out.put_u8(3);
+                put_str(out, about);
+                out.put_u64(*epoch);
+                put_view(out, view);
+                out.put_u64(*state_version);
+                put_owned(out, owned);
+            }
+            LeaseMsg::AttestAck { about, epoch } => {
+                out.put_u8(4);
+                put_str(out, about);
+                out.put_u64(*epoch);
+            }
+            LeaseMsg::Request => out.put_u8(5),
+            LeaseMsg::Grant { subnets } => {
+                out.put_u8(6);
+                put_owned(out, subnets);
+            }
+            LeaseMsg::GrantAck { subnets } => {
+                out.put_u8(7);
+                put_owned(out, subnets);
+            }
+            LeaseMsg::Refuse { reason } => {
+                out.put_u8(8);
+                put_str(out, reason);
+            }
+        }
+    }
+
+    /// Parses the body of a [`Kind::Lease`] datagram (after [`parse_frame`]).
+    pub fn parse(mut buf: &[u8]) -> Result<Self, WireError> {
+        let b = &mut buf;
+        let from = get_str(b)?;
+        let cluster = get_u64(b)?;
+        let msg = match get_u8(b)? {
+            1 => LeaseMsg::Beat {
+                epoch: get_u64(b)?,
+                seq: get_u64(b)?,
+                view: get_view(b)?,
+                state_version: get_u64(b)?,
+                owned: get_owned(b)?,
+            },
+            2 => LeaseMsg::BeatAck {
+                epoch: get_u64(b)?,
+                seq: get_u64(b)?,
+                reclaimed: match get_u8(b)? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Malformed),
+                },
+            },
+            3 => LeaseMsg::Attest {
+                about: get_str(b)?,
+                epoch: get_u64(b)?,
+                view: get_view(b)?,
+                state_version: get_u64(b)?,
+                owned: get_owned(b)?,
+            },
+            4 => LeaseMsg::AttestAck {
+                about: get_str(b)?,
+                epoch: get_u64(b)?,
+            },
+            5 => LeaseMsg::Request,
+            6 => LeaseMsg::Grant {
+                subnets: get_owned(b)?,
+            },
+            7 => LeaseMsg::GrantAck {
+                subnets: get_owned(b)?,
+            },
+            8 => LeaseMsg::Refuse {
+                reason: get_str(b)?,
+            },
+            t => return Err(WireError::UnknownKind(t)),
+        };
+        if b.has_remaining() {
+            return Err(WireError::Malformed);
+        }
+        Ok(LeaseDatagram { from, cluster, msg })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-z0-9.-]{0,40}"
+    }
+
+    fn owned() -> impl Strategy<Value = Vec<Owned>> {
+        proptest::collection::btree_map(0u32..5000, 0u64..4, 0..40)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    fn config() -> impl Strategy<Value = WitnessConfig> {
+        (any::<u64>(), proptest::collection::vec(name(), 0..5))
+            .prop_map(|(id, members)| WitnessConfig { id, members })
+    }
+
+    fn view() -> impl Strategy<Value = View> {
+        (any::<u64>(), proptest::collection::vec(config(), 0..3))
+            .prop_map(|(version, configs)| View { version, configs })
+    }
+
+    fn msg() -> impl Strategy<Value = LeaseMsg> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), view(), any::<u64>(), owned()).prop_map(
+                |(epoch, seq, view, state_version, owned)| LeaseMsg::Beat {
+                    epoch,
+                    seq,
+                    view,
+                    state_version,
+                    owned
+                }
+            ),
+            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(epoch, seq, reclaimed)| {
+                LeaseMsg::BeatAck {
+                    epoch,
+                    seq,
+                    reclaimed,
+                }
+            }),
+            (name(), any::<u64>(), view(), any::<u64>(), owned()).prop_map(
+                |(about, epoch, view, state_version, owned)| LeaseMsg::Attest {
+                    about,
+                    epoch,
+                    view,
+                    state_version,
+                    owned
+                }
+            ),
+            (name(), any::<u64>()).prop_map(|(about, epoch)| LeaseMsg::AttestAck { about, epoch }),
+            Just(LeaseMsg::Request),
+            owned().prop_map(|subnets| LeaseMsg::Grant { subnets }),
+            owned().prop_map(|subnets| LeaseMsg::GrantAck { subnets }),
+            name().prop_map(|reason| LeaseMsg::Refuse { reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn lease_datagram_round_trip(from in name(), cluster in any::<u64>(), msg in msg()) {
+            let d = LeaseDatagram { from, cluster, msg };
+            let mut buf = Vec::new();
+            d.emit(&mut buf);
+            let (kind, body) = parse_frame(&buf).unwrap();
+            prop_assert_eq!(kind, Kind::Lease);
+            prop_assert_eq!(LeaseDatagram::parse(body).unwrap(), d);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok((_, body)) = parse_frame(&bytes) {
+                let _ = LeaseDatagram::parse(body);
+            }
+            let _ = LeaseDatagram::parse(&bytes);
+        }
+    }
+
+    #[test]
+    fn request_literal_bytes() {
+        let d = LeaseDatagram {
+            from: "n1".into(),
+            cluster: 7,
+            msg: LeaseMsg::Request,
+        };
+        let mut buf = Vec::new();
+        d.emit(&mut buf);
+        assert_eq!(
+            buf,
+            [b'O', b'V', b'L', b'D', 1, 2, 0, 2, b'n', b'1', 0, 0, 0, 0, 0, 0, 0, 7, 5]
+        );
+    }
+
+    #[test]
+    fn frame_errors() {
+        assert_eq!(parse_frame(b"OVL"), Err(WireError::UnexpectedEnd));
+        assert_eq!(parse_frame(b"XXXX\x01\x01\x00"), Err(WireError::BadMagic));
+        assert_eq!(
+            parse_frame(b"OVLD\x09\x01\x00"),
+            Err(WireError::BadVersion(9))
+        );
+        assert_eq!(
+            parse_frame(b"OVLD\x01\x09\x00"),
+            Err(WireError::UnknownKind(9))
+        );
+        assert_eq!(
+            parse_frame(b"OVLD\x01\x01\x05ab"),
+            Err(WireError::UnexpectedEnd)
+        );
+        assert_eq!(
+            parse_frame(&vec![0u8; MAX_DATAGRAM + 1]),
+            Err(WireError::Oversized)
+        );
+    }
+
+    #[test]
+    fn owned_runs_are_compact() {
+        let owned: Vec<Owned> = (0..256).map(|i| (i, 1)).collect();
+        let mut out = Vec::new();
+        put_owned(&mut out, &owned);
+        assert_eq!(out.len(), 2 + 16);
+        assert_eq!(get_owned(&mut &out[..]).unwrap(), owned);
+    }
+}
