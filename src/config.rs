@@ -38,6 +38,24 @@ pub struct Cli {
 /// Client commands that talk to a running daemon.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Release this node's subnet to the cluster, leave, and stop the daemon.
+    Leave {
+        /// Where the daemon's socket lives.
+        #[arg(long, env = "OVERLAYD_RUN_DIR", default_value = "/run/overlayd")]
+        run_dir: PathBuf,
+    },
+    /// Take over a dead node's subnet now instead of after --reclaim-after.
+    ///
+    /// Only for a node known to be gone for good: if NAME is in fact alive behind a
+    /// network partition, two nodes use the same subnet until the partition heals,
+    /// and pods on both answer for the same addresses.
+    Rmpeer {
+        /// The node's name.
+        name: String,
+        /// Where the daemon's socket lives.
+        #[arg(long, env = "OVERLAYD_RUN_DIR", default_value = "/run/overlayd")]
+        run_dir: PathBuf,
+    },
     /// Show the node, its peers and dataplane counters.
     Status {
         /// Print stable JSON instead of text.
@@ -76,9 +94,43 @@ pub struct DaemonArgs {
         default_value = "10.244.0.0/16"
     )]
     pub cluster_cidr: IpNet,
-    /// This node's pod subnet (inside --cluster-cidr).
-    #[arg(long, env = "OVERLAYD_SUBNET", value_name = "CIDR")]
+    /// A fixed pod subnet for this node (inside --cluster-cidr), instead of a lease
+    /// agreed by gossip.
+    #[arg(
+        long,
+        env = "OVERLAYD_SUBNET",
+        value_name = "CIDR",
+        conflicts_with = "peers"
+    )]
     pub subnet: Option<IpNet>,
+    /// Seed peers to join (gossip addresses, HOST[:PORT], comma-separated). The node
+    /// learns the rest of the cluster from them and leases a subnet by gossip.
+    /// Without --peers and --subnet, this node founds a new cluster.
+    #[arg(
+        long,
+        env = "OVERLAYD_PEERS",
+        value_name = "HOST[:PORT],...",
+        value_delimiter = ','
+    )]
+    pub peers: Vec<String>,
+    /// UDP port for gossip.
+    #[arg(long, env = "OVERLAYD_GOSSIP_PORT", value_name = "N", default_value_t = crate::control::driver::DEFAULT_GOSSIP_PORT)]
+    pub gossip_port: u16,
+    /// Prefix length of each node's subnet lease, carved from --cluster-cidr.
+    #[arg(
+        long,
+        env = "OVERLAYD_SUBNET_LEN",
+        value_name = "N",
+        default_value_t = 24
+    )]
+    pub subnet_len: u8,
+    /// How long a node must stay dead before its subnet is reclaimed (e.g. 24h, 90m).
+    #[arg(long, env = "OVERLAYD_RECLAIM_AFTER", value_name = "DURATION", default_value = "24h",
+          value_parser = parse_duration)]
+    pub reclaim_after: std::time::Duration,
+    /// Release this node's subnet when the daemon is stopped (SIGTERM/SIGINT).
+    #[arg(long, env = "OVERLAYD_LEAVE_ON_EXIT")]
+    pub leave_on_exit: bool,
     /// This node's name [default: the hostname].
     #[arg(long, env = "OVERLAYD_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
@@ -238,9 +290,10 @@ pub struct FileKeys {
 }
 
 impl DaemonArgs {
-    /// Checks what spans several flags; returns the node subnet. When a flag's value
-    /// came from `--config`, the message names the key and the file too.
-    pub fn validate(&self) -> Result<IpNet, ConfigError> {
+    /// Checks what spans several flags; returns the fixed node subnet, if any (else
+    /// the subnet comes from a lease). When a flag's value came from `--config`, the
+    /// message names the key and the file too.
+    pub fn validate(&self) -> Result<Option<IpNet>, ConfigError> {
         self.validate_flags().map_err(|e| self.annotate(e))
     }
 
@@ -264,23 +317,51 @@ impl DaemonArgs {
         }
     }
 
-    fn validate_flags(&self) -> Result<IpNet, ConfigError> {
+    fn validate_flags(&self) -> Result<Option<IpNet>, ConfigError> {
         check_network("--cluster-cidr", &self.cluster_cidr)?;
-        let subnet = self.subnet.ok_or(ConfigError::Missing {
-            flag: "--subnet",
-            why: "this node's pod subnet, for example 10.244.1.0/24 inside --cluster-cidr",
-        })?;
-        check_network("--subnet", &subnet)?;
-        if !self.cluster_cidr.contains(&subnet) {
-            return Err(invalid(
-                "--subnet",
-                subnet,
-                format!("is not inside --cluster-cidr {}", self.cluster_cidr),
-            ));
+        if let Some(subnet) = self.subnet {
+            check_network("--subnet", &subnet)?;
+            if !self.cluster_cidr.contains(&subnet) {
+                return Err(invalid(
+                    "--subnet",
+                    subnet,
+                    format!("is not inside --cluster-cidr {}", self.cluster_cidr),
+                ));
+            }
+            let host_bits = subnet.max_prefix_len() - subnet.prefix_len();
+            if host_bits < 2 {
+                return Err(invalid("--subnet", subnet, "is too small: a node subnet needs at least a gateway and one pod address (/30 or larger for IPv4)"));
+            }
+        } else {
+            let len = self.subnet_len;
+            if len < self.cluster_cidr.prefix_len() || len > self.cluster_cidr.max_prefix_len() - 2
+            {
+                return Err(invalid(
+                    "--subnet-len",
+                    len,
+                    format!(
+                        "must lie between the --cluster-cidr prefix /{} and /{} (a gateway and one pod at least)",
+                        self.cluster_cidr.prefix_len(),
+                        self.cluster_cidr.max_prefix_len() - 2
+                    ),
+                ));
+            }
+            if self.reclaim_after < std::time::Duration::from_secs(10) {
+                return Err(invalid(
+                    "--reclaim-after",
+                    format!("{:?}", self.reclaim_after),
+                    "must be at least 10s (the fence bound is half of it)",
+                ));
+            }
         }
-        let host_bits = subnet.max_prefix_len() - subnet.prefix_len();
-        if host_bits < 2 {
-            return Err(invalid("--subnet", subnet, "is too small: a node subnet needs at least a gateway and one pod address (/30 or larger for IPv4)"));
+        for peer in &self.peers {
+            if peer.trim().is_empty() || peer.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "--peers",
+                    peer,
+                    "must be HOST or HOST:PORT, comma-separated",
+                ));
+            }
         }
         if let Some(name) = &self.node_name {
             if name.is_empty()
@@ -316,7 +397,7 @@ impl DaemonArgs {
                     format!("subnet is not inside --cluster-cidr {}", self.cluster_cidr),
                 ));
             }
-            if overlaps(&peer.subnet, &subnet) {
+            if let Some(subnet) = self.subnet.filter(|s| overlaps(&peer.subnet, s)) {
                 return Err(invalid(
                     "--static-peer",
                     value,
@@ -349,7 +430,7 @@ impl DaemonArgs {
                 }
             }
         }
-        Ok(subnet)
+        Ok(self.subnet)
     }
 }
 
@@ -542,6 +623,12 @@ pub fn parse_static_peer(s: &str) -> Result<StaticPeer, String> {
         mac,
         allow_any_source,
     })
+}
+
+/// Parses a duration such as `24h`, `90m`, `30s` or `1h30m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration such as 24h, 90m or 30s: {e}"))
 }
 
 /// Checks a Linux interface name: 1 to 15 bytes, no '/', ':' or white space.

@@ -17,6 +17,8 @@ use std::time::Instant;
 use ipnet::IpNet;
 
 use crate::config::{ConfigError, DaemonArgs, MetricsAddr};
+use crate::control::driver::{ControlConfig, ControlDriver, ControlHandle, LeaseStatus};
+use crate::control::PeerInfo;
 use crate::dataplane::driver::{open_socket, open_tun, DataplaneDriver};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
 use crate::dataplane::netlink::{disable_ipv6, enable_forwarding, Netlink};
@@ -24,7 +26,7 @@ use crate::dataplane::wire::MacAddr;
 use crate::dataplane::{EncapConfig, Fib, Peer, PeerOrigin, PeerState};
 use crate::fsutil::write_atomic;
 use crate::node::{NodeInfo, NODE_FILE};
-use crate::status::{self, NodeReport, StatusSource};
+use crate::status::{self, ControlReport, NodeReport, StatusSource};
 
 /// File inside `--state-dir` that keeps the VTEP MAC across restarts.
 pub const VTEP_MAC_FILE: &str = "vtep_mac";
@@ -38,6 +40,9 @@ pub enum DaemonError {
     /// Device setup or forwarding failed.
     #[error(transparent)]
     Dataplane(#[from] crate::dataplane::Error),
+    /// The control plane could not start, or stopped with an error.
+    #[error(transparent)]
+    Control(#[from] crate::control::Error),
     /// A listener could not be bound.
     #[error("{what} {addr}: cannot listen: {source}")]
     Listen {
@@ -175,7 +180,9 @@ struct Host {
     tun_index: u32,
     cluster_cidr: IpNet,
     node_path: PathBuf,
-    info: NodeInfo,
+    node_name: String,
+    bridge: String,
+    mtu: u32,
     applied: Option<Option<IpNet>>,
 }
 
@@ -209,9 +216,15 @@ impl Host {
             .await?;
         match (subnet, gateway) {
             (Some(subnet), Some(gateway)) => {
-                self.info.subnet = subnet;
-                self.info.gateway = gateway;
-                let json = serde_json::to_vec_pretty(&self.info).expect("NodeInfo serializes");
+                let info = NodeInfo {
+                    node_name: self.node_name.clone(),
+                    subnet,
+                    gateway,
+                    bridge: self.bridge.clone(),
+                    mtu: self.mtu,
+                    cluster_cidr: self.cluster_cidr,
+                };
+                let json = serde_json::to_vec_pretty(&info).expect("NodeInfo serializes");
                 write_atomic(&self.node_path, &json, 0o644, 0o755)
                     .map_err(file_err("node file", &self.node_path))?;
                 tracing::info!(%subnet, %gateway, "node subnet in use");
@@ -233,7 +246,7 @@ impl Host {
 /// Runs the daemon until `shutdown` resolves or the dataplane fails.
 pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let started = Instant::now();
-    let static_subnet = args.validate()?;
+    let fixed_subnet = args.validate()?;
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
     let netlink = Netlink::connect()?;
 
@@ -289,7 +302,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
 
     let udp = open_socket(SocketAddr::new(advertise_addr, args.port))?;
     let statics = static_peers(&args);
-    let (fib, warnings) = build_fib(Some(static_subnet), statics.clone());
+    let (fib, warnings) = build_fib(fixed_subnet, statics.clone());
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -298,6 +311,51 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         local_mac: vtep_mac,
     };
     let (mut driver, handle) = DataplaneDriver::spawn(tun, udp, config, Arc::new(fib));
+
+    // Where this node's subnet comes from: --subnet, or a lease agreed by gossip.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (subnet_tx, mut subnet_rx) = tokio::sync::watch::channel(fixed_subnet);
+    let mut control = None;
+    if fixed_subnet.is_none() {
+        let seeds = crate::control::driver::parse_peers(&args.peers.join(","), args.gossip_port)
+            .map_err(|e| ConfigError::Invalid {
+                flag: "--peers",
+                value: args.peers.join(","),
+                why: format!("cannot resolve: {e}"),
+            })?;
+        let cfg = ControlConfig {
+            name: node_name.clone(),
+            advertise_addr,
+            vxlan_port: args.port,
+            vni: args.vni,
+            vtep_mac: vtep_mac.0,
+            cluster_cidr: args.cluster_cidr,
+            subnet_len: args.subnet_len,
+            seeds,
+            gossip_port: args.gossip_port,
+            state_dir: args.state_dir.clone(),
+            reclaim_after: args.reclaim_after,
+            leave_on_exit: args.leave_on_exit,
+            membership: Default::default(),
+        };
+        let mut stopping = stop_rx.clone();
+        let (ctl, join) = ControlDriver::spawn(cfg, async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        })
+        .await?;
+        tokio::spawn(follow_lease(ctl.lease(), subnet_tx));
+        let total = crate::control::subnet_count(args.cluster_cidr, args.subnet_len).unwrap_or(0);
+        let (report_tx, report_rx) = tokio::sync::watch::channel(ControlReport::default());
+        tokio::spawn(refresh_control_report(
+            ctl.clone(),
+            report_tx,
+            started,
+            u64::from(total),
+        ));
+        control = Some((ctl, join, report_rx));
+    } else {
+        drop(subnet_tx);
+    }
 
     let (node_report, _) = tokio::sync::watch::channel(NodeReport {
         name: node_name.clone(),
@@ -317,6 +375,10 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         node: node_report,
         started,
         dataplane: handle.clone(),
+        control: control
+            .as_ref()
+            .map(|(ctl, _, report)| (ctl.clone(), report.clone())),
+        stop: stop_tx.clone(),
     });
     let socket_path = args.run_dir.join(status::SOCKET_FILE);
     std::fs::create_dir_all(&args.run_dir).map_err(file_err("run dir", &args.run_dir))?;
@@ -340,32 +402,27 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         }
     };
 
-    // Where this node's subnet comes from: --subnet, a constant.
-    let (_subnet_tx, mut subnet_rx) = tokio::sync::watch::channel(Some(static_subnet));
     let mut host = Host {
         netlink,
         bridge_index,
         tun_index,
         cluster_cidr: args.cluster_cidr,
         node_path: args.run_dir.join(NODE_FILE),
-        info: NodeInfo {
-            node_name: node_name.clone(),
-            subnet: static_subnet,
-            gateway: gateway_of(&static_subnet),
-            bridge: args.bridge.clone(),
-            mtu,
-            cluster_cidr: args.cluster_cidr,
-        },
+        node_name: node_name.clone(),
+        bridge: args.bridge.clone(),
+        mtu,
         applied: None,
     };
+    let mut peers_rx = control.as_ref().map(|(ctl, _, _)| ctl.peers());
+    let mut table = PeerTable::new(statics, args.vni);
 
     tracing::info!(
-        node = %node_name, %advertise_addr, port = args.port, vni = args.vni,
-        %vtep_mac, mtu, static_peers = statics.len(), "overlayd is up"
+        node = %node_name, %advertise_addr, port = args.port, vni = args.vni, %vtep_mac, mtu,
+        subnet = ?fixed_subnet, peers = ?args.peers, "overlayd is up"
     );
 
     tokio::pin!(shutdown);
-    let mut subnet_open = true;
+    let mut subnet_open = fixed_subnet.is_none();
     let result = loop {
         let subnet = *subnet_rx.borrow_and_update();
         if let Err(e) = host.apply(subnet).await {
@@ -375,18 +432,54 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
             n.subnet = subnet;
             n.gateway = subnet.map(|s| gateway_of(&s));
         });
+        let learned = peers_rx
+            .as_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .unwrap_or_default();
+        if let Some(fib) = table.update(subnet, &learned) {
+            handle.set_fib(Arc::new(fib));
+        }
+        let control_done = async {
+            match control.as_mut() {
+                Some((_, join, _)) => join.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut shutdown => {
                 tracing::info!("shutting down");
                 break Ok(());
             }
+            _ = stop_rx.wait_for(|stop| *stop) => {
+                tracing::info!("left the cluster; shutting down");
+                break Ok(());
+            }
             r = driver.wait() => break r.map_err(DaemonError::from),
-            changed = subnet_rx.changed(), if subnet_open => {
-                // A closed source keeps the subnet it last gave.
-                subnet_open = changed.is_ok();
+            changed = subnet_rx.changed(), if subnet_open => subnet_open = changed.is_ok(),
+            changed = async { peers_rx.as_mut().expect("guarded").changed().await }, if peers_rx.is_some() => {
+                if changed.is_err() {
+                    peers_rx = None;
+                }
+            }
+            done = control_done => {
+                control = None;
+                match done {
+                    Ok(Ok(())) => break Ok(()),
+                    Ok(Err(e)) => break Err(DaemonError::Control(e)),
+                    Err(join) => break Err(crate::dataplane::Error::Host(format!("control plane task ended: {join}")).into()),
+                }
             }
         }
     };
+    // Stop the control plane (releasing the lease with --leave-on-exit) before exiting.
+    let _ = stop_tx.send(true);
+    if let Some((_, join, _)) = control {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), join).await {
+            Ok(Ok(Err(e))) => tracing::warn!("control plane stopped with an error: {e}"),
+            Err(_) => tracing::warn!("control plane did not stop within 10 s"),
+            _ => {}
+        }
+    }
     status_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
@@ -394,6 +487,135 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
     let _ = std::fs::remove_file(&socket_path);
     driver.shutdown().await;
     result
+}
+
+/// Turns lease updates into the node's subnet feed, logging each change once.
+async fn follow_lease(
+    mut lease: tokio::sync::watch::Receiver<LeaseStatus>,
+    subnet: tokio::sync::watch::Sender<Option<IpNet>>,
+) {
+    let mut was_exhausted = false;
+    loop {
+        let status = lease.borrow_and_update().clone();
+        if status.exhausted && !was_exhausted {
+            tracing::warn!("the cluster CIDR has no free subnet for this node; it keeps running and asks again");
+        }
+        was_exhausted = status.exhausted;
+        subnet.send_if_modified(|s| {
+            if *s == status.subnet {
+                return false;
+            }
+            match status.subnet {
+                Some(new) => tracing::info!(subnet = %new, "lease granted"),
+                None => tracing::warn!(old = ?s, "lease not usable (not yet granted, released or fenced)"),
+            }
+            *s = status.subnet;
+            true
+        });
+        if lease.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Refreshes the control-plane part of `overlayd status` once a second, so status and
+/// metrics read it without waiting on the control task.
+async fn refresh_control_report(
+    ctl: ControlHandle,
+    report: tokio::sync::watch::Sender<ControlReport>,
+    started: Instant,
+    total: u64,
+) {
+    use crate::control::PeerState as Ctl;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Ok(st) = ctl.status().await else { return };
+        let count = |state: Ctl| st.peers.iter().filter(|p| p.state == state).count();
+        report.send_replace(ControlReport {
+            lease: st.lease,
+            fenced: st.fenced,
+            exhausted: st.exhausted,
+            witnesses: st.witnesses.clone(),
+            gossip_dropped: st.dropped,
+            alive: count(Ctl::Alive),
+            suspect: count(Ctl::Suspect),
+            dead: count(Ctl::Dead),
+            leases_used: st.peers.len() as u64 + u64::from(st.lease.is_some()),
+            leases_total: total,
+            as_of_secs: started.elapsed().as_secs(),
+        });
+    }
+}
+
+/// The peers behind the FIB: static ones plus those learned by gossip, with traffic
+/// counters kept per name across rebuilds and each state change logged once.
+struct PeerTable {
+    statics: Vec<Peer>,
+    vni: u32,
+    counters: std::collections::HashMap<String, Arc<crate::dataplane::stats::PeerStats>>,
+    last: Option<(Option<IpNet>, Vec<PeerInfo>)>,
+    states: std::collections::HashMap<String, PeerState>,
+}
+
+impl PeerTable {
+    fn new(statics: Vec<Peer>, vni: u32) -> PeerTable {
+        PeerTable {
+            statics,
+            vni,
+            counters: Default::default(),
+            last: None,
+            states: Default::default(),
+        }
+    }
+
+    /// A new FIB if our subnet or the learned peers changed since the last call.
+    fn update(&mut self, own: Option<IpNet>, learned: &[PeerInfo]) -> Option<Fib> {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(o, l)| *o == own && l.as_slice() == learned)
+        {
+            return None;
+        }
+        self.last = Some((own, learned.to_vec()));
+        let mut peers = self.statics.clone();
+        let mut seen = std::collections::HashSet::new();
+        for p in learned.iter().filter(|p| p.vni == self.vni) {
+            let state = match p.state {
+                crate::control::PeerState::Alive => PeerState::Alive,
+                crate::control::PeerState::Suspect => PeerState::Suspect,
+                crate::control::PeerState::Dead => PeerState::Dead,
+            };
+            if self.states.insert(p.name.clone(), state) != Some(state) {
+                tracing::info!(peer = %p.name, subnet = %p.subnet, underlay = %p.underlay, ?state, "peer state");
+            }
+            seen.insert(p.name.clone());
+            let stats = self.counters.entry(p.name.clone()).or_default().clone();
+            peers.push(Peer {
+                name: p.name.clone(),
+                subnet: p.subnet,
+                underlay: p.underlay,
+                vtep_mac: MacAddr(p.vtep_mac),
+                state,
+                origin: PeerOrigin::Gossip,
+                allow_any_source: false,
+                stats,
+            });
+        }
+        self.states.retain(|name, _| {
+            let keep = seen.contains(name);
+            if !keep {
+                tracing::info!(peer = %name, "peer gone");
+            }
+            keep
+        });
+        let (fib, warnings) = build_fib(own, peers);
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Some(fib)
+    }
 }
 
 #[cfg(test)]

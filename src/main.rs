@@ -68,6 +68,43 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Some(Command::Leave { run_dir }) => runtime.block_on(async {
+            let call = overlayd::status::call(&run_dir, "leave", std::time::Duration::from_secs(30));
+            match call.await {
+                Ok(reply) => {
+                    println!("{}", reply["ok"].as_str().unwrap_or("left the cluster"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("overlayd leave: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Some(Command::Rmpeer { name, run_dir }) => runtime.block_on(async {
+            eprintln!(
+                "overlayd rmpeer: reclaiming {name}'s subnet now. If {name} is alive behind a network \
+                 partition, two nodes use the same subnet until it heals; use this only for nodes that are gone."
+            );
+            let request = format!("rmpeer {name}");
+            let call = overlayd::status::call(&run_dir, &request, std::time::Duration::from_secs(30));
+            match call.await {
+                Ok(reply) => {
+                    let subnets = reply["reclaimed"].as_array().cloned().unwrap_or_default();
+                    if subnets.is_empty() {
+                        println!("{name} held no subnet this node could reclaim");
+                    } else {
+                        let list: Vec<String> = subnets.iter().filter_map(|s| s.as_str().map(String::from)).collect();
+                        println!("reclaimed {}", list.join(", "));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("overlayd rmpeer: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         None => {
             init_logging(&cli.daemon.log_level, cli.daemon.log_format);
             match runtime.block_on(overlayd::daemon::run(cli.daemon, shutdown_signal())) {

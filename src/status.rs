@@ -76,11 +76,40 @@ pub struct PeerReport {
     pub rx_bytes: u64,
 }
 
+/// The control plane, as status shows it (absent with a fixed `--subnet`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlReport {
+    /// The leased subnet this node uses now.
+    pub lease: Option<IpNet>,
+    /// Whether the node holds a lease it may not use (cut off from its witnesses).
+    pub fenced: bool,
+    /// Whether the last request for a subnet found no free space.
+    pub exhausted: bool,
+    /// The nodes that witness our lease.
+    pub witnesses: Vec<String>,
+    /// Gossip datagrams dropped as malformed, oversized or mismatched.
+    pub gossip_dropped: u64,
+    /// Members with a subnet, by state.
+    pub alive: usize,
+    /// Suspect members.
+    pub suspect: usize,
+    /// Dead members.
+    pub dead: usize,
+    /// Subnets of the cluster CIDR in use (ours included).
+    pub leases_used: u64,
+    /// Subnets of the cluster CIDR in all.
+    pub leases_total: u64,
+    /// When this report was taken (seconds of daemon uptime).
+    pub as_of_secs: u64,
+}
+
 /// The whole status reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
     /// This node.
     pub node: NodeReport,
+    /// Gossip and leases, when the subnet comes from a lease.
+    pub control: Option<ControlReport>,
     /// Every peer in the forwarding table.
     pub peers: Vec<PeerReport>,
     /// Dataplane counters, drops by reason included.
@@ -96,6 +125,13 @@ pub struct StatusSource {
     pub started: Instant,
     /// The running dataplane.
     pub dataplane: DataplaneHandle,
+    /// The control plane, when leases are in use, and its latest report.
+    pub control: Option<(
+        crate::control::driver::ControlHandle,
+        tokio::sync::watch::Receiver<ControlReport>,
+    )>,
+    /// Asks the daemon to stop (after `overlayd leave`).
+    pub stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl StatusSource {
@@ -124,8 +160,13 @@ impl StatusSource {
                 }
             })
             .collect();
+        let control = self
+            .control
+            .as_ref()
+            .map(|(_, report)| report.borrow().clone());
         StatusReport {
             node,
+            control,
             peers,
             dataplane: self.dataplane.stats().snapshot(),
         }
@@ -168,11 +209,29 @@ async fn answer(stream: UnixStream, source: &StatusSource) -> std::io::Result<()
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(1024));
     reader.read_line(&mut line).await?;
-    let reply = match line.trim() {
-        "status" => {
+    let mut words = line.split_whitespace();
+    let reply = match (words.next(), words.next(), words.next()) {
+        (Some("status"), None, _) => {
             serde_json::to_string(&source.report()).unwrap_or_else(|e| error_json(&e.to_string()))
         }
-        other => error_json(&format!("unknown request '{other}'")),
+        (Some("leave"), None, _) => match &source.control {
+            None => error_json("this node has a fixed --subnet: there is no lease to release"),
+            Some((handle, _)) => match handle.leave().await {
+                Ok(()) => {
+                    let _ = source.stop.send(true);
+                    serde_json::json!({ "ok": "released this node's subnet and left the cluster; the daemon stops now" }).to_string()
+                }
+                Err(e) => error_json(&e.to_string()),
+            },
+        },
+        (Some("rmpeer"), Some(name), None) => match &source.control {
+            None => error_json("this node has a fixed --subnet: it takes no part in leases"),
+            Some((handle, _)) => match handle.rmpeer(name).await {
+                Ok(subnets) => serde_json::json!({ "reclaimed": subnets }).to_string(),
+                Err(e) => error_json(&e.to_string()),
+            },
+        },
+        _ => error_json(&format!("unknown request '{}'", line.trim())),
     };
     write.write_all(reply.as_bytes()).await?;
     write.write_all(b"\n").await?;
@@ -196,6 +255,9 @@ pub enum ClientError {
         /// The connect error.
         source: std::io::Error,
     },
+    /// The daemon refused the request.
+    #[error("overlayd: {0}")]
+    Refused(String),
     /// The daemon's reply could not be read.
     #[error("bad reply from overlayd on {path}: {why}")]
     BadReply {
@@ -206,8 +268,13 @@ pub enum ClientError {
     },
 }
 
-/// Asks the daemon whose run dir is `run_dir` for its status.
-pub async fn request(run_dir: &Path) -> Result<StatusReport, ClientError> {
+/// Sends one request line to the daemon whose run dir is `run_dir` and returns its
+/// JSON reply; a reply with an `error` field becomes [`ClientError::Refused`].
+pub async fn call(
+    run_dir: &Path,
+    request: &str,
+    timeout: Duration,
+) -> Result<serde_json::Value, ClientError> {
     let path = run_dir.join(SOCKET_FILE);
     let bad = |why: String| ClientError::BadReply {
         path: path.clone(),
@@ -221,16 +288,30 @@ pub async fn request(run_dir: &Path) -> Result<StatusReport, ClientError> {
                 source,
             })?;
     stream
-        .write_all(b"status\n")
+        .write_all(format!("{request}\n").as_bytes())
         .await
         .map_err(|e| bad(e.to_string()))?;
     let mut reply = String::new();
     let read = stream.read_to_string(&mut reply);
-    tokio::time::timeout(Duration::from_secs(5), read)
+    tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| bad("timed out".into()))?
         .map_err(|e| bad(e.to_string()))?;
-    serde_json::from_str(&reply).map_err(|e| bad(format!("{e}: {}", reply.trim())))
+    let value: serde_json::Value =
+        serde_json::from_str(&reply).map_err(|e| bad(format!("{e}: {}", reply.trim())))?;
+    if let Some(msg) = value.get("error").and_then(|e| e.as_str()) {
+        return Err(ClientError::Refused(msg.to_string()));
+    }
+    Ok(value)
+}
+
+/// Asks the daemon whose run dir is `run_dir` for its status.
+pub async fn request(run_dir: &Path) -> Result<StatusReport, ClientError> {
+    let value = call(run_dir, "status", Duration::from_secs(5)).await?;
+    serde_json::from_value(value).map_err(|e| ClientError::BadReply {
+        path: run_dir.join(SOCKET_FILE),
+        why: e.to_string(),
+    })
 }
 
 fn human_bytes(n: u64) -> String {
@@ -276,6 +357,33 @@ pub fn render(report: &StatusReport) -> String {
         }
     }
     let _ = writeln!(out, "  mtu        {} (TUN {})", n.mtu, n.tun);
+    if let Some(c) = &report.control {
+        let lease = match (c.lease, c.fenced, c.exhausted) {
+            (Some(l), false, _) => format!("{l}"),
+            (_, true, _) => "fenced: cut off from its witnesses, not using its subnet".to_string(),
+            (None, _, true) => "none: the cluster CIDR has no free subnet (retrying)".to_string(),
+            (None, _, false) => "none yet: asking the cluster".to_string(),
+        };
+        let _ = writeln!(out, "  lease      {lease}");
+        let _ = writeln!(
+            out,
+            "  gossip     {} alive, {} suspect, {} dead; {} bad datagrams dropped",
+            c.alive, c.suspect, c.dead, c.gossip_dropped
+        );
+        let _ = writeln!(
+            out,
+            "  leases     {} of {} subnets in use; witnesses: {}",
+            c.leases_used,
+            c.leases_total,
+            if c.witnesses.is_empty() {
+                "none".to_string()
+            } else {
+                c.witnesses.join(", ")
+            }
+        );
+    } else {
+        let _ = writeln!(out, "  lease      none: fixed --subnet");
+    }
     let _ = writeln!(out, "\nPeers ({})", report.peers.len());
     let _ = writeln!(
         out,
