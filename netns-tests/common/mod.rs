@@ -516,3 +516,52 @@ pub fn http_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
         (status, body)
     })
 }
+
+/// An underlay switch: a namespace holding bridges that node namespaces plug into.
+/// Moving a node's port to another bridge partitions it from the rest.
+pub struct Switch {
+    /// The switch's namespace.
+    pub ns: Netns,
+}
+
+impl Switch {
+    /// A switch with bridges `br0` (the default) and `br1` (for partitions).
+    pub fn new() -> Switch {
+        let ns = Netns::new("ovs");
+        for br in ["br0", "br1"] {
+            ns.ip(&["link", "add", br, "type", "bridge"]);
+            ns.ip(&["link", "set", br, "up"]);
+        }
+        Switch { ns }
+    }
+
+    /// A node namespace plugged into `br0` as 198.18.0.`i`/24 on its `eth0`.
+    pub fn node(&self, i: u8) -> Netns {
+        let node = Netns::new("ovn");
+        let port = format!("p{i}");
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.ns.name,
+        ]);
+        self.ns.ip(&["link", "set", &port, "master", "br0", "up"]);
+        node.ip(&["addr", "add", &format!("198.18.0.{i}/24"), "dev", "eth0"]);
+        node.ip(&["link", "set", "eth0", "up"]);
+        node
+    }
+
+    /// Moves node `i`'s port to bridge `br`.
+    pub fn plug(&self, i: u8, br: &str) {
+        self.ns.ip(&["link", "set", &format!("p{i}"), "master", br]);
+    }
+}

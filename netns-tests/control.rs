@@ -1,0 +1,336 @@
+//! Root-only tests of gossip membership and subnet leases with real daemons in
+//! network namespaces on a shared underlay switch. Run with
+//! `cargo test --features netns-tests --test netns_control` as root.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A node: its namespace, daemon and (once it has a subnet) a pod.
+struct Node {
+    ns: Netns,
+    daemon: Option<Daemon>,
+    pod: Option<Pod>,
+    name: String,
+    i: u8,
+}
+
+impl Node {
+    fn start(switch: &Switch, dir: &TempDir, i: u8, peers: &str) -> Node {
+        let ns = switch.node(i);
+        let name = format!("n{i}");
+        let mut node = Node {
+            ns,
+            daemon: None,
+            pod: None,
+            name,
+            i,
+        };
+        node.launch(dir, peers);
+        node
+    }
+
+    fn args(&self, peers: &str) -> Vec<String> {
+        let mut a = vec![
+            "--advertise-addr".to_string(),
+            format!("198.18.0.{}", self.i),
+        ];
+        if !peers.is_empty() {
+            a.extend(["--peers".to_string(), peers.to_string()]);
+        }
+        a
+    }
+
+    fn launch(&mut self, dir: &TempDir, peers: &str) {
+        let args = self.args(peers);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = dir.0.join(format!("{}-run", self.name));
+        let state = dir.0.join(format!("{}-state", self.name));
+        let log = dir.0.join(format!("{}.log", self.name));
+        self.daemon = Some(Daemon::start_with(
+            &self.ns, run, state, log, &self.name, &args,
+        ));
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("daemon running")
+    }
+
+    /// The subnet this node uses now, per its status.
+    fn subnet(&self) -> Option<String> {
+        let s = self.daemon.as_ref()?.status_json()?;
+        s["node"]["subnet"].as_str().map(String::from)
+    }
+
+    /// The state this node's status gives peer `name`.
+    fn peer_state(&self, name: &str) -> Option<String> {
+        let s = self.daemon().status_json()?;
+        s["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["state"].as_str().map(String::from))
+    }
+
+    /// Attaches a pod at .2 of the node's subnet (once it has one).
+    fn attach_pod(&mut self) -> bool {
+        if self.pod.is_some() {
+            return true;
+        }
+        let Some(subnet) = self.subnet() else {
+            return false;
+        };
+        let base = subnet.trim_end_matches(".0/24").to_string();
+        self.pod = Some(Pod::attach(
+            &self.ns,
+            "ovl0",
+            "veth0",
+            &format!("{base}.2/24"),
+            &format!("{base}.1"),
+            1450,
+        ));
+        true
+    }
+
+    fn pod_ip(&self) -> &str {
+        &self.pod.as_ref().expect("pod attached").ip
+    }
+}
+
+/// Fails if two running nodes use the same subnet now.
+fn assert_distinct(nodes: &[&Node]) {
+    let mut owners: HashMap<String, &str> = HashMap::new();
+    for n in nodes {
+        if let Some(s) = n.subnet() {
+            if let Some(other) = owners.insert(s.clone(), &n.name) {
+                panic!("{other} and {} both use {s}", n.name);
+            }
+        }
+    }
+}
+
+/// True when every pod reaches every other pod.
+fn all_reach_all(nodes: &[&Node]) -> bool {
+    nodes.iter().all(|a| {
+        nodes.iter().all(|b| {
+            a.name == b.name
+                || a.pod.as_ref().unwrap().ns.try_exec(&[
+                    "ping",
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                    "-q",
+                    b.pod_ip(),
+                ])
+        })
+    })
+}
+
+fn logs(nodes: &[&Node]) -> String {
+    nodes
+        .iter()
+        .filter_map(|n| n.daemon.as_ref())
+        .map(|d| d.log_text())
+        .collect::<Vec<_>>()
+        .join("\n----\n")
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn a_five_nodes_one_seed_each_get_distinct_subnets_and_all_pods_ping() {
+    let dir = TempDir::new();
+    let switch = Switch::new();
+    let start = Instant::now();
+    // n1 founds the cluster (it lists itself first); every other node knows one other node.
+    let mut nodes = vec![Node::start(&switch, &dir, 1, "198.18.0.1,198.18.0.5")];
+    for i in 2..=5u8 {
+        nodes.push(Node::start(
+            &switch,
+            &dir,
+            i,
+            &format!("198.18.0.{}", i - 1),
+        ));
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let leased = wait_until(Duration::from_secs(10), || {
+        refs.iter().all(|n| n.subnet().is_some())
+    });
+    assert!(leased, "not every node got a subnet:\n{}", logs(&refs));
+    assert_distinct(&refs);
+    for n in nodes.iter_mut() {
+        assert!(n.attach_pod());
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let ok = wait_until(
+        Duration::from_secs(10)
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_secs(1)),
+        || all_reach_all(&refs),
+    );
+    let took = start.elapsed();
+    assert!(
+        ok,
+        "pods do not all reach each other {took:?} after the start:\n{}",
+        logs(&refs)
+    );
+    println!("five nodes: distinct subnets and a full ping mesh {took:.1?} after the start");
+    assert!(took <= Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn b_killed_node_is_declared_dead_and_comes_back_with_its_subnet() {
+    let dir = TempDir::new();
+    let switch = Switch::new();
+    let mut nodes = vec![Node::start(&switch, &dir, 1, "")];
+    for i in 2..=3u8 {
+        nodes.push(Node::start(&switch, &dir, i, "198.18.0.1"));
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(15), || refs
+            .iter()
+            .all(|n| n.subnet().is_some())),
+        "{}",
+        logs(&refs)
+    );
+    for n in nodes.iter_mut() {
+        assert!(n.attach_pod());
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || all_reach_all(&refs)),
+        "{}",
+        logs(&refs)
+    );
+    let subnet3 = nodes[2].subnet().unwrap();
+    let pod3 = nodes[2].pod_ip().to_string();
+
+    // kill -9 n3: within 10 s the others declare it dead and stop forwarding to it.
+    nodes[2].daemon.as_mut().unwrap().kill9();
+    let killed = Instant::now();
+    let dead = wait_until(Duration::from_secs(10), || {
+        nodes[0].peer_state("n3").as_deref() == Some("dead")
+            && nodes[1].peer_state("n3").as_deref() == Some("dead")
+    });
+    assert!(
+        dead,
+        "n3 not declared dead within 10 s: {:?}\n{}",
+        nodes[0].peer_state("n3"),
+        logs(&[&nodes[0], &nodes[1]])
+    );
+    println!("n3 declared dead {:.1?} after kill -9", killed.elapsed());
+    let before = nodes[0].daemon().drops("peer_dead");
+    assert!(!nodes[0]
+        .pod
+        .as_ref()
+        .unwrap()
+        .ns
+        .try_exec(&["ping", "-c", "1", "-W", "1", "-q", &pod3]));
+    assert!(
+        nodes[0].daemon().drops("peer_dead") > before,
+        "traffic to the dead peer was not counted as peer_dead"
+    );
+
+    // Restart n3 with its state: it gets the same subnet, and traffic resumes.
+    let d = nodes[2].daemon.take().unwrap();
+    let (run, state, log) = (d.run_dir.clone(), d.state_dir.clone(), d.log.clone());
+    drop(d);
+    let args = nodes[2].args("198.18.0.1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    nodes[2].daemon = Some(Daemon::start_with(
+        &nodes[2].ns,
+        run,
+        state,
+        log,
+        "n3",
+        &args,
+    ));
+    assert!(
+        wait_until(Duration::from_secs(15), || nodes[2].subnet().is_some()),
+        "{}",
+        logs(&[&nodes[2]])
+    );
+    assert_eq!(
+        nodes[2].subnet().unwrap(),
+        subnet3,
+        "n3 came back with another subnet"
+    );
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(15), || all_reach_all(&refs)),
+        "traffic did not resume:\n{}",
+        logs(&refs)
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn c_partition_with_joins_on_both_sides_then_heal() {
+    let dir = TempDir::new();
+    let switch = Switch::new();
+    let mut nodes = vec![Node::start(&switch, &dir, 1, "")];
+    for i in 2..=5u8 {
+        nodes.push(Node::start(&switch, &dir, i, "198.18.0.1"));
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(15), || refs
+            .iter()
+            .all(|n| n.subnet().is_some())),
+        "{}",
+        logs(&refs)
+    );
+    assert_distinct(&refs);
+
+    // Cut {n1,n2} from {n3,n4,n5}; start n6 on the small side and n7 on the large one.
+    switch.plug(1, "br1");
+    switch.plug(2, "br1");
+    let n6 = Node::start(&switch, &dir, 6, "198.18.0.1");
+    switch.plug(6, "br1");
+    nodes.push(n6);
+    nodes.push(Node::start(&switch, &dir, 7, "198.18.0.3"));
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        assert_distinct(&nodes.iter().collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Heal, then every node has a distinct subnet and every pod reaches every pod.
+    for i in [1, 2, 6] {
+        switch.plug(i, "br0");
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let leased = wait_until(Duration::from_secs(20), || {
+        assert_distinct(&refs);
+        refs.iter().all(|n| n.subnet().is_some())
+    });
+    assert!(
+        leased,
+        "after the heal not every node has a subnet:\n{}",
+        logs(&refs)
+    );
+    for n in nodes.iter_mut() {
+        assert!(n.attach_pod());
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(15), || all_reach_all(&refs)),
+        "pods do not all reach each other after the heal:\n{}",
+        logs(&refs)
+    );
+    assert_distinct(&refs);
+}
