@@ -333,16 +333,19 @@ impl Node {
 
     fn sync_peers_to_lease(&mut self) {
         let mut live = Vec::new();
+        let mut dead = Vec::new();
         let mut free = Vec::new();
-        for n in self.membership.live_names() {
-            live.push(n.to_owned());
-            if let Some((m, _)) = self.membership.peer(n) {
+        for (m, state) in self.membership.peer_table() {
+            if state == PeerState::Dead {
+                dead.push(m.name.clone());
+            } else {
                 if m.has_free {
-                    free.push(n.to_owned());
+                    free.push(m.name.clone());
                 }
+                live.push(m.name.clone());
             }
         }
-        self.lease.set_peers(live, free);
+        self.lease.set_peers(live, dead, free);
     }
 
     /// Collects outputs of both machines after an input.
