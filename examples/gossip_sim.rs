@@ -47,14 +47,14 @@ fn converge(n: usize, seed: u64, loss: f64) {
     sim.schedule(t0, Op::Start(n));
     sim.run_until(t0 + Duration::from_secs(30));
     let leased = sim.node(n).and_then(|x| x.lease().state().lease);
-    let mut learned: Vec<f64> = sim
-        .learned()
-        .into_iter()
-        .map(|t| t.map_or(f64::INFINITY, |t| (t - t0).as_secs_f64()))
+    let all = sim.learned_all();
+    // The new node's own entry is when it published its lease: measure from there.
+    let got = all[n].map_or(f64::INFINITY, |t| (t - t0).as_secs_f64());
+    let mut learned: Vec<f64> = (0..n)
+        .filter(|i| sim.running(*i))
+        .map(|i| all[i].map_or(f64::INFINITY, |t| (t - t0).as_secs_f64()))
         .collect();
     learned.sort_by(|a, b| a.total_cmp(b));
-    // The new node's own entry is when it got its lease: measure from there.
-    let got = learned.first().copied().unwrap_or(0.0);
     let pct = |p: f64| {
         let i = ((learned.len() as f64 * p).ceil() as usize).clamp(1, learned.len()) - 1;
         learned[i] - got

@@ -101,6 +101,10 @@ pub struct LeaseState {
     pub state_version: u64,
     /// Owned subnets and their versions.
     pub owned: BTreeMap<u32, u64>,
+    /// The highest version this node has owned or given away, per subnet. A late
+    /// duplicate of an old grant never brings back a subnet that was passed on.
+    #[serde(default)]
+    pub known: BTreeMap<u32, u64>,
     /// The owned subnet this node uses as its lease.
     pub lease: Option<u32>,
     /// Witness sets not yet retired; the last one is current.
@@ -157,6 +161,7 @@ pub struct Lease {
     attest_sent: HashMap<String, Instant>,
     inbox: HashMap<(String, u64, u64), Attestations>,
     live: Vec<String>,
+    dead: Vec<String>,
     free_holders: Vec<String>,
     outbox: VecDeque<(String, LeaseMsg)>,
     pending_self: VecDeque<(String, LeaseMsg)>,
@@ -185,6 +190,7 @@ impl Lease {
         }
         if fresh && cfg.founder {
             st.owned = (0..cfg.subnet_count).map(|i| (i, 1)).collect();
+            st.known = st.owned.clone();
             st.state_version = 1;
         }
         let heard = st.watching.keys().map(|k| (k.clone(), now)).collect();
@@ -198,6 +204,7 @@ impl Lease {
             attest_sent: HashMap::new(),
             inbox: HashMap::new(),
             live: Vec::new(),
+            dead: Vec::new(),
             free_holders: Vec::new(),
             outbox: VecDeque::new(),
             pending_self: VecDeque::new(),
@@ -222,11 +229,19 @@ impl Lease {
         std::mem::take(&mut self.dirty)
     }
 
-    /// Tells the machine which peers are alive, and which of them have free space.
-    pub fn set_peers(&mut self, mut live: Vec<String>, mut free_holders: Vec<String>) {
+    /// Tells the machine which peers are alive, which are declared dead, and which
+    /// have free space.
+    pub fn set_peers(
+        &mut self,
+        mut live: Vec<String>,
+        mut dead: Vec<String>,
+        mut free_holders: Vec<String>,
+    ) {
         live.sort();
+        dead.sort();
         free_holders.sort();
         self.live = live;
+        self.dead = dead;
         self.free_holders = free_holders;
     }
 
@@ -568,8 +583,7 @@ impl Lease {
             .unwrap_or_default();
         let mut taken = Vec::new();
         for (idx, ver) in newest {
-            if self.st.owned.get(&idx).is_none_or(|v| *v <= ver) {
-                self.st.owned.insert(idx, ver + 1);
+            if self.take(idx, ver + 1) {
                 taken.push(idx);
             }
         }
@@ -586,6 +600,17 @@ impl Lease {
         let _ = now;
     }
 
+    /// Takes ownership of `idx` at `ver` unless this node already knew a version at
+    /// least as new.
+    fn take(&mut self, idx: u32, ver: u64) -> bool {
+        if self.st.known.get(&idx).is_some_and(|k| *k >= ver) {
+            return false;
+        }
+        self.st.known.insert(idx, ver);
+        self.st.owned.insert(idx, ver);
+        true
+    }
+
     fn on_request(&mut self, from: &str, now: Instant) {
         if !self.in_good_standing(now) || self.st.pending_grants.iter().any(|g| g.to == from) {
             return;
@@ -594,6 +619,7 @@ impl Lease {
             return;
         };
         let ver = self.st.owned.remove(&idx).unwrap_or(0) + 1;
+        self.st.known.insert(idx, ver);
         self.st.state_version += 1;
         self.st.pending_grants.push(PendingGrant {
             to: from.to_owned(),
@@ -606,8 +632,7 @@ impl Lease {
     fn on_grant(&mut self, from: &str, subnets: Vec<Owned>, now: Instant) {
         let mut changed = false;
         for &(idx, ver) in &subnets {
-            if idx < self.cfg.subnet_count && self.st.owned.get(&idx).is_none_or(|v| *v < ver) {
-                self.st.owned.insert(idx, ver);
+            if idx < self.cfg.subnet_count && self.take(idx, ver) {
                 changed = true;
             }
         }
@@ -652,10 +677,12 @@ impl Lease {
             return;
         }
         let cur = &self.st.view.configs[0];
+        // Only witnesses the membership declared dead are replaced; one we have not
+        // heard of yet (just after a restart) stays.
         let mut members: Vec<String> = cur
             .members
             .iter()
-            .filter(|m| self.live.binary_search(m).is_ok())
+            .filter(|m| self.dead.binary_search(m).is_err())
             .cloned()
             .collect();
         // Fill up with our successors on the ring of live names.
@@ -670,7 +697,9 @@ impl Lease {
                 members.push(cand.clone());
             }
         }
-        if members != cur.members {
+        // Never an empty set: an empty set is "retired" without anyone knowing, and
+        // the safety argument needs every retired set to have told a majority.
+        if !members.is_empty() && members != cur.members {
             let id = cur.id + 1;
             self.st.view.configs.push(WitnessConfig { id, members });
             self.st.view.version += 1;
@@ -821,6 +850,7 @@ impl Lease {
                 .into_iter()
                 .map(|(k, v)| (k, v + 1))
                 .collect();
+            self.st.known.extend(subnets.iter().copied());
             if !subnets.is_empty() {
                 self.st.state_version += 1;
                 self.st.pending_grants.push(PendingGrant {
@@ -867,8 +897,7 @@ impl Lease {
         known.extend(published);
         let mut taken = Vec::new();
         for (idx, ver) in known {
-            if self.st.owned.get(&idx).is_none_or(|v| *v <= ver) {
-                self.st.owned.insert(idx, ver + 1);
+            if self.take(idx, ver + 1) {
                 taken.push(idx);
             }
         }

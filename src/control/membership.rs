@@ -727,6 +727,12 @@ impl Membership {
         v
     }
 
+    /// Every known peer's latest identity and whether it is declared dead, without
+    /// the suspicion lookup of [`Membership::peers`].
+    pub fn peer_table(&self) -> impl Iterator<Item = (&NodeMeta, PeerState)> {
+        self.peers.values().map(|(m, s)| (m, *s))
+    }
+
     /// Names of peers currently alive or suspect.
     pub fn live_names(&self) -> impl Iterator<Item = &str> {
         self.peers

@@ -333,16 +333,19 @@ impl Node {
 
     fn sync_peers_to_lease(&mut self) {
         let mut live = Vec::new();
+        let mut dead = Vec::new();
         let mut free = Vec::new();
-        for n in self.membership.live_names() {
-            live.push(n.to_owned());
-            if let Some((m, _)) = self.membership.peer(n) {
+        for (m, state) in self.membership.peer_table() {
+            if state == PeerState::Dead {
+                dead.push(m.name.clone());
+            } else {
                 if m.has_free {
-                    free.push(n.to_owned());
+                    free.push(m.name.clone());
                 }
+                live.push(m.name.clone());
             }
         }
-        self.lease.set_peers(live, free);
+        self.lease.set_peers(live, dead, free);
     }
 
     /// Collects outputs of both machines after an input.
@@ -523,5 +526,82 @@ impl Node {
         let taken = self.lease.force_reclaim(name, published);
         self.after(now);
         taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node() -> Node {
+        let meta = NodeMeta {
+            name: "a".into(),
+            gossip: "10.0.0.1:7946".parse().unwrap(),
+            vxlan_port: 4789,
+            vni: 1,
+            vtep_mac: [2, 0, 0, 0, 0, 1],
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            subnet_len: 24,
+            lease: None,
+            has_free: false,
+            bump: 0,
+        };
+        let cfg = NodeConfig {
+            meta,
+            seeds: vec![],
+            founder: true,
+            membership: MembershipConfig::default(),
+            lease: LeaseConfig::new("a", 0, true),
+        };
+        Node::new(cfg, None, Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn oversized_and_malformed_datagrams_are_counted() {
+        let mut n = node();
+        let now = Instant::now();
+        let from: SocketAddr = "10.0.0.2:7946".parse().unwrap();
+        let mut big = b"OVLD\x01\x01\x00".to_vec();
+        big.resize(message::MAX_DATAGRAM + 1, 0);
+        n.handle_datagram(from, &big, now);
+        n.handle_datagram(from, b"OVLD\x01\x02\x00\x01", now);
+        n.handle_datagram(from, b"GET / HTTP/1.1", now);
+        n.handle_datagram(from, b"OVLD\x01\x01\x00\xff\xff", now);
+        assert_eq!(n.dropped(), 4);
+        assert_eq!(n.status(now).dropped, 4);
+    }
+
+    #[test]
+    fn subnets_are_numbered_from_the_cidr() {
+        let cidr: IpNet = "10.244.0.0/16".parse().unwrap();
+        assert_eq!(subnet_count(cidr, 24).unwrap(), 256);
+        assert_eq!(
+            subnet_of(cidr, 24, 3),
+            Some("10.244.3.0/24".parse().unwrap())
+        );
+        assert_eq!(
+            subnet_of(cidr, 24, 256),
+            Some("10.245.0.0/24".parse().unwrap())
+        );
+        assert!(subnet_count(cidr, 8).is_err());
+        let v6: IpNet = "fd00::/48".parse().unwrap();
+        assert_eq!(
+            subnet_of(v6, 64, 1),
+            Some("fd00:0:0:1::/64".parse().unwrap())
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn random_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), kind in 0u8..4) {
+            let mut n = node();
+            let mut d = b"OVLD\x01".to_vec();
+            d.push(kind);
+            d.push(0);
+            d.extend_from_slice(&bytes);
+            n.handle_datagram("10.0.0.2:7946".parse().unwrap(), &d, Instant::now());
+            n.handle_datagram("10.0.0.2:7946".parse().unwrap(), &bytes, Instant::now());
+        }
     }
 }
