@@ -278,6 +278,7 @@ fn setup(
         }
     }
     *created = true;
+    test_stall("after-veth");
 
     let host_link = host
         .link(&host_name)
@@ -357,6 +358,18 @@ fn setup(
         }],
         dns: conf.dns.clone(),
     })
+}
+
+/// Test hook (only with the `netns-tests` feature): when `OVERLAYD_CNI_TEST_STALL` equals
+/// `point`, the process stops here so a test can kill it in the middle of ADD.
+fn test_stall(point: &str) {
+    #[cfg(feature = "netns-tests")]
+    if std::env::var("OVERLAYD_CNI_TEST_STALL").is_ok_and(|v| v == point) {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    let _ = point;
 }
 
 /// Releases the attachment's address (built-in store or delegated DEL).
