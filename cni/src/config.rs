@@ -221,8 +221,15 @@ impl NetConf {
             Some(_) => return Err(Error::InvalidConfig("cniVersion must be a string".into())),
             None => return Err(Error::InvalidConfig("cniVersion is missing".into())),
         };
-        let raw: RawConf =
-            serde_json::from_value(value).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        let raw: RawConf = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                Error::InvalidConfig(inner.to_string())
+            } else {
+                Error::InvalidConfig(format!("{path}: {inner}"))
+            }
+        })?;
         if raw.name.is_empty() {
             return Err(Error::InvalidConfig("name must not be empty".into()));
         }

@@ -48,6 +48,18 @@ pub enum Command {
 }
 
 impl Command {
+    /// The `CNI_COMMAND` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Gc => "GC",
+            Command::Status => "STATUS",
+            Command::Version => "VERSION",
+        }
+    }
+
     /// Parses `CNI_COMMAND`.
     pub fn from_env(env: &impl Env) -> Result<Self> {
         let value = env

@@ -83,7 +83,8 @@ fn handle<E: Env>(cmd: Command, env: &E, input: &[u8]) -> Result<Option<Value>> 
         }
         Command::Gc | Command::Status if conf.version < Version::V1_1_0 => {
             Err(Error::IncompatibleVersion(format!(
-                "{cmd:?} needs cniVersion 1.1.0, the config has {}",
+                "{} needs cniVersion 1.1.0, the config has {}",
+                cmd.as_str(),
                 conf.version.as_str()
             )))
         }
@@ -93,7 +94,7 @@ fn handle<E: Env>(cmd: Command, env: &E, input: &[u8]) -> Result<Option<Value>> 
     };
     let id = env.var("CNI_CONTAINERID").unwrap_or_default();
     match &outcome {
-        Ok(_) => log.info(format_args!("{cmd:?} container={id} ok")),
+        Ok(_) => log.info(format_args!("{} container={id} ok", cmd.as_str())),
         Err(e) => log.error(format_args!(
             "{cmd:?} container={id} failed (code {}): {e}",
             e.code()
