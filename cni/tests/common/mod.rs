@@ -213,6 +213,30 @@ impl Node {
         self.exec_plugin_raw(bin, env, stdin.to_string().as_bytes())
     }
 
+    /// Starts the plugin in the node namespace without waiting for it.
+    pub fn spawn_plugin(&self, env: &[(&str, &str)], stdin: &Value) -> std::process::Child {
+        use std::io::Write;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.name, PLUGIN]);
+        cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.to_string().as_bytes())
+            .unwrap();
+        child
+    }
+
     /// Like [`Node::exec_plugin`] with raw stdin bytes.
     pub fn exec_plugin_raw(&self, bin: &Path, env: &[(&str, &str)], stdin: &[u8]) -> PluginOutput {
         use std::io::Write;
