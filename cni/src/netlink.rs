@@ -346,6 +346,14 @@ pub fn link_mac(l: &LinkMessage) -> Option<&[u8]> {
     })
 }
 
+/// The MTU of a link message.
+pub fn link_mtu(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
 /// The controller (bridge) index of a link message.
 pub fn link_controller(l: &LinkMessage) -> Option<u32> {
     l.attributes.iter().find_map(|a| match a {

@@ -438,6 +438,14 @@ fn check(conf: &NetConf, att: &Attachment, input: &[u8]) -> Result<()> {
             att.ifname, iface.mac
         ));
     }
+    if let (Some(want), Some(have)) = (iface.mtu, netlink::link_mtu(&link)) {
+        if want != have {
+            return fail(format!(
+                "{} has MTU {have}, prevResult says {want}",
+                att.ifname
+            ));
+        }
+    }
     let addrs = pod
         .addresses(link.header.index)
         .map_err(|e| Error::netlink(format!("listing addresses of {}", att.ifname), e))?;
@@ -662,6 +670,41 @@ mod tests {
         let (rc, v) = call(&[("CNI_COMMAND", "STATUS")], &conf);
         assert_eq!((rc, v), (0, Value::Null));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives on stdin or in `CNI_COMMAND`, the plugin answers with exactly one
+        /// JSON document (a VERSION reply or an error with a code and message), never panics,
+        /// and touches nothing: the run-dir does not exist, so ADD stops at node.json, and
+        /// CHECK has no prevResult. DEL and GC are left out: valid ones act on the current
+        /// namespace, which is the root namespace here (the netns tests cover them).
+        #[test]
+        fn any_input_gets_one_reply(
+            cmd in proptest::sample::select(vec!["ADD", "CHECK", "STATUS", "VERSION", "", "add"]),
+            stdin in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            version in proptest::sample::select(vec!["0.3.0", "0.4.0", "1.0.0", "1.1.0", "2.0.0", ""]),
+            mtu in proptest::option::of(0u32..100_000),
+            use_json in proptest::bool::ANY,
+        ) {
+            let input = if use_json {
+                let mut c = json!({"cniVersion": version, "name": "n", "type": "overlayd-cni",
+                    "runDir": "/nonexistent/overlayd-proptest", "dataDir": "/nonexistent/overlayd-proptest"});
+                if let Some(m) = mtu { c["mtu"] = json!(m); }
+                c.to_string()
+            } else {
+                String::from_utf8_lossy(&stdin).into_owned()
+            };
+            let (code, v) = call(&[("CNI_COMMAND", cmd), ("CNI_CONTAINERID", "p1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/nonexistent/ns")], &input);
+            if cmd == "VERSION" {
+                proptest::prop_assert_eq!(code, 0);
+                proptest::prop_assert!(v["supportedVersions"].is_array());
+            } else if code != 0 {
+                proptest::prop_assert!(v["code"].as_u64().is_some(), "{}", v);
+                proptest::prop_assert!(!v["msg"].as_str().unwrap_or_default().is_empty());
+            } else {
+                proptest::prop_assert!(false, "{} succeeded without a node: {}", cmd, v);
+            }
+        }
     }
 
     #[test]

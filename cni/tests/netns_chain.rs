@@ -129,6 +129,42 @@ fn add_check_del_in_a_chain_and_pods_talk() {
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn every_version_gets_its_result_shape() {
     let node = Node::new(2, 24);
+    // `mtu` in the config overrides node.json's 1450.
+    let mtu_conf = {
+        let mut c = node.plugin_conf(json!({"mtu": 1400}));
+        merge(&mut c, json!({"cniVersion": "1.1.0", "name": "ovl"}));
+        c
+    };
+    let pod = Netns::new("cpod");
+    let r = node
+        .exec_plugin(
+            std::path::Path::new(PLUGIN),
+            &env("ADD", "mtu-1", &pod.path()),
+            &mtu_conf,
+        )
+        .ok();
+    assert_eq!(r["interfaces"][1]["mtu"], 1400);
+    assert!(pod
+        .exec(&["ip", "link", "show", "eth0"])
+        .contains("mtu 1400"));
+    // CHECK sees an MTU change (1.1.0 results carry the MTU).
+    pod.exec(&["ip", "link", "set", "eth0", "mtu", "1300"]);
+    let mut check = mtu_conf.clone();
+    merge(&mut check, json!({"prevResult": r}));
+    let out = node.exec_plugin(
+        std::path::Path::new(PLUGIN),
+        &env("CHECK", "mtu-1", &pod.path()),
+        &check,
+    );
+    assert_eq!(out.err_code(), 107);
+    assert!(out.stdout.contains("MTU 1300"), "{}", out.stdout);
+    node.exec_plugin(
+        std::path::Path::new(PLUGIN),
+        &env("DEL", "mtu-1", &pod.path()),
+        &mtu_conf,
+    )
+    .ok();
+
     for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
         let pod = Netns::new("cpod");
         let id = format!("ver-{}", v.replace('.', "-"));
@@ -154,6 +190,16 @@ fn every_version_gets_its_result_shape() {
         );
         assert_eq!(r["dns"]["nameservers"][0], "10.96.0.10");
         assert!(pod.ping(&node.gateway), "{v}: no connectivity");
+        if v >= "0.4.0" {
+            let mut check = conf.clone();
+            merge(&mut check, json!({"prevResult": r}));
+            node.exec_plugin(
+                std::path::Path::new(PLUGIN),
+                &env("CHECK", &id, &pod.path()),
+                &check,
+            )
+            .ok();
+        }
         node.exec_plugin(
             std::path::Path::new(PLUGIN),
             &env("DEL", &id, &pod.path()),
