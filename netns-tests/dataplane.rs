@@ -1,1 +1,370 @@
-//! netns tests
+//! Root-only tests of the dataplane on real TUN, veth, bridge and kernel VXLAN
+//! devices, each in namespaces it creates and deletes. Run with
+//! `cargo test --features netns-tests --test netns_dataplane` as root.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use common::*;
+
+const M1: &str = "02:00:00:00:01:01";
+const M2: &str = "02:00:00:00:02:01";
+
+/// Two overlayd nodes on a veth underlay, a pod on each.
+struct TwoNodes {
+    p1: Pod,
+    p2: Pod,
+    d1: Daemon,
+    d2: Daemon,
+    n1: Netns,
+    n2: Netns,
+    _dir: TempDir,
+}
+
+fn two_nodes() -> TwoNodes {
+    let dir = TempDir::new();
+    let n1 = Netns::new("ovn");
+    let n2 = Netns::new("ovn");
+    link(&n1, "u1", "198.18.0.1/24", &n2, "u2", "198.18.0.2/24");
+    let peer2 = format!("10.244.2.0/24,198.18.0.2,{M2}");
+    let peer1 = format!("10.244.1.0/24,198.18.0.1,{M1}");
+    let d1 = Daemon::start(
+        &n1,
+        &dir.0,
+        "n1",
+        &[
+            "--subnet",
+            "10.244.1.0/24",
+            "--advertise-addr",
+            "198.18.0.1",
+            "--vtep-mac",
+            M1,
+            "--static-peer",
+            &peer2,
+        ],
+    );
+    let d2 = Daemon::start(
+        &n2,
+        &dir.0,
+        "n2",
+        &[
+            "--subnet",
+            "10.244.2.0/24",
+            "--advertise-addr",
+            "198.18.0.2",
+            "--vtep-mac",
+            M2,
+            "--static-peer",
+            &peer1,
+        ],
+    );
+    let p1 = Pod::attach(&n1, "ovl0", "veth1", "10.244.1.2/24", "10.244.1.1", 1450);
+    let p2 = Pod::attach(&n2, "ovl0", "veth2", "10.244.2.2/24", "10.244.2.1", 1450);
+    TwoNodes {
+        p1,
+        p2,
+        d1,
+        d2,
+        n1,
+        n2,
+        _dir: dir,
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn a_two_overlayd_nodes_ping_and_iperf3_beside_kernel_vxlan() {
+    let t = two_nodes();
+    assert!(
+        t.p1.ns.ping(&t.p2.ip),
+        "pod 1 cannot reach pod 2:\n{}",
+        t.d1.log_text()
+    );
+    assert!(
+        t.p2.ns.ping(&t.p1.ip),
+        "pod 2 cannot reach pod 1:\n{}",
+        t.d2.log_text()
+    );
+    // The node itself reaches a remote pod too (source: its gateway address).
+    assert!(t.n1.ping(&t.p2.ip));
+
+    let status = t.d1.status_json().unwrap();
+    let peer = &status["peers"][0];
+    assert_eq!(peer["subnet"], "10.244.2.0/24");
+    assert!(peer["tx_packets"].as_u64().unwrap() >= 3, "{status}");
+    assert!(peer["rx_packets"].as_u64().unwrap() >= 3, "{status}");
+    assert_eq!(status["node"]["mtu"], 1450);
+
+    // node.json is what the CNI plugin reads.
+    let node: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.d1.run_dir.join("node.json")).unwrap())
+            .unwrap();
+    assert_eq!(node["subnet"], "10.244.1.0/24");
+    assert_eq!(node["gateway"], "10.244.1.1");
+    assert_eq!(node["bridge"], "ovl0");
+
+    let ours = iperf3(&t.p2.ns, &t.p1.ns, &t.p2.ip, 3);
+
+    // The same topology with kernel VXLAN (flannel's vxlan backend), measured now.
+    let k1 = Netns::new("ovk");
+    let k2 = Netns::new("ovk");
+    link(&k1, "u1", "198.18.1.1/24", &k2, "u2", "198.18.1.2/24");
+    let km1 = kernel_vxlan_node(&k1, "u1", "198.18.1.1", 1, "10.244.1", 1450);
+    let km2 = kernel_vxlan_node(&k2, "u2", "198.18.1.2", 1, "10.244.2", 1450);
+    kernel_vxlan_route(&k1, "10.244.2", &km2, "198.18.1.2");
+    kernel_vxlan_route(&k2, "10.244.1", &km1, "198.18.1.1");
+    let kp1 = Pod::attach(&k1, "cni0", "veth1", "10.244.1.2/24", "10.244.1.1", 1450);
+    let kp2 = Pod::attach(&k2, "cni0", "veth2", "10.244.2.2/24", "10.244.2.1", 1450);
+    assert!(
+        kp1.ns.ping(&kp2.ip),
+        "kernel vxlan reference does not forward"
+    );
+    let kernel = iperf3(&kp2.ns, &kp1.ns, &kp2.ip, 3);
+
+    println!("iperf3 pod-to-pod, 1 TCP stream, 3 s: overlayd {ours:.2} Gb/s, kernel vxlan {kernel:.2} Gb/s, ratio {:.2}", ours / kernel);
+    assert!(ours > 0.0 && kernel > 0.0);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn b_overlayd_and_kernel_vxlan_node_interoperate() {
+    let dir = TempDir::new();
+    let n1 = Netns::new("ovn");
+    let k2 = Netns::new("ovk");
+    link(&n1, "u1", "198.18.0.1/24", &k2, "u2", "198.18.0.2/24");
+    let kmac = kernel_vxlan_node(&k2, "u2", "198.18.0.2", 1, "10.244.2", 1450);
+    kernel_vxlan_route(&k2, "10.244.1", M1, "198.18.0.1");
+    let peer = format!("10.244.2.0/24,198.18.0.2,{kmac}");
+    let d1 = Daemon::start(
+        &n1,
+        &dir.0,
+        "n1",
+        &[
+            "--subnet",
+            "10.244.1.0/24",
+            "--advertise-addr",
+            "198.18.0.1",
+            "--vtep-mac",
+            M1,
+            "--static-peer",
+            &peer,
+        ],
+    );
+    let p1 = Pod::attach(&n1, "ovl0", "veth1", "10.244.1.2/24", "10.244.1.1", 1450);
+    let p2 = Pod::attach(&k2, "cni0", "veth2", "10.244.2.2/24", "10.244.2.1", 1450);
+    assert!(
+        p1.ns.ping(&p2.ip),
+        "overlayd pod cannot reach kernel pod:\n{}",
+        d1.log_text()
+    );
+    assert!(
+        p2.ns.ping(&p1.ip),
+        "kernel pod cannot reach overlayd pod:\n{}",
+        d1.log_text()
+    );
+    // The kernel node's own .0 address (its source for node traffic) is reachable too.
+    assert!(k2.ping(&p1.ip));
+    let status = d1.status_json().unwrap();
+    assert!(
+        status["peers"][0]["rx_packets"].as_u64().unwrap() >= 3,
+        "{status}"
+    );
+    assert!(
+        status["dataplane"]["drops"]
+            .as_object()
+            .unwrap()
+            .get("spoofed_source")
+            .is_none(),
+        "{status}"
+    );
+}
+
+/// A VXLAN datagram as the kernel sends it: I flag, `vni`, inner Ethernet to `dst_mac`
+/// carrying an ICMP echo request from `src` to `dst`.
+fn vxlan_icmp(vni: u32, dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut d = vec![0x08, 0, 0, 0];
+    d.extend_from_slice(&vni.to_be_bytes()[1..]);
+    d.push(0);
+    d.extend_from_slice(&dst_mac);
+    d.extend_from_slice(&[0x02, 0, 0, 0, 0x09, 0x09, 0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
+    d.extend_from_slice(&ip);
+    d
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn c_garbage_is_counted_by_reason_and_forwarding_continues() {
+    let t = two_nodes();
+    // A stranger on the underlay, not a peer.
+    let rogue = Netns::new("ovr");
+    link(&t.n1, "u9", "198.18.0.9/24", &rogue, "r0", "198.18.0.10/24");
+    // The garbage below arrives after real traffic has been flowing.
+    assert!(t.p1.ns.ping(&t.p2.ip));
+
+    let mac1 = [2, 0, 0, 0, 1, 1];
+    let good = vxlan_icmp(1, mac1, [10, 244, 2, 2], [10, 244, 1, 2]);
+    let mut bad_flags = good.clone();
+    bad_flags[0] = 0x0c;
+    let mut bad_vni = good.clone();
+    bad_vni[6] = 7;
+    let mut lying = good.clone();
+    lying[22 + 2..22 + 4].copy_from_slice(&1400u16.to_be_bytes());
+    let mut wrong_mac = good.clone();
+    wrong_mac[8..14].copy_from_slice(&[2, 9, 9, 9, 9, 9]);
+    let mut arp = good.clone();
+    arp[20..22].copy_from_slice(&[0x08, 0x06]);
+    let spoofed = vxlan_icmp(1, mac1, [10, 244, 7, 7], [10, 244, 1, 2]);
+
+    // From the real peer's underlay address (another port than its VXLAN socket's).
+    t.n2.run(|| {
+        let s = UdpSocket::bind("198.18.0.2:0").unwrap();
+        for d in [
+            &good[..5],
+            &bad_flags,
+            &bad_vni,
+            &lying,
+            &wrong_mac,
+            &arp,
+            &spoofed,
+        ] {
+            s.send_to(d, "198.18.0.1:4789").unwrap();
+        }
+    });
+    // From an address that is no peer.
+    rogue.run(|| {
+        let s = UdpSocket::bind("198.18.0.10:0").unwrap();
+        s.send_to(&good, "198.18.0.1:4789").unwrap();
+    });
+
+    let expected = [
+        "short_datagram",
+        "bad_flags",
+        "bad_vni",
+        "malformed_inner",
+        "wrong_dst_mac",
+        "not_ip",
+        "spoofed_source",
+        "unknown_sender",
+    ];
+    let counted = wait_until(Duration::from_secs(5), || {
+        expected.iter().all(|r| t.d1.drops(r) >= 1)
+    });
+    let status = t.d1.status_json().unwrap();
+    assert!(
+        counted,
+        "not every reason was counted: {}",
+        status["dataplane"]
+    );
+    for r in expected {
+        assert_eq!(t.d1.drops(r), 1, "{r}: {}", status["dataplane"]);
+    }
+    // The daemon is alive and still forwards.
+    assert!(
+        t.p1.ns.ping(&t.p2.ip),
+        "forwarding stopped after garbage:\n{}",
+        t.d1.log_text()
+    );
+    assert!(t.p2.ns.ping(&t.p1.ip));
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn d_restart_repairs_setup_and_keeps_vtep_mac() {
+    let dir = TempDir::new();
+    let n1 = Netns::new("ovn");
+    let n2 = Netns::new("ovn");
+    link(&n1, "u1", "198.18.0.1/24", &n2, "u2", "198.18.0.2/24");
+    let mut d = Daemon::start(
+        &n1,
+        &dir.0,
+        "n1",
+        &[
+            "--subnet",
+            "10.244.1.0/24",
+            "--advertise-addr",
+            "198.18.0.1",
+        ],
+    );
+    let mac = d.status_json().unwrap()["node"]["vtep_mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        d.terminate(),
+        "SIGTERM did not give a clean exit:\n{}",
+        d.log_text()
+    );
+    // The TUN and its route are gone with the process; the bridge stays for the pods.
+    assert!(!n1.ip(&["link"]).contains("ovltun0"));
+    assert!(n1.ip(&["addr", "show", "ovl0"]).contains("10.244.1.1/24"));
+
+    // Same subnet again: everything is reused.
+    let mut d = Daemon::start_with(
+        &n1,
+        d.run_dir.clone(),
+        d.state_dir.clone(),
+        d.log.clone(),
+        "n1",
+        &[
+            "--subnet",
+            "10.244.1.0/24",
+            "--advertise-addr",
+            "198.18.0.1",
+        ],
+    );
+    assert_eq!(d.status_json().unwrap()["node"]["vtep_mac"], mac.as_str());
+    assert!(d.terminate());
+
+    // A different subnet: the old gateway address and its route are removed.
+    let d = Daemon::start_with(
+        &n1,
+        d.run_dir.clone(),
+        d.state_dir.clone(),
+        d.log.clone(),
+        "n1",
+        &[
+            "--subnet",
+            "10.244.5.0/24",
+            "--advertise-addr",
+            "198.18.0.1",
+        ],
+    );
+    let addrs = n1.ip(&["addr", "show", "ovl0"]);
+    assert!(
+        addrs.contains("10.244.5.1/24") && !addrs.contains("10.244.1.1"),
+        "{addrs}"
+    );
+    let routes = n1.ip(&["route"]);
+    assert!(
+        routes.contains("10.244.0.0/16 dev ovltun0") && !routes.contains("10.244.1.0/24"),
+        "{routes}"
+    );
+    assert_eq!(d.status_json().unwrap()["node"]["vtep_mac"], mac.as_str());
+    let node = std::fs::read_to_string(d.run_dir.join("node.json")).unwrap();
+    assert!(node.contains("10.244.5.0/24"), "{node}");
+    assert!(n2.ping("198.18.0.1"));
+}

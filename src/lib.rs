@@ -9,12 +9,18 @@
 //! - [`dataplane`]: VXLAN wire views, the sans-IO encap/decap core and FIB, and the
 //!   tokio driver that owns the TUN and UDP socket.
 //! - [`control`]: gossip membership and per-node subnet leases.
-//! - [`config`]: the daemon's settings, parsed and checked.
+//! - [`config`]: the daemon's flags, parsed and checked.
+//! - [`daemon`]: `run(config, shutdown)`, which the binary calls.
+//! - [`status`]: the status socket and `overlayd status`.
 //! - [`node`]: `node.json`, the contract between the daemon and the CNI plugin.
 //!
 //! [RFC 7348]: https://www.rfc-editor.org/rfc/rfc7348
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod fsutil;
 pub mod node;
+pub mod status;

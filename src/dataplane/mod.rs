@@ -1,1 +1,21 @@
 //! Dataplane: VXLAN encapsulation between the node's TUN device and its peers.
+//!
+//! - [`wire`]: typed views over VXLAN, Ethernet and IP headers.
+//! - [`fib`]: which peer owns a destination; which peer a sender is.
+//! - [`encap`]: the sans-IO core, encap and decap in caller buffers.
+//! - [`stats`]: counters by direction, peer and drop reason.
+//! - [`driver`]: the tokio tasks that own the TUN and the UDP socket.
+//! - [`netlink`]: bridge, addresses and routes (Linux only).
+
+pub mod driver;
+pub mod encap;
+pub mod error;
+pub mod fib;
+pub mod netlink;
+pub mod stats;
+pub mod wire;
+
+pub use encap::{Decapsulator, EncapConfig, Encapsulator, Transmit, HEADROOM};
+pub use error::Error;
+pub use fib::{Fib, Peer, PeerOrigin, PeerState};
+pub use stats::{DropReason, Stats};

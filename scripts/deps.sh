@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the system packages overlayd's demo and tests use (Debian/Ubuntu, as root).
+# Sourced by scripts/test.sh and scripts/demo.sh; installs only what is missing.
+set -euo pipefail
+
+OVERLAYD_APT_PACKAGES=(
+  iproute2            # ip, bridge, ss: namespaces, veths, kernel vxlan reference
+  iputils-ping        # ping across nodes
+  iperf3              # throughput beside kernel vxlan
+  procps              # sysctl
+  kmod                # modprobe for the kernel vxlan reference
+)
+
+install_deps() {
+  local missing=()
+  for pkg in "${OVERLAYD_APT_PACKAGES[@]}" "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "==> installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
+    exit 1
+  fi
+  # The vxlan module backs the kernel reference; a built-in or missing module is fine.
+  modprobe vxlan 2>/dev/null || true
+}
+
+require_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "$0 needs root: it creates network namespaces (run it with sudo)" >&2
+    exit 1
+  fi
+}

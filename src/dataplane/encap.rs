@@ -1,0 +1,449 @@
+//! The sans-IO packet core: VXLAN encapsulation of IP packets read from the TUN, and
+//! decapsulation of datagrams from peers ([RFC 7348]).
+//!
+//! Both directions work in place on caller buffers and allocate nothing:
+//! - [`Encapsulator::encapsulate`] expects the IP packet at `buf[HEADROOM..]` and
+//!   writes the VXLAN header and inner Ethernet header into the `HEADROOM` bytes in
+//!   front of it, so the payload is never copied. The outer UDP/IP headers are the
+//!   socket's.
+//! - [`Decapsulator::decapsulate`] checks a datagram and returns the range of the inner
+//!   IP packet inside it, to be written to the TUN from the same buffer.
+//!
+//! Every packet that is not forwarded is counted in [`Stats`] under one
+//! [`DropReason`]; nothing here logs or panics on packet contents.
+//!
+//! [RFC 7348]: https://www.rfc-editor.org/rfc/rfc7348
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::fib::{Fib, PeerState};
+use super::stats::{DropReason, Stats};
+use super::wire::vxlan::VxlanRepr;
+use super::wire::{self, EtherType, EthernetFrame, IpHeader, MacAddr, VxlanPacket};
+
+/// Bytes the caller leaves in front of an outbound IP packet: the VXLAN header and
+/// the inner Ethernet header.
+pub const HEADROOM: usize = wire::vxlan::HEADER_LEN + wire::ethernet::HEADER_LEN;
+
+/// Encapsulation overhead on the underlay for an IPv4 underlay: outer IPv4 (20), UDP
+/// (8), VXLAN (8) and inner Ethernet (14). The overlay MTU is the underlay MTU less this.
+pub const OVERHEAD_V4: u32 = 20 + 8 + HEADROOM as u32;
+/// The same for an IPv6 underlay (outer IPv6 header of 40 bytes).
+pub const OVERHEAD_V6: u32 = 40 + 8 + HEADROOM as u32;
+
+/// What to send after a successful encapsulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// The peer's underlay address and VXLAN port.
+    pub dst: SocketAddr,
+    /// The datagram is `buf[..len]`.
+    pub len: usize,
+}
+
+/// Settings shared by both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncapConfig {
+    /// Our VNI.
+    pub vni: u32,
+    /// Our VTEP MAC: the inner source MAC we send, and the inner destination we accept.
+    pub local_mac: MacAddr,
+}
+
+/// Outbound half: TUN packets to VXLAN datagrams.
+#[derive(Debug)]
+pub struct Encapsulator {
+    config: EncapConfig,
+    fib: Arc<Fib>,
+    stats: Arc<Stats>,
+}
+
+impl Encapsulator {
+    /// An encapsulator routing with `fib` and counting into `stats`.
+    pub fn new(config: EncapConfig, fib: Arc<Fib>, stats: Arc<Stats>) -> Encapsulator {
+        Encapsulator { config, fib, stats }
+    }
+
+    /// Replaces the forwarding table (membership changed).
+    pub fn set_fib(&mut self, fib: Arc<Fib>) {
+        self.fib = fib;
+    }
+
+    /// Encapsulates the IP packet in `buf[HEADROOM..HEADROOM + len]` for the peer that
+    /// owns its destination. On success the datagram to send is `buf[..transmit.len]`.
+    /// On failure the packet is counted as dropped and the reason returned.
+    #[inline]
+    pub fn encapsulate(&mut self, buf: &mut [u8], len: usize) -> Result<Transmit, DropReason> {
+        let result = self.encapsulate_inner(buf, len);
+        if let Err(reason) = result {
+            self.stats.tx.drop(reason);
+        }
+        result
+    }
+
+    fn encapsulate_inner(&self, buf: &mut [u8], len: usize) -> Result<Transmit, DropReason> {
+        let total = HEADROOM.checked_add(len).filter(|t| *t <= buf.len());
+        let Some(total) = total else {
+            return Err(DropReason::MalformedOutbound);
+        };
+        let packet = &buf[HEADROOM..total];
+        let header = IpHeader::parse(packet).map_err(|_| DropReason::MalformedOutbound)?;
+        let ethertype = match header.dst {
+            IpAddr::V4(_) => EtherType::Ipv4,
+            IpAddr::V6(_) => EtherType::Ipv6,
+        };
+        let peer = self
+            .fib
+            .lookup(header.dst)
+            .ok_or(DropReason::UnknownSubnet)?;
+        if peer.state == PeerState::Dead {
+            return Err(DropReason::PeerDead);
+        }
+        let (vxlan, eth) = buf[..HEADROOM].split_at_mut(wire::vxlan::HEADER_LEN);
+        VxlanRepr {
+            vni: self.config.vni,
+        }
+        .emit(&mut VxlanPacket::new_unchecked(vxlan));
+        let mut frame = EthernetFrame::new_unchecked(eth);
+        frame.set_dst_addr(peer.vtep_mac);
+        frame.set_src_addr(self.config.local_mac);
+        frame.set_ethertype(ethertype);
+        peer.stats.tx.add(len);
+        self.stats.tx.forwarded.add(len);
+        Ok(Transmit {
+            dst: peer.underlay,
+            len: total,
+        })
+    }
+}
+
+/// Inbound half: VXLAN datagrams from peers to TUN packets.
+#[derive(Debug)]
+pub struct Decapsulator {
+    config: EncapConfig,
+    fib: Arc<Fib>,
+    stats: Arc<Stats>,
+}
+
+impl Decapsulator {
+    /// A decapsulator accepting peers of `fib` and counting into `stats`.
+    pub fn new(config: EncapConfig, fib: Arc<Fib>, stats: Arc<Stats>) -> Decapsulator {
+        Decapsulator { config, fib, stats }
+    }
+
+    /// Replaces the forwarding table (membership changed).
+    pub fn set_fib(&mut self, fib: Arc<Fib>) {
+        self.fib = fib;
+    }
+
+    /// Checks a datagram received from `from` and returns the range of its inner IP
+    /// packet (Ethernet padding trimmed). A datagram is accepted only when its flags
+    /// and VNI are ours, the sender is a known peer, the inner destination MAC is our
+    /// VTEP MAC, and the inner packet is well-formed IPv4/IPv6 from inside the peer's
+    /// subnet. Anything else is counted by reason and dropped.
+    #[inline]
+    pub fn decapsulate(
+        &mut self,
+        from: IpAddr,
+        datagram: &[u8],
+    ) -> Result<Range<usize>, DropReason> {
+        let result = self.decapsulate_inner(from, datagram);
+        if let Err(reason) = result {
+            self.stats.rx.drop(reason);
+        }
+        result
+    }
+
+    fn decapsulate_inner(&self, from: IpAddr, datagram: &[u8]) -> Result<Range<usize>, DropReason> {
+        if datagram.len() < HEADROOM {
+            return Err(DropReason::ShortDatagram);
+        }
+        let vxlan = VxlanPacket::new_unchecked(datagram);
+        let repr = VxlanRepr::parse(&vxlan).map_err(|_| DropReason::BadFlags)?;
+        if repr.vni != self.config.vni {
+            return Err(DropReason::BadVni);
+        }
+        let peer = self
+            .fib
+            .peer_by_underlay(from)
+            .ok_or(DropReason::UnknownSender)?;
+        let frame = EthernetFrame::new_unchecked(vxlan.payload());
+        if frame.dst_addr() != self.config.local_mac {
+            return Err(DropReason::WrongDstMac);
+        }
+        let version_ok = match frame.ethertype() {
+            EtherType::Ipv4 => 4,
+            EtherType::Ipv6 => 6,
+            EtherType::Other(_) => return Err(DropReason::NotIp),
+        };
+        let inner = frame.payload();
+        if inner.first().map(|b| b >> 4) != Some(version_ok) {
+            return Err(DropReason::MalformedInner);
+        }
+        let header = IpHeader::parse(inner).map_err(|_| DropReason::MalformedInner)?;
+        if !peer.allow_any_source && !peer.subnet.contains(&header.src) {
+            return Err(DropReason::SpoofedSource);
+        }
+        peer.stats.rx.add(header.total_len);
+        self.stats.rx.forwarded.add(header.total_len);
+        Ok(HEADROOM..HEADROOM + header.total_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::fib::tests::peer;
+    use etherparse::PacketBuilder;
+
+    const LOCAL_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xaa]);
+    const PEER_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
+
+    fn setup() -> (Encapsulator, Decapsulator, Arc<Stats>) {
+        let fib = Arc::new(
+            Fib::new(vec![
+                peer("n2", "10.244.2.0/24", "198.18.0.2:4789"),
+                peer("n3", "10.244.3.0/24", "198.18.0.3:4789"),
+            ])
+            .unwrap(),
+        );
+        let stats = Arc::new(Stats::default());
+        let config = EncapConfig {
+            vni: 1,
+            local_mac: LOCAL_MAC,
+        };
+        (
+            Encapsulator::new(config, fib.clone(), stats.clone()),
+            Decapsulator::new(config, fib, stats.clone()),
+            stats,
+        )
+    }
+
+    /// A UDP packet built by etherparse, an independent implementation.
+    fn udp_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let builder = PacketBuilder::ipv4(src, dst, 64).udp(1000, 2000);
+        let mut out = Vec::new();
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    /// A datagram as a Linux vxlan device (VNI 1) sends it to us from peer n2.
+    fn kernel_datagram(inner: &[u8]) -> Vec<u8> {
+        let mut d = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+        d.extend_from_slice(&LOCAL_MAC.0);
+        d.extend_from_slice(&PEER_MAC.0);
+        d.extend_from_slice(&[0x08, 0x00]);
+        d.extend_from_slice(inner);
+        d
+    }
+
+    #[test]
+    fn encapsulate_writes_headers_in_place() {
+        let (mut enc, _, stats) = setup();
+        let inner = udp_packet([10, 244, 1, 5], [10, 244, 3, 7], b"hello");
+        let mut buf = vec![0u8; 2048];
+        buf[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+        let tx = enc.encapsulate(&mut buf, inner.len()).unwrap();
+        assert_eq!(tx.dst, "198.18.0.3:4789".parse().unwrap());
+        assert_eq!(tx.len, HEADROOM + inner.len());
+        let d = &buf[..tx.len];
+        assert_eq!(&d[..8], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(&d[8..14], &PEER_MAC.0);
+        assert_eq!(&d[14..20], &LOCAL_MAC.0);
+        assert_eq!(&d[20..22], &[0x08, 0x00]);
+        assert_eq!(&d[22..], &inner[..]);
+        // The frame decodes with etherparse as Ethernet + IPv4 + UDP + payload.
+        let sliced = etherparse::SlicedPacket::from_ethernet(&d[8..]).unwrap();
+        match sliced.transport {
+            Some(etherparse::TransportSlice::Udp(udp)) => assert_eq!(udp.payload(), b"hello"),
+            other => panic!("not UDP: {other:?}"),
+        }
+        assert_eq!(stats.snapshot().tx_packets, 1);
+    }
+
+    #[test]
+    fn encapsulate_counts_drops() {
+        let (mut enc, _, stats) = setup();
+        let mut buf = vec![0u8; 2048];
+        let inner = udp_packet([10, 244, 1, 5], [10, 244, 9, 7], b"x");
+        buf[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+        assert_eq!(
+            enc.encapsulate(&mut buf, inner.len()),
+            Err(DropReason::UnknownSubnet)
+        );
+        assert_eq!(
+            enc.encapsulate(&mut buf, 3),
+            Err(DropReason::MalformedOutbound)
+        );
+        assert_eq!(
+            enc.encapsulate(&mut buf, 5000),
+            Err(DropReason::MalformedOutbound)
+        );
+        let snap = stats.snapshot();
+        assert_eq!(snap.drops["unknown_subnet"], 1);
+        assert_eq!(snap.drops["malformed_outbound"], 2);
+    }
+
+    #[test]
+    fn dead_peer_is_dropped() {
+        let mut dead = peer("n2", "10.244.2.0/24", "198.18.0.2:4789");
+        dead.state = PeerState::Dead;
+        let stats = Arc::new(Stats::default());
+        let config = EncapConfig {
+            vni: 1,
+            local_mac: LOCAL_MAC,
+        };
+        let mut enc = Encapsulator::new(
+            config,
+            Arc::new(Fib::new(vec![dead]).unwrap()),
+            stats.clone(),
+        );
+        let inner = udp_packet([10, 244, 1, 5], [10, 244, 2, 7], b"x");
+        let mut buf = vec![0u8; 2048];
+        buf[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+        assert_eq!(
+            enc.encapsulate(&mut buf, inner.len()),
+            Err(DropReason::PeerDead)
+        );
+    }
+
+    #[test]
+    fn decapsulate_accepts_kernel_datagram() {
+        let (_, mut dec, stats) = setup();
+        let inner = udp_packet([10, 244, 2, 5], [10, 244, 1, 7], b"hi");
+        let mut d = kernel_datagram(&inner);
+        // Ethernet padding after the IP packet is trimmed.
+        d.extend_from_slice(&[0; 6]);
+        let range = dec.decapsulate("198.18.0.2".parse().unwrap(), &d).unwrap();
+        assert_eq!(&d[range], &inner[..]);
+        assert_eq!(stats.snapshot().rx_packets, 1);
+    }
+
+    #[test]
+    fn round_trip_between_two_nodes() {
+        let (mut enc, _, _) = setup();
+        // Node n3 receives what we send; from its side we are peer "n1".
+        let n3_fib = Arc::new(
+            Fib::new(vec![{
+                let mut p = peer("n1", "10.244.1.0/24", "198.18.0.1:4789");
+                p.vtep_mac = LOCAL_MAC;
+                p
+            }])
+            .unwrap(),
+        );
+        let n3_config = EncapConfig {
+            vni: 1,
+            local_mac: PEER_MAC,
+        };
+        let mut n3 = Decapsulator::new(n3_config, n3_fib, Arc::default());
+        let inner = udp_packet([10, 244, 1, 5], [10, 244, 3, 7], &[7u8; 1000]);
+        let mut buf = vec![0u8; 2048];
+        buf[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+        let tx = enc.encapsulate(&mut buf, inner.len()).unwrap();
+        let range = n3
+            .decapsulate("198.18.0.1".parse().unwrap(), &buf[..tx.len])
+            .unwrap();
+        assert_eq!(&buf[range], &inner[..]);
+    }
+
+    #[test]
+    fn decapsulate_drops_by_reason() {
+        let (_, mut dec, stats) = setup();
+        let from = "198.18.0.2".parse().unwrap();
+        let good = kernel_datagram(&udp_packet([10, 244, 2, 5], [10, 244, 1, 7], b"hi"));
+        let cases: Vec<(Vec<u8>, IpAddr, DropReason)> = vec![
+            (good[..10].to_vec(), from, DropReason::ShortDatagram),
+            (
+                {
+                    let mut d = good.clone();
+                    d[0] = 0x0c;
+                    d
+                },
+                from,
+                DropReason::BadFlags,
+            ),
+            (
+                {
+                    let mut d = good.clone();
+                    d[6] = 2;
+                    d
+                },
+                from,
+                DropReason::BadVni,
+            ),
+            (
+                good.clone(),
+                "198.18.9.9".parse().unwrap(),
+                DropReason::UnknownSender,
+            ),
+            (
+                {
+                    let mut d = good.clone();
+                    d[8] = 0xff;
+                    d
+                },
+                from,
+                DropReason::WrongDstMac,
+            ),
+            (
+                {
+                    let mut d = good.clone();
+                    d[20..22].copy_from_slice(&[0x08, 0x06]);
+                    d
+                },
+                from,
+                DropReason::NotIp,
+            ),
+            // The inner length lies: total length 200 in a 30-byte packet.
+            (
+                {
+                    let mut d = good.clone();
+                    d[24..26].copy_from_slice(&200u16.to_be_bytes());
+                    d
+                },
+                from,
+                DropReason::MalformedInner,
+            ),
+            // IPv6 EtherType over an IPv4 packet.
+            (
+                {
+                    let mut d = good.clone();
+                    d[20..22].copy_from_slice(&[0x86, 0xdd]);
+                    d
+                },
+                from,
+                DropReason::MalformedInner,
+            ),
+            (
+                kernel_datagram(&udp_packet([10, 244, 3, 5], [10, 244, 1, 7], b"hi")),
+                from,
+                DropReason::SpoofedSource,
+            ),
+        ];
+        for (datagram, from, reason) in &cases {
+            assert_eq!(dec.decapsulate(*from, datagram), Err(*reason), "{reason:?}");
+        }
+        let snap = stats.snapshot();
+        for (_, _, reason) in &cases {
+            assert!(snap.drops[reason.as_str()] >= 1, "{reason:?} not counted");
+        }
+        assert_eq!(snap.rx_packets, 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decapsulate_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let (_, mut dec, _) = setup();
+            let _ = dec.decapsulate("198.18.0.2".parse().unwrap(), &bytes);
+        }
+
+        #[test]
+        fn encapsulate_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), extra in 0usize..300) {
+            let (mut enc, _, _) = setup();
+            let mut buf = vec![0u8; HEADROOM + bytes.len()];
+            buf[HEADROOM..].copy_from_slice(&bytes);
+            let _ = enc.encapsulate(&mut buf, bytes.len() + extra % 3);
+        }
+    }
+}

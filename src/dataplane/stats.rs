@@ -1,0 +1,209 @@
+//! Dataplane counters: packets, bytes and drops by reason, each direction on its own
+//! cache line so the two packet tasks never share one.
+//!
+//! Counters are relaxed atomics with exactly one writer each (the task of their
+//! direction), so an increment is a plain load and store, not a locked
+//! read-modify-write; `status` and metrics read them without ordering. A design with
+//! several workers per direction gives each worker its own counters.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// Why the dataplane dropped a packet. Every drop is counted under exactly one reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// Outbound: no peer owns the destination address.
+    UnknownSubnet,
+    /// Outbound: the peer that owns the destination is declared dead.
+    PeerDead,
+    /// Outbound: the TUN gave a packet that is not well-formed IPv4/IPv6.
+    MalformedOutbound,
+    /// Inbound: the datagram is shorter than VXLAN + Ethernet headers.
+    ShortDatagram,
+    /// Inbound: VXLAN flags other than the I flag alone.
+    BadFlags,
+    /// Inbound: a VNI other than ours.
+    BadVni,
+    /// Inbound: the sender's address is not a known peer.
+    UnknownSender,
+    /// Inbound: the inner destination MAC is not our VTEP MAC.
+    WrongDstMac,
+    /// Inbound: the inner frame is not IPv4 or IPv6 (ARP, VLAN, ...).
+    NotIp,
+    /// Inbound: the inner IP header is malformed or its length lies.
+    MalformedInner,
+    /// Inbound: the inner source address is outside the sending peer's subnet.
+    SpoofedSource,
+    /// Either way: the kernel refused the send or the TUN write.
+    IoError,
+}
+
+impl DropReason {
+    /// Every reason, in a fixed order (the index of each counter).
+    pub const ALL: [DropReason; 12] = [
+        DropReason::UnknownSubnet,
+        DropReason::PeerDead,
+        DropReason::MalformedOutbound,
+        DropReason::ShortDatagram,
+        DropReason::BadFlags,
+        DropReason::BadVni,
+        DropReason::UnknownSender,
+        DropReason::WrongDstMac,
+        DropReason::NotIp,
+        DropReason::MalformedInner,
+        DropReason::SpoofedSource,
+        DropReason::IoError,
+    ];
+
+    /// The reason's stable name, as status and metrics print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::UnknownSubnet => "unknown_subnet",
+            DropReason::PeerDead => "peer_dead",
+            DropReason::MalformedOutbound => "malformed_outbound",
+            DropReason::ShortDatagram => "short_datagram",
+            DropReason::BadFlags => "bad_flags",
+            DropReason::BadVni => "bad_vni",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::WrongDstMac => "wrong_dst_mac",
+            DropReason::NotIp => "not_ip",
+            DropReason::MalformedInner => "malformed_inner",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::IoError => "io_error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Adds `n` to a counter that only the calling task writes.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Packets and bytes one way, padded to a cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct Flow {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Flow {
+    /// Counts one packet of `bytes` bytes.
+    #[inline]
+    pub fn add(&self, bytes: usize) {
+        bump(&self.packets, 1);
+        bump(&self.bytes, bytes as u64);
+    }
+
+    /// (packets, bytes) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (self.packets.load(Relaxed), self.bytes.load(Relaxed))
+    }
+}
+
+/// Counters of one direction: forwarded traffic and drops by reason.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct DirectionStats {
+    /// Packets forwarded (inner IP bytes).
+    pub forwarded: Flow,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl DirectionStats {
+    /// Counts one drop.
+    #[inline]
+    pub fn drop(&self, reason: DropReason) {
+        bump(&self.drops[reason.index()], 1);
+    }
+
+    /// Drops so far for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].load(Relaxed)
+    }
+}
+
+/// All dataplane counters of a node.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// TUN to peers.
+    pub tx: DirectionStats,
+    /// Peers to TUN.
+    pub rx: DirectionStats,
+}
+
+/// Counters of one peer: traffic each way.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Inner bytes sent to the peer.
+    pub tx: Flow,
+    /// Inner bytes received from the peer and written to the TUN.
+    pub rx: Flow,
+}
+
+/// A point-in-time copy of [`Stats`], for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StatsSnapshot {
+    /// Packets sent to peers.
+    pub tx_packets: u64,
+    /// Inner bytes sent to peers.
+    pub tx_bytes: u64,
+    /// Packets received from peers and written to the TUN.
+    pub rx_packets: u64,
+    /// Inner bytes received from peers.
+    pub rx_bytes: u64,
+    /// Drops by reason name, both directions, zero counts left out.
+    pub drops: std::collections::BTreeMap<String, u64>,
+}
+
+impl Stats {
+    /// Copies the counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let (tx_packets, tx_bytes) = self.tx.forwarded.get();
+        let (rx_packets, rx_bytes) = self.rx.forwarded.get();
+        let drops = DropReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.as_str().to_string(),
+                    self.tx.drops(*r) + self.rx.drops(*r),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        StatsSnapshot {
+            tx_packets,
+            tx_bytes,
+            rx_packets,
+            rx_bytes,
+            drops,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_index_their_own_counter() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let stats = Stats::default();
+        stats.rx.drop(DropReason::BadVni);
+        stats.rx.drop(DropReason::BadVni);
+        stats.tx.drop(DropReason::UnknownSubnet);
+        let snap = stats.snapshot();
+        assert_eq!(snap.drops.get("bad_vni"), Some(&2));
+        assert_eq!(snap.drops.get("unknown_subnet"), Some(&1));
+        assert_eq!(snap.drops.len(), 2);
+    }
+}

@@ -1,0 +1,76 @@
+//! The binary rejects bad flags with a non-zero exit and a message naming the flag.
+//! No root needed: validation happens before any device is touched.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_overlayd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_name_the_flag() {
+    let dir = std::env::temp_dir().join(format!("overlayd-cli-{}", std::process::id()));
+    let state = format!("--state-dir={}", dir.display());
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--cluster-cidr",
+                "10.244.0.0/99",
+                "--subnet",
+                "10.244.1.0/24",
+            ],
+            "--cluster-cidr",
+        ),
+        (&["--subnet", "10.245.1.0/24"], "--subnet"),
+        (
+            &[
+                "--subnet",
+                "10.244.1.0/24",
+                "--static-peer",
+                "10.244.2.0/24,198.18.0.2",
+            ],
+            "--static-peer",
+        ),
+        (
+            &[
+                "--subnet",
+                "10.244.1.0/24",
+                "--static-peer",
+                "10.244.2.0/24,198.18.0.2,not-a-mac",
+            ],
+            "--static-peer",
+        ),
+        (&["--subnet", "10.244.1.0/24", "--port", "70000"], "--port"),
+        (
+            &["--subnet", "10.244.1.0/24", "--no-such-flag"],
+            "--no-such-flag",
+        ),
+    ];
+    for (args, flag) in cases {
+        let mut argv = args.to_vec();
+        argv.push(&state);
+        let (ok, stderr) = run(&argv);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(
+            stderr.contains(flag),
+            "{args:?}: stderr does not name {flag}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn status_without_daemon_says_so_in_one_line() {
+    let dir = std::env::temp_dir().join(format!("overlayd-nodaemon-{}", std::process::id()));
+    let (ok, stderr) = run(&["status", "--run-dir", dir.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not running"), "{stderr}");
+}
