@@ -1,7 +1,7 @@
 //! (a) The plugin first in a conflist with the reference loopback, portmap and bandwidth
 //! plugins: ADD, CHECK and DEL as libcni runs them, with real traffic between two pods.
 //!
-//! TODO(merge): extend across two overlayd nodes once the daemon's netns tests land.
+//! The same chain across two real overlayd nodes is in `netns_two_nodes.rs`.
 
 mod common;
 

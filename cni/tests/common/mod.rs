@@ -170,6 +170,19 @@ impl Node {
         node
     }
 
+    /// A node namespace and temp dir only: for a real overlayd daemon to set up (it creates
+    /// the bridge and writes node.json into [`Node::run_dir`]).
+    pub fn bare(n: u8, prefix: u8) -> Self {
+        let ns = Netns::new("cnode");
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        Node {
+            ns,
+            dir: TempDir::new("cni-node"),
+            subnet: format!("10.244.{n}.0/{prefix}"),
+            gateway: format!("10.244.{n}.1"),
+        }
+    }
+
     /// Writes node.json the way the daemon does (temp file + rename).
     pub fn write_node_json(&self) {
         let body = json!({"node_name": self.ns.name, "subnet": self.subnet, "gateway": self.gateway,
