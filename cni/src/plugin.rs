@@ -90,7 +90,8 @@ fn handle<E: Env>(cmd: Command, env: &E, input: &[u8]) -> Result<Option<Value>> 
         }
         Command::Gc => gc(&conf, &log).map(|()| None),
         Command::Status => status(&conf).map(|()| None),
-        Command::Version => unreachable_version(),
+        // VERSION is answered in `run` before the config is parsed.
+        Command::Version => Ok(None),
     };
     let id = env.var("CNI_CONTAINERID").unwrap_or_default();
     match &outcome {
@@ -101,11 +102,6 @@ fn handle<E: Env>(cmd: Command, env: &E, input: &[u8]) -> Result<Option<Value>> 
         )),
     }
     outcome
-}
-
-// VERSION is answered in `run` before the config is parsed.
-fn unreachable_version() -> Result<Option<Value>> {
-    Ok(None)
 }
 
 /// The host-side veth name of an attachment: `ovlv` + 11 hex digits (15 bytes, IFNAMSIZ-1).
