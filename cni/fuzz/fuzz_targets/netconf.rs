@@ -16,5 +16,6 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let _ = overlayd_cni::error::Error::Decode(String::from_utf8_lossy(data).into_owned()).to_reply("1.1.0");
+    let _ = overlayd_cni::error::Error::Decode(String::from_utf8_lossy(data).into_owned())
+        .to_reply("1.1.0");
 });
