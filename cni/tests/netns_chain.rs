@@ -1,5 +1,5 @@
-//! (a) The plugin first in a conflist with the reference loopback, portmap and bandwidth
-//! plugins: ADD, CHECK and DEL as libcni runs them, with real traffic between two pods.
+//! (a) The plugin first in a conflist with the reference loopback, portmap, bandwidth and
+//! tuning plugins: ADD, CHECK and DEL as libcni runs them, with real traffic between two pods.
 //!
 //! The same chain across two real overlayd nodes is in `netns_two_nodes.rs`.
 
@@ -21,6 +21,7 @@ fn conflist(node: &Node) -> Chain<'_> {
             json!({"type": "bandwidth", "capabilities": {"bandwidth": true},
                    "runtimeConfig": {"bandwidth": {"ingressRate": 100000000, "ingressBurst": 1000000,
                                                    "egressRate": 100000000, "egressBurst": 1000000}}}),
+            json!({"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"}}),
         ],
     }
 }
@@ -59,6 +60,8 @@ fn add_check_del_in_a_chain_and_pods_talk() {
         tc.contains("tbf"),
         "bandwidth shaped nothing on {host_veth}: {tc}"
     );
+    let tuned = pod1.exec(&["sysctl", "-n", "net.ipv4.conf.eth0.accept_local"]);
+    assert_eq!(tuned.trim(), "1", "tuning did not act on eth0");
     let hairpin = node.ns.exec(&["ip", "-d", "link", "show", &host_veth]);
     assert!(hairpin.contains("hairpin on"), "{hairpin}");
     assert_eq!(node.reserved("ovl").len(), 2);
