@@ -80,6 +80,16 @@ fn add_check_del_in_a_chain_and_pods_talk() {
     if let Some(f) = check_chain.check("chain-pod-1", &pod1, &r1) {
         panic!("CHECK failed on a healthy pod: {} {}", f.stdout, f.stderr);
     }
+    // ...and when the address is no longer reserved in the store.
+    let file = node.data_dir().join("ovl").join(&ip1);
+    let owner = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let f = check_chain
+        .check("chain-pod-1", &pod1, &r1)
+        .expect("CHECK must fail without the reservation");
+    assert_eq!(f.err_code(), 107, "{}", f.stdout);
+    assert!(f.stdout.contains("not reserved"), "{}", f.stdout);
+    std::fs::write(&file, owner).unwrap();
     pod2.exec(&["ip", "addr", "flush", "dev", "eth0"]);
     let f = chain
         .check("chain-pod-2", &pod2, &r2)
