@@ -279,6 +279,37 @@ fn c_garbage_is_counted_by_reason_and_forwarding_continues() {
     for r in expected {
         assert_eq!(t.d1.drops(r), 1, "{r}: {}", status["dataplane"]);
     }
+    // The same counters on /metrics, with per-peer traffic and the peer gauge.
+    let (code, metrics) = http_get(&t.n1, "127.0.0.1:9469", "/metrics");
+    assert_eq!(code, 200);
+    for line in [
+        r#"overlayd_dataplane_drops_total{direction="rx",reason="bad_vni"} 1"#,
+        r#"overlayd_dataplane_drops_total{direction="rx",reason="unknown_sender"} 1"#,
+        r#"overlayd_dataplane_drops_total{direction="rx",reason="malformed_inner"} 1"#,
+        r#"overlayd_peers{state="alive"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line} in:\n{metrics}"
+        );
+    }
+    let peer_rx = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                r#"overlayd_peer_packets_total{peer="static:10.244.2.0/24",direction="rx"}"#,
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .expect("per-peer rx counter");
+    assert!(peer_rx >= 3, "{metrics}");
+    assert!(
+        metrics.contains("overlayd_dataplane_batch_size_bucket"),
+        "{metrics}"
+    );
+    assert_eq!(http_get(&t.n1, "127.0.0.1:9469", "/healthz").0, 200);
+    assert_eq!(http_get(&t.n1, "127.0.0.1:9469", "/nope").0, 404);
+
     // The daemon is alive and still forwards.
     assert!(
         t.p1.ns.ping(&t.p2.ip),
@@ -339,19 +370,20 @@ fn d_restart_repairs_setup_and_keeps_vtep_mac() {
     assert_eq!(d.status_json().unwrap()["node"]["vtep_mac"], mac.as_str());
     assert!(d.terminate());
 
-    // A different subnet: the old gateway address and its route are removed.
+    // A different subnet: the old gateway address and its route are removed. Without
+    // --advertise-addr, the address of the default-route interface is used.
+    n1.ip(&["route", "add", "default", "via", "198.18.0.2"]);
     let d = Daemon::start_with(
         &n1,
         d.run_dir.clone(),
         d.state_dir.clone(),
         d.log.clone(),
         "n1",
-        &[
-            "--subnet",
-            "10.244.5.0/24",
-            "--advertise-addr",
-            "198.18.0.1",
-        ],
+        &["--subnet", "10.244.5.0/24"],
+    );
+    assert_eq!(
+        d.status_json().unwrap()["node"]["advertise_addr"],
+        "198.18.0.1"
     );
     let addrs = n1.ip(&["addr", "show", "ovl0"]);
     assert!(

@@ -61,6 +61,13 @@ pub enum LogFormat {
 /// The daemon's flags.
 #[derive(Debug, Clone, Args)]
 pub struct DaemonArgs {
+    /// A TOML file holding any of these flags as keys (`cluster_cidr = "..."`); a
+    /// flag or an OVERLAYD_* variable overrides the file.
+    #[arg(long, env = "OVERLAYD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Which flags came from `--config`, to name the key and file in errors.
+    #[arg(skip)]
+    pub from_file: Option<FileKeys>,
     /// The whole cluster's pod CIDR.
     #[arg(
         long,
@@ -119,9 +126,17 @@ pub struct DaemonArgs {
     pub run_dir: PathBuf,
     /// A peer that owns SUBNET, reached at underlay ADDR, with VTEP MAC MAC; append
     /// `,allow-any-source` to accept inner sources outside SUBNET. Repeatable.
-    #[arg(long = "static-peer", env = "OVERLAYD_STATIC_PEERS", value_delimiter = ';',
+    #[arg(long = "static-peer", alias = "static-peers", env = "OVERLAYD_STATIC_PEERS", value_delimiter = ';',
           value_name = "SUBNET,ADDR[:PORT],MAC", value_parser = parse_static_peer)]
     pub static_peers: Vec<StaticPeer>,
+    /// Address for Prometheus `/metrics` and `/healthz`, or `off`.
+    #[arg(
+        long,
+        env = "OVERLAYD_METRICS_ADDR",
+        value_name = "ADDR|off",
+        default_value = "127.0.0.1:9469"
+    )]
+    pub metrics_addr: MetricsAddr,
     /// Log filter (tracing syntax); RUST_LOG overrides it.
     #[arg(
         long,
@@ -133,6 +148,28 @@ pub struct DaemonArgs {
     /// Log format.
     #[arg(long, env = "OVERLAYD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Where metrics are served, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// No metrics listener.
+    Off,
+    /// Listen on this address.
+    On(SocketAddr),
+}
+
+impl std::str::FromStr for MetricsAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MetricsAddr, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(MetricsAddr::Off);
+        }
+        s.parse()
+            .map(MetricsAddr::On)
+            .map_err(|_| format!("'{s}' is neither IP:PORT (e.g. 127.0.0.1:9469) nor 'off'"))
+    }
 }
 
 /// A peer given on the command line.
@@ -191,9 +228,43 @@ fn check_network(flag: &'static str, net: &IpNet) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The keys `--config` supplied, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileKeys {
+    /// The config file.
+    pub path: PathBuf,
+    /// Long flag names (without dashes) whose value came from the file.
+    pub keys: Vec<String>,
+}
+
 impl DaemonArgs {
-    /// Checks what spans several flags; returns the node subnet.
+    /// Checks what spans several flags; returns the node subnet. When a flag's value
+    /// came from `--config`, the message names the key and the file too.
     pub fn validate(&self) -> Result<IpNet, ConfigError> {
+        self.validate_flags().map_err(|e| self.annotate(e))
+    }
+
+    fn annotate(&self, e: ConfigError) -> ConfigError {
+        let Some(file) = &self.from_file else {
+            return e;
+        };
+        let (ConfigError::Missing { flag, .. } | ConfigError::Invalid { flag, .. }) = &e;
+        let long = flag.trim_start_matches("--");
+        if !file.keys.iter().any(|k| k == long) {
+            return e;
+        }
+        let key = long.replace('-', "_");
+        match e {
+            ConfigError::Invalid { flag, value, why } => ConfigError::Invalid {
+                flag,
+                value,
+                why: format!("{why} (key `{key}` in {})", file.path.display()),
+            },
+            other => other,
+        }
+    }
+
+    fn validate_flags(&self) -> Result<IpNet, ConfigError> {
         check_network("--cluster-cidr", &self.cluster_cidr)?;
         let subnet = self.subnet.ok_or(ConfigError::Missing {
             flag: "--subnet",
@@ -280,6 +351,147 @@ impl DaemonArgs {
         }
         Ok(subnet)
     }
+}
+
+/// Why the command line plus `--config` could not be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// clap's own error (bad flag, `--help`, `--version`): print it and exit as clap does.
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    /// The config file is unreadable, not TOML, or holds a bad key or value.
+    #[error("config file {path}: {msg}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        msg: String,
+    },
+}
+
+/// The first line of a clap error, without its `error: ` prefix.
+fn clap_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.trim_start_matches("error: ").to_string()
+}
+
+/// Parses `argv`, merging `--config FILE` under the flags: each key of the file is
+/// handed to clap as the flag of the same name unless that flag was given on the
+/// command line or through its OVERLAYD_* variable. So file values are checked by the
+/// same parsers as flags, and errors about them name the key and the file.
+pub fn parse_from<I, T>(argv: I) -> Result<Cli, ParseError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::parser::ValueSource;
+    use clap::{ArgAction, CommandFactory, FromArgMatches};
+
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+    let command = Cli::command();
+    let matches = command.clone().try_get_matches_from(&argv)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let Some(path) = cli.daemon.config.clone().filter(|_| cli.command.is_none()) else {
+        return Ok(cli);
+    };
+    let file_err = |msg: String| ParseError::File {
+        path: path.clone(),
+        msg,
+    };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| file_err(format!("cannot read it: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_err(e.to_string().trim_end().replace('\n', " ")))?;
+
+    let args: Vec<&clap::Arg> = command
+        .get_arguments()
+        .filter(|a| a.get_long().is_some())
+        .collect();
+    let known = || {
+        let mut keys: Vec<String> = args
+            .iter()
+            .filter_map(|a| a.get_long())
+            .filter(|l| *l != "config")
+            .map(|l| l.replace('-', "_"))
+            .collect();
+        keys.sort();
+        keys.join(", ")
+    };
+    let mut merged = vec![argv[0].clone()];
+    let mut keys = Vec::new();
+    for (key, value) in &table {
+        let wanted = key.replace('_', "-");
+        let arg = args
+            .iter()
+            .find(|a| {
+                wanted != "config"
+                    && (a.get_long() == Some(wanted.as_str())
+                        || a.get_all_aliases()
+                            .is_some_and(|al| al.contains(&wanted.as_str())))
+            })
+            .ok_or_else(|| file_err(format!("unknown key `{key}` (known keys: {})", known())))?;
+        let long = arg.get_long().unwrap_or_default().to_string();
+        if matches!(
+            matches.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            other => Err(file_err(format!(
+                "key `{key}`: expected a string or a number, not {}",
+                other.type_str()
+            ))),
+        };
+        let values = match (value, arg.get_action()) {
+            (toml::Value::Boolean(b), ArgAction::SetTrue) => {
+                if *b {
+                    merged.push(format!("--{long}").into());
+                    keys.push(long);
+                }
+                continue;
+            }
+            (toml::Value::Array(items), ArgAction::Append) => {
+                items.iter().map(scalar).collect::<Result<Vec<_>, _>>()?
+            }
+            (toml::Value::Array(_), _) => {
+                return Err(file_err(format!("key `{key}` takes one value, not a list")))
+            }
+            (v, _) => vec![scalar(v)?],
+        };
+        for v in values {
+            merged.push(format!("--{long}={v}").into());
+        }
+        keys.push(long);
+    }
+    merged.extend(argv[1..].iter().cloned());
+    let matches = command.try_get_matches_from(&merged).map_err(|e| {
+        let bad = match e.get(clap::error::ContextKind::InvalidArg) {
+            Some(clap::error::ContextValue::String(s)) => s
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("--")
+                .to_string(),
+            _ => String::new(),
+        };
+        if keys.contains(&bad) {
+            file_err(format!(
+                "key `{}`: {}",
+                bad.replace('-', "_"),
+                clap_line(&e)
+            ))
+        } else {
+            ParseError::Clap(e)
+        }
+    })?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    cli.daemon.from_file = Some(FileKeys { path, keys });
+    Ok(cli)
 }
 
 /// True when one network contains the other's network address.
@@ -481,6 +693,80 @@ mod tests {
         assert_eq!(p.addr.port(), 4789);
         assert!(parse_static_peer("10.244.2.0/24,198.18.0.2:0,02:00:00:00:00:02").is_err());
         assert!(parse_static_peer("10.244.2.0/24,198.18.0.2,02:00:00:00:00:02,bogus").is_err());
+    }
+
+    fn with_file(toml: &str, args: &[&str]) -> Result<Cli, String> {
+        let path = std::env::temp_dir().join(format!(
+            "overlayd-config-test-{}-{}.toml",
+            std::process::id(),
+            toml.len()
+        ));
+        std::fs::write(&path, toml).unwrap();
+        let mut argv = vec![
+            "overlayd".to_string(),
+            "--config".to_string(),
+            path.display().to_string(),
+        ];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let result = parse_from(argv).map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    #[test]
+    fn config_file_values_and_flag_precedence() {
+        let toml = r#"
+            subnet = "10.244.7.0/24"
+            vni = 42
+            static_peers = ["10.244.2.0/24,198.18.0.2,02:00:00:00:00:02", "10.244.3.0/24,198.18.0.3,02:00:00:00:00:03"]
+            metrics_addr = "off"
+        "#;
+        let cli = with_file(toml, &[]).unwrap();
+        assert_eq!(cli.daemon.subnet, Some("10.244.7.0/24".parse().unwrap()));
+        assert_eq!(cli.daemon.vni, 42);
+        assert_eq!(cli.daemon.static_peers.len(), 2);
+        assert_eq!(cli.daemon.metrics_addr, MetricsAddr::Off);
+        // A flag overrides the file.
+        let cli = with_file(toml, &["--vni", "7"]).unwrap();
+        assert_eq!(cli.daemon.vni, 7);
+        assert!(cli.daemon.validate().is_ok());
+    }
+
+    #[test]
+    fn config_file_errors_name_key_and_file() {
+        let cases: &[(&str, &str)] = &[
+            ("subnett = \"10.244.1.0/24\"", "unknown key `subnett`"),
+            ("vni = 99999999", "key `vni`"),
+            ("subnet = \"banana\"", "key `subnet`"),
+            ("port = \"x\"", "key `port`"),
+            ("bridge = [\"a\"]", "key `bridge` takes one value"),
+            ("vni = 1.5", "key `vni`"),
+            ("this is not toml", "config file"),
+        ];
+        for (toml, needle) in cases {
+            let err = with_file(toml, &[]).expect_err(toml);
+            assert!(err.contains(needle), "{toml}: '{err}' lacks {needle}");
+            assert!(
+                err.contains("overlayd-config-test"),
+                "{toml}: '{err}' does not name the file"
+            );
+        }
+        // A contradiction between file values names the key and the file as well.
+        let cli = with_file("subnet = \"10.245.1.0/24\"", &[]).unwrap();
+        let err = cli.daemon.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("key `subnet`") && err.contains("overlayd-config-test"),
+            "{err}"
+        );
+        let err = with_file("", &["--config-nope"]).unwrap_err();
+        assert!(err.contains("--config-nope"), "{err}");
+    }
+
+    #[test]
+    fn shipped_example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/overlayd.toml");
+        let cli = parse_from(["overlayd", "--config", path]).unwrap_or_else(|e| panic!("{e}"));
+        cli.daemon.validate().unwrap();
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use ipnet::IpNet;
 
-use crate::config::{ConfigError, DaemonArgs};
+use crate::config::{ConfigError, DaemonArgs, MetricsAddr};
 use crate::dataplane::driver::{open_socket, open_tun, DataplaneDriver};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
 use crate::dataplane::netlink::{disable_ipv6, enable_forwarding, Netlink};
@@ -38,6 +38,17 @@ pub enum DaemonError {
     /// Device setup or forwarding failed.
     #[error(transparent)]
     Dataplane(#[from] crate::dataplane::Error),
+    /// A listener could not be bound.
+    #[error("{what} {addr}: cannot listen: {source}")]
+    Listen {
+        /// The flag that named the address.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A state or runtime file could not be read or written.
     #[error("{what} {path}: {source}")]
     File {
@@ -116,10 +127,113 @@ pub fn static_peers(args: &DaemonArgs) -> Vec<Peer> {
         .collect()
 }
 
+/// Builds the forwarding table from static and learned peers. A peer whose subnet
+/// overlaps our own or an earlier peer's (static peers come first), or that shares an
+/// earlier peer's underlay address, is left out and named in the returned warnings,
+/// so one bad announcement never takes down forwarding to everyone else.
+pub fn build_fib(own: Option<IpNet>, peers: Vec<Peer>) -> (Fib, Vec<String>) {
+    let mut kept: Vec<Peer> = Vec::with_capacity(peers.len());
+    let mut warnings = Vec::new();
+    for peer in peers {
+        if let Some(own) = own.filter(|own| crate::config::overlaps(own, &peer.subnet)) {
+            warnings.push(format!(
+                "ignoring peer {}: its subnet {} overlaps ours ({own})",
+                peer.name, peer.subnet
+            ));
+            continue;
+        }
+        if let Some(other) = kept
+            .iter()
+            .find(|k| crate::config::overlaps(&k.subnet, &peer.subnet))
+        {
+            warnings.push(format!(
+                "ignoring peer {}: its subnet {} overlaps {}'s {}",
+                peer.name, peer.subnet, other.name, other.subnet
+            ));
+            continue;
+        }
+        if let Some(other) = kept.iter().find(|k| k.underlay.ip() == peer.underlay.ip()) {
+            warnings.push(format!(
+                "ignoring peer {}: underlay address {} is {}'s",
+                peer.name,
+                peer.underlay.ip(),
+                other.name
+            ));
+            continue;
+        }
+        kept.push(peer);
+    }
+    // Overlaps and shared addresses were filtered above, so this cannot fail.
+    let fib = Fib::new(kept).unwrap_or_default();
+    (fib, warnings)
+}
+
+/// The node's devices, and what it applies when its subnet changes.
+struct Host {
+    netlink: Netlink,
+    bridge_index: u32,
+    tun_index: u32,
+    cluster_cidr: IpNet,
+    node_path: PathBuf,
+    info: NodeInfo,
+    applied: Option<Option<IpNet>>,
+}
+
+impl Host {
+    /// Makes the host match `subnet`: the gateway address on the bridge, the cluster
+    /// route's source, and node.json. Without a subnet, the cluster addresses go and
+    /// node.json is removed, so the CNI plugin answers "try again later".
+    async fn apply(&mut self, subnet: Option<IpNet>) -> Result<(), DaemonError> {
+        if self.applied == Some(subnet) {
+            return Ok(());
+        }
+        let gateway = subnet.map(|s| gateway_of(&s));
+        let gateway_net = subnet
+            .zip(gateway)
+            .and_then(|(s, g)| IpNet::new(g, s.prefix_len()).ok());
+        self.netlink
+            .ensure_address(self.bridge_index, gateway_net, self.cluster_cidr)
+            .await?;
+        for (dst, oif, msg) in self.netlink.routes_within(self.cluster_cidr).await? {
+            let stale = (oif == Some(self.bridge_index)
+                && Some(dst) != subnet
+                && dst.prefix_len() != dst.max_prefix_len())
+                || (oif == Some(self.tun_index) && dst != self.cluster_cidr);
+            if stale {
+                tracing::info!(route = %dst, "removing stale route");
+                self.netlink.delete_route(msg).await?;
+            }
+        }
+        self.netlink
+            .replace_route(self.cluster_cidr, self.tun_index, gateway)
+            .await?;
+        match (subnet, gateway) {
+            (Some(subnet), Some(gateway)) => {
+                self.info.subnet = subnet;
+                self.info.gateway = gateway;
+                let json = serde_json::to_vec_pretty(&self.info).expect("NodeInfo serializes");
+                write_atomic(&self.node_path, &json, 0o644, 0o755)
+                    .map_err(file_err("node file", &self.node_path))?;
+                tracing::info!(%subnet, %gateway, "node subnet in use");
+            }
+            _ => {
+                match std::fs::remove_file(&self.node_path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(file_err("node file", &self.node_path)(e)),
+                }
+                tracing::warn!("no subnet for this node: pods cannot be added until it has one");
+            }
+        }
+        self.applied = Some(subnet);
+        Ok(())
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves or the dataplane fails.
 pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let started = Instant::now();
-    let subnet = args.validate()?;
+    let static_subnet = args.validate()?;
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
     let netlink = Netlink::connect()?;
 
@@ -155,17 +269,10 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         None => underlay_mtu.saturating_sub(overhead).max(576),
     };
     let vtep_mac = vtep_mac(&args.state_dir, args.vtep_mac)?;
-    let gateway = gateway_of(&subnet);
 
-    // The bridge pods attach to, holding the gateway address.
+    // The bridge pods attach to, and the TUN that carries the rest of the cluster CIDR.
     let bridge_index = netlink.ensure_bridge(&args.bridge, mtu).await?;
-    let gateway_net = IpNet::new(gateway, subnet.prefix_len()).expect("prefix from a valid subnet");
-    netlink
-        .ensure_address(bridge_index, gateway_net, args.cluster_cidr)
-        .await?;
     enable_forwarding(&args.cluster_cidr)?;
-
-    // The TUN carries everything else in the cluster CIDR.
     let tun = open_tun(&args.tun, mtu)?;
     let tun_index = netlink
         .link_by_name(&args.tun)
@@ -179,80 +286,111 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         disable_ipv6(&args.tun)?;
     }
     netlink.set_up(tun_index, mtu).await?;
-    for (dst, oif, msg) in netlink.routes_within(args.cluster_cidr).await? {
-        let stale = (oif == Some(bridge_index)
-            && dst != subnet
-            && dst.prefix_len() != dst.max_prefix_len())
-            || (oif == Some(tun_index) && dst != args.cluster_cidr);
-        if stale {
-            tracing::info!(route = %dst, "removing stale route");
-            netlink.delete_route(msg).await?;
-        }
-    }
-    netlink
-        .replace_route(args.cluster_cidr, tun_index, gateway)
-        .await?;
 
-    let bind = SocketAddr::new(advertise_addr, args.port);
-    let udp = open_socket(bind)?;
-    let fib = Fib::new(static_peers(&args)).map_err(|e| ConfigError::Invalid {
-        flag: "--static-peer",
-        value: String::new(),
-        why: e.to_string(),
-    })?;
+    let udp = open_socket(SocketAddr::new(advertise_addr, args.port))?;
+    let statics = static_peers(&args);
+    let (fib, warnings) = build_fib(Some(static_subnet), statics.clone());
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     let config = EncapConfig {
         vni: args.vni,
         local_mac: vtep_mac,
     };
     let (mut driver, handle) = DataplaneDriver::spawn(tun, udp, config, Arc::new(fib));
 
-    let node = NodeInfo {
-        node_name: node_name.clone(),
-        subnet,
-        gateway,
-        bridge: args.bridge.clone(),
-        mtu,
+    let (node_report, _) = tokio::sync::watch::channel(NodeReport {
+        name: node_name.clone(),
+        advertise_addr,
+        port: args.port,
+        vni: args.vni,
+        vtep_mac,
+        subnet: None,
+        gateway: None,
         cluster_cidr: args.cluster_cidr,
-    };
-    let node_path = args.run_dir.join(NODE_FILE);
-    let json = serde_json::to_vec_pretty(&node).expect("NodeInfo serializes");
-    write_atomic(&node_path, &json, 0o644, 0o755).map_err(file_err("node file", &node_path))?;
-
-    let socket_path = args.run_dir.join(status::SOCKET_FILE);
-    let listener = status::bind(&socket_path).map_err(file_err("status socket", &socket_path))?;
+        mtu,
+        bridge: args.bridge.clone(),
+        tun: args.tun.clone(),
+        uptime_secs: 0,
+    });
     let source = Arc::new(StatusSource {
-        node: NodeReport {
-            name: node_name.clone(),
-            advertise_addr,
-            port: args.port,
-            vni: args.vni,
-            vtep_mac,
-            subnet,
-            gateway,
-            cluster_cidr: args.cluster_cidr,
-            mtu,
-            bridge: args.bridge.clone(),
-            tun: args.tun.clone(),
-            uptime_secs: 0,
-        },
+        node: node_report,
         started,
         dataplane: handle.clone(),
     });
-    let status_task = tokio::spawn(status::serve(listener, source));
+    let socket_path = args.run_dir.join(status::SOCKET_FILE);
+    std::fs::create_dir_all(&args.run_dir).map_err(file_err("run dir", &args.run_dir))?;
+    let listener = status::bind(&socket_path).map_err(file_err("status socket", &socket_path))?;
+    let status_task = tokio::spawn(status::serve(listener, source.clone()));
+    let metrics_task = match args.metrics_addr {
+        MetricsAddr::Off => None,
+        MetricsAddr::On(addr) => {
+            let listener =
+                crate::metrics::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Listen {
+                        what: "--metrics-addr",
+                        addr,
+                        source,
+                    })?;
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                source.clone(),
+            )))
+        }
+    };
+
+    // Where this node's subnet comes from: --subnet, a constant.
+    let (_subnet_tx, mut subnet_rx) = tokio::sync::watch::channel(Some(static_subnet));
+    let mut host = Host {
+        netlink,
+        bridge_index,
+        tun_index,
+        cluster_cidr: args.cluster_cidr,
+        node_path: args.run_dir.join(NODE_FILE),
+        info: NodeInfo {
+            node_name: node_name.clone(),
+            subnet: static_subnet,
+            gateway: gateway_of(&static_subnet),
+            bridge: args.bridge.clone(),
+            mtu,
+            cluster_cidr: args.cluster_cidr,
+        },
+        applied: None,
+    };
 
     tracing::info!(
-        node = %node_name, %subnet, %gateway, %advertise_addr, port = args.port, vni = args.vni,
-        %vtep_mac, mtu, peers = args.static_peers.len(), "overlayd is up"
+        node = %node_name, %advertise_addr, port = args.port, vni = args.vni,
+        %vtep_mac, mtu, static_peers = statics.len(), "overlayd is up"
     );
 
-    let result = tokio::select! {
-        () = shutdown => {
-            tracing::info!("shutting down");
-            Ok(())
+    tokio::pin!(shutdown);
+    let mut subnet_open = true;
+    let result = loop {
+        let subnet = *subnet_rx.borrow_and_update();
+        if let Err(e) = host.apply(subnet).await {
+            break Err(e);
         }
-        r = driver.wait() => r.map_err(DaemonError::from),
+        source.node.send_modify(|n| {
+            n.subnet = subnet;
+            n.gateway = subnet.map(|s| gateway_of(&s));
+        });
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                break Ok(());
+            }
+            r = driver.wait() => break r.map_err(DaemonError::from),
+            changed = subnet_rx.changed(), if subnet_open => {
+                // A closed source keeps the subnet it last gave.
+                subnet_open = changed.is_ok();
+            }
+        }
     };
     status_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let _ = std::fs::remove_file(&socket_path);
     driver.shutdown().await;
     result
@@ -261,6 +399,25 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_fib_skips_conflicting_peers() {
+        use crate::dataplane::fib::tests::peer;
+        let (fib, warnings) = build_fib(
+            Some("10.244.1.0/24".parse().unwrap()),
+            vec![
+                peer("a", "10.244.2.0/24", "198.18.0.2:4789"),
+                peer("ours", "10.244.1.0/24", "198.18.0.3:4789"),
+                peer("dup", "10.244.2.0/24", "198.18.0.4:4789"),
+                peer("same-addr", "10.244.5.0/24", "198.18.0.2:4789"),
+                peer("b", "10.244.3.0/24", "198.18.0.5:4789"),
+            ],
+        );
+        let names: Vec<&str> = fib.peers().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("ours"));
+    }
 
     #[test]
     fn gateway_is_first_host() {

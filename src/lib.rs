@@ -22,5 +22,6 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod fsutil;
+pub mod metrics;
 pub mod node;
 pub mod status;

@@ -3,8 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use overlayd::config::{Cli, Command, LogFormat};
+use overlayd::config::{Command, LogFormat, ParseError};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -31,7 +30,14 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match overlayd::config::parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ParseError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("overlayd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

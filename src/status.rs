@@ -35,10 +35,10 @@ pub struct NodeReport {
     pub vni: u32,
     /// VTEP MAC.
     pub vtep_mac: MacAddr,
-    /// Pod subnet.
-    pub subnet: IpNet,
-    /// Gateway address on the bridge.
-    pub gateway: IpAddr,
+    /// Pod subnet, once the node has one.
+    pub subnet: Option<IpNet>,
+    /// Gateway address on the bridge, once the node has a subnet.
+    pub gateway: Option<IpAddr>,
     /// Cluster CIDR.
     pub cluster_cidr: IpNet,
     /// Overlay MTU.
@@ -89,8 +89,9 @@ pub struct StatusReport {
 
 /// What the status server needs to build a report.
 pub struct StatusSource {
-    /// The static part of the node report (uptime is filled in per request).
-    pub node: NodeReport,
+    /// The node report; the daemon updates it when the subnet changes (uptime is
+    /// filled in per request).
+    pub node: tokio::sync::watch::Sender<NodeReport>,
     /// When the daemon started.
     pub started: Instant,
     /// The running dataplane.
@@ -100,7 +101,7 @@ pub struct StatusSource {
 impl StatusSource {
     /// Builds a report from the live counters.
     pub fn report(&self) -> StatusReport {
-        let mut node = self.node.clone();
+        let mut node = self.node.borrow().clone();
         node.uptime_secs = self.started.elapsed().as_secs();
         let fib = self.dataplane.fib();
         let peers = fib
@@ -258,11 +259,22 @@ pub fn render(report: &StatusReport) -> String {
         "  underlay   {}:{}  VNI {}  VTEP MAC {}",
         n.advertise_addr, n.port, n.vni, n.vtep_mac
     );
-    let _ = writeln!(
-        out,
-        "  subnet     {} (gateway {} on {}, cluster {})",
-        n.subnet, n.gateway, n.bridge, n.cluster_cidr
-    );
+    match (n.subnet, n.gateway) {
+        (Some(subnet), Some(gateway)) => {
+            let _ = writeln!(
+                out,
+                "  subnet     {subnet} (gateway {gateway} on {}, cluster {})",
+                n.bridge, n.cluster_cidr
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "  subnet     none yet (cluster {}): waiting for a lease",
+                n.cluster_cidr
+            );
+        }
+    }
     let _ = writeln!(out, "  mtu        {} (TUN {})", n.mtu, n.tun);
     let _ = writeln!(out, "\nPeers ({})", report.peers.len());
     let _ = writeln!(

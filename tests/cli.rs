@@ -74,3 +74,22 @@ fn status_without_daemon_says_so_in_one_line() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not running"), "{stderr}");
 }
+
+#[test]
+fn bad_config_file_names_key_and_file() {
+    let path = std::env::temp_dir().join(format!("overlayd-cli-bad-{}.toml", std::process::id()));
+    for (toml, key) in [
+        ("vni = \"seven\"\n", "`vni`"),
+        ("subnet = \"10.244.1.0/24\"\nsubnett = 1\n", "`subnett`"),
+    ] {
+        std::fs::write(&path, toml).unwrap();
+        let (ok, stderr) = run(&["--config", path.to_str().unwrap()]);
+        assert!(!ok, "{toml} was accepted");
+        assert!(
+            stderr.contains(key) && stderr.contains(path.to_str().unwrap()),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    let _ = std::fs::remove_file(&path);
+}

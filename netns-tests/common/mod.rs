@@ -493,3 +493,26 @@ pub fn kernel_vxlan_route(ns: &Netns, peer_subnet_base: &str, mac: &str, addr: &
     let _ = &mut v;
     sh(&v);
 }
+
+/// `GET path` over HTTP/1.0 to `addr` from inside `ns`; returns (status code, body).
+pub fn http_get(ns: &Netns, addr: &str, path: &str) -> (u16, String) {
+    use std::io::Write;
+    ns.run(|| {
+        let mut s =
+            std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    })
+}

@@ -172,6 +172,7 @@ async fn run_tx(
                 }
             }
         }
+        stats.tx.record_batch(handled);
     }
 }
 
@@ -234,6 +235,7 @@ async fn run_rx(
                 }
             }
         }
+        stats.rx.record_batch(handled);
     }
 }
 

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod encap;
 pub mod error;
 pub mod fib;
+pub mod icmp;
 pub mod netlink;
 pub mod stats;
 pub mod wire;

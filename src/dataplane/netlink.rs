@@ -140,21 +140,22 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Makes `want` the only address of its family in `cluster` on link `index`: adds
-    /// it if missing and deletes other addresses inside the cluster CIDR (left over
-    /// from a different subnet). Addresses outside the cluster CIDR are left alone.
+    /// Makes `want` the only address inside `cluster` on link `index`: adds it if
+    /// missing and deletes other addresses inside the cluster CIDR (left over from a
+    /// different subnet). With `want = None` every cluster address goes. Addresses
+    /// outside the cluster CIDR are left alone.
     pub async fn ensure_address(
         &self,
         index: u32,
-        want: IpNet,
+        want: Option<IpNet>,
         cluster: IpNet,
     ) -> Result<(), Error> {
         let mut present = false;
         for (net, msg) in self.addresses(index).await? {
-            if net == want {
+            if Some(net) == want {
                 present = true;
             } else if cluster.contains(&net.addr()) {
-                tracing::info!(address = %net, "removing stale address from a previous subnet");
+                tracing::info!(address = %net, "removing address of a subnet this node no longer uses");
                 self.handle
                     .address()
                     .del(msg)
@@ -163,7 +164,7 @@ impl Netlink {
                     .map_err(nl(format!("delete stale address {net}")))?;
             }
         }
-        if !present {
+        if let (Some(want), false) = (want, present) {
             self.handle
                 .address()
                 .add(index, want.addr(), want.prefix_len())
@@ -174,16 +175,21 @@ impl Netlink {
         Ok(())
     }
 
-    /// Adds or replaces the route `dst dev <index> src <src>`.
-    pub async fn replace_route(&self, dst: IpNet, index: u32, src: IpAddr) -> Result<(), Error> {
-        let msg = route_message(dst, Some(index), Some(src))?;
+    /// Adds or replaces the route `dst dev <index> [src <src>]`.
+    pub async fn replace_route(
+        &self,
+        dst: IpNet,
+        index: u32,
+        src: Option<IpAddr>,
+    ) -> Result<(), Error> {
+        let msg = route_message(dst, Some(index), src)?;
         self.handle
             .route()
             .add(msg)
             .replace()
             .execute()
             .await
-            .map_err(nl(format!("replace route {dst} dev #{index} src {src}")))
+            .map_err(nl(format!("replace route {dst} dev #{index}")))
     }
 
     /// Routes of the main table whose destination lies inside `within`, as

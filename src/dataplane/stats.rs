@@ -108,16 +108,48 @@ impl Flow {
     }
 }
 
-/// Counters of one direction: forwarded traffic and drops by reason.
+/// Upper bounds of the batch-size histogram buckets (packets per wake-up).
+pub const BATCH_BUCKETS: [u64; 5] = [1, 4, 16, 64, 256];
+
+/// Counters of one direction: forwarded traffic, drops by reason, batch sizes.
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub struct DirectionStats {
     /// Packets forwarded (inner IP bytes).
     pub forwarded: Flow,
     drops: [AtomicU64; DropReason::ALL.len()],
+    batch_buckets: [AtomicU64; BATCH_BUCKETS.len()],
+    batch_count: AtomicU64,
+    batch_sum: AtomicU64,
 }
 
 impl DirectionStats {
+    /// Records that one wake-up handled `packets` packets.
+    #[inline]
+    pub fn record_batch(&self, packets: usize) {
+        let n = packets as u64;
+        if let Some(i) = BATCH_BUCKETS.iter().position(|b| n <= *b) {
+            bump(&self.batch_buckets[i], 1);
+        }
+        bump(&self.batch_count, 1);
+        bump(&self.batch_sum, n);
+    }
+
+    /// Batch-size histogram: (sum, count, cumulative counts per bucket of [`BATCH_BUCKETS`]).
+    pub fn batches(&self) -> (u64, u64, [u64; BATCH_BUCKETS.len()]) {
+        let mut cumulative = [0u64; BATCH_BUCKETS.len()];
+        let mut acc = 0;
+        for (i, b) in self.batch_buckets.iter().enumerate() {
+            acc += b.load(Relaxed);
+            cumulative[i] = acc;
+        }
+        (
+            self.batch_sum.load(Relaxed),
+            self.batch_count.load(Relaxed),
+            cumulative,
+        )
+    }
+
     /// Counts one drop.
     #[inline]
     pub fn drop(&self, reason: DropReason) {

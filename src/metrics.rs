@@ -1,0 +1,267 @@
+//! Prometheus metrics and `/healthz` on `--metrics-addr` (default 127.0.0.1:9469).
+//!
+//! A [`Collector`] reads the live counters on each scrape, so nothing on the packet
+//! path knows about Prometheus. The text exposition format is prometheus-client's.
+//! `/healthz` answers 200 while the dataplane runs and the node has a subnet, which
+//! is what a Kubernetes readiness probe needs.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::dataplane::stats::{DirectionStats, DropReason, BATCH_BUCKETS};
+use crate::dataplane::PeerState;
+use crate::status::StatusSource;
+
+/// The collector that turns a node's status into metrics on each scrape.
+#[derive(Clone)]
+pub struct Exporter {
+    source: Arc<StatusSource>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exporter")
+    }
+}
+
+/// Encodes one counter family: `samples` are (label set, value).
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Vec<(&str, &str)>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Exporter {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let report = self.source.report();
+        let stats = self.source.dataplane.stats();
+        let dirs: [(&str, &DirectionStats); 2] = [("tx", &stats.tx), ("rx", &stats.rx)];
+
+        let packets: Vec<_> = dirs
+            .iter()
+            .map(|(d, s)| (vec![("direction", *d)], s.forwarded.get().0))
+            .collect();
+        counters(
+            &mut encoder,
+            "overlayd_dataplane_packets",
+            "Packets forwarded, by direction (tx: TUN to peers, rx: peers to TUN).",
+            &packets,
+        )?;
+        let bytes: Vec<_> = dirs
+            .iter()
+            .map(|(d, s)| (vec![("direction", *d)], s.forwarded.get().1))
+            .collect();
+        counters(
+            &mut encoder,
+            "overlayd_dataplane_bytes",
+            "Inner IP bytes forwarded, by direction.",
+            &bytes,
+        )?;
+        let drops: Vec<_> = dirs
+            .iter()
+            .flat_map(|(d, s)| {
+                DropReason::ALL
+                    .iter()
+                    .map(move |r| (vec![("direction", *d), ("reason", r.as_str())], s.drops(*r)))
+            })
+            .collect();
+        counters(
+            &mut encoder,
+            "overlayd_dataplane_drops",
+            "Packets dropped, by direction and reason.",
+            &drops,
+        )?;
+
+        {
+            let mut batch = encoder.encode_descriptor(
+                "overlayd_dataplane_batch_size",
+                "Packets handled per wake-up of a dataplane task.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (dir, s) in &dirs {
+                let (sum, count, cumulative) = s.batches();
+                let buckets: Vec<(f64, u64)> = BATCH_BUCKETS
+                    .iter()
+                    .zip(cumulative)
+                    .map(|(b, c)| (*b as f64, c))
+                    .chain(std::iter::once((f64::INFINITY, count)))
+                    .collect();
+                batch
+                    .encode_family(&[("direction", *dir)])?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum as f64, count, &buckets, None,
+                )?;
+            }
+        }
+
+        let per_peer =
+            |f: fn(&crate::status::PeerReport) -> (u64, u64)| -> Vec<(Vec<(&str, &str)>, u64)> {
+                report
+                    .peers
+                    .iter()
+                    .flat_map(|p| {
+                        let (tx, rx) = f(p);
+                        [
+                            (vec![("peer", p.name.as_str()), ("direction", "tx")], tx),
+                            (vec![("peer", p.name.as_str()), ("direction", "rx")], rx),
+                        ]
+                    })
+                    .collect()
+            };
+        counters(
+            &mut encoder,
+            "overlayd_peer_packets",
+            "Packets exchanged with each peer.",
+            &per_peer(|p| (p.tx_packets, p.rx_packets)),
+        )?;
+        counters(
+            &mut encoder,
+            "overlayd_peer_bytes",
+            "Inner bytes exchanged with each peer.",
+            &per_peer(|p| (p.tx_bytes, p.rx_bytes)),
+        )?;
+
+        {
+            let mut peers = encoder.encode_descriptor(
+                "overlayd_peers",
+                "Peers in the forwarding table, by state.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, name) in [
+                (PeerState::Alive, "alive"),
+                (PeerState::Suspect, "suspect"),
+                (PeerState::Dead, "dead"),
+            ] {
+                let n = report.peers.iter().filter(|p| p.state == state).count() as i64;
+                ConstGauge::new(n).encode(peers.encode_family(&[("state", name)])?)?;
+            }
+        }
+
+        let node = &report.node;
+        {
+            let mut info = encoder.encode_descriptor(
+                "overlayd_node",
+                "This node: name, subnet, VTEP MAC and underlay address.",
+                None,
+                MetricType::Info,
+            )?;
+            let subnet = node.subnet.map(|s| s.to_string()).unwrap_or_default();
+            let mac = node.vtep_mac.to_string();
+            let addr = node.advertise_addr.to_string();
+            info.encode_info(&[
+                ("node", node.name.as_str()),
+                ("subnet", subnet.as_str()),
+                ("vtep_mac", mac.as_str()),
+                ("advertise_addr", addr.as_str()),
+            ])?;
+        }
+        let uptime = encoder.encode_descriptor(
+            "overlayd_uptime_seconds",
+            "Seconds since the daemon started.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(node.uptime_secs as i64).encode(uptime)
+    }
+}
+
+/// Builds the registry for `source`.
+pub fn registry(source: Arc<StatusSource>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Exporter { source }));
+    registry
+}
+
+/// Renders the registry in the text exposition format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail; a collector error leaves a partial page.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+fn response(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    registry: Arc<Registry>,
+    source: Arc<StatusSource>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => response(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(&registry),
+        ),
+        // Ready once the dataplane runs (it does while this server does) and the
+        // node has a subnet for its pods.
+        (&Method::GET, "/healthz") => match source.node.borrow().subnet {
+            Some(subnet) => response(StatusCode::OK, TEXT, format!("ok: subnet {subnet}\n")),
+            None => response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                "not ready: no subnet yet\n".into(),
+            ),
+        },
+        (&Method::GET, _) => response(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: try /metrics or /healthz\n".into(),
+        ),
+        _ => response(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".into()),
+    })
+}
+
+/// Binds `addr`.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `/metrics` and `/healthz` for `source` until the task is dropped.
+pub async fn serve(listener: TcpListener, source: Arc<StatusSource>) {
+    let registry = Arc::new(registry(source.clone()));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let registry = registry.clone();
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, registry.clone(), source.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+        });
+    }
+}
