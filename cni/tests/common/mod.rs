@@ -18,11 +18,11 @@ pub const REF_PLUGINS: &str = "/usr/lib/cni";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A unique short name: `<prefix><pid>-<n>` (namespace names have no length limit, but
-/// keep them readable).
+/// A unique short name: `ov<prefix><pid>x<n>`, the pattern scripts/test.sh checks for
+/// leftover namespaces (`^ov[a-z]*[0-9]+x[0-9]+`).
 pub fn unique(prefix: &str) -> String {
     format!(
-        "{prefix}{}-{}",
+        "ov{prefix}{}x{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
@@ -144,7 +144,7 @@ impl Node {
     /// Creates node `n` with subnet `10.244.<n>.0/<prefix>`.
     pub fn new(n: u8, prefix: u8) -> Self {
         let ns = Netns::new("cnode");
-        let dir = TempDir::new("cni-node");
+        let dir = TempDir::new("cninode");
         let subnet = format!("10.244.{n}.0/{prefix}");
         let gateway = format!("10.244.{n}.1");
         ns.exec(&["ip", "link", "add", "ovl0", "type", "bridge"]);
@@ -177,7 +177,7 @@ impl Node {
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         Node {
             ns,
-            dir: TempDir::new("cni-node"),
+            dir: TempDir::new("cninode"),
             subnet: format!("10.244.{n}.0/{prefix}"),
             gateway: format!("10.244.{n}.1"),
         }
