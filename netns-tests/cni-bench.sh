@@ -46,40 +46,47 @@ theirs = json.dumps({"cniVersion": "1.0.0", "name": "refnet", "type": "bridge", 
                      "isGateway": True, "ipam": {"type": "host-local", "subnet": "10.244.20.0/24",
                                                  "dataDir": f"{tmp}/hl"}}).encode()
 
-def run(path, cmd, cid, netns, ifname, conf):
+def spawn_ms(argv, env=None, conf=b""):
+    t = time.perf_counter()
+    p = subprocess.run(argv, input=conf, env=env, capture_output=True)
+    return (time.perf_counter() - t) * 1000, p
+
+# Each measurement is paired with an exec of /bin/true just before it (same driver, same
+# moment), so "net" figures subtract the spawn cost even while the machine is busy.
+lat = {k: [] for k in ("ours-add", "ours-del", "ref-add", "ref-del", "version")}
+net = {k: [] for k in lat}
+true_ms = []
+
+def run(key, path, cmd, cid, netns, ifname, conf):
     env = {"CNI_COMMAND": cmd, "CNI_CONTAINERID": cid, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
            "CNI_PATH": f"{os.path.dirname(bin_)}:{ref}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    t = time.perf_counter()
-    p = subprocess.run([path], input=conf, env=env, capture_output=True)
-    dt = (time.perf_counter() - t) * 1000
+    base, _ = spawn_ms(["/bin/true"])
+    dt, p = spawn_ms([path], env, conf)
     if p.returncode != 0:
         sys.exit(f"{path} {cmd} {cid} failed: {p.stdout!r} {p.stderr!r}")
-    return dt
+    lat[key].append(dt)
+    net[key].append(dt - base)
+    true_ms.append(base)
 
-lat = {k: [] for k in ("ours-add", "ours-del", "ref-add", "ref-del", "version")}
 for i in range(1, n + 1):
     ns = f"/var/run/netns/{tag}-p{i}"
-    lat["ours-add"].append(run(bin_, "ADD", f"b{i}", ns, "eth0", ours))
-    lat["ref-add"].append(run(f"{ref}/bridge", "ADD", f"b{i}", ns, "eth1", theirs))
+    run("ours-add", bin_, "ADD", f"b{i}", ns, "eth0", ours)
+    run("ref-add", f"{ref}/bridge", "ADD", f"b{i}", ns, "eth1", theirs)
 for i in range(1, n + 1):
     ns = f"/var/run/netns/{tag}-p{i}"
-    lat["ours-del"].append(run(bin_, "DEL", f"b{i}", ns, "eth0", ours))
-    lat["ref-del"].append(run(f"{ref}/bridge", "DEL", f"b{i}", ns, "eth1", theirs))
+    run("ours-del", bin_, "DEL", f"b{i}", ns, "eth0", ours)
+    run("ref-del", f"{ref}/bridge", "DEL", f"b{i}", ns, "eth1", theirs)
 for _ in range(n):
-    lat["version"].append(run(bin_, "VERSION", "", "", "", b'{"cniVersion":"1.0.0"}'))
-# A baseline measured the same way: exec of /bin/true, i.e. the driver's own spawn cost.
-true_ms = []
-for _ in range(n):
-    t = time.perf_counter()
-    subprocess.run(["/bin/true"], input=b"", capture_output=True)
-    true_ms.append((time.perf_counter() - t) * 1000)
+    run("version", bin_, "VERSION", "", "", "", b'{"cniVersion":"1.0.0"}')
 
 med = {k: statistics.median(v) for k, v in lat.items()}
-print(f"pods: {n}   (median milliseconds per exec, driver: python subprocess in the node netns)")
-print(f"  overlayd-cni        ADD {med['ours-add']:6.2f}   DEL {med['ours-del']:6.2f}")
-print(f"  bridge+host-local   ADD {med['ref-add']:6.2f}   DEL {med['ref-del']:6.2f}")
-print(f"  speed-up            ADD {med['ref-add']/med['ours-add']:5.1f}x   DEL {med['ref-del']/med['ours-del']:5.1f}x")
-base = statistics.median(true_ms)
-print(f"  overlayd-cni VERSION exec {med['version']:.2f}   (/bin/true exec {base:.2f}, the spawn cost in every figure)")
-print(f"  minus spawn cost:   ours ADD {med['ours-add']-base:.2f}  ref ADD {med['ref-add']-base:.2f}  VERSION {med['version']-base:.2f}")
+nmed = {k: statistics.median(v) for k, v in net.items()}
+with open("/proc/loadavg") as f:
+    load = f.read().split()[0]
+print(f"pods: {n}, load average {load}   (median ms per exec; driver: python in the node netns)")
+print(f"                      raw ADD  raw DEL   net ADD  net DEL")
+print(f"  overlayd-cni        {med['ours-add']:7.2f}  {med['ours-del']:7.2f}   {nmed['ours-add']:7.2f}  {nmed['ours-del']:7.2f}")
+print(f"  bridge+host-local   {med['ref-add']:7.2f}  {med['ref-del']:7.2f}   {nmed['ref-add']:7.2f}  {nmed['ref-del']:7.2f}")
+print(f"  speed-up (raw)      {med['ref-add']/med['ours-add']:6.1f}x  {med['ref-del']/med['ours-del']:6.1f}x")
+print(f"  VERSION exec        raw {med['version']:.2f}   net {nmed['version']:.2f}   (/bin/true exec {statistics.median(true_ms):.2f})")
 PY
