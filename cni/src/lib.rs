@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //! - [`config`]: stdin parsing, version negotiation, `node.json`.
-//! - [`env`]: `CNI_*` variables behind the [`env::Env`] trait.
+//! - [`env`](mod@env): `CNI_*` variables behind the [`env::Env`] trait.
 //! - [`result`]: the ADD result and its shape per CNI version.
 //! - [`error`]: the one error enum and its CNI codes.
 //! - [`ipam`]: built-in address allocation with a locked file store.
