@@ -656,7 +656,7 @@ mod tests {
             .map_err(|e| e.to_string())
     }
 
-    fn validate(args: &[&str]) -> Result<IpNet, String> {
+    fn validate(args: &[&str]) -> Result<Option<IpNet>, String> {
         parse(args)?.validate().map_err(|e| e.to_string())
     }
 
@@ -669,8 +669,14 @@ mod tests {
         assert_eq!(a.bridge, "ovl0");
         assert_eq!(
             validate(&["--subnet", "10.244.1.0/24"]).unwrap(),
-            "10.244.1.0/24".parse::<IpNet>().unwrap()
+            Some("10.244.1.0/24".parse::<IpNet>().unwrap())
         );
+        // Without --subnet the subnet comes from a lease.
+        assert_eq!(validate(&["--peers", "198.18.0.1"]).unwrap(), None);
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.gossip_port, 7946);
+        assert_eq!(a.subnet_len, 24);
+        assert_eq!(a.reclaim_after, std::time::Duration::from_secs(24 * 3600));
     }
 
     #[test]
@@ -688,7 +694,14 @@ mod tests {
             (&["--subnet", "banana"], "--subnet"),
             (&["--subnet", "10.245.1.0/24"], "--subnet"),
             (&["--subnet", "10.244.1.5/24"], "did you mean 10.244.1.0/24"),
-            (&[], "--subnet is required"),
+            (
+                &["--subnet", "10.244.1.0/24", "--peers", "198.18.0.1"],
+                "--peers",
+            ),
+            (&["--subnet-len", "31"], "--subnet-len"),
+            (&["--subnet-len", "8"], "--subnet-len"),
+            (&["--reclaim-after", "soon"], "--reclaim-after"),
+            (&["--reclaim-after", "2s"], "--reclaim-after"),
             (
                 &[
                     "--subnet",
