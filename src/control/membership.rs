@@ -493,6 +493,10 @@ pub struct Membership {
     mismatch: Arc<Mutex<Option<(NodeMeta, String)>>>,
     /// Datagrams foca rejected (malformed or mismatched).
     pub dropped: u64,
+    /// foca's settings, kept to retune suspicion as the cluster grows or shrinks.
+    config: Config,
+    /// Member count the suspicion timeout was last computed for.
+    tuned_for: usize,
 }
 
 impl std::fmt::Debug for Membership {
@@ -529,8 +533,8 @@ impl Membership {
             NonZeroUsize::new(cfg.gossip_fanout.max(1)).unwrap_or(NonZeroUsize::MIN);
         let codec = MetaCodec::new(me.clone());
         let mismatch = codec.last_mismatch.clone();
-        let foca = Foca::new(me, fc, StdRng::seed_from_u64(cfg.rng_seed), codec);
-        Membership {
+        let foca = Foca::new(me, fc.clone(), StdRng::seed_from_u64(cfg.rng_seed), codec);
+        let mut m = Membership {
             foca,
             rt: AccumulatingRuntime::default(),
             timers: BTreeMap::new(),
@@ -541,6 +545,31 @@ impl Membership {
             events: Vec::new(),
             mismatch,
             dropped: 0,
+            config: fc,
+            tuned_for: usize::MAX,
+        };
+        m.retune();
+        m
+    }
+
+    /// Scales the suspicion timeout with the number of members actually known, as
+    /// memberlist does: 4 × max(1, log10(n)) probe periods. A fixed size hint would
+    /// make a 5-node cluster wait as long as a 100-node one (8 s) before declaring a
+    /// dead node; with the real count it takes 4 s, and large clusters stay patient.
+    fn retune(&mut self) {
+        let n = self.foca.num_members() + 1;
+        if n == self.tuned_for {
+            return;
+        }
+        self.tuned_for = n;
+        let factor = f64::max(1.0, (n as f64).log10()) * 4.0;
+        let wanted = self.config.probe_period.mul_f64(factor);
+        if wanted != self.config.suspect_to_down_after {
+            let mut next = self.config.clone();
+            next.suspect_to_down_after = wanted;
+            if self.foca.set_config(next.clone()).is_ok() {
+                self.config = next;
+            }
         }
     }
 
@@ -655,6 +684,7 @@ impl Membership {
                 _ => {}
             }
         }
+        self.retune();
     }
 
     fn upsert(&mut self, m: NodeMeta, state: PeerState) {
