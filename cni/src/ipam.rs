@@ -1,0 +1,332 @@
+//! Built-in IPAM: allocation over the node subnet, stored under `dataDir`.
+//!
+//! The store is `<dataDir>/<network>/`: one file per reserved address (named by the
+//! address, holding `containerID\nifname\n`), a `last_reserved` cursor and a `lock`
+//! file. Every operation holds an exclusive `flock(2)` on `lock`, so concurrent plugin
+//! processes serialize; the kernel drops the lock when a process dies, even if killed.
+//! The network, gateway and broadcast addresses are never handed out.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+use crate::error::{Error, Result};
+
+/// Why `ip` cannot be handed out from `subnet` with gateway `gateway`, if it cannot.
+pub fn unusable_reason(subnet: Ipv4Net, gateway: Ipv4Addr, ip: Ipv4Addr) -> Option<&'static str> {
+    if !subnet.contains(&ip) {
+        Some("is outside the node subnet")
+    } else if ip == subnet.network() {
+        Some("is the network address")
+    } else if ip == subnet.broadcast() {
+        Some("is the broadcast address")
+    } else if ip == gateway {
+        Some("is the gateway address")
+    } else {
+        None
+    }
+}
+
+/// The next free host address after `last` (wrapping), or `None` if the subnet is full.
+pub fn next_free(
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    last: Option<Ipv4Addr>,
+    mut taken: impl FnMut(Ipv4Addr) -> bool,
+) -> Option<Ipv4Addr> {
+    let first = u32::from(subnet.network()).wrapping_add(1);
+    let end = u32::from(subnet.broadcast()); // exclusive
+    if end <= first {
+        return None;
+    }
+    let count = end - first;
+    let start = match last.map(u32::from) {
+        Some(l) if (first..end).contains(&l) => l + 1 - first,
+        _ => 0,
+    };
+    (0..count)
+        .map(|i| Ipv4Addr::from(first + (start + i) % count))
+        .find(|&ip| ip != gateway && !taken(ip))
+}
+
+/// Who holds an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The container ID.
+    pub container_id: String,
+    /// The interface name.
+    pub ifname: String,
+}
+
+/// The on-disk store, locked for as long as this value lives.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    // Held for its flock; closing the file releases the lock.
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating it if needed) the store of `network` and takes the exclusive lock.
+    pub fn open(data_dir: &Path, network: &str) -> Result<Self> {
+        let dir = data_dir.join(network);
+        fs::create_dir_all(&dir).map_err(|e| Error::store(&dir, e))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::store(&lock_path, e))?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns for the call's duration.
+            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(Error::store(&lock_path, err));
+            }
+        }
+        Ok(Store { dir, _lock: lock })
+    }
+
+    fn ip_path(&self, ip: Ipv4Addr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+
+    /// The owner of `ip`, if reserved.
+    pub fn owner(&self, ip: Ipv4Addr) -> Result<Option<Owner>> {
+        let path = self.ip_path(ip);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(parse_owner(&s))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::store(path, e)),
+        }
+    }
+
+    /// Every reservation.
+    pub fn list(&self) -> Result<Vec<(Ipv4Addr, Owner)>> {
+        let mut out = Vec::new();
+        let entries = fs::read_dir(&self.dir).map_err(|e| Error::store(&self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::store(&self.dir, e))?;
+            let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            if let Some(owner) = self.owner(ip)? {
+                out.push((ip, owner));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The address reserved for this attachment, if any.
+    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|(_, o)| o.container_id == container_id && o.ifname == ifname)
+            .map(|(ip, _)| ip))
+    }
+
+    /// Reserves `ip` for the attachment; `Ok(false)` if it is already reserved.
+    pub fn reserve(&self, ip: Ipv4Addr, container_id: &str, ifname: &str) -> Result<bool> {
+        let path = self.ip_path(ip);
+        let mut f = match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(Error::store(path, e)),
+        };
+        if let Err(e) = f.write_all(format!("{container_id}\n{ifname}\n").as_bytes()) {
+            let _ = fs::remove_file(&path);
+            return Err(Error::store(path, e));
+        }
+        let cursor = self.dir.join("last_reserved");
+        fs::write(&cursor, ip.to_string()).map_err(|e| Error::store(cursor, e))?;
+        Ok(true)
+    }
+
+    /// The last reserved address (the allocation cursor).
+    pub fn last_reserved(&self) -> Option<Ipv4Addr> {
+        fs::read_to_string(self.dir.join("last_reserved"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Releases `ip`. Releasing a free address is not an error.
+    pub fn release(&self, ip: Ipv4Addr) -> Result<()> {
+        let path = self.ip_path(ip);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::store(path, e)),
+        }
+    }
+
+    /// Releases whatever the attachment holds; returns the released addresses.
+    pub fn release_owner(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>> {
+        let mut released = Vec::new();
+        for (ip, o) in self.list()? {
+            if o.container_id == container_id && o.ifname == ifname {
+                self.release(ip)?;
+                released.push(ip);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Allocates an address for the attachment: `requested` if given (validated), otherwise
+    /// the next free one. A retried ADD gets the address it already holds.
+    pub fn allocate(
+        &self,
+        subnet: Ipv4Net,
+        gateway: Ipv4Addr,
+        requested: Option<Ipv4Addr>,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Ipv4Addr> {
+        if let Some(ip) = requested {
+            if let Some(reason) = unusable_reason(subnet, gateway, ip) {
+                return Err(Error::AddressNotUsable {
+                    ip: ip.to_string(),
+                    subnet,
+                    reason,
+                });
+            }
+            if self.reserve(ip, container_id, ifname)? {
+                return Ok(ip);
+            }
+            let owner = self.owner(ip)?.map(|o| o.container_id).unwrap_or_default();
+            if owner == container_id {
+                return Ok(ip);
+            }
+            return Err(Error::AddressTaken { ip, owner });
+        }
+        if let Some(ip) = self.find(container_id, ifname)? {
+            return Ok(ip);
+        }
+        let mut last = self.last_reserved();
+        loop {
+            let ip = next_free(subnet, gateway, last, |ip| self.ip_path(ip).exists())
+                .ok_or(Error::SubnetFull { subnet })?;
+            if self.reserve(ip, container_id, ifname)? {
+                return Ok(ip);
+            }
+            last = Some(ip);
+        }
+    }
+}
+
+fn parse_owner(s: &str) -> Owner {
+    let mut lines = s.lines();
+    Owner {
+        container_id: lines.next().unwrap_or_default().to_owned(),
+        ifname: lines.next().unwrap_or_default().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> (Ipv4Net, Ipv4Addr) {
+        (
+            "10.244.1.0/29".parse().unwrap(),
+            Ipv4Addr::new(10, 244, 1, 1),
+        )
+    }
+
+    #[test]
+    fn never_network_gateway_broadcast() {
+        let (subnet, gw) = net();
+        let mut handed = Vec::new();
+        let mut last = None;
+        while let Some(ip) = next_free(subnet, gw, last, |ip| handed.contains(&ip)) {
+            handed.push(ip);
+            last = Some(ip);
+        }
+        let expect: Vec<Ipv4Addr> = (2..=6).map(|d| Ipv4Addr::new(10, 244, 1, d)).collect();
+        assert_eq!(handed, expect);
+        assert_eq!(
+            unusable_reason(subnet, gw, Ipv4Addr::new(10, 244, 1, 0)),
+            Some("is the network address")
+        );
+        assert_eq!(
+            unusable_reason(subnet, gw, Ipv4Addr::new(10, 244, 1, 7)),
+            Some("is the broadcast address")
+        );
+        assert_eq!(
+            unusable_reason(subnet, gw, gw),
+            Some("is the gateway address")
+        );
+        assert_eq!(
+            unusable_reason(subnet, gw, Ipv4Addr::new(10, 244, 2, 3)),
+            Some("is outside the node subnet")
+        );
+    }
+
+    #[test]
+    fn cursor_wraps() {
+        let (subnet, gw) = net();
+        let ip = next_free(subnet, gw, Some(Ipv4Addr::new(10, 244, 1, 6)), |_| false);
+        assert_eq!(ip, Some(Ipv4Addr::new(10, 244, 1, 2)));
+    }
+
+    #[test]
+    fn store_allocate_release() {
+        let dir = std::env::temp_dir().join(format!("ovl-cni-ipam-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (subnet, gw) = net();
+        let store = Store::open(&dir, "net").unwrap();
+        let mut got = Vec::new();
+        for i in 0..5 {
+            got.push(
+                store
+                    .allocate(subnet, gw, None, &format!("c{i}"), "eth0")
+                    .unwrap(),
+            );
+        }
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 5);
+        // Retried ADD keeps its address.
+        assert_eq!(
+            store.allocate(subnet, gw, None, "c0", "eth0").unwrap(),
+            store.find("c0", "eth0").unwrap().unwrap()
+        );
+        let e = store.allocate(subnet, gw, None, "c9", "eth0").unwrap_err();
+        assert_eq!(e.code(), 103);
+        assert!(e.to_string().contains("10.244.1.0/29"), "{e}");
+        let held = store.find("c2", "eth0").unwrap().unwrap();
+        let e = store
+            .allocate(subnet, gw, Some(held), "c9", "eth0")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("c2") && e.to_string().contains(&held.to_string()),
+            "{e}"
+        );
+        let e = store
+            .allocate(subnet, gw, Some(Ipv4Addr::new(10, 9, 9, 9)), "c9", "eth0")
+            .unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
+        assert_eq!(store.release_owner("c2", "eth0").unwrap(), vec![held]);
+        assert_eq!(
+            store
+                .allocate(subnet, gw, Some(held), "c9", "eth0")
+                .unwrap(),
+            held
+        );
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,34 @@
+//! Running code inside another network namespace.
+//!
+//! `setns(2)` applies to the calling thread only, so [`run_in`] switches a fresh scoped
+//! thread and leaves the caller's namespace untouched (the aya `run_in_netns` pattern).
+//! A netlink socket keeps the namespace it was created in, so the usual use is to create
+//! a socket there and use it from the calling thread.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Opens a network namespace file such as `/var/run/netns/pod-1` or `/proc/<pid>/ns/net`.
+pub fn open(path: &Path) -> io::Result<File> {
+    File::open(path)
+}
+
+/// Runs `f` on a new thread that has joined the namespace `ns`.
+pub fn run_in<T: Send>(ns: &File, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let fd = ns.as_raw_fd();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: `fd` is a valid open descriptor borrowed from `ns`, which outlives this
+            // scoped thread; setns only changes this thread's network namespace.
+            let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("netns worker thread panicked")))
+    })
+}
