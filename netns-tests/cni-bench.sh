@@ -42,6 +42,8 @@ import json, os, statistics, subprocess, sys, time
 bin_, ref, tmp, tag, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 ours = json.dumps({"cniVersion": "1.0.0", "name": "ovl", "type": "overlayd-cni",
                    "runDir": f"{tmp}/run", "dataDir": f"{tmp}/data"}).encode()
+ours_masq = json.dumps({"cniVersion": "1.0.0", "name": "ovlmasq", "type": "overlayd-cni", "ipMasq": True,
+                        "runDir": f"{tmp}/run", "dataDir": f"{tmp}/data"}).encode()
 theirs = json.dumps({"cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "refbr0",
                      "isGateway": True, "ipam": {"type": "host-local", "subnet": "10.244.20.0/24",
                                                  "dataDir": f"{tmp}/hl"}}).encode()
@@ -53,7 +55,7 @@ def spawn_ms(argv, env=None, conf=b""):
 
 # Each measurement is paired with an exec of /bin/true just before it (same driver, same
 # moment), so "net" figures subtract the spawn cost even while the machine is busy.
-lat = {k: [] for k in ("ours-add", "ours-del", "ref-add", "ref-del", "version")}
+lat = {k: [] for k in ("ours-add", "ours-del", "masq-add", "masq-del", "ref-add", "ref-del", "version")}
 net = {k: [] for k in lat}
 true_ms = []
 
@@ -76,6 +78,11 @@ for i in range(1, n + 1):
     ns = f"/var/run/netns/{tag}-p{i}"
     run("ours-del", bin_, "DEL", f"b{i}", ns, "eth0", ours)
     run("ref-del", f"{ref}/bridge", "DEL", f"b{i}", ns, "eth1", theirs)
+# ipMasq on (the rule is installed by the first ADD and found by the others).
+for i in range(1, n + 1):
+    run("masq-add", bin_, "ADD", f"m{i}", f"/var/run/netns/{tag}-p{i}", "eth0", ours_masq)
+for i in range(1, n + 1):
+    run("masq-del", bin_, "DEL", f"m{i}", f"/var/run/netns/{tag}-p{i}", "eth0", ours_masq)
 for _ in range(n):
     run("version", bin_, "VERSION", "", "", "", b'{"cniVersion":"1.0.0"}')
 
@@ -86,6 +93,7 @@ with open("/proc/loadavg") as f:
 print(f"pods: {n}, load average {load}   (median ms per exec; driver: python in the node netns)")
 print(f"                      raw ADD  raw DEL   net ADD  net DEL")
 print(f"  overlayd-cni        {med['ours-add']:7.2f}  {med['ours-del']:7.2f}   {nmed['ours-add']:7.2f}  {nmed['ours-del']:7.2f}")
+print(f"  ... with ipMasq     {med['masq-add']:7.2f}  {med['masq-del']:7.2f}   {nmed['masq-add']:7.2f}  {nmed['masq-del']:7.2f}")
 print(f"  bridge+host-local   {med['ref-add']:7.2f}  {med['ref-del']:7.2f}   {nmed['ref-add']:7.2f}  {nmed['ref-del']:7.2f}")
 print(f"  speed-up (raw)      {med['ref-add']/med['ours-add']:6.1f}x  {med['ref-del']/med['ours-del']:6.1f}x")
 print(f"  VERSION exec        raw {med['version']:.2f}   net {nmed['version']:.2f}   (/bin/true exec {statistics.median(true_ms):.2f})")

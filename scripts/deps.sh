@@ -10,6 +10,10 @@ OVERLAYD_APT_PACKAGES=(
   procps              # sysctl
   kmod                # modprobe for the kernel vxlan reference
   systemd             # systemd-analyze verify of config/overlayd.service
+  iptables nftables   # the CNI plugin's ipMasq rule
+  containernetworking-plugins  # reference loopback/portmap/bandwidth/tuning/host-local/static
+  podman runc busybox-static   # the real-runtime CNI test
+  util-linux          # nsenter
 )
 
 install_deps() {

@@ -203,6 +203,7 @@ fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<C
         address,
         gateway,
         &mut created,
+        log,
     );
     match outcome {
         Ok(r) => Ok(r),
@@ -237,6 +238,7 @@ fn setup(
     address: Ipv4Net,
     gateway: Ipv4Addr,
     created: &mut bool,
+    log: &Logger,
 ) -> Result<CniResult> {
     let mtu = conf.mtu.unwrap_or(node.mtu);
     let host_name = host_veth_name(&att.container_id, &att.ifname);
@@ -324,7 +326,8 @@ fn setup(
         .map_err(|e| Error::netlink(format!("adding the default route via {gateway}"), e))?;
 
     if conf.ip_masq {
-        masq::ensure(node.subnet, node.cluster_cidr)?;
+        let outcome = masq::ensure(node.subnet, node.cluster_cidr)?;
+        log.debug(format_args!("ipMasq rule for {}: {outcome:?}", node.subnet));
     }
 
     Ok(CniResult {

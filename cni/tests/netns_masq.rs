@@ -93,6 +93,34 @@ fn pod_reaches_underlay_host_only_with_masquerade() {
         "one rule per node subnet:\n{rules}"
     );
     assert!(rules.contains("ip daddr != 10.244.0.0/16"), "{rules}");
+    // The second ADD found the rule through nfnetlink and did not run nft again.
+    let log = std::fs::read_to_string(node.dir.0.join("cni.log")).unwrap();
+    assert_eq!(
+        log.matches("ipMasq rule for 10.244.3.0/24: Installed")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("ipMasq rule for 10.244.3.0/24: Present")
+            .count(),
+        1,
+        "{log}"
+    );
+    // A flushed chain is noticed and refilled by the next ADD.
+    node.ns.exec(&[
+        "nft",
+        "flush",
+        "chain",
+        "ip",
+        "overlayd-cni",
+        "masq-10.244.3.0-24",
+    ]);
+    let pod3 = Netns::new("cpod");
+    node.exec_plugin(bin, &env("ADD", "masq-3", &pod3.path()), &conf(&node, true))
+        .ok();
+    let rules = node.ns.exec(&["nft", "list", "ruleset"]);
+    assert_eq!(rules.matches("masquerade").count(), 1, "{rules}");
     // Inside the cluster CIDR the source is kept: pod2 sees pod1's own address.
     assert!(pod1.ping(&result_ip(&r2)));
     let conntrack_free_check = node.ns.exec(&[
