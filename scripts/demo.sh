@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A three-node overlayd cluster in network namespaces on this machine: builds
-# overlayd, starts one daemon per node on a shared underlay switch (198.18.0.0/24),
-# attaches two pods to each node (10.244.N.0/24), pings every pod from every pod,
-# prints `overlayd status` of node 1 and an iperf3 figure, and tears everything down
-# on exit or Ctrl-C.
+# overlayd and its CNI plugin, starts one daemon per node on a shared underlay switch
+# (198.18.0.0/24) with gossip (node1 founds the cluster, the others know only node1),
+# lets each node lease its pod subnet, attaches two pods per node with the real
+# overlayd-cni plugin, pings every pod from every pod, prints `overlayd status` of
+# node1 and an iperf3 figure, and tears everything down on exit or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -14,9 +15,23 @@ TAG="ovdemo$$"
 NODES=3
 WORK=$(mktemp -d /tmp/overlayd-demo.XXXXXX)
 PIDS=()
+PODS=()
+
+step() { printf '\n==> %s\n' "$*"; }
+
+cni() { # cni NODE COMMAND POD: runs the plugin as a runtime on NODE would
+  local node=$1 cmd=$2 pod=$3
+  local conf="{\"cniVersion\":\"1.0.0\",\"name\":\"overlayd\",\"type\":\"overlayd-cni\",\"runDir\":\"$WORK/run$node\",\"dataDir\":\"$WORK/ipam$node\",\"logFile\":\"$WORK/cni$node.log\"}"
+  echo "$conf" | ip netns exec "${TAG}n$node" env CNI_COMMAND="$cmd" CNI_CONTAINERID="$pod" \
+    CNI_NETNS="/var/run/netns/$pod" CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni "$CNI"
+}
 
 cleanup() {
-  echo "==> tearing down"
+  step "tearing down"
+  for entry in "${PODS[@]}"; do
+    IFS=: read -r node pod _ <<<"$entry"
+    cni "$node" DEL "$pod" >/dev/null 2>&1 || true
+  done
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   for ns in $(ip netns list | awk '{print $1}' | grep "^${TAG}" || true); do
@@ -24,15 +39,17 @@ cleanup() {
     ip netns del "$ns"
   done
   rm -rf "$WORK"
+  echo "    done: no namespace, process or file of the demo is left"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "==> building overlayd (release)"
-cargo build --release --quiet --bin overlayd
+step "building overlayd and overlayd-cni (release)"
+cargo build --release --quiet -p overlayd --bin overlayd && cargo build --release --quiet -p overlayd-cni
 BIN="$PWD/target/release/overlayd"
+CNI="$PWD/target/release/overlayd-cni"
 
-echo "==> underlay: a switch namespace and ${NODES} node namespaces"
+step "underlay: a switch namespace and ${NODES} node namespaces (198.18.0.1-${NODES})"
 ip netns add "${TAG}sw"
 ip -n "${TAG}sw" link add br0 type bridge
 ip -n "${TAG}sw" link set br0 up
@@ -46,65 +63,64 @@ for i in $(seq 1 $NODES); do
   ip -n "$ns" link set eth0 up
 done
 
-mac() { printf '02:00:00:00:%02x:01' "$1"; }
-echo "==> starting overlayd on each node"
+step "starting overlayd on each node (node1 founds the cluster; the others are given only node1)"
 for i in $(seq 1 $NODES); do
-  args=(--node-name "node$i" --subnet "10.244.$i.0/24" --advertise-addr "198.18.0.$i"
-        --vtep-mac "$(mac "$i")" --state-dir "$WORK/state$i" --run-dir "$WORK/run$i")
-  for j in $(seq 1 $NODES); do
-    [ "$i" = "$j" ] || args+=(--static-peer "10.244.$j.0/24,198.18.0.$j,$(mac "$j")")
-  done
-  ip netns exec "${TAG}n$i" "$BIN" "${args[@]}" >"$WORK/node$i.log" 2>&1 &
+  peers=()
+  [ "$i" = 1 ] || peers=(--peers 198.18.0.1)
+  ip netns exec "${TAG}n$i" "$BIN" --node-name "node$i" --advertise-addr "198.18.0.$i" \
+    "${peers[@]}" --state-dir "$WORK/state$i" --run-dir "$WORK/run$i" >"$WORK/node$i.log" 2>&1 &
   PIDS+=($!)
 done
 for i in $(seq 1 $NODES); do
-  for _ in $(seq 50); do "$BIN" status --run-dir "$WORK/run$i" >/dev/null 2>&1 && break; sleep 0.1; done
-  "$BIN" status --run-dir "$WORK/run$i" >/dev/null || { cat "$WORK/node$i.log"; exit 1; }
-  echo "    node$i up: subnet 10.244.$i.0/24, underlay 198.18.0.$i"
+  subnet=""
+  for _ in $(seq 100); do
+    # node.json appears once the node holds a subnet.
+    subnet=$(grep -o '"subnet": *"[^"]*"' "$WORK/run$i/node.json" 2>/dev/null | cut -d'"' -f4 || true)
+    [ -n "$subnet" ] && break
+    sleep 0.1
+  done
+  [ -n "$subnet" ] || { echo "node$i got no subnet:"; cat "$WORK/node$i.log"; exit 1; }
+  echo "    node$i leased $subnet"
 done
 
-echo "==> attaching two pods to each node"
-PODS=()
+step "attaching two pods to each node with the overlayd-cni plugin"
 for i in $(seq 1 $NODES); do
-  for k in 2 3; do
+  for k in a b; do
     pod="${TAG}p$i$k"
     ip netns add "$pod"
-    ip -n "$pod" link set lo up
-    ip link add "veth$k" netns "${TAG}n$i" type veth peer name eth0 netns "$pod"
-    ip -n "${TAG}n$i" link set "veth$k" mtu 1450 master ovl0 up
-    ip -n "$pod" link set eth0 mtu 1450 up
-    ip -n "$pod" addr add "10.244.$i.$k/24" dev eth0
-    ip -n "$pod" route add default via "10.244.$i.1"
-    PODS+=("$pod:10.244.$i.$k")
-    echo "    pod 10.244.$i.$k on node$i"
+    result=$(cni "$i" ADD "$pod")
+    ip=$(echo "$result" | grep -o '"address": *"[^"]*"' | head -1 | cut -d'"' -f4 | cut -d/ -f1)
+    [ -n "$ip" ] || { echo "ADD failed: $result"; exit 1; }
+    PODS+=("$i:$pod:$ip")
+    echo "    $pod on node$i: $ip"
   done
 done
 
-echo "==> ping matrix (rows: from, columns: to)"
+step "ping matrix (rows: from, columns: to)"
 printf '%-14s' ""
-for dst in "${PODS[@]}"; do printf '%-13s' "${dst#*:}"; done; echo
+for dst in "${PODS[@]}"; do printf '%-13s' "${dst##*:}"; done; echo
 fail=0
 for src in "${PODS[@]}"; do
-  printf '%-14s' "${src#*:}"
+  IFS=: read -r _ spod sip <<<"$src"
+  printf '%-14s' "$sip"
   for dst in "${PODS[@]}"; do
-    if [ "$src" = "$dst" ]; then printf '%-13s' "-"; continue; fi
-    if ip netns exec "${src%%:*}" ping -c 1 -W 1 -q "${dst#*:}" >/dev/null 2>&1; then
-      printf '%-13s' "ok"
-    else
-      printf '%-13s' "FAIL"; fail=1
-    fi
+    dip=${dst##*:}
+    if [ "$sip" = "$dip" ]; then printf '%-13s' "-"; continue; fi
+    if ip netns exec "$spod" ping -c 1 -W 1 -q "$dip" >/dev/null 2>&1; then printf '%-13s' "ok"; else printf '%-13s' "FAIL"; fail=1; fi
   done
   echo
 done
 
-echo "==> overlayd status (node1)"
+step "overlayd status (node1)"
 "$BIN" status --run-dir "$WORK/run1"
 
-echo "==> iperf3, pod 10.244.1.2 -> pod 10.244.2.2, 1 TCP stream, 5 s"
-ip netns exec "${TAG}p22" iperf3 -s -1 -B 10.244.2.2 >/dev/null 2>&1 &
+IFS=: read -r _ src_pod _ <<<"${PODS[0]}"
+IFS=: read -r _ dst_pod dst_ip <<<"${PODS[2]}"
+step "iperf3 from a pod on node1 to a pod on node2, 1 TCP stream, 5 s"
+ip netns exec "$dst_pod" iperf3 -s -1 -B "$dst_ip" >/dev/null 2>&1 &
 PIDS+=($!)
-for _ in $(seq 50); do ip netns exec "${TAG}p22" ss -Hltn 'sport = :5201' | grep -q . && break; sleep 0.1; done
-ip netns exec "${TAG}p12" iperf3 -c 10.244.2.2 -t 5 -f g | grep -E "sender|receiver"
+for _ in $(seq 50); do ip netns exec "$dst_pod" ss -Hltn 'sport = :5201' | grep -q . && break; sleep 0.1; done
+ip netns exec "$src_pod" iperf3 -c "$dst_ip" -t 5 -f g | grep -E "sender|receiver"
 
-if [ "$fail" = 1 ]; then echo "==> some pods could not reach each other"; exit 1; fi
-echo "==> every pod reached every pod"
+if [ "$fail" = 1 ]; then step "some pods could not reach each other"; exit 1; fi
+step "every pod reached every pod"

@@ -181,6 +181,37 @@ pub struct DaemonArgs {
     #[arg(long = "static-peer", alias = "static-peers", env = "OVERLAYD_STATIC_PEERS", value_delimiter = ';',
           value_name = "SUBNET,ADDR[:PORT],MAC", value_parser = parse_static_peer)]
     pub static_peers: Vec<StaticPeer>,
+    /// Install the CNI plugin and its conflist on the host at start-up (as a
+    /// DaemonSet does), writing only what changed.
+    #[arg(long, env = "OVERLAYD_INSTALL_CNI")]
+    pub install_cni: bool,
+    /// CNI bin dir that --install-cni copies overlayd-cni into.
+    #[arg(
+        long,
+        env = "OVERLAYD_CNI_BIN_DIR",
+        value_name = "DIR",
+        default_value = "/opt/cni/bin"
+    )]
+    pub cni_bin_dir: PathBuf,
+    /// CNI conf dir that --install-cni writes the conflist into.
+    #[arg(
+        long,
+        env = "OVERLAYD_CNI_CONF_DIR",
+        value_name = "DIR",
+        default_value = "/etc/cni/net.d"
+    )]
+    pub cni_conf_dir: PathBuf,
+    /// The overlayd-cni binary --install-cni copies [default: next to overlayd].
+    #[arg(long, env = "OVERLAYD_CNI_PLUGIN", value_name = "PATH")]
+    pub cni_plugin: Option<PathBuf>,
+    /// File name of the conflist --install-cni writes.
+    #[arg(
+        long,
+        env = "OVERLAYD_CNI_CONFLIST",
+        value_name = "NAME",
+        default_value = "10-overlayd.conflist"
+    )]
+    pub cni_conflist: String,
     /// Address for Prometheus `/metrics` and `/healthz`, or `off`.
     #[arg(
         long,

@@ -43,6 +43,9 @@ pub enum DaemonError {
     /// The control plane could not start, or stopped with an error.
     #[error(transparent)]
     Control(#[from] crate::control::Error),
+    /// `--install-cni` failed.
+    #[error(transparent)]
+    InstallCni(#[from] crate::cni_install::InstallError),
     /// A listener could not be bound.
     #[error("{what} {addr}: cannot listen: {source}")]
     Listen {
@@ -345,7 +348,10 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         .await?;
         tokio::spawn(follow_lease(ctl.lease(), subnet_tx));
         let total = crate::control::subnet_count(args.cluster_cidr, args.subnet_len).unwrap_or(0);
-        let (report_tx, report_rx) = tokio::sync::watch::channel(ControlReport::default());
+        let (report_tx, report_rx) = tokio::sync::watch::channel(ControlReport {
+            leases_total: u64::from(total),
+            ..Default::default()
+        });
         tokio::spawn(refresh_control_report(
             ctl.clone(),
             report_tx,
@@ -401,6 +407,24 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
             )))
         }
     };
+
+    if args.install_cni {
+        let install = crate::cni_install::InstallCni {
+            plugin: args
+                .cni_plugin
+                .clone()
+                .unwrap_or_else(crate::cni_install::default_plugin),
+            bin_dir: args.cni_bin_dir.clone(),
+            conf_dir: args.cni_conf_dir.clone(),
+            conflist_name: args.cni_conflist.clone(),
+            run_dir: args.run_dir.clone(),
+        };
+        let done = install.install()?;
+        tracing::info!(
+            bin_dir = %install.bin_dir.display(), conf_dir = %install.conf_dir.display(),
+            binary_written = done.binary, conflist_written = done.conflist, "CNI plugin installed"
+        );
+    }
 
     let mut host = Host {
         netlink,
@@ -526,25 +550,15 @@ async fn refresh_control_report(
     started: Instant,
     total: u64,
 ) {
-    use crate::control::PeerState as Ctl;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
         let Ok(st) = ctl.status().await else { return };
-        let count = |state: Ctl| st.peers.iter().filter(|p| p.state == state).count();
-        report.send_replace(ControlReport {
-            lease: st.lease,
-            fenced: st.fenced,
-            exhausted: st.exhausted,
-            witnesses: st.witnesses.clone(),
-            gossip_dropped: st.dropped,
-            alive: count(Ctl::Alive),
-            suspect: count(Ctl::Suspect),
-            dead: count(Ctl::Dead),
-            leases_used: st.peers.len() as u64 + u64::from(st.lease.is_some()),
-            leases_total: total,
-            as_of_secs: started.elapsed().as_secs(),
-        });
+        report.send_replace(ControlReport::from_status(
+            &st,
+            total,
+            started.elapsed().as_secs(),
+        ));
     }
 }
 

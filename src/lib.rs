@@ -17,6 +17,7 @@
 //! [RFC 7348]: https://www.rfc-editor.org/rfc/rfc7348
 #![warn(missing_docs)]
 
+pub mod cni_install;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -160,6 +160,47 @@ impl Collector for Exporter {
             }
         }
 
+        if let Some(c) = &report.control {
+            let used = i64::try_from(c.leases_used).unwrap_or(i64::MAX);
+            let total = i64::try_from(c.leases_total).unwrap_or(i64::MAX);
+            for (name, help, value) in [
+                (
+                    "overlayd_leases_used",
+                    "Subnets of the cluster CIDR in use, ours included.",
+                    used,
+                ),
+                (
+                    "overlayd_leases_total",
+                    "Subnets in the cluster CIDR.",
+                    total,
+                ),
+                (
+                    "overlayd_leases_free",
+                    "Subnets of the cluster CIDR not in use.",
+                    total.saturating_sub(used),
+                ),
+                (
+                    "overlayd_lease_fenced",
+                    "1 while this node holds a lease it may not use (cut off from its witnesses).",
+                    i64::from(c.fenced),
+                ),
+                (
+                    "overlayd_lease_exhausted",
+                    "1 while the cluster CIDR has no free subnet for this node.",
+                    i64::from(c.exhausted),
+                ),
+            ] {
+                let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                ConstGauge::new(value).encode(m)?;
+            }
+            counters(
+                &mut encoder,
+                "overlayd_gossip_dropped",
+                "Gossip datagrams dropped as malformed, oversized or from another cluster.",
+                &[(vec![], c.gossip_dropped)],
+            )?;
+        }
+
         let node = &report.node;
         {
             let mut info = encoder.encode_descriptor(

@@ -103,6 +103,28 @@ pub struct ControlReport {
     pub as_of_secs: u64,
 }
 
+impl ControlReport {
+    /// The report for a control-plane snapshot `st`, with `total` subnets in the
+    /// cluster CIDR, taken `as_of_secs` into the daemon's life.
+    pub fn from_status(st: &crate::control::Status, total: u64, as_of_secs: u64) -> ControlReport {
+        use crate::control::PeerState as Ctl;
+        let count = |state: Ctl| st.peers.iter().filter(|p| p.state == state).count();
+        ControlReport {
+            lease: st.lease,
+            fenced: st.fenced,
+            exhausted: st.exhausted,
+            witnesses: st.witnesses.clone(),
+            gossip_dropped: st.dropped,
+            alive: count(Ctl::Alive),
+            suspect: count(Ctl::Suspect),
+            dead: count(Ctl::Dead),
+            leases_used: st.peers.len() as u64 + u64::from(st.lease.is_some()),
+            leases_total: total,
+            as_of_secs,
+        }
+    }
+}
+
 /// The whole status reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -173,6 +195,25 @@ impl StatusSource {
     }
 }
 
+impl StatusSource {
+    /// Like [`StatusSource::report`], with the control plane asked now rather than
+    /// the once-a-second copy that metrics use.
+    pub async fn fresh_report(&self) -> StatusReport {
+        let mut report = self.report();
+        if let Some((handle, cached)) = &self.control {
+            let total = cached.borrow().leases_total;
+            if let Ok(st) = handle.status().await {
+                report.control = Some(ControlReport::from_status(
+                    &st,
+                    total,
+                    self.started.elapsed().as_secs(),
+                ));
+            }
+        }
+        report
+    }
+}
+
 /// Binds the status socket at `path` with mode 0600, replacing a stale one.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
@@ -211,9 +252,8 @@ async fn answer(stream: UnixStream, source: &StatusSource) -> std::io::Result<()
     reader.read_line(&mut line).await?;
     let mut words = line.split_whitespace();
     let reply = match (words.next(), words.next(), words.next()) {
-        (Some("status"), None, _) => {
-            serde_json::to_string(&source.report()).unwrap_or_else(|e| error_json(&e.to_string()))
-        }
+        (Some("status"), None, _) => serde_json::to_string(&source.fresh_report().await)
+            .unwrap_or_else(|e| error_json(&e.to_string())),
         (Some("leave"), None, _) => match &source.control {
             None => error_json("this node has a fixed --subnet: there is no lease to release"),
             Some((handle, _)) => match handle.leave().await {

@@ -1,0 +1,165 @@
+//! `--install-cni`: the daemon installs its CNI plugin on the host, as flannel's and
+//! weave's DaemonSets do. It copies `overlayd-cni` into the CNI bin dir and writes the
+//! conflist into the CNI conf dir, each atomically and only when the content changed,
+//! so kubelet never sees a half-written file and a restart rewrites nothing.
+
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::write_atomic;
+
+/// The conflist the daemon installs: overlayd-cni first, then portmap and bandwidth
+/// (the same as `config/overlayd-k8s.conflist`), with `runDir` set to the daemon's.
+pub const CONFLIST_TEMPLATE: &str = include_str!("../config/overlayd-k8s.conflist");
+
+/// Where and what to install.
+#[derive(Debug, Clone)]
+pub struct InstallCni {
+    /// The plugin binary to copy.
+    pub plugin: PathBuf,
+    /// The CNI bin dir (`--cni-bin-dir`).
+    pub bin_dir: PathBuf,
+    /// The CNI conf dir (`--cni-conf-dir`).
+    pub conf_dir: PathBuf,
+    /// The conflist file name.
+    pub conflist_name: String,
+    /// The daemon's run dir, where the plugin finds node.json.
+    pub run_dir: PathBuf,
+}
+
+/// What an install changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    /// The plugin binary was (re)written.
+    pub binary: bool,
+    /// The conflist was (re)written.
+    pub conflist: bool,
+}
+
+/// Why the install failed.
+#[derive(Debug, thiserror::Error)]
+#[error("--install-cni: {what} {path}: {source}")]
+pub struct InstallError {
+    what: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+fn err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
+    let path = path.to_path_buf();
+    move |source| InstallError { what, path, source }
+}
+
+/// The conflist text for a daemon whose run dir is `run_dir`.
+pub fn conflist(run_dir: &Path) -> String {
+    let run_dir = serde_json::to_string(&run_dir.display().to_string()).unwrap_or_default();
+    CONFLIST_TEMPLATE.replace("\"/run/overlayd\"", &run_dir)
+}
+
+impl InstallCni {
+    /// Installs the plugin and the conflist; writes only what differs.
+    pub fn install(&self) -> Result<Installed, InstallError> {
+        let binary =
+            std::fs::read(&self.plugin).map_err(err("cannot read the plugin", &self.plugin))?;
+        let bin_path = self.bin_dir.join("overlayd-cni");
+        let binary_changed = std::fs::read(&bin_path).map_or(true, |old| old != binary);
+        if binary_changed {
+            write_atomic(&bin_path, &binary, 0o755, 0o755)
+                .map_err(err("cannot write", &bin_path))?;
+        }
+        let text = conflist(&self.run_dir);
+        let conf_path = self.conf_dir.join(&self.conflist_name);
+        let conf_changed = std::fs::read_to_string(&conf_path).map_or(true, |old| old != text);
+        if conf_changed {
+            write_atomic(&conf_path, text.as_bytes(), 0o644, 0o755)
+                .map_err(err("cannot write", &conf_path))?;
+        }
+        Ok(Installed {
+            binary: binary_changed,
+            conflist: conf_changed,
+        })
+    }
+}
+
+/// `overlayd-cni` next to the running `overlayd`, the default `--cni-plugin`.
+pub fn default_plugin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("overlayd-cni")))
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin/overlayd-cni"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_once_and_repairs_changes() {
+        let dir = std::env::temp_dir().join(format!("overlayd-install-{}", std::process::id()));
+        let plugin = dir.join("src/overlayd-cni");
+        std::fs::create_dir_all(plugin.parent().unwrap()).unwrap();
+        std::fs::write(&plugin, b"\x7fELF fake plugin").unwrap();
+        let install = InstallCni {
+            plugin,
+            bin_dir: dir.join("bin"),
+            conf_dir: dir.join("net.d"),
+            conflist_name: "10-overlayd.conflist".into(),
+            run_dir: PathBuf::from("/run/ovl-test"),
+        };
+        assert_eq!(
+            install.install().unwrap(),
+            Installed {
+                binary: true,
+                conflist: true
+            }
+        );
+        assert_eq!(
+            install.install().unwrap(),
+            Installed {
+                binary: false,
+                conflist: false
+            }
+        );
+        let conf: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("net.d/10-overlayd.conflist")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(conf["plugins"][0]["type"], "overlayd-cni");
+        assert_eq!(conf["plugins"][0]["runDir"], "/run/ovl-test");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(dir.join("bin/overlayd-cni"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+        // A changed file on the host is put back.
+        std::fs::write(dir.join("bin/overlayd-cni"), b"tampered").unwrap();
+        assert_eq!(
+            install.install().unwrap(),
+            Installed {
+                binary: true,
+                conflist: false
+            }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_plugin_is_a_clear_error() {
+        let install = InstallCni {
+            plugin: PathBuf::from("/nonexistent/overlayd-cni"),
+            bin_dir: PathBuf::from("/tmp"),
+            conf_dir: PathBuf::from("/tmp"),
+            conflist_name: "x".into(),
+            run_dir: PathBuf::from("/run/overlayd"),
+        };
+        let e = install.install().unwrap_err().to_string();
+        assert!(
+            e.contains("--install-cni") && e.contains("/nonexistent/overlayd-cni"),
+            "{e}"
+        );
+    }
+}
