@@ -334,3 +334,74 @@ fn c_partition_with_joins_on_both_sides_then_heal() {
     );
     assert_distinct(&refs);
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn d_leave_releases_the_subnet_and_stops_the_daemon() {
+    let dir = TempDir::new();
+    let switch = Switch::new();
+    let mut nodes = vec![Node::start(&switch, &dir, 1, "")];
+    for i in 2..=3u8 {
+        nodes.push(Node::start(&switch, &dir, i, "198.18.0.1"));
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(15), || refs
+            .iter()
+            .all(|n| n.subnet().is_some())),
+        "{}",
+        logs(&refs)
+    );
+    let used = |n: &Node| {
+        n.daemon()
+            .status_json()
+            .and_then(|s| s["control"]["leases_used"].as_u64())
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || used(&nodes[0]) == Some(3)),
+        "{:?}",
+        used(&nodes[0])
+    );
+
+    let run3 = nodes[2].daemon().run_dir.clone();
+    let out = std::process::Command::new(OVERLAYD)
+        .args(["leave", "--run-dir"])
+        .arg(&run3)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "overlayd leave: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon stops, and no longer offers its subnet to pods.
+    assert!(
+        wait_until(Duration::from_secs(10), || nodes[2]
+            .daemon()
+            .status_json()
+            .is_none()),
+        "n3 still answers after leave"
+    );
+    assert!(
+        !run3.join("node.json").exists(),
+        "node.json left behind after leave"
+    );
+    // The others see the subnet handed back.
+    let released = wait_until(Duration::from_secs(15), || used(&nodes[0]) == Some(2));
+    assert!(
+        released,
+        "n1 still counts {:?} leases:\n{}",
+        used(&nodes[0]),
+        logs(&[&nodes[0]])
+    );
+    // `leave` on a daemon that is gone says so.
+    let out = std::process::Command::new(OVERLAYD)
+        .args(["leave", "--run-dir"])
+        .arg(&run3)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running"));
+}

@@ -475,8 +475,9 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
                 break Ok(());
             }
             _ = stop_rx.wait_for(|stop| *stop) => {
+                // The subnet was handed back: stop using it before exiting.
                 tracing::info!("left the cluster; shutting down");
-                break Ok(());
+                break host.apply(None).await;
             }
             r = driver.wait() => break r.map_err(DaemonError::from),
             changed = subnet_rx.changed(), if subnet_open => subnet_open = changed.is_ok(),
