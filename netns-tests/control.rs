@@ -100,6 +100,22 @@ impl Node {
     }
 }
 
+/// `overlayd diagnose IP --json` against `node`: (exit success, verdict).
+fn diagnose(node: &Node, ip: &str) -> (bool, serde_json::Value) {
+    let out = std::process::Command::new(OVERLAYD)
+        .args(["diagnose", ip, "--json", "--run-dir"])
+        .arg(&node.daemon().run_dir)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "diagnose {ip}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
 /// Fails if two running nodes use the same subnet now.
 fn assert_distinct(nodes: &[&Node]) {
     let mut owners: HashMap<String, &str> = HashMap::new();
@@ -230,6 +246,55 @@ fn b_killed_node_is_declared_dead_and_comes_back_with_its_subnet() {
         logs(&[&nodes[0], &nodes[1]])
     );
     println!("n3 declared dead {:.1?} after kill -9", killed.elapsed());
+    // diagnose explains it, and tells a healthy pod, an unowned address and a
+    // non-cluster address apart.
+    let (ok, d) = diagnose(&nodes[0], &pod3);
+    assert!(
+        !ok && d["verdict"].as_str().unwrap().contains("declared dead") && d["owner"] == "n3",
+        "{d}"
+    );
+    let (ok, d) = diagnose(&nodes[0], nodes[1].pod_ip());
+    assert!(ok && d["reachable"] == true && d["owner"] == "n2", "{d}");
+    let (ok, d) = diagnose(&nodes[0], "10.244.250.9");
+    assert!(
+        !ok && d["verdict"].as_str().unwrap().contains("no node owns"),
+        "{d}"
+    );
+    let (ok, d) = diagnose(&nodes[0], "192.0.2.1");
+    assert!(
+        !ok && d["verdict"].as_str().unwrap().contains("not a pod address"),
+        "{d}"
+    );
+    let (ok, d) = diagnose(&nodes[0], nodes[0].pod_ip());
+    assert!(
+        ok && d["verdict"].as_str().unwrap().contains("local pod"),
+        "{d}"
+    );
+    // The parts of status: peers with their state and last-heard time, and leases.
+    let peers = std::process::Command::new(OVERLAYD)
+        .args(["status", "peers", "--run-dir"])
+        .arg(&nodes[0].daemon().run_dir)
+        .output()
+        .unwrap();
+    let peers = String::from_utf8_lossy(&peers.stdout);
+    assert!(
+        peers.contains("LAST HEARD")
+            && peers
+                .lines()
+                .any(|l| l.contains("n3") && l.contains("dead")),
+        "{peers}"
+    );
+    let leases = std::process::Command::new(OVERLAYD)
+        .args(["status", "leases", "--run-dir"])
+        .arg(&nodes[0].daemon().run_dir)
+        .output()
+        .unwrap();
+    let leases = String::from_utf8_lossy(&leases.stdout);
+    assert!(
+        leases.contains("lease") && leases.contains("subnets in use"),
+        "{leases}"
+    );
+
     let before = nodes[0].daemon().drops("peer_dead");
     assert!(!nodes[0]
         .pod

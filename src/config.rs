@@ -38,6 +38,18 @@ pub struct Cli {
 /// Client commands that talk to a running daemon.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Why can't this node reach POD_IP? Checks owner, peer state, routes, devices
+    /// and recent VXLAN answers, and prints a verdict with the evidence.
+    Diagnose {
+        /// The pod address.
+        pod_ip: IpAddr,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Where the daemon's socket lives.
+        #[arg(long, env = "OVERLAYD_RUN_DIR", default_value = "/run/overlayd")]
+        run_dir: PathBuf,
+    },
     /// Release this node's subnet to the cluster, leave, and stop the daemon.
     Leave {
         /// Where the daemon's socket lives.
@@ -58,6 +70,9 @@ pub enum Command {
     },
     /// Show the node, its peers and dataplane counters.
     Status {
+        /// Show only one part: `peers` or `leases`.
+        #[arg(value_enum)]
+        part: Option<StatusPart>,
         /// Print stable JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -65,6 +80,15 @@ pub enum Command {
         #[arg(long, env = "OVERLAYD_RUN_DIR", default_value = "/run/overlayd")]
         run_dir: PathBuf,
     },
+}
+
+/// A part of `overlayd status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusPart {
+    /// Every peer with its state, address, subnet and traffic.
+    Peers,
+    /// This node's lease and the cluster's lease usage.
+    Leases,
 }
 
 /// Output format of the logs.

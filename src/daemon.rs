@@ -385,7 +385,19 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
             .as_ref()
             .map(|(ctl, _, report)| (ctl.clone(), report.clone())),
         stop: stop_tx.clone(),
+        heard: Default::default(),
+        netlink: Some(netlink.clone()),
     });
+    let sampler = {
+        let source = source.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                source.sample_heard();
+            }
+        })
+    };
     let socket_path = args.run_dir.join(status::SOCKET_FILE);
     std::fs::create_dir_all(&args.run_dir).map_err(file_err("run dir", &args.run_dir))?;
     let listener = status::bind(&socket_path).map_err(file_err("status socket", &socket_path))?;
@@ -506,6 +518,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         }
     }
     status_task.abort();
+    sampler.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod diagnose;
 pub mod fsutil;
 pub mod metrics;
 pub mod node;

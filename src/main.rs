@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use overlayd::config::{Command, LogFormat, ParseError};
+use overlayd::config::{Command, LogFormat, ParseError, StatusPart};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -49,21 +49,49 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Status { json, run_dir }) => runtime.block_on(async {
+        Some(Command::Status { part, json, run_dir }) => runtime.block_on(async {
             match overlayd::status::request(&run_dir).await {
                 Ok(report) => {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&report).unwrap_or_default()
-                        );
-                    } else {
-                        print!("{}", overlayd::status::render(&report));
-                    }
+                    let text = match (part, json) {
+                        (None, true) => serde_json::to_string_pretty(&report).unwrap_or_default(),
+                        (Some(StatusPart::Peers), true) => serde_json::to_string_pretty(&report.peers).unwrap_or_default(),
+                        (Some(StatusPart::Leases), true) => serde_json::to_string_pretty(&serde_json::json!({
+                            "subnet": report.node.subnet,
+                            "control": report.control,
+                        }))
+                        .unwrap_or_default(),
+                        (None, false) => overlayd::status::render(&report),
+                        (Some(StatusPart::Peers), false) => overlayd::status::render_peers(&report),
+                        (Some(StatusPart::Leases), false) => overlayd::status::render_leases(&report),
+                    };
+                    println!("{}", text.trim_end());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("overlayd status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Some(Command::Diagnose { pod_ip, json, run_dir }) => runtime.block_on(async {
+            let request = format!("diagnose {pod_ip}");
+            match overlayd::status::call(&run_dir, &request, std::time::Duration::from_secs(10)).await {
+                Ok(reply) => match serde_json::from_value::<overlayd::diagnose::Diagnosis>(reply) {
+                    Ok(d) if json => {
+                        println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+                        if d.reachable { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                    }
+                    Ok(d) => {
+                        print!("{}", overlayd::diagnose::render(&d));
+                        if d.reachable { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                    }
+                    Err(e) => {
+                        eprintln!("overlayd diagnose: bad reply: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => {
+                    eprintln!("overlayd diagnose: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -74,6 +74,8 @@ pub struct PeerReport {
     pub rx_packets: u64,
     /// Inner bytes received from it.
     pub rx_bytes: u64,
+    /// Seconds since the last VXLAN packet from it (to 1 s), if any arrived.
+    pub last_heard_secs: Option<u64>,
 }
 
 /// The control plane, as status shows it (absent with a fixed `--subnet`).
@@ -154,6 +156,10 @@ pub struct StatusSource {
     )>,
     /// Asks the daemon to stop (after `overlayd leave`).
     pub stop: tokio::sync::watch::Sender<bool>,
+    /// Per peer: received packets at the last sample, and when that count last grew.
+    pub heard: std::sync::Mutex<std::collections::HashMap<String, (u64, Instant)>>,
+    /// Netlink, for `diagnose`.
+    pub netlink: Option<crate::dataplane::netlink::Netlink>,
 }
 
 impl StatusSource {
@@ -179,6 +185,7 @@ impl StatusSource {
                     tx_bytes,
                     rx_packets,
                     rx_bytes,
+                    last_heard_secs: self.last_heard(&p.name),
                 }
             })
             .collect();
@@ -196,6 +203,36 @@ impl StatusSource {
 }
 
 impl StatusSource {
+    /// Notes which peers' receive counters grew since the last call; the daemon calls
+    /// it once a second, so "last heard" is accurate to a second and the packet path
+    /// never reads a clock.
+    pub fn sample_heard(&self) {
+        let now = Instant::now();
+        let fib = self.dataplane.fib();
+        let Ok(mut heard) = self.heard.lock() else {
+            return;
+        };
+        for p in fib.peers() {
+            let rx = p.stats.rx.get().0;
+            match heard.get_mut(&p.name) {
+                Some((last, at)) if rx != *last => {
+                    *last = rx;
+                    *at = now;
+                }
+                Some(_) => {}
+                None if rx > 0 => {
+                    heard.insert(p.name.clone(), (rx, now));
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn last_heard(&self, name: &str) -> Option<u64> {
+        let heard = self.heard.lock().ok()?;
+        heard.get(name).map(|(_, at)| at.elapsed().as_secs())
+    }
+
     /// Like [`StatusSource::report`], with the control plane asked now rather than
     /// the once-a-second copy that metrics use.
     pub async fn fresh_report(&self) -> StatusReport {
@@ -254,6 +291,14 @@ async fn answer(stream: UnixStream, source: &StatusSource) -> std::io::Result<()
     let reply = match (words.next(), words.next(), words.next()) {
         (Some("status"), None, _) => serde_json::to_string(&source.fresh_report().await)
             .unwrap_or_else(|e| error_json(&e.to_string())),
+        (Some("diagnose"), Some(ip), None) => match (ip.parse::<IpAddr>(), &source.netlink) {
+            (Ok(ip), Some(netlink)) => {
+                let d = crate::diagnose::diagnose(ip, source, netlink).await;
+                serde_json::to_string(&d).unwrap_or_else(|e| error_json(&e.to_string()))
+            }
+            (Err(_), _) => error_json(&format!("'{ip}' is not an IP address")),
+            (_, None) => error_json("diagnose is not available on this daemon"),
+        },
         (Some("leave"), None, _) => match &source.control {
             None => error_json("this node has a fixed --subnet: there is no lease to release"),
             Some((handle, _)) => match handle.leave().await {
@@ -397,6 +442,37 @@ pub fn render(report: &StatusReport) -> String {
         }
     }
     let _ = writeln!(out, "  mtu        {} (TUN {})", n.mtu, n.tun);
+    out.push_str(&render_leases(report));
+    out.push_str(&render_peers(report));
+    let d = &report.dataplane;
+    let _ = writeln!(out, "\nDataplane");
+    let _ = writeln!(
+        out,
+        "  sent       {} packets, {}",
+        d.tx_packets,
+        human_bytes(d.tx_bytes)
+    );
+    let _ = writeln!(
+        out,
+        "  received   {} packets, {}",
+        d.rx_packets,
+        human_bytes(d.rx_bytes)
+    );
+    if d.drops.is_empty() {
+        let _ = writeln!(out, "  drops      none");
+    } else {
+        let _ = writeln!(out, "  drops");
+        for (reason, count) in &d.drops {
+            let _ = writeln!(out, "    {reason:<20} {count}");
+        }
+    }
+    out
+}
+
+/// Renders this node's lease and the cluster's lease usage.
+pub fn render_leases(report: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     if let Some(c) = &report.control {
         let lease = match (c.lease, c.fenced, c.exhausted) {
             (Some(l), false, _) => format!("{l}"),
@@ -424,10 +500,17 @@ pub fn render(report: &StatusReport) -> String {
     } else {
         let _ = writeln!(out, "  lease      none: fixed --subnet");
     }
+    out
+}
+
+/// Renders the peer table.
+pub fn render_peers(report: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let _ = writeln!(out, "\nPeers ({})", report.peers.len());
     let _ = writeln!(
         out,
-        "  {:<20} {:<8} {:<7} {:<18} {:<22} {:>10} {:>12} {:>10} {:>12}",
+        "  {:<20} {:<8} {:<7} {:<18} {:<22} {:>10} {:>12} {:>10} {:>12} {:>11}",
         "NAME",
         "STATE",
         "ORIGIN",
@@ -436,7 +519,8 @@ pub fn render(report: &StatusReport) -> String {
         "TX PKTS",
         "TX BYTES",
         "RX PKTS",
-        "RX BYTES"
+        "RX BYTES",
+        "LAST HEARD"
     );
     for p in &report.peers {
         let state = serde_json::to_value(p.state)
@@ -449,7 +533,7 @@ pub fn render(report: &StatusReport) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  {:<20} {:<8} {:<7} {:<18} {:<22} {:>10} {:>12} {:>10} {:>12}",
+            "  {:<20} {:<8} {:<7} {:<18} {:<22} {:>10} {:>12} {:>10} {:>12} {:>11}",
             p.name,
             state,
             origin,
@@ -458,30 +542,10 @@ pub fn render(report: &StatusReport) -> String {
             p.tx_packets,
             human_bytes(p.tx_bytes),
             p.rx_packets,
-            human_bytes(p.rx_bytes)
+            human_bytes(p.rx_bytes),
+            p.last_heard_secs
+                .map_or("never".to_string(), |s| format!("{s}s ago"))
         );
-    }
-    let d = &report.dataplane;
-    let _ = writeln!(out, "\nDataplane");
-    let _ = writeln!(
-        out,
-        "  sent       {} packets, {}",
-        d.tx_packets,
-        human_bytes(d.tx_bytes)
-    );
-    let _ = writeln!(
-        out,
-        "  received   {} packets, {}",
-        d.rx_packets,
-        human_bytes(d.rx_bytes)
-    );
-    if d.drops.is_empty() {
-        let _ = writeln!(out, "  drops      none");
-    } else {
-        let _ = writeln!(out, "  drops");
-        for (reason, count) in &d.drops {
-            let _ = writeln!(out, "    {reason:<20} {count}");
-        }
     }
     out
 }

@@ -93,3 +93,13 @@ fn bad_config_file_names_key_and_file() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn diagnose_without_daemon_says_so() {
+    let dir = std::env::temp_dir().join(format!("overlayd-nodaemon-diag-{}", std::process::id()));
+    let (ok, stderr) = run(&["diagnose", "10.244.1.2", "--run-dir", dir.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("not running"), "{stderr}");
+    let (ok, stderr) = run(&["diagnose", "not-an-ip"]);
+    assert!(!ok && stderr.contains("POD_IP"), "{stderr}");
+}

@@ -293,6 +293,35 @@ impl Netlink {
     }
 }
 
+/// True when the link is administratively up.
+pub fn is_up(link: &LinkMessage) -> bool {
+    link.header
+        .flags
+        .contains(netlink_packet_route::link::LinkFlags::Up)
+}
+
+impl Netlink {
+    /// The output interface the kernel picks for `dst` (`ip route get`), if any.
+    pub async fn route_get(&self, dst: IpAddr) -> Result<Option<u32>, Error> {
+        let msg = match dst {
+            IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
+        };
+        let mut stream = self.handle.route().get(msg).execute();
+        match stream.try_next().await {
+            Ok(Some(route)) => Ok(route_dst_oif(&route).1),
+            Ok(None) => Ok(None),
+            // No route at all (ENETUNREACH) is an answer, not a failure.
+            Err(rtnetlink::Error::NetlinkError(_)) => Ok(None),
+            Err(e) => Err(nl(format!("route get {dst}"))(e)),
+        }
+    }
+}
+
 fn is_link_local(a: &IpAddr) -> bool {
     match a {
         IpAddr::V4(a) => a.is_link_local(),

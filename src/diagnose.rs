@@ -1,0 +1,262 @@
+//! `overlayd diagnose POD_IP`: why can't this node reach that pod? The daemon checks,
+//! in order, what a packet to POD_IP needs on its way out of this node, and the first
+//! check that fails is the verdict. Every check is reported as evidence.
+//!
+//! Checks: the address is in the cluster CIDR; which node owns its subnet (this node,
+//! a peer, or nobody); that peer's state; the kernel's route to the address; the
+//! bridge and TUN devices; and whether VXLAN traffic from that peer has arrived
+//! recently (a peer we send to that never answers points at the underlay).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::PeerState;
+use crate::status::StatusSource;
+
+/// One piece of evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// What was checked.
+    pub what: String,
+    /// Whether it is as it should be.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+}
+
+/// The answer to `overlayd diagnose`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// The address asked about.
+    pub target: IpAddr,
+    /// The node that owns the address's subnet, if any.
+    pub owner: Option<String>,
+    /// True when nothing on this node's side stands in the way.
+    pub reachable: bool,
+    /// One sentence: the first failed check, or that all is well.
+    pub verdict: String,
+    /// Every check, in order.
+    pub evidence: Vec<Check>,
+}
+
+/// How long without VXLAN traffic from a peer we send to counts as "not answering".
+pub const QUIET: Duration = Duration::from_secs(30);
+
+fn check(evidence: &mut Vec<Check>, what: &str, ok: bool, detail: String) -> bool {
+    evidence.push(Check {
+        what: what.into(),
+        ok,
+        detail,
+    });
+    ok
+}
+
+/// Runs the checks for `target` on this node.
+pub async fn diagnose(target: IpAddr, source: &StatusSource, netlink: &Netlink) -> Diagnosis {
+    let report = source.fresh_report().await;
+    let node = &report.node;
+    let mut ev = Vec::new();
+    let mut owner = None;
+    let verdict = 'verdict: {
+        if !check(
+            &mut ev,
+            "cluster CIDR",
+            node.cluster_cidr.contains(&target),
+            format!("{target} in {}", node.cluster_cidr),
+        ) {
+            break 'verdict format!(
+                "{target} is not a pod address of this cluster ({})",
+                node.cluster_cidr
+            );
+        }
+        let bridge = netlink.link_by_name(&node.bridge).await.ok().flatten();
+        let bridge_up = bridge
+            .as_ref()
+            .is_some_and(crate::dataplane::netlink::is_up);
+        check(
+            &mut ev,
+            "bridge",
+            bridge_up,
+            format!(
+                "{} {}",
+                node.bridge,
+                if bridge_up {
+                    "is up"
+                } else {
+                    "is missing or down"
+                }
+            ),
+        );
+        let tun = netlink.link_by_name(&node.tun).await.ok().flatten();
+        let tun_up = tun.as_ref().is_some_and(crate::dataplane::netlink::is_up);
+        check(
+            &mut ev,
+            "TUN",
+            tun_up,
+            format!(
+                "{} {}",
+                node.tun,
+                if tun_up {
+                    "is up"
+                } else {
+                    "is missing or down"
+                }
+            ),
+        );
+        let route = netlink.route_get(target).await.ok().flatten();
+        let route_dev = route.and_then(|idx| {
+            [(bridge.as_ref(), &node.bridge), (tun.as_ref(), &node.tun)]
+                .into_iter()
+                .find(|(l, _)| l.is_some_and(|l| l.header.index == idx))
+                .map(|(_, name)| name.clone())
+        });
+
+        if node.subnet.is_some_and(|s| s.contains(&target)) {
+            owner = Some(node.name.clone());
+            check(
+                &mut ev,
+                "owner",
+                true,
+                format!(
+                    "this node ({}) owns {}",
+                    node.name,
+                    node.subnet.map(|s| s.to_string()).unwrap_or_default()
+                ),
+            );
+            let ok = route_dev.as_deref() == Some(node.bridge.as_str());
+            check(
+                &mut ev,
+                "kernel route",
+                ok,
+                format!(
+                    "{target} via {}",
+                    route_dev.as_deref().unwrap_or("no device of ours")
+                ),
+            );
+            if !bridge_up {
+                break 'verdict format!(
+                    "the pod would be local, but bridge {} is missing or down",
+                    node.bridge
+                );
+            }
+            if !ok {
+                break 'verdict format!(
+                    "the kernel does not route {target} to bridge {}",
+                    node.bridge
+                );
+            }
+            break 'verdict format!(
+                "{target} is a local pod on this node's bridge {}: check the pod's own interface",
+                node.bridge
+            );
+        }
+
+        let Some(peer) = report.peers.iter().find(|p| p.subnet.contains(&target)) else {
+            check(
+                &mut ev,
+                "owner",
+                false,
+                "no node's lease or static peer covers this address".into(),
+            );
+            break 'verdict format!(
+                "no node owns the subnet of {target}: traffic to it is dropped as unknown_subnet"
+            );
+        };
+        owner = Some(peer.name.clone());
+        check(
+            &mut ev,
+            "owner",
+            true,
+            format!("{} owns {} at {}", peer.name, peer.subnet, peer.underlay),
+        );
+        let alive = peer.state != PeerState::Dead;
+        check(
+            &mut ev,
+            "peer state",
+            alive,
+            format!("{} is {:?}", peer.name, peer.state).to_lowercase(),
+        );
+        let routed = route_dev.as_deref() == Some(node.tun.as_str());
+        check(
+            &mut ev,
+            "kernel route",
+            routed,
+            format!(
+                "{target} via {}",
+                route_dev.as_deref().unwrap_or("no device of ours")
+            ),
+        );
+        let heard = peer.last_heard_secs;
+        let answered = heard.is_some_and(|s| s <= QUIET.as_secs());
+        let detail = match (heard, peer.tx_packets) {
+            (Some(s), _) => format!(
+                "last VXLAN packet from {} {s}s ago; sent {} / received {} packets",
+                peer.name, peer.tx_packets, peer.rx_packets
+            ),
+            (None, 0) => format!("nothing sent to or received from {} yet", peer.name),
+            (None, n) => format!("sent {n} packets to {}, never received one back", peer.name),
+        };
+        let quiet_but_sending = !answered && peer.tx_packets > 0;
+        check(&mut ev, "answers", !quiet_but_sending, detail);
+        if !alive {
+            break 'verdict format!(
+                "{} (owner of {}) is declared dead: traffic to it is dropped as peer_dead",
+                peer.name, peer.subnet
+            );
+        }
+        if !tun_up {
+            break 'verdict format!(
+                "TUN {} is missing or down: nothing leaves this node for the overlay",
+                node.tun
+            );
+        }
+        if !routed {
+            break 'verdict format!("the kernel does not route {target} through {}: the cluster route is missing or shadowed", node.tun);
+        }
+        if quiet_but_sending {
+            break 'verdict format!(
+                "{} receives our VXLAN but nothing comes back: check UDP {} between this node and {} (firewall, MTU, or the peer's own pods)",
+                peer.name,
+                peer.underlay.port(),
+                peer.underlay.ip()
+            );
+        }
+        format!(
+            "nothing on this node stands in the way: {target} is reached through {} at {}",
+            peer.name, peer.underlay
+        )
+    };
+    let reachable = ev.iter().all(|c| c.ok);
+    Diagnosis {
+        target,
+        owner,
+        reachable,
+        verdict,
+        evidence: ev,
+    }
+}
+
+/// Renders a diagnosis for people.
+pub fn render(d: &Diagnosis) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: {}",
+        if d.reachable { "OK" } else { "PROBLEM" },
+        d.verdict
+    );
+    for c in &d.evidence {
+        let _ = writeln!(
+            out,
+            "  [{}] {:<13} {}",
+            if c.ok { "ok" } else { "!!" },
+            c.what,
+            c.detail
+        );
+    }
+    out
+}
