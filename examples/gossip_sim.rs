@@ -77,6 +77,13 @@ fn converge(n: usize, seed: u64, loss: f64) {
         "  bandwidth per node: mean={:.0} B/s max={:.0} B/s",
         mean, max
     );
+    let knows = sim.node(n).map_or(0, |x| {
+        x.peers()
+            .iter()
+            .filter(|p| p.state != overlayd::control::PeerState::Dead)
+            .count()
+    });
+    println!("  the new node knows the leases of {knows}/{n} peers 30 s after it started");
     println!(
         "  steps={} delivered={} wall={:.1}s",
         sim.steps,

@@ -300,8 +300,6 @@ impl<T: Transport> Driver<T> {
                     Some(Command::Rmpeer(name, tx)) => {
                         let taken = self.node.force_reclaim(&name, now());
                         tracing::warn!(peer = %name, subnets = ?taken, "rmpeer: reclaimed without waiting; unsafe if the peer is alive");
-                        let st = self.node.status(now());
-                        let _ = st;
                         let me = self.node.membership().me().clone();
                         let nets = taken
                             .iter()

@@ -162,6 +162,8 @@ pub struct Lease {
     inbox: HashMap<(String, u64, u64), Attestations>,
     live: Vec<String>,
     dead: Vec<String>,
+    fresh: BTreeSet<u64>,
+    first_sent: HashMap<(u64, String), Instant>,
     free_holders: Vec<String>,
     outbox: VecDeque<(String, LeaseMsg)>,
     pending_self: VecDeque<(String, LeaseMsg)>,
@@ -205,6 +207,8 @@ impl Lease {
             inbox: HashMap::new(),
             live: Vec::new(),
             dead: Vec::new(),
+            fresh: BTreeSet::new(),
+            first_sent: HashMap::new(),
             free_holders: Vec::new(),
             outbox: VecDeque::new(),
             pending_self: VecDeque::new(),
@@ -273,10 +277,20 @@ impl Lease {
             if c.members.is_empty() {
                 continue;
             }
+            // A set created since this boot also counts, for each member, the first
+            // beat sent to it: a witness can only attest with a view holding this set
+            // after receiving such a beat, hence at least `R` after it.
+            let fresh = self.fresh.contains(&c.id);
             let mut times: Vec<Instant> = c
                 .members
                 .iter()
-                .filter_map(|m| self.acks.get(m).map(|s| s.at + self.cfg.fence_after))
+                .filter_map(|m| {
+                    let real = self.acks.get(m).map(|s| s.at);
+                    let first = fresh
+                        .then(|| self.first_sent.get(&(c.id, m.clone())).copied())
+                        .flatten();
+                    real.max(first).map(|t| t + self.cfg.fence_after)
+                })
                 .collect();
             times.sort_unstable_by(|a, b| b.cmp(a));
             let t = match times.get(majority(c.members.len()) - 1) {
@@ -490,6 +504,8 @@ impl Lease {
             self.st.pending_grants.clear();
             self.acks.clear();
             self.sent.clear();
+            self.fresh.clear();
+            self.first_sent.clear();
             self.dirty = true;
             self.events.push_back(LeaseEvent::Lost);
             return;
@@ -515,7 +531,8 @@ impl Lease {
                 .filter(|m| self.acks.get(*m).is_some_and(|a| a.config_id > c.id))
                 .count();
             if c.members.is_empty() || moved >= majority(c.members.len()) {
-                self.st.view.configs.remove(0);
+                let id = self.st.view.configs.remove(0).id;
+                self.first_sent.retain(|k, _| k.0 != id);
                 self.st.view.version += 1;
                 self.dirty = true;
             } else {
@@ -703,6 +720,7 @@ impl Lease {
             let id = cur.id + 1;
             self.st.view.configs.push(WitnessConfig { id, members });
             self.st.view.version += 1;
+            self.fresh.insert(id);
             self.dirty = true;
         }
     }
@@ -730,6 +748,13 @@ impl Lease {
             self.sent.pop_front();
         }
         let owned: Vec<Owned> = self.st.owned.iter().map(|(k, v)| (*k, *v)).collect();
+        for c in &self.st.view.configs {
+            if self.fresh.contains(&c.id) {
+                for m in &c.members {
+                    self.first_sent.entry((c.id, m.clone())).or_insert(now);
+                }
+            }
+        }
         for m in to {
             self.send(
                 &m,

@@ -493,11 +493,27 @@ pub struct Membership {
     mismatch: Arc<Mutex<Option<(NodeMeta, String)>>>,
     /// Datagrams foca rejected (malformed or mismatched).
     pub dropped: u64,
+    catch_up: Option<CatchUp>,
+    rng: u64,
     /// foca's settings, kept to retune suspicion as the cluster grows or shrinks.
     config: Config,
     /// Member count the suspicion timeout was last computed for.
     tuned_for: usize,
 }
+
+/// After joining, a node asks several members per gossip round for a feed until the
+/// number of peers it knows stops growing: foca's feeds are random samples of about
+/// 15 members, and one periodic announce every 5 s would take minutes at 1,000 nodes.
+#[derive(Debug, Clone, Copy)]
+struct CatchUp {
+    known: usize,
+    grew_at: Instant,
+}
+
+/// Announces per gossip round while catching up.
+const CATCH_UP_FANOUT: usize = 8;
+/// Catching up stops after this long without learning a new peer.
+const CATCH_UP_QUIET: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for Membership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -545,6 +561,8 @@ impl Membership {
             events: Vec::new(),
             mismatch,
             dropped: 0,
+            catch_up: None,
+            rng: cfg.rng_seed | 1,
             config: fc,
             tuned_for: usize::MAX,
         };
@@ -581,6 +599,10 @@ impl Membership {
     /// Sends an announce to a seed. The seed's identity is a placeholder with only
     /// its address filled in: foca replies with a feed of members.
     pub fn join(&mut self, seed: SocketAddr, now: Instant) {
+        self.catch_up = Some(CatchUp {
+            known: self.peers.len(),
+            grew_at: now,
+        });
         let mut s = self.me().clone();
         s.name = format!("seed:{seed}");
         s.gossip = seed;
@@ -709,6 +731,7 @@ impl Membership {
                 if self.foca.gossip(&mut self.rt).is_err() {
                     self.dropped += 1;
                 }
+                self.catch_up_round(now);
                 self.drain(now);
             }
         }
@@ -717,6 +740,45 @@ impl Membership {
         emit_frame_header(Kind::Membership, &mut out);
         out.extend_from_slice(&data);
         Some((to.gossip, out))
+    }
+
+    fn catch_up_round(&mut self, now: Instant) {
+        let Some(mut c) = self.catch_up else { return };
+        if self.peers.len() > c.known {
+            c = CatchUp {
+                known: self.peers.len(),
+                grew_at: now,
+            };
+        }
+        if now.saturating_duration_since(c.grew_at) > CATCH_UP_QUIET {
+            self.catch_up = None;
+            return;
+        }
+        self.catch_up = Some(c);
+        let mut live: Vec<&NodeMeta> = self
+            .peers
+            .values()
+            .filter(|(_, s)| *s != PeerState::Dead)
+            .map(|(m, _)| m)
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        live.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut targets = Vec::new();
+        for _ in 0..CATCH_UP_FANOUT.min(live.len()) {
+            // xorshift64: deterministic under the simulator's seed.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            targets.push(live[(self.rng % live.len() as u64) as usize].clone());
+        }
+        for t in targets {
+            if self.foca.announce(t, &mut self.rt).is_err() {
+                self.dropped += 1;
+            }
+        }
+        self.drain(now);
     }
 
     /// Returns the next membership event.
