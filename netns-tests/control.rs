@@ -198,6 +198,26 @@ fn a_five_nodes_one_seed_each_get_distinct_subnets_and_all_pods_ping() {
     );
     println!("five nodes: distinct subnets and a full ping mesh {took:.1?} after the start");
     assert!(took <= Duration::from_secs(10), "took {took:?}");
+
+    // /metrics on n1: leases, peers by state and gossip traffic.
+    let metrics_ok = wait_until(Duration::from_secs(5), || {
+        let (_, m) = http_get(&nodes[0].ns, "127.0.0.1:9469", "/metrics");
+        let value = |name: &str| {
+            m.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        value("overlayd_leases_used ") == Some(5.0)
+            && value("overlayd_leases_free ") == Some(251.0)
+            && value(r#"overlayd_peers{state="alive"}"#) == Some(4.0)
+            && value(r#"overlayd_gossip_messages_total{direction="rx"}"#).is_some_and(|v| v > 0.0)
+            && value(r#"overlayd_gossip_bytes_total{direction="tx"}"#).is_some_and(|v| v > 0.0)
+    });
+    assert!(
+        metrics_ok,
+        "{}",
+        http_get(&nodes[0].ns, "127.0.0.1:9469", "/metrics").1
+    );
 }
 
 #[test]

@@ -195,6 +195,24 @@ impl Collector for Exporter {
             }
             counters(
                 &mut encoder,
+                "overlayd_gossip_messages",
+                "Gossip datagrams, by direction.",
+                &[
+                    (vec![("direction", "tx")], c.gossip_tx_messages),
+                    (vec![("direction", "rx")], c.gossip_rx_messages),
+                ],
+            )?;
+            counters(
+                &mut encoder,
+                "overlayd_gossip_bytes",
+                "Gossip bytes (UDP payload), by direction.",
+                &[
+                    (vec![("direction", "tx")], c.gossip_tx_bytes),
+                    (vec![("direction", "rx")], c.gossip_rx_bytes),
+                ],
+            )?;
+            counters(
+                &mut encoder,
                 "overlayd_gossip_dropped",
                 "Gossip datagrams dropped as malformed, oversized or from another cluster.",
                 &[(vec![], c.gossip_dropped)],

@@ -91,6 +91,14 @@ pub struct ControlReport {
     pub witnesses: Vec<String>,
     /// Gossip datagrams dropped as malformed, oversized or mismatched.
     pub gossip_dropped: u64,
+    /// Gossip datagrams sent.
+    pub gossip_tx_messages: u64,
+    /// Gossip bytes sent (UDP payload).
+    pub gossip_tx_bytes: u64,
+    /// Gossip datagrams received.
+    pub gossip_rx_messages: u64,
+    /// Gossip bytes received (UDP payload).
+    pub gossip_rx_bytes: u64,
     /// Members with a subnet, by state.
     pub alive: usize,
     /// Suspect members.
@@ -117,6 +125,10 @@ impl ControlReport {
             exhausted: st.exhausted,
             witnesses: st.witnesses.clone(),
             gossip_dropped: st.dropped,
+            gossip_tx_messages: st.traffic.tx_datagrams,
+            gossip_tx_bytes: st.traffic.tx_bytes,
+            gossip_rx_messages: st.traffic.rx_datagrams,
+            gossip_rx_bytes: st.traffic.rx_bytes,
             alive: count(Ctl::Alive),
             suspect: count(Ctl::Suspect),
             dead: count(Ctl::Dead),
@@ -485,6 +497,14 @@ pub fn render_leases(report: &StatusReport) -> String {
             out,
             "  gossip     {} alive, {} suspect, {} dead; {} bad datagrams dropped",
             c.alive, c.suspect, c.dead, c.gossip_dropped
+        );
+        let _ = writeln!(
+            out,
+            "  traffic    sent {} datagrams ({}), received {} ({})",
+            c.gossip_tx_messages,
+            human_bytes(c.gossip_tx_bytes),
+            c.gossip_rx_messages,
+            human_bytes(c.gossip_rx_bytes)
         );
         let _ = writeln!(
             out,

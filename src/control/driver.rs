@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use super::message::MAX_DATAGRAM;
 use super::transport::{Transport, UdpTransport};
 use super::{
-    Error, Event, LeaseConfig, LeaseEvent, LeaseState, MembershipConfig, Node, NodeConfig,
-    NodeMeta, PeerInfo, Status,
+    Error, Event, GossipTraffic, LeaseConfig, LeaseEvent, LeaseState, MembershipConfig, Node,
+    NodeConfig, NodeMeta, PeerInfo, Status,
 };
 
 /// Default gossip port (`--gossip-port`).
@@ -234,6 +234,7 @@ impl ControlDriver {
             lease_tx,
             state_path,
             leave_on_exit: cfg.leave_on_exit,
+            traffic: GossipTraffic::default(),
         };
         let task = tokio::spawn(async move { driver.run(shutdown).await });
         Ok((
@@ -256,6 +257,7 @@ struct Driver<T> {
     lease_tx: watch::Sender<LeaseStatus>,
     state_path: PathBuf,
     leave_on_exit: bool,
+    traffic: GossipTraffic,
 }
 
 fn now() -> std::time::Instant {
@@ -285,13 +287,19 @@ impl<T: Transport> Driver<T> {
             }
             tokio::select! {
                 r = self.transport.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.node.handle_datagram(from, &buf[..n], now()),
+                    Ok((n, from)) => {
+                        self.traffic.rx_datagrams += 1;
+                        self.traffic.rx_bytes += n as u64;
+                        self.node.handle_datagram(from, &buf[..n], now());
+                    }
                     Err(e) => tracing::debug!(error = %e, "gossip receive failed"),
                 },
                 _ = tokio::time::sleep_until(wake) => self.node.handle_timeout(now()),
                 cmd = self.rx.recv(), if leaving.is_none() => match cmd {
                     Some(Command::Status(tx)) => {
-                        let _ = tx.send(self.node.status(now()));
+                        let mut status = self.node.status(now());
+                        status.traffic = self.traffic;
+                        let _ = tx.send(status);
                     }
                     Some(Command::Leave(tx)) => {
                         self.node.leave(now());
@@ -329,8 +337,12 @@ impl<T: Transport> Driver<T> {
         }
         let t = now();
         while let Some(tx) = self.node.poll_transmit(t) {
-            if let Err(e) = self.transport.send_to(&tx.data, tx.to).await {
-                tracing::debug!(to = %tx.to, error = %e, "gossip send failed");
+            match self.transport.send_to(&tx.data, tx.to).await {
+                Ok(()) => {
+                    self.traffic.tx_datagrams += 1;
+                    self.traffic.tx_bytes += tx.data.len() as u64;
+                }
+                Err(e) => tracing::debug!(to = %tx.to, error = %e, "gossip send failed"),
             }
         }
         let mut peers_changed = false;

@@ -156,6 +156,21 @@ pub struct Status {
     pub peers: Vec<PeerInfo>,
     /// Gossip datagrams dropped as malformed, oversized or mismatched.
     pub dropped: u64,
+    /// Gossip datagrams and bytes sent and received (the driver fills this in).
+    pub traffic: GossipTraffic,
+}
+
+/// Gossip traffic counters of one node (UDP payload bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GossipTraffic {
+    /// Datagrams sent.
+    pub tx_datagrams: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Datagrams received.
+    pub rx_datagrams: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
 }
 
 /// An event for the driver.
@@ -500,6 +515,7 @@ impl Node {
                 .unwrap_or_default(),
             peers: self.peers(),
             dropped: self.dropped,
+            traffic: GossipTraffic::default(),
         }
     }
 
