@@ -11,6 +11,8 @@
 # Run as root, not in CI:  netns-tests/throughput.sh [BIN]
 #   BIN   overlayd binary (default target/release/overlayd)
 #   DUR=10 REPS=3 MODES="routed kernel overlayd" CAPTURE=1 environment knobs
+#   PROFILE=FILE  also record `perf` on the overlayd processes during the first
+#                 overlayd TCP 1-stream run and write `perf report` to FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/release/overlayd}")
@@ -143,9 +145,18 @@ iperf() { # MODE KEY ARGS...: runs one iperf3 client, records the metric(s)
   for _ in $(seq 50); do ex "$P2" ss -Hltn "sport = :5201" | grep -q . && break; sleep 0.1; done
   local c0 c1 out
   c0=$(overlayd_cpu_ticks)
+  local perf_pid=
+  if [[ $mode == overlayd && $key == tcp1_gbps && -n ${PROFILE:-} && ! -e $WORK/perf.data ]]; then
+    perf record -q -F 999 -g -o "$WORK/perf.data" -p "$(pgrep -d, -f "^$BIN ")" -- sleep $((DUR - 1)) >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   out=$(ex "$P1" iperf3 -c 10.244.2.2 -t "$DUR" -J "$@" 2>&1) || true
   c1=$(overlayd_cpu_ticks)
   wait $srv 2>/dev/null || true
+  if [[ -n $perf_pid ]]; then
+    wait "$perf_pid" 2>/dev/null || true
+    perf report -i "$WORK/perf.data" --stdio --no-children --sort comm,dso,symbol -g none --percent-limit 0.7 2>/dev/null | grep -v '^$' | head -120 >"$PROFILE" || true
+  fi
   if [[ $key == udp64 ]]; then
     local pps loss
     pps=$(jq -r '(.end.sum.packets - .end.sum.lost_packets) / .end.sum.seconds' <<<"$out" 2>/dev/null || echo 0)

@@ -6,6 +6,7 @@
 //! - [`offload`]: TSO segmentation and TCP coalescing for an offloading TUN (sans-IO).
 //! - [`stats`]: counters by direction, peer and drop reason.
 //! - [`driver`]: the tokio tasks that own the TUN and the UDP socket.
+//! - [`tun`]: a TUN queue fd on the runtime of the thread that uses it.
 //! - [`udp`]: GSO/`sendmmsg` send and GRO/`recvmmsg` receive on the VXLAN socket.
 //! - [`netlink`]: bridge, addresses and routes (Linux only).
 
@@ -16,6 +17,7 @@ pub mod fib;
 pub mod netlink;
 pub mod offload;
 pub mod stats;
+pub mod tun;
 pub mod udp;
 pub mod wire;
 
