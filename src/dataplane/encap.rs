@@ -83,6 +83,7 @@ impl Encapsulator {
         result
     }
 
+    #[inline(always)]
     fn encapsulate_inner(&self, buf: &mut [u8], len: usize) -> Result<Transmit, DropReason> {
         let total = HEADROOM.checked_add(len).filter(|t| *t <= buf.len());
         let Some(total) = total else {
