@@ -6,8 +6,8 @@
 //! written back to the TUN.
 //!
 //! # Layout
-//! - [`dataplane`]: VXLAN wire views, the sans-IO encap/decap core and FIB, and the
-//!   tokio driver that owns the TUN and UDP socket.
+//! - [`dataplane`]: VXLAN wire views, the sans-IO encap/decap core, FIB and offload
+//!   (TSO split, TCP coalescing), and the driver thread that owns the TUN and UDP socket.
 //! - [`control`]: gossip membership and per-node subnet leases.
 //! - [`config`]: the daemon's flags, parsed and checked.
 //! - [`daemon`]: `run(config, shutdown)`, which the binary calls.

@@ -19,6 +19,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::fib::{Fib, PeerState};
+use super::offload::{self, TxBatch, VnetHdr};
 use super::stats::{DropReason, Stats};
 use super::wire::vxlan::VxlanRepr;
 use super::wire::{self, EtherType, EthernetFrame, IpHeader, MacAddr, VxlanPacket};
@@ -82,6 +83,7 @@ impl Encapsulator {
         result
     }
 
+    #[inline(always)]
     fn encapsulate_inner(&self, buf: &mut [u8], len: usize) -> Result<Transmit, DropReason> {
         let total = HEADROOM.checked_add(len).filter(|t| *t <= buf.len());
         let Some(total) = total else {
@@ -115,6 +117,97 @@ impl Encapsulator {
             dst: peer.underlay,
             len: total,
         })
+    }
+}
+
+impl Encapsulator {
+    /// Encapsulates one read of an `IFF_VNET_HDR` TUN into `batch`: the virtio header
+    /// is at `buf[HEADROOM - VNET_HDR_LEN..HEADROOM]` and the IP packet, `len` bytes,
+    /// at `buf[HEADROOM..]`. A plain packet (its partial checksum completed if the
+    /// kernel left one) is encapsulated in place as [`Self::encapsulate`] does; a
+    /// TSO/USO super-packet is split into MSS-sized inner packets, each with its own
+    /// headers in a slot of `batch`, payloads left where they are. `buf_id` names
+    /// `buf` in the datagrams pushed. Returns how many datagrams were pushed.
+    ///
+    /// The caller keeps at least [`offload::MAX_SEGMENTS_PER_PACKET`] slots free;
+    /// a super-packet that does not fit is dropped as malformed.
+    pub fn encapsulate_vnet(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        buf_id: u32,
+        batch: &mut TxBatch,
+    ) -> Result<usize, DropReason> {
+        let result = self.encapsulate_vnet_inner(buf, len, buf_id, batch);
+        if let Err(reason) = result {
+            self.stats.tx.drop(reason);
+        }
+        result
+    }
+
+    fn encapsulate_vnet_inner(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        buf_id: u32,
+        batch: &mut TxBatch,
+    ) -> Result<usize, DropReason> {
+        let total = HEADROOM.checked_add(len).filter(|t| *t <= buf.len());
+        let (Some(total), true) = (total, HEADROOM >= offload::VNET_HDR_LEN) else {
+            return Err(DropReason::MalformedOutbound);
+        };
+        let hdr = VnetHdr::parse(&buf[HEADROOM - offload::VNET_HDR_LEN..HEADROOM])
+            .ok_or(DropReason::MalformedOutbound)?;
+        if hdr.gso_type == offload::VNET_GSO_NONE {
+            if hdr.flags & offload::VNET_F_NEEDS_CSUM != 0
+                && !offload::complete_checksum(&hdr, &mut buf[HEADROOM..total])
+            {
+                return Err(DropReason::MalformedOutbound);
+            }
+            let tx = self.encapsulate_inner(buf, len)?;
+            batch.push_in_place(tx.dst, buf_id, tx.len);
+            return Ok(1);
+        }
+        let packet = &buf[HEADROOM..total];
+        let header = IpHeader::parse(packet).map_err(|_| DropReason::MalformedOutbound)?;
+        let ethertype = match header.dst {
+            IpAddr::V4(_) => EtherType::Ipv4,
+            IpAddr::V6(_) => EtherType::Ipv6,
+        };
+        let peer = self
+            .fib
+            .lookup(header.dst)
+            .ok_or(DropReason::UnknownSubnet)?;
+        if peer.state == PeerState::Dead {
+            return Err(DropReason::PeerDead);
+        }
+        let mut prefix = [0u8; HEADROOM];
+        let (vxlan, eth) = prefix.split_at_mut(wire::vxlan::HEADER_LEN);
+        VxlanRepr {
+            vni: self.config.vni,
+        }
+        .emit(&mut VxlanPacket::new_unchecked(vxlan));
+        let mut frame = EthernetFrame::new_unchecked(eth);
+        frame.set_dst_addr(peer.vtep_mac);
+        frame.set_src_addr(self.config.local_mac);
+        frame.set_ethertype(ethertype);
+        let first = batch.datagrams().len();
+        let n = offload::segment(
+            &hdr,
+            packet,
+            &prefix,
+            peer.underlay,
+            buf_id,
+            HEADROOM,
+            batch,
+        )
+        .map_err(|_| DropReason::MalformedOutbound)?;
+        for d in &batch.datagrams()[first..] {
+            let inner = d.len() - HEADROOM;
+            peer.stats.tx.add(inner);
+            self.stats.tx.forwarded.add(inner);
+        }
+        Ok(n)
     }
 }
 

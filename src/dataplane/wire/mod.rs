@@ -60,6 +60,7 @@ impl IpHeader {
     /// Parses and checks the IP header at the start of `buf`: version, header length,
     /// the IPv4 header checksum, and a total length that fits inside `buf`. Trailing
     /// bytes past `total_len` (Ethernet padding) are allowed.
+    #[inline]
     pub fn parse(buf: &[u8]) -> Result<IpHeader, Error> {
         match buf.first().map(|b| b >> 4) {
             Some(4) => {

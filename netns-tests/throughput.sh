@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Dataplane throughput on a two-node netns testbed, measured in one run for three
+# setups: routed (no encapsulation), kernel VXLAN (configured as flannel does) and
+# overlayd. For each: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte
+# payloads at unlimited rate (received packets/s and loss), ping RTT, and the CPU
+# used by the overlayd processes. Every measure is repeated REPS times; the table
+# gives the median, the spread (min-max) and the ratio overlayd / kernel VXLAN.
+# Also checks, with segmentation forced before the capture point, that an underlay
+# capture shows one VXLAN packet per inner packet and none above the underlay MTU.
+#
+# Run as root, not in CI:  netns-tests/throughput.sh [BIN]
+#   BIN   overlayd binary (default target/release/overlayd)
+#   DUR=10 REPS=3 MODES="routed kernel overlayd" CAPTURE=1 environment knobs
+#   PROFILE=FILE  also record `perf` on the overlayd processes during the first
+#                 overlayd TCP 1-stream run and write `perf report` to FILE
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$(realpath "${1:-target/release/overlayd}")
+DUR=${DUR:-10}
+REPS=${REPS:-3}
+MODES=${MODES:-"routed kernel overlayd"}
+CAPTURE=${CAPTURE:-1}
+MTU=1450
+M1=02:00:00:00:01:01
+M2=02:00:00:00:02:01
+TAG=tp$$
+N1=${TAG}n1 N2=${TAG}n2 P1=${TAG}p1 P2=${TAG}p2
+WORK=$(mktemp -d /tmp/overlayd-tp.XXXXXX)
+RESULTS=$WORK/results
+: >"$RESULTS"
+
+[ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "no overlayd binary at $BIN (cargo build --release)" >&2; exit 1; }
+
+ex() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+teardown() {
+  for ns in $P1 $P2 $N1 $N2; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
+  done
+  sleep 0.3
+  for ns in $P1 $P2 $N1 $N2; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+trap 'teardown; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
+
+base() {
+  for ns in $N1 $N2 $P1 $P2; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+  ip link add u1 netns "$N1" type veth peer name u2 netns "$N2"
+  ip -n "$N1" addr add 198.18.0.1/24 dev u1; ip -n "$N1" link set u1 up
+  ip -n "$N2" addr add 198.18.0.2/24 dev u2; ip -n "$N2" link set u2 up
+}
+
+# pod NODE POD BRIDGE HOSTIF N: 10.244.N.2/24 behind gateway 10.244.N.1
+pod() {
+  ip link add "$4" netns "$1" type veth peer name eth0 netns "$2"
+  ip -n "$1" link set "$4" mtu $MTU master "$3" up
+  ip -n "$2" link set eth0 mtu $MTU up
+  ip -n "$2" addr add "10.244.$5.2/24" dev eth0
+  ip -n "$2" route add default via "10.244.$5.1"
+}
+
+setup_routed() {
+  base
+  for i in 1 2; do
+    local n=${TAG}n$i
+    ip -n "$n" link add br0 type bridge
+    ip -n "$n" addr add "10.244.$i.1/24" dev br0
+    ip -n "$n" link set br0 mtu $MTU up
+    ex "$n" sysctl -qw net.ipv4.ip_forward=1
+  done
+  ip -n "$N1" route add 10.244.2.0/24 via 198.18.0.2
+  ip -n "$N2" route add 10.244.1.0/24 via 198.18.0.1
+  pod "$N1" "$P1" br0 veth1 1
+  pod "$N2" "$P2" br0 veth2 2
+}
+
+setup_kernel() {
+  base
+  for i in 1 2; do
+    local n=${TAG}n$i
+    ip -n "$n" link add flannel.1 type vxlan id 1 local "198.18.0.$i" dev "u$i" dstport 4789 nolearning
+    ip -n "$n" link set flannel.1 mtu $MTU up
+    ip -n "$n" addr add "10.244.$i.0/32" dev flannel.1
+    ip -n "$n" link add cni0 type bridge
+    ip -n "$n" addr add "10.244.$i.1/24" dev cni0
+    ip -n "$n" link set cni0 mtu $MTU up
+    ex "$n" sysctl -qw net.ipv4.ip_forward=1
+  done
+  for pair in "1 2" "2 1"; do
+    set -- $pair
+    local n=${TAG}n$1
+    local mac
+    mac=$(ip -n "${TAG}n$2" -j link show flannel.1 | jq -r '.[0].address')
+    ip -n "$n" route add "10.244.$2.0/24" via "10.244.$2.0" dev flannel.1 onlink
+    ip -n "$n" neigh add "10.244.$2.0" lladdr "$mac" dev flannel.1 nud permanent
+    bridge -n "$n" fdb append "$mac" dev flannel.1 dst "198.18.0.$2"
+  done
+  pod "$N1" "$P1" cni0 veth1 1
+  pod "$N2" "$P2" cni0 veth2 2
+}
+
+setup_overlayd() {
+  base
+  local d
+  for i in 1 2; do
+    local o=$((3 - i)) mac peer_mac
+    mac=$([ $i = 1 ] && echo $M1 || echo $M2)
+    peer_mac=$([ $i = 1 ] && echo $M2 || echo $M1)
+    d=$WORK/n$i
+    mkdir -p "$d"
+    RUST_LOG=info ip netns exec "${TAG}n$i" "$BIN" --node-name "n$i" \
+      --run-dir "$d/run" --state-dir "$d/state" \
+      --subnet "10.244.$i.0/24" --advertise-addr "198.18.0.$i" --vtep-mac "$mac" \
+      --static-peer "10.244.$o.0/24,198.18.0.$o,$peer_mac" >"$WORK/n$i.log" 2>&1 &
+  done
+  for _ in $(seq 100); do
+    [ -S "$WORK/n1/run/overlayd.sock" ] && [ -S "$WORK/n2/run/overlayd.sock" ] &&
+      ip -n "$N1" link show ovl0 >/dev/null 2>&1 && ip -n "$N2" link show ovl0 >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  sleep 0.5
+  pod "$N1" "$P1" ovl0 veth1 1
+  pod "$N2" "$P2" ovl0 veth2 2
+  grep -h -i -E "offload|gso|gro|worker|path" "$WORK"/n?.log | sed 's/^/  log: /' | sort -u | head -20 || true
+}
+
+overlayd_cpu_ticks() {
+  local t=0 pid
+  for pid in $(pgrep -f "^$BIN " || true); do
+    [ -r "/proc/$pid/stat" ] || continue
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo $t
+}
+
+record() { echo "$1 $2 $3" >>"$RESULTS"; }
+
+iperf() { # MODE KEY ARGS...: runs one iperf3 client, records the metric(s)
+  local mode=$1 key=$2; shift 2
+  ex "$P2" iperf3 -s -1 -B 10.244.2.2 >/dev/null 2>&1 &
+  local srv=$!
+  for _ in $(seq 50); do ex "$P2" ss -Hltn "sport = :5201" | grep -q . && break; sleep 0.1; done
+  local c0 c1 out
+  c0=$(overlayd_cpu_ticks)
+  local perf_pid=
+  if [[ $mode == overlayd && $key == tcp1_gbps && -n ${PROFILE:-} && ! -e $WORK/perf.data ]]; then
+    perf record -q -F 999 -g -o "$WORK/perf.data" -p "$(pgrep -d, -f "^$BIN ")" -- sleep $((DUR - 1)) >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
+  out=$(ex "$P1" iperf3 -c 10.244.2.2 -t "$DUR" -J "$@" 2>&1) || true
+  c1=$(overlayd_cpu_ticks)
+  wait $srv 2>/dev/null || true
+  if [[ -n $perf_pid ]]; then
+    wait "$perf_pid" 2>/dev/null || true
+    perf report -i "$WORK/perf.data" --stdio --no-children --sort comm,dso,symbol -g none --percent-limit 0.7 2>/dev/null | grep -v '^$' | head -120 >"$PROFILE" || true
+  fi
+  if [[ $key == udp64 ]]; then
+    local pps loss
+    pps=$(jq -r '(.end.sum.packets - .end.sum.lost_packets) / .end.sum.seconds' <<<"$out" 2>/dev/null || echo 0)
+    loss=$(jq -r '.end.sum.lost_percent' <<<"$out" 2>/dev/null || echo 100)
+    record "$mode" udp64_kpps "$(awk -v p="$pps" 'BEGIN{printf "%.1f", p/1000}')"
+    record "$mode" udp64_loss_pct "$loss"
+  else
+    record "$mode" "$key" "$(jq -r '.end.sum_received.bits_per_second / 1e9' <<<"$out" 2>/dev/null || echo 0)"
+  fi
+  if [[ $mode == overlayd ]]; then
+    local hz; hz=$(getconf CLK_TCK)
+    record "$mode" "cpu_${key}_pct" "$(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v d="$DUR" 'BEGIN{printf "%.0f", (b-a)*100/hz/d}')"
+  fi
+}
+
+measure() {
+  local mode=$1
+  ex "$P1" ping -c 3 -W 1 -q 10.244.2.2 >/dev/null || { echo "$mode: pods do not reach each other" >&2; return 1; }
+  for _ in $(seq "$REPS"); do
+    iperf "$mode" tcp1_gbps
+    iperf "$mode" tcp4_gbps -P 4
+    iperf "$mode" udp64 -u -b 0 -l 64
+    record "$mode" rtt_us "$(ex "$P1" ping -c 200 -i 0.005 -q 10.244.2.2 | awk -F/ '/rtt/{printf "%.0f", $5*1000}')"
+  done
+}
+
+# One capture on the underlay while overlayd carries TCP, with segmentation forced
+# before the capture point (a veth otherwise carries GSO super-packets as is).
+capture_check() {
+  command -v ethtool >/dev/null || { echo "capture check skipped: no ethtool"; return; }
+  command -v tcpdump >/dev/null || { echo "capture check skipped: no tcpdump"; return; }
+  ex "$N1" ethtool -K u1 tx-udp-segmentation off gso off tso off >/dev/null 2>&1 || true
+  ex "$N2" ethtool -K u2 tx-udp-segmentation off gso off tso off >/dev/null 2>&1 || true
+  ex "$N1" tcpdump -i u1 -nn -s 128 -w "$WORK/cap.pcap" -c 20000 udp port 4789 >/dev/null 2>&1 &
+  local td=$!
+  sleep 1
+  ex "$P2" iperf3 -s -1 -B 10.244.2.2 >/dev/null 2>&1 &
+  sleep 0.5
+  ex "$P1" iperf3 -c 10.244.2.2 -t 2 >/dev/null 2>&1 || true
+  ex "$P1" ping -c 3 -i 0.2 -q -s 1400 10.244.2.2 >/dev/null 2>&1 || true
+  sleep 0.5; kill -INT $td 2>/dev/null || true; wait $td 2>/dev/null || true
+  python3 - "$WORK/cap.pcap" $((MTU + 50)) <<'EOF'
+import struct, sys
+data = open(sys.argv[1], 'rb').read(); mtu = int(sys.argv[2])
+le = data[:4] == b'\xd4\xc3\xb2\xa1'; e = '<' if le else '>'
+off, n, bad, big, maxlen = 24, 0, 0, 0, 0
+while off + 16 <= len(data):
+    _, _, incl, orig = struct.unpack(e + 'IIII', data[off:off + 16]); off += 16
+    p = data[off:off + incl]; off += incl
+    ip = p[14:]
+    outer_len = struct.unpack('>H', ip[2:4])[0]; ihl = (ip[0] & 15) * 4
+    inner = ip[ihl + 8 + 8 + 14:]
+    inner_len = struct.unpack('>H', inner[2:4])[0] if inner[0] >> 4 == 4 else 40 + struct.unpack('>H', inner[4:6])[0]
+    n += 1; maxlen = max(maxlen, outer_len)
+    if outer_len > mtu: big += 1
+    if outer_len != ihl + 8 + 8 + 14 + inner_len: bad += 1
+print(f"capture: {n} VXLAN packets, largest outer IP packet {maxlen} B (underlay MTU {mtu}), "
+      f"{big} above the MTU, {bad} not exactly one inner packet")
+sys.exit(0 if n > 0 and big == 0 and bad == 0 else 1)
+EOF
+}
+
+for mode in $MODES; do
+  echo "== $mode: setting up"
+  "setup_$mode"
+  measure "$mode"
+  if [[ $mode == overlayd && $CAPTURE == 1 ]]; then capture_check || echo "CAPTURE CHECK FAILED"; fi
+  teardown
+done
+
+echo
+echo "DUR=${DUR}s REPS=$REPS binary=$BIN kernel $(uname -r) cores $(nproc)"
+python3 - "$RESULTS" <<'EOF'
+import sys, statistics as st
+rows = {}
+for line in open(sys.argv[1]):
+    mode, key, val = line.split()
+    try: v = float(val)
+    except ValueError: v = float('nan')
+    rows.setdefault(key, {}).setdefault(mode, []).append(v)
+order = ['tcp1_gbps', 'tcp4_gbps', 'udp64_kpps', 'udp64_loss_pct', 'rtt_us',
+         'cpu_tcp1_gbps_pct', 'cpu_tcp4_gbps_pct', 'cpu_udp64_pct']
+def cell(v):
+    if not v: return '-'
+    return f"{st.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
+print(f"{'metric':18} {'routed':>22} {'kernel vxlan':>22} {'overlayd':>22} {'ovl/kernel':>10}")
+for key in order:
+    if key not in rows: continue
+    r = rows[key]
+    ratio = '-'
+    if r.get('kernel') and r.get('overlayd') and st.median(r['kernel']) > 0:
+        ratio = f"{st.median(r['overlayd']) / st.median(r['kernel']):.2f}"
+    print(f"{key:18} {cell(r.get('routed')):>22} {cell(r.get('kernel')):>22} {cell(r.get('overlayd')):>22} {ratio:>10}")
+EOF
