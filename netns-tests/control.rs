@@ -315,6 +315,9 @@ fn b_killed_node_is_declared_dead_and_comes_back_with_its_subnet() {
         "{leases}"
     );
 
+    // A pod that pings the dead node's pod hears "host unreachable" from its gateway.
+    let out = ping_output(&nodes[0].pod.as_ref().unwrap().ns, &pod3);
+    assert!(out.contains("Host Unreachable"), "{out}");
     let before = nodes[0].daemon().drops("peer_dead");
     assert!(!nodes[0]
         .pod

@@ -92,6 +92,12 @@ fn a_two_overlayd_nodes_ping_and_iperf3_beside_kernel_vxlan() {
     );
     // The node itself reaches a remote pod too (source: its gateway address).
     assert!(t.n1.ping(&t.p2.ip));
+    // An address no node owns: the pod hears "net unreachable" from its gateway.
+    let out = ping_output(&t.p1.ns, "10.244.99.9");
+    assert!(
+        out.contains("From 10.244.1.1") && out.contains("Net Unreachable"),
+        "{out}"
+    );
 
     let status = t.d1.status_json().unwrap();
     let peer = &status["peers"][0];

@@ -21,7 +21,7 @@ use crate::control::driver::{ControlConfig, ControlDriver, ControlHandle, LeaseS
 use crate::control::PeerInfo;
 use crate::dataplane::driver::{open_socket, open_tun, DataplaneDriver};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
-use crate::dataplane::netlink::{disable_ipv6, enable_forwarding, Netlink};
+use crate::dataplane::netlink::{accept_local, disable_ipv6, enable_forwarding, Netlink};
 use crate::dataplane::wire::MacAddr;
 use crate::dataplane::{EncapConfig, Fib, Peer, PeerOrigin, PeerState};
 use crate::fsutil::write_atomic;
@@ -300,6 +300,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         .index;
     if args.cluster_cidr.addr().is_ipv4() {
         disable_ipv6(&args.tun)?;
+        accept_local(&args.tun)?;
     }
     netlink.set_up(tun_index, mtu).await?;
 
@@ -468,6 +469,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
             n.subnet = subnet;
             n.gateway = subnet.map(|s| gateway_of(&s));
         });
+        handle.set_router(subnet.map(|s| gateway_of(&s)));
         let learned = peers_rx
             .as_mut()
             .map(|rx| rx.borrow_and_update().clone())

@@ -565,3 +565,17 @@ impl Switch {
         self.ns.ip(&["link", "set", &format!("p{i}"), "master", br]);
     }
 }
+
+/// Output of one ping from `ns` to `dst` (stdout and stderr), whatever its result.
+pub fn ping_output(ns: &Netns, dst: &str) -> String {
+    let out = ns
+        .command("ping")
+        .args(["-c", "1", "-W", "2", dst])
+        .output()
+        .expect("ping");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

@@ -24,6 +24,7 @@ use tun_rs::AsyncDevice;
 use super::encap::{Decapsulator, EncapConfig, Encapsulator, HEADROOM};
 use super::error::Error;
 use super::fib::Fib;
+use super::icmp::{self, RateLimit, Unreachable};
 use super::offload::{self, Coalescer, Head, TunWrite, TxBatch};
 use super::stats::{DropReason, Stats};
 use super::tun::TunQueue;
@@ -88,6 +89,7 @@ pub fn open_socket(bind: SocketAddr) -> Result<UdpSocket, Error> {
 pub struct DataplaneHandle {
     stats: Arc<Stats>,
     fib: watch::Sender<Arc<Fib>>,
+    router: watch::Sender<Option<std::net::IpAddr>>,
 }
 
 impl DataplaneHandle {
@@ -99,6 +101,12 @@ impl DataplaneHandle {
     /// Installs a new forwarding table; both directions use it from their next packet.
     pub fn set_fib(&self, fib: Arc<Fib>) {
         self.fib.send_replace(fib);
+    }
+
+    /// Sets the address ICMP unreachable replies come from (the node's gateway);
+    /// `None` sends none.
+    pub fn set_router(&self, router: Option<std::net::IpAddr>) {
+        self.router.send_replace(router);
     }
 
     /// The forwarding table in use.
@@ -127,6 +135,7 @@ impl DataplaneDriver {
     ) -> (DataplaneDriver, DataplaneHandle) {
         let stats = Arc::new(Stats::default());
         let (fib_tx, fib_rx) = watch::channel(fib.clone());
+        let (router_tx, router_rx) = watch::channel(None);
         let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::unbounded_channel();
         let vnet = tun.tcp_gso();
@@ -148,7 +157,8 @@ impl DataplaneDriver {
                     &stop_rx,
                     move || async move {
                         let (tun, udp) = register(tun_fd, udp_std)?;
-                        let tx = TxPath::new(&udp, vnet, enc, fib_rx.clone(), stats2.clone());
+                        let mut tx = TxPath::new(&udp, vnet, enc, fib_rx.clone(), stats2.clone());
+                        tx.router = Some(router_rx);
                         let rx = RxPath::new(&udp, vnet, dec, fib_rx, stats2)?;
                         run_worker(tun, udp, tx, rx).await
                     },
@@ -161,7 +171,11 @@ impl DataplaneDriver {
                 done,
                 stop,
             },
-            DataplaneHandle { stats, fib: fib_tx },
+            DataplaneHandle {
+                stats,
+                fib: fib_tx,
+                router: router_tx,
+            },
         )
     }
 
@@ -307,7 +321,14 @@ struct TxPath {
     bufs: Vec<Vec<u8>>,
     batch: TxBatch,
     sender: UdpSender,
+    /// Source of ICMP unreachable replies (the node's gateway), if set.
+    router: Option<watch::Receiver<Option<std::net::IpAddr>>>,
+    icmp_limit: RateLimit,
+    icmp_buf: Vec<u8>,
 }
+
+/// ICMP unreachable replies per second at most.
+const ICMP_RATE: u32 = 100;
 
 impl TxPath {
     fn new(
@@ -327,6 +348,9 @@ impl TxPath {
                 .collect(),
             batch: TxBatch::new(TX_SLOTS),
             sender: UdpSender::new(udp),
+            router: None,
+            icmp_limit: RateLimit::new(ICMP_RATE),
+            icmp_buf: vec![0u8; offload::VNET_HDR_LEN + icmp::MAX_REPLY],
         }
     }
 
@@ -353,17 +377,28 @@ impl TxPath {
                 Err(e) => return Err(tun_err(e)),
             };
             let buf = &mut self.bufs[k];
-            if self.vnet {
+            let (result, len) = if self.vnet {
                 if n < offload::VNET_HDR_LEN {
                     self.stats.tx.drop(DropReason::MalformedOutbound);
+                    (Ok(()), 0)
                 } else {
                     let len = n - offload::VNET_HDR_LEN;
-                    let _ = self
+                    let r = self
                         .enc
                         .encapsulate_vnet(buf, len, k as u32, &mut self.batch);
+                    (r.map(|_| ()), len)
                 }
-            } else if let Ok(tx) = self.enc.encapsulate(buf, n) {
-                self.batch.push_in_place(tx.dst, k as u32, tx.len);
+            } else {
+                match self.enc.encapsulate(buf, n) {
+                    Ok(tx) => {
+                        self.batch.push_in_place(tx.dst, k as u32, tx.len);
+                        (Ok(()), n)
+                    }
+                    Err(e) => (Err(e), n),
+                }
+            };
+            if let Err(reason @ (DropReason::UnknownSubnet | DropReason::PeerDead)) = result {
+                self.reply_unreachable(tun, k, len, reason).await;
             }
             k += 1;
         }
@@ -372,6 +407,43 @@ impl TxPath {
             self.stats.tx.record_batch(self.batch.datagrams().len());
         }
         Ok(k)
+    }
+}
+
+impl TxPath {
+    /// Tells the sender of the packet in buffer `k` that its destination cannot be
+    /// reached (ICMP destination unreachable, from the node's gateway), at most
+    /// [`ICMP_RATE`] times a second. Best effort: a full TUN queue drops the reply.
+    async fn reply_unreachable(
+        &mut self,
+        tun: &TunQueue,
+        k: usize,
+        len: usize,
+        reason: DropReason,
+    ) {
+        let Some(router) = self.router.as_ref().and_then(|r| *r.borrow()) else {
+            return;
+        };
+        if !self.icmp_limit.allow(std::time::Instant::now()) {
+            return;
+        }
+        let why = match reason {
+            DropReason::PeerDead => Unreachable::PeerDead,
+            _ => Unreachable::NoRoute,
+        };
+        let Some(packet) = self.bufs[k].get(HEADROOM..HEADROOM + len) else {
+            return;
+        };
+        let head = if self.vnet { offload::VNET_HDR_LEN } else { 0 };
+        // With offloads every TUN write starts with a virtio-net header; all zero
+        // means "no GSO, checksum complete".
+        self.icmp_buf[..head].fill(0);
+        let Some(n) = icmp::unreachable(packet, why, router, &mut self.icmp_buf[head..]) else {
+            return;
+        };
+        let _ = tun
+            .send_vectored(&[IoSlice::new(&self.icmp_buf[..head + n])])
+            .await;
     }
 }
 

@@ -420,3 +420,14 @@ pub fn disable_ipv6(ifname: &str) -> Result<(), Error> {
         Err(source) => Err(Error::Sysctl { path, source }),
     }
 }
+
+/// Lets the kernel accept packets on `ifname` whose source is one of its own
+/// addresses: the dataplane answers unreachable destinations with ICMP from the
+/// node's gateway, written into the TUN, and without this the kernel drops them as
+/// martians.
+pub fn accept_local(ifname: &str) -> Result<(), Error> {
+    let path = Path::new("/proc/sys/net/ipv4/conf")
+        .join(ifname)
+        .join("accept_local");
+    std::fs::write(&path, b"1").map_err(|source| Error::Sysctl { path, source })
+}
