@@ -329,6 +329,15 @@ fn b_killed_node_is_declared_dead_and_comes_back_with_its_subnet() {
         nodes[0].daemon().drops("peer_dead") > before,
         "traffic to the dead peer was not counted as peer_dead"
     );
+    let status = nodes[0].daemon().status_json().unwrap();
+    let n3 = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "n3")
+        .cloned()
+        .unwrap();
+    assert!(n3["tx_dropped"].as_u64().unwrap() > 0, "{n3}");
 
     // Restart n3 with its state: it gets the same subnet, and traffic resumes.
     let d = nodes[2].daemon.take().unwrap();

@@ -285,6 +285,10 @@ fn c_garbage_is_counted_by_reason_and_forwarding_continues() {
     for r in expected {
         assert_eq!(t.d1.drops(r), 1, "{r}: {}", status["dataplane"]);
     }
+    // Four of them came from the known peer after it was identified (wrong MAC, ARP,
+    // lying length, spoofed source): they count against that peer.
+    let peer = &status["peers"][0];
+    assert_eq!(peer["rx_dropped"], 4, "{peer}");
     // The same counters on /metrics, with per-peer traffic and the peer gauge.
     let (code, metrics) = http_get(&t.n1, "127.0.0.1:9469", "/metrics");
     assert_eq!(code, 200);

@@ -143,6 +143,8 @@ impl Collector for Exporter {
             &per_peer(|p| (p.tx_bytes, p.rx_bytes)),
         )?;
 
+        counters(&mut encoder, "overlayd_peer_drops", "Packets to or from each peer that were dropped (tx: peer dead; rx: bad frame from it).", &per_peer(|p| (p.tx_dropped, p.rx_dropped)))?;
+
         {
             let mut peers = encoder.encode_descriptor(
                 "overlayd_peers",

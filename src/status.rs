@@ -74,6 +74,10 @@ pub struct PeerReport {
     pub rx_packets: u64,
     /// Inner bytes received from it.
     pub rx_bytes: u64,
+    /// Packets to it dropped (it was dead).
+    pub tx_dropped: u64,
+    /// Datagrams from it dropped after it was identified.
+    pub rx_dropped: u64,
     /// Seconds since the last VXLAN packet from it (to 1 s), if any arrived.
     pub last_heard_secs: Option<u64>,
 }
@@ -197,6 +201,8 @@ impl StatusSource {
                     tx_bytes,
                     rx_packets,
                     rx_bytes,
+                    tx_dropped: p.stats.tx_dropped.get().0,
+                    rx_dropped: p.stats.rx_dropped.get().0,
                     last_heard_secs: self.last_heard(&p.name),
                 }
             })
@@ -530,7 +536,7 @@ pub fn render_peers(report: &StatusReport) -> String {
     let _ = writeln!(out, "\nPeers ({})", report.peers.len());
     let _ = writeln!(
         out,
-        "  {:<20} {:<8} {:<7} {:<18} {:<22} {:>10} {:>12} {:>10} {:>12} {:>11}",
+        "  {:<20} {:<8} {:<7} {:<18} {:<22} {:>10} {:>12} {:>10} {:>12} {:>9} {:>11}",
         "NAME",
         "STATE",
         "ORIGIN",
@@ -540,6 +546,7 @@ pub fn render_peers(report: &StatusReport) -> String {
         "TX BYTES",
         "RX PKTS",
         "RX BYTES",
+        "DROPS",
         "LAST HEARD"
     );
     for p in &report.peers {
@@ -553,7 +560,7 @@ pub fn render_peers(report: &StatusReport) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  {:<20} {:<8} {:<7} {:<18} {:<22} {:>10} {:>12} {:>10} {:>12} {:>11}",
+            "  {:<20} {:<8} {:<7} {:<18} {:<22} {:>10} {:>12} {:>10} {:>12} {:>9} {:>11}",
             p.name,
             state,
             origin,
@@ -563,6 +570,7 @@ pub fn render_peers(report: &StatusReport) -> String {
             human_bytes(p.tx_bytes),
             p.rx_packets,
             human_bytes(p.rx_bytes),
+            p.tx_dropped + p.rx_dropped,
             p.last_heard_secs
                 .map_or("never".to_string(), |s| format!("{s}s ago"))
         );

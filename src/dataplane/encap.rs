@@ -100,6 +100,7 @@ impl Encapsulator {
             .lookup(header.dst)
             .ok_or(DropReason::UnknownSubnet)?;
         if peer.state == PeerState::Dead {
+            peer.stats.tx_dropped.add(len);
             return Err(DropReason::PeerDead);
         }
         let (vxlan, eth) = buf[..HEADROOM].split_at_mut(wire::vxlan::HEADER_LEN);
@@ -179,6 +180,7 @@ impl Encapsulator {
             .lookup(header.dst)
             .ok_or(DropReason::UnknownSubnet)?;
         if peer.state == PeerState::Dead {
+            peer.stats.tx_dropped.add(len);
             return Err(DropReason::PeerDead);
         }
         let mut prefix = [0u8; HEADROOM];
@@ -261,23 +263,27 @@ impl Decapsulator {
             .fib
             .peer_by_underlay(from)
             .ok_or(DropReason::UnknownSender)?;
-        let frame = EthernetFrame::new_unchecked(vxlan.payload());
-        if frame.dst_addr() != self.config.local_mac {
-            return Err(DropReason::WrongDstMac);
-        }
-        let version_ok = match frame.ethertype() {
-            EtherType::Ipv4 => 4,
-            EtherType::Ipv6 => 6,
-            EtherType::Other(_) => return Err(DropReason::NotIp),
-        };
-        let inner = frame.payload();
-        if inner.first().map(|b| b >> 4) != Some(version_ok) {
-            return Err(DropReason::MalformedInner);
-        }
-        let header = IpHeader::parse(inner).map_err(|_| DropReason::MalformedInner)?;
-        if !peer.allow_any_source && !peer.subnet.contains(&header.src) {
-            return Err(DropReason::SpoofedSource);
-        }
+        let checked = (|| {
+            let frame = EthernetFrame::new_unchecked(vxlan.payload());
+            if frame.dst_addr() != self.config.local_mac {
+                return Err(DropReason::WrongDstMac);
+            }
+            let version_ok = match frame.ethertype() {
+                EtherType::Ipv4 => 4,
+                EtherType::Ipv6 => 6,
+                EtherType::Other(_) => return Err(DropReason::NotIp),
+            };
+            let inner = frame.payload();
+            if inner.first().map(|b| b >> 4) != Some(version_ok) {
+                return Err(DropReason::MalformedInner);
+            }
+            let header = IpHeader::parse(inner).map_err(|_| DropReason::MalformedInner)?;
+            if !peer.allow_any_source && !peer.subnet.contains(&header.src) {
+                return Err(DropReason::SpoofedSource);
+            }
+            Ok(header)
+        })();
+        let header = checked.inspect_err(|_| peer.stats.rx_dropped.add(datagram.len()))?;
         peer.stats.rx.add(header.total_len);
         self.stats.rx.forwarded.add(header.total_len);
         Ok(HEADROOM..HEADROOM + header.total_len)

@@ -178,6 +178,11 @@ pub struct PeerStats {
     pub tx: Flow,
     /// Inner bytes received from the peer and written to the TUN.
     pub rx: Flow,
+    /// Packets for the peer dropped on the way out (it is dead).
+    pub tx_dropped: Flow,
+    /// Datagrams from the peer dropped after it was identified (wrong MAC, not IP,
+    /// malformed inner packet, spoofed source).
+    pub rx_dropped: Flow,
 }
 
 /// A point-in-time copy of [`Stats`], for status and metrics.
