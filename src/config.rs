@@ -918,6 +918,39 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_names_every_flag() {
+        use clap::CommandFactory;
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/overlayd.toml"))
+                .unwrap();
+        let command = Cli::command();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["config", "help", "version"].contains(&long) {
+                continue;
+            }
+            let key = long.replace('-', "_");
+            let alias_key = arg
+                .get_all_aliases()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|a| a.replace('-', "_"))
+                .collect::<Vec<_>>();
+            let named = |k: &str| {
+                text.lines().any(|l| {
+                    l.trim_start_matches('#')
+                        .trim_start()
+                        .starts_with(&format!("{k} ="))
+                })
+            };
+            assert!(
+                named(&key) || alias_key.iter().any(|k| named(k)),
+                "config/overlayd.toml does not show key `{key}`"
+            );
+        }
+    }
+
+    #[test]
     fn shipped_example_config_parses() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/overlayd.toml");
         let cli = parse_from(["overlayd", "--config", path]).unwrap_or_else(|e| panic!("{e}"));
