@@ -19,14 +19,18 @@ fn init_logging(filter: &str, format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (not when first polled), so a signal that
+/// arrives while the daemon is still setting up still means "shut down cleanly".
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 fn main() -> ExitCode {
@@ -135,7 +139,18 @@ fn main() -> ExitCode {
         }),
         None => {
             init_logging(&cli.daemon.log_level, cli.daemon.log_format);
-            match runtime.block_on(overlayd::daemon::run(cli.daemon, shutdown_signal())) {
+            let shutdown = {
+                let _rt = runtime.enter();
+                shutdown_signal()
+            };
+            let shutdown = match shutdown {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("overlayd: cannot install signal handlers: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(overlayd::daemon::run(cli.daemon, shutdown)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
