@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::fib::{Fib, PeerState};
+use super::fib::{Fib, Peer, PeerState};
 use super::offload::{self, TxBatch, VnetHdr};
 use super::stats::{DropReason, Stats};
 use super::wire::vxlan::VxlanRepr;
@@ -83,13 +83,11 @@ impl Encapsulator {
         result
     }
 
+    /// Finds the live peer that owns the destination of the IP `packet` and writes the
+    /// VXLAN and inner Ethernet headers for it into `prefix` (`HEADROOM` bytes). Shared
+    /// by the plain and the offload paths; a dead peer's drop is counted against it.
     #[inline(always)]
-    fn encapsulate_inner(&self, buf: &mut [u8], len: usize) -> Result<Transmit, DropReason> {
-        let total = HEADROOM.checked_add(len).filter(|t| *t <= buf.len());
-        let Some(total) = total else {
-            return Err(DropReason::MalformedOutbound);
-        };
-        let packet = &buf[HEADROOM..total];
+    fn route_and_emit(&self, packet: &[u8], prefix: &mut [u8]) -> Result<&Peer, DropReason> {
         let header = IpHeader::parse(packet).map_err(|_| DropReason::MalformedOutbound)?;
         let ethertype = match header.dst {
             IpAddr::V4(_) => EtherType::Ipv4,
@@ -100,10 +98,10 @@ impl Encapsulator {
             .lookup(header.dst)
             .ok_or(DropReason::UnknownSubnet)?;
         if peer.state == PeerState::Dead {
-            peer.stats.tx_dropped.add(len);
+            peer.stats.tx_dropped.add(packet.len());
             return Err(DropReason::PeerDead);
         }
-        let (vxlan, eth) = buf[..HEADROOM].split_at_mut(wire::vxlan::HEADER_LEN);
+        let (vxlan, eth) = prefix.split_at_mut(wire::vxlan::HEADER_LEN);
         VxlanRepr {
             vni: self.config.vni,
         }
@@ -112,6 +110,17 @@ impl Encapsulator {
         frame.set_dst_addr(peer.vtep_mac);
         frame.set_src_addr(self.config.local_mac);
         frame.set_ethertype(ethertype);
+        Ok(peer)
+    }
+
+    #[inline(always)]
+    fn encapsulate_inner(&self, buf: &mut [u8], len: usize) -> Result<Transmit, DropReason> {
+        let total = HEADROOM.checked_add(len).filter(|t| *t <= buf.len());
+        let Some(total) = total else {
+            return Err(DropReason::MalformedOutbound);
+        };
+        let (prefix, rest) = buf[..total].split_at_mut(HEADROOM);
+        let peer = self.route_and_emit(rest, prefix)?;
         peer.stats.tx.add(len);
         self.stats.tx.forwarded.add(len);
         Ok(Transmit {
@@ -170,29 +179,8 @@ impl Encapsulator {
             return Ok(1);
         }
         let packet = &buf[HEADROOM..total];
-        let header = IpHeader::parse(packet).map_err(|_| DropReason::MalformedOutbound)?;
-        let ethertype = match header.dst {
-            IpAddr::V4(_) => EtherType::Ipv4,
-            IpAddr::V6(_) => EtherType::Ipv6,
-        };
-        let peer = self
-            .fib
-            .lookup(header.dst)
-            .ok_or(DropReason::UnknownSubnet)?;
-        if peer.state == PeerState::Dead {
-            peer.stats.tx_dropped.add(len);
-            return Err(DropReason::PeerDead);
-        }
         let mut prefix = [0u8; HEADROOM];
-        let (vxlan, eth) = prefix.split_at_mut(wire::vxlan::HEADER_LEN);
-        VxlanRepr {
-            vni: self.config.vni,
-        }
-        .emit(&mut VxlanPacket::new_unchecked(vxlan));
-        let mut frame = EthernetFrame::new_unchecked(eth);
-        frame.set_dst_addr(peer.vtep_mac);
-        frame.set_src_addr(self.config.local_mac);
-        frame.set_ethertype(ethertype);
+        let peer = self.route_and_emit(packet, &mut prefix)?;
         let first = batch.datagrams().len();
         let n = offload::segment(
             &hdr,
