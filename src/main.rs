@@ -53,6 +53,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Some(Command::Genkey) => {
+            println!("{}", overlayd::control::auth::generate_key());
+            ExitCode::SUCCESS
+        }
         Some(Command::Status { part, json, run_dir }) => runtime.block_on(async {
             match overlayd::status::request(&run_dir).await {
                 Ok(report) => {

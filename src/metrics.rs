@@ -191,6 +191,11 @@ impl Collector for Exporter {
                     "1 while the cluster CIDR has no free subnet for this node.",
                     i64::from(c.exhausted),
                 ),
+                (
+                    "overlayd_gossip_auth_keys",
+                    "Cluster keys accepted for gossip (0: gossip is not authenticated).",
+                    c.auth_keys.len() as i64,
+                ),
             ] {
                 let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
                 ConstGauge::new(value).encode(m)?;
@@ -218,6 +223,17 @@ impl Collector for Exporter {
                 "overlayd_gossip_dropped",
                 "Gossip datagrams dropped as malformed, oversized or from another cluster.",
                 &[(vec![], c.gossip_dropped)],
+            )?;
+            let rejected: Vec<_> = c
+                .gossip_rejected
+                .iter()
+                .map(|(r, n)| (vec![("reason", r.as_str())], *n))
+                .collect();
+            counters(
+                &mut encoder,
+                "overlayd_gossip_rejected",
+                "Gossip datagrams rejected by the cluster-key check, by reason (unsigned, signed_without_key, malformed_auth, unknown_key, bad_tag, stale, replay).",
+                &rejected,
             )?;
         }
 
