@@ -603,6 +603,8 @@ fn e_cluster_key_keeps_out_other_keys_and_rotates_on_sighup() {
     );
     assert!(metrics.contains("overlayd_gossip_auth_keys 1"), "{metrics}");
 
+    assert_least_privilege(nodes[0].daemon());
+
     // Rotation step 1 on the cluster: accept K2 as well, reloaded with SIGHUP.
     std::fs::write(&f1, format!("{K1}\n{K2}\n")).unwrap();
     std::fs::write(&f2, format!("{K1}\n{K2}\n")).unwrap();
@@ -639,4 +641,43 @@ fn e_cluster_key_keeps_out_other_keys_and_rotates_on_sighup() {
     assert!(wait_until(Duration::from_secs(5), || all_reach_all(
         &members
     )));
+}
+
+/// Every thread of the daemon holds CAP_NET_ADMIN only (effective, permitted,
+/// bounding), nothing ambient, with no_new_privs; its files are root's alone.
+fn assert_least_privilege(d: &Daemon) {
+    use std::os::unix::fs::PermissionsExt;
+    let pid = d.pid().expect("daemon runs");
+    let net_admin = 1u64 << 12;
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(tasks.len() > 1, "expected several threads");
+    for t in &tasks {
+        let st = std::fs::read_to_string(t.join("status")).unwrap();
+        let field = |k: &str| {
+            let l = st.lines().find(|l| l.starts_with(k)).unwrap();
+            u64::from_str_radix(l[k.len()..].trim(), 16).unwrap()
+        };
+        for k in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            assert_eq!(field(k), net_admin, "{} {k} in\n{st}", t.display());
+        }
+        assert_eq!(field("CapAmb:"), 0);
+        assert_eq!(field("CapInh:"), 0);
+        assert!(st.contains("NoNewPrivs:\t1"), "{st}");
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.state_dir), 0o700);
+    assert_eq!(mode(&d.run_dir), 0o700);
+    for f in ["lease.json", "vtep_mac"] {
+        assert_eq!(mode(&d.state_dir.join(f)), 0o600, "{f}");
+    }
+    for f in ["node.json", "overlayd.sock"] {
+        assert_eq!(mode(&d.run_dir.join(f)), 0o600, "{f}");
+    }
+    println!(
+        "least privilege: {} threads hold CAP_NET_ADMIN only; files 0600 in 0700 dirs",
+        tasks.len()
+    );
 }

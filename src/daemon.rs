@@ -228,7 +228,7 @@ impl Host {
                     cluster_cidr: self.cluster_cidr,
                 };
                 let json = serde_json::to_vec_pretty(&info).expect("NodeInfo serializes");
-                write_atomic(&self.node_path, &json, 0o644, 0o755)
+                write_atomic(&self.node_path, &json, 0o600, 0o700)
                     .map_err(file_err("node file", &self.node_path))?;
                 tracing::info!(%subnet, %gateway, "node subnet in use");
             }
@@ -244,6 +244,21 @@ impl Host {
         self.applied = Some(subnet);
         Ok(())
     }
+}
+
+/// Creates `dir` (mode 0700) or, if it exists, takes group and other access away: the
+/// state and runtime files are root's alone.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700))?;
+    }
+    Ok(())
 }
 
 /// Reads and checks `--secret-file`. Errors name the flag and the path.
@@ -356,6 +371,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         }
         None => underlay_mtu.saturating_sub(overhead).max(576),
     };
+    private_dir(&args.state_dir).map_err(file_err("state dir", &args.state_dir))?;
     let vtep_mac = vtep_mac(&args.state_dir, args.vtep_mac)?;
 
     // The bridge pods attach to, and the TUN that carries the rest of the cluster CIDR.
@@ -478,7 +494,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         })
     };
     let socket_path = args.run_dir.join(status::SOCKET_FILE);
-    std::fs::create_dir_all(&args.run_dir).map_err(file_err("run dir", &args.run_dir))?;
+    private_dir(&args.run_dir).map_err(file_err("run dir", &args.run_dir))?;
     let listener = status::bind(&socket_path).map_err(file_err("status socket", &socket_path))?;
     let status_task = tokio::spawn(status::serve(listener, source.clone()));
     let metrics_task = match args.metrics_addr {

@@ -333,6 +333,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pid (`ip netns exec` execs it, so it is the child's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends `sig` (e.g. `libc::SIGHUP`) to the daemon, if it runs.
     pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {

@@ -464,26 +464,15 @@ pub fn load_state(path: &Path) -> Result<Option<LeaseState>, Error> {
     }
 }
 
-/// Writes the lease state atomically: temporary file, fsync, rename, fsync of the
-/// directory.
+/// Writes the lease state atomically (temporary file, fsync, rename, fsync of the
+/// directory), readable by root only.
 pub fn save_state(path: &Path, st: &LeaseState) -> Result<(), Error> {
-    use std::io::Write;
     let err = |source| Error::State {
         path: path.to_owned(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(std::io::Error::other(e)))?;
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::fsutil::write_atomic(path, &bytes, 0o600, 0o700).map_err(err)
 }
 
 #[cfg(test)]
