@@ -268,6 +268,8 @@ impl StatusSource {
     /// Like [`StatusSource::report`], with the control plane asked now rather than
     /// the once-a-second copy that metrics use.
     pub async fn fresh_report(&self) -> StatusReport {
+        // Traffic since the last tick counts as heard now, not "never".
+        self.sample_heard();
         let mut report = self.report();
         if let Some((handle, cached)) = &self.control {
             let total = cached.borrow().leases_total;
