@@ -201,6 +201,14 @@ pub enum Event {
         /// What differs.
         reason: String,
     },
+    /// No seed has answered for a while (reported after [`SEEDS_SILENT_AFTER`], then
+    /// every minute while it lasts).
+    SeedsSilent {
+        /// The seeds we keep asking.
+        seeds: Vec<SocketAddr>,
+        /// How long we have been alone.
+        for_secs: u64,
+    },
     /// The authentication layer rejected a datagram. Reported at most once per
     /// [`REJECT_LOG_INTERVAL`] per source address; every rejection is counted.
     Rejected {
@@ -210,6 +218,9 @@ pub enum Event {
         reason: Reject,
     },
 }
+
+/// How long a joining node waits for any seed before [`Event::SeedsSilent`].
+pub const SEEDS_SILENT_AFTER: Duration = Duration::from_secs(10);
 
 /// How often a rejected sender is reported again (see [`Event::Rejected`]).
 pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -271,6 +282,8 @@ pub struct Node {
     auth: Authenticator,
     wall: (Instant, u64),
     reported: HashMap<IpAddr, Instant>,
+    alone_since: Option<Instant>,
+    silent_reported: Option<Instant>,
 }
 
 impl Node {
@@ -314,6 +327,8 @@ impl Node {
             auth,
             wall: (now, 0),
             reported: HashMap::new(),
+            alone_since: Some(now),
+            silent_reported: None,
         })
     }
 
@@ -408,6 +423,21 @@ impl Node {
                         self.membership.join(s, now);
                     }
                 }
+                let since = *self.alone_since.get_or_insert(now);
+                let alone = now.saturating_duration_since(since);
+                let due = self
+                    .silent_reported
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60));
+                if alone >= SEEDS_SILENT_AFTER && due {
+                    self.silent_reported = Some(now);
+                    self.events.push_back(Event::SeedsSilent {
+                        seeds: self.seeds.clone(),
+                        for_secs: alone.as_secs(),
+                    });
+                }
+            } else {
+                self.alone_since = None;
+                self.silent_reported = None;
             }
         }
         self.membership.handle_timeout(now);
@@ -699,6 +729,26 @@ mod tests {
         assert_eq!(n.dropped(), 0);
         n.handle_datagram(from, &data, now + REJECT_LOG_INTERVAL);
         assert!(matches!(n.poll_event(), Some(Event::Rejected { .. })));
+    }
+
+    #[test]
+    fn a_node_nobody_answers_says_so() {
+        let start = Instant::now();
+        let mut n = node();
+        n.seeds = vec!["10.0.0.2:7946".parse().unwrap()];
+        let mut silent = vec![];
+        for s in 0..=80u64 {
+            n.handle_timeout(start + Duration::from_millis(s * 1000));
+            while n.poll_transmit(start).is_some() {}
+            while let Some(ev) = n.poll_event() {
+                if let Event::SeedsSilent { for_secs, .. } = ev {
+                    silent.push(for_secs);
+                }
+            }
+        }
+        assert_eq!(silent.len(), 2, "{silent:?}");
+        assert!((10..=12).contains(&silent[0]), "{silent:?}");
+        assert!(silent[1] >= 70, "{silent:?}");
     }
 
     #[test]
