@@ -14,6 +14,7 @@ OVERLAYD_APT_PACKAGES=(
   containernetworking-plugins  # reference loopback/portmap/bandwidth/tuning/host-local/static
   podman runc busybox-static   # the real-runtime CNI test
   util-linux          # nsenter
+  g++                 # libFuzzer's C++ sources, for scripts/fuzz-smoke.sh
 )
 
 install_deps() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything needed to pass the tests, from a fresh machine: system packages, then
-# formatting, lints, unit tests, and the root-only network-namespace tests.
+# formatting, lints, a fuzz smoke run, unit tests, and the root-only network-namespace tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -12,6 +12,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "==> fuzz smoke run (scripts/fuzz-smoke.sh)"
+./scripts/fuzz-smoke.sh
 echo "==> cargo test (release, netns tests included)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

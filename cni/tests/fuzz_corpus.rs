@@ -1,0 +1,186 @@
+//! Replays the committed corpus of the CNI fuzz targets (`fuzz/corpus/{netconf,
+//! cni_env,prev_result}`) through the cargo-fuzz harnesses, compiled in from
+//! `fuzz/src/cni.rs` with `#[path]`, so `cargo test` catches a regression on those
+//! bytes without cargo-fuzz or nightly.
+//!
+//! `cargo test -p overlayd-cni --test fuzz_corpus -- --ignored write_seeds` rewrites
+//! the generated `seed-*` files: the plugin configs of the conflists in `config/` as a
+//! runtime passes them on stdin, results emitted by `CniResult::to_json`, and the
+//! environments of the spec's commands.
+
+#[path = "../../fuzz/src/cni.rs"]
+mod cni;
+
+use std::path::{Path, PathBuf};
+
+use overlayd_cni::config::Version;
+use overlayd_cni::result::{CniResult, Interface, IpConfig, Route};
+use serde_json::{json, Value};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cni/ is inside the repository")
+}
+
+fn corpus_dir(target: &str) -> PathBuf {
+    repo().join("fuzz/corpus").join(target)
+}
+
+fn replay(target: &str, harness: fn(&[u8])) {
+    let mut files: Vec<_> = std::fs::read_dir(corpus_dir(target))
+        .unwrap_or_else(|e| panic!("corpus of {target}: {e}"))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "empty corpus for {target}");
+    for f in &files {
+        let data = std::fs::read(f).unwrap();
+        let r = std::panic::catch_unwind(|| harness(&data));
+        assert!(r.is_ok(), "{target}: {} fails", f.display());
+    }
+}
+
+#[test]
+fn netconf_corpus() {
+    replay("netconf", cni::netconf);
+}
+
+#[test]
+fn cni_env_corpus() {
+    replay("cni_env", cni::cni_env);
+}
+
+#[test]
+fn prev_result_corpus() {
+    replay("prev_result", cni::prev_result);
+}
+
+// --- Seed generation -------------------------------------------------------------
+
+fn write(target: &str, name: &str, data: &[u8]) {
+    let dir = corpus_dir(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+}
+
+/// The stdin a runtime gives the first plugin of a conflist: the plugin object with
+/// the list's `cniVersion` and `name`, and the capability args it asked for.
+fn plugin_stdin(conflist: &Value, runtime_config: Value) -> Value {
+    let mut conf = conflist["plugins"][0].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+    conf["name"] = conflist["name"].clone();
+    if let Some(obj) = conf.as_object_mut() {
+        obj.remove("capabilities");
+    }
+    if !runtime_config.is_null() {
+        conf["runtimeConfig"] = runtime_config;
+    }
+    conf
+}
+
+fn sample_result() -> CniResult {
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: "ovlv0123456789a".into(),
+                mac: "0a:58:0a:f4:01:01".into(),
+                sandbox: None,
+                mtu: Some(1450),
+            },
+            Interface {
+                name: "eth0".into(),
+                mac: "0a:58:0a:f4:01:05".into(),
+                sandbox: Some("/var/run/netns/cni-1234".into()),
+                mtu: Some(1450),
+            },
+        ],
+        ips: vec![IpConfig {
+            address: "10.244.1.5/24".parse().unwrap(),
+            gateway: Some("10.244.1.1".parse().unwrap()),
+            interface: Some(1),
+        }],
+        routes: vec![Route {
+            dst: "0.0.0.0/0".parse().unwrap(),
+            gw: None,
+        }],
+        dns: Default::default(),
+    }
+}
+
+#[test]
+#[ignore = "rewrites the committed seed corpus; run by hand after a format change"]
+fn write_seeds() {
+    for (file, name) in [
+        ("overlayd-k8s.conflist", "k8s"),
+        ("overlayd-podman.conflist", "podman"),
+    ] {
+        let text = std::fs::read(repo().join("config").join(file)).unwrap();
+        let list: Value = serde_json::from_slice(&text).unwrap();
+        // The conflist itself is not a plugin config, but real bytes all the same.
+        write("netconf", &format!("conflist-{name}"), &text);
+        let stdin = plugin_stdin(&list, json!({"ips": ["10.244.1.9/24"]}));
+        write(
+            "netconf",
+            &format!("{name}-runtime-ips"),
+            stdin.to_string().as_bytes(),
+        );
+    }
+    let r = sample_result();
+    let v040 = r.to_json(Version::V0_4_0);
+    let v110 = r.to_json(Version::V1_1_0);
+    write("prev_result", "result-0.4.0", v040.to_string().as_bytes());
+    write("prev_result", "result-1.1.0", v110.to_string().as_bytes());
+    // host-local's answer to a delegated ADD: IPv4 and IPv6, DNS, a route with gw.
+    let host_local = json!({
+        "cniVersion": "1.0.0",
+        "ips": [
+            {"address": "10.244.1.20/24", "gateway": "10.244.1.1"},
+            {"address": "fd00:0:0:1::20/64", "gateway": "fd00:0:0:1::1"}
+        ],
+        "routes": [{"dst": "10.96.0.0/12", "gw": "10.244.1.1"}, {"dst": "::/0"}],
+        "dns": {"nameservers": ["10.96.0.10"], "domain": "cluster.local", "search": ["svc"]}
+    });
+    write(
+        "prev_result",
+        "host-local",
+        host_local.to_string().as_bytes(),
+    );
+    let check = json!({
+        "cniVersion": "1.0.0",
+        "name": "overlayd",
+        "type": "overlayd-cni",
+        "args": {"cni": {"ips": ["10.244.1.5"]}},
+        "prevResult": v110,
+    });
+    write(
+        "netconf",
+        "check-args-prevresult",
+        check.to_string().as_bytes(),
+    );
+    // cni_env: one value per line, in the order of `cni::ENV_VARS`.
+    let env = |vals: &[&str]| vals.join("\n").into_bytes();
+    write(
+        "cni_env",
+        "add",
+        &env(&[
+            "ADD",
+            "3f1c9a7e6b2d",
+            "eth0",
+            "/var/run/netns/cni-1234",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;IP=10.244.1.9",
+            "/opt/cni/bin:/usr/lib/cni",
+        ]),
+    );
+    write(
+        "cni_env",
+        "del-no-netns",
+        &env(&["DEL", "3f1c9a7e6b2d", "eth0", "", "", "/opt/cni/bin"]),
+    );
+    write("cni_env", "version", &env(&["VERSION"]));
+    write(
+        "cni_env",
+        "check-bad-ifname",
+        &env(&["CHECK", "c1", "a-very-long-interface", "/proc/1/ns/net"]),
+    );
+}

@@ -1,0 +1,5 @@
+//! `cargo fuzz run gossip_frame`: see [`overlayd_fuzz::gossip::gossip_frame`] for the input format and
+//! what it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| overlayd_fuzz::gossip::gossip_frame(data));

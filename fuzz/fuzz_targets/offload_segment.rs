@@ -1,0 +1,5 @@
+//! `cargo fuzz run offload_segment`: see [`overlayd_fuzz::dataplane::offload_segment`] for the input format and
+//! what it checks.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| overlayd_fuzz::dataplane::offload_segment(data));
