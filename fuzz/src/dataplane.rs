@@ -523,7 +523,7 @@ fn offload_segment_batch(data: &[u8], node: &mut Node, batch: &mut TxBatch) {
         let len = rec.data.len() - VNET_HDR_LEN;
         let mut buf = vec![0u8; HEADROOM + len];
         buf[HEADROOM - VNET_HDR_LEN..].copy_from_slice(rec.data);
-        if rec.tag & 1 != 0 && buf[HEADROOM] >> 4 == 4 && len >= 20 {
+        if rec.tag & 1 != 0 && len >= 20 && buf[HEADROOM] >> 4 == 4 {
             let ihl = (usize::from(buf[HEADROOM] & 0x0f) * 4).clamp(20, len);
             checksum::ipv4_header(&mut buf[HEADROOM..], ihl);
         }
