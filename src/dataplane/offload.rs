@@ -542,9 +542,11 @@ const LOOKBACK: usize = 8;
 ///
 /// A segment is merged only when its TCP checksum verifies, its IP header has no
 /// options or extension headers and is not a fragment, its flags are ACK (PSH on the
-/// last one), its ack number, options, IP TOS/TTL and header lengths equal those of
-/// the first, its sequence number continues the run and its payload is no longer
-/// than the first's (a shorter one ends the run).
+/// last one), its ack number, window, options, IP TOS/TTL and header lengths equal
+/// those of the first, its sequence number continues the run and its payload is no
+/// longer than the first's (a shorter one ends the run). The merged packet carries the
+/// first segment's header, so a field that may differ would be lost: a window update
+/// in a later segment, for one (Linux GRO compares the window too).
 #[derive(Debug)]
 pub struct Coalescer {
     enabled: bool,
@@ -697,10 +699,11 @@ impl Coalescer {
             h[..4] == packet[..4] && h[7] == packet[7]
         };
         let t = c.ip_len;
-        // Ack number, flags other than PSH, then options.
+        // Ack number, flags other than PSH, window, then options.
         ip_same
             && h[t + 8..t + 12] == packet[t + 8..t + 12]
             && (h[t + 13] & !0x08) == (packet[t + 13] & !0x08)
+            && h[t + 14..t + 16] == packet[t + 14..t + 16]
             && h[t + 20..t + c.tcp_len] == packet[t + 20..t + c.tcp_len]
     }
 
@@ -1176,6 +1179,31 @@ mod tests {
         off.push(0, ranges[0].clone(), &buf[ranges[0].clone()]);
         off.finish();
         assert_eq!(off.writes().count(), 1);
+    }
+
+    /// Found by the `offload_coalesce` fuzz target: a window update in the second
+    /// segment was merged away, the super-packet carrying the first one's window.
+    #[test]
+    fn window_update_ends_the_run() {
+        let a = tcp_packet(500, &[1; 300], false);
+        let mut b = tcp_packet(800, &[2; 300], false);
+        b[34..36].copy_from_slice(&51962u16.to_be_bytes());
+        b[36..38].copy_from_slice(&[0, 0]);
+        let sum = checksum::add(checksum::pseudo(&b, 6, (b.len() - 20) as u32), &b[20..]);
+        b[36..38].copy_from_slice(&checksum::finish(sum));
+        let packets = vec![a, b];
+        let (buf, ranges) = rx_batch(&packets);
+        let mut c = Coalescer::new(true);
+        for r in &ranges {
+            c.push(0, r.clone(), &buf[r.clone()]);
+        }
+        c.finish();
+        let out = written(&c, &buf);
+        assert_eq!(out.len(), 2);
+        for ((hdr, p), orig) in out.iter().zip(&packets) {
+            assert!(hdr.is_none());
+            assert_eq!(p, orig);
+        }
     }
 
     #[test]
