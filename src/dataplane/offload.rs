@@ -384,7 +384,7 @@ pub fn segment(
         || hdr_len > packet.len()
         || prefix.len() + hdr_len > SLOT_LEN
         || gso_size == 0
-        || (is_v4 && packet[9] != proto)
+        || (is_v4 && (usize::from(packet[0] & 0x0f) * 4 != ip_len || packet[9] != proto))
         || (!is_v4 && (ip_len != 40 || packet[6] != proto))
     {
         return Err(SegmentError::Malformed);
@@ -542,11 +542,11 @@ const LOOKBACK: usize = 8;
 ///
 /// A segment is merged only when its TCP checksum verifies, its IP header has no
 /// options or extension headers and is not a fragment, its flags are ACK (PSH on the
-/// last one), its ack number, window, options, IP TOS/TTL and header lengths equal
-/// those of the first, its sequence number continues the run and its payload is no
+/// last one), its ack number, reserved bits and AE, window, options, IP TOS/TTL and
+/// header lengths equal those of the first, its sequence number continues the run and its payload is no
 /// longer than the first's (a shorter one ends the run). The merged packet carries the
 /// first segment's header, so a field that may differ would be lost: a window update
-/// in a later segment, for one (Linux GRO compares the window too).
+/// or an AccECN AE bit in a later segment, for two (Linux GRO compares these too).
 #[derive(Debug)]
 pub struct Coalescer {
     enabled: bool,
@@ -699,9 +699,10 @@ impl Coalescer {
             h[..4] == packet[..4] && h[7] == packet[7]
         };
         let t = c.ip_len;
-        // Ack number, flags other than PSH, window, then options.
+        // Ack number, data offset with the reserved bits and AE, flags other than
+        // PSH, window, then options.
         ip_same
-            && h[t + 8..t + 12] == packet[t + 8..t + 12]
+            && h[t + 8..t + 13] == packet[t + 8..t + 13]
             && (h[t + 13] & !0x08) == (packet[t + 13] & !0x08)
             && h[t + 14..t + 16] == packet[t + 14..t + 16]
             && h[t + 20..t + c.tcp_len] == packet[t + 20..t + c.tcp_len]
@@ -1179,6 +1180,77 @@ mod tests {
         off.push(0, ranges[0].clone(), &buf[ranges[0].clone()]);
         off.finish();
         assert_eq!(off.writes().count(), 1);
+    }
+
+    /// Found by the `offload_segment` fuzz target: a virtio header whose
+    /// `csum_start` is not the IPv4 header length (20 here; 59 in the fuzzer's USO
+    /// packet) made segments whose IP header checksum covered the wrong bytes.
+    #[test]
+    fn segment_rejects_csum_start_other_than_the_ipv4_header() {
+        let dst = "198.18.0.2:4789".parse().unwrap();
+        let mut batch = TxBatch::new(8);
+        // 0x50 bytes read as a 20-byte TCP header wherever csum_start points.
+        let (hdr, p) = tso(tcp_packet(1, &[0x50; 3000], false), 1000, true);
+        for csum_start in [40, 59] {
+            let lie = VnetHdr { csum_start, ..hdr };
+            assert_eq!(
+                segment(&lie, &p, &[0; 22], dst, 0, 0, &mut batch),
+                Err(SegmentError::Malformed)
+            );
+        }
+        let mut udp = Vec::new();
+        PacketBuilder::ipv4([10, 244, 1, 2], [10, 244, 2, 2], 64)
+            .udp(1, 2)
+            .write(&mut udp, &[7; 1500])
+            .unwrap();
+        let uso = VnetHdr {
+            flags: VNET_F_NEEDS_CSUM,
+            gso_type: VNET_GSO_UDP_L4,
+            hdr_len: 28,
+            gso_size: 500,
+            csum_start: 59,
+            csum_offset: 6,
+        };
+        assert_eq!(
+            segment(&uso, &udp, &[0; 22], dst, 0, 0, &mut batch),
+            Err(SegmentError::Malformed)
+        );
+        assert_eq!(
+            segment(
+                &VnetHdr {
+                    csum_start: 20,
+                    ..uso
+                },
+                &udp,
+                &[0; 22],
+                dst,
+                0,
+                0,
+                &mut batch
+            ),
+            Ok(3)
+        );
+    }
+
+    /// Found by the `offload_coalesce` fuzz target: a segment whose reserved bits or
+    /// AE flag (byte 12 of the TCP header, next to the data offset) differed was
+    /// merged, and its bits replaced by the first segment's.
+    #[test]
+    fn reserved_bits_and_ae_end_the_run() {
+        let a = tcp_packet(500, &[1; 300], false);
+        let mut b = tcp_packet(800, &[2; 300], false);
+        b[32] |= 0x0b;
+        b[36..38].copy_from_slice(&[0, 0]);
+        let sum = checksum::add(checksum::pseudo(&b, 6, (b.len() - 20) as u32), &b[20..]);
+        b[36..38].copy_from_slice(&checksum::finish(sum));
+        let packets = vec![a, b];
+        let (buf, ranges) = rx_batch(&packets);
+        let mut c = Coalescer::new(true);
+        for r in &ranges {
+            c.push(0, r.clone(), &buf[r.clone()]);
+        }
+        c.finish();
+        assert_eq!(written(&c, &buf).len(), 2);
     }
 
     /// Found by the `offload_coalesce` fuzz target: a window update in the second
