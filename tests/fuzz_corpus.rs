@@ -35,6 +35,11 @@ fn replay(target: &str, harness: fn(&[u8])) {
     let mut files: Vec<_> = std::fs::read_dir(corpus_dir(target))
         .unwrap_or_else(|e| panic!("corpus of {target}: {e}"))
         .map(|e| e.unwrap().path())
+        // What git tracks (see .gitignore); a local run's additions are left out.
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("seed-") || name.starts_with("crash-")
+        })
         .collect();
     files.sort();
     assert!(!files.is_empty(), "empty corpus for {target}");
@@ -429,15 +434,16 @@ fn write_dataplane_seeds() {
     write("offload_coalesce", "no-merge-mix", &s);
 }
 
-/// Runs node a (as `gossip_node` builds it: founder or not, with b as its seed) and
-/// node b (the other role, with a as its seed) for `steps` 50 ms steps. Returns every
-/// datagram b sent a, with the step it was sent on, and every datagram a sent b.
-fn two_nodes(a_founder: bool, steps: u32) -> (Vec<(u32, Vec<u8>)>, Vec<Vec<u8>>) {
+/// Runs node a (as `gossip_node` builds it: founder or not, keyed or not, with b as
+/// its seed) and node b (the other role, the same key, with a as its seed) for
+/// `steps` 50 ms steps. Returns every datagram b sent a, with the step it was sent
+/// on, and every datagram a sent b.
+fn two_nodes(a_founder: bool, keyed: bool, steps: u32) -> (Vec<(u32, Vec<u8>)>, Vec<Vec<u8>>) {
     let t0 = Instant::now();
     let a_addr = "10.0.0.1:7946".parse().unwrap();
     let b_addr = "10.0.0.2:7946".parse().unwrap();
-    let mut a = gossip::node("a", "10.0.0.1:7946", a_founder, vec![b_addr], t0);
-    let mut b = gossip::node("b", "10.0.0.2:7946", !a_founder, vec![a_addr], t0);
+    let mut a = gossip::node("a", "10.0.0.1:7946", a_founder, keyed, vec![b_addr], t0);
+    let mut b = gossip::node("b", "10.0.0.2:7946", !a_founder, keyed, vec![a_addr], t0);
     let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
     for step in 0..steps {
         let now = t0 + Duration::from_millis(50) * step;
@@ -461,13 +467,18 @@ fn two_nodes(a_founder: bool, steps: u32) -> (Vec<(u32, Vec<u8>)>, Vec<Vec<u8>>)
         a.using(end).is_some() && b.using(end).is_some(),
         "both nodes have a lease"
     );
+    assert_eq!(
+        a.status(end).rejected.total() + b.status(end).rejected.total(),
+        0
+    );
     (to_a, to_b)
 }
 
 /// The datagrams b sent a as one `gossip_node` input: byte 0 says whether a is the
-/// founder, then one record each, the tag advancing a's clock to when b sent it.
-fn node_input(a_founder: bool, to_a: &[(u32, Vec<u8>)]) -> Vec<u8> {
-    let mut s = vec![u8::from(!a_founder)];
+/// founder and keyed, then one record each, the tag advancing a's clock to when b
+/// sent it.
+fn node_input(a_founder: bool, keyed: bool, to_a: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let mut s = vec![u8::from(!a_founder) | (u8::from(keyed) << 1)];
     let mut last = 0;
     for (step, d) in to_a {
         let advance = u8::try_from(step - last).unwrap_or(63).min(63);
@@ -480,36 +491,70 @@ fn node_input(a_founder: bool, to_a: &[(u32, Vec<u8>)]) -> Vec<u8> {
     s
 }
 
+/// The kind and message tag of a gossip datagram, signed or not, to name its seed.
+fn gossip_key(d: &[u8]) -> String {
+    let (kind, body) = parse_frame(d).unwrap();
+    let signed = if d[6] == 0 { "" } else { "signed-" };
+    match kind {
+        // Lease: the message tag after the name and cluster fingerprint.
+        Kind::Lease => format!("{signed}lease-{}", body[usize::from(body[0]) + 9]),
+        // Membership: the message tag after src, incarnation and dst identities.
+        Kind::Membership => {
+            let mut rest = body;
+            get_meta(&mut rest).unwrap();
+            let mut rest = &rest[2..];
+            get_meta(&mut rest).unwrap();
+            format!("{signed}membership-{}", rest[0])
+        }
+    }
+}
+
 fn write_gossip_seeds() {
-    let (to_a, to_b) = two_nodes(true, 200);
-    // gossip_frame: one datagram per kind and message tag seen.
+    // gossip_frame: one datagram per kind and message tag seen, unsigned; and a few
+    // signed ones.
+    let (to_a, to_b) = two_nodes(true, false, 200);
     let mut seen = std::collections::BTreeSet::new();
     for d in to_a.iter().map(|(_, d)| d).chain(&to_b) {
-        let (kind, body) = parse_frame(d).unwrap();
-        let key = match kind {
-            // Lease: the message tag after the name and cluster fingerprint.
-            Kind::Lease => format!("lease-{}", body[usize::from(body[0]) + 9]),
-            // Membership: the message tag after src, incarnation and dst identities.
-            Kind::Membership => {
-                let mut rest = body;
-                get_meta(&mut rest).unwrap();
-                let mut rest = &rest[2..];
-                get_meta(&mut rest).unwrap();
-                format!("membership-{}", rest[0])
-            }
-        };
+        let key = gossip_key(d);
         if seen.insert(key.clone()) {
             write("gossip_frame", &key, d);
         }
     }
-    // gossip_node: what b sent a, with a the founder (b joins) and not (a joins).
-    write("gossip_node", "b-joins-founder-a", &node_input(true, &to_a));
-    let (to_a, _) = two_nodes(false, 200);
+    let (to_a, _) = two_nodes(true, true, 200);
+    for (_, d) in &to_a {
+        let key = gossip_key(d);
+        if [
+            "signed-lease-5",
+            "signed-membership-7",
+            "signed-membership-1",
+        ]
+        .contains(&key.as_str())
+            && seen.insert(key.clone())
+        {
+            write("gossip_frame", &key, d);
+        }
+    }
+    // gossip_node: what b sent a, with a the founder (b joins) and not (a joins),
+    // and the keyed cluster.
+    write(
+        "gossip_node",
+        "b-joins-founder-a",
+        &node_input(true, false, &to_a_of(true, false)),
+    );
     write(
         "gossip_node",
         "a-joins-founder-b",
-        &node_input(false, &to_a),
+        &node_input(false, false, &to_a_of(false, false)),
     );
+    write(
+        "gossip_node",
+        "keyed-b-joins-founder-a",
+        &node_input(true, true, &to_a),
+    );
+}
+
+fn to_a_of(a_founder: bool, keyed: bool) -> Vec<(u32, Vec<u8>)> {
+    two_nodes(a_founder, keyed, 200).0
 }
 
 #[test]

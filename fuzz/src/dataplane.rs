@@ -219,7 +219,7 @@ pub fn wire_parsers(data: &[u8]) {
 
 /// `vxlan_decap`: the whole receive path on one datagram. Byte 0 picks the sender
 /// from [`SENDERS`] (low three bits) and, with bit 7, fixes the inner checksums; the
-/// rest is the UDP payload. An accepted datagram must come from a known peer, hold our
+/// rest is the UDP payload. An accepted datagram must come from a known live peer, hold our
 /// VNI and a well-formed inner packet from inside the peer's subnet (unless the peer
 /// may send any source), and the returned range must be that packet; every call is
 /// counted exactly once, as forwarded or under one drop reason.
@@ -252,6 +252,7 @@ pub fn vxlan_decap(data: &[u8]) {
                     .fib
                     .peer_by_underlay(from)
                     .expect("accepted only from a peer");
+                assert_ne!(peer.state, PeerState::Dead, "nothing from a dead peer");
                 assert!(peer.allow_any_source || peer.subnet.contains(&header.src));
                 assert_eq!(after.rx, before.rx + 1, "counted as received");
                 assert_eq!(after.drops, before.drops, "and not as dropped");
