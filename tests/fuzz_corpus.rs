@@ -434,11 +434,14 @@ fn write_dataplane_seeds() {
     write("offload_coalesce", "no-merge-mix", &s);
 }
 
+/// Datagrams, each with the 50 ms step it was sent on.
+type Timed = Vec<(u32, Vec<u8>)>;
+
 /// Runs node a (as `gossip_node` builds it: founder or not, keyed or not, with b as
 /// its seed) and node b (the other role, the same key, with a as its seed) for
 /// `steps` 50 ms steps. Returns every datagram b sent a, with the step it was sent
 /// on, and every datagram a sent b.
-fn two_nodes(a_founder: bool, keyed: bool, steps: u32) -> (Vec<(u32, Vec<u8>)>, Vec<Vec<u8>>) {
+fn two_nodes(a_founder: bool, keyed: bool, steps: u32) -> (Timed, Vec<Vec<u8>>) {
     let t0 = Instant::now();
     let a_addr = "10.0.0.1:7946".parse().unwrap();
     let b_addr = "10.0.0.2:7946".parse().unwrap();
@@ -477,7 +480,7 @@ fn two_nodes(a_founder: bool, keyed: bool, steps: u32) -> (Vec<(u32, Vec<u8>)>, 
 /// The datagrams b sent a as one `gossip_node` input: byte 0 says whether a is the
 /// founder and keyed, then one record each, the tag advancing a's clock to when b
 /// sent it.
-fn node_input(a_founder: bool, keyed: bool, to_a: &[(u32, Vec<u8>)]) -> Vec<u8> {
+fn node_input(a_founder: bool, keyed: bool, to_a: &Timed) -> Vec<u8> {
     let mut s = vec![u8::from(!a_founder) | (u8::from(keyed) << 1)];
     let mut last = 0;
     for (step, d) in to_a {
@@ -553,7 +556,7 @@ fn write_gossip_seeds() {
     );
 }
 
-fn to_a_of(a_founder: bool, keyed: bool) -> Vec<(u32, Vec<u8>)> {
+fn to_a_of(a_founder: bool, keyed: bool) -> Timed {
     two_nodes(a_founder, keyed, 200).0
 }
 
