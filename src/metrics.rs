@@ -52,6 +52,17 @@ fn counters(
     Ok(())
 }
 
+/// Encodes one counter without labels.
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
 impl Collector for Exporter {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let report = self.source.report();
@@ -191,6 +202,11 @@ impl Collector for Exporter {
                     "1 while the cluster CIDR has no free subnet for this node.",
                     i64::from(c.exhausted),
                 ),
+                (
+                    "overlayd_lease_state_unsaved",
+                    "1 while the lease state cannot be saved to the state dir (see overlayd status).",
+                    i64::from(c.state_error.is_some()),
+                ),
             ] {
                 let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
                 ConstGauge::new(value).encode(m)?;
@@ -213,11 +229,23 @@ impl Collector for Exporter {
                     (vec![("direction", "rx")], c.gossip_rx_bytes),
                 ],
             )?;
-            counters(
+            counter(
                 &mut encoder,
                 "overlayd_gossip_dropped",
                 "Gossip datagrams dropped as malformed, oversized or from another cluster.",
-                &[(vec![], c.gossip_dropped)],
+                c.gossip_dropped,
+            )?;
+            counter(
+                &mut encoder,
+                "overlayd_gossip_peer_deaths",
+                "Peers this node saw declared dead (failed probes or a leave).",
+                c.peer_deaths,
+            )?;
+            counter(
+                &mut encoder,
+                "overlayd_lease_messages_held",
+                "Lease messages not sent because the lease state could not be saved.",
+                c.lease_messages_held,
             )?;
         }
 

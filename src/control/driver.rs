@@ -22,6 +22,7 @@ use super::{
     Error, Event, GossipTraffic, LeaseConfig, LeaseEvent, LeaseState, MembershipConfig, Node,
     NodeConfig, NodeMeta, PeerInfo, Status,
 };
+use crate::fsutil::write_atomic;
 
 /// Default gossip port (`--gossip-port`).
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
@@ -222,7 +223,12 @@ impl ControlDriver {
             lease: LeaseConfig::new(cfg.name.clone(), 0, false)
                 .with_reclaim_after(cfg.reclaim_after),
         };
-        let node = Node::new(node_cfg, persisted, Instant::now().into_std())?;
+        let mut node = Node::new(node_cfg, persisted, Instant::now().into_std())?;
+        // A state dir that cannot be written is a start-up error: the new boot number
+        // must be on disk before anything is sent.
+        if node.take_lease_dirty() {
+            save_state(&state_path, node.lease().state())?;
+        }
         let (tx, rx) = mpsc::channel(16);
         let (peers_tx, peers) = watch::channel(Vec::new());
         let (lease_tx, lease) = watch::channel(LeaseStatus::default());
@@ -235,6 +241,7 @@ impl ControlDriver {
             state_path,
             leave_on_exit: cfg.leave_on_exit,
             traffic: GossipTraffic::default(),
+            save_error: None,
         };
         let task = tokio::spawn(async move { driver.run(shutdown).await });
         Ok((
@@ -258,7 +265,21 @@ struct Driver<T> {
     state_path: PathBuf,
     leave_on_exit: bool,
     traffic: GossipTraffic,
+    save_error: Option<SaveError>,
 }
+
+/// The lease state could not be saved: since when, the last error, when to retry and
+/// when the error was last logged.
+struct SaveError {
+    since: Instant,
+    message: String,
+    retry_at: Instant,
+    logged_at: Instant,
+}
+
+/// While the lease state cannot be saved: how often to retry, and to log it again.
+const SAVE_RETRY: Duration = Duration::from_secs(1);
+const SAVE_RELOG: Duration = Duration::from_secs(60);
 
 fn now() -> std::time::Instant {
     Instant::now().into_std()
@@ -299,6 +320,9 @@ impl<T: Transport> Driver<T> {
                     Some(Command::Status(tx)) => {
                         let mut status = self.node.status(now());
                         status.traffic = self.traffic;
+                        status.state_error = self.save_error.as_ref().map(|e| {
+                            format!("{} (for {} s)", e.message, e.since.elapsed().as_secs())
+                        });
                         let _ = tx.send(status);
                     }
                     Some(Command::Leave(tx)) => {
@@ -330,11 +354,62 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// Saves the lease state if it changed, or retries a failed save once it is due.
+    /// A failure is not fatal: the node keeps the subnet it uses (the saved one), holds
+    /// back lease messages, logs the error, shows it in status and retries every
+    /// second.
+    fn save(&mut self) {
+        let dirty = self.node.take_lease_dirty();
+        let now = Instant::now();
+        if !dirty && !self.node.state_unsaved() {
+            return;
+        }
+        if self.save_error.as_ref().is_some_and(|e| now < e.retry_at) {
+            self.node.set_state_saved(false);
+            return;
+        }
+        match save_state(&self.state_path, self.node.lease().state()) {
+            Ok(()) => {
+                self.node.set_state_saved(true);
+                if let Some(e) = self.save_error.take() {
+                    tracing::info!(
+                        path = %self.state_path.display(),
+                        after_secs = e.since.elapsed().as_secs(),
+                        "lease state saved again; lease messages resume"
+                    );
+                }
+            }
+            Err(e) => {
+                self.node.set_state_saved(false);
+                let message = e.to_string();
+                let log = match &self.save_error {
+                    None => true,
+                    Some(old) => old.message != message || now >= old.logged_at + SAVE_RELOG,
+                };
+                if log {
+                    tracing::error!(
+                        "cannot save the lease state: {message}; keeping the saved subnet in use, \
+                         holding lease messages and retrying every second"
+                    );
+                }
+                let since = self.save_error.as_ref().map_or(now, |o| o.since);
+                let logged_at = match &self.save_error {
+                    Some(old) if !log => old.logged_at,
+                    _ => now,
+                };
+                self.save_error = Some(SaveError {
+                    since,
+                    message,
+                    retry_at: now + SAVE_RETRY,
+                    logged_at,
+                });
+            }
+        }
+    }
+
     /// Persists state, sends datagrams, publishes events. Returns fatal errors.
     async fn flush(&mut self) -> Result<(), Error> {
-        if self.node.take_lease_dirty() {
-            save_state(&self.state_path, self.node.lease().state())?;
-        }
+        self.save();
         let t = now();
         while let Some(tx) = self.node.poll_transmit(t) {
             match self.transport.send_to(&tx.data, tx.to).await {
@@ -370,9 +445,7 @@ impl<T: Transport> Driver<T> {
             }
         }
         // The state file is written before the new lease is announced to the daemon.
-        if self.node.take_lease_dirty() {
-            save_state(&self.state_path, self.node.lease().state())?;
-        }
+        self.save();
         let status = LeaseStatus {
             subnet: self.node.using_subnet(now()),
             exhausted: self.node.lease().exhausted(),
@@ -413,26 +486,16 @@ pub fn load_state(path: &Path) -> Result<Option<LeaseState>, Error> {
     }
 }
 
-/// Writes the lease state atomically: temporary file, fsync, rename, fsync of the
-/// directory.
+/// Writes the lease state atomically ([`write_atomic`]: temporary file, fsync,
+/// rename, fsync of the directory), so a crash or a full disk leaves the old state
+/// or the new one, never a torn file. Unchanged state is not rewritten.
 pub fn save_state(path: &Path, st: &LeaseState) -> Result<(), Error> {
-    use std::io::Write;
     let err = |source| Error::State {
         path: path.to_owned(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(std::io::Error::other(e)))?;
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    write_atomic(path, &bytes, 0o600, 0o700).map_err(err)
 }
 
 #[cfg(test)]

@@ -156,6 +156,12 @@ pub struct Status {
     pub peers: Vec<PeerInfo>,
     /// Gossip datagrams dropped as malformed, oversized or mismatched.
     pub dropped: u64,
+    /// Peers this node has seen declared dead (probe failures and leaves).
+    pub deaths: u64,
+    /// Lease messages not sent because the lease state could not be saved.
+    pub held: u64,
+    /// Why the lease state cannot be saved, while it cannot (the driver fills this in).
+    pub state_error: Option<String>,
     /// Gossip datagrams and bytes sent and received (the driver fills this in).
     pub traffic: GossipTraffic,
 }
@@ -240,10 +246,19 @@ pub struct Node {
     seeds: Vec<SocketAddr>,
     next_join: Instant,
     out: VecDeque<Transmit>,
+    /// Messages of the lease machine: sent only once the state they follow from is
+    /// saved (see [`Node::set_state_saved`]).
+    lease_out: VecDeque<Transmit>,
     events: VecDeque<Event>,
     dropped: u64,
+    deaths: u64,
+    held: u64,
     names: HashMap<String, SocketAddr>,
     peers_dirty: bool,
+    /// The lease state in memory is newer than the one on disk.
+    unsaved: bool,
+    /// The lease (subnet index) in the last state on disk.
+    saved_lease: Option<u32>,
 }
 
 impl Node {
@@ -254,6 +269,7 @@ impl Node {
         now: Instant,
     ) -> Result<Self, Error> {
         let count = subnet_count(cfg.meta.cluster_cidr, cfg.meta.subnet_len)?;
+        let saved_lease = persisted.as_ref().and_then(|p| p.lease);
         if cfg.lease.fence_after * 2 > cfg.lease.reclaim_after {
             return Err(Error::BadTimers {
                 reclaim_after: cfg.lease.reclaim_after,
@@ -279,10 +295,15 @@ impl Node {
             seeds: cfg.seeds,
             next_join: now,
             out: VecDeque::new(),
+            lease_out: VecDeque::new(),
             events: VecDeque::new(),
             dropped: 0,
+            deaths: 0,
+            held: 0,
             names: HashMap::new(),
             peers_dirty: true,
+            unsaved: false,
+            saved_lease,
         })
     }
 
@@ -371,7 +392,10 @@ impl Node {
                     self.names.insert(m.name.clone(), m.gossip);
                     self.peers_dirty = true;
                 }
-                MembershipEvent::Down(_) => self.peers_dirty = true,
+                MembershipEvent::Down(_) => {
+                    self.deaths += 1;
+                    self.peers_dirty = true;
+                }
                 MembershipEvent::Mismatch { peer, addr, reason } => {
                     self.send_lease(
                         addr,
@@ -386,13 +410,14 @@ impl Node {
         while let Some(ev) = self.lease.poll_event() {
             self.events.push_back(Event::Lease(ev));
         }
-        let lease = self.lease.published(now);
+        let lease = self.published(now);
         let free = self.lease.has_free();
         self.membership.set_meta(lease, free, now);
         while let Some((to, msg)) = self.lease.poll_transmit() {
             // Messages to names we have no address for yet are lost, like a datagram.
             if let Some(addr) = self.names.get(&to).copied() {
-                self.send_lease(addr, msg);
+                let data = self.lease_datagram(msg);
+                self.lease_out.push_back(Transmit { to: addr, data });
             }
         }
         if self.peers_dirty {
@@ -401,7 +426,7 @@ impl Node {
         }
     }
 
-    fn send_lease(&mut self, to: SocketAddr, msg: LeaseMsg) {
+    fn lease_datagram(&self, msg: LeaseMsg) -> Vec<u8> {
         let d = LeaseDatagram {
             from: self.membership.me().name.clone(),
             cluster: self.fingerprint,
@@ -409,16 +434,45 @@ impl Node {
         };
         let mut data = Vec::with_capacity(64);
         d.emit(&mut data);
+        data
+    }
+
+    fn send_lease(&mut self, to: SocketAddr, msg: LeaseMsg) {
+        let data = self.lease_datagram(msg);
         self.out.push_back(Transmit { to, data });
     }
 
-    /// Next datagram to send.
+    /// Next datagram to send. While the lease state is unsaved, the lease machine's
+    /// messages are dropped (and counted) instead: they may follow from state that a
+    /// restart would not remember, and the protocol tolerates their loss.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         if let Some(t) = self.out.pop_front() {
             return Some(t);
         }
+        if self.unsaved {
+            self.held += self.lease_out.len() as u64;
+            self.lease_out.clear();
+        } else if let Some(t) = self.lease_out.pop_front() {
+            return Some(t);
+        }
         let (to, data) = self.membership.poll_transmit(now)?;
         Some(Transmit { to, data })
+    }
+
+    /// Tells the node whether its lease state (see [`Node::take_lease_dirty`]) is now
+    /// saved. While it is not, lease messages are held back and the node uses no
+    /// subnet but the one in the saved state, so a restart never forgets what it
+    /// told others or used.
+    pub fn set_state_saved(&mut self, saved: bool) {
+        self.unsaved = !saved;
+        if saved {
+            self.saved_lease = self.lease.state().lease;
+        }
+    }
+
+    /// Whether the lease state in memory is newer than the saved one.
+    pub fn state_unsaved(&self) -> bool {
+        self.unsaved
     }
 
     /// Next instant [`Node::handle_timeout`] must run.
@@ -438,15 +492,24 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// The subnet index this node may use at `now`.
+    /// The subnet index this node may use at `now`: the lease machine's, and while
+    /// the state is unsaved only if it is the saved lease.
     pub fn using(&self, now: Instant) -> Option<u32> {
-        self.lease.using(now)
+        self.lease
+            .using(now)
+            .filter(|u| !self.unsaved || self.saved_lease == Some(*u))
+    }
+
+    /// What membership publishes as our lease: [`Node::using`] and its version.
+    fn published(&self, now: Instant) -> Option<(u32, u64)> {
+        let (idx, ver) = self.lease.published(now)?;
+        (self.using(now) == Some(idx)).then_some((idx, ver))
     }
 
     /// The subnet this node may use at `now`.
     pub fn using_subnet(&self, now: Instant) -> Option<IpNet> {
         let me = self.membership.me();
-        subnet_of(me.cluster_cidr, me.subnet_len, self.lease.using(now)?)
+        subnet_of(me.cluster_cidr, me.subnet_len, self.using(now)?)
     }
 
     /// The lease machine (for persistence and inspection).
@@ -515,6 +578,9 @@ impl Node {
                 .unwrap_or_default(),
             peers: self.peers(),
             dropped: self.dropped,
+            deaths: self.deaths,
+            held: self.held,
+            state_error: None,
             traffic: GossipTraffic::default(),
         }
     }
