@@ -594,6 +594,70 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn failed_saves_hold_grants_and_keep_the_saved_lease() {
+        let dir = tmpdir("unsaved");
+        let net = ChannelNetwork::new();
+        let a_addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let b_addr: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let (a, _ta) = ControlDriver::spawn_with(
+            cfg("a", &dir, vec![], 7001),
+            net.bind(a_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        let la = wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
+        // a's lease.json becomes a directory: every save fails from now on.
+        let path = dir.join("a").join(STATE_FILE);
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir_all(path.join("blocker")).unwrap();
+
+        // b asks a for a subnet; a cannot save the grant, so it does not send it.
+        let (b, _tb) = ControlDriver::spawn_with(
+            cfg("b", &dir, vec![a_addr], 7002),
+            net.bind(b_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let st = a.status().await.unwrap();
+        let err = st.state_error.expect("the failed save is reported");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(st.held > 0);
+        assert_eq!(st.lease, la.subnet, "a keeps its saved subnet");
+        assert_eq!(*a.lease().borrow(), la);
+        assert_eq!(b.lease().borrow().subnet, None, "b got an unsaved grant");
+
+        // Saves work again: within a few seconds the grant goes out.
+        std::fs::remove_dir_all(&path).unwrap();
+        std::fs::write(&path, saved).unwrap();
+        let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
+        assert_ne!(lb.subnet, la.subnet);
+        assert_eq!(a.status().await.unwrap().state_error, None);
+        let on_disk = load_state(&path).unwrap().unwrap();
+        assert!(!on_disk.owned.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn unwritable_state_dir_is_a_start_up_error() {
+        let dir = tmpdir("startup");
+        // The state dir is a file: nothing can be written under it.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), b"not a dir").unwrap();
+        let net = ChannelNetwork::new();
+        let err = ControlDriver::spawn_with(
+            cfg("a", &dir, vec![], 7001),
+            net.bind("127.0.0.1:7001".parse().unwrap()),
+            std::future::pending(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::State { .. }), "{err}");
+        assert!(err.to_string().contains(STATE_FILE), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn mismatched_cidr_refuses_to_join() {
         let dir = tmpdir("mismatch");
         let net = ChannelNetwork::new();
