@@ -16,10 +16,15 @@ struct Node {
     pod: Option<Pod>,
     name: String,
     i: u8,
+    extra: Vec<String>,
 }
 
 impl Node {
     fn start(switch: &Switch, dir: &TempDir, i: u8, peers: &str) -> Node {
+        Self::start_extra(switch, dir, i, peers, &[])
+    }
+
+    fn start_extra(switch: &Switch, dir: &TempDir, i: u8, peers: &str, extra: &[&str]) -> Node {
         let ns = switch.node(i);
         let name = format!("n{i}");
         let mut node = Node {
@@ -28,6 +33,7 @@ impl Node {
             pod: None,
             name,
             i,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         node.launch(dir, peers);
         node
@@ -41,6 +47,7 @@ impl Node {
         if !peers.is_empty() {
             a.extend(["--peers".to_string(), peers.to_string()]);
         }
+        a.extend(self.extra.iter().cloned());
         a
     }
 
@@ -501,4 +508,176 @@ fn d_leave_releases_the_subnet_and_stops_the_daemon() {
         .output()
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn e_cluster_key_keeps_out_other_keys_and_rotates_on_sighup() {
+    const K1: &str = "e-test cluster key one, 32 bytes";
+    const K2: &str = "e-test cluster key two, 32 bytes";
+    let dir = TempDir::new();
+    let switch = Switch::new();
+    let keyfile = |name: &str, text: &str| {
+        let p = dir.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (f1, f2) = (keyfile("k1", K1), keyfile("k2", K1));
+    let f3 = keyfile("k3", &format!("{K2}\n{K1}\n"));
+    let mut nodes = vec![
+        Node::start_extra(&switch, &dir, 1, "", &["--secret-file", &f1]),
+        Node::start_extra(&switch, &dir, 2, "198.18.0.1", &["--secret-file", &f2]),
+    ];
+    let refs: Vec<&Node> = nodes.iter().collect();
+    assert!(
+        wait_until(Duration::from_secs(15), || refs
+            .iter()
+            .all(|n| n.subnet().is_some())),
+        "{}",
+        logs(&refs)
+    );
+    // n3 signs with K2 (and accepts K1); n4 has no key at all.
+    nodes.push(Node::start_extra(
+        &switch,
+        &dir,
+        3,
+        "198.18.0.1",
+        &["--secret-file", &f3],
+    ));
+    nodes.push(Node::start(&switch, &dir, 4, "198.18.0.1"));
+    let rejected = |n: &Node, reason: &str| {
+        n.daemon()
+            .status_json()
+            .and_then(|s| s["control"]["gossip_rejected"][reason].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || rejected(
+            &nodes[0],
+            "unknown_key"
+        ) > 0
+            && rejected(&nodes[0], "unsigned") > 0),
+        "n1 did not count the rejections:\n{}",
+        logs(&[&nodes[0]])
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    for outsider in &nodes[2..] {
+        assert_eq!(outsider.subnet(), None, "{} got a subnet", outsider.name);
+        assert_eq!(nodes[0].peer_state(&outsider.name), None);
+    }
+    let log1 = nodes[0].daemon().log_text();
+    assert!(
+        log1.contains("rejected gossip from 198.18.0.3")
+            && log1.contains("not in our --secret-file"),
+        "{log1}"
+    );
+    assert!(
+        log1.contains("rejected gossip from 198.18.0.4") && log1.contains("unsigned gossip"),
+        "{log1}"
+    );
+    assert!(nodes[3]
+        .daemon()
+        .log_text()
+        .contains("gossip is NOT authenticated"));
+    let text = |n: &Node| {
+        let out = std::process::Command::new(OVERLAYD)
+            .args(["status", "--run-dir"])
+            .arg(&n.daemon().run_dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(text(&nodes[3]).contains("WARNING: gossip is not authenticated"));
+    assert!(
+        text(&nodes[0]).contains("cluster key "),
+        "{}",
+        text(&nodes[0])
+    );
+    let (_, metrics) = http_get(&nodes[0].ns, "127.0.0.1:9469", "/metrics");
+    assert!(
+        metrics.contains("overlayd_gossip_rejected_total{reason=\"unknown_key\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("overlayd_gossip_auth_keys 1"), "{metrics}");
+
+    assert_least_privilege(nodes[0].daemon());
+
+    // Rotation step 1 on the cluster: accept K2 as well, reloaded with SIGHUP.
+    std::fs::write(&f1, format!("{K1}\n{K2}\n")).unwrap();
+    std::fs::write(&f2, format!("{K1}\n{K2}\n")).unwrap();
+    nodes[0].daemon().signal(libc::SIGHUP);
+    nodes[1].daemon().signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(20), || nodes[2].subnet().is_some()),
+        "n3 did not join after the rotation:\n{}",
+        logs(&[&nodes[0], &nodes[2]])
+    );
+    assert!(nodes[0]
+        .daemon()
+        .log_text()
+        .contains("SIGHUP: reloaded the cluster key"));
+    assert_eq!(nodes[3].subnet(), None, "the keyless node got in");
+    let members = [&nodes[0], &nodes[1], &nodes[2]];
+    assert_distinct(&members);
+    for n in nodes[..3].iter_mut() {
+        assert!(n.attach_pod());
+    }
+    let members = [&nodes[0], &nodes[1], &nodes[2]];
+    assert!(
+        wait_until(Duration::from_secs(10), || all_reach_all(&members)),
+        "pods do not reach each other after the rotation:\n{}",
+        logs(&members)
+    );
+    // A bad file on SIGHUP keeps the keys in use.
+    std::fs::write(&f1, "short\n").unwrap();
+    nodes[0].daemon().signal(libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(5), || nodes[0]
+        .daemon()
+        .log_text()
+        .contains("keeping the keys in use")));
+    assert!(wait_until(Duration::from_secs(5), || all_reach_all(
+        &members
+    )));
+}
+
+/// Every thread of the daemon holds CAP_NET_ADMIN only (effective, permitted,
+/// bounding), nothing ambient, with no_new_privs; its files are root's alone.
+fn assert_least_privilege(d: &Daemon) {
+    use std::os::unix::fs::PermissionsExt;
+    let pid = d.pid().expect("daemon runs");
+    let net_admin = 1u64 << 12;
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(tasks.len() > 1, "expected several threads");
+    for t in &tasks {
+        let st = std::fs::read_to_string(t.join("status")).unwrap();
+        let field = |k: &str| {
+            let l = st.lines().find(|l| l.starts_with(k)).unwrap();
+            u64::from_str_radix(l[k.len()..].trim(), 16).unwrap()
+        };
+        for k in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            assert_eq!(field(k), net_admin, "{} {k} in\n{st}", t.display());
+        }
+        assert_eq!(field("CapAmb:"), 0);
+        assert_eq!(field("CapInh:"), 0);
+        assert!(st.contains("NoNewPrivs:\t1"), "{st}");
+    }
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d.state_dir), 0o700);
+    assert_eq!(mode(&d.run_dir), 0o700);
+    for f in ["lease.json", "vtep_mac"] {
+        assert_eq!(mode(&d.state_dir.join(f)), 0o600, "{f}");
+    }
+    for f in ["node.json", "overlayd.sock"] {
+        assert_eq!(mode(&d.run_dir.join(f)), 0o600, "{f}");
+    }
+    println!(
+        "least privilege: {} threads hold CAP_NET_ADMIN only; files 0600 in 0700 dirs",
+        tasks.len()
+    );
 }

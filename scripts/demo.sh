@@ -63,12 +63,16 @@ for i in $(seq 1 $NODES); do
   ip -n "$ns" link set eth0 up
 done
 
+step "making a cluster key (overlayd genkey) that signs all gossip"
+(umask 077 && "$BIN" genkey >"$WORK/secret")
+
 step "starting overlayd on each node (node1 founds the cluster; the others are given only node1)"
 for i in $(seq 1 $NODES); do
   peers=()
   [ "$i" = 1 ] || peers=(--peers 198.18.0.1)
   ip netns exec "${TAG}n$i" "$BIN" --node-name "node$i" --advertise-addr "198.18.0.$i" \
-    "${peers[@]}" --state-dir "$WORK/state$i" --run-dir "$WORK/run$i" >"$WORK/node$i.log" 2>&1 &
+    "${peers[@]}" --secret-file "$WORK/secret" \
+    --state-dir "$WORK/state$i" --run-dir "$WORK/run$i" >"$WORK/node$i.log" 2>&1 &
   PIDS+=($!)
 done
 for i in $(seq 1 $NODES); do

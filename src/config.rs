@@ -68,6 +68,8 @@ pub enum Command {
         #[arg(long, env = "OVERLAYD_RUN_DIR", default_value = "/run/overlayd")]
         run_dir: PathBuf,
     },
+    /// Print a new random cluster key for --secret-file.
+    Genkey,
     /// Show the node, its peers and dataplane counters.
     Status {
         /// Show only one part: `peers` or `leases`.
@@ -155,6 +157,11 @@ pub struct DaemonArgs {
     /// Release this node's subnet when the daemon is stopped (SIGTERM/SIGINT).
     #[arg(long, env = "OVERLAYD_LEAVE_ON_EXIT")]
     pub leave_on_exit: bool,
+    /// File with the cluster key that signs all gossip: one key per line, two during
+    /// a rotation (the first signs, both are accepted). Re-read on SIGHUP. Make one
+    /// with `overlayd genkey`. Without it, any host on the underlay can join.
+    #[arg(long, env = "OVERLAYD_SECRET_FILE", value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
     /// This node's name [default: the hostname].
     #[arg(long, env = "OVERLAYD_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,

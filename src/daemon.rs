@@ -18,7 +18,7 @@ use ipnet::IpNet;
 
 use crate::config::{ConfigError, DaemonArgs, MetricsAddr};
 use crate::control::driver::{ControlConfig, ControlDriver, ControlHandle, LeaseStatus};
-use crate::control::PeerInfo;
+use crate::control::{KeySet, PeerInfo};
 use crate::dataplane::driver::{open_socket, open_tun, DataplaneDriver};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
 use crate::dataplane::netlink::{accept_local, disable_ipv6, enable_forwarding, Netlink};
@@ -228,7 +228,7 @@ impl Host {
                     cluster_cidr: self.cluster_cidr,
                 };
                 let json = serde_json::to_vec_pretty(&info).expect("NodeInfo serializes");
-                write_atomic(&self.node_path, &json, 0o644, 0o755)
+                write_atomic(&self.node_path, &json, 0o600, 0o700)
                     .map_err(file_err("node file", &self.node_path))?;
                 tracing::info!(%subnet, %gateway, "node subnet in use");
             }
@@ -246,10 +246,97 @@ impl Host {
     }
 }
 
+/// Creates `dir` (mode 0700) or, if it exists, takes group and other access away: the
+/// state and runtime files are root's alone.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700))?;
+    }
+    Ok(())
+}
+
+/// Reads and checks `--secret-file`. Errors name the flag and the path.
+pub fn load_keys(path: &Path) -> Result<KeySet, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |why: String| ConfigError::Invalid {
+        flag: "--secret-file",
+        value: path.display().to_string(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let keys = KeySet::parse(&text).map_err(|e| bad(e.to_string()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "--secret-file is readable by others (mode {mode:o}): chmod 600 it"
+            );
+        }
+    }
+    Ok(keys)
+}
+
+/// Re-reads `--secret-file` on each SIGHUP and hands the keys to the control plane.
+/// A file that does not load leaves the keys in use unchanged.
+async fn reload_keys_on_hangup(
+    ctl: ControlHandle,
+    path: Option<PathBuf>,
+    mut hangup: tokio::signal::unix::Signal,
+) {
+    while hangup.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::warn!("SIGHUP: no --secret-file is configured, nothing to reload");
+            continue;
+        };
+        match load_keys(path) {
+            Ok(keys) => {
+                let ids = keys.ids();
+                if ctl.set_keys(Some(keys)).await.is_err() {
+                    return;
+                }
+                tracing::info!(keys = ?ids, "SIGHUP: reloaded the cluster key(s); the first signs");
+            }
+            Err(e) => tracing::error!("SIGHUP: {e}; keeping the keys in use"),
+        }
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves or the dataplane fails.
 pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     let started = Instant::now();
     let fixed_subnet = args.validate()?;
+    let keys = match &args.secret_file {
+        Some(path) => {
+            let keys = load_keys(path)?;
+            if fixed_subnet.is_some() {
+                tracing::warn!(
+                    "--secret-file has no effect with --subnet: this node does not gossip"
+                );
+            } else {
+                tracing::info!(keys = ?keys.ids(), "gossip is authenticated with the cluster key");
+            }
+            Some(keys)
+        }
+        None => {
+            if fixed_subnet.is_none() {
+                tracing::warn!(
+                    "gossip is NOT authenticated: any host that can reach UDP port {} can join this cluster and claim subnets; set --secret-file (`overlayd genkey` makes a key)",
+                    args.gossip_port
+                );
+            }
+            None
+        }
+    };
+    // Installed before the control plane starts, so an early SIGHUP is not fatal.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(file_err("SIGHUP handler", &args.state_dir))?;
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
     let netlink = Netlink::connect()?;
 
@@ -284,6 +371,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         }
         None => underlay_mtu.saturating_sub(overhead).max(576),
     };
+    private_dir(&args.state_dir).map_err(file_err("state dir", &args.state_dir))?;
     for dir in [&args.state_dir, &args.run_dir] {
         match crate::fsutil::remove_stale_temps(dir) {
             Ok(0) => {}
@@ -352,6 +440,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
             reclaim_after: args.reclaim_after,
             leave_on_exit: args.leave_on_exit,
             membership: Default::default(),
+            keys: keys.clone(),
         };
         let mut stopping = stop_rx.clone();
         let (ctl, join) = ControlDriver::spawn(cfg, async move {
@@ -359,6 +448,11 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         })
         .await?;
         tokio::spawn(follow_lease(ctl.lease(), subnet_tx));
+        tokio::spawn(reload_keys_on_hangup(
+            ctl.clone(),
+            args.secret_file.clone(),
+            hangup,
+        ));
         let total = crate::control::subnet_count(args.cluster_cidr, args.subnet_len).unwrap_or(0);
         let (report_tx, report_rx) = tokio::sync::watch::channel(ControlReport {
             leases_total: u64::from(total),
@@ -411,7 +505,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         })
     };
     let socket_path = args.run_dir.join(status::SOCKET_FILE);
-    std::fs::create_dir_all(&args.run_dir).map_err(file_err("run dir", &args.run_dir))?;
+    private_dir(&args.run_dir).map_err(file_err("run dir", &args.run_dir))?;
     let listener = status::bind(&socket_path).map_err(file_err("status socket", &socket_path))?;
     let status_task = tokio::spawn(status::serve(listener, source.clone()));
     let metrics_task = match args.metrics_addr {

@@ -26,4 +26,5 @@ pub mod diagnose;
 pub mod fsutil;
 pub mod metrics;
 pub mod node;
+pub mod privilege;
 pub mod status;

@@ -42,6 +42,34 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.command.is_none() {
+        init_logging(&cli.daemon.log_level, cli.daemon.log_format);
+        // Bad flags are reported first, whatever the privileges.
+        if let Err(e) = cli.daemon.validate() {
+            tracing::error!("{e}");
+            eprintln!("overlayd: {e}");
+            return ExitCode::FAILURE;
+        }
+        // Before the runtime starts its threads: capabilities are per thread.
+        let d = &cli.daemon;
+        let metrics_port = match d.metrics_addr {
+            overlayd::config::MetricsAddr::On(a) => a.port(),
+            overlayd::config::MetricsAddr::Off => 0,
+        };
+        let low = overlayd::privilege::needs_low_port(&[d.port, d.gossip_port, metrics_port]);
+        match overlayd::privilege::drop_capabilities(low) {
+            Ok(kept) => tracing::info!(
+                keep = ?kept.caps,
+                bounding_reduced = kept.bounding_reduced,
+                "dropped all other capabilities"
+            ),
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("overlayd: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,6 +81,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Some(Command::Genkey) => {
+            println!("{}", overlayd::control::auth::generate_key());
+            ExitCode::SUCCESS
+        }
         Some(Command::Status { part, json, run_dir }) => runtime.block_on(async {
             match overlayd::status::request(&run_dir).await {
                 Ok(report) => {
@@ -138,7 +170,6 @@ fn main() -> ExitCode {
             }
         }),
         None => {
-            init_logging(&cli.daemon.log_level, cli.daemon.log_format);
             let shutdown = {
                 let _rt = runtime.enter();
                 shutdown_signal()

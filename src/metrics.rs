@@ -207,6 +207,11 @@ impl Collector for Exporter {
                     "1 while the lease state cannot be saved to the state dir (see overlayd status).",
                     i64::from(c.state_error.is_some()),
                 ),
+                (
+                    "overlayd_gossip_auth_keys",
+                    "Cluster keys accepted for gossip (0: gossip is not authenticated).",
+                    c.auth_keys.len() as i64,
+                ),
             ] {
                 let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
                 ConstGauge::new(value).encode(m)?;
@@ -246,6 +251,17 @@ impl Collector for Exporter {
                 "overlayd_lease_messages_held",
                 "Lease messages not sent because the lease state could not be saved.",
                 c.lease_messages_held,
+            )?;
+            let rejected: Vec<_> = c
+                .gossip_rejected
+                .iter()
+                .map(|(r, n)| (vec![("reason", r.as_str())], *n))
+                .collect();
+            counters(
+                &mut encoder,
+                "overlayd_gossip_rejected",
+                "Gossip datagrams rejected by the cluster-key check, by reason (unsigned, signed_without_key, malformed_auth, unknown_key, bad_tag, stale, replay).",
+                &rejected,
             )?;
         }
 

@@ -95,6 +95,13 @@ pub struct ControlReport {
     pub witnesses: Vec<String>,
     /// Gossip datagrams dropped as malformed, oversized or mismatched.
     pub gossip_dropped: u64,
+    /// Ids of the cluster keys in use, signing key first. Empty: gossip is not
+    /// authenticated (no `--secret-file`).
+    #[serde(default)]
+    pub auth_keys: Vec<String>,
+    /// Gossip datagrams rejected by the authentication layer, by reason.
+    #[serde(default)]
+    pub gossip_rejected: std::collections::BTreeMap<String, u64>,
     /// Gossip datagrams sent.
     pub gossip_tx_messages: u64,
     /// Gossip bytes sent (UDP payload).
@@ -139,6 +146,13 @@ impl ControlReport {
             exhausted: st.exhausted,
             witnesses: st.witnesses.clone(),
             gossip_dropped: st.dropped,
+            auth_keys: st.auth_keys.clone(),
+            gossip_rejected: st
+                .rejected
+                .by_reason()
+                .iter()
+                .map(|(r, n)| (r.to_string(), *n))
+                .collect(),
             gossip_tx_messages: st.traffic.tx_datagrams,
             gossip_tx_bytes: st.traffic.tx_bytes,
             gossip_rx_messages: st.traffic.rx_datagrams,
@@ -267,6 +281,8 @@ impl StatusSource {
     /// Like [`StatusSource::report`], with the control plane asked now rather than
     /// the once-a-second copy that metrics use.
     pub async fn fresh_report(&self) -> StatusReport {
+        // Traffic since the last tick counts as heard now, not "never".
+        self.sample_heard();
         let mut report = self.report();
         if let Some((handle, cached)) = &self.control {
             let total = cached.borrow().leases_total;
@@ -524,6 +540,36 @@ pub fn render_leases(report: &StatusReport) -> String {
             "  gossip     {} alive, {} suspect, {} dead ({} deaths seen); {} bad datagrams dropped",
             c.alive, c.suspect, c.dead, c.peer_deaths, c.gossip_dropped
         );
+        let rejected: u64 = c.gossip_rejected.values().sum();
+        let why: Vec<String> = c
+            .gossip_rejected
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        let rejected = if rejected == 0 {
+            "none rejected".to_string()
+        } else {
+            format!("{rejected} datagrams rejected ({})", why.join(", "))
+        };
+        match c.auth_keys.split_first() {
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  auth       WARNING: gossip is not authenticated; any host on the underlay can join and claim subnets (set --secret-file; `overlayd genkey` makes a key); {rejected}"
+                );
+            }
+            Some((signing, [])) => {
+                let _ = writeln!(out, "  auth       cluster key {signing}; {rejected}");
+            }
+            Some((signing, also)) => {
+                let _ = writeln!(
+                    out,
+                    "  auth       cluster key {signing}, also accepting {} (rotation); {rejected}",
+                    also.join(", ")
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "  traffic    sent {} datagrams ({}), received {} ({})",

@@ -103,3 +103,60 @@ fn diagnose_without_daemon_says_so() {
     let (ok, stderr) = run(&["diagnose", "not-an-ip"]);
     assert!(!ok && stderr.contains("POD_IP"), "{stderr}");
 }
+
+#[test]
+fn bad_secret_files_name_the_flag_and_the_problem() {
+    let dir = std::env::temp_dir().join(format!("overlayd-cli-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let cases = [
+        (dir.join("missing").display().to_string(), "No such file"),
+        (write("empty", "# nothing here\n\n"), "holds no key"),
+        (write("short", "hunter2\n"), "line 1: key is 7 bytes"),
+        (
+            write(
+                "three",
+                "aaaaaaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbbbbbb\ncccccccccccccccccccc\n",
+            ),
+            "holds 3 keys",
+        ),
+    ];
+    for (path, why) in &cases {
+        let (ok, stderr) = run(&[
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--state-dir",
+            dir.to_str().unwrap(),
+            "--secret-file",
+            path,
+        ]);
+        assert!(!ok, "{path} was accepted");
+        assert!(
+            stderr.contains("--secret-file") && stderr.contains(path.as_str()),
+            "{stderr}"
+        );
+        assert!(stderr.contains(why), "{path}: expected '{why}' in {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn genkey_prints_a_fresh_key() {
+    let key = |_| {
+        let out = Command::new(env!("CARGO_BIN_EXE_overlayd"))
+            .arg("genkey")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (a, b) = (key(0), key(1));
+    assert_eq!(a.len(), 64);
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a, b);
+}

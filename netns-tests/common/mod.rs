@@ -333,6 +333,19 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pid (`ip netns exec` execs it, so it is the child's).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGHUP`) to the daemon, if it runs.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the exit status success.
     pub fn terminate(&mut self) -> bool {
         let Some(mut c) = self.child.take() else {

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use super::message::MAX_DATAGRAM;
 use super::transport::{Transport, UdpTransport};
 use super::{
-    Error, Event, GossipTraffic, LeaseConfig, LeaseEvent, LeaseState, MembershipConfig, Node,
-    NodeConfig, NodeMeta, PeerInfo, Status,
+    Error, Event, GossipTraffic, KeySet, LeaseConfig, LeaseEvent, LeaseState, MembershipConfig,
+    Node, NodeConfig, NodeMeta, PeerInfo, Status,
 };
 use crate::fsutil::write_atomic;
 
@@ -58,6 +58,8 @@ pub struct ControlConfig {
     pub leave_on_exit: bool,
     /// Membership timing (200 ms gossip, 1 s probes by default).
     pub membership: MembershipConfig,
+    /// The cluster keys from `--secret-file`; `None` runs unauthenticated.
+    pub keys: Option<KeySet>,
 }
 
 impl ControlConfig {
@@ -106,6 +108,7 @@ enum Command {
     Status(oneshot::Sender<Status>),
     Leave(oneshot::Sender<()>),
     Rmpeer(String, oneshot::Sender<Vec<IpNet>>),
+    SetKeys(Option<KeySet>, oneshot::Sender<()>),
 }
 
 /// The cloneable front end of the control driver.
@@ -166,6 +169,17 @@ impl ControlHandle {
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
     }
+
+    /// Replaces the cluster keys (the daemon re-reads `--secret-file` on SIGHUP).
+    /// Datagrams are signed with the new first key from now on.
+    pub async fn set_keys(&self, keys: Option<KeySet>) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::SetKeys(keys, tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
 }
 
 /// The control plane's tokio task.
@@ -222,8 +236,11 @@ impl ControlDriver {
             membership: cfg.membership.clone(),
             lease: LeaseConfig::new(cfg.name.clone(), 0, false)
                 .with_reclaim_after(cfg.reclaim_after),
+            keys: cfg.keys.clone(),
+            session: rand::random(),
         };
         let mut node = Node::new(node_cfg, persisted, Instant::now().into_std())?;
+        node.set_wall_clock(now(), unix_ms());
         // A state dir that cannot be written is a start-up error: the new boot number
         // must be on disk before anything is sent.
         if node.take_lease_dirty() {
@@ -256,6 +273,13 @@ impl ControlDriver {
     }
 }
 
+enum Wake {
+    Recv(std::io::Result<(usize, SocketAddr)>),
+    Timer,
+    Command(Option<Command>),
+    Shutdown,
+}
+
 struct Driver<T> {
     node: Node,
     transport: T,
@@ -285,6 +309,13 @@ fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl<T: Transport> Driver<T> {
     async fn run(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         tokio::pin!(shutdown);
@@ -306,8 +337,16 @@ impl<T: Transport> Driver<T> {
             if leaving.is_some() {
                 wake = wake.min(Instant::now() + Duration::from_millis(100));
             }
-            tokio::select! {
-                r = self.transport.recv_from(&mut buf) => match r {
+            let r = tokio::select! {
+                r = self.transport.recv_from(&mut buf) => Wake::Recv(r),
+                _ = tokio::time::sleep_until(wake) => Wake::Timer,
+                cmd = self.rx.recv(), if leaving.is_none() => Wake::Command(cmd),
+                _ = &mut shutdown, if leaving.is_none() => Wake::Shutdown,
+            };
+            // The wall clock follows NTP steps; the node takes its timestamps from it.
+            self.node.set_wall_clock(now(), unix_ms());
+            match r {
+                Wake::Recv(r) => match r {
                     Ok((n, from)) => {
                         self.traffic.rx_datagrams += 1;
                         self.traffic.rx_bytes += n as u64;
@@ -315,8 +354,8 @@ impl<T: Transport> Driver<T> {
                     }
                     Err(e) => tracing::debug!(error = %e, "gossip receive failed"),
                 },
-                _ = tokio::time::sleep_until(wake) => self.node.handle_timeout(now()),
-                cmd = self.rx.recv(), if leaving.is_none() => match cmd {
+                Wake::Timer => self.node.handle_timeout(now()),
+                Wake::Command(cmd) => match cmd {
                     Some(Command::Status(tx)) => {
                         let mut status = self.node.status(now());
                         status.traffic = self.traffic;
@@ -339,9 +378,13 @@ impl<T: Transport> Driver<T> {
                             .collect();
                         let _ = tx.send(nets);
                     }
+                    Some(Command::SetKeys(keys, tx)) => {
+                        self.node.set_keys(keys);
+                        let _ = tx.send(());
+                    }
                     None => {}
                 },
-                _ = &mut shutdown, if leaving.is_none() => {
+                Wake::Shutdown => {
                     if self.leave_on_exit {
                         self.node.leave(now());
                         leaving = Some((Instant::now() + Duration::from_secs(10), None));
@@ -430,6 +473,14 @@ impl<T: Transport> Driver<T> {
                 Event::RefusedPeer { peer, reason } => {
                     tracing::error!(%peer, %reason, "refused a peer with a different configuration");
                 }
+                Event::Rejected { from, reason } => {
+                    tracing::warn!(
+                        %from,
+                        reason = reason.label(),
+                        "rejected gossip from {from}: {reason} (counted in overlayd_gossip_rejected_total; repeats from this address are not logged for {} s)",
+                        super::REJECT_LOG_INTERVAL.as_secs()
+                    );
+                }
                 Event::Lease(LeaseEvent::Exhausted) => {
                     tracing::warn!("subnet space exhausted: no peer has a free subnet; retrying");
                 }
@@ -487,8 +538,9 @@ pub fn load_state(path: &Path) -> Result<Option<LeaseState>, Error> {
 }
 
 /// Writes the lease state atomically ([`write_atomic`]: temporary file, fsync,
-/// rename, fsync of the directory), so a crash or a full disk leaves the old state
-/// or the new one, never a torn file. Unchanged state is not rewritten.
+/// rename, fsync of the directory), readable by root only, so a crash or a full disk
+/// leaves the old state or the new one, never a torn file. Unchanged state is not
+/// rewritten.
 pub fn save_state(path: &Path, st: &LeaseState) -> Result<(), Error> {
     let err = |source| Error::State {
         path: path.to_owned(),
@@ -518,7 +570,15 @@ mod tests {
             reclaim_after: Duration::from_secs(3600),
             leave_on_exit: false,
             membership: MembershipConfig::default(),
+            keys: None,
         }
+    }
+
+    const K1: &str = "first cluster key, long enough";
+    const K2: &str = "second cluster key, long enough";
+
+    fn keys(text: &str) -> Option<KeySet> {
+        Some(KeySet::parse(text).unwrap())
     }
 
     fn tmpdir(tag: &str) -> PathBuf {
@@ -687,18 +747,65 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_wrong_key_cannot_join_and_rotation_lets_it_in() {
+        let dir = tmpdir("keys");
+        let net = ChannelNetwork::new();
+        let a_addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let b_addr: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let c_addr: SocketAddr = "127.0.0.1:7003".parse().unwrap();
+        let mut ac = cfg("a", &dir, vec![], 7001);
+        ac.keys = keys(K1);
+        let (a, _ta) =
+            ControlDriver::spawn_with(ac, net.bind(a_addr), std::future::pending()).unwrap();
+        wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
+        // b signs with another key (and would accept a's), c has none: for 20 s
+        // neither gets a lease or a peer.
+        let mut bc = cfg("b", &dir, vec![a_addr], 7002);
+        bc.keys = keys(&format!("{K2}\n{K1}"));
+        let (b, _tb) =
+            ControlDriver::spawn_with(bc, net.bind(b_addr), std::future::pending()).unwrap();
+        let (c, _tc) = ControlDriver::spawn_with(
+            cfg("c", &dir, vec![a_addr], 7003),
+            net.bind(c_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(a.peers().borrow().is_empty());
+        for h in [&b, &c] {
+            assert_eq!(h.lease().borrow().subnet, None);
+            assert!(h.peers().borrow().is_empty());
+        }
+        let st = a.status().await.unwrap();
+        assert!(st.peers.is_empty());
+        assert!(st.rejected.unknown_key > 0, "{:?}", st.rejected);
+        assert!(st.rejected.unsigned > 0, "{:?}", st.rejected);
+        assert_eq!(st.auth_keys.len(), 1);
+        // a rolls in b's key as its second: b joins, c still cannot.
+        a.set_keys(keys(&format!("{K1}\n{K2}"))).await.unwrap();
+        let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
+        let pa = wait_for(&mut a.peers(), |p| p.len() == 1).await;
+        assert_eq!(pa[0].name, "b");
+        assert_eq!(Some(pa[0].subnet), lb.subnet);
+        assert_eq!(c.lease().borrow().subnet, None);
+        assert_eq!(a.status().await.unwrap().auth_keys.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn two_drivers_over_udp() {
         let dir = tmpdir("udp");
-        let (a, _ta) = ControlDriver::spawn(cfg("a", &dir, vec![], 0), std::future::pending())
+        let mut ac = cfg("a", &dir, vec![], 0);
+        ac.keys = keys(K1);
+        let (a, _ta) = ControlDriver::spawn(ac, std::future::pending())
             .await
             .unwrap();
-        let (b, _tb) = ControlDriver::spawn(
-            cfg("b", &dir, vec![a.local_addr()], 0),
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+        let mut bc = cfg("b", &dir, vec![a.local_addr()], 0);
+        bc.keys = keys(&format!("{K1}\n{K2}"));
+        let (b, _tb) = ControlDriver::spawn(bc, std::future::pending())
+            .await
+            .unwrap();
         let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
         let pa = wait_for(&mut a.peers(), |p| p.len() == 1).await;
         assert_eq!(Some(pa[0].subnet), lb.subnet);

@@ -530,6 +530,11 @@ impl Membership {
     pub fn new(me: NodeMeta, cfg: &MembershipConfig) -> Self {
         let size = NonZeroU32::new(cfg.cluster_size_hint.max(1)).unwrap_or(NonZeroU32::MIN);
         let mut fc = Config::new_lan(size);
+        // Room for the frame header and the auth field within foca's LAN budget.
+        fc.max_packet_size = NonZeroUsize::new(
+            fc.max_packet_size.get() - super::message::HEADER_LEN - super::auth::AUTH_LEN,
+        )
+        .unwrap_or(fc.max_packet_size);
         fc.probe_period = cfg.probe_period;
         fc.probe_rtt = cfg.probe_period / 2;
         fc.periodic_gossip = Some(foca::PeriodicParams {

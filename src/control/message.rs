@@ -7,14 +7,15 @@
 //!  0       4       5       6       7
 //! +-------+-------+-------+-------+----------------+----------------------+
 //! | magic | ver   | kind  | alen  | auth (alen B)  | body                 |
-//! | OVLD  | 1     | 1|2   |       | reserved: HMAC | membership or lease  |
+//! | OVLD  | 1     | 1|2   | 0|44  | cluster key    | membership or lease  |
 //! +-------+-------+-------+-------+----------------+----------------------+
 //! ```
 //!
 //! `kind` 1 carries a foca (SWIM) payload encoded by
 //! [`membership::MetaCodec`](super::membership::MetaCodec); `kind` 2 carries a
-//! [`LeaseDatagram`]. `alen` is 0 today: the authenticated cluster key adds its tag(s)
-//! there without changing the body encodings. Parsing never panics: a datagram that is
+//! [`LeaseDatagram`]. `alen` is 0 without a cluster key and 44 with one: the auth field
+//! ([`auth`](super::auth)) holds the key id, timestamp, session, counter and tag, and
+//! is checked before the body is parsed. Parsing never panics: a datagram that is
 //! too short, too long, or inconsistent returns a [`WireError`], and the caller counts
 //! and drops it.
 
@@ -87,7 +88,8 @@ pub fn parse_frame(buf: &[u8]) -> Result<(Kind, &[u8]), WireError> {
     Ok((kind, body))
 }
 
-/// Writes the frame header for `kind` (with an empty auth field) into `out`.
+/// Writes the frame header for `kind` (with an empty auth field, which
+/// [`Authenticator::seal`](super::auth::Authenticator::seal) fills in) into `out`.
 pub fn emit_frame_header(kind: Kind, out: &mut Vec<u8>) {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);

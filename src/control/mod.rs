@@ -2,8 +2,10 @@
 //! one tokio driver).
 //!
 //! # Layout
-//! - [`message`]: datagram framing (magic, version, reserved auth field) and the
-//!   lease protocol codec.
+//! - [`message`]: datagram framing (magic, version, auth field) and the lease
+//!   protocol codec.
+//! - [`auth`]: the cluster key: every datagram signed, checked for freshness and
+//!   replay before anything parses its body.
 //! - [`membership`]: SWIM membership on [foca]; each node's identity carries what the
 //!   FIB needs (underlay address, VNI, VTEP MAC, lease).
 //! - [`lease`]: the subnet lease state machine; its safety argument is in
@@ -13,9 +15,9 @@
 //! - [`transport`] and [`driver`]: the only files here that touch sockets and clocks.
 //! - [`sim`]: a deterministic many-node simulator over [`Node`].
 //!
-//! Left out: authentication of gossip (a later issue adds an HMAC in the frame's auth
-//! field) and the FIB itself, which the dataplane builds from [`PeerInfo`].
+//! Left out: the FIB itself, which the dataplane builds from [`PeerInfo`].
 
+pub mod auth;
 pub mod driver;
 pub mod lease;
 pub mod membership;
@@ -24,11 +26,12 @@ pub mod sim;
 pub mod transport;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+pub use auth::{Authenticator, KeySet, Reject, RejectCounters};
 pub use lease::{Lease, LeaseConfig, LeaseEvent, LeaseState};
 pub use membership::{Membership, MembershipConfig, MembershipEvent, NodeMeta, PeerState};
 pub use message::{LeaseDatagram, LeaseMsg, WireError};
@@ -162,6 +165,10 @@ pub struct Status {
     pub held: u64,
     /// Why the lease state cannot be saved, while it cannot (the driver fills this in).
     pub state_error: Option<String>,
+    /// Ids of the cluster keys in use, signing key first; empty without a key.
+    pub auth_keys: Vec<String>,
+    /// Gossip datagrams the authentication layer rejected, by reason.
+    pub rejected: RejectCounters,
     /// Gossip datagrams and bytes sent and received (the driver fills this in).
     pub traffic: GossipTraffic,
 }
@@ -200,7 +207,20 @@ pub enum Event {
         /// What differs.
         reason: String,
     },
+    /// The authentication layer rejected a datagram. Reported at most once per
+    /// [`REJECT_LOG_INTERVAL`] per source address; every rejection is counted.
+    Rejected {
+        /// The sender.
+        from: SocketAddr,
+        /// Why.
+        reason: Reject,
+    },
 }
+
+/// How often a rejected sender is reported again (see [`Event::Rejected`]).
+pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// Senders whose last report is remembered; the table is cleared when full.
+const REJECT_LOG_SOURCES: usize = 1024;
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +244,10 @@ pub struct NodeConfig {
     pub membership: MembershipConfig,
     /// Lease timing (`reclaim_after`, fence bound, beat interval, witness count).
     pub lease: LeaseConfig,
+    /// The cluster keys (`--secret-file`); `None` runs unauthenticated.
+    pub keys: Option<KeySet>,
+    /// Random per process start: makes (session, counter) unique for replay checks.
+    pub session: u64,
 }
 
 /// FNV-1a of the cluster parameters; lease datagrams from other clusters are dropped.
@@ -259,6 +283,9 @@ pub struct Node {
     unsaved: bool,
     /// The lease (subnet index) in the last state on disk.
     saved_lease: Option<u32>,
+    auth: Authenticator,
+    wall: (Instant, u64),
+    reported: HashMap<IpAddr, Instant>,
 }
 
 impl Node {
@@ -288,6 +315,7 @@ impl Node {
         meta.has_free = lease.has_free();
         let fingerprint = cluster_fingerprint(meta.cluster_cidr, meta.subnet_len, meta.vni);
         let membership = Membership::new(meta, &cfg.membership);
+        let auth = Authenticator::new(cfg.keys, cfg.session);
         Ok(Node {
             membership,
             lease,
@@ -304,6 +332,9 @@ impl Node {
             peers_dirty: true,
             unsaved: false,
             saved_lease,
+            auth,
+            wall: (now, 0),
+            reported: HashMap::new(),
         })
     }
 
@@ -312,9 +343,37 @@ impl Node {
         &self.membership.me().name
     }
 
+    /// Tells the node the wall-clock time (unix ms) at `now`, for the timestamps of
+    /// authenticated datagrams. Call it before the `handle_*` and `poll_*` calls; the
+    /// time in between is taken from `now`.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.wall = (now, unix_ms);
+    }
+
+    fn wall_ms(&self, now: Instant) -> u64 {
+        let (at, ms) = self.wall;
+        if now >= at {
+            ms.saturating_add(now.duration_since(at).as_millis() as u64)
+        } else {
+            ms.saturating_sub(at.duration_since(now).as_millis() as u64)
+        }
+    }
+
+    /// Replaces the cluster keys (a reload of `--secret-file`).
+    pub fn set_keys(&mut self, keys: Option<KeySet>) {
+        self.auth.set_keys(keys);
+    }
+
     /// Handles one datagram received on the gossip socket.
     pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
-        match message::parse_frame(data) {
+        let frame = message::parse_frame(data);
+        if frame.is_ok() {
+            if let Err(reason) = self.auth.open(data, self.wall_ms(now), now) {
+                self.report(from, reason, now);
+                return;
+            }
+        }
+        match frame {
             Ok((message::Kind::Membership, body)) => {
                 let before = self.membership.dropped;
                 self.membership.handle_datagram(body, now);
@@ -329,6 +388,19 @@ impl Node {
             Err(_) => self.dropped += 1,
         }
         self.after(now);
+    }
+
+    fn report(&mut self, from: SocketAddr, reason: Reject, now: Instant) {
+        if let Some(t) = self.reported.get(&from.ip()) {
+            if now.saturating_duration_since(*t) < REJECT_LOG_INTERVAL {
+                return;
+            }
+        }
+        if self.reported.len() >= REJECT_LOG_SOURCES {
+            self.reported.clear();
+        }
+        self.reported.insert(from.ip(), now);
+        self.events.push_back(Event::Rejected { from, reason });
     }
 
     fn handle_lease(&mut self, from: SocketAddr, d: LeaseDatagram, now: Instant) {
@@ -446,16 +518,20 @@ impl Node {
     /// messages are dropped (and counted) instead: they may follow from state that a
     /// restart would not remember, and the protocol tolerates their loss.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        if let Some(t) = self.out.pop_front() {
-            return Some(t);
-        }
-        if self.unsaved {
-            self.held += self.lease_out.len() as u64;
-            self.lease_out.clear();
-        } else if let Some(t) = self.lease_out.pop_front() {
-            return Some(t);
-        }
-        let (to, data) = self.membership.poll_transmit(now)?;
+        let (to, data) = match self.out.pop_front() {
+            Some(t) => (t.to, t.data),
+            None => {
+                if self.unsaved {
+                    self.held += self.lease_out.len() as u64;
+                    self.lease_out.clear();
+                }
+                match self.lease_out.pop_front() {
+                    Some(t) => (t.to, t.data),
+                    None => self.membership.poll_transmit(now)?,
+                }
+            }
+        };
+        let data = self.auth.seal(data, self.wall_ms(now));
         Some(Transmit { to, data })
     }
 
@@ -581,6 +657,8 @@ impl Node {
             deaths: self.deaths,
             held: self.held,
             state_error: None,
+            auth_keys: self.auth.key_ids(),
+            rejected: self.auth.rejected(),
             traffic: GossipTraffic::default(),
         }
     }
@@ -635,6 +713,8 @@ mod tests {
             founder: true,
             membership: MembershipConfig::default(),
             lease: LeaseConfig::new("a", 0, true),
+            keys: None,
+            session: 1,
         };
         Node::new(cfg, None, Instant::now()).unwrap()
     }
@@ -652,6 +732,68 @@ mod tests {
         n.handle_datagram(from, b"OVLD\x01\x01\x00\xff\xff", now);
         assert_eq!(n.dropped(), 4);
         assert_eq!(n.status(now).dropped, 4);
+    }
+
+    #[test]
+    fn keyed_node_rejects_counts_and_reports_once_per_interval() {
+        let now = Instant::now();
+        let mut n = node();
+        n.set_keys(Some(
+            KeySet::parse("cluster key for the unit test").unwrap(),
+        ));
+        let from: SocketAddr = "10.0.0.9:7946".parse().unwrap();
+        // A valid-looking lease datagram with no tag, three times.
+        let d = LeaseDatagram {
+            from: "rogue".into(),
+            cluster: n.fingerprint,
+            msg: LeaseMsg::Refuse {
+                reason: "go away".into(),
+            },
+        };
+        let mut data = Vec::new();
+        d.emit(&mut data);
+        for _ in 0..3 {
+            n.handle_datagram(from, &data, now);
+        }
+        let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+        assert_eq!(
+            events,
+            vec![Event::Rejected {
+                from,
+                reason: Reject::Unsigned
+            }],
+            "the Refuse must not get through, and the report is not repeated"
+        );
+        assert_eq!(n.status(now).rejected.unsigned, 3);
+        assert_eq!(n.dropped(), 0);
+        n.handle_datagram(from, &data, now + REJECT_LOG_INTERVAL);
+        assert!(matches!(n.poll_event(), Some(Event::Rejected { .. })));
+    }
+
+    #[test]
+    fn recorded_datagrams_cannot_be_replayed() {
+        let now = Instant::now();
+        let key = || Some(KeySet::parse("cluster key for the unit test").unwrap());
+        let mut a = node();
+        a.set_keys(key());
+        a.set_wall_clock(now, 1_000_000);
+        let mut b = node();
+        b.set_keys(key());
+        b.set_wall_clock(now, 1_000_000);
+        let from: SocketAddr = "10.0.0.1:7946".parse().unwrap();
+        a.membership.join("10.0.0.2:7946".parse().unwrap(), now);
+        let t = a.poll_transmit(now).expect("a join datagram");
+        b.handle_datagram(from, &t.data, now);
+        assert_eq!(b.status(now).rejected.total(), 0);
+        b.handle_datagram(from, &t.data, now);
+        assert_eq!(b.status(now).rejected.replay, 1);
+        // Ten minutes later it is stale, even for a node that never saw it.
+        let later = now + Duration::from_secs(600);
+        let mut c = node();
+        c.set_keys(key());
+        c.set_wall_clock(later, 1_600_000);
+        c.handle_datagram(from, &t.data, later);
+        assert_eq!(c.status(later).rejected.stale, 1);
     }
 
     #[test]

@@ -20,6 +20,18 @@ use rand::{Rng, SeedableRng};
 
 use super::{LeaseConfig, LeaseState, MembershipConfig, Node, NodeConfig, NodeMeta};
 
+/// Every simulated node shares this cluster key, so the simulations exercise signing,
+/// verification and the replay windows across crashes and restarts.
+fn sim_keys() -> super::KeySet {
+    super::KeySet::parse("simulated cluster key, 32 bytes!").expect("valid key")
+}
+
+/// Wall clocks are synchronised (NTP) while monotonic clocks drift: every node reads
+/// the virtual time as its wall clock.
+fn wall_ms(at: Duration) -> u64 {
+    1_800_000_000_000 + at.as_millis() as u64
+}
+
 /// Settings of a simulation.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -236,13 +248,16 @@ impl Sim {
                 rng_seed: self.cfg.seed ^ ((i as u64) << 32) ^ self.seq,
             },
             lease,
+            keys: Some(sim_keys()),
+            session: self.cfg.seed ^ ((i as u64) << 40) ^ (self.seq << 20) ^ 0x5eed,
         }
     }
 
     fn boot(&mut self, i: usize) {
         let now = self.local(i, self.now);
         let persisted = self.slots[i].persisted.clone();
-        let node = Node::new(self.node_config(i), persisted, now).expect("valid sim config");
+        let mut node = Node::new(self.node_config(i), persisted, now).expect("valid sim config");
+        node.set_wall_clock(now, wall_ms(self.now));
         self.slots[i].node = Some(node);
         self.slots[i].left = false;
         self.touch(i);
@@ -452,6 +467,7 @@ impl Sim {
             Ev::Wake(i) => {
                 let local = self.local(i, at);
                 if let Some(n) = self.slots[i].node.as_mut() {
+                    n.set_wall_clock(local, wall_ms(at));
                     if n.poll_timeout() <= local {
                         n.handle_timeout(local);
                         self.touch(i);
@@ -462,6 +478,7 @@ impl Sim {
                 let local = self.local(to, at);
                 if let Some(n) = self.slots[to].node.as_mut() {
                     self.delivered += 1;
+                    n.set_wall_clock(local, wall_ms(at));
                     n.handle_datagram(from, &data, local);
                     self.touch(to);
                 }

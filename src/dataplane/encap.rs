@@ -252,6 +252,9 @@ impl Decapsulator {
             .peer_by_underlay(from)
             .ok_or(DropReason::UnknownSender)?;
         let checked = (|| {
+            if peer.state == PeerState::Dead {
+                return Err(DropReason::DeadSender);
+            }
             let frame = EthernetFrame::new_unchecked(vxlan.payload());
             if frame.dst_addr() != self.config.local_mac {
                 return Err(DropReason::WrongDstMac);
@@ -370,6 +373,35 @@ mod tests {
         let snap = stats.snapshot();
         assert_eq!(snap.drops["unknown_subnet"], 1);
         assert_eq!(snap.drops["malformed_outbound"], 2);
+    }
+
+    #[test]
+    fn datagrams_from_a_dead_peer_are_dropped() {
+        let mut dead = peer("n2", "10.244.2.0/24", "198.18.0.2:4789");
+        dead.state = PeerState::Dead;
+        let stats = Arc::new(Stats::default());
+        let config = EncapConfig {
+            vni: 1,
+            local_mac: LOCAL_MAC,
+        };
+        let fib = Arc::new(Fib::new(vec![dead]).unwrap());
+        let mut dec = Decapsulator::new(config, fib.clone(), stats.clone());
+        let inner = udp_packet([10, 244, 2, 5], [10, 244, 1, 7], b"x");
+        let d = kernel_datagram(&inner);
+        assert_eq!(
+            dec.decapsulate("198.18.0.2".parse().unwrap(), &d),
+            Err(DropReason::DeadSender)
+        );
+        assert_eq!(stats.snapshot().drops["dead_sender"], 1);
+        assert_eq!(
+            fib.peer_by_underlay("198.18.0.2".parse().unwrap())
+                .unwrap()
+                .stats
+                .rx_dropped
+                .get()
+                .0,
+            1
+        );
     }
 
     #[test]

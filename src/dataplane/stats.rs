@@ -28,6 +28,8 @@ pub enum DropReason {
     BadVni,
     /// Inbound: the sender's address is not a known peer.
     UnknownSender,
+    /// Inbound: the sender is a peer declared dead (it must rejoin first).
+    DeadSender,
     /// Inbound: the inner destination MAC is not our VTEP MAC.
     WrongDstMac,
     /// Inbound: the inner frame is not IPv4 or IPv6 (ARP, VLAN, ...).
@@ -42,7 +44,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in a fixed order (the index of each counter).
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::UnknownSubnet,
         DropReason::PeerDead,
         DropReason::MalformedOutbound,
@@ -50,6 +52,7 @@ impl DropReason {
         DropReason::BadFlags,
         DropReason::BadVni,
         DropReason::UnknownSender,
+        DropReason::DeadSender,
         DropReason::WrongDstMac,
         DropReason::NotIp,
         DropReason::MalformedInner,
@@ -67,6 +70,7 @@ impl DropReason {
             DropReason::BadFlags => "bad_flags",
             DropReason::BadVni => "bad_vni",
             DropReason::UnknownSender => "unknown_sender",
+            DropReason::DeadSender => "dead_sender",
             DropReason::WrongDstMac => "wrong_dst_mac",
             DropReason::NotIp => "not_ip",
             DropReason::MalformedInner => "malformed_inner",
