@@ -481,6 +481,20 @@ impl<T: Transport> Driver<T> {
                         super::REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
+                Event::RejectReportsPaused => {
+                    tracing::warn!(
+                        "{} rejected gossip senders logged in {} s: rejections from further addresses are counted in overlayd_gossip_rejected_total, not logged, until the interval ends",
+                        super::REJECT_LOG_BUDGET,
+                        super::REJECT_LOG_INTERVAL.as_secs()
+                    );
+                }
+                Event::RejectReportsResumed { unreported } => {
+                    tracing::warn!(
+                        unreported,
+                        "{unreported} rejected gossip datagrams from addresses not logged before went unlogged in the last {} s",
+                        super::REJECT_LOG_INTERVAL.as_secs()
+                    );
+                }
                 Event::Lease(LeaseEvent::Exhausted) => {
                     tracing::warn!("subnet space exhausted: no peer has a free subnet; retrying");
                 }

@@ -208,17 +208,30 @@ pub enum Event {
         reason: String,
     },
     /// The authentication layer rejected a datagram. Reported at most once per
-    /// [`REJECT_LOG_INTERVAL`] per source address; every rejection is counted.
+    /// [`REJECT_LOG_INTERVAL`] per source address, and at most
+    /// [`REJECT_LOG_BUDGET`] times per interval in all; every rejection is counted.
     Rejected {
         /// The sender.
         from: SocketAddr,
         /// Why.
         reason: Reject,
     },
+    /// [`REJECT_LOG_BUDGET`] rejections were reported in this interval: further ones
+    /// are counted but not reported until it ends (many, or spoofed, sources).
+    RejectReportsPaused,
+    /// The interval after a pause ended: `unreported` rejections from addresses not
+    /// reported before went unreported in it.
+    RejectReportsResumed {
+        /// Rejections that were not reported.
+        unreported: u64,
+    },
 }
 
 /// How often a rejected sender is reported again (see [`Event::Rejected`]).
 pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// Rejections reported per [`REJECT_LOG_INTERVAL`], whatever their sources: a flood
+/// from many (or spoofed) addresses must not turn into a line per datagram.
+pub const REJECT_LOG_BUDGET: u32 = 20;
 /// Senders whose last report is remembered; the table is cleared when full.
 const REJECT_LOG_SOURCES: usize = 1024;
 
@@ -286,6 +299,8 @@ pub struct Node {
     auth: Authenticator,
     wall: (Instant, u64),
     reported: HashMap<IpAddr, Instant>,
+    /// The current report interval: its start, reports in it, rejections unreported.
+    report_budget: (Instant, u32, u64),
 }
 
 impl Node {
@@ -335,6 +350,7 @@ impl Node {
             auth,
             wall: (now, 0),
             reported: HashMap::new(),
+            report_budget: (now, 0, 0),
         })
     }
 
@@ -396,11 +412,30 @@ impl Node {
                 return;
             }
         }
+        let (start, reports, unreported) = &mut self.report_budget;
+        if now.saturating_duration_since(*start) >= REJECT_LOG_INTERVAL {
+            if *reports >= REJECT_LOG_BUDGET {
+                self.events.push_back(Event::RejectReportsResumed {
+                    unreported: *unreported,
+                });
+            }
+            self.report_budget = (now, 0, 0);
+        }
+        let (_, reports, unreported) = &mut self.report_budget;
+        if *reports >= REJECT_LOG_BUDGET {
+            *unreported += 1;
+            return;
+        }
+        *reports += 1;
+        let paused = *reports == REJECT_LOG_BUDGET;
         if self.reported.len() >= REJECT_LOG_SOURCES {
             self.reported.clear();
         }
         self.reported.insert(from.ip(), now);
         self.events.push_back(Event::Rejected { from, reason });
+        if paused {
+            self.events.push_back(Event::RejectReportsPaused);
+        }
     }
 
     fn handle_lease(&mut self, from: SocketAddr, d: LeaseDatagram, now: Instant) {
@@ -768,6 +803,45 @@ mod tests {
         assert_eq!(n.dropped(), 0);
         n.handle_datagram(from, &data, now + REJECT_LOG_INTERVAL);
         assert!(matches!(n.poll_event(), Some(Event::Rejected { .. })));
+    }
+
+    #[test]
+    fn reports_from_many_sources_stop_at_the_budget() {
+        let now = Instant::now();
+        let mut n = node();
+        n.set_keys(Some(
+            KeySet::parse("cluster key for the unit test").unwrap(),
+        ));
+        let mut data = Vec::new();
+        message::emit_frame_header(message::Kind::Membership, &mut data);
+        data.extend_from_slice(b"anything");
+        // 3,000 senders, in turn, twice: more than the table of reported senders.
+        for round in 0..2 {
+            for i in 0..3000u32 {
+                let from = SocketAddr::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), 7946);
+                n.handle_datagram(from, &data, now + Duration::from_millis(round));
+            }
+        }
+        let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+        let reported = events
+            .iter()
+            .filter(|e| matches!(e, Event::Rejected { .. }))
+            .count();
+        assert_eq!(reported, REJECT_LOG_BUDGET as usize);
+        assert_eq!(events.last(), Some(&Event::RejectReportsPaused));
+        assert_eq!(n.status(now).rejected.unsigned, 6000);
+        // The next interval says how many went unreported, and reports again.
+        let later = now + REJECT_LOG_INTERVAL + Duration::from_secs(1);
+        n.handle_datagram("10.9.9.9:7946".parse().unwrap(), &data, later);
+        let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+        assert_eq!(
+            events[0],
+            // The reported senders' repeats are not counted: they were reported.
+            Event::RejectReportsResumed {
+                unreported: 6000 - 2 * REJECT_LOG_BUDGET as u64
+            }
+        );
+        assert!(matches!(events[1], Event::Rejected { .. }));
     }
 
     #[test]
