@@ -550,7 +550,9 @@ fn b_full_or_read_only_state_dir() {
     );
     println!(
         "full state dir at start-up: {}",
-        out.lines().last().unwrap_or_default()
+        out.lines()
+            .rfind(|l| l.starts_with("overlayd:"))
+            .unwrap_or_default()
     );
     drop(full);
 
@@ -700,7 +702,9 @@ fn b_full_or_read_only_state_dir() {
     assert_eq!(std::fs::read(n1.state.join("lease.json")).unwrap(), before);
     println!(
         "read-only state dir at start-up: {}",
-        out.lines().last().unwrap_or_default()
+        out.lines()
+            .rfind(|l| l.starts_with("overlayd:"))
+            .unwrap_or_default()
     );
     fs.remount("rw");
     n1.launch("");
@@ -1140,4 +1144,247 @@ fn d_loss_soak_no_false_deaths() {
             .all(|b| a.name == b.name || (0..10).any(|_| pod_ping(a, b, 1)))
     });
     assert!(reach, "pods do not reach each other under loss");
+}
+
+/// Raises this process's open-file limit to its hard limit (the flooder opens a socket
+/// per source address).
+fn raise_nofile() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn e_wrong_key_flood_and_rogue_daemon() {
+    use overlayd::control::message::{emit_frame_header, Kind};
+    use overlayd::control::{Authenticator, KeySet};
+    const KEY_A: &str = "fault-test cluster key A, 32 bytes";
+    const KEY_B: &str = "fault-test rogue key B, 32 bytes!";
+    raise_nofile();
+    let dir = TempDir::new();
+    let key_file = |name: &str, key: &str| {
+        let p = dir.0.join(name);
+        std::fs::write(&p, format!("{key}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        p.display().to_string()
+    };
+    let (fa, fb) = (key_file("key-a", KEY_A), key_file("key-b", KEY_B));
+    let switch = Switch::new();
+    let mut nodes = vec![Node::new(&switch, &dir.0, 1), Node::new(&switch, &dir.0, 2)];
+    let key_args = ["--secret-file", fa.as_str()];
+    let launch = |n: &mut Node, peers: &str, extra: &[&str]| {
+        let mut args = n.args(peers);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        n.daemon = Some(Daemon::start_with(
+            &n.ns,
+            n.run.clone(),
+            n.state.clone(),
+            n.log.clone(),
+            &n.name,
+            &args,
+        ));
+    };
+    launch(&mut nodes[0], "", &key_args);
+    launch(&mut nodes[1], "198.18.0.1", &key_args);
+    lease_and_attach(&mut nodes, Duration::from_secs(15));
+    assert!(wait_until(Duration::from_secs(10), || all_reach_all(
+        &nodes
+    )));
+    // A real daemon with the wrong key, given n1 as its seed.
+    let mut rogue = Node::new(&switch, &dir.0, 3);
+    launch(&mut rogue, "198.18.0.1", &["--secret-file", &fb]);
+
+    let rejected = |n: &Node| {
+        let s = n.status().unwrap();
+        let r = &s["control"]["gossip_rejected"];
+        (
+            r["unknown_key"].as_u64().unwrap_or(0),
+            r["bad_tag"].as_u64().unwrap_or(0),
+        )
+    };
+    let rejected_logs = |n: &Node| {
+        logs(&[n])
+            .lines()
+            .filter(|l| l.contains("rejected gossip from"))
+            .count()
+    };
+    let before = rejected(&nodes[0]);
+    let logs_before = rejected_logs(&nodes[0]);
+    let overflow_before = udp_rcvbuf_errors(&nodes[0].ns);
+
+    // The flooder signs with key B (unknown to the cluster) or forges key A's id with
+    // a wrong tag, from 1,200 source addresses in turn.
+    let flooder = switch.node(200);
+    const SOURCES: usize = 1200;
+    let batch: String = (0..SOURCES)
+        .map(|k| format!("addr add 198.19.{}.{}/32 dev eth0\n", k / 250, k % 250 + 1))
+        .collect();
+    let mut ip = Command::new("ip")
+        .args(["-n", &flooder.name, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ip.stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
+    assert!(ip.wait().unwrap().success());
+    let sockets: Vec<UdpSocket> = flooder.run(|| {
+        (0..SOURCES)
+            .map(|k| {
+                let src = format!("198.19.{}.{}:7946", k / 250, k % 250 + 1);
+                UdpSocket::bind(src.as_str()).unwrap_or_else(|e| panic!("bind {src}: {e}"))
+            })
+            .collect()
+    });
+    let rate: u64 = std::env::var("OVERLAYD_FLOOD_PPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let secs: u64 = 8;
+    let mut rng = Rng::seeded();
+    let target: SocketAddr = "198.18.0.1:7946".parse().unwrap();
+    let flood = std::thread::spawn(move || {
+        let mut wrong = Authenticator::new(KeySet::parse(KEY_B).ok(), rng.next());
+        let mut forger = Authenticator::new(KeySet::parse(KEY_A).ok(), rng.next());
+        let (mut unknown, mut forged) = (0u64, 0u64);
+        let start = Instant::now();
+        let per_tick = (rate * 5 / 1000).max(1);
+        let mut next = start;
+        let mut k = 0usize;
+        while start.elapsed() < Duration::from_secs(secs) {
+            for _ in 0..per_tick {
+                let mut frame = Vec::with_capacity(400);
+                let kind = if rng.below(4) == 0 {
+                    Kind::Lease
+                } else {
+                    Kind::Membership
+                };
+                emit_frame_header(kind, &mut frame);
+                let len = 40 + rng.below(300) as usize;
+                frame.extend((0..len).map(|_| rng.next() as u8));
+                let forge = rng.below(3) == 0;
+                let frame = if forge {
+                    let mut f = forger.seal(frame, unix_ms());
+                    // The tag is the last 16 bytes of the 44-byte auth field.
+                    for b in &mut f[7 + 28..7 + 44] {
+                        *b ^= 0x5a;
+                    }
+                    f
+                } else {
+                    wrong.seal(frame, unix_ms())
+                };
+                if sockets[k % SOURCES].send_to(&frame, target).is_ok() {
+                    if forge {
+                        forged += 1;
+                    } else {
+                        unknown += 1;
+                    }
+                }
+                k += 1;
+            }
+            next += Duration::from_millis(5);
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        (unknown, forged, start.elapsed())
+    });
+
+    let mut samples = 0;
+    let mut slowest = Duration::ZERO;
+    while !flood.is_finished() {
+        for n in &nodes {
+            let t = Instant::now();
+            let states = n.peer_states().expect("status answers during the flood");
+            slowest = slowest.max(t.elapsed());
+            assert!(
+                t.elapsed() < Duration::from_secs(1),
+                "{} status took {:?}",
+                n.name,
+                t.elapsed()
+            );
+            let others: Vec<&String> = states.keys().collect();
+            assert_eq!(others.len(), 1, "{}: {states:?}", n.name);
+            assert!(
+                states.values().all(|s| s == "alive"),
+                "{}: {states:?}",
+                n.name
+            );
+        }
+        assert_eq!(rogue.subnet(), None, "the rogue got a subnet");
+        assert!(pod_ping(&nodes[0], &nodes[1], 2) && pod_ping(&nodes[1], &nodes[0], 2));
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (unknown, forged, took) = flood.join().unwrap();
+    assert!(
+        unknown + forged >= rate * secs * 9 / 10,
+        "the flooder sent only {} datagrams",
+        unknown + forged
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rejected(&nodes[0]);
+    let overflow = udp_rcvbuf_errors(&nodes[0].ns) - overflow_before;
+    let logged = rejected_logs(&nodes[0]) - logs_before;
+    println!(
+        "wrong-key flood: {} datagrams in {took:.1?} ({:.0}/s) from {SOURCES} addresses to n1: \
+         {unknown} signed with an unknown key, {forged} with a forged tag; n1 counted \
+         unknown_key +{}, bad_tag +{}; socket overflows {overflow}; {samples} samples, slowest \
+         status {slowest:.0?}; {logged} rejection log lines",
+        unknown + forged,
+        (unknown + forged) as f64 / took.as_secs_f64(),
+        after.0 - before.0,
+        after.1 - before.1
+    );
+    // Every forged datagram that was read is counted as such; the rogue's own gossip
+    // adds a little to unknown_key.
+    let counted = (after.0 - before.0) + (after.1 - before.1);
+    assert!(
+        counted + overflow >= (unknown + forged) * 98 / 100,
+        "counted {counted} + overflow {overflow} of {}",
+        unknown + forged
+    );
+    assert!(after.1 - before.1 <= forged, "more bad tags than forged");
+    assert!(after.1 - before.1 >= forged / 2);
+    assert!(after.0 - before.0 >= unknown / 2);
+    // The log says what happens without a line per datagram.
+    assert!(
+        logged <= 50,
+        "{logged} rejection lines logged during the flood:\n{}",
+        logs(&[&nodes[0]])
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The rogue never joined: not a peer anywhere, no subnet, and it knows why.
+    for n in &nodes {
+        assert!(!n.peer_states().unwrap().contains_key("n3"));
+        assert_eq!(n.metric("overlayd_gossip_peer_deaths_total "), Some(0.0));
+    }
+    assert_eq!(rogue.subnet(), None);
+    assert!(all_reach_all(&nodes));
 }
