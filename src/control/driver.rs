@@ -473,6 +473,13 @@ impl<T: Transport> Driver<T> {
                 Event::RefusedPeer { peer, reason } => {
                     tracing::error!(%peer, %reason, "refused a peer with a different configuration");
                 }
+                Event::SeedsSilent { seeds, for_secs } => {
+                    tracing::warn!(
+                        ?seeds,
+                        "no seed has answered for {for_secs} s: check that they run, that UDP port {} is open between the nodes, and that --secret-file holds the cluster's key (a peer drops gossip signed with another key, or unsigned)",
+                        seeds.first().map(|s| s.port()).unwrap_or_default()
+                    );
+                }
                 Event::Rejected { from, reason } => {
                     tracing::warn!(
                         %from,

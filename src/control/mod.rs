@@ -207,6 +207,14 @@ pub enum Event {
         /// What differs.
         reason: String,
     },
+    /// No seed has answered for a while (reported after [`SEEDS_SILENT_AFTER`], then
+    /// every minute while it lasts).
+    SeedsSilent {
+        /// The seeds we keep asking.
+        seeds: Vec<SocketAddr>,
+        /// How long we have been alone.
+        for_secs: u64,
+    },
     /// The authentication layer rejected a datagram. Reported at most once per
     /// [`REJECT_LOG_INTERVAL`] per source address, and at most
     /// [`REJECT_LOG_BUDGET`] times per interval in all; every rejection is counted.
@@ -226,6 +234,9 @@ pub enum Event {
         unreported: u64,
     },
 }
+
+/// How long a joining node waits for any seed before [`Event::SeedsSilent`].
+pub const SEEDS_SILENT_AFTER: Duration = Duration::from_secs(10);
 
 /// How often a rejected sender is reported again (see [`Event::Rejected`]).
 pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -301,6 +312,8 @@ pub struct Node {
     reported: HashMap<IpAddr, Instant>,
     /// The current report interval: its start, reports in it, rejections unreported.
     report_budget: (Instant, u32, u64),
+    alone_since: Option<Instant>,
+    silent_reported: Option<Instant>,
 }
 
 impl Node {
@@ -351,6 +364,8 @@ impl Node {
             wall: (now, 0),
             reported: HashMap::new(),
             report_budget: (now, 0, 0),
+            alone_since: Some(now),
+            silent_reported: None,
         })
     }
 
@@ -464,6 +479,21 @@ impl Node {
                         self.membership.join(s, now);
                     }
                 }
+                let since = *self.alone_since.get_or_insert(now);
+                let alone = now.saturating_duration_since(since);
+                let due = self
+                    .silent_reported
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60));
+                if alone >= SEEDS_SILENT_AFTER && due {
+                    self.silent_reported = Some(now);
+                    self.events.push_back(Event::SeedsSilent {
+                        seeds: self.seeds.clone(),
+                        for_secs: alone.as_secs(),
+                    });
+                }
+            } else {
+                self.alone_since = None;
+                self.silent_reported = None;
             }
         }
         self.membership.handle_timeout(now);
@@ -842,6 +872,26 @@ mod tests {
             }
         );
         assert!(matches!(events[1], Event::Rejected { .. }));
+    }
+
+    #[test]
+    fn a_node_nobody_answers_says_so() {
+        let start = Instant::now();
+        let mut n = node();
+        n.seeds = vec!["10.0.0.2:7946".parse().unwrap()];
+        let mut silent = vec![];
+        for s in 0..=80u64 {
+            n.handle_timeout(start + Duration::from_millis(s * 1000));
+            while n.poll_transmit(start).is_some() {}
+            while let Some(ev) = n.poll_event() {
+                if let Event::SeedsSilent { for_secs, .. } = ev {
+                    silent.push(for_secs);
+                }
+            }
+        }
+        assert_eq!(silent.len(), 2, "{silent:?}");
+        assert!((10..=12).contains(&silent[0]), "{silent:?}");
+        assert!(silent[1] >= 70, "{silent:?}");
     }
 
     #[test]
