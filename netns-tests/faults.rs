@@ -1,6 +1,7 @@
 //! Root-only fault tests with real daemons in network namespaces: kill -9 under load,
-//! a full or read-only state dir, a flood of garbage on the gossip port, and a soak
-//! with packet loss on the underlay. Run with
+//! a full or read-only state dir, a flood of garbage on the gossip port, a flood
+//! signed with a wrong key beside a rogue daemon, and a soak with packet loss on the
+//! underlay. Run with
 //! `cargo test --release --features netns-tests --test netns_faults` as root; the long
 //! loss soak is `netns-tests/loss-soak.sh`.
 //!
