@@ -8,7 +8,7 @@ OVERLAYD_APT_PACKAGES=(
   iputils-ping        # ping across nodes
   iperf3              # throughput beside kernel vxlan
   procps              # sysctl
-  kmod                # modprobe for the kernel vxlan reference
+  kmod                # modprobe for the kernel vxlan reference and sch_netem
   systemd             # systemd-analyze verify of config/overlayd.service
   iptables nftables   # the CNI plugin's ipMasq rule
   containernetworking-plugins  # reference loopback/portmap/bandwidth/tuning/host-local/static
@@ -34,6 +34,8 @@ install_deps() {
   fi
   # The vxlan module backs the kernel reference; a built-in or missing module is fine.
   modprobe vxlan 2>/dev/null || true
+  # netem gives the loss soak its packet loss; without it the test uses an nftables rule.
+  modprobe sch_netem 2>/dev/null || true
 }
 
 require_root() {

@@ -372,6 +372,17 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         None => underlay_mtu.saturating_sub(overhead).max(576),
     };
     private_dir(&args.state_dir).map_err(file_err("state dir", &args.state_dir))?;
+    for dir in [&args.state_dir, &args.run_dir] {
+        match crate::fsutil::remove_stale_temps(dir) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(dir = %dir.display(), n, "removed temporary files left by a killed daemon")
+            }
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot clean temporary files")
+            }
+        }
+    }
     let vtep_mac = vtep_mac(&args.state_dir, args.vtep_mac)?;
 
     // The bridge pods attach to, and the TUN that carries the rest of the cluster CIDR.

@@ -45,6 +45,36 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32, dir_mode: u32) -> io::R
     result
 }
 
+/// Removes the temporary files [`write_atomic`] left in `dir` when a process was
+/// killed between creating and renaming one (`.<name>.tmp.<pid>` of a process that no
+/// longer runs). Returns how many it removed; a missing dir is not an error.
+pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.starts_with('.'))
+            .and_then(|n| n.rsplit_once(".tmp."))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        fs::remove_file(entry.path())?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,6 +100,26 @@ mod tests {
         );
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_temps_of_dead_processes_are_removed() {
+        let dir = std::env::temp_dir().join(format!("overlayd-fsutil-tmp-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // pid_max is at most 2^22, so this pid never runs.
+        fs::write(dir.join(".lease.json.tmp.4999999"), b"torn").unwrap();
+        let ours = format!(".node.json.tmp.{}", std::process::id());
+        fs::write(dir.join(&ours), b"in flight").unwrap();
+        fs::write(dir.join("lease.json"), b"{}").unwrap();
+        assert_eq!(remove_stale_temps(&dir).unwrap(), 1);
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [ours, "lease.json".to_string()]);
+        assert_eq!(remove_stale_temps(&dir.join("missing")).unwrap(), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -52,6 +52,17 @@ fn counters(
     Ok(())
 }
 
+/// Encodes one counter without labels.
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(metric)
+}
+
 impl Collector for Exporter {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let report = self.source.report();
@@ -192,6 +203,11 @@ impl Collector for Exporter {
                     i64::from(c.exhausted),
                 ),
                 (
+                    "overlayd_lease_state_unsaved",
+                    "1 while the lease state cannot be saved to the state dir (see overlayd status).",
+                    i64::from(c.state_error.is_some()),
+                ),
+                (
                     "overlayd_gossip_auth_keys",
                     "Cluster keys accepted for gossip (0: gossip is not authenticated).",
                     c.auth_keys.len() as i64,
@@ -218,11 +234,23 @@ impl Collector for Exporter {
                     (vec![("direction", "rx")], c.gossip_rx_bytes),
                 ],
             )?;
-            counters(
+            counter(
                 &mut encoder,
                 "overlayd_gossip_dropped",
                 "Gossip datagrams dropped as malformed, oversized or from another cluster.",
-                &[(vec![], c.gossip_dropped)],
+                c.gossip_dropped,
+            )?;
+            counter(
+                &mut encoder,
+                "overlayd_gossip_peer_deaths",
+                "Peers this node saw declared dead (failed probes or a leave).",
+                c.peer_deaths,
+            )?;
+            counter(
+                &mut encoder,
+                "overlayd_lease_messages_held",
+                "Lease messages not sent because the lease state could not be saved.",
+                c.lease_messages_held,
             )?;
             let rejected: Vec<_> = c
                 .gossip_rejected

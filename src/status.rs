@@ -122,6 +122,16 @@ pub struct ControlReport {
     pub leases_total: u64,
     /// When this report was taken (seconds of daemon uptime).
     pub as_of_secs: u64,
+    /// Peers this node has seen declared dead since it started.
+    #[serde(default)]
+    pub peer_deaths: u64,
+    /// Why the lease state cannot be saved, while it cannot: the node keeps its saved
+    /// subnet, holds back lease messages and retries every second.
+    #[serde(default)]
+    pub state_error: Option<String>,
+    /// Lease messages held back because the lease state could not be saved.
+    #[serde(default)]
+    pub lease_messages_held: u64,
 }
 
 impl ControlReport {
@@ -153,6 +163,9 @@ impl ControlReport {
             leases_used: st.peers.len() as u64 + u64::from(st.lease.is_some()),
             leases_total: total,
             as_of_secs,
+            peer_deaths: st.deaths,
+            state_error: st.state_error.clone(),
+            lease_messages_held: st.held,
         }
     }
 }
@@ -515,10 +528,17 @@ pub fn render_leases(report: &StatusReport) -> String {
             (None, _, false) => "none yet: asking the cluster".to_string(),
         };
         let _ = writeln!(out, "  lease      {lease}");
+        if let Some(e) = &c.state_error {
+            let _ = writeln!(
+                out,
+                "  state      NOT SAVED: {e}; keeping the saved subnet, lease messages held ({}), retrying",
+                c.lease_messages_held
+            );
+        }
         let _ = writeln!(
             out,
-            "  gossip     {} alive, {} suspect, {} dead; {} bad datagrams dropped",
-            c.alive, c.suspect, c.dead, c.gossip_dropped
+            "  gossip     {} alive, {} suspect, {} dead ({} deaths seen); {} bad datagrams dropped",
+            c.alive, c.suspect, c.dead, c.peer_deaths, c.gossip_dropped
         );
         let rejected: u64 = c.gossip_rejected.values().sum();
         let why: Vec<String> = c

@@ -5,11 +5,18 @@
 //! file. Every operation holds an exclusive `flock(2)` on `lock`, so concurrent plugin
 //! processes serialize; the kernel drops the lock when a process dies, even if killed.
 //! The network, gateway and broadcast addresses are never handed out.
+//!
+//! Files are written whole or not at all, so a plugin killed at any point leaves no
+//! reservation without an owner (which no DEL would release): content goes to a
+//! `.<name>.tmp` file first, which is then hard-linked (reservations: fails if taken) or
+//! renamed (the cursor) into place. A temporary file left by a killed plugin is removed
+//! by the next one to take the lock.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -93,7 +100,45 @@ impl Store {
                 return Err(Error::store(&lock_path, err));
             }
         }
-        Ok(Store { dir, _lock: lock })
+        let store = Store { dir, _lock: lock };
+        store.remove_temps()?;
+        Ok(store)
+    }
+
+    /// Removes temporary files of killed plugins. Every writer holds the lock, so with
+    /// the lock held none is in flight.
+    fn remove_temps(&self) -> Result<()> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| Error::store(&self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::store(&self.dir, e))?;
+            let name = entry.file_name();
+            let name = name.as_bytes();
+            if name.starts_with(b".") && name.ends_with(b".tmp") {
+                let path = entry.path();
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::store(path, e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to a temporary file next to `name` and returns its path.
+    fn write_temp(&self, name: &str, data: &[u8]) -> Result<PathBuf> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_data()));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::store(tmp, e));
+        }
+        Ok(tmp)
     }
 
     fn ip_path(&self, ip: Ipv4Addr) -> PathBuf {
@@ -139,20 +184,29 @@ impl Store {
             .map(|(ip, _)| ip))
     }
 
-    /// Reserves `ip` for the attachment; `Ok(false)` if it is already reserved.
+    /// Reserves `ip` for the attachment; `Ok(false)` if it is already reserved. The
+    /// reservation appears with its owner in it, or not at all.
     pub fn reserve(&self, ip: Ipv4Addr, container_id: &str, ifname: &str) -> Result<bool> {
         let path = self.ip_path(ip);
-        let mut f = match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(f) => f,
+        if path.exists() {
+            return Ok(false);
+        }
+        let name = ip.to_string();
+        let tmp = self.write_temp(&name, format!("{container_id}\n{ifname}\n").as_bytes())?;
+        crate::plugin::test_stall("ipam-before-link");
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(Error::store(path, e)),
-        };
-        if let Err(e) = f.write_all(format!("{container_id}\n{ifname}\n").as_bytes()) {
-            let _ = fs::remove_file(&path);
-            return Err(Error::store(path, e));
         }
         let cursor = self.dir.join("last_reserved");
-        fs::write(&cursor, ip.to_string()).map_err(|e| Error::store(cursor, e))?;
+        let tmp = self.write_temp("last_reserved", name.as_bytes())?;
+        if let Err(e) = fs::rename(&tmp, &cursor) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::store(cursor, e));
+        }
         Ok(true)
     }
 
@@ -326,6 +380,39 @@ mod tests {
                 .unwrap(),
             held
         );
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temp_files_of_killed_plugins_are_removed_on_open() {
+        let dir = std::env::temp_dir().join(format!("ovl-cni-ipam-tmp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (subnet, gw) = net();
+        let store = Store::open(&dir, "net").unwrap();
+        let ip = store.allocate(subnet, gw, None, "c1", "eth0").unwrap();
+        drop(store);
+        // What a plugin killed between writing and linking leaves behind.
+        fs::write(dir.join("net/.10.244.1.3.tmp"), "c2\neth0\n").unwrap();
+        fs::write(dir.join("net/.last_reserved.tmp"), "10.244.1.3").unwrap();
+        let store = Store::open(&dir, "net").unwrap();
+        let mut names: Vec<String> = fs::read_dir(dir.join("net"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [ip.to_string(), "last_reserved".into(), "lock".into()]
+        );
+        assert_eq!(
+            store.owner(ip).unwrap(),
+            Some(Owner {
+                container_id: "c1".into(),
+                ifname: "eth0".into()
+            })
+        );
+        assert!(!store.reserve(ip, "c3", "eth0").unwrap());
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }

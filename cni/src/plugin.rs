@@ -362,7 +362,7 @@ fn setup(
 
 /// Test hook (only with the `netns-tests` feature): when `OVERLAYD_CNI_TEST_STALL` equals
 /// `point`, the process stops here so a test can kill it in the middle of ADD.
-fn test_stall(point: &str) {
+pub(crate) fn test_stall(point: &str) {
     #[cfg(feature = "netns-tests")]
     if std::env::var("OVERLAYD_CNI_TEST_STALL").is_ok_and(|v| v == point) {
         loop {

@@ -22,6 +22,7 @@ use super::{
     Error, Event, GossipTraffic, KeySet, LeaseConfig, LeaseEvent, LeaseState, MembershipConfig,
     Node, NodeConfig, NodeMeta, PeerInfo, Status,
 };
+use crate::fsutil::write_atomic;
 
 /// Default gossip port (`--gossip-port`).
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
@@ -240,6 +241,11 @@ impl ControlDriver {
         };
         let mut node = Node::new(node_cfg, persisted, Instant::now().into_std())?;
         node.set_wall_clock(now(), unix_ms());
+        // A state dir that cannot be written is a start-up error: the new boot number
+        // must be on disk before anything is sent.
+        if node.take_lease_dirty() {
+            save_state(&state_path, node.lease().state())?;
+        }
         let (tx, rx) = mpsc::channel(16);
         let (peers_tx, peers) = watch::channel(Vec::new());
         let (lease_tx, lease) = watch::channel(LeaseStatus::default());
@@ -252,6 +258,7 @@ impl ControlDriver {
             state_path,
             leave_on_exit: cfg.leave_on_exit,
             traffic: GossipTraffic::default(),
+            save_error: None,
         };
         let task = tokio::spawn(async move { driver.run(shutdown).await });
         Ok((
@@ -282,7 +289,21 @@ struct Driver<T> {
     state_path: PathBuf,
     leave_on_exit: bool,
     traffic: GossipTraffic,
+    save_error: Option<SaveError>,
 }
+
+/// The lease state could not be saved: since when, the last error, when to retry and
+/// when the error was last logged.
+struct SaveError {
+    since: Instant,
+    message: String,
+    retry_at: Instant,
+    logged_at: Instant,
+}
+
+/// While the lease state cannot be saved: how often to retry, and to log it again.
+const SAVE_RETRY: Duration = Duration::from_secs(1);
+const SAVE_RELOG: Duration = Duration::from_secs(60);
 
 fn now() -> std::time::Instant {
     Instant::now().into_std()
@@ -338,6 +359,9 @@ impl<T: Transport> Driver<T> {
                     Some(Command::Status(tx)) => {
                         let mut status = self.node.status(now());
                         status.traffic = self.traffic;
+                        status.state_error = self.save_error.as_ref().map(|e| {
+                            format!("{} (for {} s)", e.message, e.since.elapsed().as_secs())
+                        });
                         let _ = tx.send(status);
                     }
                     Some(Command::Leave(tx)) => {
@@ -373,11 +397,62 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// Saves the lease state if it changed, or retries a failed save once it is due.
+    /// A failure is not fatal: the node keeps the subnet it uses (the saved one), holds
+    /// back lease messages, logs the error, shows it in status and retries every
+    /// second.
+    fn save(&mut self) {
+        let dirty = self.node.take_lease_dirty();
+        let now = Instant::now();
+        if !dirty && !self.node.state_unsaved() {
+            return;
+        }
+        if self.save_error.as_ref().is_some_and(|e| now < e.retry_at) {
+            self.node.set_state_saved(false);
+            return;
+        }
+        match save_state(&self.state_path, self.node.lease().state()) {
+            Ok(()) => {
+                self.node.set_state_saved(true);
+                if let Some(e) = self.save_error.take() {
+                    tracing::info!(
+                        path = %self.state_path.display(),
+                        after_secs = e.since.elapsed().as_secs(),
+                        "lease state saved again; lease messages resume"
+                    );
+                }
+            }
+            Err(e) => {
+                self.node.set_state_saved(false);
+                let message = e.to_string();
+                let log = match &self.save_error {
+                    None => true,
+                    Some(old) => old.message != message || now >= old.logged_at + SAVE_RELOG,
+                };
+                if log {
+                    tracing::error!(
+                        "cannot save the lease state: {message}; keeping the saved subnet in use, \
+                         holding lease messages and retrying every second"
+                    );
+                }
+                let since = self.save_error.as_ref().map_or(now, |o| o.since);
+                let logged_at = match &self.save_error {
+                    Some(old) if !log => old.logged_at,
+                    _ => now,
+                };
+                self.save_error = Some(SaveError {
+                    since,
+                    message,
+                    retry_at: now + SAVE_RETRY,
+                    logged_at,
+                });
+            }
+        }
+    }
+
     /// Persists state, sends datagrams, publishes events. Returns fatal errors.
     async fn flush(&mut self) -> Result<(), Error> {
-        if self.node.take_lease_dirty() {
-            save_state(&self.state_path, self.node.lease().state())?;
-        }
+        self.save();
         let t = now();
         while let Some(tx) = self.node.poll_transmit(t) {
             match self.transport.send_to(&tx.data, tx.to).await {
@@ -413,6 +488,20 @@ impl<T: Transport> Driver<T> {
                         super::REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
+                Event::RejectReportsPaused => {
+                    tracing::warn!(
+                        "{} rejected gossip senders logged in {} s: rejections from further addresses are counted in overlayd_gossip_rejected_total, not logged, until the interval ends",
+                        super::REJECT_LOG_BUDGET,
+                        super::REJECT_LOG_INTERVAL.as_secs()
+                    );
+                }
+                Event::RejectReportsResumed { unreported } => {
+                    tracing::warn!(
+                        unreported,
+                        "{unreported} rejected gossip datagrams from addresses not logged before went unlogged in the last {} s",
+                        super::REJECT_LOG_INTERVAL.as_secs()
+                    );
+                }
                 Event::Lease(LeaseEvent::Exhausted) => {
                     tracing::warn!("subnet space exhausted: no peer has a free subnet; retrying");
                 }
@@ -428,9 +517,7 @@ impl<T: Transport> Driver<T> {
             }
         }
         // The state file is written before the new lease is announced to the daemon.
-        if self.node.take_lease_dirty() {
-            save_state(&self.state_path, self.node.lease().state())?;
-        }
+        self.save();
         let status = LeaseStatus {
             subnet: self.node.using_subnet(now()),
             exhausted: self.node.lease().exhausted(),
@@ -471,15 +558,17 @@ pub fn load_state(path: &Path) -> Result<Option<LeaseState>, Error> {
     }
 }
 
-/// Writes the lease state atomically (temporary file, fsync, rename, fsync of the
-/// directory), readable by root only.
+/// Writes the lease state atomically ([`write_atomic`]: temporary file, fsync,
+/// rename, fsync of the directory), readable by root only, so a crash or a full disk
+/// leaves the old state or the new one, never a torn file. Unchanged state is not
+/// rewritten.
 pub fn save_state(path: &Path, st: &LeaseState) -> Result<(), Error> {
     let err = |source| Error::State {
         path: path.to_owned(),
         source,
     };
     let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(std::io::Error::other(e)))?;
-    crate::fsutil::write_atomic(path, &bytes, 0o600, 0o700).map_err(err)
+    write_atomic(path, &bytes, 0o600, 0o700).map_err(err)
 }
 
 #[cfg(test)]
@@ -582,6 +671,70 @@ mod tests {
             p.iter().all(|x| x.state == super::super::PeerState::Dead)
         })
         .await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_saves_hold_grants_and_keep_the_saved_lease() {
+        let dir = tmpdir("unsaved");
+        let net = ChannelNetwork::new();
+        let a_addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let b_addr: SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let (a, _ta) = ControlDriver::spawn_with(
+            cfg("a", &dir, vec![], 7001),
+            net.bind(a_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        let la = wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
+        // a's lease.json becomes a directory: every save fails from now on.
+        let path = dir.join("a").join(STATE_FILE);
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir_all(path.join("blocker")).unwrap();
+
+        // b asks a for a subnet; a cannot save the grant, so it does not send it.
+        let (b, _tb) = ControlDriver::spawn_with(
+            cfg("b", &dir, vec![a_addr], 7002),
+            net.bind(b_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let st = a.status().await.unwrap();
+        let err = st.state_error.expect("the failed save is reported");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(st.held > 0);
+        assert_eq!(st.lease, la.subnet, "a keeps its saved subnet");
+        assert_eq!(*a.lease().borrow(), la);
+        assert_eq!(b.lease().borrow().subnet, None, "b got an unsaved grant");
+
+        // Saves work again: within a few seconds the grant goes out.
+        std::fs::remove_dir_all(&path).unwrap();
+        std::fs::write(&path, saved).unwrap();
+        let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
+        assert_ne!(lb.subnet, la.subnet);
+        assert_eq!(a.status().await.unwrap().state_error, None);
+        let on_disk = load_state(&path).unwrap().unwrap();
+        assert!(!on_disk.owned.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn unwritable_state_dir_is_a_start_up_error() {
+        let dir = tmpdir("startup");
+        // The state dir is a file: nothing can be written under it.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), b"not a dir").unwrap();
+        let net = ChannelNetwork::new();
+        let err = ControlDriver::spawn_with(
+            cfg("a", &dir, vec![], 7001),
+            net.bind("127.0.0.1:7001".parse().unwrap()),
+            std::future::pending(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::State { .. }), "{err}");
+        assert!(err.to_string().contains(STATE_FILE), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -159,6 +159,12 @@ pub struct Status {
     pub peers: Vec<PeerInfo>,
     /// Gossip datagrams dropped as malformed, oversized or mismatched.
     pub dropped: u64,
+    /// Peers this node has seen declared dead (probe failures and leaves).
+    pub deaths: u64,
+    /// Lease messages not sent because the lease state could not be saved.
+    pub held: u64,
+    /// Why the lease state cannot be saved, while it cannot (the driver fills this in).
+    pub state_error: Option<String>,
     /// Ids of the cluster keys in use, signing key first; empty without a key.
     pub auth_keys: Vec<String>,
     /// Gossip datagrams the authentication layer rejected, by reason.
@@ -210,12 +216,22 @@ pub enum Event {
         for_secs: u64,
     },
     /// The authentication layer rejected a datagram. Reported at most once per
-    /// [`REJECT_LOG_INTERVAL`] per source address; every rejection is counted.
+    /// [`REJECT_LOG_INTERVAL`] per source address, and at most
+    /// [`REJECT_LOG_BUDGET`] times per interval in all; every rejection is counted.
     Rejected {
         /// The sender.
         from: SocketAddr,
         /// Why.
         reason: Reject,
+    },
+    /// [`REJECT_LOG_BUDGET`] rejections were reported in this interval: further ones
+    /// are counted but not reported until it ends (many, or spoofed, sources).
+    RejectReportsPaused,
+    /// The interval after a pause ended: `unreported` rejections from addresses not
+    /// reported before went unreported in it.
+    RejectReportsResumed {
+        /// Rejections that were not reported.
+        unreported: u64,
     },
 }
 
@@ -224,6 +240,9 @@ pub const SEEDS_SILENT_AFTER: Duration = Duration::from_secs(10);
 
 /// How often a rejected sender is reported again (see [`Event::Rejected`]).
 pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// Rejections reported per [`REJECT_LOG_INTERVAL`], whatever their sources: a flood
+/// from many (or spoofed) addresses must not turn into a line per datagram.
+pub const REJECT_LOG_BUDGET: u32 = 20;
 /// Senders whose last report is remembered; the table is cleared when full.
 const REJECT_LOG_SOURCES: usize = 1024;
 
@@ -275,13 +294,24 @@ pub struct Node {
     seeds: Vec<SocketAddr>,
     next_join: Instant,
     out: VecDeque<Transmit>,
+    /// Messages of the lease machine: sent only once the state they follow from is
+    /// saved (see [`Node::set_state_saved`]).
+    lease_out: VecDeque<Transmit>,
     events: VecDeque<Event>,
     dropped: u64,
+    deaths: u64,
+    held: u64,
     names: HashMap<String, SocketAddr>,
     peers_dirty: bool,
+    /// The lease state in memory is newer than the one on disk.
+    unsaved: bool,
+    /// The lease (subnet index) in the last state on disk.
+    saved_lease: Option<u32>,
     auth: Authenticator,
     wall: (Instant, u64),
     reported: HashMap<IpAddr, Instant>,
+    /// The current report interval: its start, reports in it, rejections unreported.
+    report_budget: (Instant, u32, u64),
     alone_since: Option<Instant>,
     silent_reported: Option<Instant>,
 }
@@ -294,6 +324,7 @@ impl Node {
         now: Instant,
     ) -> Result<Self, Error> {
         let count = subnet_count(cfg.meta.cluster_cidr, cfg.meta.subnet_len)?;
+        let saved_lease = persisted.as_ref().and_then(|p| p.lease);
         if cfg.lease.fence_after * 2 > cfg.lease.reclaim_after {
             return Err(Error::BadTimers {
                 reclaim_after: cfg.lease.reclaim_after,
@@ -320,13 +351,19 @@ impl Node {
             seeds: cfg.seeds,
             next_join: now,
             out: VecDeque::new(),
+            lease_out: VecDeque::new(),
             events: VecDeque::new(),
             dropped: 0,
+            deaths: 0,
+            held: 0,
             names: HashMap::new(),
             peers_dirty: true,
+            unsaved: false,
+            saved_lease,
             auth,
             wall: (now, 0),
             reported: HashMap::new(),
+            report_budget: (now, 0, 0),
             alone_since: Some(now),
             silent_reported: None,
         })
@@ -390,11 +427,30 @@ impl Node {
                 return;
             }
         }
+        let (start, reports, unreported) = &mut self.report_budget;
+        if now.saturating_duration_since(*start) >= REJECT_LOG_INTERVAL {
+            if *reports >= REJECT_LOG_BUDGET {
+                self.events.push_back(Event::RejectReportsResumed {
+                    unreported: *unreported,
+                });
+            }
+            self.report_budget = (now, 0, 0);
+        }
+        let (_, reports, unreported) = &mut self.report_budget;
+        if *reports >= REJECT_LOG_BUDGET {
+            *unreported += 1;
+            return;
+        }
+        *reports += 1;
+        let paused = *reports == REJECT_LOG_BUDGET;
         if self.reported.len() >= REJECT_LOG_SOURCES {
             self.reported.clear();
         }
         self.reported.insert(from.ip(), now);
         self.events.push_back(Event::Rejected { from, reason });
+        if paused {
+            self.events.push_back(Event::RejectReportsPaused);
+        }
     }
 
     fn handle_lease(&mut self, from: SocketAddr, d: LeaseDatagram, now: Instant) {
@@ -473,7 +529,10 @@ impl Node {
                     self.names.insert(m.name.clone(), m.gossip);
                     self.peers_dirty = true;
                 }
-                MembershipEvent::Down(_) => self.peers_dirty = true,
+                MembershipEvent::Down(_) => {
+                    self.deaths += 1;
+                    self.peers_dirty = true;
+                }
                 MembershipEvent::Mismatch { peer, addr, reason } => {
                     self.send_lease(
                         addr,
@@ -488,13 +547,14 @@ impl Node {
         while let Some(ev) = self.lease.poll_event() {
             self.events.push_back(Event::Lease(ev));
         }
-        let lease = self.lease.published(now);
+        let lease = self.published(now);
         let free = self.lease.has_free();
         self.membership.set_meta(lease, free, now);
         while let Some((to, msg)) = self.lease.poll_transmit() {
             // Messages to names we have no address for yet are lost, like a datagram.
             if let Some(addr) = self.names.get(&to).copied() {
-                self.send_lease(addr, msg);
+                let data = self.lease_datagram(msg);
+                self.lease_out.push_back(Transmit { to: addr, data });
             }
         }
         if self.peers_dirty {
@@ -503,7 +563,7 @@ impl Node {
         }
     }
 
-    fn send_lease(&mut self, to: SocketAddr, msg: LeaseMsg) {
+    fn lease_datagram(&self, msg: LeaseMsg) -> Vec<u8> {
         let d = LeaseDatagram {
             from: self.membership.me().name.clone(),
             cluster: self.fingerprint,
@@ -511,17 +571,49 @@ impl Node {
         };
         let mut data = Vec::with_capacity(64);
         d.emit(&mut data);
+        data
+    }
+
+    fn send_lease(&mut self, to: SocketAddr, msg: LeaseMsg) {
+        let data = self.lease_datagram(msg);
         self.out.push_back(Transmit { to, data });
     }
 
-    /// Next datagram to send.
+    /// Next datagram to send. While the lease state is unsaved, the lease machine's
+    /// messages are dropped (and counted) instead: they may follow from state that a
+    /// restart would not remember, and the protocol tolerates their loss.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         let (to, data) = match self.out.pop_front() {
             Some(t) => (t.to, t.data),
-            None => self.membership.poll_transmit(now)?,
+            None => {
+                if self.unsaved {
+                    self.held += self.lease_out.len() as u64;
+                    self.lease_out.clear();
+                }
+                match self.lease_out.pop_front() {
+                    Some(t) => (t.to, t.data),
+                    None => self.membership.poll_transmit(now)?,
+                }
+            }
         };
         let data = self.auth.seal(data, self.wall_ms(now));
         Some(Transmit { to, data })
+    }
+
+    /// Tells the node whether its lease state (see [`Node::take_lease_dirty`]) is now
+    /// saved. While it is not, lease messages are held back and the node uses no
+    /// subnet but the one in the saved state, so a restart never forgets what it
+    /// told others or used.
+    pub fn set_state_saved(&mut self, saved: bool) {
+        self.unsaved = !saved;
+        if saved {
+            self.saved_lease = self.lease.state().lease;
+        }
+    }
+
+    /// Whether the lease state in memory is newer than the saved one.
+    pub fn state_unsaved(&self) -> bool {
+        self.unsaved
     }
 
     /// Next instant [`Node::handle_timeout`] must run.
@@ -541,15 +633,24 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// The subnet index this node may use at `now`.
+    /// The subnet index this node may use at `now`: the lease machine's, and while
+    /// the state is unsaved only if it is the saved lease.
     pub fn using(&self, now: Instant) -> Option<u32> {
-        self.lease.using(now)
+        self.lease
+            .using(now)
+            .filter(|u| !self.unsaved || self.saved_lease == Some(*u))
+    }
+
+    /// What membership publishes as our lease: [`Node::using`] and its version.
+    fn published(&self, now: Instant) -> Option<(u32, u64)> {
+        let (idx, ver) = self.lease.published(now)?;
+        (self.using(now) == Some(idx)).then_some((idx, ver))
     }
 
     /// The subnet this node may use at `now`.
     pub fn using_subnet(&self, now: Instant) -> Option<IpNet> {
         let me = self.membership.me();
-        subnet_of(me.cluster_cidr, me.subnet_len, self.lease.using(now)?)
+        subnet_of(me.cluster_cidr, me.subnet_len, self.using(now)?)
     }
 
     /// The lease machine (for persistence and inspection).
@@ -618,6 +719,9 @@ impl Node {
                 .unwrap_or_default(),
             peers: self.peers(),
             dropped: self.dropped,
+            deaths: self.deaths,
+            held: self.held,
+            state_error: None,
             auth_keys: self.auth.key_ids(),
             rejected: self.auth.rejected(),
             traffic: GossipTraffic::default(),
@@ -729,6 +833,45 @@ mod tests {
         assert_eq!(n.dropped(), 0);
         n.handle_datagram(from, &data, now + REJECT_LOG_INTERVAL);
         assert!(matches!(n.poll_event(), Some(Event::Rejected { .. })));
+    }
+
+    #[test]
+    fn reports_from_many_sources_stop_at_the_budget() {
+        let now = Instant::now();
+        let mut n = node();
+        n.set_keys(Some(
+            KeySet::parse("cluster key for the unit test").unwrap(),
+        ));
+        let mut data = Vec::new();
+        message::emit_frame_header(message::Kind::Membership, &mut data);
+        data.extend_from_slice(b"anything");
+        // 3,000 senders, in turn, twice: more than the table of reported senders.
+        for round in 0..2 {
+            for i in 0..3000u32 {
+                let from = SocketAddr::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), 7946);
+                n.handle_datagram(from, &data, now + Duration::from_millis(round));
+            }
+        }
+        let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+        let reported = events
+            .iter()
+            .filter(|e| matches!(e, Event::Rejected { .. }))
+            .count();
+        assert_eq!(reported, REJECT_LOG_BUDGET as usize);
+        assert_eq!(events.last(), Some(&Event::RejectReportsPaused));
+        assert_eq!(n.status(now).rejected.unsigned, 6000);
+        // The next interval says how many went unreported, and reports again.
+        let later = now + REJECT_LOG_INTERVAL + Duration::from_secs(1);
+        n.handle_datagram("10.9.9.9:7946".parse().unwrap(), &data, later);
+        let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+        assert_eq!(
+            events[0],
+            // The reported senders' repeats are not counted: they were reported.
+            Event::RejectReportsResumed {
+                unreported: 6000 - 2 * REJECT_LOG_BUDGET as u64
+            }
+        );
+        assert!(matches!(events[1], Event::Rejected { .. }));
     }
 
     #[test]
