@@ -259,6 +259,7 @@ impl ControlDriver {
             leave_on_exit: cfg.leave_on_exit,
             traffic: GossipTraffic::default(),
             save_error: None,
+            peers_published: Instant::now(),
         };
         let task = tokio::spawn(async move { driver.run(shutdown).await });
         Ok((
@@ -290,6 +291,7 @@ struct Driver<T> {
     leave_on_exit: bool,
     traffic: GossipTraffic,
     save_error: Option<SaveError>,
+    peers_published: Instant,
 }
 
 /// The lease state could not be saved: since when, the last error, when to retry and
@@ -527,7 +529,10 @@ impl<T: Transport> Driver<T> {
             *s = status;
             changed
         });
-        if peers_changed {
+        // Suspect <-> alive changes raise no event: republish at least once a second
+        // (a no-op when nothing changed).
+        if peers_changed || self.peers_published.elapsed() >= Duration::from_secs(1) {
+            self.peers_published = Instant::now();
             let peers = self.node.peers();
             self.peers_tx.send_if_modified(|p| {
                 let changed = *p != peers;
