@@ -19,7 +19,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::fib::{Fib, Peer, PeerState};
-use super::offload::{self, TxBatch, VnetHdr};
+use super::flow::flow_hash;
+use super::offload::{self, TxBatch, TxDest, VnetHdr};
 use super::stats::{DropReason, Stats};
 use super::wire::vxlan::VxlanRepr;
 use super::wire::{self, EtherType, EthernetFrame, IpHeader, MacAddr, VxlanPacket};
@@ -41,6 +42,9 @@ pub struct Transmit {
     pub dst: SocketAddr,
     /// The datagram is `buf[..len]`.
     pub len: usize,
+    /// The inner flow's hash ([`flow_hash`]), from which the driver picks the outer
+    /// UDP source port (RFC 7348 §5).
+    pub flow: u32,
 }
 
 /// Settings shared by both directions.
@@ -98,7 +102,7 @@ impl Encapsulator {
             .lookup(header.dst)
             .ok_or(DropReason::UnknownSubnet)?;
         if peer.state == PeerState::Dead {
-            peer.stats.tx_dropped.add(packet.len());
+            peer.stats.tx_dropped.add_shared(1, packet.len());
             return Err(DropReason::PeerDead);
         }
         let (vxlan, eth) = prefix.split_at_mut(wire::vxlan::HEADER_LEN);
@@ -121,11 +125,12 @@ impl Encapsulator {
         };
         let (prefix, rest) = buf[..total].split_at_mut(HEADROOM);
         let peer = self.route_and_emit(rest, prefix)?;
-        peer.stats.tx.add(len);
+        peer.stats.tx.add_shared(1, len);
         self.stats.tx.forwarded.add(len);
         Ok(Transmit {
             dst: peer.underlay,
             len: total,
+            flow: flow_hash(rest),
         })
     }
 }
@@ -175,28 +180,30 @@ impl Encapsulator {
                 return Err(DropReason::MalformedOutbound);
             }
             let tx = self.encapsulate_inner(buf, len)?;
-            batch.push_in_place(tx.dst, buf_id, tx.len);
+            let dst = TxDest {
+                addr: tx.dst,
+                flow: tx.flow,
+            };
+            batch.push_in_place(dst, buf_id, tx.len);
             return Ok(1);
         }
         let packet = &buf[HEADROOM..total];
         let mut prefix = [0u8; HEADROOM];
         let peer = self.route_and_emit(packet, &mut prefix)?;
         let first = batch.datagrams().len();
-        let n = offload::segment(
-            &hdr,
-            packet,
-            &prefix,
-            peer.underlay,
-            buf_id,
-            HEADROOM,
-            batch,
-        )
-        .map_err(|_| DropReason::MalformedOutbound)?;
+        let dst = TxDest {
+            addr: peer.underlay,
+            flow: flow_hash(packet),
+        };
+        let n = offload::segment(&hdr, packet, &prefix, dst, buf_id, HEADROOM, batch)
+            .map_err(|_| DropReason::MalformedOutbound)?;
+        let mut bytes = 0;
         for d in &batch.datagrams()[first..] {
             let inner = d.len() - HEADROOM;
-            peer.stats.tx.add(inner);
+            bytes += inner;
             self.stats.tx.forwarded.add(inner);
         }
+        peer.stats.tx.add_shared(n as u64, bytes);
         Ok(n)
     }
 }
@@ -271,8 +278,9 @@ impl Decapsulator {
             }
             Ok(header)
         })();
-        let header = checked.inspect_err(|_| peer.stats.rx_dropped.add(datagram.len()))?;
-        peer.stats.rx.add(header.total_len);
+        let header =
+            checked.inspect_err(|_| peer.stats.rx_dropped.add_shared(1, datagram.len()))?;
+        peer.stats.rx.add_shared(1, header.total_len);
         self.stats.rx.forwarded.add(header.total_len);
         Ok(HEADROOM..HEADROOM + header.total_len)
     }
