@@ -475,6 +475,7 @@ impl TxPath {
         }
         if k > 0 {
             self.send_batch(sockets, stop);
+            self.enc.flush_peer_stats();
             self.stats.tx.record_batch(self.batch.datagrams().len());
         }
         Ok(k)
@@ -667,6 +668,7 @@ impl RxPath {
                 at = end;
             }
         }
+        self.dec.flush_peer_stats();
         self.coalescer.finish();
         for w in self.coalescer.writes() {
             let written = match w {

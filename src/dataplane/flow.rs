@@ -16,36 +16,36 @@
 /// to carry what is hashed hash what they have; the result is only ever a spread.
 #[inline]
 pub fn flow_hash(packet: &[u8]) -> u32 {
-    let mut h = Hasher::default();
-    match packet.first().map(|b| b >> 4) {
+    let (addrs, tail) = match packet.first().map(|b| b >> 4) {
         Some(4) if packet.len() >= 20 => {
-            h.word(&packet[12..16]);
-            h.word(&packet[16..20]);
+            let addrs = u64::from_ne_bytes(packet[12..20].try_into().unwrap_or_default());
             let proto = packet[9];
-            h.add(u32::from(proto));
             let fragment = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0;
             let ihl = usize::from(packet[0] & 0x0f) * 4;
-            if !fragment && has_ports(proto) {
-                if let Some(ports) = packet.get(ihl..ihl + 4) {
-                    h.word(ports);
-                }
-            }
+            (addrs, ports(packet, ihl, proto, fragment))
         }
         Some(6) if packet.len() >= 40 => {
-            for w in packet[8..40].chunks_exact(4) {
-                h.word(w);
-            }
-            let next = packet[6];
-            h.add(u32::from(next));
-            if has_ports(next) {
-                if let Some(ports) = packet.get(40..44) {
-                    h.word(ports);
-                }
-            }
+            let word =
+                |i: usize| u64::from_ne_bytes(packet[i..i + 8].try_into().unwrap_or_default());
+            let addrs = word(8)
+                ^ word(16).rotate_left(16)
+                ^ word(24).rotate_left(32)
+                ^ word(32).rotate_left(48);
+            (addrs, ports(packet, 40, packet[6], false))
         }
-        _ => {}
-    }
-    h.finish()
+        _ => (0, 0),
+    };
+    mix(addrs, tail)
+}
+
+/// The protocol, and the ports when it has them and the packet is not a fragment.
+#[inline]
+fn ports(packet: &[u8], at: usize, proto: u8, fragment: bool) -> u64 {
+    let ports = match packet.get(at..at + 4) {
+        Some(p) if !fragment && has_ports(proto) => u32::from_ne_bytes([p[0], p[1], p[2], p[3]]),
+        _ => 0,
+    };
+    u64::from(ports) << 8 | u64::from(proto)
 }
 
 /// TCP, UDP, SCTP and UDP-Lite carry 16-bit ports in their first four bytes.
@@ -54,39 +54,19 @@ fn has_ports(proto: u8) -> bool {
     matches!(proto, 6 | 17 | 132 | 136)
 }
 
+/// Two multiplications by odd constants (from splitmix64/wyhash) fold 104 bits into
+/// 32 whose high bits, which [`source_index`] uses, depend on every input bit.
+#[inline]
+fn mix(a: u64, b: u64) -> u32 {
+    let h = (a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    ((h >> 32) ^ h) as u32
+}
+
 /// Maps `hash` onto `0..n` (n ≥ 1) without a division, as the kernel's
 /// `reciprocal_scale` does: the high bits of `hash * n`.
 #[inline]
 pub fn source_index(hash: u32, n: usize) -> usize {
     ((u64::from(hash) * n as u64) >> 32) as usize
-}
-
-/// A small multiplicative hash over 32-bit words with a final avalanche
-/// (murmur3's `fmix32`), so that the high bits used by [`source_index`] depend on
-/// every input bit.
-#[derive(Default)]
-struct Hasher(u32);
-
-impl Hasher {
-    #[inline]
-    fn add(&mut self, v: u32) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9);
-    }
-
-    #[inline]
-    fn word(&mut self, w: &[u8]) {
-        self.add(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
-    }
-
-    #[inline]
-    fn finish(self) -> u32 {
-        let mut h = self.0;
-        h ^= h >> 16;
-        h = h.wrapping_mul(0x85eb_ca6b);
-        h ^= h >> 13;
-        h = h.wrapping_mul(0xc2b2_ae35);
-        h ^ (h >> 16)
-    }
 }
 
 #[cfg(test)]
