@@ -208,7 +208,7 @@ fn coalescing(c: &mut Criterion) {
             buf[at..at + p.len()].copy_from_slice(&p);
             ranges.push(at..at + p.len());
         }
-        let mut coalescer = Coalescer::new(true);
+        let mut coalescer = Coalescer::new(true, false);
         group.throughput(Throughput::Bytes((segments * MSS) as u64));
         group.bench_with_input(BenchmarkId::from_parameter(segments), &segments, |b, _| {
             b.iter(|| {

@@ -313,8 +313,17 @@ fn c_garbage_is_counted_by_reason_and_forwarding_continues() {
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .expect("per-peer rx counter");
     assert!(peer_rx >= 3, "{metrics}");
-    assert!(
-        metrics.contains("overlayd_dataplane_batch_size_bucket"),
+    // The histogram is cumulative: its +Inf bucket is its count.
+    let value = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+    };
+    assert_eq!(
+        value(r#"overlayd_dataplane_batch_size_bucket{le="+Inf",direction="rx"}"#),
+        value(r#"overlayd_dataplane_batch_size_count{direction="rx"}"#),
         "{metrics}"
     );
     assert_eq!(http_get(&t.n1, "127.0.0.1:9469", "/healthz").0, 200);

@@ -107,18 +107,21 @@ impl Collector for Exporter {
         {
             let mut batch = encoder.encode_descriptor(
                 "overlayd_dataplane_batch_size",
-                "Packets handled per wake-up of a dataplane task.",
+                "Packets handled per round of a dataplane worker.",
                 None,
                 MetricType::Histogram,
             )?;
             for (dir, s) in &dirs {
                 let (sum, count, cumulative) = s.batches();
-                let buckets: Vec<(f64, u64)> = BATCH_BUCKETS
+                // prometheus-client adds the buckets up itself: give it each bucket's
+                // own count, the +Inf one last.
+                let mut below = 0;
+                let mut buckets: Vec<(f64, u64)> = BATCH_BUCKETS
                     .iter()
                     .zip(cumulative)
-                    .map(|(b, c)| (*b as f64, c))
-                    .chain(std::iter::once((f64::INFINITY, count)))
+                    .map(|(b, c)| (*b as f64, c - std::mem::replace(&mut below, c)))
                     .collect();
+                buckets.push((f64::INFINITY, count - below));
                 batch
                     .encode_family(&[("direction", *dir)])?
                     .encode_histogram::<prometheus_client::encoding::NoLabelSet>(

@@ -681,7 +681,7 @@ fn finish_batch(c: &mut Coalescer, rx: &mut RxBatch) {
 /// the others trimmed to their IP length, as decapsulation returns them. Each batch
 /// is checked as described at [`check_coalesced`], and against a disabled coalescer.
 pub fn offload_coalesce(data: &[u8]) {
-    let mut c = Coalescer::new(true);
+    let mut c = Coalescer::new(true, false);
     let mut rx = RxBatch {
         buf: Vec::new(),
         packets: Vec::new(),
@@ -702,7 +702,7 @@ pub fn offload_coalesce(data: &[u8]) {
         rx.buf.extend_from_slice(&p[..header.total_len]);
         rx.packets.push(start..rx.buf.len());
     }
-    let mut off = Coalescer::new(false);
+    let mut off = Coalescer::new(false, false);
     for r in &rx.packets {
         off.push(0, r.clone(), &rx.buf[r.clone()]);
     }

@@ -590,7 +590,7 @@ impl RxPath {
     fn new(
         socket: &UdpSocket,
         vnet: bool,
-        _uso: bool,
+        uso: bool,
         dec: Decapsulator,
         fib: watch::Receiver<Arc<Fib>>,
         stats: Arc<Stats>,
@@ -605,12 +605,13 @@ impl RxPath {
             tracing::info!(
                 udp_gro = gro,
                 tun_coalescing = vnet,
+                tun_uso = vnet && uso,
                 "VXLAN socket: recvmmsg receive path{}; TUN writes {}",
                 if gro { " with UDP GRO" } else { "" },
-                if vnet {
-                    "coalesce TCP segments (IFF_VNET_HDR)"
-                } else {
-                    "one packet each"
+                match (vnet, uso) {
+                    (true, true) => "coalesce TCP segments and UDP datagrams (IFF_VNET_HDR, USO)",
+                    (true, false) => "coalesce TCP segments (IFF_VNET_HDR; no USO: UDP one by one)",
+                    (false, _) => "one packet each",
                 }
             );
         }
@@ -622,7 +623,7 @@ impl RxPath {
             state,
             bufs: vec![0u8; RX_BUFS * RX_BUF_LEN],
             metas: [RecvMeta::default(); RX_BUFS],
-            coalescer: Coalescer::new(vnet),
+            coalescer: Coalescer::new(vnet, uso),
         })
     }
 

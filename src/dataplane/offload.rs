@@ -9,7 +9,10 @@
 //!   one `sendmsg` with UDP GSO can carry.
 //! - Inbound, [`Coalescer`] merges consecutive in-order TCP segments of one flow
 //!   (checksums verified first) into one super-packet description: a header in a slot
-//!   followed by the payload ranges where they were received, for one `writev`.
+//!   followed by the payload ranges where they were received, for one `writev`. Where
+//!   the TUN takes UDP segmentation offload (USO, Linux 6.2), consecutive datagrams
+//!   of one UDP flow are merged the same way into one `VNET_GSO_UDP_L4` write, which
+//!   the kernel splits back into the same datagrams.
 //!
 //! Nothing here touches an fd; the driver owns the buffers and passes them in. Packets
 //! that cannot be segmented are counted drops; packets that cannot be coalesced are
@@ -104,22 +107,35 @@ impl VnetHdr {
 pub mod checksum {
     /// Adds `data` to the running ones'-complement sum `acc`. Chunks must start at
     /// even offsets of the checksummed range (only the last one may be odd-sized).
+    ///
+    /// 32-bit words are added into eight independent 64-bit lanes, which cannot
+    /// overflow for any packet and have no carry chain between them, so the loop
+    /// runs several words per cycle (the compiler turns it into SIMD adds). Modulo
+    /// 0xffff a 32-bit word is the sum of its two 16-bit halves, so the folded
+    /// result is the RFC 1071 sum.
     #[inline]
-    pub fn add(mut acc: u64, data: &[u8]) -> u64 {
-        let mut chunks = data.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            let (s, carry) = acc.overflowing_add(w);
-            acc = s + u64::from(carry);
+    pub fn add(acc: u64, data: &[u8]) -> u64 {
+        let word = |b: &[u8]| u64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        let mut lanes = [0u64; 8];
+        let mut blocks = data.chunks_exact(32);
+        for block in &mut blocks {
+            for (i, lane) in lanes.iter_mut().enumerate() {
+                *lane += word(&block[4 * i..]);
+            }
         }
-        let rest = chunks.remainder();
+        let mut total: u64 = lanes.iter().sum();
+        let mut words = blocks.remainder().chunks_exact(4);
+        for w in &mut words {
+            total += word(w);
+        }
+        let rest = words.remainder();
         if !rest.is_empty() {
-            let mut last = [0u8; 8];
+            let mut last = [0u8; 4];
             last[..rest.len()].copy_from_slice(rest);
-            let (s, carry) = acc.overflowing_add(u64::from_ne_bytes(last));
-            acc = s + u64::from(carry);
+            total += word(&last);
         }
-        acc
+        let (s, carry) = acc.overflowing_add(total);
+        s + u64::from(carry)
     }
 
     /// Folds a running sum to 16 bits (not complemented), as stored with `to_ne_bytes`.
@@ -545,10 +561,11 @@ pub enum TunWrite<'a> {
 struct GroItem {
     buf: u32,
     range: Range<u32>,
-    /// TCP candidate: ip header length, tcp header length; 0 if not a candidate.
+    /// Merge candidate: IP header length, TCP or UDP header length; 0 if not one.
     ip_len: u8,
     tcp_len: u8,
     v4: bool,
+    udp: bool,
     open: bool,
     psh: bool,
     count: u16,
@@ -568,19 +585,25 @@ pub const MAX_COALESCE: usize = 64;
 const LOOKBACK: usize = 8;
 
 /// Merges in-order TCP segments of a flow, received in one batch, into super-packets
-/// for a TUN with `IFF_VNET_HDR` (GRO out of the TUN). Everything else, and every
-/// segment that does not continue its flow exactly, is written alone, in order.
+/// for a TUN with `IFF_VNET_HDR` (GRO out of the TUN), and with USO consecutive UDP
+/// datagrams of a flow too. Everything else, and every segment that does not
+/// continue its flow exactly, is written alone, in order.
 ///
 /// A segment is merged only when its TCP checksum verifies, its IP header has no
 /// options or extension headers and is not a fragment, its flags are ACK (PSH on the
 /// last one), its ack number, reserved bits and AE, window, options, IP TOS/TTL and
-/// header lengths equal those of the first, its sequence number continues the run and its payload is no
-/// longer than the first's (a shorter one ends the run). The merged packet carries the
-/// first segment's header, so a field that may differ would be lost: a window update
-/// or an AccECN AE bit in a later segment, for two (Linux GRO compares these too).
+/// header lengths equal those of the first, its sequence number continues the run
+/// and its payload is no longer than the first's (a shorter one ends the run). The
+/// merged packet carries the first segment's header, so a field that may differ would
+/// be lost: a window update or an AccECN AE bit in a later segment, for two (Linux GRO
+/// compares these too). A UDP datagram is merged when its checksum verifies (or is
+/// absent, IPv4), its IP header is as plain and its TOS/DF/TTL equal the first's, and
+/// its payload is no longer than the first's (a shorter one ends the run): the kernel
+/// rebuilds the same datagrams, with valid checksums and consecutive IPv4 IDs.
 #[derive(Debug)]
 pub struct Coalescer {
     enabled: bool,
+    udp: bool,
     items: Vec<GroItem>,
     /// Payload pieces tagged with their item, in arrival order.
     pieces: Vec<(u32, Piece)>,
@@ -590,10 +613,12 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    /// A coalescer; with `enabled` false every packet is written alone.
-    pub fn new(enabled: bool) -> Coalescer {
+    /// A coalescer; with `enabled` false every packet is written alone, with `udp`
+    /// false (a TUN without USO) only TCP segments are merged.
+    pub fn new(enabled: bool, udp: bool) -> Coalescer {
         Coalescer {
             enabled,
+            udp: enabled && udp,
             items: Vec::with_capacity(1024),
             pieces: Vec::with_capacity(4096),
             ordered: Vec::with_capacity(4096),
@@ -618,14 +643,23 @@ impl Coalescer {
     /// (already checked by the decapsulator).
     pub fn push(&mut self, buf: u32, range: Range<usize>, packet: &[u8]) {
         let range32 = range.start as u32..range.end as u32;
-        let Some(c) = self.enabled.then(|| tcp_candidate(packet)).flatten() else {
+        let Some(c) = self.enabled.then(|| candidate(packet, self.udp)).flatten() else {
+            if self.enabled {
+                self.close_same_addresses(packet);
+            }
             self.items.push(GroItem::single(buf, range32));
             return;
         };
         let payload_len = packet.len() - c.ip_len - c.tcp_len;
         let tcp = &packet[c.ip_len..];
-        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
-        let psh = tcp[13] & 0x08 != 0;
+        let (seq, psh) = if c.udp {
+            (0, false)
+        } else {
+            (
+                u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+                tcp[13] & 0x08 != 0,
+            )
+        };
         // Newest item of the same flow among the last few.
         let lo = self.items.len().saturating_sub(LOOKBACK);
         let found = (lo..self.items.len())
@@ -673,6 +707,7 @@ impl Coalescer {
             ip_len: c.ip_len as u8,
             tcp_len: c.tcp_len as u8,
             v4: c.v4,
+            udp: c.udp,
             open: !psh,
             psh,
             count: 1,
@@ -684,6 +719,26 @@ impl Coalescer {
         });
     }
 
+    /// Ends the recent runs between the addresses of `packet`, which is written alone:
+    /// a later datagram of its flow must not be merged into a run written before it.
+    fn close_same_addresses(&mut self, packet: &[u8]) {
+        let addrs = match packet.first().map(|b| b >> 4) {
+            Some(4) if packet.len() >= 20 => 12..20,
+            Some(6) if packet.len() >= 40 => 8..40,
+            _ => return,
+        };
+        let lo = self.items.len().saturating_sub(LOOKBACK);
+        for i in lo..self.items.len() {
+            let it = &self.items[i];
+            if it.open && it.ip_len != 0 && it.v4 == (addrs.start == 12) {
+                let s = it.slot + VNET_HDR_LEN;
+                if self.heads[s + addrs.start..s + addrs.end] == packet[addrs.clone()] {
+                    self.items[i].open = false;
+                }
+            }
+        }
+    }
+
     fn head(&self, i: usize) -> &[u8] {
         let it = &self.items[i];
         let s = it.slot + VNET_HDR_LEN;
@@ -692,7 +747,7 @@ impl Coalescer {
 
     fn same_flow(&self, i: usize, packet: &[u8], c: &Candidate) -> bool {
         let it = &self.items[i];
-        if it.v4 != c.v4 {
+        if it.v4 != c.v4 || it.udp != c.udp {
             return false;
         }
         let h = self.head(i);
@@ -715,7 +770,7 @@ impl Coalescer {
             || usize::from(it.count) >= MAX_COALESCE
             || usize::from(it.ip_len) != c.ip_len
             || usize::from(it.tcp_len) != c.tcp_len
-            || seq != it.next_seq
+            || (!c.udp && seq != it.next_seq)
             || payload_len > usize::from(it.gso_size)
             || usize::from(it.ip_len) + usize::from(it.tcp_len) + it.payload as usize + payload_len
                 > 65_535
@@ -730,6 +785,9 @@ impl Coalescer {
             h[..4] == packet[..4] && h[7] == packet[7]
         };
         let t = c.ip_len;
+        if c.udp {
+            return ip_same;
+        }
         // Ack number, data offset with the reserved bits and AE, flags other than
         // PSH, window, then options.
         ip_same
@@ -776,17 +834,17 @@ impl Coalescer {
             let l4_total = (tcp_len as u32) + it.payload;
             let vnet = VnetHdr {
                 flags: VNET_F_NEEDS_CSUM,
-                gso_type: if it.v4 {
-                    VNET_GSO_TCPV4
-                } else {
-                    VNET_GSO_TCPV6
+                gso_type: match (it.udp, it.v4) {
+                    (true, _) => VNET_GSO_UDP_L4,
+                    (false, true) => VNET_GSO_TCPV4,
+                    (false, false) => VNET_GSO_TCPV6,
                 },
                 hdr_len: hl as u16,
                 gso_size: it.gso_size,
                 csum_start: ip_len as u16,
-                csum_offset: 16,
+                csum_offset: if it.udp { 6 } else { 16 },
             };
-            let (v4, psh) = (it.v4, it.psh);
+            let (v4, psh, udp) = (it.v4, it.psh, it.udp);
             let s = it.slot;
             let slot = &mut self.heads[s..s + VNET_HDR_LEN + hl];
             vnet.emit(slot);
@@ -796,6 +854,13 @@ impl Coalescer {
                 checksum::ipv4_header(ip, ip_len);
             } else {
                 ip[4..6].copy_from_slice(&(l4_total as u16).to_be_bytes());
+            }
+            if udp {
+                tcp[4..6].copy_from_slice(&(l4_total as u16).to_be_bytes());
+                // Partial checksum: the pseudo-header sum, not complemented.
+                let partial = checksum::fold(checksum::pseudo(ip, 17, l4_total));
+                tcp[6..8].copy_from_slice(&partial.to_ne_bytes());
+                continue;
             }
             if psh {
                 tcp[13] |= 0x08;
@@ -834,6 +899,7 @@ impl GroItem {
             ip_len: 0,
             tcp_len: 0,
             v4: false,
+            udp: false,
             open: false,
             psh: false,
             count: 1,
@@ -848,30 +914,65 @@ impl GroItem {
 
 struct Candidate {
     v4: bool,
+    udp: bool,
     ip_len: usize,
+    /// TCP or UDP header length.
     tcp_len: usize,
 }
 
-/// A TCP segment that may be merged: plain IP header, ACK (and maybe PSH) only,
-/// non-empty payload, valid checksum.
-fn tcp_candidate(p: &[u8]) -> Option<Candidate> {
+/// A segment that may be merged: a TCP segment with a plain IP header, ACK (and
+/// maybe PSH) only, non-empty payload and a valid checksum; with `udp`, also a UDP
+/// datagram with a plain IP header, a non-empty payload and a valid (or, on IPv4,
+/// no) checksum.
+fn candidate(p: &[u8], udp: bool) -> Option<Candidate> {
     let v4 = match p.first()? >> 4 {
         4 => true,
         6 => false,
         _ => return None,
     };
-    let ip_len = if v4 {
-        // No options, TCP, not a fragment.
-        if p.len() < 40 || p[0] & 0x0f != 5 || p[9] != 6 || (p[6] & 0x3f) != 0 || p[7] != 0 {
+    let (ip_len, proto) = if v4 {
+        // No options, not a fragment.
+        if p.len() < 28 || p[0] & 0x0f != 5 || (p[6] & 0x3f) != 0 || p[7] != 0 {
             return None;
         }
-        20
+        (20, p[9])
     } else {
-        if p.len() < 60 || p[6] != 6 {
+        if p.len() < 48 {
             return None;
         }
-        40
+        (40, p[6])
     };
+    match proto {
+        6 => tcp_candidate(p, v4, ip_len),
+        17 if udp => udp_candidate(p, v4, ip_len),
+        _ => None,
+    }
+}
+
+fn udp_candidate(p: &[u8], v4: bool, ip_len: usize) -> Option<Candidate> {
+    let l4 = &p[ip_len..];
+    if l4.len() <= 8 || usize::from(u16::from_be_bytes([l4[4], l4[5]])) != l4.len() {
+        return None;
+    }
+    let no_checksum = v4 && l4[6..8] == [0, 0];
+    if !no_checksum {
+        let sum = checksum::add(checksum::pseudo(p, 17, l4.len() as u32), l4);
+        if checksum::fold(sum) != 0xffff {
+            return None;
+        }
+    }
+    Some(Candidate {
+        v4,
+        udp: true,
+        ip_len,
+        tcp_len: 8,
+    })
+}
+
+fn tcp_candidate(p: &[u8], v4: bool, ip_len: usize) -> Option<Candidate> {
+    if p.len() < ip_len + 20 {
+        return None;
+    }
     let tcp = &p[ip_len..];
     let tcp_len = usize::from(tcp[12] >> 4) * 4;
     if tcp_len < 20 || tcp.len() <= tcp_len || tcp[13] & !0x08 != 0x10 {
@@ -883,6 +984,7 @@ fn tcp_candidate(p: &[u8]) -> Option<Candidate> {
     }
     Some(Candidate {
         v4,
+        udp: false,
         ip_len,
         tcp_len,
     })
@@ -954,6 +1056,31 @@ mod tests {
         h.emit(&mut b);
         assert_eq!(VnetHdr::parse(&b), Some(h));
         assert_eq!(VnetHdr::parse(&b[..9]), None);
+    }
+
+    #[test]
+    fn checksum_matches_naive_sum_at_every_length_and_split() {
+        let data: Vec<u8> = (0..700u32).map(|i| (i * 151 + i / 7) as u8).collect();
+        let naive = |d: &[u8]| {
+            let mut s: u32 = 0;
+            for c in d.chunks(2) {
+                s += u32::from(u16::from_ne_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            }
+            while s > 0xffff {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            s as u16
+        };
+        for n in 0..data.len() {
+            let d = &data[..n];
+            assert_eq!(checksum::fold(checksum::add(0, d)), naive(d), "n={n}");
+            // Split at an even offset and continued from a running sum.
+            let cut = (n / 3) & !1;
+            let acc = checksum::add(checksum::add(u64::MAX - 3, &d[..cut]), &d[cut..]);
+            let expect = naive(d) as u32 + 0xfffc;
+            let expect = ((expect & 0xffff) + (expect >> 16)) as u16;
+            assert_eq!(checksum::fold(acc), expect, "n={n} cut={cut}");
+        }
     }
 
     #[test]
@@ -1165,7 +1292,7 @@ mod tests {
             packets.push(tcp_packet(500 + 1000 * i as u32, chunk, i == 3));
         }
         let (buf, ranges) = rx_batch(&packets);
-        let mut c = Coalescer::new(true);
+        let mut c = Coalescer::new(true, false);
         for r in &ranges {
             c.push(0, r.clone(), &buf[r.clone()]);
         }
@@ -1202,6 +1329,95 @@ mod tests {
         }
     }
 
+    fn udp_packet(src_port: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ipv4([10, 244, 1, 2], [10, 244, 2, 2], 64)
+            .udp(src_port, 5201)
+            .write(&mut out, payload)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn coalesces_udp_datagrams_with_uso_and_splits_back() {
+        let mut packets: Vec<Vec<u8>> = (0..4u8).map(|i| udp_packet(40000, &[i; 64])).collect();
+        packets.push(udp_packet(40000, &[9; 30]));
+        // After a shorter datagram the run ends: this one is written alone.
+        packets.push(udp_packet(40000, &[10; 64]));
+        let (buf, ranges) = rx_batch(&packets);
+        let mut c = Coalescer::new(true, true);
+        for r in &ranges {
+            c.push(0, r.clone(), &buf[r.clone()]);
+        }
+        c.finish();
+        let out = written(&c, &buf);
+        assert_eq!(out.len(), 2);
+        let (hdr, merged) = &out[0];
+        let hdr = hdr.unwrap();
+        assert_eq!(
+            (
+                hdr.gso_type,
+                hdr.gso_size,
+                hdr.hdr_len,
+                hdr.csum_start,
+                hdr.csum_offset
+            ),
+            (VNET_GSO_UDP_L4, 64, 28, 20, 6)
+        );
+        assert_eq!(out[1], (None, packets[5].clone()));
+        let mut batch = TxBatch::new(8);
+        let dst = TxDest {
+            addr: "198.18.0.2:4789".parse().unwrap(),
+            flow: 0,
+        };
+        let n = segment(&hdr, merged, &[], dst, 0, 0, &mut batch).unwrap();
+        assert_eq!(n, 5);
+        for (d, orig) in batch.datagrams().iter().zip(&packets) {
+            let mut again = datagram_bytes(&batch, d, merged);
+            again[4..6].copy_from_slice(&orig[4..6]);
+            checksum::ipv4_header(&mut again, 20);
+            assert_eq!(&again, orig);
+        }
+        // Without USO the same datagrams are written one by one.
+        let mut plain = Coalescer::new(true, false);
+        for r in &ranges {
+            plain.push(0, r.clone(), &buf[r.clone()]);
+        }
+        plain.finish();
+        assert_eq!(plain.writes().count(), packets.len());
+    }
+
+    #[test]
+    fn udp_runs_keep_order_around_datagrams_written_alone() {
+        let mut bad = udp_packet(40000, &[2; 64]);
+        let n = bad.len();
+        bad[n - 1] ^= 0xff;
+        let mut no_sum = udp_packet(40001, &[5; 64]);
+        no_sum[26..28].copy_from_slice(&[0, 0]);
+        let packets = vec![
+            udp_packet(40000, &[1; 64]),
+            bad,
+            udp_packet(40000, &[3; 64]),
+            udp_packet(40000, &[4; 64]),
+            no_sum.clone(),
+            no_sum,
+        ];
+        let (buf, ranges) = rx_batch(&packets);
+        let mut c = Coalescer::new(true, true);
+        for r in &ranges {
+            c.push(0, r.clone(), &buf[r.clone()]);
+        }
+        c.finish();
+        let out = written(&c, &buf);
+        // 1 | bad | 3+4 | both checksum-less datagrams merged.
+        let counts: Vec<_> = out
+            .iter()
+            .map(|(h, p)| h.map_or(1, |h| (p.len() - 28) / usize::from(h.gso_size)))
+            .collect();
+        assert_eq!(counts, vec![1, 1, 2, 2]);
+        assert_eq!(out[1].1, packets[1]);
+    }
+
     #[test]
     fn does_not_coalesce_gaps_bad_checksums_or_other_flags() {
         let a = tcp_packet(0, &[1; 100], false);
@@ -1221,7 +1437,7 @@ mod tests {
         };
         let packets = vec![udp, a, gap, bad, syn];
         let (buf, ranges) = rx_batch(&packets);
-        let mut c = Coalescer::new(true);
+        let mut c = Coalescer::new(true, false);
         for r in &ranges {
             c.push(7, r.clone(), &buf[r.clone()]);
         }
@@ -1232,7 +1448,7 @@ mod tests {
             assert!(hdr.is_none());
             assert_eq!(p, orig);
         }
-        let mut off = Coalescer::new(false);
+        let mut off = Coalescer::new(false, false);
         off.push(0, ranges[0].clone(), &buf[ranges[0].clone()]);
         off.finish();
         assert_eq!(off.writes().count(), 1);
@@ -1304,7 +1520,7 @@ mod tests {
         b[36..38].copy_from_slice(&checksum::finish(sum));
         let packets = vec![a, b];
         let (buf, ranges) = rx_batch(&packets);
-        let mut c = Coalescer::new(true);
+        let mut c = Coalescer::new(true, false);
         for r in &ranges {
             c.push(0, r.clone(), &buf[r.clone()]);
         }
@@ -1324,7 +1540,7 @@ mod tests {
         b[36..38].copy_from_slice(&checksum::finish(sum));
         let packets = vec![a, b];
         let (buf, ranges) = rx_batch(&packets);
-        let mut c = Coalescer::new(true);
+        let mut c = Coalescer::new(true, false);
         for r in &ranges {
             c.push(0, r.clone(), &buf[r.clone()]);
         }
@@ -1350,7 +1566,7 @@ mod tests {
         };
         let packets = vec![mk(1, 0), mk(2, 0), mk(1, 500), mk(2, 500), mk(1, 1000)];
         let (buf, ranges) = rx_batch(&packets);
-        let mut c = Coalescer::new(true);
+        let mut c = Coalescer::new(true, false);
         for r in &ranges {
             c.push(0, r.clone(), &buf[r.clone()]);
         }
