@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the sans-IO packet path: encapsulation and decapsulation
 //! per packet at several sizes (bytes/s), FIB lookup with many peers, and the
 //! offload path: splitting TSO super-packets into VXLAN datagrams and merging
-//! received TCP segments into super-packets (bytes/s of inner payload).
+//! received TCP segments into super-packets (bytes/s of inner payload), merging
+//! small UDP datagrams into USO writes (datagrams/s) and the flow hash.
 //!
 //! `cargo bench --bench packet_path`
 
@@ -10,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use overlayd::dataplane::flow::flow_hash;
 use overlayd::dataplane::offload::{self, checksum, Coalescer, TxBatch, VnetHdr};
 use overlayd::dataplane::wire::MacAddr;
 use overlayd::dataplane::{
@@ -224,5 +226,66 @@ fn coalescing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encap, decap, fib_lookup, segmentation, coalescing);
+/// An IPv4/UDP datagram with `payload` bytes and a valid UDP checksum.
+fn udp_packet(payload: usize) -> Vec<u8> {
+    let mut p = ipv4_packet(28 + payload, [10, 0, 0, 5], [10, 0, 1, 7]);
+    for (i, b) in p[28..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let len = (p.len() - 20) as u16;
+    p[20..28].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51, 0, 0, 0, 0]);
+    p[24..26].copy_from_slice(&len.to_be_bytes());
+    let sum = checksum::add(checksum::pseudo(&p, 17, u32::from(len)), &p[20..]);
+    let c = checksum::finish(sum);
+    p[26..28].copy_from_slice(&c);
+    p
+}
+
+/// Small UDP datagrams of one flow merged into USO writes (64-byte payloads, as
+/// `iperf3 -u -l 64` sends), and the flow hash that picks the outer source port.
+fn udp_coalescing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("gro_coalesce_udp64");
+    for datagrams in [16usize, 64] {
+        let stride = HEADROOM + 28 + 64;
+        let mut buf = vec![0u8; stride * datagrams];
+        let mut ranges = Vec::new();
+        for i in 0..datagrams {
+            let p = udp_packet(64);
+            let at = i * stride + HEADROOM;
+            buf[at..at + p.len()].copy_from_slice(&p);
+            ranges.push(at..at + p.len());
+        }
+        let mut coalescer = Coalescer::new(true, true);
+        group.throughput(Throughput::Elements(datagrams as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(datagrams),
+            &datagrams,
+            |b, _| {
+                b.iter(|| {
+                    coalescer.clear();
+                    for r in &ranges {
+                        coalescer.push(0, r.clone(), black_box(&buf[r.clone()]));
+                    }
+                    coalescer.finish();
+                    black_box(coalescer.writes().count())
+                })
+            },
+        );
+    }
+    group.finish();
+    let packet = tcp_packet(1, 64);
+    c.bench_function("flow_hash/tcp4", |b| {
+        b.iter(|| black_box(flow_hash(black_box(&packet))))
+    });
+}
+
+criterion_group!(
+    benches,
+    encap,
+    decap,
+    fib_lookup,
+    segmentation,
+    coalescing,
+    udp_coalescing
+);
 criterion_main!(benches);

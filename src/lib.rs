@@ -6,8 +6,9 @@
 //! written back to the TUN.
 //!
 //! # Layout
-//! - [`dataplane`]: VXLAN wire views, the sans-IO encap/decap core, FIB and offload
-//!   (TSO split, TCP coalescing), and the driver thread that owns the TUN and UDP socket.
+//! - [`dataplane`]: VXLAN wire views, the sans-IO encap/decap core, FIB, offload
+//!   (TSO split, TCP and UDP coalescing) and flow hash, and the driver: one worker
+//!   thread per core, each with its own TUN queue and VXLAN socket.
 //! - [`control`]: gossip membership and per-node subnet leases.
 //! - [`config`]: the daemon's flags, parsed and checked.
 //! - [`daemon`]: `run(config, shutdown)`, which the binary calls.

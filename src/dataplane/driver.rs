@@ -11,24 +11,27 @@
 //! 4-tuple hash to a socket inbound), so a flow is never reordered.
 //!
 //! A worker serves both directions in one loop, like boringtun's device threads:
-//! it reads what the TUN and the socket have queued with non-blocking calls
+//! it reads what the TUN queue and the socket have with non-blocking calls
 //! (outbound, up to 16 TUN reads, TSO super-packets with offloads, split into one
 //! batch and sent in UDP GSO runs; inbound, one `recvmmsg` of up to 16 GRO-merged
-//! buffers whose TCP segments are merged again for the TUN), and only when both are
-//! empty does it `poll` them. A lone packet is therefore handled as soon as the
-//! thread runs, with no timer and no batch to fill, and the reply to a packet it
-//! just sent, which the kernel often queues during the send itself, is picked up
-//! without sleeping. Before sleeping it may poll on for a short while
-//! ([`DataplaneOptions::spin`]). Forwarding-table updates arrive on a `watch`
-//! channel and are picked up between rounds. Send and write errors are counted as
-//! drops; only a failure to read the TUN or the socket ends a worker.
+//! buffers whose TCP and UDP segments are merged again for the TUN), round after
+//! round, and only when both are empty does it sleep in `poll`. A lone packet is
+//! therefore handled as soon as the thread runs, with no timer and no batch to
+//! fill, and the reply to a packet just written to the TUN, which the kernel often
+//! queues during the write itself, is read without sleeping. (Polling on for a
+//! while before sleeping, to catch replies without a wake-up, made RTT no better
+//! on a 2-vCPU host shared by both test nodes; a `poll` before every round instead
+//! of reading until empty made back-to-back RTT 20 % worse.) Forwarding-table
+//! updates arrive on a `watch` channel and are picked up between rounds. Send and
+//! write errors are counted as drops; only a failure to read the TUN or the
+//! socket ends a worker.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use quinn_udp::{RecvMeta, UdpSocketState};
 use tokio::sync::{mpsc, watch};
@@ -44,14 +47,6 @@ use super::udp::{Gather, Sockets, UdpSender};
 
 /// Largest IP packet the TUN can hand us.
 const MAX_PACKET: usize = 65_535;
-
-/// How the workers run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DataplaneOptions {
-    /// How long a worker keeps polling its TUN queue and socket after the last
-    /// packet before it sleeps. Zero sleeps at once.
-    pub spin: Duration,
-}
 
 /// The front end of a running dataplane: counters and the forwarding-table feed.
 #[derive(Clone)]
@@ -141,7 +136,6 @@ impl DataplaneDriver {
         sockets: Sockets,
         config: EncapConfig,
         fib: Arc<Fib>,
-        options: DataplaneOptions,
     ) -> (DataplaneDriver, DataplaneHandle) {
         let TunDevice {
             queues, vnet, uso, ..
@@ -166,7 +160,6 @@ impl DataplaneDriver {
         if let Some(stop) = &stop {
             tracing::info!(
                 workers,
-                spin_us = options.spin.as_micros() as u64,
                 source_ports = tx.len(),
                 "dataplane: {workers} worker thread(s), one TUN queue and one SO_REUSEPORT socket each"
             );
@@ -193,7 +186,6 @@ impl DataplaneDriver {
                                 router_rx,
                                 worker_stats,
                                 stop.clone(),
-                                options,
                             )?;
                             w.run()
                         });
@@ -286,7 +278,6 @@ struct Worker {
     tx: TxPath,
     rx: RxPath,
     stop: Arc<Stop>,
-    spin: Duration,
 }
 
 impl Worker {
@@ -304,7 +295,6 @@ impl Worker {
         router: watch::Receiver<Option<std::net::IpAddr>>,
         stats: Arc<Stats>,
         stop: Arc<Stop>,
-        options: DataplaneOptions,
     ) -> Result<Worker, Error> {
         let first_tx = tx_sockets.first().unwrap_or(&rx_socket);
         let sender = UdpSender::new(first_tx, index == 0);
@@ -317,41 +307,27 @@ impl Worker {
             tx: tx_path,
             rx: rx_path,
             stop,
-            spin: options.spin,
         })
     }
 
-    /// Runs rounds of both directions until neither has anything queued (and the
-    /// spin time has passed), then sleeps in `poll` until either has; ends when
-    /// stopped or on a fatal error.
+    /// Runs rounds of both directions until neither has anything queued, then
+    /// sleeps in `poll` until either has; ends when stopped or on a fatal error.
     fn run(&mut self) -> Result<(), Error> {
-        let stop_fd = self.stop.event.as_raw_fd();
         let mut fds = [
             pollfd(self.tun.as_raw_fd(), libc::POLLIN),
             pollfd(self.rx_socket.as_raw_fd(), libc::POLLIN),
-            pollfd(stop_fd, libc::POLLIN),
+            pollfd(self.stop.event.as_raw_fd(), libc::POLLIN),
         ];
         loop {
-            let mut idle_since: Option<Instant> = None;
             loop {
                 if self.stop.is_set() {
                     return Ok(());
                 }
                 let handled = self.tx.round(&self.tun, &self.tx_sockets, &self.stop)?
                     + self.rx.round(&self.tun, &self.rx_socket)?;
-                if handled > 0 {
-                    idle_since = None;
-                    continue;
-                }
-                if self.spin.is_zero() {
+                if handled == 0 {
                     break;
                 }
-                let now = Instant::now();
-                if now.duration_since(*idle_since.get_or_insert(now)) >= self.spin {
-                    break;
-                }
-                // Keep the core awake but give it to anything else runnable on it.
-                std::thread::yield_now();
             }
             wait(&mut fds).map_err(|source| Error::Io {
                 what: "waiting on the TUN device and the VXLAN socket",
