@@ -24,6 +24,11 @@ struct TwoNodes {
 }
 
 fn two_nodes() -> TwoNodes {
+    two_nodes_with(&[])
+}
+
+/// [`two_nodes`] with `extra` flags for both daemons.
+fn two_nodes_with(extra: &[&str]) -> TwoNodes {
     let dir = TempDir::new();
     let n1 = Netns::new("ovn");
     let n2 = Netns::new("ovn");
@@ -43,7 +48,11 @@ fn two_nodes() -> TwoNodes {
             M1,
             "--static-peer",
             &peer2,
-        ],
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
     );
     let d2 = Daemon::start(
         &n2,
@@ -58,7 +67,11 @@ fn two_nodes() -> TwoNodes {
             M2,
             "--static-peer",
             &peer1,
-        ],
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
     );
     let p1 = Pod::attach(&n1, "ovl0", "veth1", "10.244.1.2/24", "10.244.1.1", 1450);
     let p2 = Pod::attach(&n2, "ovl0", "veth2", "10.244.2.2/24", "10.244.2.1", 1450);
@@ -418,4 +431,64 @@ fn d_restart_repairs_setup_and_keeps_vtep_mac() {
     let node = std::fs::read_to_string(d.run_dir.join("node.json")).unwrap();
     assert!(node.contains("10.244.5.0/24"), "{node}");
     assert!(n2.ping("198.18.0.1"));
+}
+
+/// CPU seconds (user + system) the process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn e_busy_poll_spins_while_traffic_flows_and_sleeps_after() {
+    let t = two_nodes_with(&["--busy-poll", "20ms", "--workers", "1"]);
+    assert!(
+        t.p1.ns.ping(&t.p2.ip),
+        "pod 1 cannot reach pod 2 with --busy-poll:\n{}",
+        t.d1.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || t
+            .d1
+            .log_text()
+            .contains("busy polling on")),
+        "the log does not say busy polling is on:\n{}",
+        t.d1.log_text()
+    );
+    let pid = t.d1.pid().expect("daemon 1 runs");
+
+    // A ping every 5 ms keeps arriving within the 20 ms window: the worker polls
+    // the whole time instead of sleeping between packets.
+    let c0 = cpu_seconds(pid);
+    let out =
+        t.p1.ns
+            .exec(&["ping", "-c", "300", "-i", "0.005", "-q", &t.p2.ip]);
+    let busy = cpu_seconds(pid) - c0;
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    // Idle: after the window the worker sleeps in poll again.
+    std::thread::sleep(Duration::from_millis(300));
+    let c1 = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let idle = cpu_seconds(pid) - c1;
+    println!(
+        "--busy-poll 20ms: {busy:.2} CPU s during 1.5 s of pings, {idle:.2} CPU s in 1.5 s idle"
+    );
+    assert!(
+        busy >= 0.3,
+        "the worker did not poll between pings: {busy:.2} CPU s in 1.5 s"
+    );
+    assert!(
+        idle <= 0.15,
+        "the worker kept polling after traffic stopped: {idle:.2} CPU s in 1.5 s idle"
+    );
 }

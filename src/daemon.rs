@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use crate::config::{ConfigError, DaemonArgs, MetricsAddr};
 use crate::control::driver::{ControlConfig, ControlDriver, ControlHandle, LeaseStatus};
 use crate::control::{KeySet, PeerInfo};
-use crate::dataplane::driver::DataplaneDriver;
+use crate::dataplane::driver::{DataplaneDriver, DataplaneOptions};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
 use crate::dataplane::netlink::{accept_local, disable_ipv6, enable_forwarding, Netlink};
 use crate::dataplane::wire::MacAddr;
@@ -418,7 +418,10 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         vni: args.vni,
         local_mac: vtep_mac,
     };
-    let (mut driver, handle) = DataplaneDriver::spawn(tun, sockets, config, Arc::new(fib));
+    let options = DataplaneOptions {
+        busy_poll: args.busy_poll,
+    };
+    let (mut driver, handle) = DataplaneDriver::spawn(tun, sockets, config, Arc::new(fib), options);
 
     // Where this node's subnet comes from: --subnet, or a lease agreed by gossip.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

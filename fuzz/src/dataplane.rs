@@ -570,7 +570,7 @@ struct RxBatch {
 }
 
 /// Checks one finished coalescer batch: every packet is written exactly once; a
-/// single write is the packet as received; a coalesced write is a well-formed IP/TCP
+/// single write is the packet as received; a coalesced write is a well-formed IP/TCP (or IP/UDP)
 /// super-packet behind a GSO virtio header whose segmentation gives back exactly the
 /// packets that were merged, in arrival order (but for fields segmentation rewrites;
 /// see below).
@@ -627,6 +627,7 @@ fn check_coalesced(c: &Coalescer, rx: &RxBatch) {
                     .expect("a coalesced super-packet segments again");
                 assert_eq!(n, pieces.len(), "as many segments as were merged");
                 let ip_len = usize::from(hdr.csum_start);
+                let udp = hdr.gso_type == offload::VNET_GSO_UDP_L4;
                 for (d, &i) in batch.datagrams().iter().zip(&order) {
                     let mut seg = batch
                         .slot(
@@ -641,14 +642,15 @@ fn check_coalesced(c: &Coalescer, rx: &RxBatch) {
                     let orig = &rx.buf[rx.packets[i].clone()];
                     let h = IpHeader::parse(&seg).expect("a re-segmented packet parses");
                     assert_eq!(h.total_len, seg.len());
-                    assert!(l4_checksum_ok(&seg, ip_len, 6));
+                    assert!(l4_checksum_ok(&seg, ip_len, if udp { 17 } else { 6 }));
                     // Normalise what segmentation may legitimately rewrite: the
-                    // checksum, the urgent pointer (meaningless without URG, which
-                    // is never merged; the first segment's is kept, as Linux GRO
-                    // does), and the IPv4 ID and header checksum.
-                    let t = ip_len + 16;
-                    seg[t..t + 4].copy_from_slice(&orig[t..t + 4]);
-                    if hdr.gso_type == offload::VNET_GSO_TCPV4 {
+                    // checksum, for TCP the urgent pointer (meaningless without URG,
+                    // which is never merged; the first segment's is kept, as Linux
+                    // GRO does), and the IPv4 ID and header checksum.
+                    let t = if udp { ip_len + 6 } else { ip_len + 16 };
+                    let n = if udp { 2 } else { 4 };
+                    seg[t..t + n].copy_from_slice(&orig[t..t + n]);
+                    if seg[0] >> 4 == 4 {
                         seg[4..6].copy_from_slice(&orig[4..6]);
                         seg[10..12].copy_from_slice(&orig[10..12]);
                     }
@@ -661,14 +663,17 @@ fn check_coalesced(c: &Coalescer, rx: &RxBatch) {
     assert!(seen.iter().all(|s| *s), "every packet is written");
 }
 
-/// Pushes the batch into `c`, finishes and checks it, then empties both for reuse.
-fn finish_batch(c: &mut Coalescer, rx: &mut RxBatch) {
-    for r in &rx.packets {
-        c.push(0, r.clone(), &rx.buf[r.clone()]);
+/// Pushes the batch into each coalescer, finishes and checks it, then empties them
+/// and the batch for reuse.
+fn finish_batch(cs: &mut [Coalescer], rx: &mut RxBatch) {
+    for c in cs.iter_mut() {
+        for r in &rx.packets {
+            c.push(0, r.clone(), &rx.buf[r.clone()]);
+        }
+        c.finish();
+        check_coalesced(c, rx);
+        c.clear();
     }
-    c.finish();
-    check_coalesced(c, rx);
-    c.clear();
     rx.buf.clear();
     rx.packets.clear();
 }
@@ -679,9 +684,10 @@ fn finish_batch(c: &mut Coalescer, rx: &mut RxBatch) {
 /// check, clear and reuse the coalescer, as the driver does). Packets that the
 /// decapsulator would drop (not IP, bad lengths or header checksum) are left out and
 /// the others trimmed to their IP length, as decapsulation returns them. Each batch
-/// is checked as described at [`check_coalesced`], and against a disabled coalescer.
+/// is checked as described at [`check_coalesced`], twice (merging TCP only, and TCP
+/// and UDP as with a USO-capable TUN), and against a disabled coalescer.
 pub fn offload_coalesce(data: &[u8]) {
-    let mut c = Coalescer::new(true, false);
+    let mut c = [Coalescer::new(true, false), Coalescer::new(true, true)];
     let mut rx = RxBatch {
         buf: Vec::new(),
         packets: Vec::new(),

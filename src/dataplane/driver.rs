@@ -18,20 +18,29 @@
 //! round, and only when both are empty does it sleep in `poll`. A lone packet is
 //! therefore handled as soon as the thread runs, with no timer and no batch to
 //! fill, and the reply to a packet just written to the TUN, which the kernel often
-//! queues during the write itself, is read without sleeping. (Polling on for a
-//! while before sleeping, to catch replies without a wake-up, made RTT no better
-//! on a 2-vCPU host shared by both test nodes; a `poll` before every round instead
-//! of reading until empty made back-to-back RTT 20 % worse.) Forwarding-table
-//! updates arrive on a `watch` channel and are picked up between rounds. Send and
-//! write errors are counted as drops; only a failure to read the TUN or the
-//! socket ends a worker.
+//! queues during the write itself, is read without sleeping. (A `poll` before
+//! every round instead of reading until empty made back-to-back RTT 20 % worse.)
+//! Forwarding-table updates arrive on a `watch` channel and are picked up between
+//! rounds. Send and write errors are counted as drops; only a failure to read the
+//! TUN or the socket ends a worker.
+//!
+//! **Busy polling** ([`DataplaneOptions::busy_poll`], off by default). A worker
+//! that sleeps in `poll` costs one thread wake-up per hop, and on a VM whose idle
+//! vCPUs halt (no guest or host halt polling) waking a thread on another vCPU
+//! costs tens of microseconds: a ping between two pods crosses four such hops,
+//! where kernel VXLAN handles the whole round trip in softirq context with none.
+//! With busy polling an idle worker keeps reading its queues, yielding the core
+//! to anything runnable between rounds, for that long after its last packet
+//! before it sleeps. While traffic keeps arriving within the window the worker
+//! never sleeps, so it takes up to a core: a latency-for-CPU trade for the
+//! operator to make, measured in `netns-tests/throughput.sh`.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, UdpSocketState};
 use tokio::sync::{mpsc, watch};
@@ -47,6 +56,14 @@ use super::udp::{Gather, Sockets, UdpSender};
 
 /// Largest IP packet the TUN can hand us.
 const MAX_PACKET: usize = 65_535;
+
+/// How the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DataplaneOptions {
+    /// How long an idle worker keeps polling its TUN queue and socket after its
+    /// last packet before it sleeps; zero sleeps at once.
+    pub busy_poll: Duration,
+}
 
 /// The front end of a running dataplane: counters and the forwarding-table feed.
 #[derive(Clone)]
@@ -136,6 +153,7 @@ impl DataplaneDriver {
         sockets: Sockets,
         config: EncapConfig,
         fib: Arc<Fib>,
+        options: DataplaneOptions,
     ) -> (DataplaneDriver, DataplaneHandle) {
         let TunDevice {
             queues, vnet, uso, ..
@@ -163,6 +181,15 @@ impl DataplaneDriver {
                 source_ports = tx.len(),
                 "dataplane: {workers} worker thread(s), one TUN queue and one SO_REUSEPORT socket each"
             );
+            if options.busy_poll.is_zero() {
+                tracing::info!("dataplane: idle workers sleep at once (no --busy-poll)");
+            } else {
+                tracing::info!(
+                    busy_poll_us = options.busy_poll.as_micros() as u64,
+                    "dataplane: busy polling on; an idle worker polls for {:?} after its last packet before it sleeps, and takes up to a core while traffic keeps arriving",
+                    options.busy_poll
+                );
+            }
             for (i, (tun, rx_socket)) in queues.into_iter().zip(rx_sockets).enumerate() {
                 let worker_stats = stats.worker(i);
                 let enc = Encapsulator::new(config, fib.clone(), worker_stats.clone());
@@ -186,6 +213,7 @@ impl DataplaneDriver {
                                 router_rx,
                                 worker_stats,
                                 stop.clone(),
+                                options,
                             )?;
                             w.run()
                         });
@@ -278,6 +306,7 @@ struct Worker {
     tx: TxPath,
     rx: RxPath,
     stop: Arc<Stop>,
+    busy_poll: Duration,
 }
 
 impl Worker {
@@ -295,6 +324,7 @@ impl Worker {
         router: watch::Receiver<Option<std::net::IpAddr>>,
         stats: Arc<Stats>,
         stop: Arc<Stop>,
+        options: DataplaneOptions,
     ) -> Result<Worker, Error> {
         let first_tx = tx_sockets.first().unwrap_or(&rx_socket);
         let sender = UdpSender::new(first_tx, index == 0);
@@ -307,11 +337,13 @@ impl Worker {
             tx: tx_path,
             rx: rx_path,
             stop,
+            busy_poll: options.busy_poll,
         })
     }
 
-    /// Runs rounds of both directions until neither has anything queued, then
-    /// sleeps in `poll` until either has; ends when stopped or on a fatal error.
+    /// Runs rounds of both directions until neither has anything queued (and,
+    /// with busy polling, has not had for `busy_poll`), then sleeps in `poll`
+    /// until either has; ends when stopped or on a fatal error.
     fn run(&mut self) -> Result<(), Error> {
         let mut fds = [
             pollfd(self.tun.as_raw_fd(), libc::POLLIN),
@@ -319,15 +351,26 @@ impl Worker {
             pollfd(self.stop.event.as_raw_fd(), libc::POLLIN),
         ];
         loop {
+            let mut idle_since: Option<Instant> = None;
             loop {
                 if self.stop.is_set() {
                     return Ok(());
                 }
                 let handled = self.tx.round(&self.tun, &self.tx_sockets, &self.stop)?
                     + self.rx.round(&self.tun, &self.rx_socket)?;
-                if handled == 0 {
+                if handled > 0 {
+                    idle_since = None;
+                    continue;
+                }
+                if self.busy_poll.is_zero() {
                     break;
                 }
+                let now = Instant::now();
+                if now.duration_since(*idle_since.get_or_insert(now)) >= self.busy_poll {
+                    break;
+                }
+                // Keep polling, but let anything else runnable on this core go first.
+                std::thread::yield_now();
             }
             wait(&mut fds).map_err(|source| Error::Io {
                 what: "waiting on the TUN device and the VXLAN socket",
