@@ -27,7 +27,7 @@ fn two_nodes() -> TwoNodes {
     two_nodes_with(&[])
 }
 
-/// [`two_nodes`] with `extra` flags for both daemons.
+/// The same, with `extra` flags for both daemons.
 fn two_nodes_with(extra: &[&str]) -> TwoNodes {
     let dir = TempDir::new();
     let n1 = Netns::new("ovn");
@@ -35,43 +35,31 @@ fn two_nodes_with(extra: &[&str]) -> TwoNodes {
     link(&n1, "u1", "198.18.0.1/24", &n2, "u2", "198.18.0.2/24");
     let peer2 = format!("10.244.2.0/24,198.18.0.2,{M2}");
     let peer1 = format!("10.244.1.0/24,198.18.0.1,{M1}");
+    let args = |subnet, addr, mac, peer| {
+        let mut v = vec![
+            "--subnet",
+            subnet,
+            "--advertise-addr",
+            addr,
+            "--vtep-mac",
+            mac,
+            "--static-peer",
+            peer,
+        ];
+        v.extend_from_slice(extra);
+        v
+    };
     let d1 = Daemon::start(
         &n1,
         &dir.0,
         "n1",
-        &[
-            "--subnet",
-            "10.244.1.0/24",
-            "--advertise-addr",
-            "198.18.0.1",
-            "--vtep-mac",
-            M1,
-            "--static-peer",
-            &peer2,
-        ]
-        .iter()
-        .chain(extra)
-        .copied()
-        .collect::<Vec<_>>(),
+        &args("10.244.1.0/24", "198.18.0.1", M1, &peer2),
     );
     let d2 = Daemon::start(
         &n2,
         &dir.0,
         "n2",
-        &[
-            "--subnet",
-            "10.244.2.0/24",
-            "--advertise-addr",
-            "198.18.0.2",
-            "--vtep-mac",
-            M2,
-            "--static-peer",
-            &peer1,
-        ]
-        .iter()
-        .chain(extra)
-        .copied()
-        .collect::<Vec<_>>(),
+        &args("10.244.2.0/24", "198.18.0.2", M2, &peer1),
     );
     let p1 = Pod::attach(&n1, "ovl0", "veth1", "10.244.1.2/24", "10.244.1.1", 1450);
     let p2 = Pod::attach(&n2, "ovl0", "veth2", "10.244.2.2/24", "10.244.2.1", 1450);
@@ -450,7 +438,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     not(feature = "netns-tests"),
     ignore = "needs root: run with --features netns-tests"
 )]
-fn e_busy_poll_spins_while_traffic_flows_and_sleeps_after() {
+fn f_busy_poll_spins_while_traffic_flows_and_sleeps_after() {
     let t = two_nodes_with(&["--busy-poll", "20ms", "--workers", "1"]);
     assert!(
         t.p1.ns.ping(&t.p2.ip),
@@ -491,4 +479,133 @@ fn e_busy_poll_spins_while_traffic_flows_and_sleeps_after() {
         idle <= 0.15,
         "the worker kept polling after traffic stopped: {idle:.2} CPU s in 1.5 s idle"
     );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn e_each_flow_leaves_from_its_own_source_port_on_several_workers() {
+    let t = two_nodes_with(&["--workers", "2"]);
+    assert!(t.p1.ns.ping(&t.p2.ip), "{}", t.d1.log_text());
+    assert!(
+        t.d1.log_text().contains("2 worker thread(s)"),
+        "{}",
+        t.d1.log_text()
+    );
+    // Capture the underlay in n2 while pod 1 sends 3 datagrams on each of 12 flows.
+    let captured = std::thread::scope(|s| {
+        let capture = s.spawn(|| t.n2.run(|| capture_vxlan("u2", Duration::from_secs(3))));
+        std::thread::sleep(Duration::from_millis(300));
+        t.p1.ns.run(|| {
+            for port in 0..12u16 {
+                let sock = UdpSocket::bind(("10.244.1.2", 41000 + port)).unwrap();
+                for _ in 0..3 {
+                    sock.send_to(b"flow", (t.p2.ip.as_str(), 9)).unwrap();
+                }
+            }
+        });
+        capture.join().unwrap()
+    });
+    // Inner source port -> the outer source ports its datagrams left from.
+    let mut by_flow: std::collections::BTreeMap<u16, std::collections::BTreeSet<u16>> =
+        Default::default();
+    for (outer_sport, inner_sport) in captured {
+        if (41000..41012).contains(&inner_sport) {
+            by_flow.entry(inner_sport).or_default().insert(outer_sport);
+        }
+    }
+    assert_eq!(by_flow.len(), 12, "{by_flow:?}");
+    let outer: std::collections::BTreeSet<u16> = by_flow.values().flatten().copied().collect();
+    for (flow, ports) in &by_flow {
+        assert_eq!(ports.len(), 1, "flow {flow} left from {ports:?}");
+    }
+    assert!(outer.len() >= 3, "12 flows over {outer:?}");
+    assert!(!outer.contains(&4789), "{outer:?}");
+    // Both directions still count into one status.
+    let status = t.d2.status_json().unwrap();
+    assert!(
+        status["dataplane"]["rx_packets"].as_u64().unwrap() >= 36,
+        "{status}"
+    );
+}
+
+/// Reads IPv4 VXLAN datagrams (to port 4789) seen on `ifname` for `time`, returning
+/// (outer UDP source port, inner UDP/TCP source port) of each. Runs in the caller's
+/// namespace; an AF_PACKET socket, so nothing is filtered out before us.
+fn capture_vxlan(ifname: &str, time: Duration) -> Vec<(u16, u16)> {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        )
+    };
+    assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is ours; OwnedFd closes it on return.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: name is a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(index > 0, "no {ifname}");
+    // SAFETY: an all-zero sockaddr_ll is valid; bind gets its real size.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    addr.sll_ifindex = index as i32;
+    // SAFETY: addr is a valid sockaddr_ll for the call.
+    let rc = unsafe {
+        libc::bind(
+            raw,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
+    // SAFETY: setsockopt with a timeval of the right size.
+    unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    let end = std::time::Instant::now() + time;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while std::time::Instant::now() < end {
+        // SAFETY: buf is valid for writes of its length.
+        let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            continue;
+        }
+        let f = &buf[..n as usize];
+        // Ethernet, IPv4 without options, UDP to 4789, VXLAN, inner Ethernet, inner IPv4.
+        if f.len() < 14 + 20 + 8 + 8 + 14 + 20 + 4 || f[12..14] != [0x08, 0x00] || f[23] != 17 {
+            continue;
+        }
+        let udp = &f[14 + usize::from(f[14] & 0x0f) * 4..];
+        if udp[2..4] != 4789u16.to_be_bytes() {
+            continue;
+        }
+        let inner = &udp[8 + 8 + 14..];
+        let ihl = usize::from(inner[0] & 0x0f) * 4;
+        if inner.len() < ihl + 4 {
+            continue;
+        }
+        out.push((
+            u16::from_be_bytes([udp[0], udp[1]]),
+            u16::from_be_bytes([inner[ihl], inner[ihl + 1]]),
+        ));
+    }
+    out
 }

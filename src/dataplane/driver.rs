@@ -259,17 +259,27 @@ impl DataplaneDriver {
     }
 
     /// Stops the workers and waits for them; the TUN and socket fds close with them.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         if let Some(stop) = &self.stop {
             stop.signal();
         }
-        let threads = self.threads;
+        let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         })
         .await;
+    }
+}
+
+impl Drop for DataplaneDriver {
+    /// A driver dropped without [`DataplaneDriver::shutdown`] still stops its workers
+    /// (without waiting for them).
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop {
+            stop.signal();
+        }
     }
 }
 
