@@ -11,6 +11,12 @@
 # Run as root, not in CI:  netns-tests/throughput.sh [BIN]
 #   BIN   overlayd binary (default target/release/overlayd)
 #   DUR=10 REPS=3 MODES="routed kernel overlayd" CAPTURE=1 environment knobs
+#   TESTS="tcp1 tcp4 udp64 rtt"  which measures to take
+#   BASE=PATH     a second overlayd binary, measured in the same run as mode "base"
+#                 (after "overlayd"), for before/after comparisons on a noisy host
+#   PING_I=0.01 PING_C=200        ping interval and count for the RTT
+#   OVL_ENV="OVERLAYD_WORKERS=1 ..." / BASE_ENV=...  environment (flags) for the
+#                 overlayd / base daemons, e.g. to compare two settings of one binary
 #   PROFILE=FILE  also record `perf` on the overlayd processes during the first
 #                 overlayd TCP 1-stream run and write `perf report` to FILE
 set -euo pipefail
@@ -19,7 +25,15 @@ BIN=$(realpath "${1:-target/release/overlayd}")
 DUR=${DUR:-10}
 REPS=${REPS:-3}
 MODES=${MODES:-"routed kernel overlayd"}
+TESTS=${TESTS:-"tcp1 tcp4 udp64 rtt"}
 CAPTURE=${CAPTURE:-1}
+PING_I=${PING_I:-0.01}
+PING_C=${PING_C:-200}
+if [[ -n ${BASE:-} ]]; then
+  BASE=$(realpath "$BASE")
+  [[ " $MODES " == *" base "* ]] || MODES="$MODES base"
+fi
+NEW_BIN=$BIN
 MTU=1450
 M1=02:00:00:00:01:01
 M2=02:00:00:00:02:01
@@ -102,7 +116,10 @@ setup_kernel() {
   pod "$N2" "$P2" cni0 veth2 2
 }
 
-setup_overlayd() {
+setup_overlayd() { BIN=$NEW_BIN; DENV=${OVL_ENV:-}; start_nodes; }
+setup_base() { BIN=$BASE; DENV=${BASE_ENV:-}; start_nodes; }
+
+start_nodes() {
   base
   local d
   for i in 1 2; do
@@ -111,7 +128,8 @@ setup_overlayd() {
     peer_mac=$([ $i = 1 ] && echo $M2 || echo $M1)
     d=$WORK/n$i
     mkdir -p "$d"
-    RUST_LOG=info ip netns exec "${TAG}n$i" "$BIN" --node-name "n$i" \
+    # shellcheck disable=SC2086
+    env RUST_LOG=info $DENV ip netns exec "${TAG}n$i" "$BIN" --node-name "n$i" \
       --run-dir "$d/run" --state-dir "$d/state" \
       --subnet "10.244.$i.0/24" --advertise-addr "198.18.0.$i" --vtep-mac "$mac" \
       --static-peer "10.244.$o.0/24,198.18.0.$o,$peer_mac" >"$WORK/n$i.log" 2>&1 &
@@ -166,20 +184,30 @@ iperf() { # MODE KEY ARGS...: runs one iperf3 client, records the metric(s)
   else
     record "$mode" "$key" "$(jq -r '.end.sum_received.bits_per_second / 1e9' <<<"$out" 2>/dev/null || echo 0)"
   fi
-  if [[ $mode == overlayd ]]; then
+  if [[ $mode == overlayd || $mode == base ]]; then
     local hz; hz=$(getconf CLK_TCK)
     record "$mode" "cpu_${key}_pct" "$(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v d="$DUR" 'BEGIN{printf "%.0f", (b-a)*100/hz/d}')"
   fi
 }
 
-measure() {
-  local mode=$1
+measure() { # MODE [REPS]
+  local mode=$1; shift
   ex "$P1" ping -c 3 -W 1 -q 10.244.2.2 >/dev/null || { echo "$mode: pods do not reach each other" >&2; return 1; }
-  for _ in $(seq "$REPS"); do
-    iperf "$mode" tcp1_gbps
-    iperf "$mode" tcp4_gbps -P 4
-    iperf "$mode" udp64 -u -b 0 -l 64
-    record "$mode" rtt_us "$(ex "$P1" ping -c 200 -i 0.005 -q 10.244.2.2 | awk -F/ '/rtt/{printf "%.0f", $5*1000}')"
+  for _ in $(seq "${1:-$REPS}"); do
+    [[ " $TESTS " == *" tcp1 "* ]] && iperf "$mode" tcp1_gbps
+    [[ " $TESTS " == *" tcp4 "* ]] && iperf "$mode" tcp4_gbps -P 4
+    [[ " $TESTS " == *" udp64 "* ]] && iperf "$mode" udp64 -u -b 0 -l 64
+    if [[ " $TESTS " == *" rtt "* ]]; then
+      # Mean, median and 90th percentile: a loaded host adds tick-long outliers
+      # (4 ms) that dominate the mean.
+      ex "$P1" ping -c "$PING_C" -i "$PING_I" 10.244.2.2 | python3 -c '
+import sys, statistics as st
+t = sorted(float(l.split("time=")[1].split()[0]) * 1000 for l in sys.stdin if "time=" in l)
+print(f"{st.mean(t):.0f} {st.median(t):.0f} {t[int(len(t) * 0.9)]:.0f}" if t else "nan nan nan")' | {
+        read -r mean median p90
+        record "$mode" rtt_us "$mean"; record "$mode" rtt_p50_us "$median"; record "$mode" rtt_p90_us "$p90"
+      }
+    fi
   done
 }
 
@@ -195,7 +223,7 @@ capture_check() {
   sleep 1
   ex "$P2" iperf3 -s -1 -B 10.244.2.2 >/dev/null 2>&1 &
   sleep 0.5
-  ex "$P1" iperf3 -c 10.244.2.2 -t 2 >/dev/null 2>&1 || true
+  ex "$P1" iperf3 -c 10.244.2.2 -t 2 -P 4 >/dev/null 2>&1 || true
   ex "$P1" ping -c 3 -i 0.2 -q -s 1400 10.244.2.2 >/dev/null 2>&1 || true
   sleep 0.5; kill -INT $td 2>/dev/null || true; wait $td 2>/dev/null || true
   python3 - "$WORK/cap.pcap" $((MTU + 50)) <<'EOF'
@@ -203,6 +231,7 @@ import struct, sys
 data = open(sys.argv[1], 'rb').read(); mtu = int(sys.argv[2])
 le = data[:4] == b'\xd4\xc3\xb2\xa1'; e = '<' if le else '>'
 off, n, bad, big, maxlen = 24, 0, 0, 0, 0
+ports = {}  # inner TCP/UDP flow -> outer UDP source ports seen
 while off + 16 <= len(data):
     _, _, incl, orig = struct.unpack(e + 'IIII', data[off:off + 16]); off += 16
     p = data[off:off + incl]; off += incl
@@ -213,22 +242,36 @@ while off + 16 <= len(data):
     n += 1; maxlen = max(maxlen, outer_len)
     if outer_len > mtu: big += 1
     if outer_len != ihl + 8 + 8 + 14 + inner_len: bad += 1
+    sport = struct.unpack('>H', ip[ihl:ihl + 2])[0]
+    if inner[0] >> 4 == 4 and inner[9] in (6, 17) and len(inner) >= 24:
+        iihl = (inner[0] & 15) * 4
+        flow = (inner[12:20], inner[9], inner[iihl:iihl + 4])
+        ports.setdefault(flow, set()).add(sport)
+split = sum(1 for s in ports.values() if len(s) > 1)
+outer = set().union(*ports.values()) if ports else set()
 print(f"capture: {n} VXLAN packets, largest outer IP packet {maxlen} B (underlay MTU {mtu}), "
-      f"{big} above the MTU, {bad} not exactly one inner packet")
-sys.exit(0 if n > 0 and big == 0 and bad == 0 else 1)
+      f"{big} above the MTU, {bad} not exactly one inner packet; "
+      f"{len(ports)} inner flows over {len(outer)} outer source ports, {split} flows on more than one")
+sys.exit(0 if n > 0 and big == 0 and bad == 0 and split == 0 else 1)
 EOF
 }
 
-for mode in $MODES; do
-  echo "== $mode: setting up"
-  "setup_$mode"
-  measure "$mode"
-  if [[ $mode == overlayd && $CAPTURE == 1 ]]; then capture_check || echo "CAPTURE CHECK FAILED"; fi
-  teardown
+# Repetitions go round the modes (each set up afresh), so a change in the host's load
+# during the run spreads over every mode instead of biasing one.
+for rep in $(seq "$REPS"); do
+  for mode in $MODES; do
+    echo "== $mode: rep $rep"
+    "setup_$mode"
+    measure "$mode" 1
+    if [[ $rep == 1 && $mode == overlayd && $CAPTURE == 1 && " $TESTS " == *" tcp1 "* ]]; then
+      capture_check || echo "CAPTURE CHECK FAILED"
+    fi
+    teardown
+  done
 done
 
 echo
-echo "DUR=${DUR}s REPS=$REPS binary=$BIN kernel $(uname -r) cores $(nproc)"
+echo "DUR=${DUR}s REPS=$REPS binary=$NEW_BIN${OVL_ENV:+ ($OVL_ENV)}${BASE:+ base=$BASE${BASE_ENV:+ ($BASE_ENV)}} kernel $(uname -r) cores $(nproc) load $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$RESULTS" <<'EOF'
 import sys, statistics as st
 rows = {}
@@ -237,17 +280,24 @@ for line in open(sys.argv[1]):
     try: v = float(val)
     except ValueError: v = float('nan')
     rows.setdefault(key, {}).setdefault(mode, []).append(v)
-order = ['tcp1_gbps', 'tcp4_gbps', 'udp64_kpps', 'udp64_loss_pct', 'rtt_us',
+order = ['tcp1_gbps', 'tcp4_gbps', 'udp64_kpps', 'udp64_loss_pct', 'rtt_us', 'rtt_p50_us', 'rtt_p90_us',
          'cpu_tcp1_gbps_pct', 'cpu_tcp4_gbps_pct', 'cpu_udp64_pct']
+modes = [m for m in ['routed', 'kernel', 'overlayd', 'base'] if any(m in r for r in rows.values())]
+names = {'routed': 'routed', 'kernel': 'kernel vxlan', 'overlayd': 'overlayd', 'base': 'base'}
 def cell(v):
     if not v: return '-'
     return f"{st.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
-print(f"{'metric':18} {'routed':>22} {'kernel vxlan':>22} {'overlayd':>22} {'ovl/kernel':>10}")
+def ratio(r, a, b):
+    if r.get(a) and r.get(b) and st.median(r[b]) > 0:
+        return f"{st.median(r[a]) / st.median(r[b]):.2f}"
+    return '-'
+head = f"{'metric':18} " + ' '.join(f"{names[m]:>22}" for m in modes) + f" {'ovl/kernel':>10}"
+if 'base' in modes: head += f" {'base/kernel':>11} {'ovl/base':>9}"
+print(head)
 for key in order:
     if key not in rows: continue
     r = rows[key]
-    ratio = '-'
-    if r.get('kernel') and r.get('overlayd') and st.median(r['kernel']) > 0:
-        ratio = f"{st.median(r['overlayd']) / st.median(r['kernel']):.2f}"
-    print(f"{key:18} {cell(r.get('routed')):>22} {cell(r.get('kernel')):>22} {cell(r.get('overlayd')):>22} {ratio:>10}")
+    line = f"{key:18} " + ' '.join(f"{cell(r.get(m)):>22}" for m in modes) + f" {ratio(r, 'overlayd', 'kernel'):>10}"
+    if 'base' in modes: line += f" {ratio(r, 'base', 'kernel'):>11} {ratio(r, 'overlayd', 'base'):>9}"
+    print(line)
 EOF

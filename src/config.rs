@@ -191,6 +191,17 @@ pub struct DaemonArgs {
     #[arg(long, env = "OVERLAYD_TUN", value_name = "NAME", default_value = "ovltun0",
           value_parser = parse_ifname)]
     pub tun: String,
+    /// Dataplane worker threads, each with its own TUN queue and VXLAN socket;
+    /// 0 means one per available core.
+    #[arg(long, env = "OVERLAYD_WORKERS", value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub workers: u16,
+    /// How long an idle dataplane worker keeps polling before it sleeps (e.g. 50us,
+    /// 0 to sleep at once). Saves a wake-up when a reply follows soon, at the cost
+    /// of that much CPU after each burst.
+    #[arg(long, env = "OVERLAYD_BUSY_POLL", value_name = "DURATION", default_value = "0us",
+          value_parser = parse_duration)]
+    pub busy_poll: std::time::Duration,
     /// Directory for state kept across restarts (VTEP MAC, lease).
     #[arg(
         long,

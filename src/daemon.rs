@@ -19,10 +19,11 @@ use ipnet::IpNet;
 use crate::config::{ConfigError, DaemonArgs, MetricsAddr};
 use crate::control::driver::{ControlConfig, ControlDriver, ControlHandle, LeaseStatus};
 use crate::control::{KeySet, PeerInfo};
-use crate::dataplane::driver::{open_socket, open_tun, DataplaneDriver};
+use crate::dataplane::driver::{DataplaneDriver, DataplaneOptions};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
 use crate::dataplane::netlink::{accept_local, disable_ipv6, enable_forwarding, Netlink};
 use crate::dataplane::wire::MacAddr;
+use crate::dataplane::{tun, udp};
 use crate::dataplane::{EncapConfig, Fib, Peer, PeerOrigin, PeerState};
 use crate::fsutil::write_atomic;
 use crate::node::{NodeInfo, NODE_FILE};
@@ -388,7 +389,11 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
     // The bridge pods attach to, and the TUN that carries the rest of the cluster CIDR.
     let bridge_index = netlink.ensure_bridge(&args.bridge, mtu).await?;
     enable_forwarding(&args.cluster_cidr)?;
-    let tun = open_tun(&args.tun, mtu)?;
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => usize::from(n),
+    };
+    let tun = tun::open(&args.tun, mtu, workers)?;
     let tun_index = netlink
         .link_by_name(&args.tun)
         .await?
@@ -403,7 +408,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
     }
     netlink.set_up(tun_index, mtu).await?;
 
-    let udp = open_socket(SocketAddr::new(advertise_addr, args.port))?;
+    let sockets = udp::open_sockets(SocketAddr::new(advertise_addr, args.port), tun.queues.len())?;
     let statics = static_peers(&args);
     let (fib, warnings) = build_fib(fixed_subnet, statics.clone());
     for w in warnings {
@@ -413,7 +418,10 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         vni: args.vni,
         local_mac: vtep_mac,
     };
-    let (mut driver, handle) = DataplaneDriver::spawn(tun, udp, config, Arc::new(fib));
+    let options = DataplaneOptions {
+        spin: args.busy_poll,
+    };
+    let (mut driver, handle) = DataplaneDriver::spawn(tun, sockets, config, Arc::new(fib), options);
 
     // Where this node's subnet comes from: --subnet, or a lease agreed by gossip.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

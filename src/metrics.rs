@@ -22,7 +22,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::dataplane::stats::{DirectionStats, DropReason, BATCH_BUCKETS};
+use crate::dataplane::stats::{DirectionTotals, DropReason, BATCH_BUCKETS};
 use crate::dataplane::PeerState;
 use crate::status::StatusSource;
 
@@ -67,11 +67,11 @@ impl Collector for Exporter {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let report = self.source.report();
         let stats = self.source.dataplane.stats();
-        let dirs: [(&str, &DirectionStats); 2] = [("tx", &stats.tx), ("rx", &stats.rx)];
+        let dirs: [(&str, DirectionTotals); 2] = [("tx", stats.tx()), ("rx", stats.rx())];
 
         let packets: Vec<_> = dirs
             .iter()
-            .map(|(d, s)| (vec![("direction", *d)], s.forwarded.get().0))
+            .map(|(d, s)| (vec![("direction", *d)], s.forwarded.0))
             .collect();
         counters(
             &mut encoder,
@@ -81,7 +81,7 @@ impl Collector for Exporter {
         )?;
         let bytes: Vec<_> = dirs
             .iter()
-            .map(|(d, s)| (vec![("direction", *d)], s.forwarded.get().1))
+            .map(|(d, s)| (vec![("direction", *d)], s.forwarded.1))
             .collect();
         counters(
             &mut encoder,

@@ -475,9 +475,9 @@ fn check_segments(
 /// order, each goes to one destination, every datagram but the last has the group's
 /// segment size, the last is no larger, and a group stays within the GSO limits.
 fn check_groups(batch: &TxBatch) {
-    for max in [1, 8, 64, 1000] {
+    for (max, sources) in [(1, 1), (8, 1), (64, 4), (1000, 2)] {
         let mut next = 0;
-        for g in batch.groups(max) {
+        for g in batch.groups(max, sources) {
             assert_eq!(g.range.start, next, "groups are contiguous");
             assert!(!g.range.is_empty());
             next = g.range.end;
@@ -489,6 +489,7 @@ fn check_groups(batch: &TxBatch) {
             }
             assert!(last.len() <= g.segment_size);
             assert!(ds.iter().all(|d| d.dst == g.dst));
+            assert!(g.source < sources, "a source port index in range");
             let bytes: usize = ds.iter().map(TxDatagram::len).sum();
             assert!(ds.len() == 1 || bytes <= offload::MAX_GSO_BYTES);
         }
@@ -618,7 +619,10 @@ fn check_coalesced(c: &Coalescer, rx: &RxBatch) {
                 let header = IpHeader::parse(&sp).expect("coalesced output parses");
                 assert_eq!(header.total_len, sp.len());
                 let mut batch = TxBatch::new(pieces.len());
-                let dst = SocketAddr::new(LOCAL_UNDERLAY, 4789);
+                let dst = offload::TxDest {
+                    addr: SocketAddr::new(LOCAL_UNDERLAY, 4789),
+                    flow: 0,
+                };
                 let n = offload::segment(&hdr, &sp, &[], dst, 0, 0, &mut batch)
                     .expect("a coalesced super-packet segments again");
                 assert_eq!(n, pieces.len(), "as many segments as were merged");

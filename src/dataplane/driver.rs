@@ -1,104 +1,79 @@
-//! The dataplane's tokio driver: it owns the TUN device and the VXLAN UDP socket and
-//! moves packets between them through the sans-IO [`Encapsulator`] and
-//! [`Decapsulator`]. It makes no forwarding decision of its own.
+//! The dataplane's driver: worker threads that move packets between the TUN device
+//! and the VXLAN sockets through the sans-IO [`Encapsulator`] and [`Decapsulator`].
+//! It makes no forwarding decision of its own.
 //!
-//! Two tasks, one per direction, each with its own buffers and core, so the directions
-//! share no lock. Outbound, a wake-up drains up to 16 TUN reads (TSO super-packets
-//! when the TUN offloads), splits them into one batch and sends it in UDP GSO runs.
-//! Inbound, one `recvmmsg` takes up to 16 GRO-merged buffers; their TCP segments are
-//! merged again into super-packets for the TUN. Forwarding-table updates arrive on a
-//! `watch` channel and are picked up between batches. Send and write errors are
-//! counted as drops; only a failure to read the TUN or the socket ends a task.
+//! One worker per core, each a plain thread with its own TUN queue, its own receive
+//! socket (in the `SO_REUSEPORT` group of the VXLAN port), its own buffers, cores
+//! and counters: the workers share nothing on the packet path but the read-only
+//! forwarding table, the per-peer counters and the send sockets (one per outer
+//! source port, see [`super::udp`]). The kernel
+//! keeps each flow on one worker both ways (flow hash to a TUN queue outbound,
+//! 4-tuple hash to a socket inbound), so a flow is never reordered.
+//!
+//! A worker serves both directions in one loop, like boringtun's device threads:
+//! it reads what the TUN and the socket have queued with non-blocking calls
+//! (outbound, up to 16 TUN reads, TSO super-packets with offloads, split into one
+//! batch and sent in UDP GSO runs; inbound, one `recvmmsg` of up to 16 GRO-merged
+//! buffers whose TCP segments are merged again for the TUN), and only when both are
+//! empty does it `poll` them. A lone packet is therefore handled as soon as the
+//! thread runs, with no timer and no batch to fill, and the reply to a packet it
+//! just sent, which the kernel often queues during the send itself, is picked up
+//! without sleeping. Before sleeping it may poll on for a short while
+//! ([`DataplaneOptions::spin`]). Forwarding-table updates arrive on a `watch`
+//! channel and are picked up between rounds. Send and write errors are counted as
+//! drops; only a failure to read the TUN or the socket ends a worker.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, UdpSocketState};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use tun_rs::AsyncDevice;
 
 use super::encap::{Decapsulator, EncapConfig, Encapsulator, HEADROOM};
 use super::error::Error;
 use super::fib::Fib;
 use super::icmp::{self, RateLimit, Unreachable};
 use super::offload::{self, Coalescer, Head, TunWrite, TxBatch};
-use super::stats::{DropReason, Stats};
-use super::tun::TunQueue;
-use super::udp::{Gather, UdpSender};
+use super::stats::{DropReason, NodeStats, Stats};
+use super::tun::{TunDevice, TunQueue};
+use super::udp::{Gather, Sockets, UdpSender};
 
 /// Largest IP packet the TUN can hand us.
 const MAX_PACKET: usize = 65_535;
-/// Socket buffer size asked of the kernel for the VXLAN socket.
-const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Creates the TUN device `name` (no packet-information header), still down, so the
-/// caller can finish configuring it before the kernel sends anything through it.
-/// Offloads (`IFF_VNET_HDR` with checksum and TSO) are asked for first; without them
-/// the device moves one plain packet per read and write. The log says which.
-pub fn open_tun(name: &str, mtu: u32) -> Result<AsyncDevice, Error> {
-    let mtu16 = u16::try_from(mtu).unwrap_or(u16::MAX);
-    let build = |offload: bool| {
-        tun_rs::DeviceBuilder::new()
-            .name(name)
-            .mtu(mtu16)
-            .offload(offload)
-            .enable(false)
-            .build_async()
-    };
-    let device = match build(true) {
-        Ok(device) => {
-            tracing::info!(
-                tun = name,
-                tso = device.tcp_gso(),
-                uso = device.udp_gso(),
-                "TUN offloads on (IFF_VNET_HDR): TSO in, GRO out"
-            );
-            device
-        }
-        Err(e) => {
-            tracing::warn!(tun = name, error = %e, "TUN offloads unavailable: one packet per read and write");
-            build(false).map_err(|source| Error::Tun {
-                name: name.to_string(),
-                source,
-            })?
-        }
-    };
-    Ok(device)
-}
-
-/// Opens the VXLAN UDP socket bound to `bind`, with large kernel buffers.
-pub fn open_socket(bind: SocketAddr) -> Result<UdpSocket, Error> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let err = |source| Error::Socket { addr: bind, source };
-    let socket =
-        Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-    // Larger buffers absorb bursts; the kernel caps them at net.core.*mem_max.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    socket.set_nonblocking(true).map_err(err)?;
-    socket.bind(&bind.into()).map_err(err)?;
-    UdpSocket::from_std(socket.into()).map_err(err)
+/// How the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DataplaneOptions {
+    /// How long a worker keeps polling its TUN queue and socket after the last
+    /// packet before it sleeps. Zero sleeps at once.
+    pub spin: Duration,
 }
 
 /// The front end of a running dataplane: counters and the forwarding-table feed.
 #[derive(Clone)]
 pub struct DataplaneHandle {
-    stats: Arc<Stats>,
+    stats: Arc<NodeStats>,
     fib: watch::Sender<Arc<Fib>>,
     router: watch::Sender<Option<std::net::IpAddr>>,
+    workers: usize,
 }
 
 impl DataplaneHandle {
-    /// The live counters.
-    pub fn stats(&self) -> &Arc<Stats> {
+    /// The live counters of every worker.
+    pub fn stats(&self) -> &Arc<NodeStats> {
         &self.stats
     }
 
-    /// Installs a new forwarding table; both directions use it from their next packet.
+    /// How many workers forward.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Installs a new forwarding table; every worker uses it from its next round.
     pub fn set_fib(&self, fib: Arc<Fib>) {
         self.fib.send_replace(fib);
     }
@@ -115,54 +90,132 @@ impl DataplaneHandle {
     }
 }
 
-/// Owns the dataplane's worker thread. It runs its own single-threaded tokio runtime
-/// with its own registration of the TUN and socket fds, so the kernel wakes the thread
-/// that handles a packet directly, and it serves both directions, so a reply that
-/// comes back while it is still polling needs no wake-up at all.
+/// Tells every worker to stop: a flag checked between rounds, and an eventfd that
+/// wakes a worker sleeping in `poll`.
+#[derive(Debug)]
+struct Stop {
+    flag: AtomicBool,
+    event: OwnedFd,
+}
+
+impl Stop {
+    fn new() -> io::Result<Stop> {
+        // SAFETY: eventfd with valid flags; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Stop {
+            flag: AtomicBool::new(false),
+            // SAFETY: fd is a freshly created eventfd that nothing else owns.
+            event: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn signal(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd. The counter stays
+        // non-zero, so every poller sees it readable.
+        let _ = unsafe { libc::write(self.event.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    #[inline]
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
+/// Owns the dataplane's worker threads.
 pub struct DataplaneDriver {
     threads: Vec<std::thread::JoinHandle<()>>,
     done: mpsc::UnboundedReceiver<Result<(), Error>>,
-    stop: watch::Sender<bool>,
+    stop: Option<Arc<Stop>>,
 }
 
 impl DataplaneDriver {
-    /// Starts forwarding between `tun` and `udp` with the initial table `fib`.
+    /// Starts one worker per pair of TUN queue and receive socket (extra queues or
+    /// sockets are closed), forwarding with the initial table `fib`.
     pub fn spawn(
-        tun: AsyncDevice,
-        udp: UdpSocket,
+        tun: TunDevice,
+        sockets: Sockets,
         config: EncapConfig,
         fib: Arc<Fib>,
+        options: DataplaneOptions,
     ) -> (DataplaneDriver, DataplaneHandle) {
-        let stats = Arc::new(Stats::default());
+        let TunDevice {
+            queues, vnet, uso, ..
+        } = tun;
+        let Sockets { rx: rx_sockets, tx } = sockets;
+        let workers = queues.len().min(rx_sockets.len()).max(1);
+        let stats = Arc::new(NodeStats::new(workers));
         let (fib_tx, fib_rx) = watch::channel(fib.clone());
         let (router_tx, router_rx) = watch::channel(None);
-        let (stop, stop_rx) = watch::channel(false);
         let (done_tx, done) = mpsc::unbounded_channel();
-        let vnet = tun.tcp_gso();
         let mut threads = Vec::new();
-        match split_fds(tun, udp) {
+        let stop = match Stop::new() {
+            Ok(stop) => Some(Arc::new(stop)),
             Err(source) => {
                 let _ = done_tx.send(Err(Error::Io {
-                    what: "handing the TUN and socket to the dataplane thread",
+                    what: "creating the dataplane stop event",
                     source,
                 }));
+                None
             }
-            Ok((tun_fd, udp_std)) => {
-                let enc = Encapsulator::new(config, fib.clone(), stats.clone());
-                let dec = Decapsulator::new(config, fib, stats.clone());
-                let stats2 = stats.clone();
-                threads.extend(spawn_thread(
-                    "overlayd-dp",
-                    &done_tx,
-                    &stop_rx,
-                    move || async move {
-                        let (tun, udp) = register(tun_fd, udp_std)?;
-                        let mut tx = TxPath::new(&udp, vnet, enc, fib_rx.clone(), stats2.clone());
-                        tx.router = Some(router_rx);
-                        let rx = RxPath::new(&udp, vnet, dec, fib_rx, stats2)?;
-                        run_worker(tun, udp, tx, rx).await
-                    },
-                ));
+        };
+        if let Some(stop) = &stop {
+            tracing::info!(
+                workers,
+                spin_us = options.spin.as_micros() as u64,
+                source_ports = tx.len(),
+                "dataplane: {workers} worker thread(s), one TUN queue and one SO_REUSEPORT socket each"
+            );
+            for (i, (tun, rx_socket)) in queues.into_iter().zip(rx_sockets).enumerate() {
+                let worker_stats = stats.worker(i);
+                let enc = Encapsulator::new(config, fib.clone(), worker_stats.clone());
+                let dec = Decapsulator::new(config, fib.clone(), worker_stats.clone());
+                let (fib_rx, router_rx) = (fib_rx.clone(), router_rx.clone());
+                let (stop, done, tx) = (stop.clone(), done_tx.clone(), tx.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("overlayd-dp{i}"))
+                    .spawn(move || {
+                        let run = std::panic::AssertUnwindSafe(|| {
+                            let mut w = Worker::new(
+                                i,
+                                tun,
+                                rx_socket,
+                                tx,
+                                vnet,
+                                uso,
+                                enc,
+                                dec,
+                                fib_rx,
+                                router_rx,
+                                worker_stats,
+                                stop.clone(),
+                                options,
+                            )?;
+                            w.run()
+                        });
+                        let result = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+                            let msg = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            Err(Error::Host(format!("dataplane worker {i} panicked: {msg}")))
+                        });
+                        let _ = done.send(result);
+                    });
+                match spawned {
+                    Ok(handle) => threads.push(handle),
+                    Err(source) => {
+                        let _ = done_tx.send(Err(Error::Io {
+                            what: "starting a dataplane thread",
+                            source,
+                        }));
+                    }
+                }
             }
         }
         (
@@ -175,18 +228,21 @@ impl DataplaneDriver {
                 stats,
                 fib: fib_tx,
                 router: router_tx,
+                workers,
             },
         )
     }
 
-    /// Waits until the worker fails (it only returns on a fatal TUN or socket error).
+    /// Waits until a worker fails (one only returns on a fatal TUN or socket error).
     pub async fn wait(&mut self) -> Result<(), Error> {
         self.done.recv().await.unwrap_or(Ok(()))
     }
 
-    /// Stops the worker and waits for it; the TUN and socket fds close with it.
+    /// Stops the workers and waits for them; the TUN and socket fds close with them.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        if let Some(stop) = &self.stop {
+            stop.signal();
+        }
         let threads = self.threads;
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
@@ -197,85 +253,112 @@ impl DataplaneDriver {
     }
 }
 
-/// Takes the fds out of the caller's runtime for the worker thread to register.
-fn split_fds(tun: AsyncDevice, udp: UdpSocket) -> io::Result<(OwnedFd, std::net::UdpSocket)> {
-    let raw = tun.into_fd()?;
-    // SAFETY: into_fd hands over the open TUN fd; nothing else owns or closes it.
-    let tun = unsafe { OwnedFd::from_raw_fd(raw) };
-    Ok((tun, udp.into_std()?))
+fn is_would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
 }
 
-/// Registers a thread's fds with its runtime.
-fn register(tun: OwnedFd, udp: std::net::UdpSocket) -> Result<(TunQueue, UdpSocket), Error> {
-    let tun = TunQueue::new(tun).map_err(|source| Error::Io {
-        what: "registering the TUN device",
-        source,
-    })?;
-    let udp = UdpSocket::from_std(udp).map_err(|source| Error::Io {
-        what: "registering the VXLAN socket",
-        source,
-    })?;
-    Ok((tun, udp))
-}
-
-/// Runs the future `make` builds on a new thread with a current-thread runtime until
-/// it ends or `stop` turns true; its result (or panic) is sent on `done`.
-fn spawn_thread<F, Fut>(
-    name: &'static str,
-    done: &mpsc::UnboundedSender<Result<(), Error>>,
-    stop: &watch::Receiver<bool>,
-    make: F,
-) -> Option<std::thread::JoinHandle<()>>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), Error>>,
-{
-    let (done, mut stop) = (done.clone(), stop.clone());
-    let done2 = done.clone();
-    let spawned = std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let run = std::panic::AssertUnwindSafe(|| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|source| Error::Io {
-                        what: "starting a dataplane runtime",
-                        source,
-                    })?;
-                rt.block_on(async move {
-                    tokio::select! {
-                        r = make() => r,
-                        _ = stop.wait_for(|s| *s) => Ok(()),
-                    }
-                })
-            });
-            let result = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                Err(Error::Host(format!(
-                    "dataplane thread {name} panicked: {msg}"
-                )))
-            });
-            let _ = done.send(result);
-        });
-    match spawned {
-        Ok(handle) => Some(handle),
-        Err(source) => {
-            let _ = done2.send(Err(Error::Io {
-                what: "starting a dataplane thread",
-                source,
-            }));
-            None
+/// Waits until one of `fds` is ready or `stop` is set. `EINTR` counts as ready.
+fn wait(fds: &mut [libc::pollfd]) -> io::Result<()> {
+    // SAFETY: fds is a valid, writable array of pollfd for the call.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
+    }
+    Ok(())
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
     }
 }
 
-fn is_would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
+/// One worker: its TUN queue, its sockets and both directions' state.
+struct Worker {
+    tun: TunQueue,
+    rx_socket: UdpSocket,
+    tx_sockets: Arc<[UdpSocket]>,
+    tx: TxPath,
+    rx: RxPath,
+    stop: Arc<Stop>,
+    spin: Duration,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        index: usize,
+        tun: TunQueue,
+        rx_socket: UdpSocket,
+        tx_sockets: Arc<[UdpSocket]>,
+        vnet: bool,
+        uso: bool,
+        enc: Encapsulator,
+        dec: Decapsulator,
+        fib: watch::Receiver<Arc<Fib>>,
+        router: watch::Receiver<Option<std::net::IpAddr>>,
+        stats: Arc<Stats>,
+        stop: Arc<Stop>,
+        options: DataplaneOptions,
+    ) -> Result<Worker, Error> {
+        let first_tx = tx_sockets.first().unwrap_or(&rx_socket);
+        let sender = UdpSender::new(first_tx, index == 0);
+        let tx_path = TxPath::new(vnet, enc, fib.clone(), router, stats.clone(), sender);
+        let rx_path = RxPath::new(&rx_socket, vnet, uso, dec, fib, stats, index == 0)?;
+        Ok(Worker {
+            tun,
+            rx_socket,
+            tx_sockets,
+            tx: tx_path,
+            rx: rx_path,
+            stop,
+            spin: options.spin,
+        })
+    }
+
+    /// Runs rounds of both directions until neither has anything queued (and the
+    /// spin time has passed), then sleeps in `poll` until either has; ends when
+    /// stopped or on a fatal error.
+    fn run(&mut self) -> Result<(), Error> {
+        let stop_fd = self.stop.event.as_raw_fd();
+        let mut fds = [
+            pollfd(self.tun.as_raw_fd(), libc::POLLIN),
+            pollfd(self.rx_socket.as_raw_fd(), libc::POLLIN),
+            pollfd(stop_fd, libc::POLLIN),
+        ];
+        loop {
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                if self.stop.is_set() {
+                    return Ok(());
+                }
+                let handled = self.tx.round(&self.tun, &self.tx_sockets, &self.stop)?
+                    + self.rx.round(&self.tun, &self.rx_socket)?;
+                if handled > 0 {
+                    idle_since = None;
+                    continue;
+                }
+                if self.spin.is_zero() {
+                    break;
+                }
+                let now = Instant::now();
+                if now.duration_since(*idle_since.get_or_insert(now)) >= self.spin {
+                    break;
+                }
+                // Keep the core awake but give it to anything else runnable on it.
+                std::thread::yield_now();
+            }
+            wait(&mut fds).map_err(|source| Error::Io {
+                what: "waiting on the TUN device and the VXLAN socket",
+                source,
+            })?;
+        }
+    }
 }
 
 /// TUN buffers filled per round of the outbound path before it sends.
@@ -286,30 +369,6 @@ const TX_SLOTS: usize = 2048;
 const RX_BUFS: usize = 16;
 /// Size of one receive buffer.
 const RX_BUF_LEN: usize = 96 * 1024;
-/// Both directions on one thread: waits until the TUN or the socket is readable, then
-/// alternates non-blocking rounds of each until neither has anything queued. (Polling
-/// on for a while before sleeping, to catch replies without a wake-up, made RTT worse
-/// on a loaded 2-vCPU host: the spinning thread takes the CPU the reply needs.)
-async fn run_worker(
-    tun: TunQueue,
-    udp: UdpSocket,
-    mut tx: TxPath,
-    mut rx: RxPath,
-) -> Result<(), Error> {
-    loop {
-        tokio::select! {
-            biased;
-            r = tun.readable() => r.map_err(|source| Error::Io { what: "waiting on the TUN device", source })?,
-            r = udp.readable() => r.map_err(|source| Error::Io { what: "waiting on the VXLAN socket", source })?,
-        }
-        loop {
-            let handled = tx.round(&tun, &udp).await? + rx.round(&tun, &udp).await?;
-            if handled == 0 {
-                break;
-            }
-        }
-    }
-}
 
 /// TUN → peers: reads up to [`TX_BUFS`] packets (super-packets with offloads), splits
 /// and encapsulates them into one [`TxBatch`], then sends it in GSO runs.
@@ -322,21 +381,22 @@ struct TxPath {
     batch: TxBatch,
     sender: UdpSender,
     /// Source of ICMP unreachable replies (the node's gateway), if set.
-    router: Option<watch::Receiver<Option<std::net::IpAddr>>>,
+    router: watch::Receiver<Option<std::net::IpAddr>>,
     icmp_limit: RateLimit,
     icmp_buf: Vec<u8>,
 }
 
-/// ICMP unreachable replies per second at most.
+/// ICMP unreachable replies per second at most (per worker).
 const ICMP_RATE: u32 = 100;
 
 impl TxPath {
     fn new(
-        udp: &UdpSocket,
         vnet: bool,
         enc: Encapsulator,
         fib: watch::Receiver<Arc<Fib>>,
+        router: watch::Receiver<Option<std::net::IpAddr>>,
         stats: Arc<Stats>,
+        sender: UdpSender,
     ) -> TxPath {
         TxPath {
             vnet,
@@ -347,23 +407,24 @@ impl TxPath {
                 .map(|_| vec![0u8; HEADROOM + MAX_PACKET])
                 .collect(),
             batch: TxBatch::new(TX_SLOTS),
-            sender: UdpSender::new(udp),
-            router: None,
+            sender,
+            router,
             icmp_limit: RateLimit::new(ICMP_RATE),
             icmp_buf: vec![0u8; offload::VNET_HDR_LEN + icmp::MAX_REPLY],
         }
     }
 
     /// One batch; returns the number of TUN reads (0: nothing was queued).
-    async fn round(&mut self, tun: &TunQueue, udp: &UdpSocket) -> Result<usize, Error> {
+    fn round(
+        &mut self,
+        tun: &TunQueue,
+        sockets: &[UdpSocket],
+        stop: &Stop,
+    ) -> Result<usize, Error> {
         let off = if self.vnet {
             HEADROOM - offload::VNET_HDR_LEN
         } else {
             HEADROOM
-        };
-        let tun_err = |source| Error::Io {
-            what: "reading the TUN device",
-            source,
         };
         if self.fib.has_changed().unwrap_or(false) {
             self.enc.set_fib(self.fib.borrow_and_update().clone());
@@ -371,10 +432,16 @@ impl TxPath {
         self.batch.clear();
         let mut k = 0;
         while k < TX_BUFS && self.batch.free_slots() >= offload::MAX_SEGMENTS_PER_PACKET {
-            let n = match tun.try_recv(&mut self.bufs[k][off..]) {
+            let n = match tun.recv(&mut self.bufs[k][off..]) {
                 Ok(n) => n,
                 Err(e) if is_would_block(&e) => break,
-                Err(e) => return Err(tun_err(e)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        what: "reading the TUN device",
+                        source,
+                    })
+                }
             };
             let buf = &mut self.bufs[k];
             let (result, len) = if self.vnet {
@@ -391,40 +458,37 @@ impl TxPath {
             } else {
                 match self.enc.encapsulate(buf, n) {
                     Ok(tx) => {
-                        self.batch.push_in_place(tx.dst, k as u32, tx.len);
+                        let dst = offload::TxDest {
+                            addr: tx.dst,
+                            flow: tx.flow,
+                        };
+                        self.batch.push_in_place(dst, k as u32, tx.len);
                         (Ok(()), n)
                     }
                     Err(e) => (Err(e), n),
                 }
             };
             if let Err(reason @ (DropReason::UnknownSubnet | DropReason::PeerDead)) = result {
-                self.reply_unreachable(tun, k, len, reason).await;
+                self.reply_unreachable(tun, k, len, reason);
             }
             k += 1;
         }
         if k > 0 {
-            send_batch(udp, &mut self.sender, &self.batch, &self.bufs, &self.stats).await;
+            self.send_batch(sockets, stop);
+            self.enc.flush_peer_stats();
             self.stats.tx.record_batch(self.batch.datagrams().len());
         }
         Ok(k)
     }
-}
 
-impl TxPath {
     /// Tells the sender of the packet in buffer `k` that its destination cannot be
     /// reached (ICMP destination unreachable, from the node's gateway), at most
     /// [`ICMP_RATE`] times a second. Best effort: a full TUN queue drops the reply.
-    async fn reply_unreachable(
-        &mut self,
-        tun: &TunQueue,
-        k: usize,
-        len: usize,
-        reason: DropReason,
-    ) {
-        let Some(router) = self.router.as_ref().and_then(|r| *r.borrow()) else {
+    fn reply_unreachable(&mut self, tun: &TunQueue, k: usize, len: usize, reason: DropReason) {
+        let Some(router) = *self.router.borrow() else {
             return;
         };
-        if !self.icmp_limit.allow(std::time::Instant::now()) {
+        if !self.icmp_limit.allow(Instant::now()) {
             return;
         }
         let why = match reason {
@@ -441,52 +505,71 @@ impl TxPath {
         let Some(n) = icmp::unreachable(packet, why, router, &mut self.icmp_buf[head..]) else {
             return;
         };
-        let _ = tun
-            .send_vectored(&[IoSlice::new(&self.icmp_buf[..head + n])])
-            .await;
+        let _ = tun.send_vectored(&[IoSlice::new(&self.icmp_buf[..head + n])]);
+    }
+
+    /// Sends every datagram of the batch in GSO runs, each from the source port its
+    /// flow picks; a full socket is waited for, failures are counted as drops.
+    fn send_batch(&mut self, sockets: &[UdpSocket], stop: &Stop) {
+        let (batch, bufs, stats) = (&self.batch, &self.bufs, &self.stats);
+        for g in batch.groups(self.sender.max_segments(), sockets.len()) {
+            let datagrams = &batch.datagrams()[g.range.clone()];
+            let mut iov = [IoSlice::new(&[]); 2 * offload::MAX_GSO_SEGMENTS];
+            let mut parts = [0u8; offload::MAX_GSO_SEGMENTS];
+            let mut n = 0;
+            for (i, d) in datagrams.iter().enumerate() {
+                let body = &bufs[d.buf as usize][d.body.start as usize..d.body.end as usize];
+                match d.head {
+                    Head::InPlace => {
+                        iov[n] = IoSlice::new(body);
+                        n += 1;
+                        parts[i] = 1;
+                    }
+                    Head::Slot(s) => {
+                        iov[n] = IoSlice::new(batch.slot(s, d.head_len));
+                        iov[n + 1] = IoSlice::new(body);
+                        n += 2;
+                        parts[i] = 2;
+                    }
+                }
+            }
+            let gather = Gather {
+                iov: &iov[..n],
+                parts: &parts[..datagrams.len()],
+            };
+            let socket = &sockets[g.source];
+            let result = loop {
+                match self.sender.send(socket, g.dst, g.segment_size, &gather) {
+                    Err(e) if is_would_block(&e) => {
+                        if let Err(e) = wait_writable(socket, stop) {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other,
+                }
+            };
+            if let Err(e) = result {
+                for _ in datagrams {
+                    stats.tx.drop(DropReason::IoError);
+                }
+                tracing::trace!(error = %e, dst = %g.dst, "send failed");
+            }
+        }
     }
 }
 
-/// Sends every datagram of `batch` in GSO runs; failures are counted as drops.
-async fn send_batch(
-    udp: &UdpSocket,
-    sender: &mut UdpSender,
-    batch: &TxBatch,
-    bufs: &[Vec<u8>],
-    stats: &Stats,
-) {
-    for g in batch.groups(sender.max_segments()) {
-        let datagrams = &batch.datagrams()[g.range.clone()];
-        let mut iov = [IoSlice::new(&[]); 2 * offload::MAX_GSO_SEGMENTS];
-        let mut parts = [0u8; offload::MAX_GSO_SEGMENTS];
-        let mut n = 0;
-        for (i, d) in datagrams.iter().enumerate() {
-            let body = &bufs[d.buf as usize][d.body.start as usize..d.body.end as usize];
-            match d.head {
-                Head::InPlace => {
-                    iov[n] = IoSlice::new(body);
-                    n += 1;
-                    parts[i] = 1;
-                }
-                Head::Slot(s) => {
-                    iov[n] = IoSlice::new(batch.slot(s, d.head_len));
-                    iov[n + 1] = IoSlice::new(body);
-                    n += 2;
-                    parts[i] = 2;
-                }
-            }
-        }
-        let gather = Gather {
-            iov: &iov[..n],
-            parts: &parts[..datagrams.len()],
-        };
-        if let Err(e) = sender.send(udp, g.dst, g.segment_size, gather).await {
-            for _ in datagrams {
-                stats.tx.drop(DropReason::IoError);
-            }
-            tracing::trace!(error = %e, dst = %g.dst, "send failed");
-        }
+/// Waits until `socket` takes more data; an error if stopped meanwhile.
+fn wait_writable(socket: &UdpSocket, stop: &Stop) -> io::Result<()> {
+    let mut fds = [
+        pollfd(socket.as_raw_fd(), libc::POLLOUT),
+        pollfd(stop.event.as_raw_fd(), libc::POLLIN),
+    ];
+    wait(&mut fds)?;
+    if stop.is_set() {
+        return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
     }
+    Ok(())
 }
 
 /// Peers → TUN: receives up to [`RX_BUFS`] GRO-merged buffers per `recvmmsg`,
@@ -503,29 +586,34 @@ struct RxPath {
 }
 
 impl RxPath {
+    #[allow(clippy::too_many_arguments)]
     fn new(
-        udp: &UdpSocket,
+        socket: &UdpSocket,
         vnet: bool,
+        _uso: bool,
         dec: Decapsulator,
         fib: watch::Receiver<Arc<Fib>>,
         stats: Arc<Stats>,
+        log: bool,
     ) -> Result<RxPath, Error> {
-        let state = UdpSocketState::new(udp.into()).map_err(|source| Error::Io {
+        let state = UdpSocketState::new(socket.into()).map_err(|source| Error::Io {
             what: "setting up the VXLAN socket for batch receive",
             source,
         })?;
         let gro = state.gro_segments() > 1;
-        tracing::info!(
-            udp_gro = gro,
-            tun_coalescing = vnet,
-            "VXLAN socket: recvmmsg receive path{}; TUN writes {}",
-            if gro { " with UDP GRO" } else { "" },
-            if vnet {
-                "coalesce TCP segments (IFF_VNET_HDR)"
-            } else {
-                "one packet each"
-            }
-        );
+        if log {
+            tracing::info!(
+                udp_gro = gro,
+                tun_coalescing = vnet,
+                "VXLAN socket: recvmmsg receive path{}; TUN writes {}",
+                if gro { " with UDP GRO" } else { "" },
+                if vnet {
+                    "coalesce TCP segments (IFF_VNET_HDR)"
+                } else {
+                    "one packet each"
+                }
+            );
+        }
         Ok(RxPath {
             vnet,
             dec,
@@ -539,15 +627,12 @@ impl RxPath {
     }
 
     /// One `recvmmsg` and its TUN writes; returns the datagrams handled.
-    async fn round(&mut self, tun: &TunQueue, udp: &UdpSocket) -> Result<usize, Error> {
+    fn round(&mut self, tun: &TunQueue, socket: &UdpSocket) -> Result<usize, Error> {
         let received = {
-            let (bufs, metas, state) = (&mut self.bufs, &mut self.metas, &self.state);
-            udp.try_io(Interest::READABLE, || {
-                let mut chunks = bufs.chunks_mut(RX_BUF_LEN);
-                let mut iovs: [IoSliceMut<'_>; RX_BUFS] =
-                    std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-                state.recv(udp.into(), &mut iovs, metas)
-            })
+            let mut chunks = self.bufs.chunks_mut(RX_BUF_LEN);
+            let mut iovs: [IoSliceMut<'_>; RX_BUFS] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            self.state.recv(socket.into(), &mut iovs, &mut self.metas)
         };
         let n = match received {
             Ok(n) => n,
@@ -583,6 +668,7 @@ impl RxPath {
                 at = end;
             }
         }
+        self.dec.flush_peer_stats();
         self.coalescer.finish();
         for w in self.coalescer.writes() {
             let written = match w {
@@ -595,7 +681,7 @@ impl RxPath {
                     } else {
                         &bufs[start..end]
                     };
-                    tun.send_vectored(&[IoSlice::new(packet)]).await
+                    tun.send_vectored(&[IoSlice::new(packet)])
                 }
                 TunWrite::Coalesced { head, pieces } => {
                     let mut iov = [IoSlice::new(&[]); offload::MAX_COALESCE + 1];
@@ -603,7 +689,7 @@ impl RxPath {
                     for (slot, p) in iov[1..].iter_mut().zip(pieces) {
                         *slot = IoSlice::new(&bufs[p.range.start as usize..p.range.end as usize]);
                     }
-                    tun.send_vectored(&iov[..pieces.len() + 1]).await
+                    tun.send_vectored(&iov[..pieces.len() + 1])
                 }
             };
             if written.is_err() {

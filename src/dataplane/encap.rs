@@ -10,7 +10,10 @@
 //!   IP packet inside it, to be written to the TUN from the same buffer.
 //!
 //! Every packet that is not forwarded is counted in [`Stats`] under one
-//! [`DropReason`]; nothing here logs or panics on packet contents.
+//! [`DropReason`]; nothing here logs or panics on packet contents. Per-peer traffic
+//! counters are shared by every worker, so each half sums a run of packets of one
+//! peer and adds it once (one atomic add per peer per batch, not per packet); the
+//! caller ends a batch with `flush_peer_stats`.
 //!
 //! [RFC 7348]: https://www.rfc-editor.org/rfc/rfc7348
 
@@ -19,7 +22,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::fib::{Fib, Peer, PeerState};
-use super::offload::{self, TxBatch, VnetHdr};
+use super::flow::flow_hash;
+use super::offload::{self, TxBatch, TxDest, VnetHdr};
 use super::stats::{DropReason, Stats};
 use super::wire::vxlan::VxlanRepr;
 use super::wire::{self, EtherType, EthernetFrame, IpHeader, MacAddr, VxlanPacket};
@@ -41,6 +45,9 @@ pub struct Transmit {
     pub dst: SocketAddr,
     /// The datagram is `buf[..len]`.
     pub len: usize,
+    /// The inner flow's hash ([`flow_hash`]), from which the driver picks the outer
+    /// UDP source port (RFC 7348 §5).
+    pub flow: u32,
 }
 
 /// Settings shared by both directions.
@@ -52,23 +59,83 @@ pub struct EncapConfig {
     pub local_mac: MacAddr,
 }
 
+/// Packets and bytes of one peer (by index in the FIB) not yet added to its
+/// shared counters.
+#[derive(Debug, Clone, Copy)]
+struct PeerTally {
+    peer: u32,
+    packets: u64,
+    bytes: u64,
+}
+
+impl PeerTally {
+    const EMPTY: PeerTally = PeerTally {
+        peer: u32::MAX,
+        packets: 0,
+        bytes: 0,
+    };
+
+    /// Counts traffic of the tally's peer.
+    #[inline(always)]
+    fn add(&mut self, packets: u64, bytes: usize) {
+        self.packets += packets;
+        self.bytes += bytes as u64;
+    }
+
+    /// Adds the tally to `peer`'s counters in `fib` and empties it.
+    fn flush(&mut self, fib: &Fib, tx: bool) {
+        let t = std::mem::replace(self, PeerTally::EMPTY);
+        if let (Some(p), true) = (fib.peers().get(t.peer as usize), t.packets > 0) {
+            let flow = if tx { &p.stats.tx } else { &p.stats.rx };
+            flow.add_shared(t.packets, t.bytes as usize);
+        }
+    }
+}
+
 /// Outbound half: TUN packets to VXLAN datagrams.
 #[derive(Debug)]
 pub struct Encapsulator {
     config: EncapConfig,
     fib: Arc<Fib>,
     stats: Arc<Stats>,
+    tally: PeerTally,
 }
 
 impl Encapsulator {
     /// An encapsulator routing with `fib` and counting into `stats`.
     pub fn new(config: EncapConfig, fib: Arc<Fib>, stats: Arc<Stats>) -> Encapsulator {
-        Encapsulator { config, fib, stats }
+        Encapsulator {
+            config,
+            fib,
+            stats,
+            tally: PeerTally::EMPTY,
+        }
     }
 
     /// Replaces the forwarding table (membership changed).
     pub fn set_fib(&mut self, fib: Arc<Fib>) {
+        self.flush_peer_stats();
         self.fib = fib;
+    }
+
+    /// Adds the traffic counted since the last call to the peers' shared counters.
+    pub fn flush_peer_stats(&mut self) {
+        self.tally.flush(&self.fib, true);
+    }
+
+    #[inline(always)]
+    fn count_peer(&mut self, peer: u32, packets: u64, bytes: usize) {
+        if self.tally.peer != peer {
+            self.switch_peer(peer);
+        }
+        self.tally.add(packets, bytes);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn switch_peer(&mut self, peer: u32) {
+        self.tally.flush(&self.fib, true);
+        self.tally.peer = peer;
     }
 
     /// Encapsulates the IP packet in `buf[HEADROOM..HEADROOM + len]` for the peer that
@@ -86,19 +153,25 @@ impl Encapsulator {
     /// Finds the live peer that owns the destination of the IP `packet` and writes the
     /// VXLAN and inner Ethernet headers for it into `prefix` (`HEADROOM` bytes). Shared
     /// by the plain and the offload paths; a dead peer's drop is counted against it.
+    /// Returns the peer's index and underlay address.
     #[inline(always)]
-    fn route_and_emit(&self, packet: &[u8], prefix: &mut [u8]) -> Result<&Peer, DropReason> {
+    fn route_and_emit(
+        &self,
+        packet: &[u8],
+        prefix: &mut [u8],
+    ) -> Result<(u32, SocketAddr), DropReason> {
         let header = IpHeader::parse(packet).map_err(|_| DropReason::MalformedOutbound)?;
         let ethertype = match header.dst {
             IpAddr::V4(_) => EtherType::Ipv4,
             IpAddr::V6(_) => EtherType::Ipv6,
         };
-        let peer = self
+        let idx = self
             .fib
-            .lookup(header.dst)
+            .lookup_index(header.dst)
             .ok_or(DropReason::UnknownSubnet)?;
+        let peer: &Peer = &self.fib.peers()[idx as usize];
         if peer.state == PeerState::Dead {
-            peer.stats.tx_dropped.add(packet.len());
+            peer.stats.tx_dropped.add_shared(1, packet.len());
             return Err(DropReason::PeerDead);
         }
         let (vxlan, eth) = prefix.split_at_mut(wire::vxlan::HEADER_LEN);
@@ -110,22 +183,23 @@ impl Encapsulator {
         frame.set_dst_addr(peer.vtep_mac);
         frame.set_src_addr(self.config.local_mac);
         frame.set_ethertype(ethertype);
-        Ok(peer)
+        Ok((idx, peer.underlay))
     }
 
     #[inline(always)]
-    fn encapsulate_inner(&self, buf: &mut [u8], len: usize) -> Result<Transmit, DropReason> {
+    fn encapsulate_inner(&mut self, buf: &mut [u8], len: usize) -> Result<Transmit, DropReason> {
         let total = HEADROOM.checked_add(len).filter(|t| *t <= buf.len());
         let Some(total) = total else {
             return Err(DropReason::MalformedOutbound);
         };
         let (prefix, rest) = buf[..total].split_at_mut(HEADROOM);
-        let peer = self.route_and_emit(rest, prefix)?;
-        peer.stats.tx.add(len);
+        let (peer, underlay) = self.route_and_emit(rest, prefix)?;
+        self.count_peer(peer, 1, len);
         self.stats.tx.forwarded.add(len);
         Ok(Transmit {
-            dst: peer.underlay,
+            dst: underlay,
             len: total,
+            flow: flow_hash(rest),
         })
     }
 }
@@ -175,28 +249,30 @@ impl Encapsulator {
                 return Err(DropReason::MalformedOutbound);
             }
             let tx = self.encapsulate_inner(buf, len)?;
-            batch.push_in_place(tx.dst, buf_id, tx.len);
+            let dst = TxDest {
+                addr: tx.dst,
+                flow: tx.flow,
+            };
+            batch.push_in_place(dst, buf_id, tx.len);
             return Ok(1);
         }
         let packet = &buf[HEADROOM..total];
         let mut prefix = [0u8; HEADROOM];
-        let peer = self.route_and_emit(packet, &mut prefix)?;
+        let (peer, underlay) = self.route_and_emit(packet, &mut prefix)?;
         let first = batch.datagrams().len();
-        let n = offload::segment(
-            &hdr,
-            packet,
-            &prefix,
-            peer.underlay,
-            buf_id,
-            HEADROOM,
-            batch,
-        )
-        .map_err(|_| DropReason::MalformedOutbound)?;
+        let dst = TxDest {
+            addr: underlay,
+            flow: flow_hash(packet),
+        };
+        let n = offload::segment(&hdr, packet, &prefix, dst, buf_id, HEADROOM, batch)
+            .map_err(|_| DropReason::MalformedOutbound)?;
+        let mut bytes = 0;
         for d in &batch.datagrams()[first..] {
             let inner = d.len() - HEADROOM;
-            peer.stats.tx.add(inner);
+            bytes += inner;
             self.stats.tx.forwarded.add(inner);
         }
+        self.count_peer(peer, n as u64, bytes);
         Ok(n)
     }
 }
@@ -207,17 +283,36 @@ pub struct Decapsulator {
     config: EncapConfig,
     fib: Arc<Fib>,
     stats: Arc<Stats>,
+    tally: PeerTally,
 }
 
 impl Decapsulator {
     /// A decapsulator accepting peers of `fib` and counting into `stats`.
     pub fn new(config: EncapConfig, fib: Arc<Fib>, stats: Arc<Stats>) -> Decapsulator {
-        Decapsulator { config, fib, stats }
+        Decapsulator {
+            config,
+            fib,
+            stats,
+            tally: PeerTally::EMPTY,
+        }
     }
 
     /// Replaces the forwarding table (membership changed).
     pub fn set_fib(&mut self, fib: Arc<Fib>) {
+        self.flush_peer_stats();
         self.fib = fib;
+    }
+
+    /// Adds the traffic counted since the last call to the peers' shared counters.
+    pub fn flush_peer_stats(&mut self) {
+        self.tally.flush(&self.fib, false);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn switch_peer(&mut self, peer: u32) {
+        self.tally.flush(&self.fib, false);
+        self.tally.peer = peer;
     }
 
     /// Checks a datagram received from `from` and returns the range of its inner IP
@@ -238,7 +333,11 @@ impl Decapsulator {
         result
     }
 
-    fn decapsulate_inner(&self, from: IpAddr, datagram: &[u8]) -> Result<Range<usize>, DropReason> {
+    fn decapsulate_inner(
+        &mut self,
+        from: IpAddr,
+        datagram: &[u8],
+    ) -> Result<Range<usize>, DropReason> {
         if datagram.len() < HEADROOM {
             return Err(DropReason::ShortDatagram);
         }
@@ -247,10 +346,11 @@ impl Decapsulator {
         if repr.vni != self.config.vni {
             return Err(DropReason::BadVni);
         }
-        let peer = self
+        let idx = self
             .fib
-            .peer_by_underlay(from)
+            .underlay_index(from)
             .ok_or(DropReason::UnknownSender)?;
+        let peer: &Peer = &self.fib.peers()[idx as usize];
         let checked = (|| {
             if peer.state == PeerState::Dead {
                 return Err(DropReason::DeadSender);
@@ -274,8 +374,12 @@ impl Decapsulator {
             }
             Ok(header)
         })();
-        let header = checked.inspect_err(|_| peer.stats.rx_dropped.add(datagram.len()))?;
-        peer.stats.rx.add(header.total_len);
+        let header =
+            checked.inspect_err(|_| peer.stats.rx_dropped.add_shared(1, datagram.len()))?;
+        if self.tally.peer != idx {
+            self.switch_peer(idx);
+        }
+        self.tally.add(1, header.total_len);
         self.stats.rx.forwarded.add(header.total_len);
         Ok(HEADROOM..HEADROOM + header.total_len)
     }
@@ -326,6 +430,33 @@ mod tests {
         d.extend_from_slice(&[0x08, 0x00]);
         d.extend_from_slice(inner);
         d
+    }
+
+    #[test]
+    fn peer_counters_are_added_once_per_run_and_on_flush() {
+        let (mut enc, mut dec, _) = setup();
+        let to_n2 = udp_packet([10, 244, 1, 5], [10, 244, 2, 7], b"hello");
+        let to_n3 = udp_packet([10, 244, 1, 5], [10, 244, 3, 7], b"hi");
+        let mut buf = vec![0u8; 256];
+        for p in [&to_n2, &to_n2, &to_n3, &to_n2] {
+            buf[HEADROOM..HEADROOM + p.len()].copy_from_slice(p);
+            enc.encapsulate(&mut buf, p.len()).unwrap();
+        }
+        let peers = enc.fib.clone();
+        let (n2, n3) = (&peers.peers()[0].stats, &peers.peers()[1].stats);
+        // The last run (one packet to n2) is still pending.
+        assert_eq!(n2.tx.get(), (2, 2 * to_n2.len() as u64));
+        assert_eq!(n3.tx.get(), (1, to_n3.len() as u64));
+        enc.flush_peer_stats();
+        enc.flush_peer_stats();
+        assert_eq!(n2.tx.get(), (3, 3 * to_n2.len() as u64));
+        let inner = udp_packet([10, 244, 2, 9], [10, 244, 1, 5], b"back");
+        dec.decapsulate("198.18.0.2".parse().unwrap(), &kernel_datagram(&inner))
+            .unwrap();
+        assert_eq!(n2.rx.get(), (0, 0));
+        // A new table flushes what the old one counted.
+        dec.set_fib(peers.clone());
+        assert_eq!(n2.rx.get(), (1, inner.len() as u64));
     }
 
     #[test]

@@ -200,7 +200,13 @@ impl Fib {
     /// The peer whose subnet holds `dst` (longest prefix wins).
     #[inline]
     pub fn lookup(&self, dst: IpAddr) -> Option<&Peer> {
-        let idx = match dst {
+        self.peers.get(self.lookup_index(dst)? as usize)
+    }
+
+    /// The index in [`Fib::peers`] of the peer whose subnet holds `dst`.
+    #[inline(always)]
+    pub fn lookup_index(&self, dst: IpAddr) -> Option<u32> {
+        match dst {
             IpAddr::V4(a) => {
                 let key = u32::from(a);
                 self.v4.iter().find_map(|l| l.map.get(&(key & l.mask)))
@@ -209,15 +215,20 @@ impl Fib {
                 let key = u128::from(a);
                 self.v6.iter().find_map(|l| l.map.get(&(key & l.mask)))
             }
-        }?;
-        self.peers.get(*idx as usize)
+        }
+        .copied()
     }
 
     /// The peer that sends from underlay address `addr`.
     #[inline]
     pub fn peer_by_underlay(&self, addr: IpAddr) -> Option<&Peer> {
-        let idx = self.by_underlay.get(&addr.to_canonical())?;
-        self.peers.get(*idx as usize)
+        self.peers.get(self.underlay_index(addr)? as usize)
+    }
+
+    /// The index in [`Fib::peers`] of the peer that sends from underlay address `addr`.
+    #[inline(always)]
+    pub fn underlay_index(&self, addr: IpAddr) -> Option<u32> {
+        self.by_underlay.get(&addr.to_canonical()).copied()
     }
 
     /// Every peer, in the order given to [`Fib::new`].

@@ -4,16 +4,18 @@
 //! - [`fib`]: which peer owns a destination; which peer a sender is.
 //! - [`encap`]: the sans-IO core, encap and decap in caller buffers.
 //! - [`offload`]: TSO segmentation and TCP coalescing for an offloading TUN (sans-IO).
+//! - [`flow`]: the inner flow hash that picks the outer UDP source port (sans-IO).
 //! - [`stats`]: counters by direction, peer and drop reason.
-//! - [`driver`]: the tokio tasks that own the TUN and the UDP socket.
-//! - [`tun`]: a TUN queue fd on the runtime of the thread that uses it.
-//! - [`udp`]: GSO/`sendmmsg` send and GRO/`recvmmsg` receive on the VXLAN socket.
+//! - [`driver`]: the worker threads that own the TUN queues and the UDP sockets.
+//! - [`tun`]: the TUN device and its queue fds.
+//! - [`udp`]: the VXLAN sockets; GSO/`sendmmsg` send and GRO/`recvmmsg` receive.
 //! - [`netlink`]: bridge, addresses and routes (Linux only).
 
 pub mod driver;
 pub mod encap;
 pub mod error;
 pub mod fib;
+pub mod flow;
 pub mod icmp;
 pub mod netlink;
 pub mod offload;
@@ -25,4 +27,4 @@ pub mod wire;
 pub use encap::{Decapsulator, EncapConfig, Encapsulator, Transmit, HEADROOM};
 pub use error::Error;
 pub use fib::{Fib, Peer, PeerOrigin, PeerState};
-pub use stats::{DropReason, Stats};
+pub use stats::{DropReason, NodeStats, Stats};

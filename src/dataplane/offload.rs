@@ -20,6 +20,8 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 
+use super::flow::source_index;
+
 /// Length of the virtio-net header in front of every packet on an `IFF_VNET_HDR` TUN.
 pub const VNET_HDR_LEN: usize = 10;
 
@@ -180,6 +182,8 @@ pub enum Head {
 pub struct TxDatagram {
     /// The peer's underlay address and port.
     pub dst: SocketAddr,
+    /// The inner flow's hash ([`super::flow::flow_hash`]): picks the source port.
+    pub flow: u32,
     /// The packet buffer (the driver's index) holding the payload.
     pub buf: u32,
     /// Where the first part is.
@@ -215,11 +219,24 @@ pub struct TxBatch {
     datagrams: Vec<TxDatagram>,
 }
 
+/// Where a datagram goes: the peer, and the inner flow whose hash picks the outer
+/// source port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxDest {
+    /// The peer's underlay address and port.
+    pub addr: SocketAddr,
+    /// The inner flow's hash ([`super::flow::flow_hash`]).
+    pub flow: u32,
+}
+
 /// A run of datagrams that one GSO send can carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxGroup {
     /// Where they go.
     pub dst: SocketAddr,
+    /// Which of the sender's source ports they leave from
+    /// ([`super::flow::source_index`] of their flow).
+    pub source: usize,
     /// Size of every datagram but the last, which may be shorter.
     pub segment_size: usize,
     /// Indices into [`TxBatch::datagrams`].
@@ -264,9 +281,10 @@ impl TxBatch {
         &self.slots[start..start + usize::from(len)]
     }
 
-    pub(crate) fn push_in_place(&mut self, dst: SocketAddr, buf: u32, len: usize) {
+    pub(crate) fn push_in_place(&mut self, dst: TxDest, buf: u32, len: usize) {
         self.datagrams.push(TxDatagram {
-            dst,
+            dst: dst.addr,
+            flow: dst.flow,
             buf,
             head: Head::InPlace,
             body: 0..len as u32,
@@ -286,14 +304,15 @@ impl TxBatch {
 
     pub(crate) fn push_slot(
         &mut self,
-        dst: SocketAddr,
+        dst: TxDest,
         buf: u32,
         slot: u32,
         head_len: usize,
         body: Range<usize>,
     ) {
         self.datagrams.push(TxDatagram {
-            dst,
+            dst: dst.addr,
+            flow: dst.flow,
             buf,
             head: Head::Slot(slot),
             body: body.start as u32..body.end as u32,
@@ -301,23 +320,34 @@ impl TxBatch {
         });
     }
 
-    /// Cuts the batch into GSO runs: consecutive datagrams to one destination, all of
-    /// one size but the last (which may be shorter and ends the run), at most
-    /// `max_segments` of them and [`MAX_GSO_BYTES`] in all. With `max_segments == 1`
-    /// every datagram is its own group.
-    pub fn groups(&self, max_segments: usize) -> impl Iterator<Item = TxGroup> + '_ {
+    /// Cuts the batch into GSO runs: consecutive datagrams to one destination from
+    /// one of `sources` source ports, all of one size but the last (which may be
+    /// shorter and ends the run), at most `max_segments` of them and
+    /// [`MAX_GSO_BYTES`] in all. With `max_segments == 1` every datagram is its own
+    /// group.
+    pub fn groups(
+        &self,
+        max_segments: usize,
+        sources: usize,
+    ) -> impl Iterator<Item = TxGroup> + '_ {
         let max_segments = max_segments.clamp(1, MAX_GSO_SEGMENTS);
+        let sources = sources.max(1);
         let mut i = 0;
         std::iter::from_fn(move || {
             let first = self.datagrams.get(i)?;
             let size = first.len();
+            let source = source_index(first.flow, sources);
             let start = i;
             let mut bytes = size;
             i += 1;
             while i < self.datagrams.len() && i - start < max_segments {
                 let d = &self.datagrams[i];
                 let len = d.len();
-                if d.dst != first.dst || len > size || bytes + len > MAX_GSO_BYTES {
+                if d.dst != first.dst
+                    || (d.flow != first.flow && source_index(d.flow, sources) != source)
+                    || len > size
+                    || bytes + len > MAX_GSO_BYTES
+                {
                     break;
                 }
                 bytes += len;
@@ -328,6 +358,7 @@ impl TxBatch {
             }
             Some(TxGroup {
                 dst: first.dst,
+                source,
                 segment_size: size,
                 range: start..i,
             })
@@ -354,7 +385,7 @@ pub fn segment(
     hdr: &VnetHdr,
     packet: &[u8],
     prefix: &[u8],
-    dst: SocketAddr,
+    dst: TxDest,
     buf: u32,
     base: usize,
     batch: &mut TxBatch,
@@ -953,12 +984,15 @@ mod tests {
         let (hdr, p) = tso(p, 1400, v4);
         let mut batch = TxBatch::new(64);
         let prefix = [0xabu8; 22];
-        let dst = "198.18.0.2:4789".parse().unwrap();
+        let dst = TxDest {
+            addr: "198.18.0.2:4789".parse().unwrap(),
+            flow: 7,
+        };
         let n = segment(&hdr, &p, &prefix, dst, 3, 0, &mut batch).unwrap();
         assert_eq!(n, 4);
         let mut joined = Vec::new();
         for (i, d) in batch.datagrams().iter().enumerate() {
-            assert_eq!(d.buf, 3);
+            assert_eq!((d.buf, d.flow), (3, 7));
             let bytes = datagram_bytes(&batch, d, &p);
             assert_eq!(&bytes[..22], &prefix);
             let inner = &bytes[22..];
@@ -989,7 +1023,7 @@ mod tests {
             joined.extend_from_slice(tcp.payload());
         }
         assert_eq!(joined, payload);
-        let groups: Vec<_> = batch.groups(64).collect();
+        let groups: Vec<_> = batch.groups(64, 16).collect();
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].range, 0..4);
     }
@@ -1007,7 +1041,10 @@ mod tests {
     #[test]
     fn segment_rejects_lies_and_reports_full() {
         let (hdr, p) = tso(tcp_packet(1, &[0u8; 3000], false), 1000, true);
-        let dst = "198.18.0.2:4789".parse().unwrap();
+        let dst = TxDest {
+            addr: "198.18.0.2:4789".parse().unwrap(),
+            flow: 0,
+        };
         let mut small = TxBatch::new(2);
         assert_eq!(
             segment(&hdr, &p, &[0; 22], dst, 0, 0, &mut small),
@@ -1037,25 +1074,35 @@ mod tests {
     }
 
     #[test]
-    fn groups_split_on_destination_size_and_limits() {
+    fn groups_split_on_destination_source_size_and_limits() {
         let a: SocketAddr = "198.18.0.2:4789".parse().unwrap();
         let b: SocketAddr = "198.18.0.3:4789".parse().unwrap();
+        let to = |addr, flow| TxDest { addr, flow };
         let mut batch = TxBatch::new(4);
         for (dst, len) in [(a, 100), (a, 100), (a, 60), (a, 100), (b, 100), (b, 100)] {
-            batch.push_in_place(dst, 0, len);
+            batch.push_in_place(to(dst, 0), 0, len);
         }
         let g: Vec<_> = batch
-            .groups(64)
+            .groups(64, 4)
             .map(|g| (g.dst, g.segment_size, g.range))
             .collect();
         assert_eq!(g, vec![(a, 100, 0..3), (a, 100, 3..4), (b, 100, 4..6)]);
-        assert_eq!(batch.groups(1).count(), 6);
+        assert_eq!(batch.groups(1, 4).count(), 6);
         batch.clear();
         for _ in 0..50 {
-            batch.push_in_place(a, 0, 1472);
+            batch.push_in_place(to(a, 0), 0, 1472);
         }
-        let sizes: Vec<_> = batch.groups(64).map(|g| g.range.len()).collect();
+        let sizes: Vec<_> = batch.groups(64, 4).map(|g| g.range.len()).collect();
         assert_eq!(sizes, vec![44, 6]);
+        // Flows on different source ports split a run; flows sharing one do not.
+        batch.clear();
+        let (low, high, low2) = (0x1000_0000, 0xf000_0000, 0x2000_0000);
+        for flow in [low, low2, high, high] {
+            batch.push_in_place(to(a, flow), 0, 100);
+        }
+        let g: Vec<_> = batch.groups(64, 4).map(|g| (g.source, g.range)).collect();
+        assert_eq!(g, vec![(0, 0..2), (3, 2..4)]);
+        assert_eq!(batch.groups(64, 1).count(), 1);
     }
 
     #[test]
@@ -1133,7 +1180,16 @@ mod tests {
         // Splitting the super-packet again gives back the original segments.
         let mut batch = TxBatch::new(8);
         let dst = "198.18.0.2:4789".parse().unwrap();
-        let n = segment(&hdr, merged, &[], dst, 0, 0, &mut batch).unwrap();
+        let n = segment(
+            &hdr,
+            merged,
+            &[],
+            TxDest { addr: dst, flow: 0 },
+            0,
+            0,
+            &mut batch,
+        )
+        .unwrap();
         assert_eq!(n, 4);
         for (d, orig) in batch.datagrams().iter().zip(&packets) {
             // Equal but for the IPv4 identification (the originals all use 0) and
@@ -1187,7 +1243,10 @@ mod tests {
     /// packet) made segments whose IP header checksum covered the wrong bytes.
     #[test]
     fn segment_rejects_csum_start_other_than_the_ipv4_header() {
-        let dst = "198.18.0.2:4789".parse().unwrap();
+        let dst = TxDest {
+            addr: "198.18.0.2:4789".parse().unwrap(),
+            flow: 0,
+        };
         let mut batch = TxBatch::new(8);
         // 0x50 bytes read as a 20-byte TCP header wherever csum_start points.
         let (hdr, p) = tso(tcp_packet(1, &[0x50; 3000], false), 1000, true);

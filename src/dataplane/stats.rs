@@ -1,12 +1,15 @@
 //! Dataplane counters: packets, bytes and drops by reason, each direction on its own
-//! cache line so the two packet tasks never share one.
+//! cache line.
 //!
-//! Counters are relaxed atomics with exactly one writer each (the task of their
-//! direction), so an increment is a plain load and store, not a locked
-//! read-modify-write; `status` and metrics read them without ordering. A design with
-//! several workers per direction gives each worker its own counters.
+//! Each worker has its own [`Stats`], whose counters are relaxed atomics with exactly
+//! one writer (that worker), so an increment is a plain load and store, not a locked
+//! read-modify-write. [`NodeStats`] holds every worker's and sums them when `status`
+//! and metrics read, without ordering. Per-peer counters ([`PeerStats`]) are shared
+//! by the workers, so they are added with `fetch_add`, once per packet or TSO
+//! super-packet.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -84,13 +87,14 @@ impl DropReason {
     }
 }
 
-/// Adds `n` to a counter that only the calling task writes.
+/// Adds `n` to a counter that only the calling worker writes.
 #[inline]
 fn bump(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
-/// Packets and bytes one way, padded to a cache line.
+/// Packets and bytes one way, padded to a cache line. Written by one worker when
+/// part of [`Stats`] (`add`), by any (`add_shared`) when part of [`PeerStats`].
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub struct Flow {
@@ -99,11 +103,18 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// Counts one packet of `bytes` bytes.
+    /// Counts one packet of `bytes` bytes (single writer).
     #[inline]
     pub fn add(&self, bytes: usize) {
         bump(&self.packets, 1);
         bump(&self.bytes, bytes as u64);
+    }
+
+    /// Counts `packets` packets of `bytes` bytes in all; safe with several writers.
+    #[inline]
+    pub fn add_shared(&self, packets: u64, bytes: usize) {
+        self.packets.fetch_add(packets, Relaxed);
+        self.bytes.fetch_add(bytes as u64, Relaxed);
     }
 
     /// (packets, bytes) so far.
@@ -166,7 +177,7 @@ impl DirectionStats {
     }
 }
 
-/// All dataplane counters of a node.
+/// The dataplane counters of one worker.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// TUN to peers.
@@ -175,7 +186,8 @@ pub struct Stats {
     pub rx: DirectionStats,
 }
 
-/// Counters of one peer: traffic each way.
+/// Counters of one peer: traffic each way, written by every worker
+/// ([`Flow::add_shared`]).
 #[derive(Debug, Default)]
 pub struct PeerStats {
     /// Inner bytes sent to the peer.
@@ -207,23 +219,105 @@ pub struct StatsSnapshot {
 impl Stats {
     /// Copies the counters.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let (tx_packets, tx_bytes) = self.tx.forwarded.get();
-        let (rx_packets, rx_bytes) = self.rx.forwarded.get();
+        let (mut tx, mut rx) = (DirectionTotals::default(), DirectionTotals::default());
+        tx.add(&self.tx);
+        rx.add(&self.rx);
+        StatsSnapshot::of(&tx, &rx)
+    }
+}
+
+/// One direction's counters summed over every worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectionTotals {
+    /// (packets, bytes) forwarded.
+    pub forwarded: (u64, u64),
+    drops: [u64; DropReason::ALL.len()],
+    batch_buckets: [u64; BATCH_BUCKETS.len()],
+    batch_count: u64,
+    batch_sum: u64,
+}
+
+impl DirectionTotals {
+    fn add(&mut self, d: &DirectionStats) {
+        let (p, b) = d.forwarded.get();
+        self.forwarded.0 += p;
+        self.forwarded.1 += b;
+        for (t, c) in self.drops.iter_mut().zip(&d.drops) {
+            *t += c.load(Relaxed);
+        }
+        for (t, c) in self.batch_buckets.iter_mut().zip(&d.batch_buckets) {
+            *t += c.load(Relaxed);
+        }
+        self.batch_count += d.batch_count.load(Relaxed);
+        self.batch_sum += d.batch_sum.load(Relaxed);
+    }
+
+    /// Drops so far for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()]
+    }
+
+    /// Batch-size histogram: (sum, count, cumulative counts per bucket of [`BATCH_BUCKETS`]).
+    pub fn batches(&self) -> (u64, u64, [u64; BATCH_BUCKETS.len()]) {
+        let mut cumulative = self.batch_buckets;
+        for i in 1..cumulative.len() {
+            cumulative[i] += cumulative[i - 1];
+        }
+        (self.batch_sum, self.batch_count, cumulative)
+    }
+}
+
+/// The counters of every worker of a node, summed when read.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    workers: Vec<Arc<Stats>>,
+}
+
+impl NodeStats {
+    /// Counters for `workers` workers, all zero.
+    pub fn new(workers: usize) -> NodeStats {
+        NodeStats {
+            workers: (0..workers.max(1)).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    /// The counters of worker `i` (its only writer); `i` wraps around.
+    pub fn worker(&self, i: usize) -> Arc<Stats> {
+        self.workers[i % self.workers.len()].clone()
+    }
+
+    /// Outbound totals (TUN to peers).
+    pub fn tx(&self) -> DirectionTotals {
+        let mut t = DirectionTotals::default();
+        self.workers.iter().for_each(|w| t.add(&w.tx));
+        t
+    }
+
+    /// Inbound totals (peers to TUN).
+    pub fn rx(&self) -> DirectionTotals {
+        let mut t = DirectionTotals::default();
+        self.workers.iter().for_each(|w| t.add(&w.rx));
+        t
+    }
+
+    /// Copies the summed counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot::of(&self.tx(), &self.rx())
+    }
+}
+
+impl StatsSnapshot {
+    fn of(tx: &DirectionTotals, rx: &DirectionTotals) -> StatsSnapshot {
         let drops = DropReason::ALL
             .iter()
-            .map(|r| {
-                (
-                    r.as_str().to_string(),
-                    self.tx.drops(*r) + self.rx.drops(*r),
-                )
-            })
+            .map(|r| (r.as_str().to_string(), tx.drops(*r) + rx.drops(*r)))
             .filter(|(_, n)| *n > 0)
             .collect();
         StatsSnapshot {
-            tx_packets,
-            tx_bytes,
-            rx_packets,
-            rx_bytes,
+            tx_packets: tx.forwarded.0,
+            tx_bytes: tx.forwarded.1,
+            rx_packets: rx.forwarded.0,
+            rx_bytes: rx.forwarded.1,
             drops,
         }
     }
@@ -246,5 +340,27 @@ mod tests {
         assert_eq!(snap.drops.get("bad_vni"), Some(&2));
         assert_eq!(snap.drops.get("unknown_subnet"), Some(&1));
         assert_eq!(snap.drops.len(), 2);
+    }
+
+    #[test]
+    fn node_stats_sum_every_worker() {
+        let node = NodeStats::new(3);
+        node.worker(0).tx.forwarded.add(100);
+        node.worker(2).tx.forwarded.add(50);
+        node.worker(1).rx.drop(DropReason::BadVni);
+        node.worker(2).rx.drop(DropReason::BadVni);
+        node.worker(0).rx.record_batch(3);
+        node.worker(1).rx.record_batch(20);
+        let snap = node.snapshot();
+        assert_eq!((snap.tx_packets, snap.tx_bytes), (2, 150));
+        assert_eq!(snap.drops.get("bad_vni"), Some(&2));
+        assert_eq!(node.rx().batches(), (23, 2, [0, 1, 1, 2, 2]));
+        let peer = PeerStats::default();
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| (0..1000).for_each(|_| peer.tx.add_shared(1, 10)));
+            }
+        });
+        assert_eq!(peer.tx.get(), (2000, 20000));
     }
 }

@@ -1,24 +1,118 @@
-//! One TUN queue fd registered with the tokio runtime of the thread that uses it.
+//! The TUN device: creation through tun-rs and one non-blocking queue fd per worker.
 //!
-//! tun-rs creates and configures the device (name, MTU, offloads); each dataplane
-//! thread then owns a duplicate of the fd here, so readiness is reported by that
-//! thread's own reactor and a packet wakes the thread that handles it directly. Reads
-//! and writes are raw: with `IFF_VNET_HDR` every packet carries its virtio header.
+//! tun-rs creates and configures the device (name, MTU, offloads, `IFF_MULTI_QUEUE`);
+//! each worker thread then owns one queue's fd here and calls `read`/`writev` on it
+//! directly. With `IFF_MULTI_QUEUE` the kernel spreads outbound flows over the
+//! queues by flow hash and keeps a flow on the queue that last wrote its replies, so
+//! a flow stays on one worker. With `IFF_VNET_HDR` every packet carries its virtio
+//! header. Nothing here decides what to do with a packet.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use super::error::Error;
 
-/// A non-blocking TUN fd driven by the current tokio runtime.
+/// What [`open`] got from the kernel.
+#[derive(Debug)]
+pub struct TunDevice {
+    /// One fd per queue, non-blocking.
+    pub queues: Vec<TunQueue>,
+    /// Whether every read and write carries a virtio-net header (TSO in, GRO out).
+    pub vnet: bool,
+    /// Whether the device also takes UDP segmentation offload (USO) on writes.
+    pub uso: bool,
+}
+
+/// Creates the TUN device `name` (no packet-information header) with `queues`
+/// queues, still down, so the caller can finish configuring it before the kernel sends
+/// anything through it. Offloads (`IFF_VNET_HDR` with checksum, TSO and, where the
+/// kernel has it, USO) are asked for first; without them the device moves one plain
+/// packet per read and write. Several queues need `IFF_MULTI_QUEUE`; a kernel
+/// without it gets one queue. The log says which.
+pub fn open(name: &str, mtu: u32, queues: usize) -> Result<TunDevice, Error> {
+    let mtu16 = u16::try_from(mtu).unwrap_or(u16::MAX);
+    let queues = queues.max(1);
+    let build = |offload: bool, multi: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu16)
+            .offload(offload)
+            .multi_queue(multi)
+            .enable(false)
+            .build_sync()
+    };
+    let tun_err = |source| Error::Tun {
+        name: name.to_string(),
+        source,
+    };
+    let (device, multi) = match build(true, queues > 1) {
+        Ok(device) => (device, queues > 1),
+        Err(e) if queues > 1 => {
+            tracing::warn!(tun = name, error = %e, "multiqueue TUN unavailable: one queue, one worker");
+            match build(true, false) {
+                Ok(device) => (device, false),
+                Err(e) => return plain(name, e, build(false, false).map_err(tun_err)?),
+            }
+        }
+        Err(e) => return plain(name, e, build(false, false).map_err(tun_err)?),
+    };
+    let (vnet, uso) = (device.tcp_gso(), device.udp_gso());
+    let mut clones = Vec::new();
+    if multi {
+        for _ in 1..queues {
+            match device.try_clone() {
+                Ok(q) => clones.push(q),
+                Err(e) => {
+                    tracing::warn!(tun = name, error = %e, queues = clones.len() + 1, "could not open every TUN queue");
+                    break;
+                }
+            }
+        }
+    }
+    let mut fds = vec![into_queue(device)];
+    fds.extend(clones.into_iter().map(into_queue));
+    let queues = fds
+        .into_iter()
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(tun_err)?;
+    tracing::info!(
+        tun = name,
+        queues = queues.len(),
+        tso = vnet,
+        uso,
+        "TUN offloads on (IFF_VNET_HDR): TSO in, GRO out"
+    );
+    Ok(TunDevice { queues, vnet, uso })
+}
+
+/// The fallback device: no offloads, one queue.
+fn plain(name: &str, why: io::Error, device: tun_rs::SyncDevice) -> Result<TunDevice, Error> {
+    tracing::warn!(tun = name, error = %why, "TUN offloads unavailable: one packet per read and write, one queue");
+    let queue = into_queue(device).map_err(|source| Error::Tun {
+        name: name.to_string(),
+        source,
+    })?;
+    Ok(TunDevice {
+        queues: vec![queue],
+        vnet: false,
+        uso: false,
+    })
+}
+
+fn into_queue(device: tun_rs::SyncDevice) -> io::Result<TunQueue> {
+    // SAFETY: into_raw_fd hands over the open TUN fd; nothing else owns or closes it.
+    let fd = unsafe { OwnedFd::from_raw_fd(device.into_raw_fd()) };
+    TunQueue::new(fd)
+}
+
+/// One non-blocking TUN queue fd.
 #[derive(Debug)]
 pub struct TunQueue {
-    fd: AsyncFd<OwnedFd>,
+    fd: OwnedFd,
 }
 
 impl TunQueue {
-    /// Registers `fd` (made non-blocking) with the current runtime.
+    /// Takes `fd` and makes it non-blocking.
     pub fn new(fd: OwnedFd) -> io::Result<TunQueue> {
         let raw = fd.as_raw_fd();
         // SAFETY: fcntl on an fd we own, with F_GETFL/F_SETFL only.
@@ -29,61 +123,43 @@ impl TunQueue {
         {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: an OwnedFd is a valid open fd and returns the same fd for as long
-        // as the AsyncFd owns it.
-        let fd =
-            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
-                .map_err(|e| e.into_parts().1)?;
         Ok(TunQueue { fd })
     }
 
-    /// Waits until a packet may be queued (a false positive ends in `WouldBlock`).
-    pub async fn readable(&self) -> io::Result<()> {
-        self.fd
-            .readable()
-            .await
-            .map(|mut guard| guard.retain_ready())
-    }
-
     /// Reads one packet if one is queued (`WouldBlock` otherwise).
-    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.fd
-            .try_io(Interest::READABLE, |fd| read(fd.as_raw_fd(), buf))
+    #[inline]
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for writes of buf.len() bytes for the duration of the call.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 
-    /// Writes one packet made of `iov` parts, waiting while the queue is full.
-    pub async fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self
-            .fd
-            .try_io(Interest::WRITABLE, |fd| writev(fd.as_raw_fd(), iov))
-        {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.fd
-                    .async_io(Interest::WRITABLE, |fd| writev(fd.as_raw_fd(), iov))
-                    .await
-            }
-            other => other,
+    /// Writes one packet made of `iov` parts (`WouldBlock` if the queue is full).
+    #[inline]
+    pub fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: IoSlice is ABI-compatible with iovec on Unix and every slice outlives
+        // the call; writev only reads them.
+        let n = unsafe {
+            libc::writev(
+                self.fd.as_raw_fd(),
+                iov.as_ptr().cast(),
+                iov.len() as libc::c_int,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
         }
     }
 }
 
-fn read(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for writes of buf.len() bytes for the duration of the call.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn writev(fd: i32, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: IoSlice is ABI-compatible with iovec on Unix and every slice outlives
-    // the call; writev only reads them.
-    let n = unsafe { libc::writev(fd, iov.as_ptr().cast(), iov.len() as libc::c_int) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+impl AsRawFd for TunQueue {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 }

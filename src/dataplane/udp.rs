@@ -1,5 +1,33 @@
-//! Batch I/O on the VXLAN UDP socket: sends with UDP GSO (`UDP_SEGMENT`) or
-//! `sendmmsg`, receives with UDP GRO and `recvmmsg` (through quinn-udp).
+//! The VXLAN UDP sockets and batch I/O on them: sends with UDP GSO (`UDP_SEGMENT`)
+//! or `sendmmsg`, receives with UDP GRO and `recvmmsg` (through quinn-udp).
+//!
+//! # Sockets
+//!
+//! - **Receive**: one socket per worker, all bound to the VXLAN port with
+//!   `SO_REUSEPORT`. The kernel picks the socket of a datagram by a hash of its
+//!   4-tuple, so one flow's datagrams (one peer source port) always reach the same
+//!   worker, in order, and different flows spread over the workers. No two workers
+//!   share a receive queue.
+//! - **Send**: the outer UDP source port carries the inner flow ([RFC 7348 §5]),
+//!   as the Linux vxlan driver does with `udp_flow_src_port`, so that a receiver
+//!   spreads flows (RSS, `SO_REUSEPORT`, ECMP) instead of seeing one 4-tuple. A UDP
+//!   socket sends from the one port it is bound to, and `IP_PKTINFO` only chooses the
+//!   source address, so the node binds [`source_ports`] sockets to port 0: the kernel
+//!   hands out free ports from its ephemeral range (32768–60999 by default, the
+//!   range the kernel vxlan driver uses too), which no other program is using. The
+//!   flow hash picks one of them. The set is shared by every worker, so a flow keeps
+//!   its source port when the kernel moves it to another TUN queue (it steers a
+//!   flow to the queue that wrote its replies); concurrent `sendmsg` calls on one UDP
+//!   socket take no socket lock, and each carries a GSO run of up to 64 datagrams.
+//!   A raw socket could write any source port, but it would lose UDP GSO (one
+//!   syscall per 64 KiB) and the kernel's routing and neighbour handling. Peers
+//!   receive on the VXLAN port whatever the source port is (a kernel vxlan peer
+//!   does too), so this is wire compatible. Send sockets clear DF
+//!   (`IP_PMTUDISC_DONT`), as the kernel vxlan driver does by default.
+//!
+//! If `SO_REUSEPORT` is refused, the node runs one worker; the log says so.
+//!
+//! # Sending
 //!
 //! Sending is written here rather than with quinn-udp because quinn-udp takes one
 //! contiguous buffer per send, and our datagrams are scattered: each segment's
@@ -7,19 +35,122 @@
 //! `sendmsg` with an iovec per part sends them without copying the payload. GSO is
 //! probed once; an `EIO`/`EINVAL` from a GSO send turns it off for good (a device
 //! without checksum offload), and the same datagrams go out with `sendmmsg`.
+//!
+//! [RFC 7348 §5]: https://www.rfc-editor.org/rfc/rfc7348#section-5
 
 use std::io::{self, IoSlice};
 use std::mem;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use socket2::{Domain, Protocol, Socket, Type};
 
+use super::error::Error;
 use super::offload::MAX_GSO_SEGMENTS;
 
+/// Send sockets (outer source ports) of a node with `workers` workers: at least 16,
+/// two per worker beyond that, so a receiver has flows to spread over its cores.
+pub fn source_ports(workers: usize) -> usize {
+    (2 * workers).clamp(16, 256)
+}
+/// Socket buffer size asked of the kernel for the receive sockets.
+const RECV_BUFFER: usize = 4 << 20;
+/// Send buffer size of each send socket.
+const SEND_BUFFER: usize = 1 << 20;
+
+/// The VXLAN sockets of a node.
+#[derive(Debug)]
+pub struct Sockets {
+    /// One per worker, bound to the VXLAN port in one `SO_REUSEPORT` group.
+    pub rx: Vec<UdpSocket>,
+    /// Bound to ephemeral ports, shared by the workers; the flow hash picks one.
+    pub tx: Arc<[UdpSocket]>,
+}
+
+/// Opens the sockets of `workers` workers receiving on `bind` (see the module
+/// docs). Fewer receive sockets come back if the kernel refuses `SO_REUSEPORT`.
+pub fn open_sockets(bind: SocketAddr, workers: usize) -> Result<Sockets, Error> {
+    let err = |addr, source| Error::Socket { addr, source };
+    let workers = workers.max(1);
+    let mut rx = Vec::with_capacity(workers);
+    for i in 0..workers {
+        match rx_socket(bind, workers > 1) {
+            Ok(s) => rx.push(s),
+            // The first socket must come up; a refused SO_REUSEPORT means one worker.
+            Err(e) if i == 0 && workers > 1 => {
+                tracing::warn!(error = %e, "SO_REUSEPORT refused: one VXLAN socket, one worker");
+                rx.push(rx_socket(bind, false).map_err(|e| err(bind, e))?);
+                break;
+            }
+            Err(e) => return Err(err(bind, e)),
+        }
+    }
+    let src = SocketAddr::new(bind.ip(), 0);
+    let tx = (0..source_ports(rx.len()))
+        .map(|_| tx_socket(src))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| err(src, e))?;
+    Ok(Sockets { rx, tx: tx.into() })
+}
+
+fn rx_socket(bind: SocketAddr, reuseport: bool) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    // Larger buffers absorb bursts; the kernel caps them at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    let _ = socket.set_send_buffer_size(SEND_BUFFER);
+    if reuseport {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
+}
+
+fn tx_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_send_buffer_size(SEND_BUFFER);
+    // Nothing is sent to these ports; a small buffer bounds what a stray sender costs.
+    let _ = socket.set_recv_buffer_size(4096);
+    if bind.is_ipv4() {
+        // DF clear, as the kernel vxlan driver sends by default.
+        set_int(
+            &socket,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        )?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
+}
+
+fn set_int(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt on a live fd with a pointer to a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Whether the kernel accepts `UDP_SEGMENT` on `socket`.
-pub fn gso_supported(socket: &UdpSocket) -> bool {
+pub fn gso_supported(socket: &impl AsRawFd) -> bool {
     let mut value: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt on a live fd with a correctly sized out-buffer.
@@ -35,7 +166,7 @@ pub fn gso_supported(socket: &UdpSocket) -> bool {
     rc == 0
 }
 
-/// Sends groups of datagrams on the VXLAN socket, with GSO while it works.
+/// Sends groups of datagrams on the VXLAN send sockets, with GSO while it works.
 #[derive(Debug)]
 pub struct UdpSender {
     gso: bool,
@@ -51,12 +182,13 @@ pub struct Gather<'a, 'b> {
 }
 
 impl UdpSender {
-    /// A sender for `socket`; probes GSO and logs which path is active.
-    pub fn new(socket: &UdpSocket) -> UdpSender {
+    /// A sender for sockets like `socket`; probes GSO. `log` says which path is
+    /// active (one worker logs it for all).
+    pub fn new(socket: &impl AsRawFd, log: bool) -> UdpSender {
         let gso = gso_supported(socket);
-        if gso {
+        if log && gso {
             tracing::info!("VXLAN socket: UDP GSO (UDP_SEGMENT) send path");
-        } else {
+        } else if log {
             tracing::info!("VXLAN socket: no UDP GSO, sendmmsg send path");
         }
         UdpSender { gso }
@@ -67,28 +199,27 @@ impl UdpSender {
         MAX_GSO_SEGMENTS
     }
 
-    /// Sends the datagrams of `g` to `dst`. With GSO they are one `sendmsg` whose
-    /// payload the kernel splits every `segment_size` bytes (all but the last are
-    /// that size); without, one `sendmmsg`. Waits while the socket is full.
-    pub async fn send(
+    /// Sends the datagrams of `g` to `dst` from `socket`. With GSO they are one
+    /// `sendmsg` whose payload the kernel splits every `segment_size` bytes (all but
+    /// the last are that size); without, one `sendmmsg`. `WouldBlock` means nothing
+    /// was sent and the socket is full: wait until it is writable and call again.
+    pub fn send(
         &mut self,
-        socket: &UdpSocket,
+        socket: &impl AsRawFd,
         dst: SocketAddr,
         segment_size: usize,
-        g: Gather<'_, '_>,
+        g: &Gather<'_, '_>,
     ) -> io::Result<()> {
         let addr = socket2::SockAddr::from(dst);
+        let fd = socket.as_raw_fd();
         loop {
-            let fd = socket.as_raw_fd();
             let result = if self.gso || g.parts.len() == 1 {
                 let seg = (g.parts.len() > 1).then_some(segment_size as u16);
-                socket.try_io(Interest::WRITABLE, || sendmsg(fd, &addr, g.iov, seg))
+                sendmsg(fd, &addr, g.iov, seg)
             } else {
-                socket.try_io(Interest::WRITABLE, || sendmmsg(fd, &addr, &g))
+                sendmmsg(fd, &addr, g)
             };
             match result {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.writable().await?,
                 Err(e)
                     if self.gso
                         && g.parts.len() > 1
@@ -97,7 +228,7 @@ impl UdpSender {
                     tracing::warn!(error = %e, "UDP GSO send failed: GSO off, sendmmsg send path");
                     self.gso = false;
                 }
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
     }
