@@ -38,8 +38,10 @@ for t in $targets; do
   log="$scratch/$t.log"
   if ! "${cargo[@]}" run "${flags[@]}" "$t" "$scratch/$t" "corpus/$t" -- \
     -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
-    tail -n 60 "$log" >&2
-    echo "fuzz smoke: $t failed; the input is in fuzz/artifacts/$t/ (see fuzz/README.md)" >&2
+    # The panic message (or sanitizer report) and where libFuzzer saved the input.
+    grep -m 3 -A 4 -E 'panicked at|ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)' "$log" >&2 || tail -n 40 "$log" >&2
+    grep -E 'Test unit written to' "$log" >&2 || true
+    echo "fuzz smoke: $t failed; reproduce with the artifact above (see fuzz/README.md)" >&2
     exit 1
   fi
   runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo '?')

@@ -538,7 +538,7 @@ fn write_gossip_seeds() {
         }
     }
     // gossip_node: what b sent a, with a the founder (b joins) and not (a joins),
-    // and the keyed cluster.
+    // a founder whose state cannot be saved, and the keyed cluster.
     write(
         "gossip_node",
         "b-joins-founder-a",
@@ -549,6 +549,9 @@ fn write_gossip_seeds() {
         "a-joins-founder-b",
         &node_input(false, false, &to_a_of(false, false)),
     );
+    let mut saves_fail = node_input(true, false, &to_a_of(true, false));
+    saves_fail[0] |= 4;
+    write("gossip_node", "b-joins-founder-a-saves-fail", &saves_fail);
     write(
         "gossip_node",
         "keyed-b-joins-founder-a",

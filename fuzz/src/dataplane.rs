@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 
+use overlayd::dataplane::flow::{flow_hash, source_index};
 use overlayd::dataplane::offload::{
     self, checksum, Coalescer, Head, TunWrite, TxBatch, TxDatagram, VnetHdr, VNET_HDR_LEN,
 };
@@ -219,10 +220,11 @@ pub fn wire_parsers(data: &[u8]) {
 
 /// `vxlan_decap`: the whole receive path on one datagram. Byte 0 picks the sender
 /// from [`SENDERS`] (low three bits) and, with bit 7, fixes the inner checksums; the
-/// rest is the UDP payload. An accepted datagram must come from a known live peer, hold our
-/// VNI and a well-formed inner packet from inside the peer's subnet (unless the peer
-/// may send any source), and the returned range must be that packet; every call is
-/// counted exactly once, as forwarded or under one drop reason.
+/// rest is the UDP payload. An accepted datagram must come from a known live peer,
+/// hold our VNI and a well-formed inner packet from inside the peer's subnet (unless
+/// the peer may send any source), and the returned range must be that packet. Every
+/// call is counted exactly once, as forwarded or under one drop reason, and the
+/// per-peer counters add up to what was forwarded.
 pub fn vxlan_decap(data: &[u8]) {
     let Some((&ctl, rest)) = data.split_first() else {
         return;
@@ -264,6 +266,7 @@ pub fn vxlan_decap(data: &[u8]) {
                 assert_eq!(after.drops, expected, "counted once, as {reason:?}");
             }
         }
+        check_peer_counts(node);
     });
 }
 
@@ -341,6 +344,22 @@ thread_local! {
     static NODE: RefCell<Node> = RefCell::new(Node::new());
 }
 
+/// After the per-peer tallies are flushed, the peers' counters add up to what was
+/// forwarded, packets and bytes, each way: no traffic is lost or counted twice when
+/// a run of one peer ends.
+fn check_peer_counts(node: &mut Node) {
+    node.enc.flush_peer_stats();
+    node.dec.flush_peer_stats();
+    let sum = |f: fn(&PeerStats) -> (u64, u64)| {
+        node.fib.peers().iter().fold((0, 0), |(p, b), peer| {
+            let (pp, bb) = f(&peer.stats);
+            (p + pp, b + bb)
+        })
+    };
+    assert_eq!(sum(|s| s.tx.get()), node.stats.tx.forwarded.get(), "tx");
+    assert_eq!(sum(|s| s.rx.get()), node.stats.rx.forwarded.get(), "rx");
+}
+
 /// The peer's decapsulator must accept a datagram we send it and give back the inner
 /// packet we sent (trimmed to its IP length).
 fn check_peer_accepts(theirs: &mut Decapsulator, datagram: &[u8]) {
@@ -355,7 +374,8 @@ fn check_peer_accepts(theirs: &mut Decapsulator, datagram: &[u8]) {
 /// `encap`: one TUN read on a TUN without offloads. Byte 0, bit 0: fix checksums;
 /// the rest is the IP packet. A packet that is sent goes to the live peer owning its
 /// destination with our VXLAN and Ethernet headers in front, and that peer's
-/// decapsulator accepts it and returns the same packet.
+/// decapsulator accepts it and returns the same packet. Every call is counted once,
+/// and the per-peer counters add up to what was sent.
 pub fn encap(data: &[u8]) {
     let Some((&ctl, packet)) = data.split_first() else {
         return;
@@ -391,6 +411,7 @@ pub fn encap(data: &[u8]) {
                 assert_eq!(after.drops, expected, "counted once, as {reason:?}");
             }
         }
+        check_peer_counts(node);
     });
 }
 
@@ -490,6 +511,10 @@ fn check_groups(batch: &TxBatch) {
             assert!(last.len() <= g.segment_size);
             assert!(ds.iter().all(|d| d.dst == g.dst));
             assert!(g.source < sources, "a source port index in range");
+            assert!(
+                ds.iter().all(|d| source_index(d.flow, sources) == g.source),
+                "a group leaves from the source port of each of its flows"
+            );
             let bytes: usize = ds.iter().map(TxDatagram::len).sum();
             assert!(ds.len() == 1 || bytes <= offload::MAX_GSO_BYTES);
         }
@@ -502,8 +527,9 @@ fn check_groups(batch: &TxBatch) {
 /// bit 0 fixes the IPv4 header checksum first. The reads go through
 /// `Encapsulator::encapsulate_vnet` into one send batch, as the driver does. Every
 /// segment of a super-packet is a well-formed IP packet with a valid transport
-/// checksum, no more than `gso_size` of payload (all but the last exactly that), and
-/// is accepted by the receiving peer; then the GSO grouping of the batch is checked.
+/// checksum, no more than `gso_size` of payload (all but the last exactly that),
+/// carries and hashes to the super-packet's flow, and is accepted by the receiving
+/// peer; the per-peer counters add up; then the GSO grouping of the batch is checked.
 pub fn offload_segment(data: &[u8]) {
     NODE.with(|node| {
         TX_BATCH.with(|batch| {
@@ -551,6 +577,18 @@ fn offload_segment_batch(data: &[u8], node: &mut Node, batch: &mut TxBatch) {
             .iter()
             .map(|d| datagram_bytes(batch, d, &bufs))
             .collect();
+        let flow = flow_hash(&buf[HEADROOM..]);
+        for (d, b) in pushed.iter().zip(&bytes) {
+            assert_eq!(
+                d.flow, flow,
+                "every segment carries its super-packet's flow"
+            );
+            assert_eq!(
+                flow_hash(&b[HEADROOM..]),
+                flow,
+                "and hashes the same itself"
+            );
+        }
         let theirs = node.peer_side(peer);
         if hdr.gso_type == offload::VNET_GSO_NONE {
             assert_eq!(n, 1);
@@ -560,6 +598,7 @@ fn offload_segment_batch(data: &[u8], node: &mut Node, batch: &mut TxBatch) {
             check_segments(&hdr, &buf[HEADROOM..], &bytes, peer, theirs);
         }
     }
+    check_peer_counts(node);
     check_groups(batch);
 }
 

@@ -13,7 +13,8 @@ use overlayd::control::auth::{Reject, AUTH_LEN};
 use overlayd::control::membership::{get_meta, meta_len, put_meta, MetaCodec};
 use overlayd::control::message::{parse_frame, Kind, MAX_DATAGRAM};
 use overlayd::control::{
-    Authenticator, KeySet, LeaseConfig, LeaseDatagram, MembershipConfig, Node, NodeConfig, NodeMeta,
+    Authenticator, KeySet, LeaseConfig, LeaseDatagram, LeaseMsg, MembershipConfig, Node,
+    NodeConfig, NodeMeta,
 };
 
 use crate::records::records;
@@ -201,10 +202,24 @@ pub fn gossip_frame(data: &[u8]) {
     }
 }
 
-/// Everything a node sends must be a frame a node accepts: it frames, is no longer
-/// than [`MAX_DATAGRAM`], passes `peer`'s authentication (the same key, or none, as
-/// the node's), and its body decodes (foca payloads as far as their header).
-fn drain(node: &mut Node, peer: &mut Authenticator, wall_ms: u64, now: Instant) {
+/// Saves the node's lease state if it changed (or, with `saves_fail`, fails to, as a
+/// full disk would), then drains it. Everything a node sends must be a frame a node
+/// accepts: it frames, is no longer than [`MAX_DATAGRAM`], passes `peer`'s
+/// authentication (the same key, or none, as the node's), and its body decodes (foca
+/// payloads as far as their header). While the state is unsaved no lease message but
+/// a Refuse goes out, and a node that never saved uses no subnet.
+fn drain(node: &mut Node, peer: &mut Authenticator, saves_fail: bool, wall_ms: u64, now: Instant) {
+    // Saving the lease state, as the driver does after every step.
+    if node.take_lease_dirty() || node.state_unsaved() {
+        node.set_state_saved(!saves_fail);
+    }
+    if saves_fail && node.state_unsaved() {
+        assert_eq!(
+            node.using(now),
+            None,
+            "a node that never saved uses no subnet"
+        );
+    }
     let mut codec = MetaCodec::new(node.membership().me().clone());
     while let Some(t) = node.poll_transmit(now) {
         assert!(t.data.len() <= MAX_DATAGRAM, "sent {} bytes", t.data.len());
@@ -219,6 +234,10 @@ fn drain(node: &mut Node, peer: &mut Authenticator, wall_ms: u64, now: Instant) 
                 let d = LeaseDatagram::parse(body).expect("a node's lease datagrams parse");
                 lease_round_trip(body);
                 assert_eq!(d.from, node.name());
+                assert!(
+                    !node.state_unsaved() || matches!(d.msg, LeaseMsg::Refuse { .. }),
+                    "lease messages wait for the state they follow from to be saved"
+                );
             }
             Kind::Membership => {
                 codec
@@ -232,7 +251,8 @@ fn drain(node: &mut Node, peer: &mut Authenticator, wall_ms: u64, now: Instant) 
 
 /// `gossip_node`: a whole node receiving garbage. Byte 0: bit 0 set, the node is not
 /// the founder (it starts without space and asks for a lease); bit 1 set, it has the
-/// cluster key ([`CLUSTER_KEY`]), so every datagram must be signed, fresh and new.
+/// cluster key ([`CLUSTER_KEY`]), so every datagram must be signed, fresh and new;
+/// bit 2 set, saving its lease state always fails.
 /// Then records (see [`crate::records`]), each one datagram: tag bits 0-1 pick the
 /// sender from [`SENDERS`], bits 2-7 advance the clock by that many 50 ms steps first.
 /// After each datagram due timers run and every output is drained and checked as
@@ -243,6 +263,7 @@ pub fn gossip_node(data: &[u8]) {
         return;
     };
     let keyed = ctl & 2 != 0;
+    let saves_fail = ctl & 4 != 0;
     let start = Instant::now();
     let seeds = vec![SENDERS[0].parse().expect("literal address")];
     let mut n = node("a", "10.0.0.1:7946", ctl & 1 == 0, keyed, seeds, start);
@@ -250,7 +271,7 @@ pub fn gossip_node(data: &[u8]) {
     let mut now = start;
     let mut rejected = 0;
     n.handle_timeout(now);
-    drain(&mut n, &mut peer, WALL_MS, now);
+    drain(&mut n, &mut peer, saves_fail, WALL_MS, now);
     for rec in records(rest) {
         let step = Duration::from_millis(50) * u32::from(rec.tag >> 2);
         now += step;
@@ -270,7 +291,7 @@ pub fn gossip_node(data: &[u8]) {
         if n.poll_timeout() <= now {
             n.handle_timeout(now);
         }
-        drain(&mut n, &mut peer, wall_ms, now);
+        drain(&mut n, &mut peer, saves_fail, wall_ms, now);
     }
     let status = n.status(now);
     assert_eq!(status.name, "a");
