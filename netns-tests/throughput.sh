@@ -16,7 +16,9 @@
 #                 (after "overlayd"), for before/after comparisons on a noisy host
 #   PING_I=0.01 PING_C=200        ping interval and count for the RTT
 #   OVL_ENV="OVERLAYD_WORKERS=1 ..." / BASE_ENV=...  environment (flags) for the
-#                 overlayd / base daemons, e.g. to compare two settings of one binary
+#                 overlayd / base daemons, e.g. to compare two settings of one binary:
+#                 BASE=BIN BASE_ENV="OVERLAYD_BUSY_POLL=20ms OVERLAYD_WORKERS=1"
+#                 measures busy polling beside the default in the same run
 #   PROFILE=FILE  also record `perf` on the overlayd processes during the first
 #                 overlayd TCP 1-stream run and write `perf report` to FILE
 set -euo pipefail

@@ -351,37 +351,47 @@ impl Decapsulator {
             .underlay_index(from)
             .ok_or(DropReason::UnknownSender)?;
         let peer: &Peer = &self.fib.peers()[idx as usize];
-        let checked = (|| {
-            if peer.state == PeerState::Dead {
-                return Err(DropReason::DeadSender);
+        let len = match self.check_inner(peer, vxlan.payload()) {
+            Ok(len) => len,
+            Err(reason) => {
+                peer.stats.rx_dropped.add_shared(1, datagram.len());
+                return Err(reason);
             }
-            let frame = EthernetFrame::new_unchecked(vxlan.payload());
-            if frame.dst_addr() != self.config.local_mac {
-                return Err(DropReason::WrongDstMac);
-            }
-            let version_ok = match frame.ethertype() {
-                EtherType::Ipv4 => 4,
-                EtherType::Ipv6 => 6,
-                EtherType::Other(_) => return Err(DropReason::NotIp),
-            };
-            let inner = frame.payload();
-            if inner.first().map(|b| b >> 4) != Some(version_ok) {
-                return Err(DropReason::MalformedInner);
-            }
-            let header = IpHeader::parse(inner).map_err(|_| DropReason::MalformedInner)?;
-            if !peer.allow_any_source && !peer.subnet.contains(&header.src) {
-                return Err(DropReason::SpoofedSource);
-            }
-            Ok(header)
-        })();
-        let header =
-            checked.inspect_err(|_| peer.stats.rx_dropped.add_shared(1, datagram.len()))?;
+        };
         if self.tally.peer != idx {
             self.switch_peer(idx);
         }
-        self.tally.add(1, header.total_len);
-        self.stats.rx.forwarded.add(header.total_len);
-        Ok(HEADROOM..HEADROOM + header.total_len)
+        self.tally.add(1, len);
+        self.stats.rx.forwarded.add(len);
+        Ok(HEADROOM..HEADROOM + len)
+    }
+
+    /// Checks what a known `peer` sent (the inner Ethernet `frame`): the peer is
+    /// alive, the frame is for our VTEP MAC and holds a well-formed IPv4/IPv6 packet
+    /// from inside the peer's subnet. Returns the inner packet's length.
+    #[inline(always)]
+    fn check_inner(&self, peer: &Peer, frame: &[u8]) -> Result<usize, DropReason> {
+        if peer.state == PeerState::Dead {
+            return Err(DropReason::DeadSender);
+        }
+        let frame = EthernetFrame::new_unchecked(frame);
+        if frame.dst_addr() != self.config.local_mac {
+            return Err(DropReason::WrongDstMac);
+        }
+        let version_ok = match frame.ethertype() {
+            EtherType::Ipv4 => 4,
+            EtherType::Ipv6 => 6,
+            EtherType::Other(_) => return Err(DropReason::NotIp),
+        };
+        let inner = frame.payload();
+        if inner.first().map(|b| b >> 4) != Some(version_ok) {
+            return Err(DropReason::MalformedInner);
+        }
+        let header = IpHeader::parse(inner).map_err(|_| DropReason::MalformedInner)?;
+        if !peer.allow_any_source && !peer.subnet.contains(&header.src) {
+            return Err(DropReason::SpoofedSource);
+        }
+        Ok(header.total_len)
     }
 }
 
