@@ -108,6 +108,15 @@ impl Node {
 }
 
 /// `overlayd diagnose IP --json` against `node`: (exit success, verdict).
+/// The entry of peer `name` in a status document.
+fn peer_json(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["peers"]
+        .as_array()
+        .and_then(|peers| peers.iter().find(|p| p["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no peer {name} in status: {status}"))
+}
+
 fn diagnose(node: &Node, ip: &str) -> (bool, serde_json::Value) {
     let out = std::process::Command::new(OVERLAYD)
         .args(["diagnose", ip, "--json", "--run-dir"])
@@ -337,14 +346,39 @@ fn b_killed_node_is_declared_dead_and_comes_back_with_its_subnet() {
         "traffic to the dead peer was not counted as peer_dead"
     );
     let status = nodes[0].daemon().status_json().unwrap();
-    let n3 = status["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "n3")
-        .cloned()
-        .unwrap();
+    let n3 = peer_json(&status, "n3");
     assert!(n3["tx_dropped"].as_u64().unwrap() > 0, "{n3}");
+
+    // VXLAN from the dead node's underlay address (a node that gossip has given up
+    // on, or someone sending as it) is dropped as dead_sender, not forwarded.
+    let before = nodes[0].daemon().drops("dead_sender");
+    let rx_before = n3["rx_dropped"].as_u64().unwrap_or(0);
+    let mac: Vec<u8> = status["node"]["vtep_mac"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap().octets();
+    let datagram = vxlan_icmp(1, mac.try_into().unwrap(), ip(&pod3), ip(nodes[0].pod_ip()));
+    nodes[2].ns.run(|| {
+        let s = std::net::UdpSocket::bind("198.18.0.3:0").unwrap();
+        for _ in 0..5 {
+            s.send_to(&datagram, "198.18.0.1:4789").unwrap();
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(5), || nodes[0]
+            .daemon()
+            .drops("dead_sender")
+            >= before + 5),
+        "datagrams from the dead n3 were not counted as dead_sender: {} -> {}",
+        before,
+        nodes[0].daemon().drops("dead_sender")
+    );
+    let status = nodes[0].daemon().status_json().unwrap();
+    let n3 = peer_json(&status, "n3");
+    assert!(n3["rx_dropped"].as_u64().unwrap() >= rx_before + 5, "{n3}");
 
     // Restart n3 with its state: it gets the same subnet, and traffic resumes.
     let d = nodes[2].daemon.take().unwrap();

@@ -194,28 +194,6 @@ fn b_overlayd_and_kernel_vxlan_node_interoperate() {
     );
 }
 
-/// A VXLAN datagram as the kernel sends it: I flag, `vni`, inner Ethernet to `dst_mac`
-/// carrying an ICMP echo request from `src` to `dst`.
-fn vxlan_icmp(vni: u32, dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-    let mut d = vec![0x08, 0, 0, 0];
-    d.extend_from_slice(&vni.to_be_bytes()[1..]);
-    d.push(0);
-    d.extend_from_slice(&dst_mac);
-    d.extend_from_slice(&[0x02, 0, 0, 0, 0x09, 0x09, 0x08, 0x00]);
-    let mut ip = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0];
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let sum = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip.extend_from_slice(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
-    d.extend_from_slice(&ip);
-    d
-}
-
 #[test]
 #[cfg_attr(
     not(feature = "netns-tests"),
