@@ -14,6 +14,8 @@ mod dataplane;
 mod gossip;
 #[path = "../fuzz/src/records.rs"]
 mod records;
+#[path = "../fuzz/src/replay.rs"]
+mod replay;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,29 +27,13 @@ use overlayd::control::message::{parse_frame, Kind};
 use overlayd::dataplane::offload::{checksum, VnetHdr};
 use overlayd::dataplane::{offload, EncapConfig, Encapsulator, Fib, HEADROOM};
 
-fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target)
+/// Where the committed corpora are.
+fn corpus_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus")
 }
 
 fn replay(target: &str, harness: fn(&[u8])) {
-    let mut files: Vec<_> = std::fs::read_dir(corpus_dir(target))
-        .unwrap_or_else(|e| panic!("corpus of {target}: {e}"))
-        .map(|e| e.unwrap().path())
-        // What git tracks (see .gitignore); a local run's additions are left out.
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("seed-") || name.starts_with("crash-")
-        })
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "empty corpus for {target}");
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        let r = std::panic::catch_unwind(|| harness(&data));
-        assert!(r.is_ok(), "{target}: {} fails", f.display());
-    }
+    replay::replay(&corpus_root(), target, harness);
 }
 
 #[test]
@@ -89,9 +75,7 @@ fn gossip_node_corpus() {
 
 /// Writes `fuzz/corpus/<target>/seed-<name>`.
 fn write(target: &str, name: &str, data: &[u8]) {
-    let dir = corpus_dir(target);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+    replay::write_seed(&corpus_root(), target, name, data);
 }
 
 fn ipv4_udp(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {

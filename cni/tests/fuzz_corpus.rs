@@ -10,6 +10,8 @@
 
 #[path = "../../fuzz/src/cni.rs"]
 mod cni;
+#[path = "../../fuzz/src/replay.rs"]
+mod replay;
 
 use std::path::{Path, PathBuf};
 
@@ -23,27 +25,13 @@ fn repo() -> &'static Path {
         .expect("cni/ is inside the repository")
 }
 
-fn corpus_dir(target: &str) -> PathBuf {
-    repo().join("fuzz/corpus").join(target)
+/// Where the committed corpora are.
+fn corpus_root() -> PathBuf {
+    repo().join("fuzz/corpus")
 }
 
 fn replay(target: &str, harness: fn(&[u8])) {
-    let mut files: Vec<_> = std::fs::read_dir(corpus_dir(target))
-        .unwrap_or_else(|e| panic!("corpus of {target}: {e}"))
-        .map(|e| e.unwrap().path())
-        // What git tracks (see .gitignore); a local run's additions are left out.
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with("seed-") || name.starts_with("crash-")
-        })
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "empty corpus for {target}");
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        let r = std::panic::catch_unwind(|| harness(&data));
-        assert!(r.is_ok(), "{target}: {} fails", f.display());
-    }
+    replay::replay(&corpus_root(), target, harness);
 }
 
 #[test]
@@ -63,10 +51,9 @@ fn prev_result_corpus() {
 
 // --- Seed generation -------------------------------------------------------------
 
+/// Writes `fuzz/corpus/<target>/seed-<name>`.
 fn write(target: &str, name: &str, data: &[u8]) {
-    let dir = corpus_dir(target);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+    replay::write_seed(&corpus_root(), target, name, data);
 }
 
 /// The stdin a runtime gives the first plugin of a conflist: the plugin object with

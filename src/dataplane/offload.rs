@@ -1264,6 +1264,27 @@ mod tests {
         (buf, ranges)
     }
 
+    /// Pushes `packets`, one batch, into a coalescer that merges TCP (and UDP with
+    /// `udp`) and returns what it writes.
+    fn coalesce(packets: &[Vec<u8>], udp: bool) -> Vec<(Option<VnetHdr>, Vec<u8>)> {
+        let (buf, ranges) = rx_batch(packets);
+        let mut c = Coalescer::new(true, udp);
+        for r in &ranges {
+            c.push(0, r.clone(), &buf[r.clone()]);
+        }
+        c.finish();
+        written(&c, &buf)
+    }
+
+    /// Asserts that `out` is `packets`, each written alone and unchanged.
+    fn assert_all_alone(out: &[(Option<VnetHdr>, Vec<u8>)], packets: &[Vec<u8>]) {
+        assert_eq!(out.len(), packets.len());
+        for ((hdr, p), orig) in out.iter().zip(packets) {
+            assert!(hdr.is_none());
+            assert_eq!(p, orig);
+        }
+    }
+
     /// Reassembles what a TUN write would carry.
     fn written(c: &Coalescer, buf: &[u8]) -> Vec<(Option<VnetHdr>, Vec<u8>)> {
         c.writes()
@@ -1291,13 +1312,7 @@ mod tests {
         for (i, chunk) in payload.chunks(1000).enumerate() {
             packets.push(tcp_packet(500 + 1000 * i as u32, chunk, i == 3));
         }
-        let (buf, ranges) = rx_batch(&packets);
-        let mut c = Coalescer::new(true, false);
-        for r in &ranges {
-            c.push(0, r.clone(), &buf[r.clone()]);
-        }
-        c.finish();
-        let out = written(&c, &buf);
+        let out = coalesce(&packets, false);
         assert_eq!(out.len(), 1);
         let (hdr, merged) = &out[0];
         let hdr = hdr.unwrap();
@@ -1402,13 +1417,7 @@ mod tests {
             no_sum.clone(),
             no_sum,
         ];
-        let (buf, ranges) = rx_batch(&packets);
-        let mut c = Coalescer::new(true, true);
-        for r in &ranges {
-            c.push(0, r.clone(), &buf[r.clone()]);
-        }
-        c.finish();
-        let out = written(&c, &buf);
+        let out = coalesce(&packets, true);
         // 1 | bad | 3+4 | both checksum-less datagrams merged.
         let counts: Vec<_> = out
             .iter()
@@ -1444,10 +1453,7 @@ mod tests {
         c.finish();
         let out = written(&c, &buf);
         assert_eq!(out.len(), 5);
-        for ((hdr, p), orig) in out.iter().zip(&packets) {
-            assert!(hdr.is_none());
-            assert_eq!(p, orig);
-        }
+        assert_all_alone(&out, &packets);
         let mut off = Coalescer::new(false, false);
         off.push(0, ranges[0].clone(), &buf[ranges[0].clone()]);
         off.finish();
@@ -1539,18 +1545,9 @@ mod tests {
         let sum = checksum::add(checksum::pseudo(&b, 6, (b.len() - 20) as u32), &b[20..]);
         b[36..38].copy_from_slice(&checksum::finish(sum));
         let packets = vec![a, b];
-        let (buf, ranges) = rx_batch(&packets);
-        let mut c = Coalescer::new(true, false);
-        for r in &ranges {
-            c.push(0, r.clone(), &buf[r.clone()]);
-        }
-        c.finish();
-        let out = written(&c, &buf);
+        let out = coalesce(&packets, false);
         assert_eq!(out.len(), 2);
-        for ((hdr, p), orig) in out.iter().zip(&packets) {
-            assert!(hdr.is_none());
-            assert_eq!(p, orig);
-        }
+        assert_all_alone(&out, &packets);
     }
 
     #[test]
@@ -1565,13 +1562,7 @@ mod tests {
             out
         };
         let packets = vec![mk(1, 0), mk(2, 0), mk(1, 500), mk(2, 500), mk(1, 1000)];
-        let (buf, ranges) = rx_batch(&packets);
-        let mut c = Coalescer::new(true, false);
-        for r in &ranges {
-            c.push(0, r.clone(), &buf[r.clone()]);
-        }
-        c.finish();
-        let out = written(&c, &buf);
+        let out = coalesce(&packets, false);
         // Two super-packets, one per flow, each in order.
         assert_eq!(out.len(), 2);
         let seqs: Vec<(u16, u32, usize)> = out
