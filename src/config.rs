@@ -699,13 +699,9 @@ pub fn parse_static_peer(s: &str) -> Result<StaticPeer, String> {
     })
 }
 
-/// A busy-poll window: a duration of at most 1 s ("0" alone means off).
+/// A busy-poll window: a duration of at most 1 s (0 is off).
 fn parse_busy_poll(s: &str) -> Result<std::time::Duration, String> {
-    let d = if s.trim() == "0" {
-        std::time::Duration::ZERO
-    } else {
-        parse_duration(s)?
-    };
+    let d = parse_duration(s)?;
     if d > std::time::Duration::from_secs(1) {
         return Err(format!(
             "{s} is longer than 1s; a worker busy-polls for at most a second after its last packet"
