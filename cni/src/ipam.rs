@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 
 use crate::error::{Error, Result};
+use crate::faultpoint;
 
 /// Why `ip` cannot be handed out from `subnet` with gateway `gateway`, if it cannot.
 pub fn unusable_reason(subnet: Ipv4Net, gateway: Ipv4Addr, ip: Ipv4Addr) -> Option<&'static str> {
@@ -193,7 +194,7 @@ impl Store {
         }
         let name = ip.to_string();
         let tmp = self.write_temp(&name, format!("{container_id}\n{ifname}\n").as_bytes())?;
-        crate::plugin::test_stall("ipam-before-link");
+        faultpoint::stall("ipam-before-link");
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
         match linked {
