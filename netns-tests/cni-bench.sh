@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark (run on demand, not pass/fail): median ADD and DEL latency of overlayd-cni
-# over N pods, next to the reference bridge + host-local measured in the same run, and
-# the median VERSION exec time. Everything happens in namespaces this script creates and
-# deletes on exit (trap). Needs root, iproute2, python3, containernetworking-plugins.
+# over N pods, next to the reference bridge + host-local measured in the same run, the
+# median VERSION exec time, and the binary's size (file, stripped, mapped segments).
+# Everything happens in namespaces this script creates and deletes on exit (trap).
+# Needs root, iproute2, python3, containernetworking-plugins, binutils (strip, size).
 #
 #   sudo netns-tests/cni-bench.sh            # builds the release binary first
 #   sudo BIN=/path/to/overlayd-cni N=50 netns-tests/cni-bench.sh
@@ -98,3 +99,10 @@ print(f"  bridge+host-local   {med['ref-add']:7.2f}  {med['ref-del']:7.2f}   {nm
 print(f"  speed-up (raw)      {med['ref-add']/med['ours-add']:6.1f}x  {med['ref-del']/med['ours-del']:6.1f}x")
 print(f"  VERSION exec        raw {med['version']:.2f}   net {nmed['version']:.2f}   (/bin/true exec {statistics.median(true_ms):.2f})")
 PY
+# Size: the file as built, stripped of symbols and debug info, and what exec maps
+# (text + data + bss). Debug sections are on disk only; exec does not load them.
+STRIPPED=$(mktemp /tmp/cni-bench-bin.XXXXXX)
+strip -o "$STRIPPED" "$BIN"
+read -r TEXT DATA BSS _ < <(size "$BIN" | tail -1)
+echo "  binary $BIN: file $(stat -c %s "$BIN") B, stripped $(stat -c %s "$STRIPPED") B, text $TEXT B, data+bss $((DATA + BSS)) B"
+rm -f "$STRIPPED"

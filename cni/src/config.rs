@@ -7,7 +7,6 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -324,59 +323,6 @@ pub fn reply_version(stdin: &[u8]) -> String {
         .unwrap_or_else(|| "1.1.0".to_owned())
 }
 
-/// The node description the daemon writes to `<runDir>/node.json`. Extra fields are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct NodeInfo {
-    /// Name of this node.
-    pub node_name: String,
-    /// The node's pod subnet.
-    pub subnet: Ipv4Net,
-    /// The node's gateway address on the bridge.
-    pub gateway: Ipv4Addr,
-    /// The node bridge pod veths attach to.
-    pub bridge: String,
-    /// The overlay MTU.
-    pub mtu: u32,
-    /// The whole cluster's pod CIDR.
-    pub cluster_cidr: Ipv4Net,
-}
-
-/// File name of the node description inside `runDir`.
-pub const NODE_FILE: &str = "node.json";
-
-impl NodeInfo {
-    /// Reads `<run_dir>/node.json`. A missing file is code 11 ("try again later").
-    pub fn load(run_dir: &std::path::Path) -> Result<Self> {
-        let path = run_dir.join(NODE_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotReady { path })
-            }
-            Err(e) => {
-                return Err(Error::NodeFile {
-                    path,
-                    reason: e.to_string(),
-                })
-            }
-        };
-        let node: NodeInfo = serde_json::from_slice(&bytes).map_err(|e| Error::NodeFile {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        if !node.subnet.contains(&node.gateway) || node.subnet.prefix_len() > 30 {
-            return Err(Error::NodeFile {
-                path,
-                reason: format!(
-                    "gateway {} is not a host address of subnet {}",
-                    node.gateway, node.subnet
-                ),
-            });
-        }
-        Ok(node)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,24 +422,5 @@ mod tests {
             let conf = NetConf::parse(input.as_bytes()).unwrap();
             assert_eq!(conf.valid_attachments.unwrap()[0].container_id, "c1");
         }
-    }
-
-    #[test]
-    fn node_file() {
-        let dir = std::env::temp_dir().join(format!("ovl-cni-node-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let err = NodeInfo::load(&dir).unwrap_err();
-        assert_eq!(err.code(), 11);
-        assert!(err.to_string().contains("overlayd") && err.to_string().contains("node.json"));
-        std::fs::write(
-            dir.join(NODE_FILE),
-            r#"{"node_name":"n1","subnet":"10.244.1.0/24","gateway":"10.244.1.1","bridge":"ovl0","mtu":1450,"cluster_cidr":"10.244.0.0/16","future":1}"#,
-        )
-        .unwrap();
-        let node = NodeInfo::load(&dir).unwrap();
-        assert_eq!(node.gateway, Ipv4Addr::new(10, 244, 1, 1));
-        std::fs::write(dir.join(NODE_FILE), "{").unwrap();
-        assert_eq!(NodeInfo::load(&dir).unwrap_err().code(), 108);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -15,13 +15,14 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
+use rustix::fs::FlockOperation;
 
 use crate::error::{Error, Result};
+use crate::faultpoint;
 
 /// Why `ip` cannot be handed out from `subnet` with gateway `gateway`, if it cannot.
 pub fn unusable_reason(subnet: Ipv4Net, gateway: Ipv4Addr, ip: Ipv4Addr) -> Option<&'static str> {
@@ -90,14 +91,10 @@ impl Store {
             .open(&lock_path)
             .map_err(|e| Error::store(&lock_path, e))?;
         loop {
-            // SAFETY: flock on a descriptor this function owns for the call's duration.
-            let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                break;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(Error::store(&lock_path, err));
+            match rustix::fs::flock(&lock, FlockOperation::LockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(Error::store(&lock_path, e.into())),
             }
         }
         let store = Store { dir, _lock: lock };
@@ -193,7 +190,7 @@ impl Store {
         }
         let name = ip.to_string();
         let tmp = self.write_temp(&name, format!("{container_id}\n{ifname}\n").as_bytes())?;
-        crate::plugin::test_stall("ipam-before-link");
+        faultpoint::stall("ipam-before-link");
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
         match linked {

@@ -7,8 +7,10 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
+
+use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
 
 /// Opens a network namespace file such as `/var/run/netns/pod-1` or `/proc/<pid>/ns/net`.
 pub fn open(path: &Path) -> io::Result<File> {
@@ -17,15 +19,11 @@ pub fn open(path: &Path) -> io::Result<File> {
 
 /// Runs `f` on a new thread that has joined the namespace `ns`.
 pub fn run_in<T: Send>(ns: &File, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    let fd = ns.as_raw_fd();
+    let fd = ns.as_fd();
     std::thread::scope(|s| {
         s.spawn(move || {
-            // SAFETY: `fd` is a valid open descriptor borrowed from `ns`, which outlives this
-            // scoped thread; setns only changes this thread's network namespace.
-            let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // setns(fd, CLONE_NEWNET) changes only this thread's network namespace.
+            move_into_link_name_space(fd, Some(LinkNameSpaceType::Network))?;
             f()
         })
         .join()

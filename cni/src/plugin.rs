@@ -13,17 +13,17 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
-use crate::config::{
-    reply_version, Ipam, NetConf, NodeInfo, Version, NODE_FILE, SUPPORTED_VERSIONS,
-};
+use crate::config::{reply_version, Ipam, NetConf, Version, SUPPORTED_VERSIONS};
 use crate::delegate;
 use crate::env::{Attachment, Command, Env};
 use crate::error::{Error, Result};
+use crate::faultpoint;
 use crate::ipam::Store;
 use crate::log::Logger;
 use crate::masq;
 use crate::netlink::{self, Netlink};
 use crate::netns;
+use crate::node::{Node, NodeInfo};
 use crate::result::{CniResult, Interface, IpConfig, Route};
 
 /// Prefix of host-side veth names: `ovlv` + 11 hex digits of a hash of the attachment.
@@ -152,15 +152,15 @@ fn host_netlink() -> Result<Netlink> {
 }
 
 fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<CniResult> {
-    let node = NodeInfo::load(&conf.run_dir)?;
+    let node = Node::load(&conf.run_dir)?;
     let ns = open_netns(att)?;
     let mut host = host_netlink()?;
     let bridge = host
-        .link(&node.bridge)
-        .map_err(|e| Error::netlink(format!("looking up bridge {}", node.bridge), e))?
+        .link(&node.info.bridge)
+        .map_err(|e| Error::netlink(format!("looking up bridge {}", node.info.bridge), e))?
         .ok_or_else(|| Error::BridgeMissing {
-            bridge: node.bridge.clone(),
-            path: conf.run_dir.join(NODE_FILE),
+            bridge: node.info.bridge.clone(),
+            path: NodeInfo::path(&conf.run_dir),
         })?;
 
     // Address first: the MAC is derived from it.
@@ -231,7 +231,7 @@ fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<C
 fn setup(
     conf: &NetConf,
     att: &Attachment,
-    node: &NodeInfo,
+    node: &Node,
     ns: &std::fs::File,
     host: &mut Netlink,
     bridge_index: u32,
@@ -240,7 +240,7 @@ fn setup(
     created: &mut bool,
     log: &Logger,
 ) -> Result<CniResult> {
-    let mtu = conf.mtu.unwrap_or(node.mtu);
+    let mtu = conf.mtu.unwrap_or(node.info.mtu);
     let host_name = host_veth_name(&att.container_id, &att.ifname);
     let netns_path = att.netns.clone().unwrap_or_default();
     let mac = mac_for(address.addr());
@@ -277,7 +277,7 @@ fn setup(
         }
     }
     *created = true;
-    test_stall("after-veth");
+    faultpoint::stall("after-veth");
 
     let host_link = host
         .link(&host_name)
@@ -296,7 +296,7 @@ fn setup(
     host.set_up(host_index, Some(bridge_index), Some(&alias))
         .map_err(|e| {
             Error::netlink(
-                format!("attaching {host_name} to bridge {}", node.bridge),
+                format!("attaching {host_name} to bridge {}", node.info.bridge),
                 e,
             )
         })?;
@@ -358,18 +358,6 @@ fn setup(
         }],
         dns: conf.dns.clone(),
     })
-}
-
-/// Test hook (only with the `netns-tests` feature): when `OVERLAYD_CNI_TEST_STALL` equals
-/// `point`, the process stops here so a test can kill it in the middle of ADD.
-pub(crate) fn test_stall(point: &str) {
-    #[cfg(feature = "netns-tests")]
-    if std::env::var("OVERLAYD_CNI_TEST_STALL").is_ok_and(|v| v == point) {
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-        }
-    }
-    let _ = point;
 }
 
 /// Releases the attachment's address (built-in store or delegated DEL).
@@ -557,7 +545,7 @@ fn gc(conf: &NetConf, log: &Logger) -> Result<()> {
 }
 
 fn status(conf: &NetConf) -> Result<()> {
-    NodeInfo::load(&conf.run_dir)
+    Node::load(&conf.run_dir)
         .map(drop)
         .map_err(|e| Error::NotAvailable(e.to_string()))
 }
@@ -661,7 +649,7 @@ mod tests {
     fn status_ok_with_node_file() {
         let dir = std::env::temp_dir().join(format!("ovl-cni-status-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(NODE_FILE), r#"{"node_name":"n1","subnet":"10.244.1.0/24","gateway":"10.244.1.1","bridge":"ovl0","mtu":1450,"cluster_cidr":"10.244.0.0/16"}"#).unwrap();
+        std::fs::write(dir.join(crate::node::NODE_FILE), r#"{"node_name":"n1","subnet":"10.244.1.0/24","gateway":"10.244.1.1","bridge":"ovl0","mtu":1450,"cluster_cidr":"10.244.0.0/16"}"#).unwrap();
         let conf = format!(
             r#"{{"cniVersion":"1.1.0","name":"n","type":"overlayd-cni","runDir":"{}"}}"#,
             dir.display()
