@@ -1,5 +1,5 @@
 //! The tokio task that owns the gossip socket, the clock and the lease state file,
-//! and drives a [`Node`]. It makes no protocol decisions.
+//! and drives a [`Controller`]. It makes no protocol decisions.
 //!
 //! The daemon calls [`ControlDriver::spawn`] and keeps the [`ControlHandle`]: its
 //! [`ControlHandle::peers`] watch feeds the FIB, [`ControlHandle::lease`] tells the
@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use super::message::MAX_DATAGRAM;
 use super::transport::{Transport, UdpTransport};
 use super::{
-    Error, Event, GossipTraffic, KeySet, LeaseConfig, LeaseEvent, LeaseState, MembershipConfig,
-    Node, NodeConfig, NodeMeta, PeerInfo, Status,
+    Controller, ControllerConfig, Error, Event, GossipTraffic, KeySet, LeaseConfig, LeaseEvent,
+    LeaseState, MembershipConfig, NodeMeta, PeerInfo, Status,
 };
 use crate::fsutil::write_atomic;
 
@@ -218,7 +218,7 @@ impl ControlDriver {
         let local = SocketAddr::new(cfg.advertise_addr, transport.local_addr().port());
         let state_path = cfg.state_dir.join(STATE_FILE);
         let persisted = load_state(&state_path)?;
-        let node_cfg = NodeConfig {
+        let node_cfg = ControllerConfig {
             meta: NodeMeta {
                 name: cfg.name.clone(),
                 gossip: local,
@@ -239,7 +239,7 @@ impl ControlDriver {
             keys: cfg.keys.clone(),
             session: rand::random(),
         };
-        let mut node = Node::new(node_cfg, persisted, Instant::now().into_std())?;
+        let mut node = Controller::new(node_cfg, persisted, Instant::now().into_std())?;
         node.set_wall_clock(now(), unix_ms());
         // A state dir that cannot be written is a start-up error: the new boot number
         // must be on disk before anything is sent.
@@ -282,7 +282,7 @@ enum Wake {
 }
 
 struct Driver<T> {
-    node: Node,
+    node: Controller,
     transport: T,
     rx: mpsc::Receiver<Command>,
     peers_tx: watch::Sender<Vec<PeerInfo>>,
@@ -673,7 +673,7 @@ mod tests {
         // When a leaves on purpose, b sees it dead and gets its space.
         a.leave().await.unwrap();
         wait_for(&mut b2.peers(), |p| {
-            p.iter().all(|x| x.state == super::super::PeerState::Dead)
+            p.iter().all(|x| x.state == super::super::MemberState::Dead)
         })
         .await;
         let _ = std::fs::remove_dir_all(&dir);

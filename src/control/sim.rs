@@ -1,4 +1,4 @@
-//! A deterministic simulator for many control-plane [`Node`]s.
+//! A deterministic simulator for many control-plane [`Controller`]s.
 //!
 //! One seeded RNG, a virtual clock and an event heap drive every node through its
 //! sans-IO interface. Each node sees its own monotonic clock, with its own offset and
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{LeaseConfig, LeaseState, MembershipConfig, Node, NodeConfig, NodeMeta};
+use super::{Controller, ControllerConfig, LeaseConfig, LeaseState, MembershipConfig, NodeMeta};
 
 /// Every simulated node shares this cluster key, so the simulations exercise signing,
 /// verification and the replay windows across crashes and restarts.
@@ -110,7 +110,7 @@ enum Ev {
 }
 
 struct Slot {
-    node: Option<Node>,
+    node: Option<Controller>,
     persisted: Option<LeaseState>,
     offset: Duration,
     rate: f64,
@@ -222,10 +222,10 @@ impl Sim {
         self.push(at, Ev::Op(op));
     }
 
-    fn node_config(&self, i: usize) -> NodeConfig {
+    fn node_config(&self, i: usize) -> ControllerConfig {
         let mut lease = self.cfg.lease.clone();
         lease.name = name(i);
-        NodeConfig {
+        ControllerConfig {
             meta: NodeMeta {
                 name: name(i),
                 gossip: addr(i),
@@ -256,7 +256,8 @@ impl Sim {
     fn boot(&mut self, i: usize) {
         let now = self.local(i, self.now);
         let persisted = self.slots[i].persisted.clone();
-        let mut node = Node::new(self.node_config(i), persisted, now).expect("valid sim config");
+        let mut node =
+            Controller::new(self.node_config(i), persisted, now).expect("valid sim config");
         node.set_wall_clock(now, wall_ms(self.now));
         self.slots[i].node = Some(node);
         self.slots[i].left = false;
@@ -349,7 +350,7 @@ impl Sim {
                     } else {
                         n.membership()
                             .peer(&name(w.node))
-                            .is_some_and(|(m, _)| m.lease.is_some())
+                            .is_some_and(|k| k.meta.lease.is_some())
                     };
                     if knows {
                         w.learned[i] = Some(now_v);
@@ -513,7 +514,7 @@ impl Sim {
     }
 
     /// Node `i`, if running.
-    pub fn node(&self, i: usize) -> Option<&Node> {
+    pub fn node(&self, i: usize) -> Option<&Controller> {
         self.slots[i].node.as_ref()
     }
 
