@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use super::auth::{Authenticator, KeySet, Reject};
+use super::error::Error;
 use super::lease::{Lease, LeaseConfig, LeaseEvent, LeaseState};
 use super::membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
 use super::message::{self, Datagram, LeaseDatagram, LeaseMsg};
 use super::meta::NodeMeta;
-use super::{subnet_count, subnet_of, Error, GossipTraffic, PeerInfo, Status};
+use super::report::{GossipTraffic, PeerInfo, Status};
+use super::subnet::{subnet_count, subnet_of};
 
 /// An event for the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,12 +16,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::message::MAX_DATAGRAM;
-use super::transport::{Transport, UdpTransport};
-use super::{
-    Controller, ControllerConfig, Error, Event, GossipTraffic, KeySet, LeaseConfig, LeaseEvent,
-    LeaseState, MembershipConfig, NodeMeta, PeerInfo, Status,
+use super::auth::KeySet;
+use super::controller::{
+    Controller, ControllerConfig, Event, REJECT_LOG_BUDGET, REJECT_LOG_INTERVAL,
 };
+use super::error::Error;
+use super::lease::{LeaseConfig, LeaseEvent, LeaseState};
+use super::membership::MembershipConfig;
+use super::message::MAX_DATAGRAM;
+use super::meta::NodeMeta;
+use super::report::{GossipTraffic, PeerInfo, Status};
+use super::subnet::subnet_of;
+use super::transport::{Transport, UdpTransport};
 use crate::fsutil::write_atomic;
 
 /// Default gossip port (`--gossip-port`).
@@ -376,7 +382,7 @@ impl<T: Transport> Driver<T> {
                         let me = self.node.membership().me().clone();
                         let nets = taken
                             .iter()
-                            .filter_map(|i| super::subnet_of(me.cluster_cidr, me.subnet_len, *i))
+                            .filter_map(|i| subnet_of(me.cluster_cidr, me.subnet_len, *i))
                             .collect();
                         let _ = tx.send(nets);
                     }
@@ -487,21 +493,21 @@ impl<T: Transport> Driver<T> {
                         %from,
                         reason = reason.label(),
                         "rejected gossip from {from}: {reason} (counted in overlayd_gossip_rejected_total; repeats from this address are not logged for {} s)",
-                        super::REJECT_LOG_INTERVAL.as_secs()
+                        REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
                 Event::RejectReportsPaused => {
                     tracing::warn!(
                         "{} rejected gossip senders logged in {} s: rejections from further addresses are counted in overlayd_gossip_rejected_total, not logged, until the interval ends",
-                        super::REJECT_LOG_BUDGET,
-                        super::REJECT_LOG_INTERVAL.as_secs()
+                        REJECT_LOG_BUDGET,
+                        REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
                 Event::RejectReportsResumed { unreported } => {
                     tracing::warn!(
                         unreported,
                         "{unreported} rejected gossip datagrams from addresses not logged before went unlogged in the last {} s",
-                        super::REJECT_LOG_INTERVAL.as_secs()
+                        REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
                 Event::Lease(LeaseEvent::Exhausted) => {
@@ -673,7 +679,8 @@ mod tests {
         // When a leaves on purpose, b sees it dead and gets its space.
         a.leave().await.unwrap();
         wait_for(&mut b2.peers(), |p| {
-            p.iter().all(|x| x.state == super::super::MemberState::Dead)
+            p.iter()
+                .all(|x| x.state == crate::control::membership::MemberState::Dead)
         })
         .await;
         let _ = std::fs::remove_dir_all(&dir);

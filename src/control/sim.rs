@@ -18,12 +18,17 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Controller, ControllerConfig, LeaseConfig, LeaseState, MembershipConfig, NodeMeta};
+use super::auth::KeySet;
+use super::controller::{Controller, ControllerConfig, Event};
+use super::lease::{LeaseConfig, LeaseState};
+use super::membership::MembershipConfig;
+use super::message::{self, LeaseDatagram, LeaseMsg};
+use super::meta::NodeMeta;
 
 /// Every simulated node shares this cluster key, so the simulations exercise signing,
 /// verification and the replay windows across crashes and restarts.
-fn sim_keys() -> super::KeySet {
-    super::KeySet::parse("simulated cluster key, 32 bytes!").expect("valid key")
+fn sim_keys() -> KeySet {
+    KeySet::parse("simulated cluster key, 32 bytes!").expect("valid key")
 }
 
 /// Wall clocks are synchronised (NTP) while monotonic clocks drift: every node reads
@@ -314,7 +319,7 @@ impl Sim {
             self.slots[i].persisted = Some(node.lease().state().clone());
         }
         while let Some(ev) = node.poll_event() {
-            if !matches!(ev, super::Event::PeersChanged) {
+            if !matches!(ev, Event::PeersChanged) {
                 self.trace.push(format!("{:?} {} {:?}", now_v, name(i), ev));
             }
         }
@@ -419,13 +424,10 @@ impl Sim {
             return;
         };
         if self.cfg.full_check {
-            if let Ok((super::message::Kind::Lease, body)) = super::message::parse_frame(&data) {
-                if let Ok(d) = super::LeaseDatagram::parse(body) {
+            if let Ok((message::Kind::Lease, body)) = message::parse_frame(&data) {
+                if let Ok(d) = LeaseDatagram::parse(body) {
                     // Transfers and attestations go into the failure trace.
-                    if matches!(
-                        d.msg,
-                        super::LeaseMsg::Grant { .. } | super::LeaseMsg::Attest { .. }
-                    ) {
+                    if matches!(d.msg, LeaseMsg::Grant { .. } | LeaseMsg::Attest { .. }) {
                         self.trace.push(format!(
                             "{:?} {} -> {}: {:?}",
                             self.now,

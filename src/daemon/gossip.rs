@@ -11,9 +11,9 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::error::DaemonError;
 use super::host::Underlay;
 use super::keys::reload_keys_on_hangup;
-use super::DaemonError;
 use crate::config::{ConfigError, DaemonArgs};
 use crate::control::driver::{ControlConfig, ControlDriver, ControlHandle, LeaseStatus};
 use crate::control::KeySet;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
-use super::{file_err, DaemonError};
+use super::error::{file_err, DaemonError};
 use crate::config::{ConfigError, DaemonArgs};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
 use crate::dataplane::netlink::{accept_local, disable_ipv6, enable_forwarding, Netlink};

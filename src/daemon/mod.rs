@@ -9,12 +9,14 @@
 //! address and `node.json` stay, so pods keep their addresses across a restart.
 //!
 //! # Layout
+//! - [`error`]: the daemon's error enum, [`DaemonError`].
 //! - [`host`]: underlay address and MTU, bridge, TUN, routes and `node.json`.
 //! - [`peers`]: static and learned peers turned into the FIB.
 //! - [`gossip`]: the control driver, the lease feed and the control report.
 //! - [`keys`]: `--secret-file`, at start and on SIGHUP.
 //! - [`state`]: the state and run dirs and the VTEP MAC.
 
+pub mod error;
 pub mod gossip;
 pub mod host;
 pub mod keys;
@@ -23,7 +25,7 @@ pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,7 +33,7 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{ConfigError, DaemonArgs, MetricsAddr};
+use crate::config::{DaemonArgs, MetricsAddr};
 use crate::control::KeySet;
 use crate::dataplane::driver::{DataplaneDriver, DataplaneHandle, DataplaneOptions};
 use crate::dataplane::netlink::Netlink;
@@ -42,59 +44,16 @@ use crate::dataplane::{EncapConfig, Peer};
 use crate::live::StatusSource;
 use crate::status::NodeReport;
 
+use error::file_err;
 use gossip::{Gossip, GossipStart};
 use host::{Host, Underlay};
 use peers::PeerTable;
 
+pub use error::DaemonError;
 pub use host::gateway_of;
 pub use keys::load_keys;
 pub use peers::{build_fib, static_peers};
 pub use state::VTEP_MAC_FILE;
-
-/// Why the daemon could not start or had to stop.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    /// The flags do not make a valid configuration.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Device setup or forwarding failed.
-    #[error(transparent)]
-    Dataplane(#[from] crate::dataplane::Error),
-    /// The control plane could not start, or stopped with an error.
-    #[error(transparent)]
-    Control(#[from] crate::control::Error),
-    /// `--install-cni` failed.
-    #[error(transparent)]
-    InstallCni(#[from] crate::cni_install::InstallError),
-    /// A listener could not be bound.
-    #[error("{what} {addr}: cannot listen: {source}")]
-    Listen {
-        /// The flag that named the address.
-        what: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A state or runtime file could not be read or written.
-    #[error("{what} {path}: {source}")]
-    File {
-        /// What the file is.
-        what: &'static str,
-        /// Its path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Turns an I/O error on `path` into [`DaemonError::File`].
-fn file_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
-    let path = path.to_path_buf();
-    move |source| DaemonError::File { what, path, source }
-}
 
 /// Runs the daemon until `shutdown` resolves or the dataplane fails.
 pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {

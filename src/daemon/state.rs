@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::{file_err, DaemonError};
+use super::error::{file_err, DaemonError};
 use crate::dataplane::wire::MacAddr;
 use crate::fsutil::write_atomic;
 
