@@ -14,7 +14,7 @@ use ipnet::IpNet;
 
 use super::auth::{Authenticator, KeySet, Reject};
 use super::error::Error;
-use super::lease::{Lease, LeaseConfig, LeaseEvent, LeaseState};
+use super::lease::{Lease, LeaseConfig, LeaseEvent, LeaseState, LeaseTransmit};
 use super::membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
 use super::message::{self, Datagram, LeaseDatagram, LeaseMsg};
 use super::meta::NodeMeta;
@@ -414,7 +414,7 @@ impl Controller {
         let lease = self.published(now);
         let free = self.lease.has_free();
         self.membership.set_meta(lease, free, now);
-        while let Some((to, msg)) = self.lease.poll_transmit() {
+        while let Some(LeaseTransmit { to, msg }) = self.lease.poll_transmit() {
             // Messages to names we have no address for yet are lost, like a datagram.
             if let Some(addr) = self.names.get(&to).copied() {
                 let data = self.lease_datagram(msg);

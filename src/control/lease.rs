@@ -137,16 +137,50 @@ pub enum LeaseEvent {
     Lost,
 }
 
-/// Attestations received as beneficiary, by witness: the owner's state version and
-/// ownership set as that witness saw them.
-type Attestations = BTreeMap<String, (u64, Vec<Owned>)>;
+/// A silent owner's state as one witness saw it.
+#[derive(Debug, Clone, Default)]
+struct Attestation {
+    /// The owner's latest state version the witness saw.
+    state_version: u64,
+    /// The ownership set at that version.
+    owned: Vec<Owned>,
+}
 
-/// Sent-beat bookkeeping: local send time, state version and config id.
+/// Attestations received as beneficiary, by witness.
+type Attestations = BTreeMap<String, Attestation>;
+
+/// Which attestations count together: one owner epoch, seen through one view.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AttestRound {
+    about: String,
+    epoch: u64,
+    view_version: u64,
+}
+
+/// A witness of one witness set, for the time the first beat went to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SetMember {
+    config_id: u64,
+    member: String,
+}
+
+/// Sent-beat bookkeeping: sequence number, local send time, state version and
+/// config id.
 #[derive(Debug, Clone, Copy)]
 struct Sent {
+    seq: u64,
     at: Instant,
     state_version: u64,
     config_id: u64,
+}
+
+/// A lease message and the node it goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseTransmit {
+    /// The receiver's node name.
+    pub to: String,
+    /// The message.
+    pub msg: LeaseMsg,
 }
 
 /// The lease state machine of one node.
@@ -155,18 +189,19 @@ pub struct Lease {
     cfg: LeaseConfig,
     st: LeaseState,
     seq: u64,
-    sent: VecDeque<(u64, Sent)>,
+    sent: VecDeque<Sent>,
     acks: HashMap<String, Sent>,
     heard: HashMap<String, Instant>,
     attest_sent: HashMap<String, Instant>,
-    inbox: HashMap<(String, u64, u64), Attestations>,
+    inbox: HashMap<AttestRound, Attestations>,
     live: Vec<String>,
     dead: Vec<String>,
     fresh: BTreeSet<u64>,
-    first_sent: HashMap<(u64, String), Instant>,
+    first_sent: HashMap<SetMember, Instant>,
     free_holders: Vec<String>,
-    outbox: VecDeque<(String, LeaseMsg)>,
-    pending_self: VecDeque<(String, LeaseMsg)>,
+    outbox: VecDeque<LeaseTransmit>,
+    /// Messages to ourselves, handled in place.
+    pending_self: VecDeque<LeaseMsg>,
     events: VecDeque<LeaseEvent>,
     next_tick: Instant,
     next_request: Instant,
@@ -287,7 +322,13 @@ impl Lease {
                 .filter_map(|m| {
                     let real = self.acks.get(m).map(|s| s.at);
                     let first = fresh
-                        .then(|| self.first_sent.get(&(c.id, m.clone())).copied())
+                        .then(|| {
+                            let key = SetMember {
+                                config_id: c.id,
+                                member: m.clone(),
+                            };
+                            self.first_sent.get(&key).copied()
+                        })
                         .flatten();
                     real.max(first).map(|t| t + self.cfg.fence_after)
                 })
@@ -330,7 +371,7 @@ impl Lease {
     }
 
     /// Next message to send, with the receiver's name.
-    pub fn poll_transmit(&mut self) -> Option<(String, LeaseMsg)> {
+    pub fn poll_transmit(&mut self) -> Option<LeaseTransmit> {
         self.outbox.pop_front()
     }
 
@@ -342,10 +383,13 @@ impl Lease {
     fn send(&mut self, to: &str, msg: LeaseMsg) {
         if to == self.cfg.name {
             // Messages to ourselves (the beneficiary attesting) are handled in place.
-            self.pending_self.push_back((to.to_owned(), msg));
+            self.pending_self.push_back(msg);
             return;
         }
-        self.outbox.push_back((to.to_owned(), msg));
+        self.outbox.push_back(LeaseTransmit {
+            to: to.to_owned(),
+            msg,
+        });
     }
 
     fn report_use(&mut self, now: Instant) {
@@ -364,8 +408,9 @@ impl Lease {
     }
 
     fn drain_self(&mut self, now: Instant) {
-        while let Some((from, msg)) = self.pending_self.pop_front() {
-            self.dispatch(&from, msg, now);
+        while let Some(msg) = self.pending_self.pop_front() {
+            let me = self.cfg.name.clone();
+            self.dispatch(&me, msg, now);
         }
     }
 
@@ -510,7 +555,7 @@ impl Lease {
             self.events.push_back(LeaseEvent::Lost);
             return;
         }
-        let Some(sent) = self.sent.iter().find(|(s, _)| *s == seq).map(|(_, s)| *s) else {
+        let Some(sent) = self.sent.iter().find(|s| s.seq == seq).copied() else {
             return;
         };
         let newer = self.acks.get(from).is_none_or(|a| a.at <= sent.at);
@@ -532,7 +577,7 @@ impl Lease {
                 .count();
             if c.members.is_empty() || moved >= majority(c.members.len()) {
                 let id = self.st.view.configs.remove(0).id;
-                self.first_sent.retain(|k, _| k.0 != id);
+                self.first_sent.retain(|k, _| k.config_id != id);
                 self.st.view.version += 1;
                 self.dirty = true;
             } else {
@@ -576,11 +621,19 @@ impl Lease {
         if view.beneficiary() != Some(self.cfg.name.as_str()) || !view.contains(from) {
             return;
         }
-        let votes = self
-            .inbox
-            .entry((about.clone(), epoch, view.version))
-            .or_default();
-        votes.insert(from.to_owned(), (state_version, owned));
+        let round = AttestRound {
+            about: about.clone(),
+            epoch,
+            view_version: view.version,
+        };
+        let votes = self.inbox.entry(round).or_default();
+        votes.insert(
+            from.to_owned(),
+            Attestation {
+                state_version,
+                owned,
+            },
+        );
         // Every witness attests once per owner epoch, with the view it saw last, so
         // two views can never both gather a majority of a set they share.
         let enough = view.configs.iter().all(|c| {
@@ -593,11 +646,12 @@ impl Lease {
         }
         // The attesting majority intersects every majority that acknowledged a
         // transfer, so the newest state among them has every transfer the owner made.
-        let (_, newest) = votes
+        let newest = votes
             .values()
-            .max_by_key(|(v, _)| *v)
+            .max_by_key(|a| a.state_version)
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .owned;
         let mut taken = Vec::new();
         for (idx, ver) in newest {
             if self.take(idx, ver + 1) {
@@ -607,7 +661,8 @@ impl Lease {
         self.st.state_version += 1;
         self.st.reclaimed.insert(key.clone());
         self.st.attested.insert(key);
-        self.inbox.retain(|k, _| k.0 != about || k.1 != epoch);
+        self.inbox
+            .retain(|k, _| k.about != about || k.epoch != epoch);
         self.dirty = true;
         self.events.push_back(LeaseEvent::Reclaimed {
             node: about.clone(),
@@ -736,14 +791,12 @@ impl Lease {
         self.seq += 1;
         let view = self.st.view.clone();
         let config_id = view.configs.last().map_or(0, |c| c.id);
-        self.sent.push_back((
-            self.seq,
-            Sent {
-                at: now,
-                state_version: self.st.state_version,
-                config_id,
-            },
-        ));
+        self.sent.push_back(Sent {
+            seq: self.seq,
+            at: now,
+            state_version: self.st.state_version,
+            config_id,
+        });
         while self.sent.len() > 64 {
             self.sent.pop_front();
         }
@@ -751,7 +804,11 @@ impl Lease {
         for c in &self.st.view.configs {
             if self.fresh.contains(&c.id) {
                 for m in &c.members {
-                    self.first_sent.entry((c.id, m.clone())).or_insert(now);
+                    let key = SetMember {
+                        config_id: c.id,
+                        member: m.clone(),
+                    };
+                    self.first_sent.entry(key).or_insert(now);
                 }
             }
         }
@@ -994,8 +1051,8 @@ mod tests {
             loop {
                 let mut msgs = Vec::new();
                 for (name, lease) in &mut self.nodes {
-                    while let Some((to, msg)) = lease.poll_transmit() {
-                        msgs.push((name.clone(), to, msg));
+                    while let Some(t) = lease.poll_transmit() {
+                        msgs.push((name.clone(), t.to, t.msg));
                     }
                     while let Some(ev) = lease.poll_event() {
                         self.events.push((name.clone(), ev));
@@ -1104,12 +1161,12 @@ mod tests {
         assert_eq!(b.state().lease, Some(2));
         assert_eq!(
             b.poll_transmit(),
-            Some((
-                "a".into(),
-                LeaseMsg::GrantAck {
+            Some(LeaseTransmit {
+                to: "a".into(),
+                msg: LeaseMsg::GrantAck {
                     subnets: vec![(2, 5)]
                 }
-            ))
+            })
         );
         let version = b.state().state_version;
         // The same grant again (a duplicate datagram) is acked but changes nothing,
@@ -1125,7 +1182,10 @@ mod tests {
         assert!(!b.state().owned.contains_key(&SUBNETS));
         assert!(matches!(
             b.poll_transmit(),
-            Some((_, LeaseMsg::GrantAck { .. }))
+            Some(LeaseTransmit {
+                msg: LeaseMsg::GrantAck { .. },
+                ..
+            })
         ));
         // An owner that is not in good standing (fenced) grants nothing.
         let mut a = Lease::new(config("a", true), None, now);
