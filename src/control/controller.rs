@@ -16,7 +16,7 @@ use super::auth::{Authenticator, KeySet, Reject};
 use super::error::Error;
 use super::lease::{Lease, LeaseConfig, LeaseEvent, LeaseState, LeaseTransmit};
 use super::membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
-use super::message::{self, Datagram, LeaseDatagram, LeaseMsg};
+use super::message::{self, Datagram, LeaseDatagram, LeaseMsg, Owned};
 use super::meta::NodeMeta;
 use super::report::{GossipTraffic, PeerInfo, Status};
 use super::subnet::{subnet_count, subnet_of};
@@ -506,7 +506,7 @@ impl Controller {
     }
 
     /// What membership publishes as our lease: [`Controller::using`] and its version.
-    fn published(&self, now: Instant) -> Option<(u32, u64)> {
+    fn published(&self, now: Instant) -> Option<Owned> {
         let (idx, ver) = self.lease.published(now)?;
         (self.using(now) == Some(idx)).then_some((idx, ver))
     }

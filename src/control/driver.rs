@@ -324,18 +324,37 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A leave in progress: it ends when the hand-over is done or at `deadline`.
+struct Leaving {
+    deadline: Instant,
+    /// Told when the leave ends (`overlayd leave` waits on it).
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Leaving {
+    fn within_10s(done: Option<oneshot::Sender<()>>) -> Leaving {
+        Leaving {
+            deadline: Instant::now() + Duration::from_secs(10),
+            done,
+        }
+    }
+}
+
 impl<T: Transport> Driver<T> {
     async fn run(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        let mut leaving: Option<(Instant, Option<oneshot::Sender<()>>)> = None;
+        let mut leaving: Option<Leaving> = None;
         loop {
             self.flush().await?;
-            if let Some((deadline, _)) = &leaving {
-                if self.node.leave_done() || Instant::now() >= *deadline {
+            if let Some(l) = &leaving {
+                if self.node.leave_done() || Instant::now() >= l.deadline {
                     self.node.leave_membership(now());
                     self.flush().await?;
-                    if let Some((_, Some(done))) = leaving.take() {
+                    if let Some(Leaving {
+                        done: Some(done), ..
+                    }) = leaving.take()
+                    {
                         let _ = done.send(());
                     }
                     return Ok(());
@@ -374,7 +393,7 @@ impl<T: Transport> Driver<T> {
                     }
                     Some(Command::Leave(tx)) => {
                         self.node.leave(now());
-                        leaving = Some((Instant::now() + Duration::from_secs(10), Some(tx)));
+                        leaving = Some(Leaving::within_10s(Some(tx)));
                     }
                     Some(Command::Rmpeer(name, tx)) => {
                         let taken = self.node.force_reclaim(&name, now());
@@ -395,7 +414,7 @@ impl<T: Transport> Driver<T> {
                 Wake::Shutdown => {
                     if self.leave_on_exit {
                         self.node.leave(now());
-                        leaving = Some((Instant::now() + Duration::from_secs(10), None));
+                        leaving = Some(Leaving::within_10s(None));
                     } else {
                         self.flush().await?;
                         return Ok(());

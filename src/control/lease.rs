@@ -299,7 +299,7 @@ impl Lease {
     }
 
     /// The lease and its version, as published through gossip while in use.
-    pub fn published(&self, now: Instant) -> Option<(u32, u64)> {
+    pub fn published(&self, now: Instant) -> Option<Owned> {
         let s = self.using(now)?;
         Some((s, self.st.owned.get(&s).copied().unwrap_or(0)))
     }
@@ -969,7 +969,7 @@ impl Lease {
 
     /// `rmpeer`: takes over what `node` owned as far as this node knows, without
     /// waiting for attestations. Unsafe if `node` is alive: see `docs/leases.md`.
-    pub fn force_reclaim(&mut self, node: &str, published: Option<(u32, u64)>) -> Vec<u32> {
+    pub fn force_reclaim(&mut self, node: &str, published: Option<Owned>) -> Vec<u32> {
         let mut known: Vec<Owned> = self
             .st
             .watching

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use foca::{AccumulatingRuntime, Config, Foca, NoCustomBroadcast, OwnedNotification, Timer};
 use rand_foca::{rngs::StdRng, SeedableRng};
 
-use super::message::{emit_frame_header, Datagram, Kind};
+use super::message::{emit_frame_header, Datagram, Kind, Owned};
 use super::meta::{MetaCodec, Mismatch, NodeMeta};
 
 /// Liveness of a member as seen by this node (the dataplane's view of a peer is
@@ -237,7 +237,7 @@ impl Membership {
     }
 
     /// Changes what we publish (lease, free space). foca gossips it as a new identity.
-    pub fn set_meta(&mut self, lease: Option<(u32, u64)>, has_free: bool, now: Instant) {
+    pub fn set_meta(&mut self, lease: Option<Owned>, has_free: bool, now: Instant) {
         let me = self.me();
         if me.lease == lease && me.has_free == has_free {
             return;

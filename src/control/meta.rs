@@ -12,7 +12,7 @@ use bytes::{Buf, BufMut};
 use foca::{Codec, Header, Identity, Incarnation, Member, Message, State};
 use ipnet::IpNet;
 
-use super::message::{get_str, WireError};
+use super::message::{get_str, Owned, WireError};
 
 /// What a node publishes about itself through gossip.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,7 +32,7 @@ pub struct NodeMeta {
     /// The per-node subnet prefix length it was started with.
     pub subnet_len: u8,
     /// The subnet the node uses now: index in the cluster CIDR and ownership version.
-    pub lease: Option<(u32, u64)>,
+    pub lease: Option<Owned>,
     /// Whether the node owns free subnets it can hand out.
     pub has_free: bool,
     /// Identity generation: the highest `bump` for a name wins.

@@ -184,4 +184,48 @@ mod tests {
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(warnings[0].contains("ours"));
     }
+
+    fn learned(name: &str, subnet: &str, underlay: &str, vni: u32, state: MemberState) -> PeerInfo {
+        PeerInfo {
+            name: name.into(),
+            subnet: subnet.parse().unwrap(),
+            underlay: underlay.parse().unwrap(),
+            vtep_mac: [2, 0, 0, 0, 0, 7],
+            vni,
+            state,
+        }
+    }
+
+    #[test]
+    fn the_table_rebuilds_on_change_only_and_keeps_counters_by_name() {
+        let own = Some("10.244.1.0/24".parse().unwrap());
+        let mut table = PeerTable::new(vec![], 1);
+        let n2 = learned(
+            "n2",
+            "10.244.2.0/24",
+            "198.18.0.2:4789",
+            1,
+            MemberState::Alive,
+        );
+        let other_vni = learned(
+            "x",
+            "10.244.9.0/24",
+            "198.18.0.9:4789",
+            2,
+            MemberState::Alive,
+        );
+        let fib = table.update(own, &[n2.clone(), other_vni.clone()]).unwrap();
+        let names: Vec<&str> = fib.peers().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["n2"], "a peer of another VNI is left out");
+        fib.peers()[0].stats.tx.add_shared(3, 300);
+        assert!(table.update(own, &[n2.clone(), other_vni]).is_none());
+        // n2 is declared dead: a new FIB, the same counters, the dataplane's state.
+        let dead = PeerInfo {
+            state: MemberState::Dead,
+            ..n2
+        };
+        let fib = table.update(own, &[dead]).unwrap();
+        assert_eq!(fib.peers()[0].state, PeerState::Dead);
+        assert_eq!(fib.peers()[0].stats.tx.get(), (3, 300));
+    }
 }
