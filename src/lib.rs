@@ -29,6 +29,7 @@
 //!
 //! [RFC 7348]: https://www.rfc-editor.org/rfc/rfc7348
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
 pub mod cni_install;

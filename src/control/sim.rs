@@ -124,6 +124,14 @@ struct Slot {
     using: Option<u32>,
 }
 
+/// When a scheduled event runs: at virtual time `at`, and among events due at the
+/// same time in the order they were scheduled (`id`, the key in `Sim::events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Duration,
+    id: u64,
+}
+
 /// The simulator.
 pub struct Sim {
     cfg: SimConfig,
@@ -131,7 +139,7 @@ pub struct Sim {
     base: Instant,
     now: Duration,
     seq: u64,
-    heap: BinaryHeap<Reverse<(Duration, u64)>>,
+    heap: BinaryHeap<Reverse<Due>>,
     events: HashMap<u64, Ev>,
     slots: Vec<Slot>,
     addrs: HashMap<SocketAddr, usize>,
@@ -218,7 +226,7 @@ impl Sim {
 
     fn push(&mut self, at: Duration, ev: Ev) {
         self.seq += 1;
-        self.heap.push(Reverse((at, self.seq)));
+        self.heap.push(Reverse(Due { at, id: self.seq }));
         self.events.insert(self.seq, ev);
     }
 
@@ -454,7 +462,7 @@ impl Sim {
 
     /// Runs one event. Returns false when nothing is left.
     pub fn step(&mut self) -> bool {
-        let Some(Reverse((at, id))) = self.heap.pop() else {
+        let Some(Reverse(Due { at, id })) = self.heap.pop() else {
             return false;
         };
         let Some(ev) = self.events.remove(&id) else {
@@ -495,8 +503,8 @@ impl Sim {
 
     /// Runs until virtual time `t`.
     pub fn run_until(&mut self, t: Duration) {
-        while let Some(Reverse((at, _))) = self.heap.peek() {
-            if *at > t {
+        while let Some(Reverse(due)) = self.heap.peek() {
+            if due.at > t {
                 break;
             }
             self.step();
