@@ -80,7 +80,7 @@ fn converge(n: usize, seed: u64, loss: f64) {
     let knows = sim.node(n).map_or(0, |x| {
         x.peers()
             .iter()
-            .filter(|p| p.state != overlayd::control::PeerState::Dead)
+            .filter(|p| p.state != overlayd::control::MemberState::Dead)
             .count()
     });
     println!("  the new node knows the leases of {knows}/{n} peers 30 s after it started");

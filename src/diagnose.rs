@@ -6,6 +6,8 @@
 //! a peer, or nobody); that peer's state; the kernel's route to the address; the
 //! bridge and TUN devices; and whether VXLAN traffic from that peer has arrived
 //! recently (a peer we send to that never answers points at the underlay).
+//!
+//! Left out: how the question and the answer travel ([`crate::admin`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataplane::netlink::Netlink;
 use crate::dataplane::PeerState;
-use crate::status::StatusSource;
+use crate::status::StatusReport;
 
 /// One piece of evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,9 +56,9 @@ fn check(evidence: &mut Vec<Check>, what: &str, ok: bool, detail: String) -> boo
     ok
 }
 
-/// Runs the checks for `target` on this node.
-pub async fn diagnose(target: IpAddr, source: &StatusSource, netlink: &Netlink) -> Diagnosis {
-    let report = source.fresh_report().await;
+/// Runs the checks for `target` on this node, whose status is `report`; `netlink`
+/// answers for the devices and the kernel's route.
+pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) -> Diagnosis {
     let node = &report.node;
     let mut ev = Vec::new();
     let mut owner = None;

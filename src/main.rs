@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Status { part, json, run_dir }) => runtime.block_on(async {
-            match overlayd::status::request(&run_dir).await {
+            match overlayd::admin::status(&run_dir).await {
                 Ok(report) => {
                     let text = match (part, json) {
                         (None, true) => serde_json::to_string_pretty(&report).unwrap_or_default(),
@@ -110,22 +110,15 @@ fn main() -> ExitCode {
             }
         }),
         Some(Command::Diagnose { pod_ip, json, run_dir }) => runtime.block_on(async {
-            let request = format!("diagnose {pod_ip}");
-            match overlayd::status::call(&run_dir, &request, std::time::Duration::from_secs(10)).await {
-                Ok(reply) => match serde_json::from_value::<overlayd::diagnose::Diagnosis>(reply) {
-                    Ok(d) if json => {
+            match overlayd::admin::diagnose(&run_dir, pod_ip).await {
+                Ok(d) => {
+                    if json {
                         println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
-                        if d.reachable { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-                    }
-                    Ok(d) => {
+                    } else {
                         print!("{}", overlayd::diagnose::render(&d));
-                        if d.reachable { ExitCode::SUCCESS } else { ExitCode::FAILURE }
                     }
-                    Err(e) => {
-                        eprintln!("overlayd diagnose: bad reply: {e}");
-                        ExitCode::FAILURE
-                    }
-                },
+                    if d.reachable { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                }
                 Err(e) => {
                     eprintln!("overlayd diagnose: {e}");
                     ExitCode::FAILURE
@@ -133,10 +126,9 @@ fn main() -> ExitCode {
             }
         }),
         Some(Command::Leave { run_dir }) => runtime.block_on(async {
-            let call = overlayd::status::call(&run_dir, "leave", std::time::Duration::from_secs(30));
-            match call.await {
-                Ok(reply) => {
-                    println!("{}", reply["ok"].as_str().unwrap_or("left the cluster"));
+            match overlayd::admin::leave(&run_dir).await {
+                Ok(message) => {
+                    println!("{message}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -150,17 +142,14 @@ fn main() -> ExitCode {
                 "overlayd rmpeer: reclaiming {name}'s subnet now. If {name} is alive behind a network \
                  partition, two nodes use the same subnet until it heals; use this only for nodes that are gone."
             );
-            let request = format!("rmpeer {name}");
-            let call = overlayd::status::call(&run_dir, &request, std::time::Duration::from_secs(30));
-            match call.await {
-                Ok(reply) => {
-                    let subnets = reply["reclaimed"].as_array().cloned().unwrap_or_default();
-                    if subnets.is_empty() {
-                        println!("{name} held no subnet this node could reclaim");
-                    } else {
-                        let list: Vec<String> = subnets.iter().filter_map(|s| s.as_str().map(String::from)).collect();
-                        println!("reclaimed {}", list.join(", "));
-                    }
+            match overlayd::admin::rmpeer(&run_dir, &name).await {
+                Ok(subnets) if subnets.is_empty() => {
+                    println!("{name} held no subnet this node could reclaim");
+                    ExitCode::SUCCESS
+                }
+                Ok(subnets) => {
+                    let list: Vec<String> = subnets.iter().map(ToString::to_string).collect();
+                    println!("reclaimed {}", list.join(", "));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::dataplane::stats::{DirectionTotals, DropReason, BATCH_BUCKETS};
 use crate::dataplane::PeerState;
-use crate::status::StatusSource;
+use crate::live::StatusSource;
 
 /// The collector that turns a node's status into metrics on each scrape.
 #[derive(Clone)]

@@ -60,14 +60,8 @@ pub fn drop_capabilities(bind_low_port: bool) -> Result<Kept, PrivilegeError> {
     caps::clear(None, CapSet::Inheritable).map_err(err)?;
     caps::set(None, CapSet::Effective, &keep).map_err(err)?;
     caps::set(None, CapSet::Permitted, &keep).map_err(err)?;
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes integer arguments and touches no memory.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    if rc != 0 {
-        return Err(PrivilegeError::Caps(format!(
-            "prctl(PR_SET_NO_NEW_PRIVS): {}",
-            std::io::Error::last_os_error()
-        )));
-    }
+    rustix::thread::set_no_new_privs(true)
+        .map_err(|e| PrivilegeError::Caps(format!("prctl(PR_SET_NO_NEW_PRIVS): {e}")))?;
     let mut caps: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     caps.sort();
     Ok(Kept {

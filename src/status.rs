@@ -1,26 +1,17 @@
-//! `overlayd status`: the daemon answers on a unix socket in `--run-dir` (mode 0600),
-//! the client prints the answer as text or JSON.
+//! What `overlayd status` reports ([`StatusReport`] and its parts, also its JSON
+//! form) and how it renders them as text.
 //!
-//! The protocol is one request line (`status`) and one JSON reply, then the daemon
-//! closes the connection.
+//! Left out: where the numbers come from ([`crate::live`]) and how the report
+//! travels from the daemon to the CLI ([`crate::admin`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 
-use crate::dataplane::driver::DataplaneHandle;
 use crate::dataplane::stats::StatsSnapshot;
 use crate::dataplane::wire::MacAddr;
 use crate::dataplane::{PeerOrigin, PeerState};
-
-/// File name of the status socket inside `--run-dir`.
-pub const SOCKET_FILE: &str = "overlayd.sock";
 
 /// This node, as status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +129,7 @@ impl ControlReport {
     /// The report for a control-plane snapshot `st`, with `total` subnets in the
     /// cluster CIDR, taken `as_of_secs` into the daemon's life.
     pub fn from_status(st: &crate::control::Status, total: u64, as_of_secs: u64) -> ControlReport {
-        use crate::control::PeerState as Ctl;
+        use crate::control::MemberState as Ctl;
         let count = |state: Ctl| st.peers.iter().filter(|p| p.state == state).count();
         ControlReport {
             lease: st.lease,
@@ -181,269 +172,6 @@ pub struct StatusReport {
     pub peers: Vec<PeerReport>,
     /// Dataplane counters, drops by reason included.
     pub dataplane: StatsSnapshot,
-}
-
-/// What the status server needs to build a report.
-pub struct StatusSource {
-    /// The node report; the daemon updates it when the subnet changes (uptime is
-    /// filled in per request).
-    pub node: tokio::sync::watch::Sender<NodeReport>,
-    /// When the daemon started.
-    pub started: Instant,
-    /// The running dataplane.
-    pub dataplane: DataplaneHandle,
-    /// The control plane, when leases are in use, and its latest report.
-    pub control: Option<(
-        crate::control::driver::ControlHandle,
-        tokio::sync::watch::Receiver<ControlReport>,
-    )>,
-    /// Asks the daemon to stop (after `overlayd leave`).
-    pub stop: tokio::sync::watch::Sender<bool>,
-    /// Per peer: received packets at the last sample, and when that count last grew.
-    pub heard: std::sync::Mutex<std::collections::HashMap<String, (u64, Instant)>>,
-    /// Netlink, for `diagnose`.
-    pub netlink: Option<crate::dataplane::netlink::Netlink>,
-}
-
-impl StatusSource {
-    /// Builds a report from the live counters.
-    pub fn report(&self) -> StatusReport {
-        let mut node = self.node.borrow().clone();
-        node.uptime_secs = self.started.elapsed().as_secs();
-        let fib = self.dataplane.fib();
-        let peers = fib
-            .peers()
-            .iter()
-            .map(|p| {
-                let (tx_packets, tx_bytes) = p.stats.tx.get();
-                let (rx_packets, rx_bytes) = p.stats.rx.get();
-                PeerReport {
-                    name: p.name.clone(),
-                    subnet: p.subnet,
-                    underlay: p.underlay,
-                    vtep_mac: p.vtep_mac,
-                    state: p.state,
-                    origin: p.origin,
-                    tx_packets,
-                    tx_bytes,
-                    rx_packets,
-                    rx_bytes,
-                    tx_dropped: p.stats.tx_dropped.get().0,
-                    rx_dropped: p.stats.rx_dropped.get().0,
-                    last_heard_secs: self.last_heard(&p.name),
-                }
-            })
-            .collect();
-        let control = self
-            .control
-            .as_ref()
-            .map(|(_, report)| report.borrow().clone());
-        StatusReport {
-            node,
-            control,
-            peers,
-            dataplane: self.dataplane.stats().snapshot(),
-        }
-    }
-}
-
-impl StatusSource {
-    /// Notes which peers' receive counters grew since the last call; the daemon calls
-    /// it once a second, so "last heard" is accurate to a second and the packet path
-    /// never reads a clock.
-    pub fn sample_heard(&self) {
-        let now = Instant::now();
-        let fib = self.dataplane.fib();
-        let Ok(mut heard) = self.heard.lock() else {
-            return;
-        };
-        for p in fib.peers() {
-            let rx = p.stats.rx.get().0;
-            match heard.get_mut(&p.name) {
-                Some((last, at)) if rx != *last => {
-                    *last = rx;
-                    *at = now;
-                }
-                Some(_) => {}
-                None if rx > 0 => {
-                    heard.insert(p.name.clone(), (rx, now));
-                }
-                None => {}
-            }
-        }
-    }
-
-    fn last_heard(&self, name: &str) -> Option<u64> {
-        let heard = self.heard.lock().ok()?;
-        heard.get(name).map(|(_, at)| at.elapsed().as_secs())
-    }
-
-    /// Like [`StatusSource::report`], with the control plane asked now rather than
-    /// the once-a-second copy that metrics use.
-    pub async fn fresh_report(&self) -> StatusReport {
-        // Traffic since the last tick counts as heard now, not "never".
-        self.sample_heard();
-        let mut report = self.report();
-        if let Some((handle, cached)) = &self.control {
-            let total = cached.borrow().leases_total;
-            if let Ok(st) = handle.status().await {
-                report.control = Some(ControlReport::from_status(
-                    &st,
-                    total,
-                    self.started.elapsed().as_secs(),
-                ));
-            }
-        }
-        report
-    }
-}
-
-/// Binds the status socket at `path` with mode 0600, replacing a stale one.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
-        // A live daemon answers; a dead one left a stale socket behind.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("another overlayd is answering on {}", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-/// Serves status requests until the task is dropped.
-pub async fn serve(listener: UnixListener, source: Arc<StatusSource>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let source = source.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &source)).await;
-        });
-    }
-}
-
-async fn answer(stream: UnixStream, source: &StatusSource) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(read.take(1024));
-    reader.read_line(&mut line).await?;
-    let mut words = line.split_whitespace();
-    let reply = match (words.next(), words.next(), words.next()) {
-        (Some("status"), None, _) => serde_json::to_string(&source.fresh_report().await)
-            .unwrap_or_else(|e| error_json(&e.to_string())),
-        (Some("diagnose"), Some(ip), None) => match (ip.parse::<IpAddr>(), &source.netlink) {
-            (Ok(ip), Some(netlink)) => {
-                let d = crate::diagnose::diagnose(ip, source, netlink).await;
-                serde_json::to_string(&d).unwrap_or_else(|e| error_json(&e.to_string()))
-            }
-            (Err(_), _) => error_json(&format!("'{ip}' is not an IP address")),
-            (_, None) => error_json("diagnose is not available on this daemon"),
-        },
-        (Some("leave"), None, _) => match &source.control {
-            None => error_json("this node has a fixed --subnet: there is no lease to release"),
-            Some((handle, _)) => match handle.leave().await {
-                Ok(()) => {
-                    let _ = source.stop.send(true);
-                    serde_json::json!({ "ok": "released this node's subnet and left the cluster; the daemon stops now" }).to_string()
-                }
-                Err(e) => error_json(&e.to_string()),
-            },
-        },
-        (Some("rmpeer"), Some(name), None) => match &source.control {
-            None => error_json("this node has a fixed --subnet: it takes no part in leases"),
-            Some((handle, _)) => match handle.rmpeer(name).await {
-                Ok(subnets) => serde_json::json!({ "reclaimed": subnets }).to_string(),
-                Err(e) => error_json(&e.to_string()),
-            },
-        },
-        _ => error_json(&format!("unknown request '{}'", line.trim())),
-    };
-    write.write_all(reply.as_bytes()).await?;
-    write.write_all(b"\n").await?;
-    write.shutdown().await
-}
-
-use tokio::io::AsyncReadExt as _;
-
-fn error_json(msg: &str) -> String {
-    serde_json::json!({ "error": msg }).to_string()
-}
-
-/// Why the client could not get a status.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Nothing answers on the socket.
-    #[error("overlayd is not running: nothing answers on {path} ({source})")]
-    NotRunning {
-        /// The socket path.
-        path: PathBuf,
-        /// The connect error.
-        source: std::io::Error,
-    },
-    /// The daemon refused the request.
-    #[error("overlayd: {0}")]
-    Refused(String),
-    /// The daemon's reply could not be read.
-    #[error("bad reply from overlayd on {path}: {why}")]
-    BadReply {
-        /// The socket path.
-        path: PathBuf,
-        /// What was wrong.
-        why: String,
-    },
-}
-
-/// Sends one request line to the daemon whose run dir is `run_dir` and returns its
-/// JSON reply; a reply with an `error` field becomes [`ClientError::Refused`].
-pub async fn call(
-    run_dir: &Path,
-    request: &str,
-    timeout: Duration,
-) -> Result<serde_json::Value, ClientError> {
-    let path = run_dir.join(SOCKET_FILE);
-    let bad = |why: String| ClientError::BadReply {
-        path: path.clone(),
-        why,
-    };
-    let mut stream =
-        UnixStream::connect(&path)
-            .await
-            .map_err(|source| ClientError::NotRunning {
-                path: path.clone(),
-                source,
-            })?;
-    stream
-        .write_all(format!("{request}\n").as_bytes())
-        .await
-        .map_err(|e| bad(e.to_string()))?;
-    let mut reply = String::new();
-    let read = stream.read_to_string(&mut reply);
-    tokio::time::timeout(timeout, read)
-        .await
-        .map_err(|_| bad("timed out".into()))?
-        .map_err(|e| bad(e.to_string()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&reply).map_err(|e| bad(format!("{e}: {}", reply.trim())))?;
-    if let Some(msg) = value.get("error").and_then(|e| e.as_str()) {
-        return Err(ClientError::Refused(msg.to_string()));
-    }
-    Ok(value)
-}
-
-/// Asks the daemon whose run dir is `run_dir` for its status.
-pub async fn request(run_dir: &Path) -> Result<StatusReport, ClientError> {
-    let value = call(run_dir, "status", Duration::from_secs(5)).await?;
-    serde_json::from_value(value).map_err(|e| ClientError::BadReply {
-        path: run_dir.join(SOCKET_FILE),
-        why: e.to_string(),
-    })
 }
 
 fn human_bytes(n: u64) -> String {

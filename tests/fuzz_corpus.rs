@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
-use overlayd::control::membership::get_meta;
 use overlayd::control::message::{parse_frame, Kind};
+use overlayd::control::meta::get_meta;
 use overlayd::dataplane::offload::{checksum, VnetHdr};
 use overlayd::dataplane::{offload, EncapConfig, Encapsulator, Fib, HEADROOM};
 

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use foca::Codec;
 use overlayd::control::auth::{Reject, AUTH_LEN};
-use overlayd::control::membership::{get_meta, meta_len, put_meta, MetaCodec};
 use overlayd::control::message::{parse_frame, Kind, MAX_DATAGRAM};
+use overlayd::control::meta::{get_meta, meta_len, put_meta, MetaCodec};
 use overlayd::control::{
-    Authenticator, KeySet, LeaseConfig, LeaseDatagram, LeaseMsg, MembershipConfig, Node,
-    NodeConfig, NodeMeta,
+    Authenticator, Controller, ControllerConfig, KeySet, LeaseConfig, LeaseDatagram, LeaseMsg,
+    MembershipConfig, NodeMeta,
 };
 
 use crate::records::records;
@@ -55,8 +55,8 @@ pub fn node(
     keyed: bool,
     seeds: Vec<SocketAddr>,
     now: Instant,
-) -> Node {
-    let cfg = NodeConfig {
+) -> Controller {
+    let cfg = ControllerConfig {
         meta: meta(name, gossip),
         seeds,
         founder,
@@ -65,7 +65,7 @@ pub fn node(
         keys: keyed.then(keys),
         session: u64::from(name.as_bytes()[0]),
     };
-    let mut n = Node::new(cfg, None, now).expect("the fuzz node config is valid");
+    let mut n = Controller::new(cfg, None, now).expect("the fuzz node config is valid");
     n.set_wall_clock(now, WALL_MS);
     n
 }
@@ -208,7 +208,13 @@ pub fn gossip_frame(data: &[u8]) {
 /// authentication (the same key, or none, as the node's), and its body decodes (foca
 /// payloads as far as their header). While the state is unsaved no lease message but
 /// a Refuse goes out, and a node that never saved uses no subnet.
-fn drain(node: &mut Node, peer: &mut Authenticator, saves_fail: bool, wall_ms: u64, now: Instant) {
+fn drain(
+    node: &mut Controller,
+    peer: &mut Authenticator,
+    saves_fail: bool,
+    wall_ms: u64,
+    now: Instant,
+) {
     // Saving the lease state, as the driver does after every step.
     if node.take_lease_dirty() || node.state_unsaved() {
         node.set_state_saved(!saves_fail);

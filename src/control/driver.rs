@@ -1,5 +1,5 @@
 //! The tokio task that owns the gossip socket, the clock and the lease state file,
-//! and drives a [`Node`]. It makes no protocol decisions.
+//! and drives a [`Controller`]. It makes no protocol decisions.
 //!
 //! The daemon calls [`ControlDriver::spawn`] and keeps the [`ControlHandle`]: its
 //! [`ControlHandle::peers`] watch feeds the FIB, [`ControlHandle::lease`] tells the
@@ -16,12 +16,18 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::message::MAX_DATAGRAM;
-use super::transport::{Transport, UdpTransport};
-use super::{
-    Error, Event, GossipTraffic, KeySet, LeaseConfig, LeaseEvent, LeaseState, MembershipConfig,
-    Node, NodeConfig, NodeMeta, PeerInfo, Status,
+use super::auth::KeySet;
+use super::controller::{
+    Controller, ControllerConfig, Event, REJECT_LOG_BUDGET, REJECT_LOG_INTERVAL,
 };
+use super::error::Error;
+use super::lease::{LeaseConfig, LeaseEvent, LeaseState};
+use super::membership::MembershipConfig;
+use super::message::MAX_DATAGRAM;
+use super::meta::NodeMeta;
+use super::report::{GossipTraffic, PeerInfo, Status};
+use super::subnet::subnet_of;
+use super::transport::{Transport, UdpTransport};
 use crate::fsutil::write_atomic;
 
 /// Default gossip port (`--gossip-port`).
@@ -218,7 +224,7 @@ impl ControlDriver {
         let local = SocketAddr::new(cfg.advertise_addr, transport.local_addr().port());
         let state_path = cfg.state_dir.join(STATE_FILE);
         let persisted = load_state(&state_path)?;
-        let node_cfg = NodeConfig {
+        let node_cfg = ControllerConfig {
             meta: NodeMeta {
                 name: cfg.name.clone(),
                 gossip: local,
@@ -239,7 +245,7 @@ impl ControlDriver {
             keys: cfg.keys.clone(),
             session: rand::random(),
         };
-        let mut node = Node::new(node_cfg, persisted, Instant::now().into_std())?;
+        let mut node = Controller::new(node_cfg, persisted, Instant::now().into_std())?;
         node.set_wall_clock(now(), unix_ms());
         // A state dir that cannot be written is a start-up error: the new boot number
         // must be on disk before anything is sent.
@@ -282,7 +288,7 @@ enum Wake {
 }
 
 struct Driver<T> {
-    node: Node,
+    node: Controller,
     transport: T,
     rx: mpsc::Receiver<Command>,
     peers_tx: watch::Sender<Vec<PeerInfo>>,
@@ -318,18 +324,37 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A leave in progress: it ends when the hand-over is done or at `deadline`.
+struct Leaving {
+    deadline: Instant,
+    /// Told when the leave ends (`overlayd leave` waits on it).
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Leaving {
+    fn within_10s(done: Option<oneshot::Sender<()>>) -> Leaving {
+        Leaving {
+            deadline: Instant::now() + Duration::from_secs(10),
+            done,
+        }
+    }
+}
+
 impl<T: Transport> Driver<T> {
     async fn run(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        let mut leaving: Option<(Instant, Option<oneshot::Sender<()>>)> = None;
+        let mut leaving: Option<Leaving> = None;
         loop {
             self.flush().await?;
-            if let Some((deadline, _)) = &leaving {
-                if self.node.leave_done() || Instant::now() >= *deadline {
+            if let Some(l) = &leaving {
+                if self.node.leave_done() || Instant::now() >= l.deadline {
                     self.node.leave_membership(now());
                     self.flush().await?;
-                    if let Some((_, Some(done))) = leaving.take() {
+                    if let Some(Leaving {
+                        done: Some(done), ..
+                    }) = leaving.take()
+                    {
                         let _ = done.send(());
                     }
                     return Ok(());
@@ -368,7 +393,7 @@ impl<T: Transport> Driver<T> {
                     }
                     Some(Command::Leave(tx)) => {
                         self.node.leave(now());
-                        leaving = Some((Instant::now() + Duration::from_secs(10), Some(tx)));
+                        leaving = Some(Leaving::within_10s(Some(tx)));
                     }
                     Some(Command::Rmpeer(name, tx)) => {
                         let taken = self.node.force_reclaim(&name, now());
@@ -376,7 +401,7 @@ impl<T: Transport> Driver<T> {
                         let me = self.node.membership().me().clone();
                         let nets = taken
                             .iter()
-                            .filter_map(|i| super::subnet_of(me.cluster_cidr, me.subnet_len, *i))
+                            .filter_map(|i| subnet_of(me.cluster_cidr, me.subnet_len, *i))
                             .collect();
                         let _ = tx.send(nets);
                     }
@@ -389,7 +414,7 @@ impl<T: Transport> Driver<T> {
                 Wake::Shutdown => {
                     if self.leave_on_exit {
                         self.node.leave(now());
-                        leaving = Some((Instant::now() + Duration::from_secs(10), None));
+                        leaving = Some(Leaving::within_10s(None));
                     } else {
                         self.flush().await?;
                         return Ok(());
@@ -487,21 +512,21 @@ impl<T: Transport> Driver<T> {
                         %from,
                         reason = reason.label(),
                         "rejected gossip from {from}: {reason} (counted in overlayd_gossip_rejected_total; repeats from this address are not logged for {} s)",
-                        super::REJECT_LOG_INTERVAL.as_secs()
+                        REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
                 Event::RejectReportsPaused => {
                     tracing::warn!(
                         "{} rejected gossip senders logged in {} s: rejections from further addresses are counted in overlayd_gossip_rejected_total, not logged, until the interval ends",
-                        super::REJECT_LOG_BUDGET,
-                        super::REJECT_LOG_INTERVAL.as_secs()
+                        REJECT_LOG_BUDGET,
+                        REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
                 Event::RejectReportsResumed { unreported } => {
                     tracing::warn!(
                         unreported,
                         "{unreported} rejected gossip datagrams from addresses not logged before went unlogged in the last {} s",
-                        super::REJECT_LOG_INTERVAL.as_secs()
+                        REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
                 Event::Lease(LeaseEvent::Exhausted) => {
@@ -673,7 +698,8 @@ mod tests {
         // When a leaves on purpose, b sees it dead and gets its space.
         a.leave().await.unwrap();
         wait_for(&mut b2.peers(), |p| {
-            p.iter().all(|x| x.state == super::super::PeerState::Dead)
+            p.iter()
+                .all(|x| x.state == crate::control::membership::MemberState::Dead)
         })
         .await;
         let _ = std::fs::remove_dir_all(&dir);

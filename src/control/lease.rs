@@ -137,16 +137,50 @@ pub enum LeaseEvent {
     Lost,
 }
 
-/// Attestations received as beneficiary, by witness: the owner's state version and
-/// ownership set as that witness saw them.
-type Attestations = BTreeMap<String, (u64, Vec<Owned>)>;
+/// A silent owner's state as one witness saw it.
+#[derive(Debug, Clone, Default)]
+struct Attestation {
+    /// The owner's latest state version the witness saw.
+    state_version: u64,
+    /// The ownership set at that version.
+    owned: Vec<Owned>,
+}
 
-/// Sent-beat bookkeeping: local send time, state version and config id.
+/// Attestations received as beneficiary, by witness.
+type Attestations = BTreeMap<String, Attestation>;
+
+/// Which attestations count together: one owner epoch, seen through one view.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AttestRound {
+    about: String,
+    epoch: u64,
+    view_version: u64,
+}
+
+/// A witness of one witness set, for the time the first beat went to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SetMember {
+    config_id: u64,
+    member: String,
+}
+
+/// Sent-beat bookkeeping: sequence number, local send time, state version and
+/// config id.
 #[derive(Debug, Clone, Copy)]
 struct Sent {
+    seq: u64,
     at: Instant,
     state_version: u64,
     config_id: u64,
+}
+
+/// A lease message and the node it goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseTransmit {
+    /// The receiver's node name.
+    pub to: String,
+    /// The message.
+    pub msg: LeaseMsg,
 }
 
 /// The lease state machine of one node.
@@ -155,18 +189,19 @@ pub struct Lease {
     cfg: LeaseConfig,
     st: LeaseState,
     seq: u64,
-    sent: VecDeque<(u64, Sent)>,
+    sent: VecDeque<Sent>,
     acks: HashMap<String, Sent>,
     heard: HashMap<String, Instant>,
     attest_sent: HashMap<String, Instant>,
-    inbox: HashMap<(String, u64, u64), Attestations>,
+    inbox: HashMap<AttestRound, Attestations>,
     live: Vec<String>,
     dead: Vec<String>,
     fresh: BTreeSet<u64>,
-    first_sent: HashMap<(u64, String), Instant>,
+    first_sent: HashMap<SetMember, Instant>,
     free_holders: Vec<String>,
-    outbox: VecDeque<(String, LeaseMsg)>,
-    pending_self: VecDeque<(String, LeaseMsg)>,
+    outbox: VecDeque<LeaseTransmit>,
+    /// Messages to ourselves, handled in place.
+    pending_self: VecDeque<LeaseMsg>,
     events: VecDeque<LeaseEvent>,
     next_tick: Instant,
     next_request: Instant,
@@ -264,7 +299,7 @@ impl Lease {
     }
 
     /// The lease and its version, as published through gossip while in use.
-    pub fn published(&self, now: Instant) -> Option<(u32, u64)> {
+    pub fn published(&self, now: Instant) -> Option<Owned> {
         let s = self.using(now)?;
         Some((s, self.st.owned.get(&s).copied().unwrap_or(0)))
     }
@@ -287,7 +322,13 @@ impl Lease {
                 .filter_map(|m| {
                     let real = self.acks.get(m).map(|s| s.at);
                     let first = fresh
-                        .then(|| self.first_sent.get(&(c.id, m.clone())).copied())
+                        .then(|| {
+                            let key = SetMember {
+                                config_id: c.id,
+                                member: m.clone(),
+                            };
+                            self.first_sent.get(&key).copied()
+                        })
                         .flatten();
                     real.max(first).map(|t| t + self.cfg.fence_after)
                 })
@@ -330,7 +371,7 @@ impl Lease {
     }
 
     /// Next message to send, with the receiver's name.
-    pub fn poll_transmit(&mut self) -> Option<(String, LeaseMsg)> {
+    pub fn poll_transmit(&mut self) -> Option<LeaseTransmit> {
         self.outbox.pop_front()
     }
 
@@ -342,10 +383,13 @@ impl Lease {
     fn send(&mut self, to: &str, msg: LeaseMsg) {
         if to == self.cfg.name {
             // Messages to ourselves (the beneficiary attesting) are handled in place.
-            self.pending_self.push_back((to.to_owned(), msg));
+            self.pending_self.push_back(msg);
             return;
         }
-        self.outbox.push_back((to.to_owned(), msg));
+        self.outbox.push_back(LeaseTransmit {
+            to: to.to_owned(),
+            msg,
+        });
     }
 
     fn report_use(&mut self, now: Instant) {
@@ -364,8 +408,9 @@ impl Lease {
     }
 
     fn drain_self(&mut self, now: Instant) {
-        while let Some((from, msg)) = self.pending_self.pop_front() {
-            self.dispatch(&from, msg, now);
+        while let Some(msg) = self.pending_self.pop_front() {
+            let me = self.cfg.name.clone();
+            self.dispatch(&me, msg, now);
         }
     }
 
@@ -510,7 +555,7 @@ impl Lease {
             self.events.push_back(LeaseEvent::Lost);
             return;
         }
-        let Some(sent) = self.sent.iter().find(|(s, _)| *s == seq).map(|(_, s)| *s) else {
+        let Some(sent) = self.sent.iter().find(|s| s.seq == seq).copied() else {
             return;
         };
         let newer = self.acks.get(from).is_none_or(|a| a.at <= sent.at);
@@ -532,7 +577,7 @@ impl Lease {
                 .count();
             if c.members.is_empty() || moved >= majority(c.members.len()) {
                 let id = self.st.view.configs.remove(0).id;
-                self.first_sent.retain(|k, _| k.0 != id);
+                self.first_sent.retain(|k, _| k.config_id != id);
                 self.st.view.version += 1;
                 self.dirty = true;
             } else {
@@ -576,11 +621,19 @@ impl Lease {
         if view.beneficiary() != Some(self.cfg.name.as_str()) || !view.contains(from) {
             return;
         }
-        let votes = self
-            .inbox
-            .entry((about.clone(), epoch, view.version))
-            .or_default();
-        votes.insert(from.to_owned(), (state_version, owned));
+        let round = AttestRound {
+            about: about.clone(),
+            epoch,
+            view_version: view.version,
+        };
+        let votes = self.inbox.entry(round).or_default();
+        votes.insert(
+            from.to_owned(),
+            Attestation {
+                state_version,
+                owned,
+            },
+        );
         // Every witness attests once per owner epoch, with the view it saw last, so
         // two views can never both gather a majority of a set they share.
         let enough = view.configs.iter().all(|c| {
@@ -593,11 +646,12 @@ impl Lease {
         }
         // The attesting majority intersects every majority that acknowledged a
         // transfer, so the newest state among them has every transfer the owner made.
-        let (_, newest) = votes
+        let newest = votes
             .values()
-            .max_by_key(|(v, _)| *v)
+            .max_by_key(|a| a.state_version)
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .owned;
         let mut taken = Vec::new();
         for (idx, ver) in newest {
             if self.take(idx, ver + 1) {
@@ -607,7 +661,8 @@ impl Lease {
         self.st.state_version += 1;
         self.st.reclaimed.insert(key.clone());
         self.st.attested.insert(key);
-        self.inbox.retain(|k, _| k.0 != about || k.1 != epoch);
+        self.inbox
+            .retain(|k, _| k.about != about || k.epoch != epoch);
         self.dirty = true;
         self.events.push_back(LeaseEvent::Reclaimed {
             node: about.clone(),
@@ -736,14 +791,12 @@ impl Lease {
         self.seq += 1;
         let view = self.st.view.clone();
         let config_id = view.configs.last().map_or(0, |c| c.id);
-        self.sent.push_back((
-            self.seq,
-            Sent {
-                at: now,
-                state_version: self.st.state_version,
-                config_id,
-            },
-        ));
+        self.sent.push_back(Sent {
+            seq: self.seq,
+            at: now,
+            state_version: self.st.state_version,
+            config_id,
+        });
         while self.sent.len() > 64 {
             self.sent.pop_front();
         }
@@ -751,7 +804,11 @@ impl Lease {
         for c in &self.st.view.configs {
             if self.fresh.contains(&c.id) {
                 for m in &c.members {
-                    self.first_sent.entry((c.id, m.clone())).or_insert(now);
+                    let key = SetMember {
+                        config_id: c.id,
+                        member: m.clone(),
+                    };
+                    self.first_sent.entry(key).or_insert(now);
                 }
             }
         }
@@ -912,7 +969,7 @@ impl Lease {
 
     /// `rmpeer`: takes over what `node` owned as far as this node knows, without
     /// waiting for attestations. Unsafe if `node` is alive: see `docs/leases.md`.
-    pub fn force_reclaim(&mut self, node: &str, published: Option<(u32, u64)>) -> Vec<u32> {
+    pub fn force_reclaim(&mut self, node: &str, published: Option<Owned>) -> Vec<u32> {
         let mut known: Vec<Owned> = self
             .st
             .watching
@@ -932,5 +989,358 @@ impl Lease {
         self.st.state_version += 1;
         self.dirty = true;
         taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    const SUBNETS: u32 = 4;
+
+    fn config(name: &str, founder: bool) -> LeaseConfig {
+        LeaseConfig::new(name, SUBNETS, founder).with_reclaim_after(Duration::from_secs(20))
+    }
+
+    /// A few lease machines that deliver each other's messages at once, in order,
+    /// except those from the nodes in `silent` (they still hear the others).
+    struct Net {
+        nodes: BTreeMap<String, Lease>,
+        silent: HashSet<String>,
+        now: Instant,
+        events: Vec<(String, LeaseEvent)>,
+    }
+
+    impl Net {
+        fn new(nodes: &[(&str, bool)]) -> Net {
+            let now = Instant::now();
+            Net {
+                nodes: nodes
+                    .iter()
+                    .map(|(n, founder)| (n.to_string(), Lease::new(config(n, *founder), None, now)))
+                    .collect(),
+                silent: HashSet::new(),
+                now,
+                events: Vec::new(),
+            }
+        }
+
+        fn node(&self, name: &str) -> &Lease {
+            &self.nodes[name]
+        }
+
+        fn using(&self, name: &str) -> Option<u32> {
+            self.nodes[name].using(self.now)
+        }
+
+        /// One beat interval: peers, timers, then every message until none is left.
+        fn step(&mut self) {
+            self.now += Duration::from_secs(1);
+            let names: Vec<String> = self.nodes.keys().cloned().collect();
+            let free: Vec<String> = names
+                .iter()
+                .filter(|n| self.nodes[*n].has_free())
+                .cloned()
+                .collect();
+            for (name, lease) in &mut self.nodes {
+                let others = |v: &[String]| v.iter().filter(|n| *n != name).cloned().collect();
+                lease.set_peers(others(&names), vec![], others(&free));
+                lease.handle_timeout(self.now);
+            }
+            loop {
+                let mut msgs = Vec::new();
+                for (name, lease) in &mut self.nodes {
+                    while let Some(t) = lease.poll_transmit() {
+                        msgs.push((name.clone(), t.to, t.msg));
+                    }
+                    while let Some(ev) = lease.poll_event() {
+                        self.events.push((name.clone(), ev));
+                    }
+                }
+                if msgs.is_empty() {
+                    break;
+                }
+                for (from, to, msg) in msgs {
+                    if self.silent.contains(&from) {
+                        continue;
+                    }
+                    if let Some(lease) = self.nodes.get_mut(&to) {
+                        lease.handle_message(&from, msg, self.now);
+                    }
+                }
+            }
+        }
+
+        fn run(&mut self, secs: u64) {
+            for _ in 0..secs {
+                self.step();
+            }
+        }
+
+        fn events_of(&self, name: &str) -> Vec<&LeaseEvent> {
+            self.events
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, e)| e)
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_founder_alone_owns_every_subnet_and_uses_the_first() {
+        let now = Instant::now();
+        let mut a = Lease::new(config("a", true), None, now);
+        assert_eq!(a.state().owned, (0..SUBNETS).map(|i| (i, 1)).collect());
+        assert!(a.take_dirty(), "a fresh state must be saved");
+        assert!(!a.take_dirty());
+        a.handle_timeout(now);
+        assert_eq!(a.state().lease, Some(0));
+        // No witnesses: a cluster of one is in good standing.
+        assert_eq!(a.using(now), Some(0));
+        assert_eq!(a.published(now), Some((0, 1)));
+        assert!(a.has_free());
+        assert_eq!(a.poll_event(), Some(LeaseEvent::Using(Some(0))));
+        assert_eq!(a.poll_transmit(), None, "nobody to beat or ask");
+    }
+
+    #[test]
+    fn a_node_without_space_says_so_and_asks_nobody() {
+        let now = Instant::now();
+        let mut b = Lease::new(config("b", false), None, now);
+        assert!(b.state().owned.is_empty());
+        b.handle_timeout(now);
+        assert_eq!(b.using(now), None);
+        assert!(b.exhausted());
+        assert_eq!(b.poll_event(), Some(LeaseEvent::Exhausted));
+        assert_eq!(b.poll_transmit(), None);
+    }
+
+    #[test]
+    fn a_request_is_granted_once_the_witnesses_saw_it() {
+        let mut net = Net::new(&[("a", true), ("b", false)]);
+        net.run(10);
+        assert_eq!(net.using("a"), Some(0));
+        assert_eq!(net.using("b"), Some(1), "b leases a's first free subnet");
+        // The subnet moved with a higher version, and a no longer owns it.
+        assert_eq!(net.node("b").state().owned.get(&1), Some(&2));
+        assert!(!net.node("a").state().owned.contains_key(&1));
+        assert!(
+            net.node("a").state().pending_grants.is_empty(),
+            "the grant was acked"
+        );
+        // Each witnesses the other.
+        let witnesses = |n: &str| {
+            net.node(n)
+                .state()
+                .view
+                .configs
+                .last()
+                .unwrap()
+                .members
+                .clone()
+        };
+        assert_eq!(witnesses("a"), ["b"]);
+        assert_eq!(witnesses("b"), ["a"]);
+        assert!(net.node("a").state().watching.contains_key("b"));
+        assert!(net.events_of("b").contains(&&LeaseEvent::Using(Some(1))));
+    }
+
+    #[test]
+    fn a_grant_needs_an_owner_in_good_standing_and_a_duplicate_changes_nothing() {
+        let now = Instant::now();
+        let mut b = Lease::new(config("b", false), None, now);
+        b.handle_message(
+            "a",
+            LeaseMsg::Grant {
+                subnets: vec![(2, 5)],
+            },
+            now,
+        );
+        assert_eq!(b.state().owned.get(&2), Some(&5));
+        assert_eq!(b.state().lease, Some(2));
+        assert_eq!(
+            b.poll_transmit(),
+            Some(LeaseTransmit {
+                to: "a".into(),
+                msg: LeaseMsg::GrantAck {
+                    subnets: vec![(2, 5)]
+                }
+            })
+        );
+        let version = b.state().state_version;
+        // The same grant again (a duplicate datagram) is acked but changes nothing,
+        // and a subnet outside the cluster CIDR is never taken.
+        b.handle_message(
+            "a",
+            LeaseMsg::Grant {
+                subnets: vec![(2, 5), (SUBNETS, 1)],
+            },
+            now,
+        );
+        assert_eq!(b.state().state_version, version);
+        assert!(!b.state().owned.contains_key(&SUBNETS));
+        assert!(matches!(
+            b.poll_transmit(),
+            Some(LeaseTransmit {
+                msg: LeaseMsg::GrantAck { .. },
+                ..
+            })
+        ));
+        // An owner that is not in good standing (fenced) grants nothing.
+        let mut a = Lease::new(config("a", true), None, now);
+        a.set_peers(vec!["c".into()], vec![], vec![]);
+        a.handle_timeout(now);
+        let later = now + Duration::from_secs(60);
+        assert!(!a.in_good_standing(later), "c never acknowledged a beat");
+        let before = a.state().clone();
+        a.handle_message("d", LeaseMsg::Request, later);
+        assert_eq!(a.state().pending_grants, before.pending_grants);
+        assert!(a.state().pending_grants.is_empty());
+    }
+
+    #[test]
+    fn an_owner_cut_off_from_a_majority_of_its_witnesses_stops_using_its_lease() {
+        let mut net = Net::new(&[("a", true), ("b", false), ("c", false)]);
+        net.run(10);
+        let a_lease = net.using("a");
+        assert_eq!(a_lease, Some(0));
+        assert_eq!(
+            net.node("a").state().view.configs.last().unwrap().members,
+            ["b", "c"]
+        );
+        // A majority of two witnesses is both of them.
+        net.silent.insert("c".into());
+        net.run(6);
+        assert_eq!(
+            net.using("a"),
+            Some(0),
+            "still within the fence bound (10 s)"
+        );
+        net.run(4);
+        assert_eq!(
+            net.using("a"),
+            None,
+            "fenced: only one of two witnesses answers"
+        );
+        assert!(net.events_of("a").contains(&&LeaseEvent::Using(None)));
+        // Back in touch (before reclaim-after): the lease is usable again.
+        net.silent.clear();
+        net.run(2);
+        assert_eq!(net.using("a"), Some(0));
+    }
+
+    #[test]
+    fn a_silent_owner_is_reclaimed_by_its_witnesses_and_starts_over() {
+        let mut net = Net::new(&[("a", true), ("b", false), ("c", false)]);
+        net.run(15);
+        net.using("c").expect("c has a lease");
+        let c_versions = net.node("c").state().owned.clone();
+        let c_owned: Vec<u32> = c_versions.keys().copied().collect();
+        let c_epoch = net.node("c").state().epoch;
+        let beneficiary = net
+            .node("c")
+            .state()
+            .view
+            .beneficiary()
+            .unwrap()
+            .to_string();
+        net.silent.insert("c".into());
+        // Silent longer than reclaim-after (20 s): the witnesses attest.
+        net.run(25);
+        let reclaimed: Vec<&LeaseEvent> = net
+            .events_of(&beneficiary)
+            .into_iter()
+            .filter(|e| matches!(e, LeaseEvent::Reclaimed { .. }))
+            .collect();
+        assert_eq!(
+            reclaimed,
+            [&LeaseEvent::Reclaimed {
+                node: "c".into(),
+                subnets: c_owned.clone()
+            }]
+        );
+        for idx in &c_owned {
+            assert!(net.node(&beneficiary).state().owned.contains_key(idx));
+        }
+        assert!(net
+            .node(&beneficiary)
+            .state()
+            .reclaimed
+            .contains(&("c".to_string(), c_epoch)));
+        // c, fenced long before, never used its lease at the same time.
+        assert_eq!(net.using("c"), None);
+        // c comes back: its witnesses refuse its old epoch, and it starts over.
+        net.silent.clear();
+        net.run(3);
+        assert!(net.events_of("c").contains(&&LeaseEvent::Lost));
+        assert!(net.node("c").state().epoch > c_epoch);
+        for (idx, ver) in &net.node("c").state().owned {
+            assert!(
+                c_versions.get(idx).is_none_or(|old| ver > old),
+                "c never gets a subnet back at its old version"
+            );
+        }
+        // And it gets a subnet again, through the ordinary request.
+        net.run(10);
+        assert!(net.using("c").is_some());
+        let mut used: Vec<u32> = ["a", "b", "c"]
+            .iter()
+            .filter_map(|n| net.using(n))
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        assert_eq!(used.len(), 3, "no subnet is used twice");
+    }
+
+    #[test]
+    fn a_restart_keeps_the_lease_but_waits_for_its_witnesses_before_using_it() {
+        let mut net = Net::new(&[("a", true), ("b", false)]);
+        net.run(10);
+        let saved = net.node("b").state().clone();
+        assert_eq!(saved.lease, Some(1));
+        let now = net.now;
+        let b = Lease::new(config("b", false), Some(saved.clone()), now);
+        assert_eq!(b.state().boot, saved.boot + 1);
+        assert_eq!(b.state().lease, Some(1));
+        assert_eq!(b.state().owned, saved.owned);
+        assert_eq!(
+            b.using(now),
+            None,
+            "no witness has acknowledged this boot yet"
+        );
+        net.nodes.insert("b".into(), b);
+        net.run(2);
+        assert_eq!(net.using("b"), Some(1));
+        // A restart without state is not a founder: it owns nothing.
+        let fresh = Lease::new(config("b", false), None, now);
+        assert!(fresh.state().owned.is_empty());
+    }
+
+    #[test]
+    fn a_node_that_leaves_hands_its_space_to_a_witness() {
+        let mut net = Net::new(&[("a", true), ("b", false)]);
+        net.run(10);
+        let b_owned: Vec<u32> = net.node("b").state().owned.keys().copied().collect();
+        let now = net.now;
+        net.nodes.get_mut("b").unwrap().leave(now);
+        assert_eq!(net.using("b"), None);
+        net.run(3);
+        assert!(net.node("b").leave_done());
+        assert!(net.node("b").state().owned.is_empty());
+        for idx in b_owned {
+            assert!(net.node("a").state().owned.contains_key(&idx));
+        }
+    }
+
+    #[test]
+    fn rmpeer_takes_over_at_a_higher_version() {
+        let now = Instant::now();
+        let mut a = Lease::new(config("a", false), None, now);
+        let taken = a.force_reclaim("gone", Some((3, 7)));
+        assert_eq!(taken, [3]);
+        assert_eq!(a.state().owned.get(&3), Some(&8));
+        // The same again takes nothing: this node already knows version 8.
+        assert!(a.force_reclaim("gone", Some((3, 7))).is_empty());
     }
 }

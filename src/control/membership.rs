@@ -7,431 +7,49 @@
 //! members. A node that changes its published lease changes its identity (same name,
 //! higher `bump`), which foca gossips as a rename.
 //!
-//! This module leaves out the lease protocol ([`super::lease`]) and all I/O: datagrams
-//! and `now` come in, datagrams and a deadline go out.
+//! This module leaves out the identity's wire codec ([`super::meta`]), the lease
+//! protocol ([`super::lease`]) and all I/O: datagrams and `now` come in, datagrams
+//! and a deadline go out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut};
-use foca::{
-    AccumulatingRuntime, Codec, Config, Foca, Header, Identity, Incarnation, Member, Message,
-    NoCustomBroadcast, OwnedNotification, State, Timer,
-};
-use ipnet::IpNet;
+use foca::{AccumulatingRuntime, Config, Foca, NoCustomBroadcast, OwnedNotification, Timer};
 use rand_foca::{rngs::StdRng, SeedableRng};
 
-use super::message::{emit_frame_header, get_str, Kind, WireError};
+use super::message::{emit_frame_header, Datagram, Kind, Owned};
+use super::meta::{MetaCodec, Mismatch, NodeMeta};
 
-/// What a node publishes about itself through gossip.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct NodeMeta {
-    /// Unique node name.
-    pub name: String,
-    /// Address and port of the node's gossip socket.
-    pub gossip: SocketAddr,
-    /// UDP port of the node's VXLAN socket (on the gossip address).
-    pub vxlan_port: u16,
-    /// VXLAN network identifier.
-    pub vni: u32,
-    /// MAC address of the node's VTEP.
-    pub vtep_mac: [u8; 6],
-    /// The cluster CIDR the node was started with.
-    pub cluster_cidr: IpNet,
-    /// The per-node subnet prefix length it was started with.
-    pub subnet_len: u8,
-    /// The subnet the node uses now: index in the cluster CIDR and ownership version.
-    pub lease: Option<(u32, u64)>,
-    /// Whether the node owns free subnets it can hand out.
-    pub has_free: bool,
-    /// Identity generation: the highest `bump` for a name wins.
-    pub bump: u16,
-}
-
-impl NodeMeta {
-    /// Describes the first cluster parameter in which `other` differs from `self`.
-    pub fn mismatch(&self, other: &NodeMeta) -> Option<String> {
-        if self.cluster_cidr != other.cluster_cidr {
-            Some(format!(
-                "cluster CIDR {} here, {} on {}",
-                self.cluster_cidr, other.cluster_cidr, other.name
-            ))
-        } else if self.subnet_len != other.subnet_len {
-            Some(format!(
-                "subnet length /{} here, /{} on {}",
-                self.subnet_len, other.subnet_len, other.name
-            ))
-        } else if self.vni != other.vni {
-            Some(format!(
-                "VNI {} here, {} on {}",
-                self.vni, other.vni, other.name
-            ))
-        } else {
-            None
-        }
-    }
-}
-
-impl Identity for NodeMeta {
-    type Addr = SocketAddr;
-
-    fn renew(&self) -> Option<Self> {
-        Some(NodeMeta {
-            bump: self.bump.wrapping_add(1),
-            ..self.clone()
-        })
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.gossip
-    }
-
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        (self.bump.wrapping_sub(adversary.bump) as i16) > 0
-    }
-}
-
-/// foca's codec for [`NodeMeta`], hand-written. It refuses identities whose cluster
-/// parameters differ from ours, so a misconfigured node never enters the member list.
-#[derive(Debug, Clone)]
-pub struct MetaCodec {
-    ours: NodeMeta,
-    /// The last identity refused for a cluster mismatch, with the reason. Shared
-    /// with [`Membership`], because foca owns the codec.
-    last_mismatch: Arc<Mutex<Option<(NodeMeta, String)>>>,
-}
-
-/// Errors of [`MetaCodec`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CodecError {
-    /// The bytes do not form a valid payload.
-    #[error("malformed membership payload: {0}")]
-    Wire(#[from] WireError),
-    /// A member's cluster parameters differ from ours.
-    #[error("cluster mismatch")]
-    Mismatch,
-}
-
-fn need(buf: &impl Buf, n: usize) -> Result<(), WireError> {
-    if buf.remaining() < n {
-        Err(WireError::UnexpectedEnd)
-    } else {
-        Ok(())
-    }
-}
-
-fn put_ip(ip: IpAddr, out: &mut impl BufMut) {
-    match ip {
-        IpAddr::V4(a) => {
-            out.put_u8(4);
-            out.put_slice(&a.octets());
-        }
-        IpAddr::V6(a) => {
-            out.put_u8(6);
-            out.put_slice(&a.octets());
-        }
-    }
-}
-
-fn get_ip(buf: &mut impl Buf) -> Result<IpAddr, WireError> {
-    need(buf, 1)?;
-    match buf.get_u8() {
-        4 => {
-            need(buf, 4)?;
-            let mut o = [0u8; 4];
-            buf.copy_to_slice(&mut o);
-            Ok(IpAddr::V4(Ipv4Addr::from(o)))
-        }
-        6 => {
-            need(buf, 16)?;
-            let mut o = [0u8; 16];
-            buf.copy_to_slice(&mut o);
-            Ok(IpAddr::V6(Ipv6Addr::from(o)))
-        }
-        _ => Err(WireError::Malformed),
-    }
-}
-
-/// Encoded length of a [`NodeMeta`].
-pub fn meta_len(m: &NodeMeta) -> usize {
-    let ip = |a: IpAddr| if a.is_ipv4() { 5 } else { 17 };
-    1 + m.name.len().min(255)
-        + ip(m.gossip.ip())
-        + 2
-        + 2
-        + 4
-        + 6
-        + ip(m.cluster_cidr.addr())
-        + 2
-        + if m.lease.is_some() { 13 } else { 1 }
-        + 3
-}
-
-fn fits(buf: &impl BufMut, n: usize) -> Result<(), CodecError> {
-    if buf.remaining_mut() < n {
-        Err(WireError::Oversized.into())
-    } else {
-        Ok(())
-    }
-}
-
-/// Writes a [`NodeMeta`].
-pub fn put_meta(m: &NodeMeta, out: &mut impl BufMut) {
-    let name = m.name.as_bytes();
-    let n = name.len().min(255);
-    out.put_u8(n as u8);
-    out.put_slice(&name[..n]);
-    put_ip(m.gossip.ip(), out);
-    out.put_u16(m.gossip.port());
-    out.put_u16(m.vxlan_port);
-    out.put_u32(m.vni);
-    out.put_slice(&m.vtep_mac);
-    put_ip(m.cluster_cidr.addr(), out);
-    out.put_u8(m.cluster_cidr.prefix_len());
-    out.put_u8(m.subnet_len);
-    match m.lease {
-        Some((idx, ver)) => {
-            out.put_u8(1);
-            out.put_u32(idx);
-            out.put_u64(ver);
-        }
-        None => out.put_u8(0),
-    }
-    out.put_u8(u8::from(m.has_free));
-    out.put_u16(m.bump);
-}
-
-/// Reads a [`NodeMeta`].
-pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
-    // Names are short: copy the chunk to reuse the slice reader.
-    need(buf, 1)?;
-    let n = buf.chunk()[0] as usize;
-    need(buf, 1 + n)?;
-    let name = {
-        let mut tmp = vec![0u8; 1 + n];
-        buf.copy_to_slice(&mut tmp);
-        get_str(&mut &tmp[..])?
-    };
-    let ip = get_ip(buf)?;
-    need(buf, 2 + 2 + 4 + 6)?;
-    let gossip = SocketAddr::new(ip, buf.get_u16());
-    let vxlan_port = buf.get_u16();
-    let vni = buf.get_u32();
-    let mut vtep_mac = [0u8; 6];
-    buf.copy_to_slice(&mut vtep_mac);
-    let cidr_ip = get_ip(buf)?;
-    need(buf, 3)?;
-    let cluster_cidr = IpNet::new(cidr_ip, buf.get_u8()).map_err(|_| WireError::Malformed)?;
-    let subnet_len = buf.get_u8();
-    let lease = match buf.get_u8() {
-        0 => None,
-        1 => {
-            need(buf, 12)?;
-            Some((buf.get_u32(), buf.get_u64()))
-        }
-        _ => return Err(WireError::Malformed),
-    };
-    need(buf, 3)?;
-    let has_free = match buf.get_u8() {
-        0 => false,
-        1 => true,
-        _ => return Err(WireError::Malformed),
-    };
-    let bump = buf.get_u16();
-    Ok(NodeMeta {
-        name,
-        gossip,
-        vxlan_port,
-        vni,
-        vtep_mac,
-        cluster_cidr,
-        subnet_len,
-        lease,
-        has_free,
-        bump,
-    })
-}
-
-impl MetaCodec {
-    /// A codec that accepts only identities with the same cluster parameters as `ours`.
-    pub fn new(ours: NodeMeta) -> Self {
-        MetaCodec {
-            ours,
-            last_mismatch: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    fn checked_meta(&mut self, buf: &mut impl Buf) -> Result<NodeMeta, CodecError> {
-        let m = get_meta(buf)?;
-        if let Some(reason) = self.ours.mismatch(&m) {
-            if let Ok(mut slot) = self.last_mismatch.lock() {
-                *slot = Some((m, reason));
-            }
-            return Err(CodecError::Mismatch);
-        }
-        Ok(m)
-    }
-}
-
-impl Codec<NodeMeta> for MetaCodec {
-    type Error = CodecError;
-
-    fn encode_header(
-        &mut self,
-        header: &Header<NodeMeta>,
-        mut buf: impl BufMut,
-    ) -> Result<(), Self::Error> {
-        let extra = match &header.message {
-            Message::PingReq { target: m, .. }
-            | Message::IndirectPing { origin: m, .. }
-            | Message::IndirectAck { target: m, .. }
-            | Message::ForwardedAck { origin: m, .. } => meta_len(m) + 1,
-            _ => 1,
-        };
-        fits(
-            &buf,
-            meta_len(&header.src) + 2 + meta_len(&header.dst) + 1 + extra,
-        )?;
-        put_meta(&header.src, &mut buf);
-        buf.put_u16(header.src_incarnation);
-        put_meta(&header.dst, &mut buf);
-        match &header.message {
-            Message::Ping(n) => buf.put_slice(&[1, *n]),
-            Message::Ack(n) => buf.put_slice(&[2, *n]),
-            Message::PingReq {
-                target,
-                probe_number,
-            } => {
-                buf.put_u8(3);
-                put_meta(target, &mut buf);
-                buf.put_u8(*probe_number);
-            }
-            Message::IndirectPing {
-                origin,
-                probe_number,
-            } => {
-                buf.put_u8(4);
-                put_meta(origin, &mut buf);
-                buf.put_u8(*probe_number);
-            }
-            Message::IndirectAck {
-                target,
-                probe_number,
-            } => {
-                buf.put_u8(5);
-                put_meta(target, &mut buf);
-                buf.put_u8(*probe_number);
-            }
-            Message::ForwardedAck {
-                origin,
-                probe_number,
-            } => {
-                buf.put_u8(6);
-                put_meta(origin, &mut buf);
-                buf.put_u8(*probe_number);
-            }
-            Message::Announce => buf.put_u8(7),
-            Message::Feed => buf.put_u8(8),
-            Message::Gossip => buf.put_u8(9),
-            Message::Broadcast => buf.put_u8(10),
-            Message::TurnUndead => buf.put_u8(11),
-        }
-        Ok(())
-    }
-
-    fn decode_header(&mut self, mut buf: impl Buf) -> Result<Header<NodeMeta>, Self::Error> {
-        let src = self.checked_meta(&mut buf)?;
-        need(&buf, 2)?;
-        let src_incarnation = buf.get_u16();
-        let dst = get_meta(&mut buf)?;
-        need(&buf, 1)?;
-        let tag = buf.get_u8();
-        let probe = |buf: &mut dyn Buf| -> Result<u8, CodecError> {
-            need(&buf, 1)?;
-            Ok(buf.get_u8())
-        };
-        let message = match tag {
-            1 => Message::Ping(probe(&mut buf)?),
-            2 => Message::Ack(probe(&mut buf)?),
-            3..=6 => {
-                let who = self.checked_meta(&mut buf)?;
-                let probe_number = probe(&mut buf)?;
-                match tag {
-                    3 => Message::PingReq {
-                        target: who,
-                        probe_number,
-                    },
-                    4 => Message::IndirectPing {
-                        origin: who,
-                        probe_number,
-                    },
-                    5 => Message::IndirectAck {
-                        target: who,
-                        probe_number,
-                    },
-                    _ => Message::ForwardedAck {
-                        origin: who,
-                        probe_number,
-                    },
-                }
-            }
-            7 => Message::Announce,
-            8 => Message::Feed,
-            9 => Message::Gossip,
-            10 => Message::Broadcast,
-            11 => Message::TurnUndead,
-            t => return Err(WireError::UnknownKind(t).into()),
-        };
-        Ok(Header {
-            src,
-            src_incarnation,
-            dst,
-            message,
-        })
-    }
-
-    fn encode_member(
-        &mut self,
-        member: &Member<NodeMeta>,
-        mut buf: impl BufMut,
-    ) -> Result<(), Self::Error> {
-        fits(&buf, meta_len(member.id()) + 3)?;
-        put_meta(member.id(), &mut buf);
-        buf.put_u16(member.incarnation());
-        buf.put_u8(match member.state() {
-            State::Alive => 0,
-            State::Suspect => 1,
-            State::Down => 2,
-        });
-        Ok(())
-    }
-
-    fn decode_member(&mut self, mut buf: impl Buf) -> Result<Member<NodeMeta>, Self::Error> {
-        let id = self.checked_meta(&mut buf)?;
-        need(&buf, 3)?;
-        let inc: Incarnation = buf.get_u16();
-        let state = match buf.get_u8() {
-            0 => State::Alive,
-            1 => State::Suspect,
-            2 => State::Down,
-            _ => return Err(WireError::Malformed.into()),
-        };
-        Ok(Member::new(id, inc, state))
-    }
-}
-
-/// Liveness of a peer as seen by this node.
+/// Liveness of a member as seen by this node (the dataplane's view of a peer is
+/// [`crate::dataplane::fib::PeerState`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PeerState {
+pub enum MemberState {
     /// Answering probes.
     Alive,
     /// Missed probes; still treated as alive until declared dead.
     Suspect,
     /// Declared dead by the cluster.
     Dead,
+}
+
+/// A peer's latest identity and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownMember {
+    /// The identity it published last.
+    pub meta: NodeMeta,
+    /// Its liveness.
+    pub state: MemberState,
+}
+
+/// When a foca timer fires; `seq` keeps timers due at the same instant apart, in
+/// the order they were scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TimerKey {
+    at: Instant,
+    seq: u64,
 }
 
 /// Settings of the membership layer.
@@ -483,14 +101,14 @@ pub enum MembershipEvent {
 pub struct Membership {
     foca: Foca<NodeMeta, MetaCodec, StdRng, NoCustomBroadcast>,
     rt: AccumulatingRuntime<NodeMeta>,
-    timers: BTreeMap<(Instant, u64), Timer<NodeMeta>>,
+    timers: BTreeMap<TimerKey, Timer<NodeMeta>>,
     timer_seq: u64,
     next_gossip: Option<Instant>,
     gossip_interval: Duration,
     /// Latest identity and state of every known peer, by name.
-    peers: HashMap<String, (NodeMeta, PeerState)>,
+    peers: HashMap<String, KnownMember>,
     events: Vec<MembershipEvent>,
-    mismatch: Arc<Mutex<Option<(NodeMeta, String)>>>,
+    mismatch: Arc<Mutex<Option<Mismatch>>>,
     /// Datagrams foca rejected (malformed or mismatched).
     pub dropped: u64,
     catch_up: Option<CatchUp>,
@@ -553,7 +171,7 @@ impl Membership {
         fc.num_indirect_probes =
             NonZeroUsize::new(cfg.gossip_fanout.max(1)).unwrap_or(NonZeroUsize::MIN);
         let codec = MetaCodec::new(me.clone());
-        let mismatch = codec.last_mismatch.clone();
+        let mismatch = codec.mismatches();
         let foca = Foca::new(me, fc.clone(), StdRng::seed_from_u64(cfg.rng_seed), codec);
         let mut m = Membership {
             foca,
@@ -619,7 +237,7 @@ impl Membership {
     }
 
     /// Changes what we publish (lease, free space). foca gossips it as a new identity.
-    pub fn set_meta(&mut self, lease: Option<(u32, u64)>, has_free: bool, now: Instant) {
+    pub fn set_meta(&mut self, lease: Option<Owned>, has_free: bool, now: Instant) {
         let me = self.me();
         if me.lease == lease && me.has_free == has_free {
             return;
@@ -641,17 +259,17 @@ impl Membership {
         if self.foca.handle_data(body, &mut self.rt).is_err() {
             self.dropped += 1;
         }
-        if let Some((m, reason)) = self.codec_mismatch() {
+        if let Some(refused) = self.codec_mismatch() {
             self.events.push(MembershipEvent::Mismatch {
-                peer: m.name,
-                addr: m.gossip,
-                reason,
+                peer: refused.meta.name,
+                addr: refused.meta.gossip,
+                reason: refused.reason,
             });
         }
         self.drain(now);
     }
 
-    fn codec_mismatch(&mut self) -> Option<(NodeMeta, String)> {
+    fn codec_mismatch(&mut self) -> Option<Mismatch> {
         self.mismatch.lock().ok()?.take()
     }
 
@@ -669,7 +287,7 @@ impl Membership {
             }
         }
         while let Some(entry) = self.timers.first_entry() {
-            if entry.key().0 > now {
+            if entry.key().at > now {
                 break;
             }
             let timer = entry.remove();
@@ -683,7 +301,7 @@ impl Membership {
 
     /// The next instant at which [`Membership::handle_timeout`] must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = self.timers.keys().next().map(|k| k.0);
+        let t = self.timers.keys().next().map(|k| k.at);
         match (t, self.next_gossip) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -694,16 +312,20 @@ impl Membership {
     fn drain(&mut self, now: Instant) {
         while let Some((after, timer)) = self.rt.to_schedule() {
             self.timer_seq += 1;
-            self.timers.insert((now + after, self.timer_seq), timer);
+            let key = TimerKey {
+                at: now + after,
+                seq: self.timer_seq,
+            };
+            self.timers.insert(key, timer);
         }
         while let Some(n) = self.rt.to_notify() {
             match n {
-                OwnedNotification::MemberUp(m) => self.upsert(m, PeerState::Alive),
-                OwnedNotification::Rename(_, m) => self.upsert(m, PeerState::Alive),
+                OwnedNotification::MemberUp(m) => self.upsert(m, MemberState::Alive),
+                OwnedNotification::Rename(_, m) => self.upsert(m, MemberState::Alive),
                 OwnedNotification::MemberDown(m) => {
                     if let Some(e) = self.peers.get_mut(&m.name) {
-                        if e.0.bump == m.bump {
-                            e.1 = PeerState::Dead;
+                        if e.meta.bump == m.bump {
+                            e.state = MemberState::Dead;
                             self.events.push(MembershipEvent::Down(m));
                         }
                     }
@@ -714,22 +336,26 @@ impl Membership {
         self.retune();
     }
 
-    fn upsert(&mut self, m: NodeMeta, state: PeerState) {
+    fn upsert(&mut self, m: NodeMeta, state: MemberState) {
         if m.name == self.me().name {
             return;
         }
         let newer = match self.peers.get(&m.name) {
-            Some((old, _)) => (m.bump.wrapping_sub(old.bump) as i16) >= 0,
+            Some(old) => (m.bump.wrapping_sub(old.meta.bump) as i16) >= 0,
             None => true,
         };
         if newer {
-            self.peers.insert(m.name.clone(), (m.clone(), state));
+            let entry = KnownMember {
+                meta: m.clone(),
+                state,
+            };
+            self.peers.insert(m.name.clone(), entry);
             self.events.push(MembershipEvent::Up(m));
         }
     }
 
     /// Runs the periodic gossip if due, then returns the next datagram to send.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Datagram> {
         if let Some(t) = self.next_gossip {
             if t <= now {
                 self.next_gossip = Some(now + self.gossip_interval);
@@ -744,7 +370,10 @@ impl Membership {
         let mut out = Vec::with_capacity(data.len() + 8);
         emit_frame_header(Kind::Membership, &mut out);
         out.extend_from_slice(&data);
-        Some((to.gossip, out))
+        Some(Datagram {
+            to: to.gossip,
+            data: out,
+        })
     }
 
     fn catch_up_round(&mut self, now: Instant) {
@@ -763,8 +392,8 @@ impl Membership {
         let mut live: Vec<&NodeMeta> = self
             .peers
             .values()
-            .filter(|(_, s)| *s != PeerState::Dead)
-            .map(|(m, _)| m)
+            .filter(|k| k.state != MemberState::Dead)
+            .map(|k| &k.meta)
             .collect();
         if live.is_empty() {
             return;
@@ -796,46 +425,49 @@ impl Membership {
     }
 
     /// The latest known identity and state of a peer.
-    pub fn peer(&self, name: &str) -> Option<&(NodeMeta, PeerState)> {
+    pub fn peer(&self, name: &str) -> Option<&KnownMember> {
         self.peers.get(name)
     }
 
     /// Every known peer with its state (suspicion comes from foca's member table).
-    pub fn peers(&self) -> Vec<(NodeMeta, PeerState)> {
+    pub fn peers(&self) -> Vec<KnownMember> {
         let mut suspect = std::collections::HashSet::new();
         for m in self.foca.iter_membership_state() {
-            if m.state() == State::Suspect {
+            if m.state() == foca::State::Suspect {
                 suspect.insert(m.id().name.clone());
             }
         }
         let mut v: Vec<_> = self
             .peers
             .values()
-            .map(|(m, s)| {
-                let s = if *s == PeerState::Alive && suspect.contains(&m.name) {
-                    PeerState::Suspect
+            .map(|k| {
+                let state = if k.state == MemberState::Alive && suspect.contains(&k.meta.name) {
+                    MemberState::Suspect
                 } else {
-                    *s
+                    k.state
                 };
-                (m.clone(), s)
+                KnownMember {
+                    meta: k.meta.clone(),
+                    state,
+                }
             })
             .collect();
-        v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        v.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
         v
     }
 
     /// Every known peer's latest identity and whether it is declared dead, without
     /// the suspicion lookup of [`Membership::peers`].
-    pub fn peer_table(&self) -> impl Iterator<Item = (&NodeMeta, PeerState)> {
-        self.peers.values().map(|(m, s)| (m, *s))
+    pub fn peer_table(&self) -> impl Iterator<Item = &KnownMember> {
+        self.peers.values()
     }
 
     /// Names of peers currently alive or suspect.
     pub fn live_names(&self) -> impl Iterator<Item = &str> {
         self.peers
             .values()
-            .filter(|(_, s)| *s != PeerState::Dead)
-            .map(|(m, _)| m.name.as_str())
+            .filter(|k| k.state != MemberState::Dead)
+            .map(|k| k.meta.name.as_str())
     }
 
     /// Leaves the cluster: foca tells a few members we are gone.
@@ -848,110 +480,14 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::meta::tests::meta;
     use proptest::prelude::*;
 
-    pub(crate) fn meta(name: &str) -> NodeMeta {
-        NodeMeta {
-            name: name.into(),
-            gossip: "10.0.0.1:7946".parse().unwrap(),
-            vxlan_port: 4789,
-            vni: 1,
-            vtep_mac: [2, 0, 0, 0, 0, 1],
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            subnet_len: 24,
-            lease: Some((3, 1)),
-            has_free: false,
-            bump: 0,
-        }
-    }
-
-    fn arb_meta() -> impl Strategy<Value = NodeMeta> {
-        (
-            "[a-z0-9-]{1,30}",
-            any::<[u8; 4]>(),
-            any::<u16>(),
-            any::<u32>(),
-            any::<[u8; 6]>(),
-            proptest::option::of((any::<u32>(), any::<u64>())),
-            any::<bool>(),
-            any::<u16>(),
-        )
-            .prop_map(
-                |(name, ip, port, vni, mac, lease, has_free, bump)| NodeMeta {
-                    name,
-                    gossip: SocketAddr::new(IpAddr::V4(ip.into()), port),
-                    vxlan_port: port,
-                    vni,
-                    vtep_mac: mac,
-                    cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-                    subnet_len: 24,
-                    lease,
-                    has_free,
-                    bump,
-                },
-            )
-    }
-
     proptest! {
-        #[test]
-        fn meta_round_trip(m in arb_meta()) {
-            let mut buf = Vec::new();
-            put_meta(&m, &mut buf);
-            prop_assert_eq!(buf.len(), meta_len(&m));
-            prop_assert_eq!(get_meta(&mut &buf[..]).unwrap(), m);
-        }
-
-        #[test]
-        fn header_round_trip(a in arb_meta(), b in arb_meta(), inc in any::<u16>(), p in any::<u8>(), tag in 0usize..11) {
-            let b = NodeMeta { vni: a.vni, ..b };
-            let mut codec = MetaCodec::new(a.clone());
-            let message = match tag {
-                0 => Message::Ping(p),
-                1 => Message::Ack(p),
-                2 => Message::PingReq { target: b.clone(), probe_number: p },
-                3 => Message::IndirectPing { origin: b.clone(), probe_number: p },
-                4 => Message::IndirectAck { target: b.clone(), probe_number: p },
-                5 => Message::ForwardedAck { origin: b.clone(), probe_number: p },
-                6 => Message::Announce,
-                7 => Message::Feed,
-                8 => Message::Gossip,
-                9 => Message::Broadcast,
-                _ => Message::TurnUndead,
-            };
-            let h = Header { src: a.clone(), src_incarnation: inc, dst: b.clone(), message };
-            let mut buf = Vec::new();
-            codec.encode_header(&h, &mut buf).unwrap();
-            prop_assert_eq!(codec.decode_header(&buf[..]).unwrap(), h);
-            let mem = Member::new(b.clone(), inc, State::Suspect);
-            let mut buf = Vec::new();
-            codec.encode_member(&mem, &mut buf).unwrap();
-            prop_assert_eq!(codec.decode_member(&buf[..]).unwrap(), mem);
-        }
-
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut m = Membership::new(meta("a"), &MembershipConfig::default());
             m.handle_datagram(&bytes, Instant::now());
         }
-    }
-
-    #[test]
-    fn mismatched_cidr_is_refused_and_named() {
-        let ours = meta("a");
-        let mut theirs = meta("b");
-        theirs.cluster_cidr = "10.99.0.0/16".parse().unwrap();
-        let mut codec = MetaCodec::new(ours);
-        let h = Header {
-            src: theirs.clone(),
-            src_incarnation: 0,
-            dst: meta("a"),
-            message: Message::Announce,
-        };
-        let mut buf = Vec::new();
-        codec.encode_header(&h, &mut buf).unwrap();
-        assert_eq!(codec.decode_header(&buf[..]), Err(CodecError::Mismatch));
-        let (m, reason) = codec.last_mismatch.lock().unwrap().take().unwrap();
-        assert_eq!(m.name, "b");
-        assert_eq!(reason, "cluster CIDR 10.244.0.0/16 here, 10.99.0.0/16 on b");
     }
 }

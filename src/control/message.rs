@@ -12,12 +12,14 @@
 //! ```
 //!
 //! `kind` 1 carries a foca (SWIM) payload encoded by
-//! [`membership::MetaCodec`](super::membership::MetaCodec); `kind` 2 carries a
+//! [`meta::MetaCodec`](super::meta::MetaCodec); `kind` 2 carries a
 //! [`LeaseDatagram`]. `alen` is 0 without a cluster key and 44 with one: the auth field
 //! ([`auth`](super::auth)) holds the key id, timestamp, session, counter and tag, and
 //! is checked before the body is parsed. Parsing never panics: a datagram that is
 //! too short, too long, or inconsistent returns a [`WireError`], and the caller counts
 //! and drops it.
+
+use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut};
 
@@ -95,6 +97,16 @@ pub fn emit_frame_header(kind: Kind, out: &mut Vec<u8>) {
     out.push(VERSION);
     out.push(kind as u8);
     out.push(0);
+}
+
+/// A framed gossip datagram to send (the control plane's output; the dataplane's is
+/// [`crate::dataplane::Transmit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// Destination gossip address.
+    pub to: SocketAddr,
+    /// The datagram, frame header included.
+    pub data: Vec<u8>,
 }
 
 /// A set of witnesses a node has asked to watch its lease, numbered by the node.

@@ -1,4 +1,4 @@
-//! A deterministic simulator for many control-plane [`Node`]s.
+//! A deterministic simulator for many control-plane [`Controller`]s.
 //!
 //! One seeded RNG, a virtual clock and an event heap drive every node through its
 //! sans-IO interface. Each node sees its own monotonic clock, with its own offset and
@@ -18,12 +18,17 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{LeaseConfig, LeaseState, MembershipConfig, Node, NodeConfig, NodeMeta};
+use super::auth::KeySet;
+use super::controller::{Controller, ControllerConfig, Event};
+use super::lease::{LeaseConfig, LeaseState};
+use super::membership::MembershipConfig;
+use super::message::{self, LeaseDatagram, LeaseMsg};
+use super::meta::NodeMeta;
 
 /// Every simulated node shares this cluster key, so the simulations exercise signing,
 /// verification and the replay windows across crashes and restarts.
-fn sim_keys() -> super::KeySet {
-    super::KeySet::parse("simulated cluster key, 32 bytes!").expect("valid key")
+fn sim_keys() -> KeySet {
+    KeySet::parse("simulated cluster key, 32 bytes!").expect("valid key")
 }
 
 /// Wall clocks are synchronised (NTP) while monotonic clocks drift: every node reads
@@ -110,13 +115,21 @@ enum Ev {
 }
 
 struct Slot {
-    node: Option<Node>,
+    node: Option<Controller>,
     persisted: Option<LeaseState>,
     offset: Duration,
     rate: f64,
     left: bool,
     bytes_sent: u64,
     using: Option<u32>,
+}
+
+/// When a scheduled event runs: at virtual time `at`, and among events due at the
+/// same time in the order they were scheduled (`id`, the key in `Sim::events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Duration,
+    id: u64,
 }
 
 /// The simulator.
@@ -126,7 +139,7 @@ pub struct Sim {
     base: Instant,
     now: Duration,
     seq: u64,
-    heap: BinaryHeap<Reverse<(Duration, u64)>>,
+    heap: BinaryHeap<Reverse<Due>>,
     events: HashMap<u64, Ev>,
     slots: Vec<Slot>,
     addrs: HashMap<SocketAddr, usize>,
@@ -213,7 +226,7 @@ impl Sim {
 
     fn push(&mut self, at: Duration, ev: Ev) {
         self.seq += 1;
-        self.heap.push(Reverse((at, self.seq)));
+        self.heap.push(Reverse(Due { at, id: self.seq }));
         self.events.insert(self.seq, ev);
     }
 
@@ -222,10 +235,10 @@ impl Sim {
         self.push(at, Ev::Op(op));
     }
 
-    fn node_config(&self, i: usize) -> NodeConfig {
+    fn node_config(&self, i: usize) -> ControllerConfig {
         let mut lease = self.cfg.lease.clone();
         lease.name = name(i);
-        NodeConfig {
+        ControllerConfig {
             meta: NodeMeta {
                 name: name(i),
                 gossip: addr(i),
@@ -256,7 +269,8 @@ impl Sim {
     fn boot(&mut self, i: usize) {
         let now = self.local(i, self.now);
         let persisted = self.slots[i].persisted.clone();
-        let mut node = Node::new(self.node_config(i), persisted, now).expect("valid sim config");
+        let mut node =
+            Controller::new(self.node_config(i), persisted, now).expect("valid sim config");
         node.set_wall_clock(now, wall_ms(self.now));
         self.slots[i].node = Some(node);
         self.slots[i].left = false;
@@ -313,7 +327,7 @@ impl Sim {
             self.slots[i].persisted = Some(node.lease().state().clone());
         }
         while let Some(ev) = node.poll_event() {
-            if !matches!(ev, super::Event::PeersChanged) {
+            if !matches!(ev, Event::PeersChanged) {
                 self.trace.push(format!("{:?} {} {:?}", now_v, name(i), ev));
             }
         }
@@ -349,7 +363,7 @@ impl Sim {
                     } else {
                         n.membership()
                             .peer(&name(w.node))
-                            .is_some_and(|(m, _)| m.lease.is_some())
+                            .is_some_and(|k| k.meta.lease.is_some())
                     };
                     if knows {
                         w.learned[i] = Some(now_v);
@@ -418,13 +432,10 @@ impl Sim {
             return;
         };
         if self.cfg.full_check {
-            if let Ok((super::message::Kind::Lease, body)) = super::message::parse_frame(&data) {
-                if let Ok(d) = super::LeaseDatagram::parse(body) {
+            if let Ok((message::Kind::Lease, body)) = message::parse_frame(&data) {
+                if let Ok(d) = LeaseDatagram::parse(body) {
                     // Transfers and attestations go into the failure trace.
-                    if matches!(
-                        d.msg,
-                        super::LeaseMsg::Grant { .. } | super::LeaseMsg::Attest { .. }
-                    ) {
+                    if matches!(d.msg, LeaseMsg::Grant { .. } | LeaseMsg::Attest { .. }) {
                         self.trace.push(format!(
                             "{:?} {} -> {}: {:?}",
                             self.now,
@@ -451,7 +462,7 @@ impl Sim {
 
     /// Runs one event. Returns false when nothing is left.
     pub fn step(&mut self) -> bool {
-        let Some(Reverse((at, id))) = self.heap.pop() else {
+        let Some(Reverse(Due { at, id })) = self.heap.pop() else {
             return false;
         };
         let Some(ev) = self.events.remove(&id) else {
@@ -492,8 +503,8 @@ impl Sim {
 
     /// Runs until virtual time `t`.
     pub fn run_until(&mut self, t: Duration) {
-        while let Some(Reverse((at, _))) = self.heap.peek() {
-            if *at > t {
+        while let Some(Reverse(due)) = self.heap.peek() {
+            if due.at > t {
                 break;
             }
             self.step();
@@ -513,7 +524,7 @@ impl Sim {
     }
 
     /// Node `i`, if running.
-    pub fn node(&self, i: usize) -> Option<&Node> {
+    pub fn node(&self, i: usize) -> Option<&Controller> {
         self.slots[i].node.as_ref()
     }
 

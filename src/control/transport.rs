@@ -55,12 +55,26 @@ impl Transport for UdpTransport {
     }
 }
 
-type Inbox = mpsc::UnboundedSender<(SocketAddr, Vec<u8>)>;
+/// A datagram in flight on a [`ChannelNetwork`].
+#[derive(Debug)]
+struct InFlight {
+    from: SocketAddr,
+    data: Vec<u8>,
+}
+
+/// One direction of a link between two addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Link {
+    from: SocketAddr,
+    to: SocketAddr,
+}
+
+type Inbox = mpsc::UnboundedSender<InFlight>;
 
 #[derive(Debug, Default)]
 struct Hub {
     inboxes: HashMap<SocketAddr, Inbox>,
-    cut: HashSet<(SocketAddr, SocketAddr)>,
+    cut: HashSet<Link>,
 }
 
 /// An in-memory network: transports bound on it exchange datagrams through channels,
@@ -92,8 +106,8 @@ impl ChannelNetwork {
     /// Drops datagrams between `a` and `b` in both directions.
     pub fn cut(&self, a: SocketAddr, b: SocketAddr) {
         if let Ok(mut hub) = self.hub.lock() {
-            hub.cut.insert((a, b));
-            hub.cut.insert((b, a));
+            hub.cut.insert(Link { from: a, to: b });
+            hub.cut.insert(Link { from: b, to: a });
         }
     }
 
@@ -110,7 +124,7 @@ impl ChannelNetwork {
 pub struct ChannelTransport {
     net: ChannelNetwork,
     local: SocketAddr,
-    rx: mpsc::UnboundedReceiver<(SocketAddr, Vec<u8>)>,
+    rx: mpsc::UnboundedReceiver<InFlight>,
 }
 
 impl Transport for ChannelTransport {
@@ -124,17 +138,24 @@ impl Transport for ChannelTransport {
             .hub
             .lock()
             .map_err(|_| io::Error::other("channel network poisoned"))?;
-        if hub.cut.contains(&(self.local, to)) {
+        let link = Link {
+            from: self.local,
+            to,
+        };
+        if hub.cut.contains(&link) {
             return Ok(());
         }
         if let Some(tx) = hub.inboxes.get(&to) {
-            let _ = tx.send((self.local, data.to_vec()));
+            let _ = tx.send(InFlight {
+                from: self.local,
+                data: data.to_vec(),
+            });
         }
         Ok(())
     }
 
     async fn recv_from(&mut self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (from, data) = self
+        let InFlight { from, data } = self
             .rx
             .recv()
             .await

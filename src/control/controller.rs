@@ -1,0 +1,799 @@
+//! [`Controller`]: one node's control plane, membership and leases behind one
+//! sans-IO `handle_*`/`poll_*` interface. It authenticates and parses each datagram,
+//! routes it to [`Membership`] or [`Lease`], turns their outputs into framed and
+//! sealed [`Datagram`]s and [`Event`]s, and holds back lease messages while the lease
+//! state is unsaved.
+//!
+//! Left out: sockets, clocks and the state file ([`super::driver`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use super::auth::{Authenticator, KeySet, Reject};
+use super::error::Error;
+use super::lease::{Lease, LeaseConfig, LeaseEvent, LeaseState, LeaseTransmit};
+use super::membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
+use super::message::{self, Datagram, LeaseDatagram, LeaseMsg, Owned};
+use super::meta::NodeMeta;
+use super::report::{GossipTraffic, PeerInfo, Status};
+use super::subnet::{subnet_count, subnet_of};
+
+/// An event for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The lease state machine reported something.
+    Lease(LeaseEvent),
+    /// The set of peers or their state changed: re-read [`Controller::peers`].
+    PeersChanged,
+    /// A peer refused us for a configuration mismatch: we must not join.
+    Refused {
+        /// The peer.
+        peer: String,
+        /// What differs, from its point of view.
+        reason: String,
+    },
+    /// We refused a peer for a configuration mismatch.
+    RefusedPeer {
+        /// The peer.
+        peer: String,
+        /// What differs.
+        reason: String,
+    },
+    /// No seed has answered for a while (reported after [`SEEDS_SILENT_AFTER`], then
+    /// every minute while it lasts).
+    SeedsSilent {
+        /// The seeds we keep asking.
+        seeds: Vec<SocketAddr>,
+        /// How long we have been alone.
+        for_secs: u64,
+    },
+    /// The authentication layer rejected a datagram. Reported at most once per
+    /// [`REJECT_LOG_INTERVAL`] per source address, and at most
+    /// [`REJECT_LOG_BUDGET`] times per interval in all; every rejection is counted.
+    Rejected {
+        /// The sender.
+        from: SocketAddr,
+        /// Why.
+        reason: Reject,
+    },
+    /// [`REJECT_LOG_BUDGET`] rejections were reported in this interval: further ones
+    /// are counted but not reported until it ends (many, or spoofed, sources).
+    RejectReportsPaused,
+    /// The interval after a pause ended: `unreported` rejections from addresses not
+    /// reported before went unreported in it.
+    RejectReportsResumed {
+        /// Rejections that were not reported.
+        unreported: u64,
+    },
+}
+
+/// How long a joining node waits for any seed before [`Event::SeedsSilent`].
+pub const SEEDS_SILENT_AFTER: Duration = Duration::from_secs(10);
+
+/// How often a rejected sender is reported again (see [`Event::Rejected`]).
+pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// Rejections reported per [`REJECT_LOG_INTERVAL`], whatever their sources: a flood
+/// from many (or spoofed) addresses must not turn into a line per datagram.
+pub const REJECT_LOG_BUDGET: u32 = 20;
+/// Senders whose last report is remembered; the table is cleared when full.
+const REJECT_LOG_SOURCES: usize = 1024;
+
+/// Settings of one [`Controller`].
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// What we publish (the lease fields are filled in by the lease machine).
+    pub meta: NodeMeta,
+    /// Seed gossip addresses (`--peers`).
+    pub seeds: Vec<SocketAddr>,
+    /// Whether we create the cluster's space if we start without state.
+    pub founder: bool,
+    /// Membership settings.
+    pub membership: MembershipConfig,
+    /// Lease timing (`reclaim_after`, fence bound, beat interval, witness count).
+    pub lease: LeaseConfig,
+    /// The cluster keys (`--secret-file`); `None` runs unauthenticated.
+    pub keys: Option<KeySet>,
+    /// Random per process start: makes (session, counter) unique for replay checks.
+    pub session: u64,
+}
+
+/// FNV-1a of the cluster parameters; lease datagrams from other clusters are dropped.
+pub fn cluster_fingerprint(cidr: IpNet, subnet_len: u8, vni: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let s = format!("{cidr}/{subnet_len}/{vni}");
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The wall-clock time (unix ms) the driver last told the controller, and the
+/// instant it was true at.
+#[derive(Debug, Clone, Copy)]
+struct WallClock {
+    at: Instant,
+    unix_ms: u64,
+}
+
+impl WallClock {
+    /// The wall-clock time at `now`, counted from the last one told.
+    fn at(&self, now: Instant) -> u64 {
+        if now >= self.at {
+            self.unix_ms
+                .saturating_add(now.duration_since(self.at).as_millis() as u64)
+        } else {
+            self.unix_ms
+                .saturating_sub(self.at.duration_since(now).as_millis() as u64)
+        }
+    }
+}
+
+/// The current interval of reports of rejected datagrams (see [`REJECT_LOG_BUDGET`]).
+#[derive(Debug, Clone, Copy)]
+struct ReportBudget {
+    /// When the interval started.
+    start: Instant,
+    /// Rejections reported in it.
+    reports: u32,
+    /// Rejections from new sources not reported in it (past the budget).
+    unreported: u64,
+}
+
+impl ReportBudget {
+    fn new(start: Instant) -> Self {
+        ReportBudget {
+            start,
+            reports: 0,
+            unreported: 0,
+        }
+    }
+}
+
+/// One node's control plane: membership and leases behind one sans-IO interface.
+#[derive(Debug)]
+pub struct Controller {
+    membership: Membership,
+    lease: Lease,
+    fingerprint: u64,
+    seeds: Vec<SocketAddr>,
+    next_join: Instant,
+    out: VecDeque<Datagram>,
+    /// Messages of the lease machine: sent only once the state they follow from is
+    /// saved (see [`Controller::set_state_saved`]).
+    lease_out: VecDeque<Datagram>,
+    events: VecDeque<Event>,
+    dropped: u64,
+    deaths: u64,
+    held: u64,
+    names: HashMap<String, SocketAddr>,
+    peers_dirty: bool,
+    /// The lease state in memory is newer than the one on disk.
+    unsaved: bool,
+    /// The lease (subnet index) in the last state on disk.
+    saved_lease: Option<u32>,
+    auth: Authenticator,
+    wall: WallClock,
+    reported: HashMap<IpAddr, Instant>,
+    report_budget: ReportBudget,
+    alone_since: Option<Instant>,
+    silent_reported: Option<Instant>,
+}
+
+impl Controller {
+    /// Creates a controller from its settings and persisted lease state.
+    pub fn new(
+        cfg: ControllerConfig,
+        persisted: Option<LeaseState>,
+        now: Instant,
+    ) -> Result<Self, Error> {
+        let count = subnet_count(cfg.meta.cluster_cidr, cfg.meta.subnet_len)?;
+        let saved_lease = persisted.as_ref().and_then(|p| p.lease);
+        if cfg.lease.fence_after * 2 > cfg.lease.reclaim_after {
+            return Err(Error::BadTimers {
+                reclaim_after: cfg.lease.reclaim_after,
+                fence_after: cfg.lease.fence_after,
+            });
+        }
+        let mut lc = cfg.lease.clone();
+        lc.name = cfg.meta.name.clone();
+        lc.subnet_count = count;
+        lc.founder = cfg.founder;
+        let lease = Lease::new(lc, persisted, now);
+        let mut meta = cfg.meta.clone();
+        // A restarted node must out-bump the identities it published before.
+        meta.bump = (lease.state().boot as u16).wrapping_mul(1024);
+        meta.lease = lease.published(now);
+        meta.has_free = lease.has_free();
+        let fingerprint = cluster_fingerprint(meta.cluster_cidr, meta.subnet_len, meta.vni);
+        let membership = Membership::new(meta, &cfg.membership);
+        let auth = Authenticator::new(cfg.keys, cfg.session);
+        Ok(Controller {
+            membership,
+            lease,
+            fingerprint,
+            seeds: cfg.seeds,
+            next_join: now,
+            out: VecDeque::new(),
+            lease_out: VecDeque::new(),
+            events: VecDeque::new(),
+            dropped: 0,
+            deaths: 0,
+            held: 0,
+            names: HashMap::new(),
+            peers_dirty: true,
+            unsaved: false,
+            saved_lease,
+            auth,
+            wall: WallClock {
+                at: now,
+                unix_ms: 0,
+            },
+            reported: HashMap::new(),
+            report_budget: ReportBudget::new(now),
+            alone_since: Some(now),
+            silent_reported: None,
+        })
+    }
+
+    /// Our name.
+    pub fn name(&self) -> &str {
+        &self.membership.me().name
+    }
+
+    /// Tells the node the wall-clock time (unix ms) at `now`, for the timestamps of
+    /// authenticated datagrams. Call it before the `handle_*` and `poll_*` calls; the
+    /// time in between is taken from `now`.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.wall = WallClock { at: now, unix_ms };
+    }
+
+    fn wall_ms(&self, now: Instant) -> u64 {
+        self.wall.at(now)
+    }
+
+    /// Replaces the cluster keys (a reload of `--secret-file`).
+    pub fn set_keys(&mut self, keys: Option<KeySet>) {
+        self.auth.set_keys(keys);
+    }
+
+    /// Handles one datagram received on the gossip socket.
+    pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        let frame = message::parse_frame(data);
+        if frame.is_ok() {
+            if let Err(reason) = self.auth.open(data, self.wall_ms(now), now) {
+                self.report(from, reason, now);
+                return;
+            }
+        }
+        match frame {
+            Ok((message::Kind::Membership, body)) => {
+                let before = self.membership.dropped;
+                self.membership.handle_datagram(body, now);
+                if self.membership.dropped != before {
+                    self.dropped += 1;
+                }
+            }
+            Ok((message::Kind::Lease, body)) => match LeaseDatagram::parse(body) {
+                Ok(d) => self.handle_lease(from, d, now),
+                Err(_) => self.dropped += 1,
+            },
+            Err(_) => self.dropped += 1,
+        }
+        self.after(now);
+    }
+
+    fn report(&mut self, from: SocketAddr, reason: Reject, now: Instant) {
+        if let Some(t) = self.reported.get(&from.ip()) {
+            if now.saturating_duration_since(*t) < REJECT_LOG_INTERVAL {
+                return;
+            }
+        }
+        let budget = &mut self.report_budget;
+        if now.saturating_duration_since(budget.start) >= REJECT_LOG_INTERVAL {
+            if budget.reports >= REJECT_LOG_BUDGET {
+                self.events.push_back(Event::RejectReportsResumed {
+                    unreported: budget.unreported,
+                });
+            }
+            *budget = ReportBudget::new(now);
+        }
+        if budget.reports >= REJECT_LOG_BUDGET {
+            budget.unreported += 1;
+            return;
+        }
+        budget.reports += 1;
+        let paused = budget.reports == REJECT_LOG_BUDGET;
+        if self.reported.len() >= REJECT_LOG_SOURCES {
+            self.reported.clear();
+        }
+        self.reported.insert(from.ip(), now);
+        self.events.push_back(Event::Rejected { from, reason });
+        if paused {
+            self.events.push_back(Event::RejectReportsPaused);
+        }
+    }
+
+    fn handle_lease(&mut self, from: SocketAddr, d: LeaseDatagram, now: Instant) {
+        if let LeaseMsg::Refuse { reason } = d.msg {
+            self.events.push_back(Event::Refused {
+                peer: d.from,
+                reason,
+            });
+            return;
+        }
+        if d.cluster != self.fingerprint {
+            self.dropped += 1;
+            return;
+        }
+        self.names.entry(d.from.clone()).or_insert(from);
+        self.lease.handle_message(&d.from, d.msg, now);
+    }
+
+    /// Runs timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_join && !self.seeds.is_empty() {
+            self.next_join = now + Duration::from_secs(2);
+            if self.membership.live_names().next().is_none() {
+                for s in self.seeds.clone() {
+                    if s != self.membership.me().gossip {
+                        self.membership.join(s, now);
+                    }
+                }
+                let since = *self.alone_since.get_or_insert(now);
+                let alone = now.saturating_duration_since(since);
+                let due = self
+                    .silent_reported
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60));
+                if alone >= SEEDS_SILENT_AFTER && due {
+                    self.silent_reported = Some(now);
+                    self.events.push_back(Event::SeedsSilent {
+                        seeds: self.seeds.clone(),
+                        for_secs: alone.as_secs(),
+                    });
+                }
+            } else {
+                self.alone_since = None;
+                self.silent_reported = None;
+            }
+        }
+        self.membership.handle_timeout(now);
+        if now >= self.lease.poll_timeout() {
+            self.sync_peers_to_lease();
+            self.lease.handle_timeout(now);
+        }
+        self.after(now);
+    }
+
+    fn sync_peers_to_lease(&mut self) {
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        let mut free = Vec::new();
+        for k in self.membership.peer_table() {
+            if k.state == MemberState::Dead {
+                dead.push(k.meta.name.clone());
+            } else {
+                if k.meta.has_free {
+                    free.push(k.meta.name.clone());
+                }
+                live.push(k.meta.name.clone());
+            }
+        }
+        self.lease.set_peers(live, dead, free);
+    }
+
+    /// Collects outputs of both machines after an input.
+    fn after(&mut self, now: Instant) {
+        while let Some(ev) = self.membership.poll_event() {
+            match ev {
+                MembershipEvent::Up(m) => {
+                    self.names.insert(m.name.clone(), m.gossip);
+                    self.peers_dirty = true;
+                }
+                MembershipEvent::Down(_) => {
+                    self.deaths += 1;
+                    self.peers_dirty = true;
+                }
+                MembershipEvent::Mismatch { peer, addr, reason } => {
+                    self.send_lease(
+                        addr,
+                        LeaseMsg::Refuse {
+                            reason: reason.clone(),
+                        },
+                    );
+                    self.events.push_back(Event::RefusedPeer { peer, reason });
+                }
+            }
+        }
+        while let Some(ev) = self.lease.poll_event() {
+            self.events.push_back(Event::Lease(ev));
+        }
+        let lease = self.published(now);
+        let free = self.lease.has_free();
+        self.membership.set_meta(lease, free, now);
+        while let Some(LeaseTransmit { to, msg }) = self.lease.poll_transmit() {
+            // Messages to names we have no address for yet are lost, like a datagram.
+            if let Some(addr) = self.names.get(&to).copied() {
+                let data = self.lease_datagram(msg);
+                self.lease_out.push_back(Datagram { to: addr, data });
+            }
+        }
+        if self.peers_dirty {
+            self.peers_dirty = false;
+            self.events.push_back(Event::PeersChanged);
+        }
+    }
+
+    fn lease_datagram(&self, msg: LeaseMsg) -> Vec<u8> {
+        let d = LeaseDatagram {
+            from: self.membership.me().name.clone(),
+            cluster: self.fingerprint,
+            msg,
+        };
+        let mut data = Vec::with_capacity(64);
+        d.emit(&mut data);
+        data
+    }
+
+    fn send_lease(&mut self, to: SocketAddr, msg: LeaseMsg) {
+        let data = self.lease_datagram(msg);
+        self.out.push_back(Datagram { to, data });
+    }
+
+    /// Next datagram to send. While the lease state is unsaved, the lease machine's
+    /// messages are dropped (and counted) instead: they may follow from state that a
+    /// restart would not remember, and the protocol tolerates their loss.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Datagram> {
+        let next = match self.out.pop_front() {
+            Some(d) => d,
+            None => {
+                if self.unsaved {
+                    self.held += self.lease_out.len() as u64;
+                    self.lease_out.clear();
+                }
+                match self.lease_out.pop_front() {
+                    Some(d) => d,
+                    None => self.membership.poll_transmit(now)?,
+                }
+            }
+        };
+        let data = self.auth.seal(next.data, self.wall_ms(now));
+        Some(Datagram { to: next.to, data })
+    }
+
+    /// Tells the node whether its lease state (see [`Controller::take_lease_dirty`]) is now
+    /// saved. While it is not, lease messages are held back and the node uses no
+    /// subnet but the one in the saved state, so a restart never forgets what it
+    /// told others or used.
+    pub fn set_state_saved(&mut self, saved: bool) {
+        self.unsaved = !saved;
+        if saved {
+            self.saved_lease = self.lease.state().lease;
+        }
+    }
+
+    /// Whether the lease state in memory is newer than the saved one.
+    pub fn state_unsaved(&self) -> bool {
+        self.unsaved
+    }
+
+    /// Next instant [`Controller::handle_timeout`] must run.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.lease.poll_timeout();
+        if let Some(m) = self.membership.poll_timeout() {
+            t = t.min(m);
+        }
+        if !self.seeds.is_empty() {
+            t = t.min(self.next_join);
+        }
+        t
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The subnet index this node may use at `now`: the lease machine's, and while
+    /// the state is unsaved only if it is the saved lease.
+    pub fn using(&self, now: Instant) -> Option<u32> {
+        self.lease
+            .using(now)
+            .filter(|u| !self.unsaved || self.saved_lease == Some(*u))
+    }
+
+    /// What membership publishes as our lease: [`Controller::using`] and its version.
+    fn published(&self, now: Instant) -> Option<Owned> {
+        let (idx, ver) = self.lease.published(now)?;
+        (self.using(now) == Some(idx)).then_some((idx, ver))
+    }
+
+    /// The subnet this node may use at `now`.
+    pub fn using_subnet(&self, now: Instant) -> Option<IpNet> {
+        let me = self.membership.me();
+        subnet_of(me.cluster_cidr, me.subnet_len, self.using(now)?)
+    }
+
+    /// The lease machine (for persistence and inspection).
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Returns true once after each change of the lease state that must be persisted.
+    pub fn take_lease_dirty(&mut self) -> bool {
+        self.lease.take_dirty()
+    }
+
+    /// The membership machine.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Datagrams dropped as malformed, oversized or from another cluster.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Peers with a subnet, for the FIB. When two peers publish the same subnet (a
+    /// stale identity and its successor), the higher ownership version wins.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let me = self.membership.me();
+        let mut by_subnet: BTreeMap<u32, (u64, PeerInfo)> = BTreeMap::new();
+        for KnownMember { meta: m, state } in self.membership.peers() {
+            let Some((idx, ver)) = m.lease else { continue };
+            let Some(subnet) = subnet_of(me.cluster_cidr, me.subnet_len, idx) else {
+                continue;
+            };
+            let info = PeerInfo {
+                name: m.name.clone(),
+                subnet,
+                underlay: SocketAddr::new(m.gossip.ip(), m.vxlan_port),
+                vtep_mac: m.vtep_mac,
+                vni: m.vni,
+                state,
+            };
+            let replace = by_subnet
+                .get(&idx)
+                .is_none_or(|(v, old)| ver > *v || (ver == *v && old.state == MemberState::Dead));
+            if replace {
+                by_subnet.insert(idx, (ver, info));
+            }
+        }
+        by_subnet.into_values().map(|(_, p)| p).collect()
+    }
+
+    /// The status snapshot.
+    pub fn status(&self, now: Instant) -> Status {
+        let me = self.membership.me();
+        Status {
+            name: me.name.clone(),
+            lease: self.using_subnet(now),
+            fenced: self.lease.state().lease.is_some() && self.lease.using(now).is_none(),
+            exhausted: self.lease.exhausted(),
+            witnesses: self
+                .lease
+                .state()
+                .view
+                .configs
+                .last()
+                .map(|c| c.members.clone())
+                .unwrap_or_default(),
+            peers: self.peers(),
+            dropped: self.dropped,
+            deaths: self.deaths,
+            held: self.held,
+            state_error: None,
+            auth_keys: self.auth.key_ids(),
+            rejected: self.auth.rejected(),
+            traffic: GossipTraffic::default(),
+        }
+    }
+
+    /// Leaves on purpose: releases our space to a witness and tells the cluster.
+    pub fn leave(&mut self, now: Instant) {
+        self.lease.leave(now);
+        self.after(now);
+    }
+
+    /// Whether a leave has finished handing over our space.
+    pub fn leave_done(&self) -> bool {
+        self.lease.leave_done()
+    }
+
+    /// Announces our departure to the membership (after [`Controller::leave_done`]).
+    pub fn leave_membership(&mut self, now: Instant) {
+        self.membership.leave(now);
+    }
+
+    /// `rmpeer NAME`: takes over `name`'s space now. Safe only if `name` is really
+    /// gone; if it is alive behind a partition, both nodes use the same subnet.
+    pub fn force_reclaim(&mut self, name: &str, now: Instant) -> Vec<u32> {
+        let published = self.membership.peer(name).and_then(|k| k.meta.lease);
+        let taken = self.lease.force_reclaim(name, published);
+        self.after(now);
+        taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node() -> Controller {
+        let meta = NodeMeta {
+            name: "a".into(),
+            gossip: "10.0.0.1:7946".parse().unwrap(),
+            vxlan_port: 4789,
+            vni: 1,
+            vtep_mac: [2, 0, 0, 0, 0, 1],
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            subnet_len: 24,
+            lease: None,
+            has_free: false,
+            bump: 0,
+        };
+        let cfg = ControllerConfig {
+            meta,
+            seeds: vec![],
+            founder: true,
+            membership: MembershipConfig::default(),
+            lease: LeaseConfig::new("a", 0, true),
+            keys: None,
+            session: 1,
+        };
+        Controller::new(cfg, None, Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn oversized_and_malformed_datagrams_are_counted() {
+        let mut n = node();
+        let now = Instant::now();
+        let from: SocketAddr = "10.0.0.2:7946".parse().unwrap();
+        let mut big = b"OVLD\x01\x01\x00".to_vec();
+        big.resize(message::MAX_DATAGRAM + 1, 0);
+        n.handle_datagram(from, &big, now);
+        n.handle_datagram(from, b"OVLD\x01\x02\x00\x01", now);
+        n.handle_datagram(from, b"GET / HTTP/1.1", now);
+        n.handle_datagram(from, b"OVLD\x01\x01\x00\xff\xff", now);
+        assert_eq!(n.dropped(), 4);
+        assert_eq!(n.status(now).dropped, 4);
+    }
+
+    #[test]
+    fn keyed_node_rejects_counts_and_reports_once_per_interval() {
+        let now = Instant::now();
+        let mut n = node();
+        n.set_keys(Some(
+            KeySet::parse("cluster key for the unit test").unwrap(),
+        ));
+        let from: SocketAddr = "10.0.0.9:7946".parse().unwrap();
+        // A valid-looking lease datagram with no tag, three times.
+        let d = LeaseDatagram {
+            from: "rogue".into(),
+            cluster: n.fingerprint,
+            msg: LeaseMsg::Refuse {
+                reason: "go away".into(),
+            },
+        };
+        let mut data = Vec::new();
+        d.emit(&mut data);
+        for _ in 0..3 {
+            n.handle_datagram(from, &data, now);
+        }
+        let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+        assert_eq!(
+            events,
+            vec![Event::Rejected {
+                from,
+                reason: Reject::Unsigned
+            }],
+            "the Refuse must not get through, and the report is not repeated"
+        );
+        assert_eq!(n.status(now).rejected.unsigned, 3);
+        assert_eq!(n.dropped(), 0);
+        n.handle_datagram(from, &data, now + REJECT_LOG_INTERVAL);
+        assert!(matches!(n.poll_event(), Some(Event::Rejected { .. })));
+    }
+
+    #[test]
+    fn reports_from_many_sources_stop_at_the_budget() {
+        let now = Instant::now();
+        let mut n = node();
+        n.set_keys(Some(
+            KeySet::parse("cluster key for the unit test").unwrap(),
+        ));
+        let mut data = Vec::new();
+        message::emit_frame_header(message::Kind::Membership, &mut data);
+        data.extend_from_slice(b"anything");
+        // 3,000 senders, in turn, twice: more than the table of reported senders.
+        for round in 0..2 {
+            for i in 0..3000u32 {
+                let from = SocketAddr::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), 7946);
+                n.handle_datagram(from, &data, now + Duration::from_millis(round));
+            }
+        }
+        let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+        let reported = events
+            .iter()
+            .filter(|e| matches!(e, Event::Rejected { .. }))
+            .count();
+        assert_eq!(reported, REJECT_LOG_BUDGET as usize);
+        assert_eq!(events.last(), Some(&Event::RejectReportsPaused));
+        assert_eq!(n.status(now).rejected.unsigned, 6000);
+        // The next interval says how many went unreported, and reports again.
+        let later = now + REJECT_LOG_INTERVAL + Duration::from_secs(1);
+        n.handle_datagram("10.9.9.9:7946".parse().unwrap(), &data, later);
+        let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+        assert_eq!(
+            events[0],
+            // The reported senders' repeats are not counted: they were reported.
+            Event::RejectReportsResumed {
+                unreported: 6000 - 2 * REJECT_LOG_BUDGET as u64
+            }
+        );
+        assert!(matches!(events[1], Event::Rejected { .. }));
+    }
+
+    #[test]
+    fn a_node_nobody_answers_says_so() {
+        let start = Instant::now();
+        let mut n = node();
+        n.seeds = vec!["10.0.0.2:7946".parse().unwrap()];
+        let mut silent = vec![];
+        for s in 0..=80u64 {
+            n.handle_timeout(start + Duration::from_millis(s * 1000));
+            while n.poll_transmit(start).is_some() {}
+            while let Some(ev) = n.poll_event() {
+                if let Event::SeedsSilent { for_secs, .. } = ev {
+                    silent.push(for_secs);
+                }
+            }
+        }
+        assert_eq!(silent.len(), 2, "{silent:?}");
+        assert!((10..=12).contains(&silent[0]), "{silent:?}");
+        assert!(silent[1] >= 70, "{silent:?}");
+    }
+
+    #[test]
+    fn recorded_datagrams_cannot_be_replayed() {
+        let now = Instant::now();
+        let key = || Some(KeySet::parse("cluster key for the unit test").unwrap());
+        let mut a = node();
+        a.set_keys(key());
+        a.set_wall_clock(now, 1_000_000);
+        let mut b = node();
+        b.set_keys(key());
+        b.set_wall_clock(now, 1_000_000);
+        let from: SocketAddr = "10.0.0.1:7946".parse().unwrap();
+        a.membership.join("10.0.0.2:7946".parse().unwrap(), now);
+        let t = a.poll_transmit(now).expect("a join datagram");
+        b.handle_datagram(from, &t.data, now);
+        assert_eq!(b.status(now).rejected.total(), 0);
+        b.handle_datagram(from, &t.data, now);
+        assert_eq!(b.status(now).rejected.replay, 1);
+        // Ten minutes later it is stale, even for a node that never saw it.
+        let later = now + Duration::from_secs(600);
+        let mut c = node();
+        c.set_keys(key());
+        c.set_wall_clock(later, 1_600_000);
+        c.handle_datagram(from, &t.data, later);
+        assert_eq!(c.status(later).rejected.stale, 1);
+    }
+
+    proptest! {
+        #[test]
+        fn random_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), kind in 0u8..4) {
+            let mut n = node();
+            let mut d = b"OVLD\x01".to_vec();
+            d.push(kind);
+            d.push(0);
+            d.extend_from_slice(&bytes);
+            n.handle_datagram("10.0.0.2:7946".parse().unwrap(), &d, Instant::now());
+            n.handle_datagram("10.0.0.2:7946".parse().unwrap(), &bytes, Instant::now());
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! How the cluster CIDR is numbered: `/subnet_len` subnets, counted from 0.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::error::Error;
+
+/// Number of `/subnet_len` subnets in `cidr`, capped at 2^20.
+pub fn subnet_count(cidr: IpNet, subnet_len: u8) -> Result<u32, Error> {
+    let bits = cidr.max_prefix_len();
+    if subnet_len < cidr.prefix_len() || subnet_len > bits {
+        return Err(Error::BadSubnetLen { cidr, subnet_len });
+    }
+    let shift = u32::from(subnet_len - cidr.prefix_len());
+    Ok(1u32 << shift.min(20))
+}
+
+/// The `idx`-th `/subnet_len` subnet of `cidr`.
+pub fn subnet_of(cidr: IpNet, subnet_len: u8, idx: u32) -> Option<IpNet> {
+    let host_bits = u32::from(cidr.max_prefix_len().checked_sub(subnet_len)?);
+    match cidr.trunc() {
+        IpNet::V4(n) => {
+            let off = u32::checked_shl(idx, host_bits).filter(|_| host_bits < 32)?;
+            let base = u32::from(n.network()).checked_add(off)?;
+            Ipv4Net::new(Ipv4Addr::from(base), subnet_len)
+                .ok()
+                .map(IpNet::V4)
+        }
+        IpNet::V6(n) => {
+            let off = u128::checked_shl(u128::from(idx), host_bits).filter(|_| host_bits < 128)?;
+            let base = u128::from(n.network()).checked_add(off)?;
+            Ipv6Net::new(Ipv6Addr::from(base), subnet_len)
+                .ok()
+                .map(IpNet::V6)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_are_numbered_from_the_cidr() {
+        let cidr: IpNet = "10.244.0.0/16".parse().unwrap();
+        assert_eq!(subnet_count(cidr, 24).unwrap(), 256);
+        assert_eq!(
+            subnet_of(cidr, 24, 3),
+            Some("10.244.3.0/24".parse().unwrap())
+        );
+        assert_eq!(
+            subnet_of(cidr, 24, 256),
+            Some("10.245.0.0/24".parse().unwrap())
+        );
+        assert!(subnet_count(cidr, 8).is_err());
+        let v6: IpNet = "fd00::/48".parse().unwrap();
+        assert_eq!(
+            subnet_of(v6, 64, 1),
+            Some("fd00:0:0:1::/64".parse().unwrap())
+        );
+    }
+}

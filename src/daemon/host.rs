@@ -1,0 +1,215 @@
+//! The host side of the node: the underlay address and MTU it takes from the kernel,
+//! the bridge pods attach to and its gateway address, forwarding, the TUN that
+//! carries the rest of the cluster CIDR and its route, and `node.json`.
+//!
+//! Left out: the packets themselves ([`crate::dataplane`]); the netlink calls live in
+//! [`crate::dataplane::netlink`].
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+
+use super::error::{file_err, DaemonError};
+use crate::config::{ConfigError, DaemonArgs};
+use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
+use crate::dataplane::netlink::{accept_local, disable_ipv6, enable_forwarding, Netlink};
+use crate::dataplane::tun::{self, TunDevice};
+use crate::fsutil::write_atomic;
+use crate::node::{NodeInfo, NODE_FILE};
+
+/// The first host address of `subnet`: the node's gateway.
+pub fn gateway_of(subnet: &IpNet) -> IpAddr {
+    match subnet {
+        IpNet::V4(n) => IpAddr::V4((u32::from(n.network()) + 1).into()),
+        IpNet::V6(n) => IpAddr::V6((u128::from(n.network()) + 1).into()),
+    }
+}
+
+/// The node's name when no `--node-name` is given: the kernel hostname.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Where the node meets the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Underlay {
+    /// The address peers send VXLAN to (`--advertise-addr`, or the default route's).
+    pub advertise_addr: IpAddr,
+    /// The overlay MTU: `--mtu`, or the underlay's less the VXLAN overhead.
+    pub mtu: u32,
+}
+
+/// Finds the advertise address and its interface's MTU, and picks the overlay MTU.
+pub async fn underlay(netlink: &Netlink, args: &DaemonArgs) -> Result<Underlay, DaemonError> {
+    let (advertise_addr, underlay_mtu) = match args.advertise_addr {
+        Some(addr) => {
+            let (_, mtu) = netlink.link_of_addr(addr).await?.ok_or_else(|| ConfigError::Invalid {
+                flag: "--advertise-addr",
+                value: addr.to_string(),
+                why: "is not an address of any interface on this host".into(),
+            })?;
+            (addr, mtu)
+        }
+        None => match netlink.default_route_addr(false).await? {
+            Some(found) => found,
+            None => netlink.default_route_addr(true).await?.ok_or(ConfigError::Missing {
+                flag: "--advertise-addr",
+                why: "no default route to take the underlay address from; pass the address peers should send VXLAN to",
+            })?,
+        },
+    };
+    let overhead = if advertise_addr.is_ipv4() {
+        OVERHEAD_V4
+    } else {
+        OVERHEAD_V6
+    };
+    let mtu = match args.mtu {
+        Some(mtu) => {
+            if mtu + overhead > underlay_mtu {
+                tracing::warn!(mtu, underlay_mtu, overhead, "--mtu plus VXLAN overhead exceeds the underlay MTU: large packets will be fragmented or lost");
+            }
+            mtu
+        }
+        None => underlay_mtu.saturating_sub(overhead).max(576),
+    };
+    Ok(Underlay {
+        advertise_addr,
+        mtu,
+    })
+}
+
+/// The node's devices, and what it applies when its subnet changes.
+pub struct Host {
+    netlink: Netlink,
+    bridge_index: u32,
+    tun_index: u32,
+    cluster_cidr: IpNet,
+    node_path: PathBuf,
+    node_name: String,
+    bridge: String,
+    mtu: u32,
+    /// The subnet last applied (`Some(None)`: "no subnet" was applied).
+    applied: Option<Option<IpNet>>,
+}
+
+impl Host {
+    /// Sets up the bridge pods attach to, forwarding, and the TUN (one queue per
+    /// dataplane worker) that carries the rest of the cluster CIDR. Returns the host
+    /// and the TUN's queues for the dataplane.
+    pub async fn set_up(
+        netlink: Netlink,
+        args: &DaemonArgs,
+        node_name: &str,
+        mtu: u32,
+    ) -> Result<(Host, TunDevice), DaemonError> {
+        let bridge_index = netlink.ensure_bridge(&args.bridge, mtu).await?;
+        enable_forwarding(&args.cluster_cidr)?;
+        let workers = match args.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => usize::from(n),
+        };
+        let tun = tun::open(&args.tun, mtu, workers)?;
+        let tun_index = netlink
+            .link_by_name(&args.tun)
+            .await?
+            .ok_or_else(|| {
+                crate::dataplane::Error::Host(format!("TUN {} vanished after creation", args.tun))
+            })?
+            .header
+            .index;
+        if args.cluster_cidr.addr().is_ipv4() {
+            disable_ipv6(&args.tun)?;
+            accept_local(&args.tun)?;
+        }
+        netlink.set_up(tun_index, mtu).await?;
+        let host = Host {
+            netlink,
+            bridge_index,
+            tun_index,
+            cluster_cidr: args.cluster_cidr,
+            node_path: args.run_dir.join(NODE_FILE),
+            node_name: node_name.to_string(),
+            bridge: args.bridge.clone(),
+            mtu,
+            applied: None,
+        };
+        Ok((host, tun))
+    }
+
+    /// Makes the host match `subnet`: the gateway address on the bridge, the cluster
+    /// route's source, and node.json. Without a subnet, the cluster addresses go and
+    /// node.json is removed, so the CNI plugin answers "try again later".
+    pub async fn apply(&mut self, subnet: Option<IpNet>) -> Result<(), DaemonError> {
+        if self.applied == Some(subnet) {
+            return Ok(());
+        }
+        let gateway = subnet.map(|s| gateway_of(&s));
+        let gateway_net = subnet
+            .zip(gateway)
+            .and_then(|(s, g)| IpNet::new(g, s.prefix_len()).ok());
+        self.netlink
+            .ensure_address(self.bridge_index, gateway_net, self.cluster_cidr)
+            .await?;
+        for (dst, oif, msg) in self.netlink.routes_within(self.cluster_cidr).await? {
+            let stale = (oif == Some(self.bridge_index)
+                && Some(dst) != subnet
+                && dst.prefix_len() != dst.max_prefix_len())
+                || (oif == Some(self.tun_index) && dst != self.cluster_cidr);
+            if stale {
+                tracing::info!(route = %dst, "removing stale route");
+                self.netlink.delete_route(msg).await?;
+            }
+        }
+        self.netlink
+            .replace_route(self.cluster_cidr, self.tun_index, gateway)
+            .await?;
+        match (subnet, gateway) {
+            (Some(subnet), Some(gateway)) => {
+                let info = NodeInfo {
+                    node_name: self.node_name.clone(),
+                    subnet,
+                    gateway,
+                    bridge: self.bridge.clone(),
+                    mtu: self.mtu,
+                    cluster_cidr: self.cluster_cidr,
+                };
+                let json = serde_json::to_vec_pretty(&info).expect("NodeInfo serializes");
+                write_atomic(&self.node_path, &json, 0o600, 0o700)
+                    .map_err(file_err("node file", &self.node_path))?;
+                tracing::info!(%subnet, %gateway, "node subnet in use");
+            }
+            _ => {
+                match std::fs::remove_file(&self.node_path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(file_err("node file", &self.node_path)(e)),
+                }
+                tracing::warn!("no subnet for this node: pods cannot be added until it has one");
+            }
+        }
+        self.applied = Some(subnet);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_is_first_host() {
+        assert_eq!(
+            gateway_of(&"10.244.3.0/24".parse().unwrap()),
+            "10.244.3.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            gateway_of(&"fd00:1::/64".parse().unwrap()),
+            "fd00:1::1".parse::<IpAddr>().unwrap()
+        );
+    }
+}

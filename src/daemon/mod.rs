@@ -1,0 +1,379 @@
+//! `run(config, shutdown)`: brings the node up and forwards until `shutdown` resolves.
+//!
+//! [`run`] goes through named phases: check the flags and the cluster key, prepare
+//! the state dir (VTEP MAC), set up the host devices (bridge, forwarding, TUN and
+//! its route), start the dataplane, start the control plane (unless `--subnet` is
+//! fixed), serve the admin socket and metrics, install the CNI plugin if asked, then
+//! follow the lease and the peers until told to stop, and shut down. On shutdown the
+//! TUN (and with it the cluster route) goes away with the process; the bridge, its
+//! address and `node.json` stay, so pods keep their addresses across a restart.
+//!
+//! # Layout
+//! - [`error`]: the daemon's error enum, [`DaemonError`].
+//! - [`host`]: underlay address and MTU, bridge, TUN, routes and `node.json`.
+//! - [`peers`]: static and learned peers turned into the FIB.
+//! - [`gossip`]: the control driver, the lease feed and the control report.
+//! - [`keys`]: `--secret-file`, at start and on SIGHUP.
+//! - [`state`]: the state and run dirs and the VTEP MAC.
+
+pub mod error;
+pub mod gossip;
+pub mod host;
+pub mod keys;
+pub mod peers;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipnet::IpNet;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{DaemonArgs, MetricsAddr};
+use crate::control::KeySet;
+use crate::dataplane::driver::{DataplaneDriver, DataplaneHandle, DataplaneOptions};
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::tun::TunDevice;
+use crate::dataplane::udp;
+use crate::dataplane::wire::MacAddr;
+use crate::dataplane::{EncapConfig, Peer};
+use crate::live::StatusSource;
+use crate::status::NodeReport;
+
+use error::file_err;
+use gossip::{Gossip, GossipStart};
+use host::{Host, Underlay};
+use peers::PeerTable;
+
+pub use error::DaemonError;
+pub use host::gateway_of;
+pub use keys::load_keys;
+pub use peers::{build_fib, static_peers};
+pub use state::VTEP_MAC_FILE;
+
+/// Runs the daemon until `shutdown` resolves or the dataplane fails.
+pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let (fixed_subnet, keys) = check_flags(&args)?;
+    // Installed before the control plane starts, so an early SIGHUP is not fatal.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(file_err("SIGHUP handler", &args.state_dir))?;
+    let node_name = args.node_name.clone().unwrap_or_else(host::hostname);
+    let netlink = Netlink::connect()?;
+    let underlay = host::underlay(&netlink, &args).await?;
+    let vtep_mac = prepare_state(&args)?;
+    let (host, tun) = Host::set_up(netlink.clone(), &args, &node_name, underlay.mtu).await?;
+    let statics = static_peers(&args);
+    let (driver, dataplane) =
+        start_dataplane(&args, tun, underlay, vtep_mac, fixed_subnet, &statics)?;
+
+    // Where this node's subnet comes from: --subnet, or a lease agreed by gossip.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (subnet_tx, subnet_rx) = watch::channel(fixed_subnet);
+    let gossip = match fixed_subnet {
+        Some(_) => {
+            drop(subnet_tx);
+            None
+        }
+        None => {
+            let start = GossipStart {
+                node_name: node_name.clone(),
+                underlay,
+                vtep_mac,
+                keys,
+                hangup,
+                started,
+            };
+            Some(gossip::start(&args, start, stop_rx.clone(), subnet_tx).await?)
+        }
+    };
+
+    let node_report = NodeReport {
+        name: node_name.clone(),
+        advertise_addr: underlay.advertise_addr,
+        port: args.port,
+        vni: args.vni,
+        vtep_mac,
+        subnet: None,
+        gateway: None,
+        cluster_cidr: args.cluster_cidr,
+        mtu: underlay.mtu,
+        bridge: args.bridge.clone(),
+        tun: args.tun.clone(),
+        uptime_secs: 0,
+    };
+    let source = Arc::new(StatusSource {
+        node: watch::channel(node_report).0,
+        started,
+        dataplane: dataplane.clone(),
+        control: gossip.as_ref().map(|g| g.source.clone()),
+        stop: stop_tx.clone(),
+        heard: Default::default(),
+        netlink: Some(netlink),
+    });
+    let admin = serve_admin(&args, source.clone()).await?;
+    install_cni(&args)?;
+
+    tracing::info!(
+        node = %node_name, advertise_addr = %underlay.advertise_addr, port = args.port,
+        vni = args.vni, %vtep_mac, mtu = underlay.mtu, subnet = ?fixed_subnet,
+        peers = ?args.peers, "overlayd is up"
+    );
+    let mut daemon = Daemon {
+        host,
+        table: PeerTable::new(statics, args.vni),
+        dataplane,
+        driver,
+        source,
+        peers: gossip.as_ref().map(|g| g.source.handle.peers()),
+        gossip,
+        subnet: subnet_rx,
+        subnet_open: fixed_subnet.is_none(),
+        stop: stop_rx,
+    };
+    let result = daemon.follow(shutdown).await;
+    daemon.shut_down(stop_tx, admin).await;
+    result
+}
+
+/// Checks the flags and loads the cluster key. Returns the fixed `--subnet`, if any,
+/// and the keys, and warns about gossip that is not authenticated.
+fn check_flags(args: &DaemonArgs) -> Result<(Option<IpNet>, Option<KeySet>), DaemonError> {
+    let fixed_subnet = args.validate()?;
+    let keys = match &args.secret_file {
+        Some(path) => {
+            let keys = load_keys(path)?;
+            if fixed_subnet.is_some() {
+                tracing::warn!(
+                    "--secret-file has no effect with --subnet: this node does not gossip"
+                );
+            } else {
+                tracing::info!(keys = ?keys.ids(), "gossip is authenticated with the cluster key");
+            }
+            Some(keys)
+        }
+        None => {
+            if fixed_subnet.is_none() {
+                tracing::warn!(
+                    "gossip is NOT authenticated: any host that can reach UDP port {} can join this cluster and claim subnets; set --secret-file (`overlayd genkey` makes a key)",
+                    args.gossip_port
+                );
+            }
+            None
+        }
+    };
+    Ok((fixed_subnet, keys))
+}
+
+/// Prepares the state dir (root's alone, no temporary files left by a killed daemon)
+/// and returns the VTEP MAC kept in it.
+fn prepare_state(args: &DaemonArgs) -> Result<MacAddr, DaemonError> {
+    state::private_dir(&args.state_dir).map_err(file_err("state dir", &args.state_dir))?;
+    state::remove_stale_temps(&[&args.state_dir, &args.run_dir]);
+    state::vtep_mac(&args.state_dir, args.vtep_mac)
+}
+
+/// Opens the VXLAN sockets (one per TUN queue) and starts the dataplane workers with
+/// a FIB of the static peers.
+fn start_dataplane(
+    args: &DaemonArgs,
+    tun: TunDevice,
+    underlay: Underlay,
+    vtep_mac: MacAddr,
+    fixed_subnet: Option<IpNet>,
+    statics: &[Peer],
+) -> Result<(DataplaneDriver, DataplaneHandle), DaemonError> {
+    let bind = SocketAddr::new(underlay.advertise_addr, args.port);
+    let sockets = udp::open_sockets(bind, tun.queues.len())?;
+    let (fib, warnings) = build_fib(fixed_subnet, statics.to_vec());
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let config = EncapConfig {
+        vni: args.vni,
+        local_mac: vtep_mac,
+    };
+    let options = DataplaneOptions {
+        busy_poll: args.busy_poll,
+    };
+    Ok(DataplaneDriver::spawn(
+        tun,
+        sockets,
+        config,
+        Arc::new(fib),
+        options,
+    ))
+}
+
+/// The tasks behind the admin socket and the metrics listener.
+struct AdminTasks {
+    socket_path: PathBuf,
+    admin: JoinHandle<()>,
+    sampler: JoinHandle<()>,
+    metrics: Option<JoinHandle<()>>,
+}
+
+/// Serves the admin socket in `--run-dir` and, unless turned off, the metrics; samples
+/// the peers' receive counters once a second for "last heard".
+async fn serve_admin(
+    args: &DaemonArgs,
+    source: Arc<StatusSource>,
+) -> Result<AdminTasks, DaemonError> {
+    let sampler = {
+        let source = source.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                source.sample_heard();
+            }
+        })
+    };
+    let socket_path = args.run_dir.join(crate::admin::SOCKET_FILE);
+    state::private_dir(&args.run_dir).map_err(file_err("run dir", &args.run_dir))?;
+    let listener =
+        crate::admin::bind(&socket_path).map_err(file_err("status socket", &socket_path))?;
+    let admin = tokio::spawn(crate::admin::serve(listener, source.clone()));
+    let metrics = match args.metrics_addr {
+        MetricsAddr::Off => None,
+        MetricsAddr::On(addr) => {
+            let listener =
+                crate::metrics::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Listen {
+                        what: "--metrics-addr",
+                        addr,
+                        source,
+                    })?;
+            Some(tokio::spawn(crate::metrics::serve(listener, source)))
+        }
+    };
+    Ok(AdminTasks {
+        socket_path,
+        admin,
+        sampler,
+        metrics,
+    })
+}
+
+/// Installs the CNI plugin binary and conflist with `--install-cni`.
+fn install_cni(args: &DaemonArgs) -> Result<(), DaemonError> {
+    if !args.install_cni {
+        return Ok(());
+    }
+    let install = crate::cni_install::InstallCni {
+        plugin: args
+            .cni_plugin
+            .clone()
+            .unwrap_or_else(crate::cni_install::default_plugin),
+        bin_dir: args.cni_bin_dir.clone(),
+        conf_dir: args.cni_conf_dir.clone(),
+        conflist_name: args.cni_conflist.clone(),
+        run_dir: args.run_dir.clone(),
+    };
+    let done = install.install()?;
+    tracing::info!(
+        bin_dir = %install.bin_dir.display(), conf_dir = %install.conf_dir.display(),
+        binary_written = done.binary, conflist_written = done.conflist, "CNI plugin installed"
+    );
+    Ok(())
+}
+
+/// The running daemon: what it follows and what it stops.
+struct Daemon {
+    host: Host,
+    table: PeerTable,
+    dataplane: DataplaneHandle,
+    driver: DataplaneDriver,
+    source: Arc<StatusSource>,
+    gossip: Option<Gossip>,
+    /// Learned peers, while the control plane publishes them.
+    peers: Option<watch::Receiver<Vec<crate::control::PeerInfo>>>,
+    subnet: watch::Receiver<Option<IpNet>>,
+    /// Whether the subnet feed may still change.
+    subnet_open: bool,
+    /// Turns true after `overlayd leave`.
+    stop: watch::Receiver<bool>,
+}
+
+impl Daemon {
+    /// Follows the node's subnet and the learned peers (host, status, router and FIB)
+    /// until `shutdown` resolves, the node leaves, or the dataplane or control plane
+    /// stops.
+    async fn follow(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        tokio::pin!(shutdown);
+        loop {
+            let subnet = *self.subnet.borrow_and_update();
+            self.host.apply(subnet).await?;
+            self.source.node.send_modify(|n| {
+                n.subnet = subnet;
+                n.gateway = subnet.map(|s| gateway_of(&s));
+            });
+            self.dataplane.set_router(subnet.map(|s| gateway_of(&s)));
+            let learned = self
+                .peers
+                .as_mut()
+                .map(|rx| rx.borrow_and_update().clone())
+                .unwrap_or_default();
+            if let Some(fib) = self.table.update(subnet, &learned) {
+                self.dataplane.set_fib(Arc::new(fib));
+            }
+            let control_done = async {
+                match self.gossip.as_mut() {
+                    Some(g) => (&mut g.join).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    return Ok(());
+                }
+                _ = self.stop.wait_for(|stop| *stop) => {
+                    // The subnet was handed back: stop using it before exiting.
+                    tracing::info!("left the cluster; shutting down");
+                    return self.host.apply(None).await;
+                }
+                r = self.driver.wait() => return r.map_err(DaemonError::from),
+                changed = self.subnet.changed(), if self.subnet_open => self.subnet_open = changed.is_ok(),
+                changed = async { self.peers.as_mut().expect("guarded").changed().await }, if self.peers.is_some() => {
+                    if changed.is_err() {
+                        self.peers = None;
+                    }
+                }
+                done = control_done => {
+                    self.gossip = None;
+                    return match done {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(DaemonError::Control(e)),
+                        Err(join) => Err(crate::dataplane::Error::Host(format!("control plane task ended: {join}")).into()),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Stops the control plane (releasing the lease with `--leave-on-exit`), the
+    /// admin socket, the metrics and the dataplane.
+    async fn shut_down(self, stop: watch::Sender<bool>, admin: AdminTasks) {
+        let _ = stop.send(true);
+        if let Some(g) = self.gossip {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), g.join).await {
+                Ok(Ok(Err(e))) => tracing::warn!("control plane stopped with an error: {e}"),
+                Err(_) => tracing::warn!("control plane did not stop within 10 s"),
+                _ => {}
+            }
+        }
+        admin.admin.abort();
+        admin.sampler.abort();
+        if let Some(task) = admin.metrics {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&admin.socket_path);
+        self.driver.shutdown().await;
+    }
+}
