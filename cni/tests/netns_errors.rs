@@ -8,7 +8,7 @@ use std::path::Path;
 use common::*;
 use serde_json::{json, Value};
 
-fn conf(node: &Node, extra: Value) -> Value {
+fn conf(node: &CniHost, extra: Value) -> Value {
     let mut c = node.plugin_conf(extra);
     merge(&mut c, json!({"cniVersion": "1.0.0", "name": "ovl"}));
     c
@@ -17,8 +17,8 @@ fn conf(node: &Node, extra: Value) -> Value {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn malformed_inputs_get_spec_codes() {
-    let node = Node::new(4, 29); // 10.244.4.0/29: hosts .2 to .6
-    let pod = Netns::new("cpod");
+    let node = host(4, 29); // 10.244.4.0/29: hosts .2 to .6
+    let pod = Netns::bare("cpod");
     let bin = Path::new(PLUGIN);
     let good = conf(&node, json!({}));
     let ns = pod.path();
@@ -221,7 +221,7 @@ fn malformed_inputs_get_spec_codes() {
     // Taken address, then a full subnet (5 hosts), named in the message.
     let mut pods = Vec::new();
     for i in 0..5 {
-        let p = Netns::new("cpod");
+        let p = Netns::bare("cpod");
         node.exec_plugin(bin, &env("ADD", &format!("full-{i}"), &p.path()), &good)
             .ok();
         pods.push(p);

@@ -17,7 +17,7 @@ use std::process::Command;
 use common::*;
 
 struct Podman<'a> {
-    node: &'a Node,
+    node: &'a CniHost,
     dir: PathBuf,
 }
 
@@ -76,8 +76,8 @@ impl Drop for Podman<'_> {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn podman_containers_ping_each_other() {
-    let node = Node::new(10, 24);
-    let dir = node.dir.0.join("podman");
+    let node = host(10, 24);
+    let dir = node.dir.path().join("podman");
     for sub in [
         "cni",
         "root",
