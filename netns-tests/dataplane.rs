@@ -454,8 +454,10 @@ fn f_busy_poll_spins_while_traffic_flows_and_sleeps_after() {
     println!(
         "--busy-poll 20ms: {busy:.2} CPU s during 1.5 s of pings, {idle:.2} CPU s in 1.5 s idle"
     );
+    // Bounds 10x away from what this machine takes: busy 0.32-0.81 CPU s over runs here
+    // (less when the cores are shared), idle 0.00 (the clock ticks at 0.01 s).
     assert!(
-        busy >= 0.3,
+        busy >= 0.03,
         "the worker did not poll between pings: {busy:.2} CPU s in 1.5 s"
     );
     assert!(
