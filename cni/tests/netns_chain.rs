@@ -13,16 +13,11 @@ fn conflist(node: &CniHost) -> Chain<'_> {
         host: node,
         name: "ovl".into(),
         version: "1.0.0".into(),
-        plugins: vec![
-            node.plugin_conf(json!({"hairpinMode": true})),
-            json!({"type": "loopback"}),
-            json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true,
-                   "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}}),
-            json!({"type": "bandwidth", "capabilities": {"bandwidth": true},
-                   "runtimeConfig": {"bandwidth": {"ingressRate": 100000000, "ingressBurst": 1000000,
-                                                   "egressRate": 100000000, "egressBurst": 1000000}}}),
-            json!({"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"}}),
-        ],
+        plugins: [node.plugin_conf(json!({"hairpinMode": true}))]
+            .into_iter()
+            .chain(reference_plugins(json!({"snat": true})))
+            .chain([json!({"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"}})])
+            .collect(),
     }
 }
 
@@ -111,16 +106,7 @@ fn add_check_del_in_a_chain_and_pods_talk() {
     drop(pod2);
     chain.del("chain-pod-2", &p2, Some(&r2));
     chain.del("chain-pod-2", "", None);
-    assert!(
-        node.reserved("ovl").is_empty(),
-        "{:?}",
-        node.reserved("ovl")
-    );
-    assert!(
-        node.ns.links("veth").is_empty(),
-        "{:?}",
-        node.ns.links("veth")
-    );
+    node.assert_nothing_left("ovl", "after DEL");
     let nat = node.ns.exec(&["iptables", "-t", "nat", "-S"]);
     assert!(
         !nat.contains(&format!("{ip1}:80")),

@@ -211,12 +211,7 @@ fn malformed_inputs_get_spec_codes() {
         );
     }
     // None of the failures left anything behind.
-    assert!(
-        node.reserved("ovl").is_empty(),
-        "{:?}",
-        node.reserved("ovl")
-    );
-    assert!(node.ns.links("veth").is_empty());
+    node.assert_nothing_left("ovl", "after the failed ADDs");
 
     // Taken address, then a full subnet (5 hosts), named in the message.
     let mut pods = Vec::new();
@@ -252,16 +247,7 @@ fn malformed_inputs_get_spec_codes() {
     let clash = node.exec_plugin(bin, &add, &good);
     assert_eq!(clash.err_code(), 100, "{}", clash.stdout);
     assert!(clash.stdout.contains("eth0"), "{}", clash.stdout);
-    assert!(
-        node.reserved("ovl").is_empty(),
-        "failed ADD kept {:?}",
-        node.reserved("ovl")
-    );
-    assert!(
-        node.ns.links("veth").is_empty(),
-        "failed ADD kept {:?}",
-        node.ns.links("veth")
-    );
+    node.assert_nothing_left("ovl", "failed ADD kept");
 
     // STATUS: 50 without node.json, success with it.
     let mut status = conf(&node, json!({}));

@@ -83,6 +83,5 @@ fn killed_add_then_gc_leaves_nothing() {
 
     // Older libcni sends `cni.dev/attachments`; an empty list releases everything.
     gc("cni.dev/attachments", json!([]));
-    assert!(node.reserved("ovl").is_empty());
-    assert!(node.ns.links("veth").is_empty());
+    node.assert_nothing_left("ovl", "after GC of everything");
 }

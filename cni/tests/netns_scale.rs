@@ -58,16 +58,7 @@ fn hundred_concurrent_adds_then_dels() {
             });
         }
     });
-    assert!(
-        node.reserved("ovl").is_empty(),
-        "left: {:?}",
-        node.reserved("ovl")
-    );
-    assert!(
-        node.ns.links("veth").is_empty(),
-        "left: {:?}",
-        node.ns.links("veth")
-    );
+    node.assert_nothing_left("ovl", "left after 100 DELs");
     // Only the store's lock and cursor remain; no allocation file.
     let files: Vec<String> = std::fs::read_dir(node.data_dir().join("ovl"))
         .unwrap()

@@ -46,15 +46,10 @@ fn conflist(node: &CniHost) -> Chain<'_> {
         host: node,
         name: "ovl".into(),
         version: "1.0.0".into(),
-        plugins: vec![
-            node.plugin_conf(json!({"ipMasq": true})),
-            json!({"type": "loopback"}),
-            json!({"type": "portmap", "capabilities": {"portMappings": true},
-                   "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}}),
-            json!({"type": "bandwidth", "capabilities": {"bandwidth": true},
-                   "runtimeConfig": {"bandwidth": {"ingressRate": 100000000, "ingressBurst": 1000000,
-                                                   "egressRate": 100000000, "egressBurst": 1000000}}}),
-        ],
+        plugins: [node.plugin_conf(json!({"ipMasq": true}))]
+            .into_iter()
+            .chain(reference_plugins(json!({})))
+            .collect(),
     }
 }
 

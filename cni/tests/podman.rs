@@ -151,14 +151,5 @@ fn podman_containers_ping_each_other() {
 
     let (ok, out) = podman.run(&["rm", "-af", "-t", "0"]);
     assert!(ok, "podman rm: {out}");
-    assert!(
-        node.reserved("ovl").is_empty(),
-        "{:?}",
-        node.reserved("ovl")
-    );
-    assert!(
-        node.ns.links("veth").is_empty(),
-        "{:?}",
-        node.ns.links("veth")
-    );
+    node.assert_nothing_left("ovl", "after podman rm");
 }

@@ -121,6 +121,16 @@ impl CniHost {
         }
     }
 
+    /// Asserts that no address is reserved in the store of network `net` and no veth is
+    /// left on the host; `what` says after what, in the failure message.
+    #[track_caller]
+    pub fn assert_nothing_left(&self, net: &str, what: &str) {
+        let reserved = self.reserved(net);
+        assert!(reserved.is_empty(), "{what}: reserved {reserved:?}");
+        let veths = self.ns.links("veth");
+        assert!(veths.is_empty(), "{what}: veths {veths:?}");
+    }
+
     /// Our plugin's config (one plugin of a conflist), with `extra` merged in.
     pub fn plugin_conf(&self, extra: Value) -> Value {
         let mut c = json!({"type": "overlayd-cni", "runDir": self.run_dir(), "dataDir": self.data_dir(),
@@ -228,6 +238,22 @@ impl PluginOutput {
             .as_u64()
             .unwrap_or_else(|| panic!("no code in {}", self.stdout))
     }
+}
+
+/// The reference plugins that follow ours in the test conflists: loopback, portmap
+/// (host port 18080 to container port 80/tcp, with `portmap_extra` merged in) and
+/// bandwidth (100 Mbit/s each way).
+pub fn reference_plugins(portmap_extra: Value) -> Vec<Value> {
+    let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}});
+    merge(&mut portmap, portmap_extra);
+    vec![
+        json!({"type": "loopback"}),
+        portmap,
+        json!({"type": "bandwidth", "capabilities": {"bandwidth": true},
+               "runtimeConfig": {"bandwidth": {"ingressRate": 100000000, "ingressBurst": 1000000,
+                                               "egressRate": 100000000, "egressBurst": 1000000}}}),
+    ]
 }
 
 /// Shallow-merges `extra` into `base`.
