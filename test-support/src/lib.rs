@@ -23,6 +23,8 @@
 //! the package that owns the binary, so callers pass paths in ([`daemon::Overlayd::at`])
 //! or locate a binary of another workspace package with [`cmd::workspace_bin`].
 
+#![warn(missing_docs)]
+
 pub mod capture;
 pub mod cluster;
 pub mod cmd;
