@@ -64,7 +64,7 @@ fn a_kill9_under_iperf3_load_then_restart_keeps_subnet_and_mac() {
     let _load = load::heavy();
     let cluster = TestCluster::new(OVERLAYD);
     let mut nodes = vec![cluster.start(1, ""), cluster.start(2, "198.18.0.1")];
-    lease_and_attach(&mut nodes, Duration::from_secs(30));
+    lease_and_attach(&mut nodes, Duration::from_secs(45));
     assert!(
         wait_until(Duration::from_secs(10), || all_reach_all(&nodes)),
         "{}",
@@ -469,7 +469,7 @@ fn b_full_or_read_only_state_dir() {
     // Space again: n1 saves within a second or two, n2 gets its subnet, pods ping.
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
-    let recovered = wait_until(Duration::from_secs(30), || nodes[1].subnet().is_some());
+    let recovered = wait_until(Duration::from_secs(45), || nodes[1].subnet().is_some());
     assert!(recovered, "{}", logs(&[&nodes[0], &nodes[1]]));
     println!(
         "space freed: n2 leased a subnet {:.1?} later",
@@ -506,7 +506,7 @@ fn b_full_or_read_only_state_dir() {
     assert!(pod_ping(&nodes[1], &nodes[0], 2), "n1 stopped forwarding");
     fs.remount("rw");
     assert!(
-        wait_until(Duration::from_secs(30), || nodes[2].subnet().is_some()),
+        wait_until(Duration::from_secs(45), || nodes[2].subnet().is_some()),
         "{}",
         logs(&[&nodes[0], &nodes[2]])
     );
@@ -611,7 +611,7 @@ fn c_gossip_flood_of_garbage() {
     for i in 2..=3u8 {
         nodes.push(cluster.start(i, "198.18.0.1"));
     }
-    lease_and_attach(&mut nodes, Duration::from_secs(30));
+    lease_and_attach(&mut nodes, Duration::from_secs(45));
     assert!(
         wait_until(Duration::from_secs(10), || all_reach_all(&nodes)),
         "{}",
@@ -839,7 +839,7 @@ fn d_loss_soak_no_false_deaths() {
     for i in 2..=n {
         nodes.push(cluster.start(i, "198.18.0.1"));
     }
-    lease_and_attach(&mut nodes, Duration::from_secs(30));
+    lease_and_attach(&mut nodes, Duration::from_secs(45));
     let all_alive = |nodes: &[DaemonNode]| {
         nodes.iter().all(|a| {
             a.peer_states()
@@ -1001,7 +1001,7 @@ fn e_wrong_key_flood_and_rogue_daemon() {
     };
     launch(&mut nodes[0], "", &key_args);
     launch(&mut nodes[1], "198.18.0.1", &key_args);
-    lease_and_attach(&mut nodes, Duration::from_secs(30));
+    lease_and_attach(&mut nodes, Duration::from_secs(45));
     assert!(wait_until(Duration::from_secs(10), || all_reach_all(
         &nodes
     )));
