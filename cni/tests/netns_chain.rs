@@ -8,31 +8,26 @@ mod common;
 use common::*;
 use serde_json::json;
 
-fn conflist(node: &Node) -> Chain<'_> {
+fn conflist(node: &CniHost) -> Chain<'_> {
     Chain {
-        node,
+        host: node,
         name: "ovl".into(),
         version: "1.0.0".into(),
-        plugins: vec![
-            node.plugin_conf(json!({"hairpinMode": true})),
-            json!({"type": "loopback"}),
-            json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true,
-                   "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}}),
-            json!({"type": "bandwidth", "capabilities": {"bandwidth": true},
-                   "runtimeConfig": {"bandwidth": {"ingressRate": 100000000, "ingressBurst": 1000000,
-                                                   "egressRate": 100000000, "egressBurst": 1000000}}}),
-            json!({"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"}}),
-        ],
+        plugins: [node.plugin_conf(json!({"hairpinMode": true}))]
+            .into_iter()
+            .chain(reference_plugins(json!({"snat": true})))
+            .chain([json!({"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"}})])
+            .collect(),
     }
 }
 
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn add_check_del_in_a_chain_and_pods_talk() {
-    let node = Node::new(1, 24);
+    let node = host(1, 24);
     let chain = conflist(&node);
-    let pod1 = Netns::new("cpod");
-    let pod2 = Netns::new("cpod");
+    let pod1 = Netns::bare("cpod");
+    let pod2 = Netns::bare("cpod");
     let r1 = chain.add("chain-pod-1", &pod1);
     let r2 = chain.add("chain-pod-2", &pod2);
     let (ip1, ip2) = (result_ip(&r1), result_ip(&r2));
@@ -44,10 +39,13 @@ fn add_check_del_in_a_chain_and_pods_talk() {
     assert_eq!(r1["routes"][0]["gw"], node.gateway);
 
     // Traffic: pod to pod across the bridge, pod to gateway, and loopback (set up by `loopback`).
-    assert!(pod1.ping(&ip2), "pod1 cannot reach pod2 {ip2}");
-    assert!(pod2.ping(&ip1), "pod2 cannot reach pod1 {ip1}");
-    assert!(pod1.ping(&node.gateway), "pod1 cannot reach the gateway");
-    assert!(pod1.ping("127.0.0.1"), "loopback is not up in pod1");
+    assert!(pod1.ping_once(&ip2), "pod1 cannot reach pod2 {ip2}");
+    assert!(pod2.ping_once(&ip1), "pod2 cannot reach pod1 {ip1}");
+    assert!(
+        pod1.ping_once(&node.gateway),
+        "pod1 cannot reach the gateway"
+    );
+    assert!(pod1.ping_once("127.0.0.1"), "loopback is not up in pod1");
     // The chained plugins acted on what we returned.
     let nat = node.ns.exec(&["iptables", "-t", "nat", "-S"]);
     assert!(
@@ -108,23 +106,14 @@ fn add_check_del_in_a_chain_and_pods_talk() {
     drop(pod2);
     chain.del("chain-pod-2", &p2, Some(&r2));
     chain.del("chain-pod-2", "", None);
-    assert!(
-        node.reserved("ovl").is_empty(),
-        "{:?}",
-        node.reserved("ovl")
-    );
-    assert!(
-        node.ns.links("veth").is_empty(),
-        "{:?}",
-        node.ns.links("veth")
-    );
+    node.assert_nothing_left("ovl", "after DEL");
     let nat = node.ns.exec(&["iptables", "-t", "nat", "-S"]);
     assert!(
         !nat.contains(&format!("{ip1}:80")),
         "portmap DNAT survived DEL:\n{nat}"
     );
     // The freed address can be taken again.
-    let pod3 = Netns::new("cpod");
+    let pod3 = Netns::bare("cpod");
     let conf = json!({"cniVersion": "1.0.0", "name": "ovl"});
     let mut c = node.plugin_conf(json!({"runtimeConfig": {"ips": [format!("{ip1}/24")]}}));
     merge(&mut c, conf);
@@ -141,14 +130,14 @@ fn add_check_del_in_a_chain_and_pods_talk() {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn every_version_gets_its_result_shape() {
-    let node = Node::new(2, 24);
+    let node = host(2, 24);
     // `mtu` in the config overrides node.json's 1450.
     let mtu_conf = {
         let mut c = node.plugin_conf(json!({"mtu": 1400}));
         merge(&mut c, json!({"cniVersion": "1.1.0", "name": "ovl"}));
         c
     };
-    let pod = Netns::new("cpod");
+    let pod = Netns::bare("cpod");
     let r = node
         .exec_plugin(
             std::path::Path::new(PLUGIN),
@@ -179,7 +168,7 @@ fn every_version_gets_its_result_shape() {
     .ok();
 
     for v in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
-        let pod = Netns::new("cpod");
+        let pod = Netns::bare("cpod");
         let id = format!("ver-{}", v.replace('.', "-"));
         let mut conf = node.plugin_conf(json!({"dns": {"nameservers": ["10.96.0.10"]}}));
         merge(&mut conf, json!({"cniVersion": v, "name": "ovl"}));
@@ -202,7 +191,7 @@ fn every_version_gets_its_result_shape() {
             "{v}: {r}"
         );
         assert_eq!(r["dns"]["nameservers"][0], "10.96.0.10");
-        assert!(pod.ping(&node.gateway), "{v}: no connectivity");
+        assert!(pod.ping_once(&node.gateway), "{v}: no connectivity");
         if v >= "0.4.0" {
             let mut check = conf.clone();
             merge(&mut check, json!({"prevResult": r}));

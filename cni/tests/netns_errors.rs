@@ -8,7 +8,7 @@ use std::path::Path;
 use common::*;
 use serde_json::{json, Value};
 
-fn conf(node: &Node, extra: Value) -> Value {
+fn conf(node: &CniHost, extra: Value) -> Value {
     let mut c = node.plugin_conf(extra);
     merge(&mut c, json!({"cniVersion": "1.0.0", "name": "ovl"}));
     c
@@ -17,8 +17,8 @@ fn conf(node: &Node, extra: Value) -> Value {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn malformed_inputs_get_spec_codes() {
-    let node = Node::new(4, 29); // 10.244.4.0/29: hosts .2 to .6
-    let pod = Netns::new("cpod");
+    let node = host(4, 29); // 10.244.4.0/29: hosts .2 to .6
+    let pod = Netns::bare("cpod");
     let bin = Path::new(PLUGIN);
     let good = conf(&node, json!({}));
     let ns = pod.path();
@@ -211,17 +211,12 @@ fn malformed_inputs_get_spec_codes() {
         );
     }
     // None of the failures left anything behind.
-    assert!(
-        node.reserved("ovl").is_empty(),
-        "{:?}",
-        node.reserved("ovl")
-    );
-    assert!(node.ns.links("veth").is_empty());
+    node.assert_nothing_left("ovl", "after the failed ADDs");
 
     // Taken address, then a full subnet (5 hosts), named in the message.
     let mut pods = Vec::new();
     for i in 0..5 {
-        let p = Netns::new("cpod");
+        let p = Netns::bare("cpod");
         node.exec_plugin(bin, &env("ADD", &format!("full-{i}"), &p.path()), &good)
             .ok();
         pods.push(p);
@@ -252,16 +247,7 @@ fn malformed_inputs_get_spec_codes() {
     let clash = node.exec_plugin(bin, &add, &good);
     assert_eq!(clash.err_code(), 100, "{}", clash.stdout);
     assert!(clash.stdout.contains("eth0"), "{}", clash.stdout);
-    assert!(
-        node.reserved("ovl").is_empty(),
-        "failed ADD kept {:?}",
-        node.reserved("ovl")
-    );
-    assert!(
-        node.ns.links("veth").is_empty(),
-        "failed ADD kept {:?}",
-        node.ns.links("veth")
-    );
+    node.assert_nothing_left("ovl", "failed ADD kept");
 
     // STATUS: 50 without node.json, success with it.
     let mut status = conf(&node, json!({}));

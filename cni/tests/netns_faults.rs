@@ -11,26 +11,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use overlayd_cni::plugin::host_veth_name;
+use overlayd_test_support::rand::Rng as _;
+use overlayd_test_support::rng::SeededRng;
 use serde_json::{json, Value};
 
-/// xorshift64*: deterministic for a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Every file in the store of `net`: (name, content).
-fn store_files(node: &Node, net: &str) -> Vec<(String, String)> {
+fn store_files(node: &CniHost, net: &str) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = std::fs::read_dir(node.data_dir().join(net))
         .map(|rd| {
             rd.filter_map(|e| {
@@ -47,7 +33,7 @@ fn store_files(node: &Node, net: &str) -> Vec<(String, String)> {
 }
 
 /// What is left of attachment `id` on `node` and in `pod`, described; empty if nothing.
-fn leftovers(node: &Node, pod: &Netns, id: &str) -> Vec<String> {
+fn leftovers(node: &CniHost, pod: &Netns, id: &str) -> Vec<String> {
     let mut left = Vec::new();
     let veth = host_veth_name(id, "eth0");
     if node.ns.links("veth").contains(&veth) {
@@ -67,23 +53,15 @@ fn leftovers(node: &Node, pod: &Netns, id: &str) -> Vec<String> {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn killed_at_random_points_leaks_nothing() {
+    let _load = load::shared();
     let cycles: usize = std::env::var("OVERLAYD_CNI_FAULT_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let seed: u64 = std::env::var("OVERLAYD_CNI_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    println!("seed {seed} (OVERLAYD_CNI_FAULT_SEED={seed} replays it)");
-    let mut rng = Rng(seed | 1);
+    let mut rng = SeededRng::from_env("OVERLAYD_CNI_FAULT_SEED");
+    let seed = rng.seed();
 
-    let node = Node::new(11, 24);
+    let node = host(11, 24);
     let mut conf = node.plugin_conf(json!({}));
     merge(&mut conf, json!({"cniVersion": "1.1.0", "name": "ovlf"}));
     let bin = Path::new(PLUGIN);
@@ -93,7 +71,7 @@ fn killed_at_random_points_leaks_nothing() {
     let mut live = Vec::new();
     let mut add_time = Duration::ZERO;
     for k in 0..2 {
-        let pod = Netns::new("cfl");
+        let pod = Netns::bare("cfl");
         let id = format!("live-{k}");
         let t = Instant::now();
         let r = node
@@ -105,12 +83,12 @@ fn killed_at_random_points_leaks_nothing() {
     let max_delay = (add_time.as_millis() as u64 * 3 / 2).max(5);
     println!("an ADD takes {add_time:.0?}; kills come 0-{max_delay} ms after the exec");
 
-    let pods: Vec<Netns> = (0..4).map(|_| Netns::new("cfk")).collect();
+    let pods: Vec<Netns> = (0..4).map(|_| Netns::bare("cfk")).collect();
     let (mut killed_adds, mut killed_dels, mut garbage, mut completed_adds) = (0, 0, 0, 0);
     let mut run = |cmd: &str, id: &str, pod: &Netns, kill: bool| -> Option<PluginOutput> {
         if kill {
             let mut child = node.spawn_plugin(&env(cmd, id, &pod.path()), &conf);
-            std::thread::sleep(Duration::from_millis(rng.below(max_delay + 1)));
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..=max_delay)));
             let _ = child.kill();
             child.wait().unwrap();
             None
@@ -214,17 +192,17 @@ fn killed_at_random_points_leaks_nothing() {
         assert!(!pod.try_exec(&["ip", "link", "show", "eth0"]));
     }
     for (_, pod, _) in &live {
-        assert!(pod.ping(&node.gateway), "a live pod lost its network");
+        assert!(pod.ping_once(&node.gateway), "a live pod lost its network");
     }
 
     // A new ADD gets an address and works.
-    let fresh = Netns::new("cfl");
+    let fresh = Netns::bare("cfl");
     let r = node
         .exec_plugin(bin, &env("ADD", "fresh", &fresh.path()), &conf)
         .ok();
     let ip = result_ip(&r);
     assert!(!want_ips.contains(&ip));
-    assert!(fresh.ping(&node.gateway));
+    assert!(fresh.ping_once(&node.gateway));
     // GC with nothing valid removes everything.
     gc(json!([]));
     assert!(node.reserved("ovlf").is_empty());
@@ -239,11 +217,12 @@ fn killed_at_random_points_leaks_nothing() {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn killed_inside_reserve_leaves_no_ownerless_address() {
-    let node = Node::new(12, 24);
+    let _load = load::shared();
+    let node = host(12, 24);
     let mut conf = node.plugin_conf(json!({}));
     merge(&mut conf, json!({"cniVersion": "1.1.0", "name": "ovlf"}));
     let bin = Path::new(PLUGIN);
-    let pod = Netns::new("cfr");
+    let pod = Netns::bare("cfr");
     // Stopped with the reservation written to its temporary file, then killed.
     let pod_path = pod.path();
     let mut e = env("ADD", "victim", &pod_path);

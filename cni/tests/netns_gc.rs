@@ -23,12 +23,13 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn killed_add_then_gc_leaves_nothing() {
-    let node = Node::new(6, 24);
+    let _load = load::shared();
+    let node = host(6, 24);
     let mut conf = node.plugin_conf(json!({}));
     merge(&mut conf, json!({"cniVersion": "1.1.0", "name": "ovl"}));
     let bin = Path::new(PLUGIN);
 
-    let live = Netns::new("cgc");
+    let live = Netns::bare("cgc");
     let r = node
         .exec_plugin(bin, &env("ADD", "gc-live", &live.path()), &conf)
         .ok();
@@ -36,7 +37,7 @@ fn killed_add_then_gc_leaves_nothing() {
     let live_veth = r["interfaces"][0]["name"].as_str().unwrap().to_owned();
 
     // Killed right after the veth exists (a deterministic point, via the test-only hook)...
-    let victim = Netns::new("cgc");
+    let victim = Netns::bare("cgc");
     let victim_path = victim.path();
     let mut e = env("ADD", "gc-victim", &victim_path);
     e.push(("OVERLAYD_CNI_TEST_STALL", "after-veth"));
@@ -47,7 +48,7 @@ fn killed_add_then_gc_leaves_nothing() {
     // ...and several killed at arbitrary moments.
     let mut others = Vec::new();
     for (i, delay_ms) in [0u64, 1, 2, 3, 5, 8].into_iter().enumerate() {
-        let pod = Netns::new("cgc");
+        let pod = Netns::bare("cgc");
         let id = format!("gc-rand-{i}");
         let mut child = node.spawn_plugin(&env("ADD", &id, &pod.path()), &conf);
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -75,13 +76,12 @@ fn killed_add_then_gc_leaves_nothing() {
     );
     assert_eq!(node.reserved("ovl"), vec![live_ip.clone()]);
     assert_eq!(node.ns.links("veth"), vec![live_veth]);
-    assert!(live.ping(&node.gateway), "GC broke the live pod");
+    assert!(live.ping_once(&node.gateway), "GC broke the live pod");
     // A retried ADD of the victim works after GC.
     node.exec_plugin(bin, &env("ADD", "gc-victim", &victim.path()), &conf)
         .ok();
 
     // Older libcni sends `cni.dev/attachments`; an empty list releases everything.
     gc("cni.dev/attachments", json!([]));
-    assert!(node.reserved("ovl").is_empty());
-    assert!(node.ns.links("veth").is_empty());
+    node.assert_nothing_left("ovl", "after GC of everything");
 }

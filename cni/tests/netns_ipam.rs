@@ -9,7 +9,7 @@ use std::path::Path;
 use common::*;
 use serde_json::{json, Value};
 
-fn conf(node: &Node, extra: Value) -> Value {
+fn conf(node: &CniHost, extra: Value) -> Value {
     let mut c = node.plugin_conf(extra);
     merge(&mut c, json!({"cniVersion": "1.0.0", "name": "ovl"}));
     c
@@ -18,9 +18,9 @@ fn conf(node: &Node, extra: Value) -> Value {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn requested_address_precedence() {
-    let node = Node::new(8, 24);
+    let node = host(8, 24);
     let bin = Path::new(PLUGIN);
-    let pod = Netns::new("cipam");
+    let pod = Netns::bare("cipam");
     let p = pod.path();
     let mut e = env("ADD", "prec", &p);
     e.push(("CNI_ARGS", "IgnoreUnknown=1;IP=10.244.8.30"));
@@ -39,7 +39,7 @@ fn requested_address_precedence() {
         let c = conf(&node, extra);
         let r = node.exec_plugin(bin, &e, &c).ok();
         assert_eq!(result_ip(&r), want);
-        assert!(pod.ping(&node.gateway));
+        assert!(pod.ping_once(&node.gateway));
         node.exec_plugin(bin, &env("DEL", "prec", &p), &c).ok();
         assert!(node.reserved("ovl").is_empty());
     }
@@ -48,9 +48,9 @@ fn requested_address_precedence() {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn delegates_to_host_local_and_static() {
-    let node = Node::new(7, 24);
+    let node = host(7, 24);
     let bin = Path::new(PLUGIN);
-    let hl_dir = node.dir.0.join("host-local");
+    let hl_dir = node.dir.path().join("host-local");
     let hl = conf(
         &node,
         json!({"ipam": {"type": "host-local", "dataDir": hl_dir,
@@ -66,12 +66,12 @@ fn delegates_to_host_local_and_static() {
             .unwrap_or_default()
     };
 
-    let pod = Netns::new("cipam");
+    let pod = Netns::bare("cipam");
     let p = pod.path();
     let r = node.exec_plugin(bin, &env("ADD", "hl-1", &p), &hl).ok();
     let ip = result_ip(&r);
     assert!(ip.starts_with("10.244.7.1") && ip != "10.244.7.1", "{ip}");
-    assert!(pod.ping(&node.gateway));
+    assert!(pod.ping_once(&node.gateway));
     assert_eq!(hl_files(), vec![ip.clone()]);
     assert!(
         node.reserved("ovl").is_empty(),
@@ -94,7 +94,7 @@ fn delegates_to_host_local_and_static() {
     assert!(node.ns.links("veth").is_empty());
 
     // `static`, and a delegate error passed through with its own code and message.
-    let pod2 = Netns::new("cipam");
+    let pod2 = Netns::bare("cipam");
     let st = conf(
         &node,
         json!({"ipam": {"type": "static", "addresses": [{"address": "10.244.7.50/24", "gateway": "10.244.7.1"}]}}),
@@ -103,7 +103,7 @@ fn delegates_to_host_local_and_static() {
         .exec_plugin(bin, &env("ADD", "st-1", &pod2.path()), &st)
         .ok();
     assert_eq!(result_ip(&r), "10.244.7.50");
-    assert!(pod2.ping(&node.gateway));
+    assert!(pod2.ping_once(&node.gateway));
     node.exec_plugin(bin, &env("DEL", "st-1", &pod2.path()), &st)
         .ok();
     let bad = conf(

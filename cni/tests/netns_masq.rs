@@ -9,7 +9,7 @@ use std::path::Path;
 use common::*;
 use serde_json::{json, Value};
 
-fn conf(node: &Node, masq: bool) -> Value {
+fn conf(node: &CniHost, masq: bool) -> Value {
     let mut c = node.plugin_conf(json!({"ipMasq": masq}));
     merge(&mut c, json!({"cniVersion": "1.0.0", "name": "ovl"}));
     c
@@ -18,9 +18,9 @@ fn conf(node: &Node, masq: bool) -> Value {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn pod_reaches_underlay_host_only_with_masquerade() {
-    let node = Node::new(3, 24);
+    let node = host(3, 24);
     // The underlay: 198.18.0.1 on the node, 198.18.0.2 on a host with no route to 10.244/16.
-    let underlay = Netns::new("cul");
+    let underlay = Netns::bare("cul");
     let (a, b) = (unique("ula"), unique("ulb"));
     let (a, b) = (&a[..a.len().min(15)], &b[..b.len().min(15)]);
     node.ns
@@ -34,7 +34,7 @@ fn pod_reaches_underlay_host_only_with_masquerade() {
     underlay.exec(&["ip", "link", "set", b, "up"]);
     // Another "node" of the cluster holding 10.244.9.1, reached over 198.19.0.0/24. It
     // drops anything from the node's own address, so only unmasqueraded pod traffic passes.
-    let remote = Netns::new("crem");
+    let remote = Netns::bare("crem");
     let (c, d) = (unique("rma"), unique("rmb"));
     let (c, d) = (&c[..c.len().min(15)], &d[..d.len().min(15)]);
     node.ns
@@ -55,7 +55,7 @@ fn pod_reaches_underlay_host_only_with_masquerade() {
     let bin = Path::new(PLUGIN);
 
     // Without ipMasq the reply has no way back.
-    let pod0 = Netns::new("cpod");
+    let pod0 = Netns::bare("cpod");
     let r0 = node
         .exec_plugin(
             bin,
@@ -64,7 +64,7 @@ fn pod_reaches_underlay_host_only_with_masquerade() {
         )
         .ok();
     assert!(
-        !pod0.ping("198.18.0.2"),
+        !pod0.ping_once("198.18.0.2"),
         "underlay reachable without masquerade: the test proves nothing"
     );
     node.exec_plugin(
@@ -75,15 +75,15 @@ fn pod_reaches_underlay_host_only_with_masquerade() {
     .ok();
     let _ = r0;
 
-    let pod1 = Netns::new("cpod");
-    let pod2 = Netns::new("cpod");
+    let pod1 = Netns::bare("cpod");
+    let pod2 = Netns::bare("cpod");
     node.exec_plugin(bin, &env("ADD", "masq-1", &pod1.path()), &conf(&node, true))
         .ok();
     let r2 = node
         .exec_plugin(bin, &env("ADD", "masq-2", &pod2.path()), &conf(&node, true))
         .ok();
     assert!(
-        pod1.ping("198.18.0.2"),
+        pod1.ping_once("198.18.0.2"),
         "pod cannot reach the underlay host through masquerade"
     );
     let rules = node.ns.exec(&["nft", "list", "ruleset"]);
@@ -94,7 +94,7 @@ fn pod_reaches_underlay_host_only_with_masquerade() {
     );
     assert!(rules.contains("ip daddr != 10.244.0.0/16"), "{rules}");
     // The second ADD found the rule through nfnetlink and did not run nft again.
-    let log = std::fs::read_to_string(node.dir.0.join("cni.log")).unwrap();
+    let log = std::fs::read_to_string(node.dir.path().join("cni.log")).unwrap();
     assert_eq!(
         log.matches("ipMasq rule for 10.244.3.0/24: Installed")
             .count(),
@@ -116,13 +116,13 @@ fn pod_reaches_underlay_host_only_with_masquerade() {
         "overlayd-cni",
         "masq-10.244.3.0-24",
     ]);
-    let pod3 = Netns::new("cpod");
+    let pod3 = Netns::bare("cpod");
     node.exec_plugin(bin, &env("ADD", "masq-3", &pod3.path()), &conf(&node, true))
         .ok();
     let rules = node.ns.exec(&["nft", "list", "ruleset"]);
     assert_eq!(rules.matches("masquerade").count(), 1, "{rules}");
     // Inside the cluster CIDR the source is kept: pod2 sees pod1's own address.
-    assert!(pod1.ping(&result_ip(&r2)));
+    assert!(pod1.ping_once(&result_ip(&r2)));
     let conntrack_free_check = node.ns.exec(&[
         "nft",
         "list",

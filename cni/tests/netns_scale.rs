@@ -14,10 +14,12 @@ const PODS: usize = 100;
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn hundred_concurrent_adds_then_dels() {
-    let node = Node::new(5, 24);
+    // Heavy: runs alone (see overlayd_test_support::load).
+    let _load = load::heavy();
+    let node = host(5, 24);
     let mut conf = node.plugin_conf(json!({}));
     merge(&mut conf, json!({"cniVersion": "1.1.0", "name": "ovl"}));
-    let pods: Vec<Netns> = (0..PODS).map(|_| Netns::new("cscale")).collect();
+    let pods: Vec<Netns> = (0..PODS).map(|_| Netns::bare("cscale")).collect();
 
     let results: Vec<serde_json::Value> = std::thread::scope(|s| {
         let handles: Vec<_> = pods
@@ -44,7 +46,7 @@ fn hundred_concurrent_adds_then_dels() {
     assert_eq!(node.reserved("ovl").len(), PODS);
     assert_eq!(node.ns.links("veth").len(), PODS);
     // The addresses work: first and last pod reach each other.
-    assert!(pods[0].ping(&result_ip(&results[PODS - 1])));
+    assert!(pods[0].ping_once(&result_ip(&results[PODS - 1])));
 
     std::thread::scope(|s| {
         for (i, pod) in pods.iter().enumerate() {
@@ -56,16 +58,7 @@ fn hundred_concurrent_adds_then_dels() {
             });
         }
     });
-    assert!(
-        node.reserved("ovl").is_empty(),
-        "left: {:?}",
-        node.reserved("ovl")
-    );
-    assert!(
-        node.ns.links("veth").is_empty(),
-        "left: {:?}",
-        node.ns.links("veth")
-    );
+    node.assert_nothing_left("ovl", "left after 100 DELs");
     // Only the store's lock and cursor remain; no allocation file.
     let files: Vec<String> = std::fs::read_dir(node.data_dir().join("ovl"))
         .unwrap()

@@ -8,98 +8,56 @@
 
 mod common;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
+use overlayd_test_support::daemon::{DaemonDirs, DaemonProcess, Overlayd};
+use overlayd_test_support::workspace_bin;
 use serde_json::json;
 
 const M1: &str = "02:00:00:00:01:01";
 const M2: &str = "02:00:00:00:02:01";
 
-fn overlayd_bin() -> PathBuf {
-    let bin = Path::new(PLUGIN).parent().unwrap().join("overlayd");
+/// Starts overlayd (from the same target directory as the plugin) in `node`'s namespace
+/// on the node's subnet, and waits for the node.json the plugin reads.
+fn start_daemon(node: &CniHost, name: &str, args: &[&str]) -> DaemonProcess {
+    let bin = Overlayd::at(workspace_bin("overlayd"));
+    let dirs = DaemonDirs {
+        run_dir: node.run_dir(),
+        state_dir: node.dir.path().join("state"),
+        log: node.dir.path().join("overlayd.log"),
+    };
+    let mut all = vec!["--subnet", node.subnet.as_str()];
+    all.extend_from_slice(args);
+    let d = DaemonProcess::start_with(&bin, &node.ns, dirs, name, &all);
     assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo test --workspace` or `cargo build -p overlayd` with the same profile",
-        bin.display()
+        wait_until(Duration::from_secs(10), || node
+            .run_dir()
+            .join("node.json")
+            .exists()),
+        "overlayd {name} wrote no node.json:\n{}",
+        d.log_text()
     );
-    bin
+    d
 }
 
-/// An overlayd daemon running in a node namespace; killed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(node: &Node, name: &str, args: &[&str]) -> Daemon {
-        let log = node.dir.0.join("overlayd.log");
-        let out = File::create(&log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node.ns.name])
-            .arg(overlayd_bin())
-            .args(["--node-name", name, "--subnet", &node.subnet])
-            .arg("--run-dir")
-            .arg(node.run_dir())
-            .arg("--state-dir")
-            .arg(node.dir.0.join("state"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn overlayd");
-        let d = Daemon { child, log };
-        let start = Instant::now();
-        while !node.run_dir().join("node.json").exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "overlayd {name} wrote no node.json:\n{}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn conflist(node: &Node) -> Chain<'_> {
+fn conflist(node: &CniHost) -> Chain<'_> {
     Chain {
-        node,
+        host: node,
         name: "ovl".into(),
         version: "1.0.0".into(),
-        plugins: vec![
-            node.plugin_conf(json!({"ipMasq": true})),
-            json!({"type": "loopback"}),
-            json!({"type": "portmap", "capabilities": {"portMappings": true},
-                   "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}}),
-            json!({"type": "bandwidth", "capabilities": {"bandwidth": true},
-                   "runtimeConfig": {"bandwidth": {"ingressRate": 100000000, "ingressBurst": 1000000,
-                                                   "egressRate": 100000000, "egressBurst": 1000000}}}),
-        ],
+        plugins: [node.plugin_conf(json!({"ipMasq": true}))]
+            .into_iter()
+            .chain(reference_plugins(json!({})))
+            .collect(),
     }
 }
 
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn pods_on_two_overlayd_nodes_ping_each_other() {
-    let n1 = Node::bare(1, 24);
-    let n2 = Node::bare(2, 24);
+    let n1 = bare_host(1, 24);
+    let n2 = bare_host(2, 24);
     let (u1, u2) = (unique("u"), unique("u"));
     let (u1, u2) = (&u1[..u1.len().min(15)], &u2[..u2.len().min(15)]);
     n1.ns
@@ -114,7 +72,7 @@ fn pods_on_two_overlayd_nodes_ping_each_other() {
 
     let peer2 = format!("10.244.2.0/24,198.18.0.2,{M2}");
     let peer1 = format!("10.244.1.0/24,198.18.0.1,{M1}");
-    let d1 = Daemon::start(
+    let d1 = start_daemon(
         &n1,
         "n1",
         &[
@@ -126,7 +84,7 @@ fn pods_on_two_overlayd_nodes_ping_each_other() {
             &peer2,
         ],
     );
-    let d2 = Daemon::start(
+    let d2 = start_daemon(
         &n2,
         "n2",
         &[
@@ -140,7 +98,7 @@ fn pods_on_two_overlayd_nodes_ping_each_other() {
     );
 
     let (c1, c2) = (conflist(&n1), conflist(&n2));
-    let (p1, p2) = (Netns::new("cpod"), Netns::new("cpod"));
+    let (p1, p2) = (Netns::bare("cpod"), Netns::bare("cpod"));
     let r1 = c1.add("x-node-1", &p1);
     let r2 = c2.add("x-node-2", &p2);
     let (ip1, ip2) = (result_ip(&r1), result_ip(&r2));
@@ -149,13 +107,13 @@ fn pods_on_two_overlayd_nodes_ping_each_other() {
         "{ip1} {ip2}"
     );
     assert!(
-        p1.ping(&ip2),
+        p1.ping_once(&ip2),
         "pod on n1 cannot reach {ip2} on n2:\n{}\n{}",
         d1.log_text(),
         d2.log_text()
     );
     assert!(
-        p2.ping(&ip1),
+        p2.ping_once(&ip1),
         "pod on n2 cannot reach {ip1} on n1:\n{}\n{}",
         d1.log_text(),
         d2.log_text()
@@ -167,15 +125,15 @@ fn pods_on_two_overlayd_nodes_ping_each_other() {
          add rule ip f in icmp type echo-request ip saddr != {ip1} drop"
     );
     p2.exec(&["nft", &filter]);
-    assert!(p1.ping(&ip2), "cross-node pod traffic was masqueraded");
+    assert!(p1.ping_once(&ip2), "cross-node pod traffic was masqueraded");
     assert!(
-        !n1.ns.ping(&ip2),
+        !n1.ns.ping_once(&ip2),
         "pod 2's filter lets other sources in: the check proves nothing"
     );
 
     c1.del("x-node-1", &p1.path(), Some(&r1));
     c2.del("x-node-2", &p2.path(), Some(&r2));
-    assert!(!p1.ping(&ip2), "traffic still flows after DEL");
+    assert!(!p1.ping_once(&ip2), "traffic still flows after DEL");
     assert!(n1.reserved("ovl").is_empty() && n2.reserved("ovl").is_empty());
     assert!(
         n1.ns.links("veth").len() == 1 && n2.ns.links("veth").len() == 1,

@@ -17,7 +17,7 @@ use std::process::Command;
 use common::*;
 
 struct Podman<'a> {
-    node: &'a Node,
+    node: &'a CniHost,
     dir: PathBuf,
 }
 
@@ -76,8 +76,8 @@ impl Drop for Podman<'_> {
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn podman_containers_ping_each_other() {
-    let node = Node::new(10, 24);
-    let dir = node.dir.0.join("podman");
+    let node = host(10, 24);
+    let dir = node.dir.path().join("podman");
     for sub in [
         "cni",
         "root",
@@ -151,14 +151,5 @@ fn podman_containers_ping_each_other() {
 
     let (ok, out) = podman.run(&["rm", "-af", "-t", "0"]);
     assert!(ok, "podman rm: {out}");
-    assert!(
-        node.reserved("ovl").is_empty(),
-        "{:?}",
-        node.reserved("ovl")
-    );
-    assert!(
-        node.ns.links("veth").is_empty(),
-        "{:?}",
-        node.ns.links("veth")
-    );
+    node.assert_nothing_left("ovl", "after podman rm");
 }

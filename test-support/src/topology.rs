@@ -1,0 +1,180 @@
+//! Test topologies built from namespaces: a pod on a node's bridge, an underlay switch
+//! whose bridges partition nodes, and a flannel-style kernel VXLAN node.
+//!
+//! Underlay addresses come from 198.18.0.0/15 and pod addresses from 10.244.0.0/16.
+
+use crate::cmd::sh;
+use crate::netns::Netns;
+
+/// A pod: a namespace whose `eth0` is a veth attached to a bridge in its node.
+pub struct Pod {
+    /// The pod's namespace.
+    pub ns: Netns,
+    /// The pod's address without prefix.
+    pub ip: String,
+}
+
+impl Pod {
+    /// Attaches a pod with address `cidr` (e.g. 10.244.1.2/24) and default route via `gw`
+    /// to `bridge` in `node`, through host-side veth `host_if`.
+    pub fn attach(
+        node: &Netns,
+        bridge: &str,
+        host_if: &str,
+        cidr: &str,
+        gw: &str,
+        mtu: u32,
+    ) -> Pod {
+        let ns = Netns::new("p");
+        sh(&[
+            "ip", "link", "add", host_if, "netns", &node.name, "type", "veth", "peer", "name",
+            "eth0", "netns", &ns.name,
+        ]);
+        let mtu = mtu.to_string();
+        node.ip(&["link", "set", host_if, "mtu", &mtu, "master", bridge, "up"]);
+        ns.ip(&["link", "set", "eth0", "mtu", &mtu, "up"]);
+        ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+        ns.ip(&["route", "add", "default", "via", gw]);
+        let ip = cidr.split('/').next().unwrap().to_string();
+        Pod { ns, ip }
+    }
+}
+
+/// An underlay switch: a namespace holding bridges that node namespaces plug into.
+/// Moving a node's port to another bridge partitions it from the rest.
+pub struct Switch {
+    /// The switch's namespace.
+    pub ns: Netns,
+}
+
+impl Switch {
+    /// A switch with bridges `br0` (the default) and `br1` (for partitions).
+    pub fn new() -> Switch {
+        let ns = Netns::new("s");
+        for br in ["br0", "br1"] {
+            ns.ip(&["link", "add", br, "type", "bridge"]);
+            ns.ip(&["link", "set", br, "up"]);
+        }
+        Switch { ns }
+    }
+
+    /// A node namespace plugged into `br0` as 198.18.0.`i`/24 on its `eth0`.
+    pub fn node(&self, i: u8) -> Netns {
+        let node = Netns::new("n");
+        let port = format!("p{i}");
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.ns.name,
+        ]);
+        self.ns.ip(&["link", "set", &port, "master", "br0", "up"]);
+        node.ip(&["addr", "add", &format!("198.18.0.{i}/24"), "dev", "eth0"]);
+        node.ip(&["link", "set", "eth0", "up"]);
+        node
+    }
+
+    /// Moves node `i`'s port to bridge `br`.
+    pub fn plug(&self, i: u8, br: &str) {
+        self.ns.ip(&["link", "set", &format!("p{i}"), "master", br]);
+    }
+}
+
+impl Default for Switch {
+    fn default() -> Switch {
+        Switch::new()
+    }
+}
+
+/// Configures `ns` as a flannel-style kernel VXLAN node: device `flannel.1` with VNI
+/// `vni` on underlay address `local`, the `.0` address of `subnet_base` on it, and a
+/// bridge `cni0` holding the gateway. Returns the device's MAC.
+pub fn kernel_vxlan_node(
+    ns: &Netns,
+    underlay_if: &str,
+    local: &str,
+    vni: u32,
+    subnet_base: &str,
+    mtu: u32,
+) -> String {
+    let (vni, mtu) = (vni.to_string(), mtu.to_string());
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "local",
+        local,
+        "dev",
+        underlay_if,
+        "dstport",
+        "4789",
+        "nolearning",
+    ]);
+    ns.ip(&["link", "set", "flannel.1", "mtu", &mtu, "up"]);
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{subnet_base}.0/32"),
+        "dev",
+        "flannel.1",
+    ]);
+    ns.ip(&["link", "add", "cni0", "type", "bridge"]);
+    ns.ip(&["addr", "add", &format!("{subnet_base}.1/24"), "dev", "cni0"]);
+    ns.ip(&["link", "set", "cni0", "mtu", &mtu, "up"]);
+    ns.sysctl("net.ipv4.ip_forward", "1");
+    let out = ns.ip(&["-j", "link", "show", "flannel.1"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["address"].as_str().unwrap().to_string()
+}
+
+/// On kernel node `ns`, routes `peer_subnet_base`.0/24 to a VTEP with MAC `mac` at
+/// underlay `addr`, as flannel's vxlan backend does.
+pub fn kernel_vxlan_route(ns: &Netns, peer_subnet_base: &str, mac: &str, addr: &str) {
+    let gw = format!("{peer_subnet_base}.0");
+    ns.ip(&[
+        "route",
+        "add",
+        &format!("{peer_subnet_base}.0/24"),
+        "via",
+        &gw,
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    ns.ip(&[
+        "neigh",
+        "add",
+        &gw,
+        "lladdr",
+        mac,
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    sh(&[
+        "bridge",
+        "-n",
+        &ns.name,
+        "fdb",
+        "append",
+        mac,
+        "dev",
+        "flannel.1",
+        "dst",
+        addr,
+    ]);
+}
