@@ -2,10 +2,12 @@
 //! decapsulation of datagrams from peers ([RFC 7348]).
 //!
 //! Both directions work in place on caller buffers and allocate nothing:
-//! - [`Encapsulator::encapsulate`] expects the IP packet at `buf[HEADROOM..]` and
-//!   writes the VXLAN header and inner Ethernet header into the `HEADROOM` bytes in
-//!   front of it, so the payload is never copied. The outer UDP/IP headers are the
-//!   socket's.
+//! - [`Encapsulator::encapsulate_read`] is the outbound entry point: it takes one TUN
+//!   read (with or without a virtio-net header) and pushes its datagrams into a
+//!   [`TxBatch`]. A plain packet ([`Encapsulator::encapsulate`]) gets the VXLAN header
+//!   and inner Ethernet header written into the `HEADROOM` bytes in front of it, so
+//!   the payload is never copied; a TSO/USO super-packet is split into segments
+//!   ([`offload::segment`]). The outer UDP/IP headers are the socket's.
 //! - [`Decapsulator::decapsulate`] checks a datagram and returns the range of the inner
 //!   IP packet inside it, to be written to the TUN from the same buffer.
 //!
@@ -21,9 +23,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::batch::{TxBatch, TxDest};
 use super::fib::{Fib, Peer, PeerState};
 use super::flow::flow_hash;
-use super::offload::{self, TxBatch, TxDest, VnetHdr};
+use super::offload::{self, VnetHdr, VNET_HDR_LEN};
 use super::stats::{DropReason, Stats};
 use super::wire::vxlan::VxlanRepr;
 use super::wire::{self, EtherType, EthernetFrame, IpHeader, MacAddr, VxlanPacket};
@@ -31,6 +34,8 @@ use super::wire::{self, EtherType, EthernetFrame, IpHeader, MacAddr, VxlanPacket
 /// Bytes the caller leaves in front of an outbound IP packet: the VXLAN header and
 /// the inner Ethernet header.
 pub const HEADROOM: usize = wire::vxlan::HEADER_LEN + wire::ethernet::HEADER_LEN;
+// A virtio-net header fits in the headroom in front of the IP packet.
+const _: () = assert!(HEADROOM >= VNET_HDR_LEN);
 
 /// Encapsulation overhead on the underlay for an IPv4 underlay: outer IPv4 (20), UDP
 /// (8), VXLAN (8) and inner Ethernet (14). The overlay MTU is the underlay MTU less this.
@@ -204,29 +209,72 @@ impl Encapsulator {
     }
 }
 
+/// Where a TUN read goes in a packet buffer: at `HEADROOM - VNET_HDR_LEN` when the TUN
+/// puts a virtio-net header in front of every packet (`vnet`), so that the IP packet
+/// always starts at `HEADROOM`; at `HEADROOM` otherwise.
+pub const fn tun_read_offset(vnet: bool) -> usize {
+    if vnet {
+        HEADROOM - VNET_HDR_LEN
+    } else {
+        HEADROOM
+    }
+}
+
 impl Encapsulator {
-    /// Encapsulates one read of an `IFF_VNET_HDR` TUN into `batch`: the virtio header
-    /// is at `buf[HEADROOM - VNET_HDR_LEN..HEADROOM]` and the IP packet, `len` bytes,
-    /// at `buf[HEADROOM..]`. A plain packet (its partial checksum completed if the
-    /// kernel left one) is encapsulated in place as [`Self::encapsulate`] does; a
-    /// TSO/USO super-packet is split into MSS-sized inner packets, each with its own
-    /// headers in a slot of `batch`, payloads left where they are. `buf_id` names
-    /// `buf` in the datagrams pushed. Returns how many datagrams were pushed.
+    /// Encapsulates one TUN read into `batch`: the outbound entry point, with and
+    /// without offloads. The read is `read` bytes at `buf[tun_read_offset(vnet)..]`,
+    /// so the IP packet starts at `buf[HEADROOM..]`; with `vnet` a virtio-net header
+    /// sits in front of it.
+    ///
+    /// A plain packet (its partial checksum completed if the kernel left one) is
+    /// encapsulated in place as [`Self::encapsulate`] does; a TSO/USO super-packet is
+    /// split into MSS-sized inner packets, each with its own headers in a slot of
+    /// `batch`, payloads left where they are. `buf_id` names `buf` in the datagrams
+    /// pushed. Returns how many datagrams were pushed; on failure the packet is
+    /// counted as dropped and the reason returned.
     ///
     /// The caller keeps at least [`offload::MAX_SEGMENTS_PER_PACKET`] slots free;
     /// a super-packet that does not fit is dropped as malformed.
-    pub fn encapsulate_vnet(
+    #[inline]
+    pub fn encapsulate_read(
+        &mut self,
+        buf: &mut [u8],
+        read: usize,
+        vnet: bool,
+        buf_id: u32,
+        batch: &mut TxBatch,
+    ) -> Result<usize, DropReason> {
+        let result = if vnet {
+            match read.checked_sub(VNET_HDR_LEN) {
+                Some(len) => self.encapsulate_vnet_inner(buf, len, buf_id, batch),
+                None => Err(DropReason::MalformedOutbound),
+            }
+        } else {
+            self.encapsulate_in_place(buf, read, buf_id, batch)
+        };
+        if let Err(reason) = result {
+            self.stats.tx.drop(reason);
+        }
+        result
+    }
+
+    /// Encapsulates the plain IP packet in `buf[HEADROOM..HEADROOM + len]` in place
+    /// and pushes it into `batch` as one datagram.
+    #[inline(always)]
+    fn encapsulate_in_place(
         &mut self,
         buf: &mut [u8],
         len: usize,
         buf_id: u32,
         batch: &mut TxBatch,
     ) -> Result<usize, DropReason> {
-        let result = self.encapsulate_vnet_inner(buf, len, buf_id, batch);
-        if let Err(reason) = result {
-            self.stats.tx.drop(reason);
-        }
-        result
+        let tx = self.encapsulate_inner(buf, len)?;
+        let dst = TxDest {
+            addr: tx.dst,
+            flow: tx.flow,
+        };
+        batch.push_in_place(dst, buf_id, tx.len);
+        Ok(1)
     }
 
     fn encapsulate_vnet_inner(
@@ -237,10 +285,10 @@ impl Encapsulator {
         batch: &mut TxBatch,
     ) -> Result<usize, DropReason> {
         let total = HEADROOM.checked_add(len).filter(|t| *t <= buf.len());
-        let (Some(total), true) = (total, HEADROOM >= offload::VNET_HDR_LEN) else {
+        let Some(total) = total else {
             return Err(DropReason::MalformedOutbound);
         };
-        let hdr = VnetHdr::parse(&buf[HEADROOM - offload::VNET_HDR_LEN..HEADROOM])
+        let hdr = VnetHdr::parse(&buf[HEADROOM - VNET_HDR_LEN..HEADROOM])
             .ok_or(DropReason::MalformedOutbound)?;
         if hdr.gso_type == offload::VNET_GSO_NONE {
             if hdr.flags & offload::VNET_F_NEEDS_CSUM != 0
@@ -248,13 +296,7 @@ impl Encapsulator {
             {
                 return Err(DropReason::MalformedOutbound);
             }
-            let tx = self.encapsulate_inner(buf, len)?;
-            let dst = TxDest {
-                addr: tx.dst,
-                flow: tx.flow,
-            };
-            batch.push_in_place(dst, buf_id, tx.len);
-            return Ok(1);
+            return self.encapsulate_in_place(buf, len, buf_id, batch);
         }
         let packet = &buf[HEADROOM..total];
         let mut prefix = [0u8; HEADROOM];
