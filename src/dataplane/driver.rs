@@ -434,9 +434,6 @@ impl TxPath {
         if self.fib.has_changed().unwrap_or(false) {
             self.enc.set_fib(self.fib.borrow_and_update().clone());
         }
-        if self.router.has_changed().unwrap_or(false) {
-            self.icmp.set_router(*self.router.borrow_and_update());
-        }
         self.batch.clear();
         let mut k = 0;
         while k < TX_BUFS && self.batch.free_slots() >= MAX_SEGMENTS_PER_PACKET {
@@ -459,7 +456,9 @@ impl TxPath {
                 &mut self.batch,
             );
             if let Err(reason) = result {
-                // The ICMP core decides on a reply; the clock is read only for a drop.
+                // The ICMP core decides on a reply, given the gateway address in force
+                // and the time now; both are read only for a drop.
+                self.icmp.set_router(*self.router.borrow());
                 let packet = self.bufs[k].get(HEADROOM..off + n).unwrap_or_default();
                 let reply =
                     self.icmp

@@ -536,6 +536,50 @@ mod tests {
     }
 
     #[test]
+    fn encapsulate_read_pushes_what_encapsulate_writes() {
+        use crate::dataplane::batch::Head;
+        let (mut enc, _, stats) = setup();
+        let inner = udp_packet([10, 244, 1, 5], [10, 244, 3, 7], b"hello");
+        let mut plain = vec![0u8; 2048];
+        plain[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+        let mut again = plain.clone();
+        let mut batch = TxBatch::new(4);
+        // Without a virtio header: one datagram, in place, as `encapsulate` makes it.
+        assert_eq!(
+            enc.encapsulate_read(&mut plain, inner.len(), false, 3, &mut batch),
+            Ok(1)
+        );
+        let tx = enc.encapsulate(&mut again, inner.len()).unwrap();
+        let d = &batch.datagrams()[0];
+        assert_eq!(
+            (d.dst, d.flow, d.buf, d.head),
+            (tx.dst, tx.flow, 3, Head::InPlace)
+        );
+        assert_eq!(d.body, 0..tx.len as u32);
+        assert_eq!(plain[..tx.len], again[..tx.len]);
+        // With one: a zero header (no GSO) then the same packet.
+        let mut vnet = vec![0u8; 2048];
+        vnet[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+        let read = VNET_HDR_LEN + inner.len();
+        assert_eq!(tun_read_offset(true) + read, HEADROOM + inner.len());
+        assert_eq!(
+            enc.encapsulate_read(&mut vnet, read, true, 4, &mut batch),
+            Ok(1)
+        );
+        assert_eq!(batch.datagrams()[1].body, 0..tx.len as u32);
+        assert_eq!(vnet[..tx.len], again[..tx.len]);
+        // A read shorter than the virtio header is a counted drop that pushes nothing.
+        assert_eq!(
+            enc.encapsulate_read(&mut vnet, VNET_HDR_LEN - 1, true, 5, &mut batch),
+            Err(DropReason::MalformedOutbound)
+        );
+        assert_eq!(batch.datagrams().len(), 2);
+        let snap = stats.snapshot();
+        assert_eq!(snap.tx_packets, 3);
+        assert_eq!(snap.drops["malformed_outbound"], 1);
+    }
+
+    #[test]
     fn encapsulate_counts_drops() {
         let (mut enc, _, stats) = setup();
         let mut buf = vec![0u8; 2048];

@@ -2,7 +2,7 @@
 //!
 //! tun-rs creates and configures the device (name, MTU, offloads, `IFF_MULTI_QUEUE`);
 //! each worker thread then owns one queue's fd here and calls `read`/`writev` on it
-//! directly. With `IFF_MULTI_QUEUE` the kernel spreads outbound flows over the
+//! directly (rustix's raw syscalls). With `IFF_MULTI_QUEUE` the kernel spreads outbound flows over the
 //! queues by flow hash and keeps a flow on the queue that last wrote its replies, so
 //! a flow stays on one worker. With `IFF_VNET_HDR` every packet carries its virtio
 //! header. Nothing here decides what to do with a packet.
