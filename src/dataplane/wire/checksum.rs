@@ -85,12 +85,27 @@ pub fn pseudo(ip: &[u8], proto: u8, len: u32) -> u64 {
     }
 }
 
+/// The running sum of an IPv4 `header`, as [`add`] computes it. The usual header
+/// without options (20 bytes) is five words added with no loop: the view checks one
+/// on every packet, both ways.
+#[inline(always)]
+pub fn add_ipv4_header(header: &[u8]) -> u64 {
+    match <&[u8; 20]>::try_from(header) {
+        Ok(h) => {
+            let word =
+                |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+            word(0) + word(4) + word(8) + word(12) + word(16)
+        }
+        Err(_) => add(0, header),
+    }
+}
+
 /// Recomputes the checksum of the IPv4 header `ip[..ihl]` in place.
 #[inline]
 pub fn ipv4_header(ip: &mut [u8], ihl: usize) {
     ip[10] = 0;
     ip[11] = 0;
-    let c = finish(add(0, &ip[..ihl]));
+    let c = finish(add_ipv4_header(&ip[..ihl]));
     ip[10..12].copy_from_slice(&c);
 }
 
@@ -153,5 +168,7 @@ mod tests {
         ipv4_header(&mut out, 20);
         assert_eq!([out[10], out[11]], expected);
         assert!(verifies(add(0, &out[..20])));
+        assert_eq!(add_ipv4_header(&out[..20]), add(0, &out[..20]));
+        assert_eq!(add_ipv4_header(&out[..19]), add(0, &out[..19]));
     }
 }

@@ -108,7 +108,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// is all ones). Needs `check_len` to have passed.
     pub fn verify_checksum(&self) -> bool {
         let header = &self.buffer.as_ref()[..self.header_len()];
-        checksum::verifies(checksum::add(0, header))
+        checksum::verifies(checksum::add_ipv4_header(header))
     }
 }
 
