@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use etherparse::PacketBuilder;
 use overlayd::control::message::{parse_frame, Kind};
 use overlayd::control::meta::get_meta;
-use overlayd::dataplane::offload::{checksum, VnetHdr};
+use overlayd::dataplane::offload::VnetHdr;
+use overlayd::dataplane::wire::checksum;
 use overlayd::dataplane::{offload, EncapConfig, Encapsulator, Fib, HEADROOM};
 
 /// Where the committed corpora are.

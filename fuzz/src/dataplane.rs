@@ -16,11 +16,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 
+use overlayd::dataplane::batch::{self, Head, TxBatch, TxDatagram, TxDest};
 use overlayd::dataplane::flow::{flow_hash, source_index};
-use overlayd::dataplane::offload::{
-    self, checksum, Coalescer, Head, TunWrite, TxBatch, TxDatagram, VnetHdr, VNET_HDR_LEN,
-};
+use overlayd::dataplane::offload::{self, Coalescer, TunWrite, VnetHdr, VNET_HDR_LEN};
 use overlayd::dataplane::stats::PeerStats;
+use overlayd::dataplane::wire::checksum;
 use overlayd::dataplane::wire::vxlan::VxlanRepr;
 use overlayd::dataplane::wire::{
     EthernetFrame, IpHeader, Ipv4Packet, Ipv6Packet, MacAddr, VxlanPacket,
@@ -149,8 +149,9 @@ fn l4_checksum_ok(p: &[u8], ip_len: usize, proto: u8) -> bool {
 /// `wire_parsers`: the raw bytes through every view of `wire` at offset 0, 8 and 22
 /// (where VXLAN, Ethernet and IP headers sit in a datagram), and `VnetHdr`. Checks
 /// that accessors of a checked view stay inside the buffer, that parse and emit
-/// round-trip, that the two Internet checksum implementations agree, and the MAC
-/// parser on the bytes as text.
+/// round-trip, that the Internet checksum agrees with a naive RFC 1071 sum of
+/// big-endian words (whole and continued from an even split), and the MAC parser on
+/// the bytes as text.
 pub fn wire_parsers(data: &[u8]) {
     for off in [0, 8, 22] {
         let Some(buf) = data.get(off..) else { break };
@@ -203,12 +204,25 @@ pub fn wire_parsers(data: &[u8]) {
         h.emit(&mut out);
         assert_eq!(&out[..], &data[..VNET_HDR_LEN], "virtio header round trip");
     }
-    // RFC 1071 twice: the IPv4 view's checksum and the offload module's.
-    let wire = overlayd::dataplane::wire::ipv4::checksum(data);
+    // RFC 1071: the lane-parallel sum against the textbook one.
+    let naive = {
+        let mut sum: u64 = data
+            .chunks(2)
+            .map(|w| u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    };
     let fast = u16::from_be_bytes(checksum::finish(checksum::add(0, data)));
+    assert_eq!(fast, naive, "the Internet checksum is the RFC 1071 sum");
+    let cut = (data.len() / 3) & !1;
+    let split = checksum::add(checksum::add(0, &data[..cut]), &data[cut..]);
     assert_eq!(
-        wire, fast,
-        "the two Internet checksum implementations agree"
+        u16::from_be_bytes(checksum::finish(split)),
+        naive,
+        "a sum continued from an even split is the same"
     );
     if let Ok(s) = std::str::from_utf8(data) {
         if let Ok(mac) = s.parse::<MacAddr>() {
@@ -234,7 +248,7 @@ pub fn vxlan_decap(data: &[u8]) {
     if ctl & 0x80 != 0 && datagram.len() > HEADROOM {
         fix_checksums(&mut datagram[HEADROOM..]);
     }
-    NODE.with(|node| {
+    DATAPLANE.with(|node| {
         let node = &mut *node.borrow_mut();
         let before = Counts::of(&node.stats);
         let result = node.dec.decapsulate(from, &datagram);
@@ -304,10 +318,10 @@ impl Counts {
     }
 }
 
-/// Our node's dataplane and the decapsulators of its peers' nodes, built once per
-/// fuzzing thread: the FIB is immutable and the counters are compared before and
+/// Our node's dataplane (encapsulator, decapsulator, forwarding table, counters) and
+/// the decapsulators of its peers' nodes, built once per fuzzing thread: the FIB is immutable and the counters are compared before and
 /// after each input, so nothing carries over from one input to the next.
-struct Node {
+struct DataplaneUnderTest {
     fib: Arc<Fib>,
     stats: Arc<Stats>,
     enc: Encapsulator,
@@ -315,11 +329,11 @@ struct Node {
     peer_sides: HashMap<String, Decapsulator>,
 }
 
-impl Node {
-    fn new() -> Node {
+impl DataplaneUnderTest {
+    fn new() -> DataplaneUnderTest {
         let fib = Arc::new(fib());
         let stats = Arc::new(Stats::default());
-        Node {
+        DataplaneUnderTest {
             enc: Encapsulator::new(config(), fib.clone(), stats.clone()),
             dec: Decapsulator::new(config(), fib.clone(), stats.clone()),
             peer_sides: fib
@@ -341,13 +355,13 @@ impl Node {
 }
 
 thread_local! {
-    static NODE: RefCell<Node> = RefCell::new(Node::new());
+    static DATAPLANE: RefCell<DataplaneUnderTest> = RefCell::new(DataplaneUnderTest::new());
 }
 
 /// After the per-peer tallies are flushed, the peers' counters add up to what was
 /// forwarded, packets and bytes, each way: no traffic is lost or counted twice when
 /// a run of one peer ends.
-fn check_peer_counts(node: &mut Node) {
+fn check_peer_counts(node: &mut DataplaneUnderTest) {
     node.enc.flush_peer_stats();
     node.dec.flush_peer_stats();
     let sum = |f: fn(&PeerStats) -> (u64, u64)| {
@@ -371,9 +385,11 @@ fn check_peer_accepts(theirs: &mut Decapsulator, datagram: &[u8]) {
     assert_eq!(&datagram[range], &inner[..header.total_len]);
 }
 
-/// `encap`: one TUN read on a TUN without offloads. Byte 0, bit 0: fix checksums;
-/// the rest is the IP packet. A packet that is sent goes to the live peer owning its
-/// destination with our VXLAN and Ethernet headers in front, and that peer's
+/// `encap`: one TUN read on a TUN without offloads, through
+/// `Encapsulator::encapsulate_read` as the driver calls it. Byte 0, bit 0: fix
+/// checksums; the rest is the IP packet. A packet that is sent is one datagram, in
+/// place, carrying its flow hash, to the live peer owning its destination with our
+/// VXLAN and Ethernet headers in front, and that peer's
 /// decapsulator accepts it and returns the same packet. Every call is counted once,
 /// and the per-peer counters add up to what was sent.
 pub fn encap(data: &[u8]) {
@@ -385,26 +401,35 @@ pub fn encap(data: &[u8]) {
     if ctl & 1 != 0 {
         fix_checksums(&mut buf[HEADROOM..HEADROOM + packet.len()]);
     }
-    NODE.with(|node| {
+    DATAPLANE.with(|node| {
         let node = &mut *node.borrow_mut();
         let before = Counts::of(&node.stats);
-        let result = node.enc.encapsulate(&mut buf, packet.len());
+        let mut batch = TxBatch::new(1);
+        let result = node
+            .enc
+            .encapsulate_read(&mut buf, packet.len(), false, 0, &mut batch);
         let after = Counts::of(&node.stats);
         match result {
-            Ok(tx) => {
-                assert_eq!(tx.len, HEADROOM + packet.len());
-                let header = IpHeader::parse(&buf[HEADROOM..tx.len]).expect("only IP is sent");
+            Ok(n) => {
+                assert_eq!(n, 1);
+                let d = &batch.datagrams()[0];
+                assert_eq!(d.head, Head::InPlace, "a plain packet is sent in place");
+                let len = d.len();
+                assert_eq!(len, HEADROOM + packet.len());
+                let header = IpHeader::parse(&buf[HEADROOM..len]).expect("only IP is sent");
+                assert_eq!(d.flow, flow_hash(&buf[HEADROOM..len]));
                 let fib = node.fib.clone();
                 let peer = fib
                     .lookup(header.dst)
                     .expect("only routed packets are sent");
                 assert_ne!(peer.state, PeerState::Dead);
-                assert_eq!(tx.dst, peer.underlay);
-                check_peer_accepts(node.peer_side(peer), &buf[..tx.len]);
+                assert_eq!(d.dst, peer.underlay);
+                check_peer_accepts(node.peer_side(peer), &buf[..len]);
                 assert_eq!(after.tx, before.tx + 1, "counted as sent");
                 assert_eq!(after.drops, before.drops, "and not as dropped");
             }
             Err(reason) => {
+                assert!(batch.datagrams().is_empty(), "a drop pushes nothing");
                 assert_eq!(after.tx, before.tx, "a drop is not sent");
                 let mut expected = before.drops;
                 expected[reason as usize] += 1;
@@ -434,7 +459,7 @@ thread_local! {
 }
 
 /// Checks the segments of one super-packet (`hdr`, IP packet `packet`) that
-/// `encapsulate_vnet` pushed as `datagrams` for `peer`, whose node decapsulates
+/// `encapsulate_read` pushed as `datagrams` for `peer`, whose node decapsulates
 /// with `theirs`.
 fn check_segments(
     hdr: &VnetHdr,
@@ -503,7 +528,7 @@ fn check_groups(batch: &TxBatch) {
             assert!(!g.range.is_empty());
             next = g.range.end;
             let ds = &batch.datagrams()[g.range.clone()];
-            assert!(ds.len() <= max.clamp(1, offload::MAX_GSO_SEGMENTS));
+            assert!(ds.len() <= max.clamp(1, batch::MAX_GSO_SEGMENTS));
             let (last, rest) = ds.split_last().expect("non-empty");
             for d in rest {
                 assert_eq!(d.len(), g.segment_size);
@@ -516,7 +541,7 @@ fn check_groups(batch: &TxBatch) {
                 "a group leaves from the source port of each of its flows"
             );
             let bytes: usize = ds.iter().map(TxDatagram::len).sum();
-            assert!(ds.len() == 1 || bytes <= offload::MAX_GSO_BYTES);
+            assert!(ds.len() == 1 || bytes <= batch::MAX_GSO_BYTES);
         }
         assert_eq!(next, batch.datagrams().len(), "groups cover the batch");
     }
@@ -525,20 +550,20 @@ fn check_groups(batch: &TxBatch) {
 /// `offload_segment`: TUN reads on a TUN with `IFF_VNET_HDR`, as records (see
 /// [`crate::records`]): each is a 10-byte virtio-net header then the IP packet; tag
 /// bit 0 fixes the IPv4 header checksum first. The reads go through
-/// `Encapsulator::encapsulate_vnet` into one send batch, as the driver does. Every
+/// `Encapsulator::encapsulate_read` into one send batch, as the driver does. Every
 /// segment of a super-packet is a well-formed IP packet with a valid transport
 /// checksum, no more than `gso_size` of payload (all but the last exactly that),
 /// carries and hashes to the super-packet's flow, and is accepted by the receiving
 /// peer; the per-peer counters add up; then the GSO grouping of the batch is checked.
 pub fn offload_segment(data: &[u8]) {
-    NODE.with(|node| {
+    DATAPLANE.with(|node| {
         TX_BATCH.with(|batch| {
             offload_segment_batch(data, &mut node.borrow_mut(), &mut batch.borrow_mut())
         })
     });
 }
 
-fn offload_segment_batch(data: &[u8], node: &mut Node, batch: &mut TxBatch) {
+fn offload_segment_batch(data: &[u8], node: &mut DataplaneUnderTest, batch: &mut TxBatch) {
     batch.clear();
     let mut bufs: Vec<Vec<u8>> = Vec::new();
     for rec in records(data) {
@@ -558,7 +583,9 @@ fn offload_segment_batch(data: &[u8], node: &mut Node, batch: &mut TxBatch) {
         let hdr = VnetHdr::parse(rec.data).expect("length checked");
         let first = batch.datagrams().len();
         let id = bufs.len() as u32;
-        let result = node.enc.encapsulate_vnet(&mut buf, len, id, batch);
+        let result = node
+            .enc
+            .encapsulate_read(&mut buf, VNET_HDR_LEN + len, true, id, batch);
         bufs.push(buf);
         let Ok(n) = result else {
             assert_eq!(batch.datagrams().len(), first, "a drop pushes nothing");
@@ -609,7 +636,8 @@ struct RxBatch {
 }
 
 /// Checks one finished coalescer batch: every packet is written exactly once; a
-/// single write is the packet as received; a coalesced write is a well-formed IP/TCP (or IP/UDP)
+/// single write is the packet as received (behind a zero virtio-net header when the
+/// coalescer is enabled); a coalesced write is a well-formed IP/TCP (or IP/UDP)
 /// super-packet behind a GSO virtio header whose segmentation gives back exactly the
 /// packets that were merged, in arrival order (but for fields segmentation rewrites;
 /// see below).
@@ -630,7 +658,15 @@ fn check_coalesced(c: &Coalescer, rx: &RxBatch) {
         match w {
             TunWrite::Single { buf, range } => {
                 assert_eq!(buf, 0);
-                let r = range.start as usize..range.end as usize;
+                let mut r = range.start as usize..range.end as usize;
+                if c.enabled() {
+                    assert_eq!(
+                        rx.buf[r.start..r.start + VNET_HDR_LEN],
+                        [0; VNET_HDR_LEN],
+                        "a packet written alone has a zero virtio-net header in front"
+                    );
+                    r.start += VNET_HDR_LEN;
+                }
                 let i = by_end[&r.end];
                 assert_eq!(r, rx.packets[i], "a single write is the packet as received");
                 assert!(last_first < Some(i), "items keep arrival order");
@@ -658,7 +694,7 @@ fn check_coalesced(c: &Coalescer, rx: &RxBatch) {
                 let header = IpHeader::parse(&sp).expect("coalesced output parses");
                 assert_eq!(header.total_len, sp.len());
                 let mut batch = TxBatch::new(pieces.len());
-                let dst = offload::TxDest {
+                let dst = TxDest {
                     addr: SocketAddr::new(LOCAL_UNDERLAY, 4789),
                     flow: 0,
                 };
@@ -703,13 +739,15 @@ fn check_coalesced(c: &Coalescer, rx: &RxBatch) {
 }
 
 /// Pushes the batch into each coalescer, finishes and checks it, then empties them
-/// and the batch for reuse.
+/// and the batch for reuse. The headroom in front of every packet is refilled with
+/// 0xee first, so that the virtio-net headers checked are the coalescer's.
 fn finish_batch(cs: &mut [Coalescer], rx: &mut RxBatch) {
     for c in cs.iter_mut() {
         for r in &rx.packets {
+            rx.buf[r.start - HEADROOM..r.start].fill(0xee);
             c.push(0, r.clone(), &rx.buf[r.clone()]);
         }
-        c.finish();
+        c.finish(std::slice::from_mut(&mut rx.buf));
         check_coalesced(c, rx);
         c.clear();
     }
@@ -742,7 +780,7 @@ pub fn offload_coalesce(data: &[u8]) {
         let Ok(header) = IpHeader::parse(&p) else {
             continue;
         };
-        rx.buf.extend_from_slice(&[0u8; HEADROOM]);
+        rx.buf.extend_from_slice(&[0xee; HEADROOM]);
         let start = rx.buf.len();
         rx.buf.extend_from_slice(&p[..header.total_len]);
         rx.packets.push(start..rx.buf.len());
@@ -751,7 +789,7 @@ pub fn offload_coalesce(data: &[u8]) {
     for r in &rx.packets {
         off.push(0, r.clone(), &rx.buf[r.clone()]);
     }
-    off.finish();
+    off.finish(std::slice::from_mut(&mut rx.buf));
     let singles: Vec<_> = off
         .writes()
         .map(|w| match w {

@@ -1,6 +1,8 @@
 //! The dataplane's driver: worker threads that move packets between the TUN device
-//! and the VXLAN sockets through the sans-IO [`Encapsulator`] and [`Decapsulator`].
-//! It makes no forwarding decision of its own.
+//! and the VXLAN sockets through the sans-IO cores ([`Encapsulator`], [`Decapsulator`],
+//! [`Coalescer`], [`UnreachableReplies`]). It owns the fds, makes the syscalls, reads
+//! the clock and runs the loop; every forwarding decision, header and ICMP reply
+//! comes from the cores.
 //!
 //! One worker per core, each a plain thread with its own TUN queue, its own receive
 //! socket (in the `SO_REUSEPORT` group of the VXLAN port), its own buffers, cores
@@ -37,19 +39,21 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::UdpSocket;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, UdpSocketState};
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use tokio::sync::{mpsc, watch};
 
-use super::encap::{Decapsulator, EncapConfig, Encapsulator, HEADROOM};
+use super::batch::{Head, TxBatch, MAX_GSO_SEGMENTS};
+use super::encap::{tun_read_offset, Decapsulator, EncapConfig, Encapsulator, HEADROOM};
 use super::error::Error;
 use super::fib::Fib;
-use super::icmp::{self, RateLimit, Unreachable};
-use super::offload::{self, Coalescer, Head, TunWrite, TxBatch};
+use super::icmp::{UnreachableReplies, MAX_TUN_WRITE, REPLY_RATE};
+use super::offload::{Coalescer, TunWrite, MAX_COALESCE, MAX_SEGMENTS_PER_PACKET};
 use super::stats::{DropReason, NodeStats, Stats};
 use super::tun::{TunDevice, TunQueue};
 use super::udp::{Gather, Sockets, UdpSender};
@@ -112,24 +116,16 @@ struct Stop {
 
 impl Stop {
     fn new() -> io::Result<Stop> {
-        // SAFETY: eventfd with valid flags; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Stop {
             flag: AtomicBool::new(false),
-            // SAFETY: fd is a freshly created eventfd that nothing else owns.
-            event: unsafe { OwnedFd::from_raw_fd(fd) },
+            event: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
         })
     }
 
     fn signal(&self) {
         self.flag.store(true, Ordering::Relaxed);
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd. The counter stays
-        // non-zero, so every poller sees it readable.
-        let _ = unsafe { libc::write(self.event.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // The counter stays non-zero, so every poller sees the eventfd readable.
+        let _ = rustix::io::write(&self.event, &1u64.to_ne_bytes());
     }
 
     #[inline]
@@ -287,24 +283,11 @@ fn is_would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-/// Waits until one of `fds` is ready or `stop` is set. `EINTR` counts as ready.
-fn wait(fds: &mut [libc::pollfd]) -> io::Result<()> {
-    // SAFETY: fds is a valid, writable array of pollfd for the call.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
-fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
+/// Waits until one of `fds` is ready. `EINTR` counts as ready.
+fn wait(fds: &mut [PollFd<'_>]) -> io::Result<()> {
+    match poll(fds, None) {
+        Err(e) if e != rustix::io::Errno::INTR => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
@@ -356,9 +339,9 @@ impl Worker {
     /// until either has; ends when stopped or on a fatal error.
     fn run(&mut self) -> Result<(), Error> {
         let mut fds = [
-            pollfd(self.tun.as_raw_fd(), libc::POLLIN),
-            pollfd(self.rx_socket.as_raw_fd(), libc::POLLIN),
-            pollfd(self.stop.event.as_raw_fd(), libc::POLLIN),
+            PollFd::new(&self.tun, PollFlags::IN),
+            PollFd::new(&self.rx_socket, PollFlags::IN),
+            PollFd::new(&self.stop.event, PollFlags::IN),
         ];
         loop {
             let mut idle_since: Option<Instant> = None;
@@ -411,12 +394,9 @@ struct TxPath {
     sender: UdpSender,
     /// Source of ICMP unreachable replies (the node's gateway), if set.
     router: watch::Receiver<Option<std::net::IpAddr>>,
-    icmp_limit: RateLimit,
+    icmp: UnreachableReplies,
     icmp_buf: Vec<u8>,
 }
-
-/// ICMP unreachable replies per second at most (per worker).
-const ICMP_RATE: u32 = 100;
 
 impl TxPath {
     fn new(
@@ -438,8 +418,8 @@ impl TxPath {
             batch: TxBatch::new(TX_SLOTS),
             sender,
             router,
-            icmp_limit: RateLimit::new(ICMP_RATE),
-            icmp_buf: vec![0u8; offload::VNET_HDR_LEN + icmp::MAX_REPLY],
+            icmp: UnreachableReplies::new(REPLY_RATE, vnet),
+            icmp_buf: vec![0u8; MAX_TUN_WRITE],
         }
     }
 
@@ -450,17 +430,13 @@ impl TxPath {
         sockets: &[UdpSocket],
         stop: &Stop,
     ) -> Result<usize, Error> {
-        let off = if self.vnet {
-            HEADROOM - offload::VNET_HDR_LEN
-        } else {
-            HEADROOM
-        };
+        let off = tun_read_offset(self.vnet);
         if self.fib.has_changed().unwrap_or(false) {
             self.enc.set_fib(self.fib.borrow_and_update().clone());
         }
         self.batch.clear();
         let mut k = 0;
-        while k < TX_BUFS && self.batch.free_slots() >= offload::MAX_SEGMENTS_PER_PACKET {
+        while k < TX_BUFS && self.batch.free_slots() >= MAX_SEGMENTS_PER_PACKET {
             let n = match tun.recv(&mut self.bufs[k][off..]) {
                 Ok(n) => n,
                 Err(e) if is_would_block(&e) => break,
@@ -472,33 +448,25 @@ impl TxPath {
                     })
                 }
             };
-            let buf = &mut self.bufs[k];
-            let (result, len) = if self.vnet {
-                if n < offload::VNET_HDR_LEN {
-                    self.stats.tx.drop(DropReason::MalformedOutbound);
-                    (Ok(()), 0)
-                } else {
-                    let len = n - offload::VNET_HDR_LEN;
-                    let r = self
-                        .enc
-                        .encapsulate_vnet(buf, len, k as u32, &mut self.batch);
-                    (r.map(|_| ()), len)
+            let result = self.enc.encapsulate_read(
+                &mut self.bufs[k],
+                n,
+                self.vnet,
+                k as u32,
+                &mut self.batch,
+            );
+            if let Err(reason) = result {
+                // The ICMP core decides on a reply, given the gateway address in force
+                // and the time now; both are read only for a drop.
+                self.icmp.set_router(*self.router.borrow());
+                let packet = self.bufs[k].get(HEADROOM..off + n).unwrap_or_default();
+                let reply =
+                    self.icmp
+                        .handle_drop(Instant::now(), reason, packet, &mut self.icmp_buf);
+                if let Some(len) = reply {
+                    // Best effort: a full TUN queue drops the reply.
+                    let _ = tun.send_vectored(&[IoSlice::new(&self.icmp_buf[..len])]);
                 }
-            } else {
-                match self.enc.encapsulate(buf, n) {
-                    Ok(tx) => {
-                        let dst = offload::TxDest {
-                            addr: tx.dst,
-                            flow: tx.flow,
-                        };
-                        self.batch.push_in_place(dst, k as u32, tx.len);
-                        (Ok(()), n)
-                    }
-                    Err(e) => (Err(e), n),
-                }
-            };
-            if let Err(reason @ (DropReason::UnknownSubnet | DropReason::PeerDead)) = result {
-                self.reply_unreachable(tun, k, len, reason);
             }
             k += 1;
         }
@@ -510,41 +478,14 @@ impl TxPath {
         Ok(k)
     }
 
-    /// Tells the sender of the packet in buffer `k` that its destination cannot be
-    /// reached (ICMP destination unreachable, from the node's gateway), at most
-    /// [`ICMP_RATE`] times a second. Best effort: a full TUN queue drops the reply.
-    fn reply_unreachable(&mut self, tun: &TunQueue, k: usize, len: usize, reason: DropReason) {
-        let Some(router) = *self.router.borrow() else {
-            return;
-        };
-        if !self.icmp_limit.allow(Instant::now()) {
-            return;
-        }
-        let why = match reason {
-            DropReason::PeerDead => Unreachable::PeerDead,
-            _ => Unreachable::NoRoute,
-        };
-        let Some(packet) = self.bufs[k].get(HEADROOM..HEADROOM + len) else {
-            return;
-        };
-        let head = if self.vnet { offload::VNET_HDR_LEN } else { 0 };
-        // With offloads every TUN write starts with a virtio-net header; all zero
-        // means "no GSO, checksum complete".
-        self.icmp_buf[..head].fill(0);
-        let Some(n) = icmp::unreachable(packet, why, router, &mut self.icmp_buf[head..]) else {
-            return;
-        };
-        let _ = tun.send_vectored(&[IoSlice::new(&self.icmp_buf[..head + n])]);
-    }
-
     /// Sends every datagram of the batch in GSO runs, each from the source port its
     /// flow picks; a full socket is waited for, failures are counted as drops.
     fn send_batch(&mut self, sockets: &[UdpSocket], stop: &Stop) {
         let (batch, bufs, stats) = (&self.batch, &self.bufs, &self.stats);
         for g in batch.groups(self.sender.max_segments(), sockets.len()) {
             let datagrams = &batch.datagrams()[g.range.clone()];
-            let mut iov = [IoSlice::new(&[]); 2 * offload::MAX_GSO_SEGMENTS];
-            let mut parts = [0u8; offload::MAX_GSO_SEGMENTS];
+            let mut iov = [IoSlice::new(&[]); 2 * MAX_GSO_SEGMENTS];
+            let mut parts = [0u8; MAX_GSO_SEGMENTS];
             let mut n = 0;
             for (i, d) in datagrams.iter().enumerate() {
                 let body = &bufs[d.buf as usize][d.body.start as usize..d.body.end as usize];
@@ -591,8 +532,8 @@ impl TxPath {
 /// Waits until `socket` takes more data; an error if stopped meanwhile.
 fn wait_writable(socket: &UdpSocket, stop: &Stop) -> io::Result<()> {
     let mut fds = [
-        pollfd(socket.as_raw_fd(), libc::POLLOUT),
-        pollfd(stop.event.as_raw_fd(), libc::POLLIN),
+        PollFd::new(socket, PollFlags::OUT),
+        PollFd::new(&stop.event, PollFlags::IN),
     ];
     wait(&mut fds)?;
     if stop.is_set() {
@@ -604,7 +545,6 @@ fn wait_writable(socket: &UdpSocket, stop: &Stop) -> io::Result<()> {
 /// Peers → TUN: receives up to [`RX_BUFS`] GRO-merged buffers per `recvmmsg`,
 /// decapsulates every datagram, merges TCP segments and writes the result.
 struct RxPath {
-    vnet: bool,
     dec: Decapsulator,
     fib: watch::Receiver<Arc<Fib>>,
     stats: Arc<Stats>,
@@ -645,7 +585,6 @@ impl RxPath {
             );
         }
         Ok(RxPath {
-            vnet,
             dec,
             fib,
             stats,
@@ -699,22 +638,15 @@ impl RxPath {
             }
         }
         self.dec.flush_peer_stats();
-        self.coalescer.finish();
+        self.coalescer.finish(std::slice::from_mut(bufs));
         for w in self.coalescer.writes() {
             let written = match w {
                 TunWrite::Single { range, .. } => {
-                    let (start, end) = (range.start as usize, range.end as usize);
-                    let packet = if self.vnet {
-                        let s = start - offload::VNET_HDR_LEN;
-                        bufs[s..start].fill(0);
-                        &bufs[s..end]
-                    } else {
-                        &bufs[start..end]
-                    };
+                    let packet = &bufs[range.start as usize..range.end as usize];
                     tun.send_vectored(&[IoSlice::new(packet)])
                 }
                 TunWrite::Coalesced { head, pieces } => {
-                    let mut iov = [IoSlice::new(&[]); offload::MAX_COALESCE + 1];
+                    let mut iov = [IoSlice::new(&[]); MAX_COALESCE + 1];
                     iov[0] = IoSlice::new(head);
                     for (slot, p) in iov[1..].iter_mut().zip(pieces) {
                         *slot = IoSlice::new(&bufs[p.range.start as usize..p.range.end as usize]);

@@ -2,10 +2,12 @@
 //! decapsulation of datagrams from peers ([RFC 7348]).
 //!
 //! Both directions work in place on caller buffers and allocate nothing:
-//! - [`Encapsulator::encapsulate`] expects the IP packet at `buf[HEADROOM..]` and
-//!   writes the VXLAN header and inner Ethernet header into the `HEADROOM` bytes in
-//!   front of it, so the payload is never copied. The outer UDP/IP headers are the
-//!   socket's.
+//! - [`Encapsulator::encapsulate_read`] is the outbound entry point: it takes one TUN
+//!   read (with or without a virtio-net header) and pushes its datagrams into a
+//!   [`TxBatch`]. A plain packet ([`Encapsulator::encapsulate`]) gets the VXLAN header
+//!   and inner Ethernet header written into the `HEADROOM` bytes in front of it, so
+//!   the payload is never copied; a TSO/USO super-packet is split into segments
+//!   ([`offload::segment`]). The outer UDP/IP headers are the socket's.
 //! - [`Decapsulator::decapsulate`] checks a datagram and returns the range of the inner
 //!   IP packet inside it, to be written to the TUN from the same buffer.
 //!
@@ -21,9 +23,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 
+use super::batch::{TxBatch, TxDest};
 use super::fib::{Fib, Peer, PeerState};
 use super::flow::flow_hash;
-use super::offload::{self, TxBatch, TxDest, VnetHdr};
+use super::offload::{self, VnetHdr, VNET_HDR_LEN};
 use super::stats::{DropReason, Stats};
 use super::wire::vxlan::VxlanRepr;
 use super::wire::{self, EtherType, EthernetFrame, IpHeader, MacAddr, VxlanPacket};
@@ -31,6 +34,8 @@ use super::wire::{self, EtherType, EthernetFrame, IpHeader, MacAddr, VxlanPacket
 /// Bytes the caller leaves in front of an outbound IP packet: the VXLAN header and
 /// the inner Ethernet header.
 pub const HEADROOM: usize = wire::vxlan::HEADER_LEN + wire::ethernet::HEADER_LEN;
+// A virtio-net header fits in the headroom in front of the IP packet.
+const _: () = assert!(HEADROOM >= VNET_HDR_LEN);
 
 /// Encapsulation overhead on the underlay for an IPv4 underlay: outer IPv4 (20), UDP
 /// (8), VXLAN (8) and inner Ethernet (14). The overlay MTU is the underlay MTU less this.
@@ -204,29 +209,72 @@ impl Encapsulator {
     }
 }
 
+/// Where a TUN read goes in a packet buffer: at `HEADROOM - VNET_HDR_LEN` when the TUN
+/// puts a virtio-net header in front of every packet (`vnet`), so that the IP packet
+/// always starts at `HEADROOM`; at `HEADROOM` otherwise.
+pub const fn tun_read_offset(vnet: bool) -> usize {
+    if vnet {
+        HEADROOM - VNET_HDR_LEN
+    } else {
+        HEADROOM
+    }
+}
+
 impl Encapsulator {
-    /// Encapsulates one read of an `IFF_VNET_HDR` TUN into `batch`: the virtio header
-    /// is at `buf[HEADROOM - VNET_HDR_LEN..HEADROOM]` and the IP packet, `len` bytes,
-    /// at `buf[HEADROOM..]`. A plain packet (its partial checksum completed if the
-    /// kernel left one) is encapsulated in place as [`Self::encapsulate`] does; a
-    /// TSO/USO super-packet is split into MSS-sized inner packets, each with its own
-    /// headers in a slot of `batch`, payloads left where they are. `buf_id` names
-    /// `buf` in the datagrams pushed. Returns how many datagrams were pushed.
+    /// Encapsulates one TUN read into `batch`: the outbound entry point, with and
+    /// without offloads. The read is `read` bytes at `buf[tun_read_offset(vnet)..]`,
+    /// so the IP packet starts at `buf[HEADROOM..]`; with `vnet` a virtio-net header
+    /// sits in front of it.
+    ///
+    /// A plain packet (its partial checksum completed if the kernel left one) is
+    /// encapsulated in place as [`Self::encapsulate`] does; a TSO/USO super-packet is
+    /// split into MSS-sized inner packets, each with its own headers in a slot of
+    /// `batch`, payloads left where they are. `buf_id` names `buf` in the datagrams
+    /// pushed. Returns how many datagrams were pushed; on failure the packet is
+    /// counted as dropped and the reason returned.
     ///
     /// The caller keeps at least [`offload::MAX_SEGMENTS_PER_PACKET`] slots free;
     /// a super-packet that does not fit is dropped as malformed.
-    pub fn encapsulate_vnet(
+    #[inline]
+    pub fn encapsulate_read(
+        &mut self,
+        buf: &mut [u8],
+        read: usize,
+        vnet: bool,
+        buf_id: u32,
+        batch: &mut TxBatch,
+    ) -> Result<usize, DropReason> {
+        let result = if vnet {
+            match read.checked_sub(VNET_HDR_LEN) {
+                Some(len) => self.encapsulate_vnet_inner(buf, len, buf_id, batch),
+                None => Err(DropReason::MalformedOutbound),
+            }
+        } else {
+            self.encapsulate_in_place(buf, read, buf_id, batch)
+        };
+        if let Err(reason) = result {
+            self.stats.tx.drop(reason);
+        }
+        result
+    }
+
+    /// Encapsulates the plain IP packet in `buf[HEADROOM..HEADROOM + len]` in place
+    /// and pushes it into `batch` as one datagram.
+    #[inline(always)]
+    fn encapsulate_in_place(
         &mut self,
         buf: &mut [u8],
         len: usize,
         buf_id: u32,
         batch: &mut TxBatch,
     ) -> Result<usize, DropReason> {
-        let result = self.encapsulate_vnet_inner(buf, len, buf_id, batch);
-        if let Err(reason) = result {
-            self.stats.tx.drop(reason);
-        }
-        result
+        let tx = self.encapsulate_inner(buf, len)?;
+        let dst = TxDest {
+            addr: tx.dst,
+            flow: tx.flow,
+        };
+        batch.push_in_place(dst, buf_id, tx.len);
+        Ok(1)
     }
 
     fn encapsulate_vnet_inner(
@@ -237,10 +285,10 @@ impl Encapsulator {
         batch: &mut TxBatch,
     ) -> Result<usize, DropReason> {
         let total = HEADROOM.checked_add(len).filter(|t| *t <= buf.len());
-        let (Some(total), true) = (total, HEADROOM >= offload::VNET_HDR_LEN) else {
+        let Some(total) = total else {
             return Err(DropReason::MalformedOutbound);
         };
-        let hdr = VnetHdr::parse(&buf[HEADROOM - offload::VNET_HDR_LEN..HEADROOM])
+        let hdr = VnetHdr::parse(&buf[HEADROOM - VNET_HDR_LEN..HEADROOM])
             .ok_or(DropReason::MalformedOutbound)?;
         if hdr.gso_type == offload::VNET_GSO_NONE {
             if hdr.flags & offload::VNET_F_NEEDS_CSUM != 0
@@ -248,13 +296,7 @@ impl Encapsulator {
             {
                 return Err(DropReason::MalformedOutbound);
             }
-            let tx = self.encapsulate_inner(buf, len)?;
-            let dst = TxDest {
-                addr: tx.dst,
-                flow: tx.flow,
-            };
-            batch.push_in_place(dst, buf_id, tx.len);
-            return Ok(1);
+            return self.encapsulate_in_place(buf, len, buf_id, batch);
         }
         let packet = &buf[HEADROOM..total];
         let mut prefix = [0u8; HEADROOM];
@@ -491,6 +533,50 @@ mod tests {
             other => panic!("not UDP: {other:?}"),
         }
         assert_eq!(stats.snapshot().tx_packets, 1);
+    }
+
+    #[test]
+    fn encapsulate_read_pushes_what_encapsulate_writes() {
+        use crate::dataplane::batch::Head;
+        let (mut enc, _, stats) = setup();
+        let inner = udp_packet([10, 244, 1, 5], [10, 244, 3, 7], b"hello");
+        let mut plain = vec![0u8; 2048];
+        plain[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+        let mut again = plain.clone();
+        let mut batch = TxBatch::new(4);
+        // Without a virtio header: one datagram, in place, as `encapsulate` makes it.
+        assert_eq!(
+            enc.encapsulate_read(&mut plain, inner.len(), false, 3, &mut batch),
+            Ok(1)
+        );
+        let tx = enc.encapsulate(&mut again, inner.len()).unwrap();
+        let d = &batch.datagrams()[0];
+        assert_eq!(
+            (d.dst, d.flow, d.buf, d.head),
+            (tx.dst, tx.flow, 3, Head::InPlace)
+        );
+        assert_eq!(d.body, 0..tx.len as u32);
+        assert_eq!(plain[..tx.len], again[..tx.len]);
+        // With one: a zero header (no GSO) then the same packet.
+        let mut vnet = vec![0u8; 2048];
+        vnet[HEADROOM..HEADROOM + inner.len()].copy_from_slice(&inner);
+        let read = VNET_HDR_LEN + inner.len();
+        assert_eq!(tun_read_offset(true) + read, HEADROOM + inner.len());
+        assert_eq!(
+            enc.encapsulate_read(&mut vnet, read, true, 4, &mut batch),
+            Ok(1)
+        );
+        assert_eq!(batch.datagrams()[1].body, 0..tx.len as u32);
+        assert_eq!(vnet[..tx.len], again[..tx.len]);
+        // A read shorter than the virtio header is a counted drop that pushes nothing.
+        assert_eq!(
+            enc.encapsulate_read(&mut vnet, VNET_HDR_LEN - 1, true, 5, &mut batch),
+            Err(DropReason::MalformedOutbound)
+        );
+        assert_eq!(batch.datagrams().len(), 2);
+        let snap = stats.snapshot();
+        assert_eq!(snap.tx_packets, 3);
+        assert_eq!(snap.drops["malformed_outbound"], 1);
     }
 
     #[test]

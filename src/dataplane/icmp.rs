@@ -2,9 +2,11 @@
 //! (no peer owns the destination, or the owner is dead), so the sending pod's stack
 //! learns at once instead of timing out. RFC 792 for ICMPv4, RFC 4443 for ICMPv6.
 //!
-//! Sans-IO: [`unreachable`] writes the reply into a caller buffer; [`RateLimit`] is a
-//! token bucket driven by the caller's `now`, so a flood to a dead peer costs at most
-//! `rate` replies per second.
+//! Sans-IO: [`UnreachableReplies`] decides, for a packet the encapsulator dropped,
+//! whether a reply is due (by drop reason, router address and a [`RateLimit`] token
+//! bucket driven by the caller's `now`, so a flood to a dead peer costs at most `rate`
+//! replies per second) and writes the whole TUN write, virtio-net header included,
+//! into a caller buffer; [`unreachable`] writes the ICMP packet itself.
 //!
 //! ```text
 //! ICMPv4 error: | IPv4 header (20) | type | code | checksum | unused (4) | original IP header + 8 bytes |
@@ -13,7 +15,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
-use super::wire::ipv4::{checksum, checksum_parts};
+use super::offload::VNET_HDR_LEN;
+use super::stats::DropReason;
+use super::wire::checksum;
 use super::wire::{IpHeader, Ipv4Packet, Ipv6Packet};
 
 /// Largest reply this module writes.
@@ -76,16 +80,15 @@ fn v4(
     out[9] = 1;
     out[12..16].copy_from_slice(&router.octets());
     out[16..20].copy_from_slice(&src.octets());
-    let ip_sum = checksum(&out[..20]);
-    out[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    checksum::ipv4_header(out, 20);
     out[20] = 3;
     out[21] = match why {
         Unreachable::NoRoute => 0,
         Unreachable::PeerDead => 1,
     };
     out[28..].copy_from_slice(&packet[..quoted]);
-    let icmp_sum = checksum(&out[20..]);
-    out[22..24].copy_from_slice(&icmp_sum.to_be_bytes());
+    let icmp_sum = checksum::finish(checksum::add(0, &out[20..]));
+    out[22..24].copy_from_slice(&icmp_sum);
     Some(len)
 }
 
@@ -121,11 +124,72 @@ fn v6(
     };
     out[48..].copy_from_slice(&packet[..quoted]);
     // Checksum over the pseudo-header (RFC 8200 §8.1) and the ICMPv6 message.
-    let upper_len = ((len - 40) as u32).to_be_bytes();
-    let (addrs, message) = out[8..len].split_at(32);
-    let sum = checksum_parts(&[addrs, &upper_len, &[0, 0, 0, 58], message]);
-    out[42..44].copy_from_slice(&sum.to_be_bytes());
+    let (ip, message) = out.split_at_mut(40);
+    let sum = checksum::add(checksum::pseudo(ip, 58, message.len() as u32), message);
+    message[2..4].copy_from_slice(&checksum::finish(sum));
     Some(len)
+}
+
+/// ICMP unreachable replies per second at most, per worker.
+pub const REPLY_RATE: u32 = 100;
+
+/// Largest TUN write [`UnreachableReplies::handle_drop`] produces: a virtio-net header
+/// and [`MAX_REPLY`].
+pub const MAX_TUN_WRITE: usize = VNET_HDR_LEN + MAX_REPLY;
+
+/// The ICMP-unreachable side of one worker's outbound path: which drops get a reply,
+/// from which address, how often, and the bytes to write to the TUN.
+#[derive(Debug, Clone)]
+pub struct UnreachableReplies {
+    router: Option<IpAddr>,
+    vnet: bool,
+    limit: RateLimit,
+}
+
+impl UnreachableReplies {
+    /// Replies at most `rate` times a second; with `vnet` every TUN write starts with
+    /// a virtio-net header. No reply is sent until [`Self::set_router`] gives an address.
+    pub fn new(rate: u32, vnet: bool) -> UnreachableReplies {
+        UnreachableReplies {
+            router: None,
+            vnet,
+            limit: RateLimit::new(rate),
+        }
+    }
+
+    /// Sets the address replies come from (the node's gateway); `None` sends none.
+    pub fn set_router(&mut self, router: Option<IpAddr>) {
+        self.router = router;
+    }
+
+    /// The IP `packet` read from the TUN was dropped for `reason` at `now`. If a reply
+    /// is due (the reason is [`DropReason::UnknownSubnet`] or [`DropReason::PeerDead`],
+    /// a router address is set, the rate allows it and [`unreachable`] answers the
+    /// packet), writes the TUN write into `out` (at least [`MAX_TUN_WRITE`] bytes for
+    /// every reply to fit): a zero virtio-net header ("no GSO, checksum complete") if
+    /// the TUN takes one, then the ICMP reply. Returns its length.
+    pub fn handle_drop(
+        &mut self,
+        now: Instant,
+        reason: DropReason,
+        packet: &[u8],
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let why = match reason {
+            DropReason::UnknownSubnet => Unreachable::NoRoute,
+            DropReason::PeerDead => Unreachable::PeerDead,
+            _ => return None,
+        };
+        let router = self.router?;
+        if !self.limit.allow(now) {
+            return None;
+        }
+        let head = if self.vnet { VNET_HDR_LEN } else { 0 };
+        let (vnet_hdr, reply) = out.split_at_mut_checked(head)?;
+        let n = unreachable(packet, why, router, reply)?;
+        vnet_hdr.fill(0);
+        Some(head + n)
+    }
 }
 
 /// A token bucket: at most `rate` replies per second, bursts of up to `rate`.
@@ -317,6 +381,84 @@ mod tests {
         assert_eq!((0..20).filter(|_| rl.allow(t0)).count(), 10);
         assert!(!rl.allow(t0 + Duration::from_millis(50)));
         assert!(rl.allow(t0 + Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn replies_by_drop_reason_only_with_a_router() {
+        let t0 = Instant::now();
+        let packet = udp4();
+        let mut out = [0u8; MAX_TUN_WRITE];
+        let mut replies = UnreachableReplies::new(REPLY_RATE, false);
+        // No router yet: silence, and no token spent.
+        assert_eq!(
+            replies.handle_drop(t0, DropReason::UnknownSubnet, &packet, &mut out),
+            None
+        );
+        replies.set_router(Some("10.244.1.1".parse().unwrap()));
+        let mut expected = [0u8; MAX_REPLY];
+        for (reason, why) in [
+            (DropReason::UnknownSubnet, Unreachable::NoRoute),
+            (DropReason::PeerDead, Unreachable::PeerDead),
+        ] {
+            let n = replies.handle_drop(t0, reason, &packet, &mut out).unwrap();
+            let m = unreachable(&packet, why, "10.244.1.1".parse().unwrap(), &mut expected);
+            assert_eq!(Some(n), m);
+            assert_eq!(&out[..n], &expected[..n]);
+        }
+        // Other drops get no reply.
+        for reason in [
+            DropReason::MalformedOutbound,
+            DropReason::IoError,
+            DropReason::SpoofedSource,
+        ] {
+            assert_eq!(replies.handle_drop(t0, reason, &packet, &mut out), None);
+        }
+        // With virtio headers the reply sits behind a zero one.
+        let mut vnet = UnreachableReplies::new(REPLY_RATE, true);
+        vnet.set_router(Some("10.244.1.1".parse().unwrap()));
+        out.fill(0xee);
+        let n = vnet
+            .handle_drop(t0, DropReason::PeerDead, &packet, &mut out)
+            .unwrap();
+        assert_eq!(&out[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+        let m = unreachable(
+            &packet,
+            Unreachable::PeerDead,
+            "10.244.1.1".parse().unwrap(),
+            &mut expected,
+        )
+        .unwrap();
+        assert_eq!(&out[VNET_HDR_LEN..n], &expected[..m]);
+        // A buffer too small for the header: no reply, no panic.
+        assert_eq!(
+            vnet.handle_drop(t0, DropReason::PeerDead, &packet, &mut out[..4]),
+            None
+        );
+    }
+
+    #[test]
+    fn replies_are_rate_limited_on_the_callers_clock() {
+        let t0 = Instant::now();
+        let packet = udp4();
+        let mut out = [0u8; MAX_TUN_WRITE];
+        let mut replies = UnreachableReplies::new(REPLY_RATE, false);
+        replies.set_router(Some("10.244.1.1".parse().unwrap()));
+        let mut sent = |at: Duration, n: usize| {
+            (0..n)
+                .filter(|_| {
+                    replies
+                        .handle_drop(t0 + at, DropReason::PeerDead, &packet, &mut out)
+                        .is_some()
+                })
+                .count()
+        };
+        // A burst of the whole rate, then nothing until time passes.
+        assert_eq!(sent(Duration::ZERO, 1000), REPLY_RATE as usize);
+        assert_eq!(sent(Duration::from_millis(5), 10), 0);
+        // 100 ms refill 10 tokens at 100 a second.
+        assert_eq!(sent(Duration::from_millis(105), 1000), 10);
+        // A long pause refills the bucket to the rate, not beyond.
+        assert_eq!(sent(Duration::from_secs(60), 1000), REPLY_RATE as usize);
     }
 
     proptest::proptest! {

@@ -3,14 +3,23 @@
 //! - [`wire`]: typed views over VXLAN, Ethernet and IP headers.
 //! - [`fib`]: which peer owns a destination; which peer a sender is.
 //! - [`encap`]: the sans-IO core, encap and decap in caller buffers.
-//! - [`offload`]: TSO segmentation and TCP coalescing for an offloading TUN (sans-IO).
+//! - [`batch`]: the transmit batch and its grouping into UDP GSO runs (sans-IO).
+//! - [`offload`]: the virtio-net header, TSO/USO segmentation and GRO coalescing for
+//!   a TUN with `IFF_VNET_HDR` (sans-IO).
+//! - [`icmp`]: ICMP unreachable replies for undeliverable packets, rate-limited on
+//!   the caller's clock (sans-IO).
 //! - [`flow`]: the inner flow hash that picks the outer UDP source port (sans-IO).
 //! - [`stats`]: counters by direction, peer and drop reason.
 //! - [`driver`]: the worker threads that own the TUN queues and the UDP sockets.
 //! - [`tun`]: the TUN device and its queue fds.
 //! - [`udp`]: the VXLAN sockets; GSO/`sendmmsg` send and GRO/`recvmmsg` receive.
 //! - [`netlink`]: bridge, addresses and routes (Linux only).
+//!
+//! Every `unsafe` block here says why it is sound in a `// SAFETY:` comment.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod batch;
 pub mod driver;
 pub mod encap;
 pub mod error;

@@ -2,13 +2,15 @@
 //!
 //! tun-rs creates and configures the device (name, MTU, offloads, `IFF_MULTI_QUEUE`);
 //! each worker thread then owns one queue's fd here and calls `read`/`writev` on it
-//! directly. With `IFF_MULTI_QUEUE` the kernel spreads outbound flows over the
+//! directly (rustix's raw syscalls). With `IFF_MULTI_QUEUE` the kernel spreads outbound flows over the
 //! queues by flow hash and keeps a flow on the queue that last wrote its replies, so
 //! a flow stays on one worker. With `IFF_VNET_HDR` every packet carries its virtio
 //! header. Nothing here decides what to do with a packet.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
 
 use super::error::Error;
 
@@ -114,47 +116,27 @@ pub struct TunQueue {
 impl TunQueue {
     /// Takes `fd` and makes it non-blocking.
     pub fn new(fd: OwnedFd) -> io::Result<TunQueue> {
-        let raw = fd.as_raw_fd();
-        // SAFETY: fcntl on an fd we own, with F_GETFL/F_SETFL only.
-        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-        if flags < 0
-            // SAFETY: as above; adds O_NONBLOCK to the flags just read.
-            || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        let flags = fcntl_getfl(&fd)?;
+        fcntl_setfl(&fd, flags | OFlags::NONBLOCK)?;
         Ok(TunQueue { fd })
     }
 
     /// Reads one packet if one is queued (`WouldBlock` otherwise).
     #[inline]
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: buf is valid for writes of buf.len() bytes for the duration of the call.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        Ok(rustix::io::read(&self.fd, buf)?)
     }
 
     /// Writes one packet made of `iov` parts (`WouldBlock` if the queue is full).
     #[inline]
     pub fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-        // SAFETY: IoSlice is ABI-compatible with iovec on Unix and every slice outlives
-        // the call; writev only reads them.
-        let n = unsafe {
-            libc::writev(
-                self.fd.as_raw_fd(),
-                iov.as_ptr().cast(),
-                iov.len() as libc::c_int,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        Ok(rustix::io::writev(&self.fd, iov)?)
+    }
+}
+
+impl AsFd for TunQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

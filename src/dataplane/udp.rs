@@ -44,10 +44,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use rustix::net::sockopt::Ipv4PathMtuDiscovery;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::batch::MAX_GSO_SEGMENTS;
 use super::error::Error;
-use super::offload::MAX_GSO_SEGMENTS;
 
 /// Send sockets (outer source ports) of a node with `workers` workers: at least 16,
 /// two per worker beyond that, so a receiver has flows to spread over its cores.
@@ -114,39 +115,11 @@ fn tx_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
     let _ = socket.set_recv_buffer_size(4096);
     if bind.is_ipv4() {
         // DF clear, as the kernel vxlan driver sends by default.
-        set_int(
-            &socket,
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DONT,
-        )?;
+        rustix::net::sockopt::set_ip_mtu_discover(&socket, Ipv4PathMtuDiscovery::DONT)?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&bind.into())?;
     Ok(socket.into())
-}
-
-fn set_int(
-    socket: &Socket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: setsockopt on a live fd with a pointer to a c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Whether the kernel accepts `UDP_SEGMENT` on `socket`.

@@ -19,7 +19,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{Error, Field};
+use super::{checksum, Error, Field};
 
 mod field {
     use super::Field;
@@ -108,43 +108,8 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// is all ones). Needs `check_len` to have passed.
     pub fn verify_checksum(&self) -> bool {
         let header = &self.buffer.as_ref()[..self.header_len()];
-        checksum(header) == 0
+        checksum::verifies(checksum::add_ipv4_header(header))
     }
-}
-
-/// The Internet checksum (RFC 1071) of `data`: the one's complement of the one's
-/// complement sum of its 16-bit words.
-pub fn checksum(data: &[u8]) -> u16 {
-    fold(add_words(0, data))
-}
-
-/// The Internet checksum of the concatenation of `parts`, every part but the last of
-/// even length (a pseudo-header followed by a message).
-pub fn checksum_parts(parts: &[&[u8]]) -> u16 {
-    fold(parts.iter().fold(0, |sum, data| add_words(sum, data)))
-}
-
-/// Adds the big-endian 16-bit words of `data` to `sum` (an odd last byte is the
-/// high byte of a word).
-#[inline(always)]
-fn add_words(mut sum: u64, data: &[u8]) -> u64 {
-    let mut chunks = data.chunks_exact(2);
-    for pair in &mut chunks {
-        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u64::from(*last) << 8;
-    }
-    sum
-}
-
-/// Folds the carries of `sum` back in and complements it.
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]

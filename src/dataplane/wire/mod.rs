@@ -7,10 +7,13 @@
 //! header (VXLAN and inner Ethernet); they panic only if the buffer is shorter than
 //! the header, which the emitting code rules out by construction.
 //!
+//! [`checksum`] is the one Internet checksum (RFC 1071) of the dataplane.
+//!
 //! What is left out: outer IP and UDP headers (the kernel's UDP socket builds and checks
 //! them), VLAN tags and IPv6 extension headers (the inner packet is handed to the
 //! kernel as is).
 
+pub mod checksum;
 pub mod ethernet;
 pub mod ipv4;
 pub mod ipv6;
