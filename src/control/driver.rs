@@ -54,6 +54,9 @@ pub struct ControlConfig {
     pub subnet_len: u8,
     /// `--peers`, resolved (see [`parse_peers`]).
     pub seeds: Vec<SocketAddr>,
+    /// `--bootstrap-expect N`: found once a majority of N nodes started with the
+    /// same N have met (`docs/founding.md`).
+    pub bootstrap_expect: Option<u32>,
     /// `--gossip-port` (default 7946; 0 picks a free port, for tests).
     pub gossip_port: u16,
     /// `--state-dir`: where the lease state is persisted.
@@ -236,9 +239,12 @@ impl ControlDriver {
                 lease: None,
                 has_free: false,
                 bump: 0,
+                founder: None,
+                bootstrap_expect: cfg.bootstrap_expect,
             },
             seeds: cfg.seeds.iter().copied().filter(|s| *s != local).collect(),
             founder: cfg.is_founder(local),
+            bootstrap_expect: cfg.bootstrap_expect,
             membership: cfg.membership.clone(),
             lease: LeaseConfig::new(cfg.name.clone(), 0, false)
                 .with_reclaim_after(cfg.reclaim_after),
@@ -616,6 +622,7 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             subnet_len: 24,
             seeds,
+            bootstrap_expect: None,
             gossip_port: port,
             state_dir: dir.join(name),
             reclaim_after: Duration::from_secs(3600),

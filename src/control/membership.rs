@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use foca::{AccumulatingRuntime, Config, Foca, NoCustomBroadcast, OwnedNotification, Timer};
 use rand_foca::{rngs::StdRng, SeedableRng};
 
+use super::founding::Founder;
 use super::message::{emit_frame_header, Datagram, Kind, Owned};
 use super::meta::{MetaCodec, Mismatch, NodeMeta};
 
@@ -109,6 +110,8 @@ pub struct Membership {
     peers: HashMap<String, KnownMember>,
     events: Vec<MembershipEvent>,
     mismatch: Arc<Mutex<Option<Mismatch>>>,
+    /// Our founder, as the codec compares it with every identity it decodes.
+    founder: Arc<Mutex<Option<Founder>>>,
     /// Datagrams foca rejected (malformed or mismatched).
     pub dropped: u64,
     catch_up: Option<CatchUp>,
@@ -172,6 +175,7 @@ impl Membership {
             NonZeroUsize::new(cfg.gossip_fanout.max(1)).unwrap_or(NonZeroUsize::MIN);
         let codec = MetaCodec::new(me.clone());
         let mismatch = codec.mismatches();
+        let founder = codec.founder_slot();
         let foca = Foca::new(me, fc.clone(), StdRng::seed_from_u64(cfg.rng_seed), codec);
         let mut m = Membership {
             foca,
@@ -183,6 +187,7 @@ impl Membership {
             peers: HashMap::new(),
             events: Vec::new(),
             mismatch,
+            founder,
             dropped: 0,
             catch_up: None,
             rng: cfg.rng_seed | 1,
@@ -226,6 +231,13 @@ impl Membership {
             known: self.peers.len(),
             grew_at: now,
         });
+        self.announce_to(seed, now);
+    }
+
+    /// Sends an announce to a seed without starting a catch-up: a node that already
+    /// has members re-announces to seeds outside its membership, so that islands
+    /// merge. The reply (a feed) and the gossip that follows do the rest.
+    pub fn announce_to(&mut self, seed: SocketAddr, now: Instant) {
         let mut s = self.me().clone();
         s.name = format!("seed:{seed}");
         s.gossip = seed;
@@ -236,15 +248,26 @@ impl Membership {
         self.drain(now);
     }
 
-    /// Changes what we publish (lease, free space). foca gossips it as a new identity.
-    pub fn set_meta(&mut self, lease: Option<Owned>, has_free: bool, now: Instant) {
+    /// Changes what we publish (lease, free space, founder). foca gossips it as a new
+    /// identity. From then on, identities founded by another founder are refused.
+    pub fn set_meta(
+        &mut self,
+        lease: Option<Owned>,
+        has_free: bool,
+        founder: Option<&Founder>,
+        now: Instant,
+    ) {
         let me = self.me();
-        if me.lease == lease && me.has_free == has_free {
+        if me.lease == lease && me.has_free == has_free && me.founder.as_ref() == founder {
             return;
+        }
+        if let Ok(mut slot) = self.founder.lock() {
+            *slot = founder.cloned();
         }
         let new = NodeMeta {
             lease,
             has_free,
+            founder: founder.cloned(),
             bump: me.bump.wrapping_add(1),
             ..me.clone()
         };
@@ -468,6 +491,13 @@ impl Membership {
             .values()
             .filter(|k| k.state != MemberState::Dead)
             .map(|k| k.meta.name.as_str())
+    }
+
+    /// Whether a live (alive or suspect) peer has this gossip address.
+    pub fn has_live_addr(&self, addr: SocketAddr) -> bool {
+        self.peers
+            .values()
+            .any(|k| k.state != MemberState::Dead && k.meta.gossip == addr)
     }
 
     /// Leaves the cluster: foca tells a few members we are gone.

@@ -12,6 +12,7 @@ use bytes::{Buf, BufMut};
 use foca::{Codec, Header, Identity, Incarnation, Member, Message, State};
 use ipnet::IpNet;
 
+use super::founding::Founder;
 use super::message::{get_str, Owned, WireError};
 
 /// What a node publishes about itself through gossip.
@@ -37,6 +38,11 @@ pub struct NodeMeta {
     pub has_free: bool,
     /// Identity generation: the highest `bump` for a name wins.
     pub bump: u16,
+    /// The founder of the cluster the node belongs to, once decided
+    /// (`docs/founding.md`); a node that has not decided adopts it.
+    pub founder: Option<Founder>,
+    /// `--bootstrap-expect N`, if the node was started with it.
+    pub bootstrap_expect: Option<u32>,
 }
 
 impl NodeMeta {
@@ -60,6 +66,18 @@ impl NodeMeta {
         } else {
             None
         }
+    }
+
+    /// Describes how `other` belongs to a different cluster than `self`: both were
+    /// founded, with different cluster ids. Such nodes must not merge silently.
+    pub fn founder_mismatch(&self, other: &NodeMeta) -> Option<String> {
+        let (ours, theirs) = (self.founder.as_ref()?, other.founder.as_ref()?);
+        ours.conflicts_with(theirs).then(|| {
+            format!(
+                "cluster id {:016x} (founded by {}) here, {:016x} (founded by {}) on {}",
+                ours.cluster_id, ours.name, theirs.cluster_id, theirs.name, other.name
+            )
+        })
     }
 }
 
@@ -87,6 +105,9 @@ impl Identity for NodeMeta {
 #[derive(Debug, Clone)]
 pub struct MetaCodec {
     ours: NodeMeta,
+    /// The founder we belong to, once decided; shared with
+    /// [`super::membership::Membership`], which sets it.
+    founder: Arc<Mutex<Option<Founder>>>,
     /// The last identity refused for a cluster mismatch. Shared with
     /// [`super::membership::Membership`], because foca owns the codec.
     last_mismatch: Arc<Mutex<Option<Mismatch>>>,
@@ -165,7 +186,15 @@ pub fn meta_len(m: &NodeMeta) -> usize {
         + 2
         + if m.lease.is_some() { 13 } else { 1 }
         + 3
+        + 1
+        + m.founder
+            .as_ref()
+            .map_or(0, |f| 1 + f.name.len().min(255) + 8)
+        + if m.bootstrap_expect.is_some() { 4 } else { 0 }
 }
+
+const HAS_FOUNDER: u8 = 1;
+const HAS_EXPECT: u8 = 2;
 
 fn fits(buf: &impl BufMut, n: usize) -> Result<(), CodecError> {
     if buf.remaining_mut() < n {
@@ -199,6 +228,19 @@ pub fn put_meta(m: &NodeMeta, out: &mut impl BufMut) {
     }
     out.put_u8(u8::from(m.has_free));
     out.put_u16(m.bump);
+    let flags = if m.founder.is_some() { HAS_FOUNDER } else { 0 }
+        | if m.bootstrap_expect.is_some() {
+            HAS_EXPECT
+        } else {
+            0
+        };
+    out.put_u8(flags);
+    if let Some(f) = &m.founder {
+        super::message::put_founder(out, f);
+    }
+    if let Some(n) = m.bootstrap_expect {
+        out.put_u32(n);
+    }
 }
 
 /// Reads a [`NodeMeta`].
@@ -238,6 +280,27 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
         _ => return Err(WireError::Malformed),
     };
     let bump = buf.get_u16();
+    need(buf, 1)?;
+    let flags = buf.get_u8();
+    if flags & !(HAS_FOUNDER | HAS_EXPECT) != 0 {
+        return Err(WireError::Malformed);
+    }
+    let founder = if flags & HAS_FOUNDER != 0 {
+        need(buf, 1)?;
+        let n = buf.chunk()[0] as usize;
+        need(buf, 1 + n + 8)?;
+        let mut tmp = vec![0u8; 1 + n + 8];
+        buf.copy_to_slice(&mut tmp);
+        Some(super::message::get_founder(&mut &tmp[..])?)
+    } else {
+        None
+    };
+    let bootstrap_expect = if flags & HAS_EXPECT != 0 {
+        need(buf, 4)?;
+        Some(buf.get_u32())
+    } else {
+        None
+    };
     Ok(NodeMeta {
         name,
         gossip,
@@ -249,6 +312,8 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
         lease,
         has_free,
         bump,
+        founder,
+        bootstrap_expect,
     })
 }
 
@@ -256,9 +321,15 @@ impl MetaCodec {
     /// A codec that accepts only identities with the same cluster parameters as `ours`.
     pub fn new(ours: NodeMeta) -> Self {
         MetaCodec {
+            founder: Arc::new(Mutex::new(ours.founder.clone())),
             ours,
             last_mismatch: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The slot holding the founder we belong to, for the refusal of other clusters.
+    pub fn founder_slot(&self) -> Arc<Mutex<Option<Founder>>> {
+        self.founder.clone()
     }
 
     /// The slot where the codec leaves the last identity it refused.
@@ -268,7 +339,12 @@ impl MetaCodec {
 
     fn checked_meta(&mut self, buf: &mut impl Buf) -> Result<NodeMeta, CodecError> {
         let m = get_meta(buf)?;
-        if let Some(reason) = self.ours.mismatch(&m) {
+        let founder = self.founder.lock().ok().and_then(|f| f.clone());
+        let ours = NodeMeta {
+            founder,
+            ..self.ours.clone()
+        };
+        if let Some(reason) = ours.mismatch(&m).or_else(|| ours.founder_mismatch(&m)) {
             if let Ok(mut slot) = self.last_mismatch.lock() {
                 *slot = Some(Mismatch { meta: m, reason });
             }
@@ -442,6 +518,8 @@ pub(crate) mod tests {
             lease: Some((3, 1)),
             has_free: false,
             bump: 0,
+            founder: None,
+            bootstrap_expect: None,
         }
     }
 
@@ -455,9 +533,11 @@ pub(crate) mod tests {
             proptest::option::of((any::<u32>(), any::<u64>())),
             any::<bool>(),
             any::<u16>(),
+            proptest::option::of(("[a-z0-9-]{0,30}", any::<u64>())),
+            proptest::option::of(any::<u32>()),
         )
             .prop_map(
-                |(name, ip, port, vni, mac, lease, has_free, bump)| NodeMeta {
+                |(name, ip, port, vni, mac, lease, has_free, bump, founder, expect)| NodeMeta {
                     name,
                     gossip: SocketAddr::new(IpAddr::V4(ip.into()), port),
                     vxlan_port: port,
@@ -468,6 +548,8 @@ pub(crate) mod tests {
                     lease,
                     has_free,
                     bump,
+                    founder: founder.map(|(name, cluster_id)| Founder { name, cluster_id }),
+                    bootstrap_expect: expect,
                 },
             )
     }
@@ -483,7 +565,7 @@ pub(crate) mod tests {
 
         #[test]
         fn header_round_trip(a in arb_meta(), b in arb_meta(), inc in any::<u16>(), p in any::<u8>(), tag in 0usize..11) {
-            let b = NodeMeta { vni: a.vni, ..b };
+            let b = NodeMeta { vni: a.vni, founder: a.founder.clone(), ..b };
             let mut codec = MetaCodec::new(a.clone());
             let message = match tag {
                 0 => Message::Ping(p),
@@ -530,5 +612,75 @@ pub(crate) mod tests {
             refused.reason,
             "cluster CIDR 10.244.0.0/16 here, 10.99.0.0/16 on b"
         );
+    }
+}
+
+#[cfg(test)]
+mod founder_tests {
+    use super::tests::meta;
+    use super::*;
+
+    #[test]
+    fn another_cluster_id_is_refused_and_both_are_named() {
+        let mut ours = meta("a");
+        ours.founder = Some(Founder {
+            name: "a".into(),
+            cluster_id: 1,
+        });
+        let mut theirs = meta("b");
+        theirs.founder = Some(Founder {
+            name: "c".into(),
+            cluster_id: 2,
+        });
+        let mut codec = MetaCodec::new(ours.clone());
+        let h = Header {
+            src: theirs.clone(),
+            src_incarnation: 0,
+            dst: ours.clone(),
+            message: Message::Announce,
+        };
+        let mut buf = Vec::new();
+        codec.encode_header(&h, &mut buf).unwrap();
+        assert_eq!(codec.decode_header(&buf[..]), Err(CodecError::Mismatch));
+        let refused = codec.last_mismatch.lock().unwrap().take().unwrap();
+        assert_eq!(
+            refused.reason,
+            "cluster id 0000000000000001 (founded by a) here, 0000000000000002 (founded by c) on b"
+        );
+        // The same cluster, an undecided node and a legacy one (id 0) all pass.
+        for f in [
+            Some(Founder {
+                name: "a".into(),
+                cluster_id: 1,
+            }),
+            None,
+            Some(Founder::legacy()),
+        ] {
+            theirs.founder = f;
+            let h = Header {
+                src: theirs.clone(),
+                src_incarnation: 0,
+                dst: ours.clone(),
+                message: Message::Announce,
+            };
+            let mut buf = Vec::new();
+            codec.encode_header(&h, &mut buf).unwrap();
+            assert_eq!(codec.decode_header(&buf[..]), Ok(h));
+        }
+        // An undecided node refuses nobody for its founder.
+        *codec.founder_slot().lock().unwrap() = None;
+        theirs.founder = Some(Founder {
+            name: "c".into(),
+            cluster_id: 2,
+        });
+        let h = Header {
+            src: theirs,
+            src_incarnation: 0,
+            dst: ours,
+            message: Message::Announce,
+        };
+        let mut buf = Vec::new();
+        codec.encode_header(&h, &mut buf).unwrap();
+        assert!(codec.decode_header(&buf[..]).is_ok());
     }
 }

@@ -250,9 +250,12 @@ impl Sim {
                 lease: None,
                 has_free: false,
                 bump: 0,
+                founder: None,
+                bootstrap_expect: None,
             },
             seeds: if i == 0 { vec![] } else { vec![addr(0)] },
             founder: i == 0,
+            bootstrap_expect: None,
             membership: MembershipConfig {
                 gossip_interval: self.cfg.gossip_interval,
                 gossip_fanout: 3,

@@ -68,6 +68,7 @@ pub async fn start(
         cluster_cidr: args.cluster_cidr,
         subnet_len: args.subnet_len,
         seeds,
+        bootstrap_expect: args.bootstrap_expect,
         gossip_port: args.gossip_port,
         state_dir: args.state_dir.clone(),
         reclaim_after: args.reclaim_after,
