@@ -62,6 +62,7 @@ pub fn node(
         meta: meta(name, gossip),
         seeds,
         founder,
+        propose_first: false,
         bootstrap_expect: None,
         membership: MembershipConfig::default(),
         lease: LeaseConfig::new(name, 0, founder),

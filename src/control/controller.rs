@@ -95,6 +95,9 @@ pub struct ControllerConfig {
     /// `--peers`, or this node first in them). Otherwise a founder is agreed on
     /// (`docs/founding.md`).
     pub founder: bool,
+    /// Whether we propose at once in the founding agreement, rather than after the
+    /// lowest-named candidate (we list ourselves first in `--peers`).
+    pub propose_first: bool,
     /// `--bootstrap-expect N`: found once a majority of N nodes started with the same
     /// N have met. Without it, the initial set is this node plus its seeds.
     pub bootstrap_expect: Option<u32>,
@@ -251,6 +254,7 @@ impl Controller {
             initial,
             phase_timeout: FOUNDING_PHASE_TIMEOUT,
             backoff: FOUNDING_BACKOFF,
+            propose_first: cfg.propose_first,
         };
         let mut founding = Founding::new(fc, saved_founding, cfg.session ^ 0xf0_4e_d1_46, now);
         if history {
@@ -916,6 +920,7 @@ mod tests {
             meta,
             seeds: vec![],
             founder: true,
+            propose_first: false,
             bootstrap_expect: None,
             membership: MembershipConfig::default(),
             lease: LeaseConfig::new("a", 0, true),

@@ -72,14 +72,24 @@ pub struct ControlConfig {
 }
 
 impl ControlConfig {
-    /// Whether this node creates the cluster's address space when it has no state:
-    /// when `--peers` is empty or its first entry is this node. Every other node
-    /// waits until it reaches a cluster.
+    fn is_self(&self, s: &SocketAddr, local: SocketAddr) -> bool {
+        *s == local || (s.ip() == self.advertise_addr && s.port() == local.port())
+    }
+
+    /// Whether this node creates the cluster's address space at once when it has no
+    /// state: when `--peers` is empty or names only this node. Every other node takes
+    /// part in founding by agreement (`docs/founding.md`) or joins a founded cluster.
+    /// A node that merely lists itself first does not found alone: nodes given the
+    /// same seeds in different orders would found several clusters. With
+    /// `--bootstrap-expect` no node founds alone.
     pub fn is_founder(&self, local: SocketAddr) -> bool {
-        match self.seeds.first() {
-            None => true,
-            Some(s) => *s == local || (s.ip() == self.advertise_addr && s.port() == local.port()),
-        }
+        self.bootstrap_expect.is_none() && self.seeds.iter().all(|s| self.is_self(s, local))
+    }
+
+    /// Whether this node proposes first in the founding agreement: it lists itself
+    /// first in `--peers` (the old way of naming the founder).
+    pub fn proposes_first(&self, local: SocketAddr) -> bool {
+        self.seeds.first().is_some_and(|s| self.is_self(s, local))
     }
 }
 
@@ -244,6 +254,7 @@ impl ControlDriver {
             },
             seeds: cfg.seeds.iter().copied().filter(|s| *s != local).collect(),
             founder: cfg.is_founder(local),
+            propose_first: cfg.proposes_first(local),
             bootstrap_expect: cfg.bootstrap_expect,
             membership: cfg.membership.clone(),
             lease: LeaseConfig::new(cfg.name.clone(), 0, false)

@@ -193,6 +193,9 @@ pub struct FoundingConfig {
     pub phase_timeout: Duration,
     /// Base delay before a node that is not the lowest-named candidate proposes.
     pub backoff: Duration,
+    /// Propose at once, as if we were the lowest-named candidate (the node lists
+    /// itself first in `--peers`). Only speed depends on it, never safety.
+    pub propose_first: bool,
 }
 
 /// What the node waits for, for status and logs.
@@ -594,10 +597,12 @@ impl Founding {
 
     /// Whether we are the lowest-named present candidate, who proposes first.
     fn first_candidate(&self) -> bool {
-        self.members
-            .iter()
-            .filter(|m| !self.founded_peers.contains(&m.name))
-            .all(|m| m.name >= self.cfg.name)
+        self.cfg.propose_first
+            || self
+                .members
+                .iter()
+                .filter(|m| !self.founded_peers.contains(&m.name))
+                .all(|m| m.name >= self.cfg.name)
     }
 
     /// Runs timers: starts a proposal when a quorum seems present, retries on timeouts.
@@ -803,6 +808,7 @@ mod tests {
                 initial: self.initial[i].clone(),
                 phase_timeout: self.phase_timeout,
                 backoff: self.backoff,
+                propose_first: false,
             };
             let seed = self.rng.next();
             self.nodes[i] = Some(Founding::new(cfg, self.saved[i].clone(), seed, self.now));
