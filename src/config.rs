@@ -833,7 +833,7 @@ mod tests {
             (&["--busy-poll", "fast"], "--busy-poll"),
             (&["--bootstrap-expect", "0"], "--bootstrap-expect"),
             (&["--bootstrap-expect", "three"], "--bootstrap-expect"),
-            (&["--bootstrap-expect", "-1"], "--bootstrap-expect"),
+            (&["--bootstrap-expect=-1"], "--bootstrap-expect"),
             (
                 &["--bootstrap-expect", "3", "--subnet", "10.244.1.0/24"],
                 "--bootstrap-expect",
@@ -957,14 +957,15 @@ mod tests {
             vni = 42
             static_peers = ["10.244.2.0/24,198.18.0.2,02:00:00:00:00:02", "10.244.3.0/24,198.18.0.3,02:00:00:00:00:03"]
             metrics_addr = "off"
-            bootstrap_expect = 5
         "#;
         let cli = with_file(toml, &[]).unwrap();
         assert_eq!(cli.daemon.subnet, Some("10.244.7.0/24".parse().unwrap()));
         assert_eq!(cli.daemon.vni, 42);
         assert_eq!(cli.daemon.static_peers.len(), 2);
         assert_eq!(cli.daemon.metrics_addr, MetricsAddr::Off);
+        let cli = with_file("bootstrap_expect = 5\npeers = [\"198.18.0.1\"]", &[]).unwrap();
         assert_eq!(cli.daemon.bootstrap_expect, Some(5));
+        assert!(cli.daemon.validate().is_ok());
         // A flag overrides the file.
         let cli = with_file(toml, &["--vni", "7"]).unwrap();
         assert_eq!(cli.daemon.vni, 7);

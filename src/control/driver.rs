@@ -25,7 +25,7 @@ use super::lease::{LeaseConfig, LeaseEvent, LeaseState};
 use super::membership::MembershipConfig;
 use super::message::MAX_DATAGRAM;
 use super::meta::NodeMeta;
-use super::report::{GossipTraffic, PeerInfo, Status};
+use super::report::{GossipTraffic, LeaseWait, PeerInfo, Status};
 use super::subnet::subnet_of;
 use super::transport::{Transport, UdpTransport};
 use crate::fsutil::write_atomic;
@@ -119,8 +119,10 @@ pub fn parse_peers(list: &str, default_port: u16) -> std::io::Result<Vec<SocketA
 pub struct LeaseStatus {
     /// The subnet we may use now (`None`: not yet, lost, or fenced).
     pub subnet: Option<IpNet>,
-    /// No free space is known; the node keeps asking.
+    /// Every subnet is in use; the node keeps asking.
     pub exhausted: bool,
+    /// What the node waits for while it uses no subnet.
+    pub waiting: Option<LeaseWait>,
 }
 
 enum Command {
@@ -546,9 +548,9 @@ impl<T: Transport> Driver<T> {
                         REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
-                Event::Lease(LeaseEvent::Exhausted) => {
-                    tracing::warn!("subnet space exhausted: no peer has a free subnet; retrying");
-                }
+                // Said by the daemon from `LeaseStatus::waiting`, once per change, with
+                // what is really missing (no free holder in reach is not exhaustion).
+                Event::Lease(LeaseEvent::Exhausted) => {}
                 Event::Lease(LeaseEvent::Reclaimed { node, subnets }) => {
                     tracing::info!(%node, ?subnets, "reclaimed the space of a silent node");
                 }
@@ -562,9 +564,11 @@ impl<T: Transport> Driver<T> {
         }
         // The state file is written before the new lease is announced to the daemon.
         self.save();
+        let waiting = self.node.waiting(now());
         let status = LeaseStatus {
             subnet: self.node.using_subnet(now()),
-            exhausted: self.node.lease().exhausted(),
+            exhausted: matches!(waiting, Some(LeaseWait::Exhausted { .. })),
+            waiting,
         };
         self.lease_tx.send_if_modified(|s| {
             let changed = *s != status;

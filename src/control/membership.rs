@@ -115,6 +115,10 @@ pub struct Membership {
     /// Datagrams foca rejected (malformed or mismatched).
     pub dropped: u64,
     catch_up: Option<CatchUp>,
+    /// Whether foca is connected (it probes and answers). A change of identity
+    /// disconnects it until a message addressed to the new identity arrives; see
+    /// [`Membership::reconnect_round`].
+    connected: bool,
     rng: u64,
     /// foca's settings, kept to retune suspicion as the cluster grows or shrinks.
     config: Config,
@@ -133,6 +137,8 @@ struct CatchUp {
 
 /// Announces per gossip round while catching up.
 const CATCH_UP_FANOUT: usize = 8;
+/// Announces per gossip round while foca is not connected.
+const RECONNECT_FANOUT: usize = 3;
 /// Catching up stops after this long without learning a new peer.
 const CATCH_UP_QUIET: Duration = Duration::from_secs(3);
 
@@ -190,6 +196,7 @@ impl Membership {
             founder,
             dropped: 0,
             catch_up: None,
+            connected: false,
             rng: cfg.rng_seed | 1,
             config: fc,
             tuned_for: usize::MAX,
@@ -274,6 +281,8 @@ impl Membership {
         if self.foca.change_identity(new, &mut self.rt).is_err() {
             self.dropped += 1;
         }
+        // foca resets its connection on a new identity.
+        self.connected = false;
         self.drain(now);
     }
 
@@ -345,6 +354,10 @@ impl Membership {
             match n {
                 OwnedNotification::MemberUp(m) => self.upsert(m, MemberState::Alive),
                 OwnedNotification::Rename(_, m) => self.upsert(m, MemberState::Alive),
+                OwnedNotification::Active => self.connected = true,
+                OwnedNotification::Idle
+                | OwnedNotification::Defunct
+                | OwnedNotification::Rejoin(_) => self.connected = false,
                 OwnedNotification::MemberDown(m) => {
                     if let Some(e) = self.peers.get_mut(&m.name) {
                         if e.meta.bump == m.bump {
@@ -353,7 +366,6 @@ impl Membership {
                         }
                     }
                 }
-                _ => {}
             }
         }
         self.retune();
@@ -386,6 +398,7 @@ impl Membership {
                     self.dropped += 1;
                 }
                 self.catch_up_round(now);
+                self.reconnect_round(now);
                 self.drain(now);
             }
         }
@@ -436,6 +449,38 @@ impl Membership {
             }
         }
         self.drain(now);
+    }
+
+    /// While foca is not connected but peers are known, announces to a few of them
+    /// each gossip round. After a change of identity foca answers only messages
+    /// addressed to the new identity; when every peer changed its identity at the
+    /// same time (a founder was adopted), each side addresses the other's old one and
+    /// nothing gets through. An announce is accepted by address, and its feed
+    /// reconnects us.
+    fn reconnect_round(&mut self, now: Instant) {
+        if self.connected {
+            return;
+        }
+        let mut live: Vec<NodeMeta> = self
+            .peers
+            .values()
+            .filter(|k| k.state != MemberState::Dead)
+            .map(|k| k.meta.clone())
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        live.sort_by(|a, b| a.name.cmp(&b.name));
+        for _ in 0..RECONNECT_FANOUT.min(live.len()) {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let t = live[(self.rng % live.len() as u64) as usize].clone();
+            if self.foca.announce(t, &mut self.rt).is_err() {
+                self.dropped += 1;
+            }
+        }
+        let _ = now;
     }
 
     /// Returns the next membership event.

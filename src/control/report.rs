@@ -54,6 +54,27 @@ pub enum LeaseWait {
     Fenced,
 }
 
+impl LeaseWait {
+    /// Whether `other` is the same reason for the log: the log says it once per
+    /// change, not once per request (the owner asked, the proposer and the counts of
+    /// a space held out of reach may change from one try to the next).
+    pub fn same_reason(&self, other: &LeaseWait) -> bool {
+        match (self, other) {
+            (LeaseWait::Founding(FoundingWait::Peers { .. }), LeaseWait::Founding(_)) => {
+                self == other
+            }
+            (
+                LeaseWait::Founding(FoundingWait::Agreeing { .. }),
+                LeaseWait::Founding(FoundingWait::Agreeing { .. }),
+            )
+            | (LeaseWait::Asking { .. }, LeaseWait::Asking { .. })
+            | (LeaseWait::NoFreeSpace { .. }, LeaseWait::NoFreeSpace { .. })
+            | (LeaseWait::Fenced, LeaseWait::Fenced) => true,
+            _ => self == other,
+        }
+    }
+}
+
 impl fmt::Display for LeaseWait {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

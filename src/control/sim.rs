@@ -1173,6 +1173,27 @@ mod bootstrap {
         assert_one_founder(&sim);
     }
 
+    /// The owner of the free space is out of reach: a new node says that no member
+    /// in reach offers a free subnet, not that the space is exhausted.
+    #[test]
+    fn free_space_out_of_reach_is_not_exhaustion() {
+        let seeds = vec![vec![], vec![0], vec![0], vec![1]];
+        let mut sim = with_seeds(18, seeds, &[0, 0, 0, 9000]);
+        sim.run_until(Duration::from_secs(8));
+        assert!(sim.all_leased(0..3));
+        sim.schedule(Duration::from_secs(8), Op::Partition(vec![0]));
+        sim.run_until(Duration::from_secs(22));
+        let st = sim.node(3).unwrap().status(Instant::now());
+        assert!(!st.exhausted);
+        assert!(
+            matches!(st.waiting, Some(LeaseWait::NoFreeSpace { total: 256, .. })),
+            "{:?}",
+            st.waiting
+        );
+        sim.schedule(Duration::from_secs(22), Op::Heal);
+        assert!(until_all_leased(&mut sim, 4, Duration::from_secs(40)).is_some());
+    }
+
     #[test]
     fn bootstrap_expect_founds_once_a_majority_of_n_met() {
         let mut cfg = SimConfig::fast(17);
@@ -1242,5 +1263,40 @@ mod replay {
         let (seed, n, secs) = (env("SEED", 0), env("NODES", 9) as usize, env("SECS", 100));
         let ops = random_schedule(seed, n, secs);
         run_schedule(SimConfig::fast(seed), n, &ops, Duration::from_secs(30));
+    }
+
+    /// Replays one founding schedule with its trace:
+    /// `SEED=786 NODES=7 cargo test replay_bootstrap -- --ignored`.
+    #[test]
+    #[ignore]
+    fn replay_bootstrap_from_env() {
+        let env = |k: &str, d: u64| std::env::var(k).map_or(d, |s| s.parse().unwrap_or(d));
+        let (seed, n) = (env("SEED", 0), env("NODES", 7) as usize);
+        if std::env::var("DEBUG").is_ok() {
+            let b = bootstrap_schedule(seed, n);
+            let mut sim = run_bootstrap(SimConfig::fast(seed), n, &b, Duration::ZERO);
+            let before = sim.bytes_sent();
+            let t = sim.now();
+            sim.run_until(t + Duration::from_secs(20));
+            eprintln!("bytes before {before:?} after {:?}", sim.bytes_sent());
+            for i in 0..n {
+                let Some(c) = sim.node(i) else { continue };
+                eprintln!(
+                    "{} dropped {} founder {:?} using {:?} waiting {:?} unsaved {} members {:?} lease {:?}",
+                    name(i),
+                    c.dropped(),
+                    c.founder(),
+                    sim.using(i),
+                    c.waiting(Instant::now()),
+                    c.state_unsaved(),
+                    c.members()
+                        .iter()
+                        .map(|m| (m.name.clone(), m.state, m.subnet))
+                        .collect::<Vec<_>>(),
+                    c.lease().state()
+                );
+            }
+        }
+        check_bootstrap(seed, n);
     }
 }
