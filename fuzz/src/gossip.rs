@@ -32,7 +32,7 @@ pub fn meta(name: &str, gossip: &str) -> NodeMeta {
         lease: None,
         has_free: false,
         bump: 0,
-        founder: None,
+        cluster_id: None,
         bootstrap_expect: None,
     }
 }

@@ -270,14 +270,17 @@ impl Controller {
             lease.found();
         }
         let mut meta = cfg.meta.clone();
-        meta.founder = founding.decided().cloned();
+        meta.cluster_id = founding.decided().map(|f| f.cluster_id);
         meta.bootstrap_expect = cfg.bootstrap_expect;
         // A restarted node must out-bump the identities it published before.
         meta.bump = (lease.state().boot as u16).wrapping_mul(1024);
         meta.lease = lease.published(now);
         meta.has_free = lease.has_free();
         let fingerprint = cluster_fingerprint(meta.cluster_cidr, meta.subnet_len, meta.vni);
-        let membership = Membership::new(meta, &cfg.membership);
+        let (lease_now, free_now) = (meta.lease, meta.has_free);
+        let mut membership = Membership::new(meta, &cfg.membership);
+        // Tells the codec our founder, so other clusters are refused from the start.
+        membership.set_meta(lease_now, free_now, founding.decided(), now);
         let auth = Authenticator::new(cfg.keys, cfg.session);
         let seed_retries = cfg
             .seeds
@@ -497,10 +500,10 @@ impl Controller {
                 continue;
             }
             let m = &k.meta;
-            if let Some(f) = &m.founder {
+            if let Some(cluster_id) = m.cluster_id {
                 founded.push(FoundedPeer {
                     name: m.name.clone(),
-                    founder: f.clone(),
+                    cluster_id,
                 });
             }
             members.push(Participant {
@@ -525,10 +528,10 @@ impl Controller {
     fn after_founding(&mut self) {
         if self.founding.decided().is_none() {
             if self.lease.state().has_history() {
-                self.founding.adopt_legacy();
-            } else {
-                self.sync_members_to_founding();
+                // Granted a subnet before it learned the founder: it asks members.
+                self.founding.set_in_cluster();
             }
+            self.sync_members_to_founding();
         }
         if self.founding.take_dirty() {
             self.lease.set_founding(self.founding.state().clone());
@@ -913,7 +916,7 @@ mod tests {
             lease: None,
             has_free: false,
             bump: 0,
-            founder: None,
+            cluster_id: None,
             bootstrap_expect: None,
         };
         let cfg = ControllerConfig {

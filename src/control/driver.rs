@@ -251,7 +251,7 @@ impl ControlDriver {
                 lease: None,
                 has_free: false,
                 bump: 0,
-                founder: None,
+                cluster_id: None,
                 bootstrap_expect: cfg.bootstrap_expect,
             },
             seeds: cfg.seeds.iter().copied().filter(|s| *s != local).collect(),

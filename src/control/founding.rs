@@ -219,13 +219,13 @@ pub enum FoundingWait {
     },
 }
 
-/// A member that belongs to a founded cluster, and the founder it publishes.
+/// A member that belongs to a founded cluster, and the cluster id it publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundedPeer {
     /// The member's name.
     pub name: String,
-    /// The founder it publishes.
-    pub founder: Founder,
+    /// The cluster id it publishes (0: founded before founding by agreement).
+    pub cluster_id: u64,
 }
 
 /// A founding message and the node it goes to.
@@ -271,6 +271,11 @@ pub struct Founding {
     max_round: u64,
     next_try: Instant,
     attempts: u32,
+    /// Questions sent to members of a founded cluster (picks the next one).
+    queries: u64,
+    /// This node already belongs to a founded cluster (it holds lease state) but has
+    /// not learned the founder yet: it asks, and neither proposes nor accepts.
+    in_cluster: bool,
     last_proposer: Option<String>,
     outbox: VecDeque<FoundingTransmit>,
     to_self: VecDeque<FoundingMsg>,
@@ -295,6 +300,8 @@ impl Founding {
             max_round,
             next_try: now,
             attempts: 0,
+            queries: 0,
+            in_cluster: false,
             last_proposer: None,
             outbox: VecDeque::new(),
             to_self: VecDeque::new(),
@@ -338,12 +345,10 @@ impl Founding {
 
     /// Tells the machine which live members it can talk to (with their gossip
     /// addresses and initial sets, as published), and which live members already
-    /// belong to a founded cluster, with its founder. A node that has not decided
-    /// adopts the founder a member publishes: that value was chosen.
+    /// belong to a founded cluster. A node that has not decided asks those members
+    /// for the founder ([`Founding::handle_timeout`]) instead of proposing: their
+    /// value was chosen, and they answer with `Decided`.
     pub fn set_members(&mut self, members: Vec<Participant>, founded: Vec<FoundedPeer>) {
-        if let Some(f) = founded.first() {
-            self.decide(f.founder.clone());
-        }
         self.members = members;
         self.founded_peers = founded.into_iter().map(|f| f.name).collect();
     }
@@ -357,6 +362,16 @@ impl Founding {
                 cluster_id: self.next_rand().max(1),
             };
             self.decide(founder);
+        }
+    }
+
+    /// Tells the machine that this node already belongs to a founded cluster (it
+    /// received a subnet before it learned the founder): it only asks members for
+    /// the founder from now on.
+    pub fn set_in_cluster(&mut self) {
+        if self.st.decided.is_none() && !self.in_cluster {
+            self.in_cluster = true;
+            self.phase = Phase::Idle;
         }
     }
 
@@ -393,6 +408,14 @@ impl Founding {
 
     fn process(&mut self, from: &str, msg: FoundingMsg, now: Instant) {
         match msg {
+            // Round 0 is a question from a node that sees our published cluster id.
+            FoundingMsg::Prepare { ballot } if ballot.round == 0 => {
+                if let Some(f) = self.st.decided.clone() {
+                    self.send(from, FoundingMsg::Decided { founder: f });
+                }
+            }
+            FoundingMsg::Prepare { .. } | FoundingMsg::Accept { .. }
+                if self.in_cluster && self.st.decided.is_none() => {}
             FoundingMsg::Prepare { ballot } => {
                 self.max_round = self.max_round.max(ballot.round);
                 self.last_proposer = Some(ballot.proposer.clone());
@@ -623,6 +646,25 @@ impl Founding {
         if self.phase != Phase::Idle || now < self.next_try {
             return;
         }
+        if !self.founded_peers.is_empty() {
+            // A founded cluster is in reach: ask one of its members for the founder
+            // (a decided acceptor answers any prepare with `Decided`; round 0 changes
+            // no state anywhere), one member per try, in turn.
+            let i = (self.queries as usize) % self.founded_peers.len();
+            self.queries = self.queries.wrapping_add(1);
+            let to = self.founded_peers[i].clone();
+            let ballot = Ballot {
+                round: 0,
+                proposer: self.cfg.name.clone(),
+            };
+            self.send(&to, FoundingMsg::Prepare { ballot });
+            self.next_try = now + self.cfg.backoff;
+            return;
+        }
+        if self.in_cluster {
+            self.next_try = now + self.cfg.backoff;
+            return;
+        }
         // Propose only when our own initial set is satisfied by who we can see, and
         // (unless we have waited a while) when we are the first candidate.
         let mut group = self.candidates();
@@ -688,7 +730,7 @@ impl Founding {
 
     /// What the node waits for, while no founder is chosen.
     pub fn waiting(&self) -> Option<FoundingWait> {
-        if self.st.decided.is_some() {
+        if self.st.decided.is_some() || self.in_cluster {
             return None;
         }
         let mut group = self.candidates();
@@ -849,7 +891,7 @@ mod tests {
                         let d = self.nodes[Self::idx(&m.name)].as_ref()?.decided()?;
                         Some(FoundedPeer {
                             name: m.name.clone(),
-                            founder: d.clone(),
+                            cluster_id: d.cluster_id,
                         })
                     })
                     .collect();

@@ -264,17 +264,18 @@ impl Membership {
         founder: Option<&Founder>,
         now: Instant,
     ) {
-        let me = self.me();
-        if me.lease == lease && me.has_free == has_free && me.founder.as_ref() == founder {
-            return;
-        }
         if let Ok(mut slot) = self.founder.lock() {
             *slot = founder.cloned();
+        }
+        let me = self.me();
+        let cluster_id = founder.map(|f| f.cluster_id);
+        if me.lease == lease && me.has_free == has_free && me.cluster_id == cluster_id {
+            return;
         }
         let new = NodeMeta {
             lease,
             has_free,
-            founder: founder.cloned(),
+            cluster_id,
             bump: me.bump.wrapping_add(1),
             ..me.clone()
         };

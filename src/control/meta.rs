@@ -38,9 +38,11 @@ pub struct NodeMeta {
     pub has_free: bool,
     /// Identity generation: the highest `bump` for a name wins.
     pub bump: u16,
-    /// The founder of the cluster the node belongs to, once decided
-    /// (`docs/founding.md`); a node that has not decided adopts it.
-    pub founder: Option<Founder>,
+    /// The id of the cluster the node belongs to, once its founder is decided
+    /// (`docs/founding.md`; 0: founded before founding by agreement). A node that
+    /// has not decided asks such a member for the founder. Only the 8-byte id
+    /// travels in every identity, not the founder's name.
+    pub cluster_id: Option<u64>,
     /// `--bootstrap-expect N`, if the node was started with it.
     pub bootstrap_expect: Option<u32>,
 }
@@ -68,14 +70,15 @@ impl NodeMeta {
         }
     }
 
-    /// Describes how `other` belongs to a different cluster than `self`: both were
-    /// founded, with different cluster ids. Such nodes must not merge silently.
-    pub fn founder_mismatch(&self, other: &NodeMeta) -> Option<String> {
-        let (ours, theirs) = (self.founder.as_ref()?, other.founder.as_ref()?);
-        ours.conflicts_with(theirs).then(|| {
+    /// Describes how `other` belongs to a different cluster than `ours` (the founder
+    /// we decided on): both were founded, with different known cluster ids. Such
+    /// nodes must not merge silently.
+    pub fn founder_mismatch(ours: &Founder, other: &NodeMeta) -> Option<String> {
+        let theirs = other.cluster_id?;
+        (ours.cluster_id != 0 && theirs != 0 && ours.cluster_id != theirs).then(|| {
             format!(
-                "cluster id {:016x} (founded by {}) here, {:016x} (founded by {}) on {}",
-                ours.cluster_id, ours.name, theirs.cluster_id, theirs.name, other.name
+                "cluster id {:016x} (founded by {}) here, {:016x} on {}",
+                ours.cluster_id, ours.name, theirs, other.name
             )
         })
     }
@@ -187,9 +190,7 @@ pub fn meta_len(m: &NodeMeta) -> usize {
         + if m.lease.is_some() { 13 } else { 1 }
         + 3
         + 1
-        + m.founder
-            .as_ref()
-            .map_or(0, |f| 1 + f.name.len().min(255) + 8)
+        + if m.cluster_id.is_some() { 8 } else { 0 }
         + if m.bootstrap_expect.is_some() { 4 } else { 0 }
 }
 
@@ -228,15 +229,18 @@ pub fn put_meta(m: &NodeMeta, out: &mut impl BufMut) {
     }
     out.put_u8(u8::from(m.has_free));
     out.put_u16(m.bump);
-    let flags = if m.founder.is_some() { HAS_FOUNDER } else { 0 }
-        | if m.bootstrap_expect.is_some() {
-            HAS_EXPECT
-        } else {
-            0
-        };
+    let flags = if m.cluster_id.is_some() {
+        HAS_FOUNDER
+    } else {
+        0
+    } | if m.bootstrap_expect.is_some() {
+        HAS_EXPECT
+    } else {
+        0
+    };
     out.put_u8(flags);
-    if let Some(f) = &m.founder {
-        super::message::put_founder(out, f);
+    if let Some(id) = m.cluster_id {
+        out.put_u64(id);
     }
     if let Some(n) = m.bootstrap_expect {
         out.put_u32(n);
@@ -285,13 +289,9 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
     if flags & !(HAS_FOUNDER | HAS_EXPECT) != 0 {
         return Err(WireError::Malformed);
     }
-    let founder = if flags & HAS_FOUNDER != 0 {
-        need(buf, 1)?;
-        let n = buf.chunk()[0] as usize;
-        need(buf, 1 + n + 8)?;
-        let mut tmp = vec![0u8; 1 + n + 8];
-        buf.copy_to_slice(&mut tmp);
-        Some(super::message::get_founder(&mut &tmp[..])?)
+    let cluster_id = if flags & HAS_FOUNDER != 0 {
+        need(buf, 8)?;
+        Some(buf.get_u64())
     } else {
         None
     };
@@ -312,7 +312,7 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
         lease,
         has_free,
         bump,
-        founder,
+        cluster_id,
         bootstrap_expect,
     })
 }
@@ -321,7 +321,7 @@ impl MetaCodec {
     /// A codec that accepts only identities with the same cluster parameters as `ours`.
     pub fn new(ours: NodeMeta) -> Self {
         MetaCodec {
-            founder: Arc::new(Mutex::new(ours.founder.clone())),
+            founder: Arc::new(Mutex::new(None)),
             ours,
             last_mismatch: Arc::new(Mutex::new(None)),
         }
@@ -340,11 +340,12 @@ impl MetaCodec {
     fn checked_meta(&mut self, buf: &mut impl Buf) -> Result<NodeMeta, CodecError> {
         let m = get_meta(buf)?;
         let founder = self.founder.lock().ok().and_then(|f| f.clone());
-        let ours = NodeMeta {
-            founder,
-            ..self.ours.clone()
-        };
-        if let Some(reason) = ours.mismatch(&m).or_else(|| ours.founder_mismatch(&m)) {
+        let reason = self.ours.mismatch(&m).or_else(|| {
+            founder
+                .as_ref()
+                .and_then(|f| NodeMeta::founder_mismatch(f, &m))
+        });
+        if let Some(reason) = reason {
             if let Ok(mut slot) = self.last_mismatch.lock() {
                 *slot = Some(Mismatch { meta: m, reason });
             }
@@ -518,7 +519,7 @@ pub(crate) mod tests {
             lease: Some((3, 1)),
             has_free: false,
             bump: 0,
-            founder: None,
+            cluster_id: None,
             bootstrap_expect: None,
         }
     }
@@ -533,11 +534,11 @@ pub(crate) mod tests {
             proptest::option::of((any::<u32>(), any::<u64>())),
             any::<bool>(),
             any::<u16>(),
-            proptest::option::of(("[a-z0-9-]{0,30}", any::<u64>())),
+            proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u32>()),
         )
             .prop_map(
-                |(name, ip, port, vni, mac, lease, has_free, bump, founder, expect)| NodeMeta {
+                |(name, ip, port, vni, mac, lease, has_free, bump, cluster_id, expect)| NodeMeta {
                     name,
                     gossip: SocketAddr::new(IpAddr::V4(ip.into()), port),
                     vxlan_port: port,
@@ -548,7 +549,7 @@ pub(crate) mod tests {
                     lease,
                     has_free,
                     bump,
-                    founder: founder.map(|(name, cluster_id)| Founder { name, cluster_id }),
+                    cluster_id,
                     bootstrap_expect: expect,
                 },
             )
@@ -565,7 +566,7 @@ pub(crate) mod tests {
 
         #[test]
         fn header_round_trip(a in arb_meta(), b in arb_meta(), inc in any::<u16>(), p in any::<u8>(), tag in 0usize..11) {
-            let b = NodeMeta { vni: a.vni, founder: a.founder.clone(), ..b };
+            let b = NodeMeta { vni: a.vni, ..b };
             let mut codec = MetaCodec::new(a.clone());
             let message = match tag {
                 0 => Message::Ping(p),
@@ -620,67 +621,42 @@ mod founder_tests {
     use super::tests::meta;
     use super::*;
 
-    #[test]
-    fn another_cluster_id_is_refused_and_both_are_named() {
-        let mut ours = meta("a");
-        ours.founder = Some(Founder {
-            name: "a".into(),
-            cluster_id: 1,
-        });
-        let mut theirs = meta("b");
-        theirs.founder = Some(Founder {
-            name: "c".into(),
-            cluster_id: 2,
-        });
-        let mut codec = MetaCodec::new(ours.clone());
+    fn announce_from(codec: &mut MetaCodec, theirs: &NodeMeta) -> Result<(), CodecError> {
         let h = Header {
             src: theirs.clone(),
             src_incarnation: 0,
-            dst: ours.clone(),
+            dst: meta("a"),
             message: Message::Announce,
         };
         let mut buf = Vec::new();
         codec.encode_header(&h, &mut buf).unwrap();
-        assert_eq!(codec.decode_header(&buf[..]), Err(CodecError::Mismatch));
+        codec.decode_header(&buf[..]).map(|_| ())
+    }
+
+    #[test]
+    fn another_cluster_id_is_refused_and_both_are_named() {
+        let mut codec = MetaCodec::new(meta("a"));
+        let mut theirs = meta("b");
+        theirs.cluster_id = Some(2);
+        // An undecided node refuses nobody for its cluster id.
+        assert_eq!(announce_from(&mut codec, &theirs), Ok(()));
+        *codec.founder_slot().lock().unwrap() = Some(Founder {
+            name: "a".into(),
+            cluster_id: 1,
+        });
+        assert_eq!(
+            announce_from(&mut codec, &theirs),
+            Err(CodecError::Mismatch)
+        );
         let refused = codec.last_mismatch.lock().unwrap().take().unwrap();
         assert_eq!(
             refused.reason,
-            "cluster id 0000000000000001 (founded by a) here, 0000000000000002 (founded by c) on b"
+            "cluster id 0000000000000001 (founded by a) here, 0000000000000002 on b"
         );
         // The same cluster, an undecided node and a legacy one (id 0) all pass.
-        for f in [
-            Some(Founder {
-                name: "a".into(),
-                cluster_id: 1,
-            }),
-            None,
-            Some(Founder::legacy()),
-        ] {
-            theirs.founder = f;
-            let h = Header {
-                src: theirs.clone(),
-                src_incarnation: 0,
-                dst: ours.clone(),
-                message: Message::Announce,
-            };
-            let mut buf = Vec::new();
-            codec.encode_header(&h, &mut buf).unwrap();
-            assert_eq!(codec.decode_header(&buf[..]), Ok(h));
+        for id in [Some(1), None, Some(0)] {
+            theirs.cluster_id = id;
+            assert_eq!(announce_from(&mut codec, &theirs), Ok(()), "{id:?}");
         }
-        // An undecided node refuses nobody for its founder.
-        *codec.founder_slot().lock().unwrap() = None;
-        theirs.founder = Some(Founder {
-            name: "c".into(),
-            cluster_id: 2,
-        });
-        let h = Header {
-            src: theirs,
-            src_incarnation: 0,
-            dst: ours,
-            message: Message::Announce,
-        };
-        let mut buf = Vec::new();
-        codec.encode_header(&h, &mut buf).unwrap();
-        assert!(codec.decode_header(&buf[..]).is_ok());
     }
 }

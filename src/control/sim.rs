@@ -272,7 +272,7 @@ impl Sim {
                 lease: None,
                 has_free: false,
                 bump: 0,
-                founder: None,
+                cluster_id: None,
                 bootstrap_expect: None,
             },
             seeds: self.seed_addrs(i),
@@ -396,7 +396,9 @@ impl Sim {
             self.slots[i].persisted = Some(node.lease().state().clone());
         }
         let using = node.using(local);
-        if let Some(f) = node.founder() {
+        // A founder with cluster id 0 is not a founding: a node whose saved state
+        // shows a subnet but no founder counts as founded (legacy state).
+        if let Some(f) = node.founder().filter(|f| f.cluster_id != 0) {
             if !self.founders.contains(f) {
                 self.trace
                     .push(format!("{:?} {} founder {:?}", now_v, name(i), f));
@@ -438,10 +440,20 @@ impl Sim {
         self.check(i, using);
     }
 
-    /// The cluster id of node `i`'s founder (separately founded clusters may use the
-    /// same subnets: the invariant holds within one cluster).
+    /// The cluster id of node `i`'s founder, if known and not 0.
     fn cluster_of(&self, i: usize) -> Option<u64> {
-        self.slots[i].node.as_ref()?.founder().map(|f| f.cluster_id)
+        self.slots[i]
+            .node
+            .as_ref()?
+            .founder()
+            .map(|f| f.cluster_id)
+            .filter(|id| *id != 0)
+    }
+
+    /// Whether two nodes are known to belong to separately founded clusters, which
+    /// may use the same subnets. Every other pair is checked.
+    fn apart(a: Option<u64>, b: Option<u64>) -> bool {
+        matches!((a, b), (Some(x), Some(y)) if x != y)
     }
 
     fn check(&mut self, i: usize, using: Option<u32>) {
@@ -454,7 +466,7 @@ impl Sim {
             let holders = self.holders.entry(s).or_default().clone();
             let cluster = self.cluster_of(i);
             for j in holders {
-                if j == i || self.cluster_of(j) != cluster {
+                if j == i || Self::apart(self.cluster_of(j), cluster) {
                     continue;
                 }
                 let t = self.local(j, self.now);
@@ -479,12 +491,17 @@ impl Sim {
     }
 
     fn full_check(&self) {
-        let mut seen: HashMap<(Option<u64>, u32), usize> = HashMap::new();
+        let mut seen: HashMap<u32, Vec<usize>> = HashMap::new();
         for (i, s) in self.slots.iter().enumerate() {
             let Some(n) = s.node.as_ref() else { continue };
             if let Some(sub) = n.using(self.local(i, self.now)) {
-                let cluster = n.founder().map(|f| f.cluster_id);
-                if let Some(j) = seen.insert((cluster, sub), i) {
+                let users = seen.entry(sub).or_default();
+                let clash = users
+                    .iter()
+                    .find(|j| !Self::apart(self.cluster_of(**j), self.cluster_of(i)))
+                    .copied();
+                users.push(i);
+                if let Some(j) = clash {
                     panic!(
                         "invariant violated at {:?} (seed {}): {} and {} both use subnet {}",
                         self.now,
@@ -603,7 +620,8 @@ impl Sim {
         self.slots[i].node.as_ref()
     }
 
-    /// Every founder a node decided on so far (legacy founders included), in order.
+    /// Every founder a node decided on so far, in order (not the unknown founder of
+    /// legacy state, cluster id 0).
     pub fn founders(&self) -> &[Founder] {
         &self.founders
     }
