@@ -674,6 +674,45 @@ mod tests {
         .expect("condition reached in time")
     }
 
+    /// Issue 13: two nodes that name each other. Before either hears from the other
+    /// it says what it waits for; then they agree on a founder, both get a subnet,
+    /// and the founding decision is in the state file, so a restart founds nothing.
+    #[tokio::test(start_paused = true)]
+    async fn two_drivers_that_name_each_other_found_by_agreement() {
+        let dir = tmpdir("found");
+        let net = ChannelNetwork::new();
+        let a_addr: SocketAddr = "127.0.0.1:7011".parse().unwrap();
+        let b_addr: SocketAddr = "127.0.0.1:7012".parse().unwrap();
+        let (a, _ta) = ControlDriver::spawn_with(
+            cfg("a", &dir, vec![b_addr], 7011),
+            net.bind(a_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        let waiting = wait_for(&mut a.lease(), |l| l.waiting.is_some()).await;
+        assert_eq!(
+            waiting.waiting.unwrap().to_string(),
+            "waiting to found: 1 of 2 initial peers present, 2 needed (127.0.0.1:7012 not heard from)"
+        );
+        let (b, _tb) = ControlDriver::spawn_with(
+            cfg("b", &dir, vec![a_addr], 7012),
+            net.bind(b_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        let la = wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
+        let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
+        assert_ne!(la.subnet, lb.subnet);
+        let (sa, sb) = (a.status().await.unwrap(), b.status().await.unwrap());
+        assert!(sa.founder.is_some());
+        assert_eq!(sa.founder, sb.founder);
+        for n in ["a", "b"] {
+            let saved = load_state(&dir.join(n).join(STATE_FILE)).unwrap().unwrap();
+            assert_eq!(saved.founding.decided, sa.founder, "{n}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn two_drivers_in_memory() {
         let dir = tmpdir("mem");

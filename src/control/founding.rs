@@ -802,12 +802,26 @@ mod tests {
         }
     }
 
+    /// A message on its way.
+    #[derive(Clone)]
+    struct InFlight {
+        from: usize,
+        to: usize,
+        msg: FoundingMsg,
+    }
+
+    /// A value accepted in one ballot, and by whom.
+    struct AcceptedBy {
+        founder: Founder,
+        by: Vec<Participant>,
+    }
+
     /// A tiny network: nodes, persisted states, in-flight messages, links and crashes.
     struct Net {
         nodes: Vec<Option<Founding>>,
         saved: Vec<FoundingState>,
         initial: Vec<InitialSet>,
-        flight: Vec<(usize, usize, FoundingMsg)>,
+        flight: Vec<InFlight>,
         cut: HashMap<(usize, usize), bool>,
         now: Instant,
         rng: Rng,
@@ -858,7 +872,7 @@ mod tests {
 
         fn crash(&mut self, i: usize) {
             self.nodes[i] = None;
-            self.flight.retain(|(_, to, _)| *to != i);
+            self.flight.retain(|m| m.to != i);
         }
 
         fn linked(&self, a: usize, b: usize) -> bool {
@@ -915,7 +929,11 @@ mod tests {
                 }
             }
             while let Some(FoundingTransmit { to, msg }) = f.poll_transmit() {
-                self.flight.push((i, Self::idx(&to), msg));
+                self.flight.push(InFlight {
+                    from: i,
+                    to: Self::idx(&to),
+                    msg,
+                });
             }
         }
 
@@ -938,13 +956,17 @@ mod tests {
                     continue;
                 }
                 let j = self.rng.below(self.flight.len() as u64) as usize;
-                let (from, to, msg) = self.flight.swap_remove(j);
+                let InFlight { from, to, msg } = self.flight.swap_remove(j);
                 if self.rng.below(100) < self.loss || !self.linked(from, to) {
                     continue;
                 }
                 if self.rng.below(20) == 0 {
                     // Duplicate.
-                    self.flight.push((from, to, msg.clone()));
+                    self.flight.push(InFlight {
+                        from,
+                        to,
+                        msg: msg.clone(),
+                    });
                 }
                 if let Some(f) = self.nodes[to].as_mut() {
                     f.handle_message(&name(from), msg, self.now);
@@ -958,17 +980,18 @@ mod tests {
 
         /// Values accepted by a quorum in the same ballot: Paxos's "chosen".
         fn chosen(&self) -> Vec<Founder> {
-            let mut by_ballot: BTreeMap<Ballot, (Founder, Vec<Participant>)> = BTreeMap::new();
+            let mut by_ballot: BTreeMap<Ballot, AcceptedBy> = BTreeMap::new();
             for i in 0..self.nodes.len() {
                 let st = match &self.nodes[i] {
                     Some(f) => f.state().clone(),
                     None => self.saved[i].clone(),
                 };
                 if let Some(a) = st.accepted {
-                    let e = by_ballot
-                        .entry(a.ballot)
-                        .or_insert_with(|| (a.founder.clone(), Vec::new()));
-                    e.1.push(Participant {
+                    let e = by_ballot.entry(a.ballot).or_insert_with(|| AcceptedBy {
+                        founder: a.founder.clone(),
+                        by: Vec::new(),
+                    });
+                    e.by.push(Participant {
                         name: name(i),
                         addr: addr(i),
                         initial: self.initial[i].clone(),
@@ -977,8 +1000,8 @@ mod tests {
             }
             by_ballot
                 .into_values()
-                .filter(|(_, g)| is_quorum(g))
-                .map(|(f, _)| f)
+                .filter(|a| is_quorum(&a.by))
+                .map(|a| a.founder)
                 .collect()
         }
 
