@@ -172,7 +172,7 @@ pub const FOUNDING_BACKOFF: Duration = Duration::from_millis(300);
 /// [`SEED_RETRY_MAX`], for as long as the node runs, so that islands merge.
 pub const SEED_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest delay between announces to a seed outside our membership.
-pub const SEED_RETRY_MAX: Duration = Duration::from_secs(30);
+pub const SEED_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// When to announce to one seed next, while it is not in our membership.
 #[derive(Debug, Clone, Copy)]

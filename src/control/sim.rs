@@ -6,8 +6,8 @@
 //! partitioned; nodes can be started (concurrently), crashed, restarted from their
 //! persisted lease state, and asked to leave; a node's gossip port can be closed for
 //! a while. After every step the simulator checks the lease invariant: no two
-//! running nodes of one cluster (one founder) use the same subnet at the same virtual
-//! instant. The same seed always gives the same trace.
+//! running nodes use the same subnet at the same virtual instant (unless they were
+//! configured into separate clusters, [`SimConfig::groups`]). The same seed always gives the same trace.
 //!
 //! Scenarios are data ([`Op`]); [`random_schedule`] generates them from a seed, with
 //! node 0 founding alone, and [`bootstrap_schedule`] generates founding by agreement:
@@ -75,6 +75,9 @@ pub struct SimConfig {
     pub seeds: Option<Vec<Vec<usize>>>,
     /// Every node's `--bootstrap-expect`.
     pub bootstrap_expect: Option<u32>,
+    /// Separately configured clusters: node `i` is in group `groups[i]`, and groups
+    /// never name each other. `None`: one group. The invariant holds per group.
+    pub groups: Option<Vec<usize>>,
 }
 
 impl SimConfig {
@@ -95,6 +98,7 @@ impl SimConfig {
             full_check: true,
             seeds: None,
             bootstrap_expect: None,
+            groups: None,
         }
     }
 }
@@ -440,20 +444,14 @@ impl Sim {
         self.check(i, using);
     }
 
-    /// The cluster id of node `i`'s founder, if known and not 0.
-    fn cluster_of(&self, i: usize) -> Option<u64> {
-        self.slots[i]
-            .node
-            .as_ref()?
-            .founder()
-            .map(|f| f.cluster_id)
-            .filter(|id| *id != 0)
-    }
-
-    /// Whether two nodes are known to belong to separately founded clusters, which
-    /// may use the same subnets. Every other pair is checked.
-    fn apart(a: Option<u64>, b: Option<u64>) -> bool {
-        matches!((a, b), (Some(x), Some(y)) if x != y)
+    /// Whether nodes `a` and `b` were configured into separate clusters (disjoint
+    /// seed groups that never meet), which may use the same subnets. Every other pair
+    /// is checked.
+    fn apart(&self, a: usize, b: usize) -> bool {
+        self.cfg
+            .groups
+            .as_ref()
+            .is_some_and(|g| g.get(a) != g.get(b))
     }
 
     fn check(&mut self, i: usize, using: Option<u32>) {
@@ -464,9 +462,8 @@ impl Sim {
         }
         if let Some(s) = using {
             let holders = self.holders.entry(s).or_default().clone();
-            let cluster = self.cluster_of(i);
             for j in holders {
-                if j == i || Self::apart(self.cluster_of(j), cluster) {
+                if j == i || self.apart(i, j) {
                     continue;
                 }
                 let t = self.local(j, self.now);
@@ -496,10 +493,7 @@ impl Sim {
             let Some(n) = s.node.as_ref() else { continue };
             if let Some(sub) = n.using(self.local(i, self.now)) {
                 let users = seen.entry(sub).or_default();
-                let clash = users
-                    .iter()
-                    .find(|j| !Self::apart(self.cluster_of(**j), self.cluster_of(i)))
-                    .copied();
+                let clash = users.iter().find(|j| !self.apart(i, **j)).copied();
                 users.push(i);
                 if let Some(j) = clash {
                     panic!(
@@ -711,6 +705,8 @@ pub struct BootstrapSchedule {
     pub seeds: Vec<Vec<usize>>,
     /// Every node's `--bootstrap-expect`, if used.
     pub bootstrap_expect: Option<u32>,
+    /// The group of each node, for disjoint groups.
+    pub groups: Option<Vec<usize>>,
     /// The operations, by virtual time.
     pub ops: Vec<(Duration, Op)>,
     /// When the last fault ends and every node runs.
@@ -762,6 +758,7 @@ pub fn bootstrap_schedule(seed: u64, n: usize) -> BootstrapSchedule {
         v
     };
     let mut bootstrap_expect = None;
+    let mut groups = None;
     let seeds: Vec<Vec<usize>> = match kind {
         BootstrapKind::SharedSeeds => {
             let k = rng.random_range(1..=3usize.min(n));
@@ -804,6 +801,7 @@ pub fn bootstrap_schedule(seed: u64, n: usize) -> BootstrapSchedule {
             };
             let sa = group(&mut rng, a);
             let sb = group(&mut rng, b);
+            groups = Some((0..n).map(|i| usize::from(!a.contains(&i))).collect());
             (0..n)
                 .map(|i| {
                     let set = if a.contains(&i) { &sa } else { &sb };
@@ -856,6 +854,7 @@ pub fn bootstrap_schedule(seed: u64, n: usize) -> BootstrapSchedule {
         kind,
         seeds,
         bootstrap_expect,
+        groups,
         ops,
         settled_at,
     }
@@ -866,6 +865,7 @@ pub fn bootstrap_schedule(seed: u64, n: usize) -> BootstrapSchedule {
 pub fn run_bootstrap(mut cfg: SimConfig, n: usize, b: &BootstrapSchedule, tail: Duration) -> Sim {
     cfg.seeds = Some(b.seeds.clone());
     cfg.bootstrap_expect = b.bootstrap_expect;
+    cfg.groups = b.groups.clone();
     run_schedule(cfg, n, &b.ops, tail)
 }
 
