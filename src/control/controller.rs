@@ -905,6 +905,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn node() -> Controller {
+        Controller::new(test_config(), None, Instant::now()).unwrap()
+    }
+
+    fn test_config() -> ControllerConfig {
         let meta = NodeMeta {
             name: "a".into(),
             gossip: "10.0.0.1:7946".parse().unwrap(),
@@ -919,7 +923,7 @@ mod tests {
             cluster_id: None,
             bootstrap_expect: None,
         };
-        let cfg = ControllerConfig {
+        ControllerConfig {
             meta,
             seeds: vec![],
             founder: true,
@@ -929,8 +933,33 @@ mod tests {
             lease: LeaseConfig::new("a", 0, true),
             keys: None,
             session: 1,
-        };
-        Controller::new(cfg, None, Instant::now()).unwrap()
+        }
+    }
+
+    /// A `lease.json` written before founding by agreement has no `founding` key. It
+    /// loads, and a node whose state shows a subnet counts as founded: it publishes
+    /// cluster id 0 and never proposes, even without `founder` set.
+    #[test]
+    fn legacy_state_loads_and_counts_as_founded() {
+        let json = r#"{"epoch":0,"boot":3,"state_version":2,"owned":{"5":2},
+            "known":{"5":2},"lease":5,"view":{"version":0,"configs":[]},
+            "watching":{},"attested":[],"reclaimed":[],"pending_grants":[]}"#;
+        let st: LeaseState = serde_json::from_str(json).unwrap();
+        assert_eq!(st.founding, Default::default());
+        let mut cfg = test_config();
+        cfg.founder = false;
+        cfg.seeds = vec!["10.0.0.2:7946".parse().unwrap()];
+        let n = Controller::new(cfg, Some(st), Instant::now()).unwrap();
+        assert_eq!(n.founder(), Some(&Founder::legacy()));
+        assert_eq!(n.membership().me().cluster_id, Some(0));
+        assert!(n.founding().waiting().is_none());
+        // A fresh node with the same settings waits to found instead.
+        let mut cfg = test_config();
+        cfg.founder = false;
+        cfg.seeds = vec!["10.0.0.2:7946".parse().unwrap()];
+        let n = Controller::new(cfg, None, Instant::now()).unwrap();
+        assert_eq!(n.founder(), None);
+        assert!(n.founding().waiting().is_some());
     }
 
     #[test]
