@@ -130,8 +130,10 @@ pub struct DaemonArgs {
     )]
     pub subnet: Option<IpNet>,
     /// Seed peers to join (gossip addresses, HOST[:PORT], comma-separated). The node
-    /// learns the rest of the cluster from them and leases a subnet by gossip.
-    /// Without --peers and --subnet, this node founds a new cluster.
+    /// learns the rest of the cluster from them and leases a subnet by gossip. A new
+    /// cluster is founded once a majority of this node and its peers have met and
+    /// agree (docs/founding.md). Without --peers and --subnet, this node founds a new
+    /// cluster at once.
     #[arg(
         long,
         env = "OVERLAYD_PEERS",
@@ -139,6 +141,16 @@ pub struct DaemonArgs {
         value_delimiter = ','
     )]
     pub peers: Vec<String>,
+    /// Found a new cluster once a majority of N nodes started with the same N have
+    /// met, instead of a majority of this node and its --peers (like Consul's
+    /// -bootstrap-expect). Give every node of the new cluster the same N.
+    #[arg(
+        long,
+        env = "OVERLAYD_BOOTSTRAP_EXPECT",
+        value_name = "N",
+        value_parser = parse_bootstrap_expect
+    )]
+    pub bootstrap_expect: Option<u32>,
     /// UDP port for gossip.
     #[arg(long, env = "OVERLAYD_GOSSIP_PORT", value_name = "N", default_value_t = crate::control::driver::DEFAULT_GOSSIP_PORT)]
     pub gossip_port: u16,
@@ -428,6 +440,13 @@ impl DaemonArgs {
                 ));
             }
         }
+        if let (Some(n), Some(_)) = (self.bootstrap_expect, self.subnet) {
+            return Err(invalid(
+                "--bootstrap-expect",
+                n,
+                "founds a cluster of leases; it cannot go with a fixed --subnet",
+            ));
+        }
         for peer in &self.peers {
             if peer.trim().is_empty() || peer.contains(char::is_whitespace) {
                 return Err(invalid(
@@ -710,6 +729,18 @@ fn parse_busy_poll(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// Parses `--bootstrap-expect N`: a node count from 1 to 10,000.
+fn parse_bootstrap_expect(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a node count (a whole number from 1 to 10000)"))?;
+    if !(1..=10_000).contains(&n) {
+        return Err(format!("{n} is not a node count from 1 to 10000"));
+    }
+    Ok(n)
+}
+
 /// Parses a duration such as `24h`, `90m`, `30s` or `1h30m`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s)
@@ -763,6 +794,9 @@ mod tests {
         assert_eq!(a.subnet_len, 24);
         assert_eq!(a.reclaim_after, std::time::Duration::from_secs(24 * 3600));
         assert_eq!(a.busy_poll, std::time::Duration::ZERO);
+        assert_eq!(a.bootstrap_expect, None);
+        let a = parse(&["--bootstrap-expect", "3", "--peers", "198.18.0.1"]).unwrap();
+        assert_eq!(a.bootstrap_expect, Some(3));
         for (flag, want) in [("0", 0), ("0s", 0), ("200us", 200), ("20ms", 20_000)] {
             let a = parse(&["--busy-poll", flag]).unwrap();
             assert_eq!(
@@ -797,6 +831,13 @@ mod tests {
             (&["--reclaim-after", "soon"], "--reclaim-after"),
             (&["--reclaim-after", "2s"], "--reclaim-after"),
             (&["--busy-poll", "fast"], "--busy-poll"),
+            (&["--bootstrap-expect", "0"], "--bootstrap-expect"),
+            (&["--bootstrap-expect", "three"], "--bootstrap-expect"),
+            (&["--bootstrap-expect=-1"], "--bootstrap-expect"),
+            (
+                &["--bootstrap-expect", "3", "--subnet", "10.244.1.0/24"],
+                "--bootstrap-expect",
+            ),
             (&["--busy-poll", "5s"], "--busy-poll"),
             (
                 &[
@@ -922,6 +963,9 @@ mod tests {
         assert_eq!(cli.daemon.vni, 42);
         assert_eq!(cli.daemon.static_peers.len(), 2);
         assert_eq!(cli.daemon.metrics_addr, MetricsAddr::Off);
+        let cli = with_file("bootstrap_expect = 5\npeers = [\"198.18.0.1\"]", &[]).unwrap();
+        assert_eq!(cli.daemon.bootstrap_expect, Some(5));
+        assert!(cli.daemon.validate().is_ok());
         // A flag overrides the file.
         let cli = with_file(toml, &["--vni", "7"]).unwrap();
         assert_eq!(cli.daemon.vni, 7);

@@ -2,7 +2,8 @@
 //! in order, what a packet to POD_IP needs on its way out of this node, and the first
 //! check that fails is the verdict. Every check is reported as evidence.
 //!
-//! Checks: the address is in the cluster CIDR; which node owns its subnet (this node,
+//! Checks: the address is in the cluster CIDR; this node has a subnet (if not, the
+//! verdict says what it waits for); which node owns its subnet (this node,
 //! a peer, or nobody); that peer's state; the kernel's route to the address; the
 //! bridge and TUN devices; and whether VXLAN traffic from that peer has arrived
 //! recently (a peer we send to that never answers points at the underlay).
@@ -73,6 +74,18 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
                 "{target} is not a pod address of this cluster ({})",
                 node.cluster_cidr
             );
+        }
+        if let Some(c) = &report.control {
+            if node.subnet.is_none() {
+                let why = c
+                    .waiting
+                    .clone()
+                    .unwrap_or_else(|| "no subnet yet".to_string());
+                check(&mut ev, "this node's lease", false, why.clone());
+                break 'verdict format!(
+                    "this node has no subnet yet, so it has no pods and no routes into the overlay: {why}"
+                );
+            }
         }
         let bridge = netlink.link_by_name(&node.bridge).await.ok().flatten();
         let bridge_up = bridge

@@ -3,7 +3,8 @@
 //! A [`Collector`] reads the live counters on each scrape, so nothing on the packet
 //! path knows about Prometheus. The text exposition format is prometheus-client's.
 //! `/healthz` answers 200 while the dataplane runs and the node has a subnet, which
-//! is what a Kubernetes readiness probe needs.
+//! is what a Kubernetes readiness probe needs; otherwise 503 with what the node waits
+//! for, in the words of the status lease line.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -177,6 +178,52 @@ impl Collector for Exporter {
         }
 
         if let Some(c) = &report.control {
+            {
+                let mut members = encoder.encode_descriptor(
+                    "overlayd_gossip_members",
+                    "Members gossip knows, by state, with or without a lease.",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (state, label) in [
+                    (PeerState::Alive, "alive"),
+                    (PeerState::Suspect, "suspect"),
+                    (PeerState::Dead, "dead"),
+                ] {
+                    let n = c.members.iter().filter(|m| m.state == state).count() as i64;
+                    ConstGauge::new(n).encode(members.encode_family(&[("state", label)])?)?;
+                }
+            }
+            {
+                let mut member = encoder.encode_descriptor(
+                    "overlayd_gossip_member",
+                    "1 for each member gossip knows, with its state and lease (\"none yet\" before it has one).",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for m in &c.members {
+                    let state = match m.state {
+                        PeerState::Alive => "alive",
+                        PeerState::Suspect => "suspect",
+                        PeerState::Dead => "dead",
+                    };
+                    let lease = m.subnet.map_or("none yet".to_string(), |s| s.to_string());
+                    ConstGauge::new(1i64).encode(member.encode_family(&[
+                        ("name", m.name.as_str()),
+                        ("state", state),
+                        ("lease", lease.as_str()),
+                    ])?)?;
+                }
+            }
+            if let Some(w) = &c.waiting {
+                let mut waiting = encoder.encode_descriptor(
+                    "overlayd_lease_waiting",
+                    "1 while this node uses no subnet, labelled with what it waits for.",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                ConstGauge::new(1i64).encode(waiting.encode_family(&[("reason", w.as_str())])?)?;
+            }
             let used = i64::try_from(c.leases_used).unwrap_or(i64::MAX);
             let total = i64::try_from(c.leases_total).unwrap_or(i64::MAX);
             for (name, help, value) in [
@@ -336,11 +383,19 @@ async fn handle(
         // node has a subnet for its pods.
         (&Method::GET, "/healthz") => match source.node.borrow().subnet {
             Some(subnet) => response(StatusCode::OK, TEXT, format!("ok: subnet {subnet}\n")),
-            None => response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                TEXT,
-                "not ready: no subnet yet\n".into(),
-            ),
+            None => {
+                // The same reason as the status lease line and the log.
+                let why = source
+                    .control
+                    .as_ref()
+                    .and_then(|c| c.report.borrow().waiting.clone())
+                    .unwrap_or_else(|| "no subnet yet".to_string());
+                response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("not ready: {why}\n"),
+                )
+            }
         },
         (&Method::GET, _) => response(
             StatusCode::NOT_FOUND,

@@ -73,6 +73,19 @@ pub struct PeerReport {
     pub last_heard_secs: Option<u64>,
 }
 
+/// A member gossip knows, with or without a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberLine {
+    /// Node name.
+    pub name: String,
+    /// Its gossip address.
+    pub gossip: SocketAddr,
+    /// Alive, suspect or dead.
+    pub state: PeerState,
+    /// The subnet it publishes (`None`: no lease yet).
+    pub subnet: Option<IpNet>,
+}
+
 /// The control plane, as status shows it (absent with a fixed `--subnet`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlReport {
@@ -80,8 +93,18 @@ pub struct ControlReport {
     pub lease: Option<IpNet>,
     /// Whether the node holds a lease it may not use (cut off from its witnesses).
     pub fenced: bool,
-    /// Whether the last request for a subnet found no free space.
+    /// Whether every subnet of the cluster CIDR is in use and this node has none.
     pub exhausted: bool,
+    /// What this node waits for while it uses no subnet, in words (the lease line,
+    /// the log and `/healthz` say the same).
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// The founder of the cluster and its id, once known.
+    #[serde(default)]
+    pub founder: Option<String>,
+    /// Every member gossip knows, with or without a lease.
+    #[serde(default)]
+    pub members: Vec<MemberLine>,
     /// The nodes that witness our lease.
     pub witnesses: Vec<String>,
     /// Gossip datagrams dropped as malformed, oversized or mismatched.
@@ -101,7 +124,7 @@ pub struct ControlReport {
     pub gossip_rx_messages: u64,
     /// Gossip bytes received (UDP payload).
     pub gossip_rx_bytes: u64,
-    /// Members with a subnet, by state.
+    /// Members gossip knows, by state (with or without a subnet).
     pub alive: usize,
     /// Suspect members.
     pub suspect: usize,
@@ -130,11 +153,34 @@ impl ControlReport {
     /// cluster CIDR, taken `as_of_secs` into the daemon's life.
     pub fn from_status(st: &crate::control::Status, total: u64, as_of_secs: u64) -> ControlReport {
         use crate::control::MemberState as Ctl;
-        let count = |state: Ctl| st.peers.iter().filter(|p| p.state == state).count();
+        let count = |state: Ctl| st.members.iter().filter(|m| m.state == state).count();
+        let fib_state = |state: Ctl| match state {
+            Ctl::Alive => PeerState::Alive,
+            Ctl::Suspect => PeerState::Suspect,
+            Ctl::Dead => PeerState::Dead,
+        };
         ControlReport {
             lease: st.lease,
             fenced: st.fenced,
             exhausted: st.exhausted,
+            waiting: st.waiting.as_ref().map(|w| w.to_string()),
+            founder: st.founder.as_ref().map(|f| {
+                if f.cluster_id == 0 {
+                    "founded before founding by agreement (cluster id unknown)".to_string()
+                } else {
+                    format!("{} (cluster id {:016x})", f.name, f.cluster_id)
+                }
+            }),
+            members: st
+                .members
+                .iter()
+                .map(|m| MemberLine {
+                    name: m.name.clone(),
+                    gossip: m.gossip,
+                    state: fib_state(m.state),
+                    subnet: m.subnet,
+                })
+                .collect(),
             witnesses: st.witnesses.clone(),
             gossip_dropped: st.dropped,
             auth_keys: st.auth_keys.clone(),
@@ -249,13 +295,16 @@ pub fn render_leases(report: &StatusReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     if let Some(c) = &report.control {
-        let lease = match (c.lease, c.fenced, c.exhausted) {
+        let lease = match (c.lease, c.fenced, &c.waiting) {
             (Some(l), false, _) => format!("{l}"),
             (_, true, _) => "fenced: cut off from its witnesses, not using its subnet".to_string(),
-            (None, _, true) => "none: the cluster CIDR has no free subnet (retrying)".to_string(),
-            (None, _, false) => "none yet: asking the cluster".to_string(),
+            (None, _, Some(w)) => format!("none: {w}"),
+            (None, _, None) => "none yet".to_string(),
         };
         let _ = writeln!(out, "  lease      {lease}");
+        if let Some(f) = &c.founder {
+            let _ = writeln!(out, "  founder    {f}");
+        }
         if let Some(e) = &c.state_error {
             let _ = writeln!(
                 out,
@@ -327,7 +376,18 @@ pub fn render_leases(report: &StatusReport) -> String {
 pub fn render_peers(report: &StatusReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "\nPeers ({})", report.peers.len());
+    // Members gossip knows that are not in the forwarding table (no lease yet).
+    let waiting: Vec<&MemberLine> = report
+        .control
+        .as_ref()
+        .map(|c| {
+            c.members
+                .iter()
+                .filter(|m| !report.peers.iter().any(|p| p.name == m.name))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(out, "\nPeers ({})", report.peers.len() + waiting.len());
     let _ = writeln!(
         out,
         "  {:<20} {:<8} {:<7} {:<18} {:<22} {:>10} {:>12} {:>10} {:>12} {:>9} {:>11}",
@@ -369,5 +429,132 @@ pub fn render_peers(report: &StatusReport) -> String {
                 .map_or("never".to_string(), |s| format!("{s}s ago"))
         );
     }
+    for m in waiting {
+        let state = serde_json::to_value(m.state)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let lease = match m.subnet {
+            Some(s) => format!("lease: {s} (not routed yet)"),
+            None => "lease: none yet".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<8} {:<7} {lease}, gossip {}",
+            m.name, state, "gossip", m.gossip
+        );
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{FoundingWait, LeaseWait, MemberReport, MemberState, Status};
+
+    /// A node that waits to found, as issue 13 saw it: the peer is alive in gossip
+    /// and has no lease either. Status says both, and what the node waits for.
+    #[test]
+    fn a_node_without_a_lease_shows_its_peers_and_what_it_waits_for() {
+        let waiting = LeaseWait::Founding(FoundingWait::Peers {
+            present: 1,
+            of: 2,
+            needed: 2,
+            missing: vec!["198.18.0.2:7946".parse().unwrap()],
+        });
+        let st = Status {
+            name: "n1".into(),
+            lease: None,
+            fenced: false,
+            exhausted: false,
+            waiting: Some(waiting),
+            founder: None,
+            members: vec![MemberReport {
+                name: "n3".into(),
+                gossip: "198.18.0.3:7946".parse().unwrap(),
+                state: MemberState::Alive,
+                subnet: None,
+            }],
+            witnesses: vec![],
+            peers: vec![],
+            dropped: 0,
+            deaths: 0,
+            held: 0,
+            state_error: None,
+            auth_keys: vec![],
+            rejected: Default::default(),
+            traffic: Default::default(),
+        };
+        let control = ControlReport::from_status(&st, 256, 3);
+        assert_eq!(control.alive, 1);
+        let report = StatusReport {
+            node: NodeReport {
+                name: "n1".into(),
+                advertise_addr: "198.18.0.1".parse().unwrap(),
+                port: 4789,
+                vni: 1,
+                vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
+                subnet: None,
+                gateway: None,
+                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                mtu: 1450,
+                bridge: "ovl0".into(),
+                tun: "ovltun0".into(),
+                uptime_secs: 3,
+            },
+            control: Some(control),
+            peers: vec![],
+            dataplane: Default::default(),
+        };
+        let text = render(&report);
+        assert!(
+            text.contains("  lease      none: waiting to found: 1 of 2 initial peers present, 2 needed (198.18.0.2:7946 not heard from)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  gossip     1 alive, 0 suspect, 0 dead"),
+            "{text}"
+        );
+        assert!(text.contains("\nPeers (1)\n"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.contains("n3") && l.contains("alive") && l.contains("lease: none yet")),
+            "{text}"
+        );
+        // The JSON form carries the same reason.
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["control"]["waiting"],
+            "waiting to found: 1 of 2 initial peers present, 2 needed (198.18.0.2:7946 not heard from)"
+        );
+    }
+
+    #[test]
+    fn waiting_lines_say_what_is_missing() {
+        let cases = [
+            (
+                LeaseWait::Asking { owner: "n1".into() },
+                "asking n1 for a subnet",
+            ),
+            (
+                LeaseWait::Exhausted {
+                    used: 256,
+                    total: 256,
+                },
+                "exhausted: 256 of 256 in use",
+            ),
+            (
+                LeaseWait::Founding(FoundingWait::Agreeing {
+                    proposer: Some("n2".into()),
+                }),
+                "waiting to found: agreeing on a founder (n2 proposes)",
+            ),
+        ];
+        for (w, want) in cases {
+            assert_eq!(w.to_string(), want);
+        }
+        let a = LeaseWait::Asking { owner: "n1".into() };
+        let b = LeaseWait::Asking { owner: "n2".into() };
+        assert!(a.same_reason(&b), "a new owner asked is not a new reason");
+    }
 }

@@ -32,6 +32,8 @@ pub fn meta(name: &str, gossip: &str) -> NodeMeta {
         lease: None,
         has_free: false,
         bump: 0,
+        cluster_id: None,
+        bootstrap_expect: None,
     }
 }
 
@@ -60,6 +62,8 @@ pub fn node(
         meta: meta(name, gossip),
         seeds,
         founder,
+        propose_first: false,
+        bootstrap_expect: None,
         membership: MembershipConfig::default(),
         lease: LeaseConfig::new(name, 0, founder),
         keys: keyed.then(keys),

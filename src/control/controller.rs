@@ -6,7 +6,7 @@
 //!
 //! Left out: sockets, clocks and the state file ([`super::driver`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,14 @@ use ipnet::IpNet;
 
 use super::auth::{Authenticator, KeySet, Reject};
 use super::error::Error;
+use super::founding::{
+    FoundedPeer, Founder, Founding, FoundingConfig, FoundingTransmit, InitialSet, Participant,
+};
 use super::lease::{Lease, LeaseConfig, LeaseEvent, LeaseState, LeaseTransmit};
 use super::membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
 use super::message::{self, Datagram, LeaseDatagram, LeaseMsg, Owned};
 use super::meta::NodeMeta;
-use super::report::{GossipTraffic, PeerInfo, Status};
+use super::report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status};
 use super::subnet::{subnet_count, subnet_of};
 
 /// An event for the driver.
@@ -88,8 +91,16 @@ pub struct ControllerConfig {
     pub meta: NodeMeta,
     /// Seed gossip addresses (`--peers`).
     pub seeds: Vec<SocketAddr>,
-    /// Whether we create the cluster's space if we start without state.
+    /// Whether we create the cluster's space at once if we start without state (no
+    /// `--peers`, or this node first in them). Otherwise a founder is agreed on
+    /// (`docs/founding.md`).
     pub founder: bool,
+    /// Whether we propose at once in the founding agreement, rather than after the
+    /// lowest-named candidate (we list ourselves first in `--peers`).
+    pub propose_first: bool,
+    /// `--bootstrap-expect N`: found once a majority of N nodes started with the same
+    /// N have met. Without it, the initial set is this node plus its seeds.
+    pub bootstrap_expect: Option<u32>,
     /// Membership settings.
     pub membership: MembershipConfig,
     /// Lease timing (`reclaim_after`, fence bound, beat interval, witness count).
@@ -153,11 +164,31 @@ impl ReportBudget {
     }
 }
 
+/// How long a founding proposer waits for one phase before it retries.
+pub const FOUNDING_PHASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Base delay of founding retries, and of a candidate that does not propose first.
+pub const FOUNDING_BACKOFF: Duration = Duration::from_millis(300);
+/// First delay between announces to a seed outside our membership; it doubles up to
+/// [`SEED_RETRY_MAX`], for as long as the node runs, so that islands merge.
+pub const SEED_RETRY_MIN: Duration = Duration::from_secs(1);
+/// Longest delay between announces to a seed outside our membership.
+pub const SEED_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// When to announce to one seed next, while it is not in our membership.
+#[derive(Debug, Clone, Copy)]
+struct SeedRetry {
+    addr: SocketAddr,
+    next: Instant,
+    delay: Duration,
+}
+
 /// One node's control plane: membership and leases behind one sans-IO interface.
 #[derive(Debug)]
 pub struct Controller {
     membership: Membership,
     lease: Lease,
+    founding: Founding,
+    seed_retries: Vec<SeedRetry>,
     fingerprint: u64,
     seeds: Vec<SocketAddr>,
     next_join: Instant,
@@ -201,19 +232,70 @@ impl Controller {
         let mut lc = cfg.lease.clone();
         lc.name = cfg.meta.name.clone();
         lc.subnet_count = count;
-        lc.founder = cfg.founder;
-        let lease = Lease::new(lc, persisted, now);
+        // Genesis goes through the founding machine (`Lease::found`).
+        lc.founder = false;
+        let saved_founding = persisted
+            .as_ref()
+            .map(|p| p.founding.clone())
+            .unwrap_or_default();
+        let history = persisted.as_ref().is_some_and(LeaseState::has_history);
+        let mut lease = Lease::new(lc, persisted, now);
+        let initial = match cfg.bootstrap_expect {
+            Some(n) => InitialSet::Expect(n),
+            None => {
+                let mut set: BTreeSet<SocketAddr> = cfg.seeds.iter().copied().collect();
+                set.insert(cfg.meta.gossip);
+                InitialSet::Peers(set)
+            }
+        };
+        let fc = FoundingConfig {
+            name: cfg.meta.name.clone(),
+            addr: cfg.meta.gossip,
+            initial,
+            phase_timeout: FOUNDING_PHASE_TIMEOUT,
+            backoff: FOUNDING_BACKOFF,
+            propose_first: cfg.propose_first,
+        };
+        let mut founding = Founding::new(fc, saved_founding, cfg.session ^ 0xf0_4e_d1_46, now);
+        if history {
+            founding.adopt_legacy();
+        }
+        if cfg.founder {
+            founding.found_alone();
+        }
+        if founding.take_dirty() {
+            lease.set_founding(founding.state().clone());
+        }
+        if founding.decided().is_some_and(|f| f.name == cfg.meta.name) {
+            lease.found();
+        }
         let mut meta = cfg.meta.clone();
+        meta.cluster_id = founding.decided().map(|f| f.cluster_id);
+        meta.bootstrap_expect = cfg.bootstrap_expect;
         // A restarted node must out-bump the identities it published before.
         meta.bump = (lease.state().boot as u16).wrapping_mul(1024);
         meta.lease = lease.published(now);
         meta.has_free = lease.has_free();
         let fingerprint = cluster_fingerprint(meta.cluster_cidr, meta.subnet_len, meta.vni);
-        let membership = Membership::new(meta, &cfg.membership);
+        let (lease_now, free_now) = (meta.lease, meta.has_free);
+        let mut membership = Membership::new(meta, &cfg.membership);
+        // Tells the codec our founder, so other clusters are refused from the start.
+        membership.set_meta(lease_now, free_now, founding.decided(), now);
         let auth = Authenticator::new(cfg.keys, cfg.session);
+        let seed_retries = cfg
+            .seeds
+            .iter()
+            .map(|&addr| SeedRetry {
+                addr,
+                next: now,
+                delay: SEED_RETRY_MIN,
+            })
+            .collect();
         Ok(Controller {
             membership,
             lease,
+            founding,
+            seed_retries,
             fingerprint,
             seeds: cfg.seeds,
             next_join: now,
@@ -330,7 +412,10 @@ impl Controller {
             return;
         }
         self.names.entry(d.from.clone()).or_insert(from);
-        self.lease.handle_message(&d.from, d.msg, now);
+        match d.msg {
+            LeaseMsg::Founding(m) => self.founding.handle_message(&d.from, m, now),
+            msg => self.lease.handle_message(&d.from, msg, now),
+        }
     }
 
     /// Runs timers due at `now`.
@@ -360,12 +445,107 @@ impl Controller {
                 self.silent_reported = None;
             }
         }
+        self.reannounce_to_seeds(now);
         self.membership.handle_timeout(now);
         if now >= self.lease.poll_timeout() {
             self.sync_peers_to_lease();
             self.lease.handle_timeout(now);
         }
+        if self.founding.poll_timeout().is_some_and(|t| now >= t) {
+            self.sync_members_to_founding();
+            self.founding.handle_timeout(now);
+        }
         self.after(now);
+    }
+
+    /// Announces to every seed that is not a live member, with backoff, while we have
+    /// other members (alone, the join above asks every seed). Two islands that share
+    /// a seed merge this way.
+    fn reannounce_to_seeds(&mut self, now: Instant) {
+        if self.membership.live_names().next().is_none() {
+            return;
+        }
+        let me = self.membership.me().gossip;
+        for i in 0..self.seed_retries.len() {
+            let r = self.seed_retries[i];
+            if r.addr == me {
+                continue;
+            }
+            if self.membership.has_live_addr(r.addr) {
+                self.seed_retries[i] = SeedRetry {
+                    addr: r.addr,
+                    next: now + SEED_RETRY_MIN,
+                    delay: SEED_RETRY_MIN,
+                };
+            } else if now >= r.next {
+                self.membership.announce_to(r.addr, now);
+                self.seed_retries[i] = SeedRetry {
+                    addr: r.addr,
+                    next: now + r.delay,
+                    delay: (r.delay * 2).min(SEED_RETRY_MAX),
+                };
+            }
+        }
+    }
+
+    /// Tells the founding machine who is present, while no founder is known.
+    fn sync_members_to_founding(&mut self) {
+        if self.founding.decided().is_some() {
+            return;
+        }
+        let mut members = Vec::new();
+        let mut founded = Vec::new();
+        for k in self.membership.peer_table() {
+            if k.state == MemberState::Dead {
+                continue;
+            }
+            let m = &k.meta;
+            if let Some(cluster_id) = m.cluster_id {
+                founded.push(FoundedPeer {
+                    name: m.name.clone(),
+                    cluster_id,
+                });
+            }
+            members.push(Participant {
+                name: m.name.clone(),
+                addr: m.gossip,
+                // Only `--bootstrap-expect` is published; a member's `--peers` are
+                // carried by its promises, where the quorum is checked.
+                initial: match m.bootstrap_expect {
+                    Some(n) => InitialSet::Expect(n),
+                    None => InitialSet::Peers(BTreeSet::new()),
+                },
+            });
+        }
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        founded.sort_by(|a, b| a.name.cmp(&b.name));
+        self.founding.set_members(members, founded);
+    }
+
+    /// Moves the founding machine's outputs: its state into the lease state (saved
+    /// together), genesis when the founder is this node, and its messages into the
+    /// held-until-saved lease queue.
+    fn after_founding(&mut self) {
+        if self.founding.decided().is_none() {
+            if self.lease.state().has_history() {
+                // Granted a subnet before it learned the founder: it asks members.
+                self.founding.set_in_cluster();
+            }
+            self.sync_members_to_founding();
+        }
+        if self.founding.take_dirty() {
+            self.lease.set_founding(self.founding.state().clone());
+            let me = self.membership.me().name.clone();
+            if self.founding.decided().is_some_and(|f| f.name == me) {
+                self.lease.found();
+            }
+        }
+        while let Some(FoundingTransmit { to, msg }) = self.founding.poll_transmit() {
+            if let Some(addr) = self.names.get(&to).copied() {
+                let data = self.lease_datagram(LeaseMsg::Founding(msg));
+                self.lease_out.push_back(Datagram { to: addr, data });
+            }
+        }
     }
 
     fn sync_peers_to_lease(&mut self) {
@@ -408,12 +588,14 @@ impl Controller {
                 }
             }
         }
+        self.after_founding();
         while let Some(ev) = self.lease.poll_event() {
             self.events.push_back(Event::Lease(ev));
         }
         let lease = self.published(now);
         let free = self.lease.has_free();
-        self.membership.set_meta(lease, free, now);
+        let founder = self.founding.decided().cloned();
+        self.membership.set_meta(lease, free, founder.as_ref(), now);
         while let Some(LeaseTransmit { to, msg }) = self.lease.poll_transmit() {
             // Messages to names we have no address for yet are lost, like a datagram.
             if let Some(addr) = self.names.get(&to).copied() {
@@ -488,6 +670,17 @@ impl Controller {
         }
         if !self.seeds.is_empty() {
             t = t.min(self.next_join);
+        }
+        if let Some(f) = self.founding.poll_timeout() {
+            t = t.min(f);
+        }
+        if self.membership.live_names().next().is_some() {
+            let me = self.membership.me().gossip;
+            for r in &self.seed_retries {
+                if r.addr != me {
+                    t = t.min(r.next);
+                }
+            }
         }
         t
     }
@@ -565,14 +758,102 @@ impl Controller {
         by_subnet.into_values().map(|(_, p)| p).collect()
     }
 
+    /// Every member gossip knows, with its state and published subnet (if any).
+    pub fn members(&self) -> Vec<MemberReport> {
+        let me = self.membership.me();
+        self.membership
+            .peers()
+            .into_iter()
+            .map(|KnownMember { meta: m, state }| MemberReport {
+                subnet: m
+                    .lease
+                    .and_then(|(idx, _)| subnet_of(me.cluster_cidr, me.subnet_len, idx)),
+                name: m.name,
+                gossip: m.gossip,
+                state,
+            })
+            .collect()
+    }
+
+    /// The founding machine (for inspection).
+    pub fn founding(&self) -> &Founding {
+        &self.founding
+    }
+
+    /// The founder of our cluster, once known.
+    pub fn founder(&self) -> Option<&Founder> {
+        self.founding.decided()
+    }
+
+    /// Subnets in use as members publish them (live members and us), and in all.
+    fn subnets_in_use(&self, now: Instant) -> (u64, u64) {
+        let mut used: BTreeSet<u32> = self
+            .membership
+            .peer_table()
+            .filter(|k| k.state != MemberState::Dead)
+            .filter_map(|k| k.meta.lease.map(|(idx, _)| idx))
+            .collect();
+        if let Some(u) = self.using(now) {
+            used.insert(u);
+        }
+        (used.len() as u64, u64::from(self.lease_subnet_count()))
+    }
+
+    fn lease_subnet_count(&self) -> u32 {
+        let me = self.membership.me();
+        subnet_count(me.cluster_cidr, me.subnet_len).unwrap_or(0)
+    }
+
+    /// What this node waits for while it uses no subnet (`None`: it uses one).
+    pub fn waiting(&self, now: Instant) -> Option<LeaseWait> {
+        if self.using(now).is_some() {
+            return None;
+        }
+        if self.lease.state().lease.is_some() {
+            return Some(LeaseWait::Fenced);
+        }
+        if let Some(w) = self.founding.waiting() {
+            return Some(LeaseWait::Founding(w));
+        }
+        if let Some(owner) = self.lease.asking() {
+            return Some(LeaseWait::Asking {
+                owner: owner.to_string(),
+            });
+        }
+        let (used, total) = self.subnets_in_use(now);
+        let anyone_free = self
+            .membership
+            .peer_table()
+            .any(|k| k.state != MemberState::Dead && k.meta.has_free);
+        if !anyone_free && used >= total {
+            Some(LeaseWait::Exhausted { used, total })
+        } else if !anyone_free {
+            Some(LeaseWait::NoFreeSpace { used, total })
+        } else {
+            // Free space is published, and the next request goes out on the next tick.
+            let owner = self
+                .membership
+                .peer_table()
+                .filter(|k| k.state != MemberState::Dead && k.meta.has_free)
+                .map(|k| k.meta.name.clone())
+                .min()
+                .unwrap_or_default();
+            Some(LeaseWait::Asking { owner })
+        }
+    }
+
     /// The status snapshot.
     pub fn status(&self, now: Instant) -> Status {
         let me = self.membership.me();
+        let waiting = self.waiting(now);
         Status {
             name: me.name.clone(),
             lease: self.using_subnet(now),
             fenced: self.lease.state().lease.is_some() && self.lease.using(now).is_none(),
-            exhausted: self.lease.exhausted(),
+            exhausted: matches!(waiting, Some(LeaseWait::Exhausted { .. })),
+            waiting,
+            founder: self.founding.decided().cloned(),
+            members: self.members(),
             witnesses: self
                 .lease
                 .state()
@@ -624,6 +905,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn node() -> Controller {
+        Controller::new(test_config(), None, Instant::now()).unwrap()
+    }
+
+    fn test_config() -> ControllerConfig {
         let meta = NodeMeta {
             name: "a".into(),
             gossip: "10.0.0.1:7946".parse().unwrap(),
@@ -635,17 +920,46 @@ mod tests {
             lease: None,
             has_free: false,
             bump: 0,
+            cluster_id: None,
+            bootstrap_expect: None,
         };
-        let cfg = ControllerConfig {
+        ControllerConfig {
             meta,
             seeds: vec![],
             founder: true,
+            propose_first: false,
+            bootstrap_expect: None,
             membership: MembershipConfig::default(),
             lease: LeaseConfig::new("a", 0, true),
             keys: None,
             session: 1,
-        };
-        Controller::new(cfg, None, Instant::now()).unwrap()
+        }
+    }
+
+    /// A `lease.json` written before founding by agreement has no `founding` key. It
+    /// loads, and a node whose state shows a subnet counts as founded: it publishes
+    /// cluster id 0 and never proposes, even without `founder` set.
+    #[test]
+    fn legacy_state_loads_and_counts_as_founded() {
+        let json = r#"{"epoch":0,"boot":3,"state_version":2,"owned":{"5":2},
+            "known":{"5":2},"lease":5,"view":{"version":0,"configs":[]},
+            "watching":{},"attested":[],"reclaimed":[],"pending_grants":[]}"#;
+        let st: LeaseState = serde_json::from_str(json).unwrap();
+        assert_eq!(st.founding, Default::default());
+        let mut cfg = test_config();
+        cfg.founder = false;
+        cfg.seeds = vec!["10.0.0.2:7946".parse().unwrap()];
+        let n = Controller::new(cfg, Some(st), Instant::now()).unwrap();
+        assert_eq!(n.founder(), Some(&Founder::legacy()));
+        assert_eq!(n.membership().me().cluster_id, Some(0));
+        assert!(n.founding().waiting().is_none());
+        // A fresh node with the same settings waits to found instead.
+        let mut cfg = test_config();
+        cfg.founder = false;
+        cfg.seeds = vec!["10.0.0.2:7946".parse().unwrap()];
+        let n = Controller::new(cfg, None, Instant::now()).unwrap();
+        assert_eq!(n.founder(), None);
+        assert!(n.founding().waiting().is_some());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::lease::{LeaseConfig, LeaseEvent, LeaseState};
 use super::membership::MembershipConfig;
 use super::message::MAX_DATAGRAM;
 use super::meta::NodeMeta;
-use super::report::{GossipTraffic, PeerInfo, Status};
+use super::report::{GossipTraffic, LeaseWait, PeerInfo, Status};
 use super::subnet::subnet_of;
 use super::transport::{Transport, UdpTransport};
 use crate::fsutil::write_atomic;
@@ -54,6 +54,9 @@ pub struct ControlConfig {
     pub subnet_len: u8,
     /// `--peers`, resolved (see [`parse_peers`]).
     pub seeds: Vec<SocketAddr>,
+    /// `--bootstrap-expect N`: found once a majority of N nodes started with the
+    /// same N have met (`docs/founding.md`).
+    pub bootstrap_expect: Option<u32>,
     /// `--gossip-port` (default 7946; 0 picks a free port, for tests).
     pub gossip_port: u16,
     /// `--state-dir`: where the lease state is persisted.
@@ -69,14 +72,24 @@ pub struct ControlConfig {
 }
 
 impl ControlConfig {
-    /// Whether this node creates the cluster's address space when it has no state:
-    /// when `--peers` is empty or its first entry is this node. Every other node
-    /// waits until it reaches a cluster.
+    fn is_self(&self, s: &SocketAddr, local: SocketAddr) -> bool {
+        *s == local || (s.ip() == self.advertise_addr && s.port() == local.port())
+    }
+
+    /// Whether this node creates the cluster's address space at once when it has no
+    /// state: when `--peers` is empty or names only this node. Every other node takes
+    /// part in founding by agreement (`docs/founding.md`) or joins a founded cluster.
+    /// A node that merely lists itself first does not found alone: nodes given the
+    /// same seeds in different orders would found several clusters. With
+    /// `--bootstrap-expect` no node founds alone.
     pub fn is_founder(&self, local: SocketAddr) -> bool {
-        match self.seeds.first() {
-            None => true,
-            Some(s) => *s == local || (s.ip() == self.advertise_addr && s.port() == local.port()),
-        }
+        self.bootstrap_expect.is_none() && self.seeds.iter().all(|s| self.is_self(s, local))
+    }
+
+    /// Whether this node proposes first in the founding agreement: it lists itself
+    /// first in `--peers` (the old way of naming the founder).
+    pub fn proposes_first(&self, local: SocketAddr) -> bool {
+        self.seeds.first().is_some_and(|s| self.is_self(s, local))
     }
 }
 
@@ -106,8 +119,10 @@ pub fn parse_peers(list: &str, default_port: u16) -> std::io::Result<Vec<SocketA
 pub struct LeaseStatus {
     /// The subnet we may use now (`None`: not yet, lost, or fenced).
     pub subnet: Option<IpNet>,
-    /// No free space is known; the node keeps asking.
+    /// Every subnet is in use; the node keeps asking.
     pub exhausted: bool,
+    /// What the node waits for while it uses no subnet.
+    pub waiting: Option<LeaseWait>,
 }
 
 enum Command {
@@ -236,9 +251,13 @@ impl ControlDriver {
                 lease: None,
                 has_free: false,
                 bump: 0,
+                cluster_id: None,
+                bootstrap_expect: cfg.bootstrap_expect,
             },
             seeds: cfg.seeds.iter().copied().filter(|s| *s != local).collect(),
             founder: cfg.is_founder(local),
+            propose_first: cfg.proposes_first(local),
+            bootstrap_expect: cfg.bootstrap_expect,
             membership: cfg.membership.clone(),
             lease: LeaseConfig::new(cfg.name.clone(), 0, false)
                 .with_reclaim_after(cfg.reclaim_after),
@@ -529,9 +548,9 @@ impl<T: Transport> Driver<T> {
                         REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
-                Event::Lease(LeaseEvent::Exhausted) => {
-                    tracing::warn!("subnet space exhausted: no peer has a free subnet; retrying");
-                }
+                // Said by the daemon from `LeaseStatus::waiting`, once per change, with
+                // what is really missing (no free holder in reach is not exhaustion).
+                Event::Lease(LeaseEvent::Exhausted) => {}
                 Event::Lease(LeaseEvent::Reclaimed { node, subnets }) => {
                     tracing::info!(%node, ?subnets, "reclaimed the space of a silent node");
                 }
@@ -545,9 +564,11 @@ impl<T: Transport> Driver<T> {
         }
         // The state file is written before the new lease is announced to the daemon.
         self.save();
+        let waiting = self.node.waiting(now());
         let status = LeaseStatus {
             subnet: self.node.using_subnet(now()),
-            exhausted: self.node.lease().exhausted(),
+            exhausted: matches!(waiting, Some(LeaseWait::Exhausted { .. })),
+            waiting,
         };
         self.lease_tx.send_if_modified(|s| {
             let changed = *s != status;
@@ -616,6 +637,7 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             subnet_len: 24,
             seeds,
+            bootstrap_expect: None,
             gossip_port: port,
             state_dir: dir.join(name),
             reclaim_after: Duration::from_secs(3600),
@@ -650,6 +672,45 @@ mod tests {
         })
         .await
         .expect("condition reached in time")
+    }
+
+    /// Issue 13: two nodes that name each other. Before either hears from the other
+    /// it says what it waits for; then they agree on a founder, both get a subnet,
+    /// and the founding decision is in the state file, so a restart founds nothing.
+    #[tokio::test(start_paused = true)]
+    async fn two_drivers_that_name_each_other_found_by_agreement() {
+        let dir = tmpdir("found");
+        let net = ChannelNetwork::new();
+        let a_addr: SocketAddr = "127.0.0.1:7011".parse().unwrap();
+        let b_addr: SocketAddr = "127.0.0.1:7012".parse().unwrap();
+        let (a, _ta) = ControlDriver::spawn_with(
+            cfg("a", &dir, vec![b_addr], 7011),
+            net.bind(a_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        let waiting = wait_for(&mut a.lease(), |l| l.waiting.is_some()).await;
+        assert_eq!(
+            waiting.waiting.unwrap().to_string(),
+            "waiting to found: 1 of 2 initial peers present, 2 needed (127.0.0.1:7012 not heard from)"
+        );
+        let (b, _tb) = ControlDriver::spawn_with(
+            cfg("b", &dir, vec![a_addr], 7012),
+            net.bind(b_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        let la = wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
+        let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
+        assert_ne!(la.subnet, lb.subnet);
+        let (sa, sb) = (a.status().await.unwrap(), b.status().await.unwrap());
+        assert!(sa.founder.is_some());
+        assert_eq!(sa.founder, sb.founder);
+        for n in ["a", "b"] {
+            let saved = load_state(&dir.join(n).join(STATE_FILE)).unwrap().unwrap();
+            assert_eq!(saved.founding.decided, sa.founder, "{n}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::founding::FoundingState;
 use super::message::{LeaseMsg, Owned, View, WitnessConfig};
 
 /// Settings of the lease state machine.
@@ -117,6 +118,18 @@ pub struct LeaseState {
     pub reclaimed: BTreeSet<(String, u64)>,
     /// Outgoing transfers.
     pub pending_grants: Vec<PendingGrant>,
+    /// Founding by agreement: promises, the accepted value and the decided founder
+    /// (`docs/founding.md`). Absent in files written before founding existed.
+    #[serde(default)]
+    pub founding: FoundingState,
+}
+
+impl LeaseState {
+    /// Whether this node ever owned, knew or used a subnet: it belongs to a founded
+    /// cluster, whatever its founding state says.
+    pub fn has_history(&self) -> bool {
+        !self.owned.is_empty() || !self.known.is_empty() || self.lease.is_some()
+    }
 }
 
 /// An event for the daemon.
@@ -206,6 +219,8 @@ pub struct Lease {
     next_tick: Instant,
     next_request: Instant,
     requests: u64,
+    /// The owner the last request went to.
+    asked: Option<String>,
     reported_use: Option<u32>,
     exhausted: bool,
     dirty: bool,
@@ -251,6 +266,7 @@ impl Lease {
             next_tick: now,
             next_request: now,
             requests: 0,
+            asked: None,
             reported_use: None,
             exhausted: false,
             dirty: true,
@@ -266,6 +282,36 @@ impl Lease {
     /// Returns true once after each change that must be persisted before acting on it.
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// Creates the cluster's space (owns every subnet at version 1), if this node
+    /// never owned or knew a subnet. Returns whether it did. Called once the founding
+    /// agreement names this node; a second call changes nothing.
+    pub fn found(&mut self) -> bool {
+        if self.st.has_history() || self.cfg.subnet_count == 0 {
+            return false;
+        }
+        self.st.owned = (0..self.cfg.subnet_count).map(|i| (i, 1)).collect();
+        self.st.known = self.st.owned.clone();
+        self.st.state_version += 1;
+        self.dirty = true;
+        true
+    }
+
+    /// Replaces the founding part of the persisted state (saved with the rest).
+    pub fn set_founding(&mut self, founding: FoundingState) {
+        if self.st.founding != founding {
+            self.st.founding = founding;
+            self.dirty = true;
+        }
+    }
+
+    /// The owner the last request for a subnet went to, while this node has none.
+    pub fn asking(&self) -> Option<&str> {
+        if self.st.lease.is_some() || self.exhausted {
+            return None;
+        }
+        self.asked.as_deref()
     }
 
     /// Tells the machine which peers are alive, which are declared dead, and which
@@ -460,7 +506,7 @@ impl Lease {
                     self.finish_leave();
                 }
             }
-            LeaseMsg::Refuse { .. } => {}
+            LeaseMsg::Refuse { .. } | LeaseMsg::Founding(_) => {}
         }
     }
 
@@ -897,12 +943,14 @@ impl Lease {
                 self.exhausted = true;
                 self.events.push_back(LeaseEvent::Exhausted);
             }
+            self.asked = None;
             return;
         }
         self.exhausted = false;
         let i = (self.requests as usize) % self.free_holders.len();
         self.requests += 1;
         let to = self.free_holders[i].clone();
+        self.asked = Some(to.clone());
         self.send(&to, LeaseMsg::Request);
     }
 

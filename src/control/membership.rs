@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use foca::{AccumulatingRuntime, Config, Foca, NoCustomBroadcast, OwnedNotification, Timer};
 use rand_foca::{rngs::StdRng, SeedableRng};
 
+use super::founding::Founder;
 use super::message::{emit_frame_header, Datagram, Kind, Owned};
 use super::meta::{MetaCodec, Mismatch, NodeMeta};
 
@@ -109,9 +110,15 @@ pub struct Membership {
     peers: HashMap<String, KnownMember>,
     events: Vec<MembershipEvent>,
     mismatch: Arc<Mutex<Option<Mismatch>>>,
+    /// Our founder, as the codec compares it with every identity it decodes.
+    founder: Arc<Mutex<Option<Founder>>>,
     /// Datagrams foca rejected (malformed or mismatched).
     pub dropped: u64,
     catch_up: Option<CatchUp>,
+    /// Whether foca is connected (it probes and answers). A change of identity
+    /// disconnects it until a message addressed to the new identity arrives; see
+    /// [`Membership::reconnect_round`].
+    connected: bool,
     rng: u64,
     /// foca's settings, kept to retune suspicion as the cluster grows or shrinks.
     config: Config,
@@ -130,6 +137,8 @@ struct CatchUp {
 
 /// Announces per gossip round while catching up.
 const CATCH_UP_FANOUT: usize = 8;
+/// Announces per gossip round while foca is not connected.
+const RECONNECT_FANOUT: usize = 3;
 /// Catching up stops after this long without learning a new peer.
 const CATCH_UP_QUIET: Duration = Duration::from_secs(3);
 
@@ -172,6 +181,7 @@ impl Membership {
             NonZeroUsize::new(cfg.gossip_fanout.max(1)).unwrap_or(NonZeroUsize::MIN);
         let codec = MetaCodec::new(me.clone());
         let mismatch = codec.mismatches();
+        let founder = codec.founder_slot();
         let foca = Foca::new(me, fc.clone(), StdRng::seed_from_u64(cfg.rng_seed), codec);
         let mut m = Membership {
             foca,
@@ -183,8 +193,10 @@ impl Membership {
             peers: HashMap::new(),
             events: Vec::new(),
             mismatch,
+            founder,
             dropped: 0,
             catch_up: None,
+            connected: false,
             rng: cfg.rng_seed | 1,
             config: fc,
             tuned_for: usize::MAX,
@@ -226,6 +238,13 @@ impl Membership {
             known: self.peers.len(),
             grew_at: now,
         });
+        self.announce_to(seed, now);
+    }
+
+    /// Sends an announce to a seed without starting a catch-up: a node that already
+    /// has members re-announces to seeds outside its membership, so that islands
+    /// merge. The reply (a feed) and the gossip that follows do the rest.
+    pub fn announce_to(&mut self, seed: SocketAddr, now: Instant) {
         let mut s = self.me().clone();
         s.name = format!("seed:{seed}");
         s.gossip = seed;
@@ -236,21 +255,35 @@ impl Membership {
         self.drain(now);
     }
 
-    /// Changes what we publish (lease, free space). foca gossips it as a new identity.
-    pub fn set_meta(&mut self, lease: Option<Owned>, has_free: bool, now: Instant) {
+    /// Changes what we publish (lease, free space, founder). foca gossips it as a new
+    /// identity. From then on, identities founded by another founder are refused.
+    pub fn set_meta(
+        &mut self,
+        lease: Option<Owned>,
+        has_free: bool,
+        founder: Option<&Founder>,
+        now: Instant,
+    ) {
+        if let Ok(mut slot) = self.founder.lock() {
+            *slot = founder.cloned();
+        }
         let me = self.me();
-        if me.lease == lease && me.has_free == has_free {
+        let cluster_id = founder.map(|f| f.cluster_id);
+        if me.lease == lease && me.has_free == has_free && me.cluster_id == cluster_id {
             return;
         }
         let new = NodeMeta {
             lease,
             has_free,
+            cluster_id,
             bump: me.bump.wrapping_add(1),
             ..me.clone()
         };
         if self.foca.change_identity(new, &mut self.rt).is_err() {
             self.dropped += 1;
         }
+        // foca resets its connection on a new identity.
+        self.connected = false;
         self.drain(now);
     }
 
@@ -322,6 +355,10 @@ impl Membership {
             match n {
                 OwnedNotification::MemberUp(m) => self.upsert(m, MemberState::Alive),
                 OwnedNotification::Rename(_, m) => self.upsert(m, MemberState::Alive),
+                OwnedNotification::Active => self.connected = true,
+                OwnedNotification::Idle
+                | OwnedNotification::Defunct
+                | OwnedNotification::Rejoin(_) => self.connected = false,
                 OwnedNotification::MemberDown(m) => {
                     if let Some(e) = self.peers.get_mut(&m.name) {
                         if e.meta.bump == m.bump {
@@ -330,7 +367,6 @@ impl Membership {
                         }
                     }
                 }
-                _ => {}
             }
         }
         self.retune();
@@ -363,6 +399,7 @@ impl Membership {
                     self.dropped += 1;
                 }
                 self.catch_up_round(now);
+                self.reconnect_round(now);
                 self.drain(now);
             }
         }
@@ -413,6 +450,38 @@ impl Membership {
             }
         }
         self.drain(now);
+    }
+
+    /// While foca is not connected but peers are known, announces to a few of them
+    /// each gossip round. After a change of identity foca answers only messages
+    /// addressed to the new identity; when every peer changed its identity at the
+    /// same time (a founder was adopted), each side addresses the other's old one and
+    /// nothing gets through. An announce is accepted by address, and its feed
+    /// reconnects us.
+    fn reconnect_round(&mut self, now: Instant) {
+        if self.connected {
+            return;
+        }
+        let mut live: Vec<NodeMeta> = self
+            .peers
+            .values()
+            .filter(|k| k.state != MemberState::Dead)
+            .map(|k| k.meta.clone())
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        live.sort_by(|a, b| a.name.cmp(&b.name));
+        for _ in 0..RECONNECT_FANOUT.min(live.len()) {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let t = live[(self.rng % live.len() as u64) as usize].clone();
+            if self.foca.announce(t, &mut self.rt).is_err() {
+                self.dropped += 1;
+            }
+        }
+        let _ = now;
     }
 
     /// Returns the next membership event.
@@ -468,6 +537,13 @@ impl Membership {
             .values()
             .filter(|k| k.state != MemberState::Dead)
             .map(|k| k.meta.name.as_str())
+    }
+
+    /// Whether a live (alive or suspect) peer has this gossip address.
+    pub fn has_live_addr(&self, addr: SocketAddr) -> bool {
+        self.peers
+            .values()
+            .any(|k| k.state != MemberState::Dead && k.meta.gossip == addr)
     }
 
     /// Leaves the cluster: foca tells a few members we are gone.

@@ -19,9 +19,12 @@
 //! too short, too long, or inconsistent returns a [`WireError`], and the caller counts
 //! and drops it.
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::{Buf, BufMut};
+
+use super::founding::{Accepted, Ballot, Founder, FoundingMsg, InitialSet};
 
 /// First four bytes of every overlayd gossip datagram.
 pub const MAGIC: [u8; 4] = *b"OVLD";
@@ -210,6 +213,8 @@ pub enum LeaseMsg {
         /// What differs, from the refusing node's point of view.
         reason: String,
     },
+    /// Founding a new cluster by agreement (`docs/founding.md`).
+    Founding(FoundingMsg),
 }
 
 /// The body of a [`Kind::Lease`] datagram.
@@ -345,6 +350,203 @@ fn get_view(buf: &mut &[u8]) -> Result<View, WireError> {
     Ok(View { version, configs })
 }
 
+fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            out.put_u8(4);
+            out.put_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.put_u8(6);
+            out.put_slice(&ip.octets());
+        }
+    }
+    out.put_u16(a.port());
+}
+
+fn get_addr(buf: &mut &[u8]) -> Result<SocketAddr, WireError> {
+    let ip = match get_u8(buf)? {
+        4 => {
+            let mut o = [0u8; 4];
+            if buf.remaining() < 4 {
+                return Err(WireError::UnexpectedEnd);
+            }
+            buf.copy_to_slice(&mut o);
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        6 => {
+            let mut o = [0u8; 16];
+            if buf.remaining() < 16 {
+                return Err(WireError::UnexpectedEnd);
+            }
+            buf.copy_to_slice(&mut o);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return Err(WireError::Malformed),
+    };
+    Ok(SocketAddr::new(ip, get_u16(buf)?))
+}
+
+/// Upper bound on the addresses of one initial set (`--peers`).
+const MAX_INITIAL: usize = 1024;
+
+fn put_initial(out: &mut Vec<u8>, i: &InitialSet) {
+    match i {
+        InitialSet::Peers(set) => {
+            out.put_u8(1);
+            let n = set.len().min(MAX_INITIAL);
+            out.put_u16(n as u16);
+            for a in set.iter().take(n) {
+                put_addr(out, a);
+            }
+        }
+        InitialSet::Expect(n) => {
+            out.put_u8(2);
+            out.put_u32(*n);
+        }
+    }
+}
+
+fn get_initial(buf: &mut &[u8]) -> Result<InitialSet, WireError> {
+    match get_u8(buf)? {
+        1 => {
+            let n = get_u16(buf)? as usize;
+            if n > MAX_INITIAL {
+                return Err(WireError::Malformed);
+            }
+            let mut set = BTreeSet::new();
+            for _ in 0..n {
+                // A repeated address would make the set smaller than the count.
+                if !set.insert(get_addr(buf)?) {
+                    return Err(WireError::Malformed);
+                }
+            }
+            Ok(InitialSet::Peers(set))
+        }
+        2 => Ok(InitialSet::Expect(get_u32(buf)?)),
+        _ => Err(WireError::Malformed),
+    }
+}
+
+fn put_ballot(out: &mut Vec<u8>, b: &Ballot) {
+    out.put_u64(b.round);
+    put_str(out, &b.proposer);
+}
+
+fn get_ballot(buf: &mut &[u8]) -> Result<Ballot, WireError> {
+    Ok(Ballot {
+        round: get_u64(buf)?,
+        proposer: get_str(buf)?,
+    })
+}
+
+/// Writes a [`Founder`] (also used by the gossip identity codec).
+pub(crate) fn put_founder(out: &mut impl BufMut, f: &Founder) {
+    let b = f.name.as_bytes();
+    let n = b.len().min(255);
+    out.put_u8(n as u8);
+    out.put_slice(&b[..n]);
+    out.put_u64(f.cluster_id);
+}
+
+/// Reads a [`Founder`].
+pub(crate) fn get_founder(buf: &mut &[u8]) -> Result<Founder, WireError> {
+    Ok(Founder {
+        name: get_str(buf)?,
+        cluster_id: get_u64(buf)?,
+    })
+}
+
+fn put_founding(out: &mut Vec<u8>, m: &FoundingMsg) {
+    match m {
+        FoundingMsg::Prepare { ballot } => {
+            out.put_u8(9);
+            put_ballot(out, ballot);
+        }
+        FoundingMsg::Promise {
+            ballot,
+            accepted,
+            addr,
+            initial,
+        } => {
+            out.put_u8(10);
+            put_ballot(out, ballot);
+            match accepted {
+                Some(a) => {
+                    out.put_u8(1);
+                    put_ballot(out, &a.ballot);
+                    put_founder(out, &a.founder);
+                }
+                None => out.put_u8(0),
+            }
+            put_addr(out, addr);
+            put_initial(out, initial);
+        }
+        FoundingMsg::Accept { ballot, founder } => {
+            out.put_u8(11);
+            put_ballot(out, ballot);
+            put_founder(out, founder);
+        }
+        FoundingMsg::Accepted {
+            ballot,
+            addr,
+            initial,
+        } => {
+            out.put_u8(12);
+            put_ballot(out, ballot);
+            put_addr(out, addr);
+            put_initial(out, initial);
+        }
+        FoundingMsg::Nack { ballot, promised } => {
+            out.put_u8(13);
+            put_ballot(out, ballot);
+            put_ballot(out, promised);
+        }
+        FoundingMsg::Decided { founder } => {
+            out.put_u8(14);
+            put_founder(out, founder);
+        }
+    }
+}
+
+fn get_founding(tag: u8, b: &mut &[u8]) -> Result<FoundingMsg, WireError> {
+    Ok(match tag {
+        9 => FoundingMsg::Prepare {
+            ballot: get_ballot(b)?,
+        },
+        10 => FoundingMsg::Promise {
+            ballot: get_ballot(b)?,
+            accepted: match get_u8(b)? {
+                0 => None,
+                1 => Some(Accepted {
+                    ballot: get_ballot(b)?,
+                    founder: get_founder(b)?,
+                }),
+                _ => return Err(WireError::Malformed),
+            },
+            addr: get_addr(b)?,
+            initial: get_initial(b)?,
+        },
+        11 => FoundingMsg::Accept {
+            ballot: get_ballot(b)?,
+            founder: get_founder(b)?,
+        },
+        12 => FoundingMsg::Accepted {
+            ballot: get_ballot(b)?,
+            addr: get_addr(b)?,
+            initial: get_initial(b)?,
+        },
+        13 => FoundingMsg::Nack {
+            ballot: get_ballot(b)?,
+            promised: get_ballot(b)?,
+        },
+        14 => FoundingMsg::Decided {
+            founder: get_founder(b)?,
+        },
+        t => return Err(WireError::UnknownKind(t)),
+    })
+}
+
 impl LeaseDatagram {
     /// Appends the framed datagram (header and body) to `out`.
     pub fn emit(&self, out: &mut Vec<u8>) {
@@ -408,6 +610,7 @@ impl LeaseDatagram {
                 out.put_u8(8);
                 put_str(out, reason);
             }
+            LeaseMsg::Founding(m) => put_founding(out, m),
         }
     }
 
@@ -454,6 +657,7 @@ impl LeaseDatagram {
             8 => LeaseMsg::Refuse {
                 reason: get_str(b)?,
             },
+            t @ 9..=14 => LeaseMsg::Founding(get_founding(t, b)?),
             t => return Err(WireError::UnknownKind(t)),
         };
         if b.has_remaining() {
@@ -485,6 +689,57 @@ mod tests {
     fn view() -> impl Strategy<Value = View> {
         (any::<u64>(), proptest::collection::vec(config(), 0..3))
             .prop_map(|(version, configs)| View { version, configs })
+    }
+
+    fn sock() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+        ]
+    }
+
+    fn initial() -> impl Strategy<Value = InitialSet> {
+        prop_oneof![
+            proptest::collection::btree_set(sock(), 0..6).prop_map(InitialSet::Peers),
+            any::<u32>().prop_map(InitialSet::Expect),
+        ]
+    }
+
+    fn ballot() -> impl Strategy<Value = Ballot> {
+        (any::<u64>(), name()).prop_map(|(round, proposer)| Ballot { round, proposer })
+    }
+
+    fn founder() -> impl Strategy<Value = Founder> {
+        (name(), any::<u64>()).prop_map(|(name, cluster_id)| Founder { name, cluster_id })
+    }
+
+    fn founding() -> impl Strategy<Value = FoundingMsg> {
+        let accepted = proptest::option::of(
+            (ballot(), founder()).prop_map(|(ballot, founder)| Accepted { ballot, founder }),
+        );
+        prop_oneof![
+            ballot().prop_map(|ballot| FoundingMsg::Prepare { ballot }),
+            (ballot(), accepted, sock(), initial()).prop_map(
+                |(ballot, accepted, addr, initial)| FoundingMsg::Promise {
+                    ballot,
+                    accepted,
+                    addr,
+                    initial
+                }
+            ),
+            (ballot(), founder())
+                .prop_map(|(ballot, founder)| FoundingMsg::Accept { ballot, founder }),
+            (ballot(), sock(), initial()).prop_map(|(ballot, addr, initial)| {
+                FoundingMsg::Accepted {
+                    ballot,
+                    addr,
+                    initial,
+                }
+            }),
+            (ballot(), ballot())
+                .prop_map(|(ballot, promised)| FoundingMsg::Nack { ballot, promised }),
+            founder().prop_map(|founder| FoundingMsg::Decided { founder }),
+        ]
     }
 
     fn msg() -> impl Strategy<Value = LeaseMsg> {
@@ -519,6 +774,7 @@ mod tests {
             owned().prop_map(|subnets| LeaseMsg::Grant { subnets }),
             owned().prop_map(|subnets| LeaseMsg::GrantAck { subnets }),
             name().prop_map(|reason| LeaseMsg::Refuse { reason }),
+            founding().prop_map(LeaseMsg::Founding),
         ]
     }
 
@@ -540,6 +796,31 @@ mod tests {
             }
             let _ = LeaseDatagram::parse(&bytes);
         }
+    }
+
+    #[test]
+    fn decided_literal_bytes() {
+        let d = LeaseDatagram {
+            from: "n1".into(),
+            cluster: 7,
+            msg: LeaseMsg::Founding(FoundingMsg::Decided {
+                founder: Founder {
+                    name: "n2".into(),
+                    cluster_id: 0x0102,
+                },
+            }),
+        };
+        let mut buf = Vec::new();
+        d.emit(&mut buf);
+        assert_eq!(
+            buf,
+            [
+                b'O', b'V', b'L', b'D', 1, 2, 0, 2, b'n', b'1', 0, 0, 0, 0, 0, 0, 0, 7, 14, 2,
+                b'n', b'2', 0, 0, 0, 0, 0, 0, 1, 2
+            ]
+        );
+        let (_, body) = parse_frame(&buf).unwrap();
+        assert_eq!(LeaseDatagram::parse(body).unwrap(), d);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use bytes::{Buf, BufMut};
 use foca::{Codec, Header, Identity, Incarnation, Member, Message, State};
 use ipnet::IpNet;
 
+use super::founding::Founder;
 use super::message::{get_str, Owned, WireError};
 
 /// What a node publishes about itself through gossip.
@@ -37,6 +38,13 @@ pub struct NodeMeta {
     pub has_free: bool,
     /// Identity generation: the highest `bump` for a name wins.
     pub bump: u16,
+    /// The id of the cluster the node belongs to, once its founder is decided
+    /// (`docs/founding.md`; 0: founded before founding by agreement). A node that
+    /// has not decided asks such a member for the founder. Only the 8-byte id
+    /// travels in every identity, not the founder's name.
+    pub cluster_id: Option<u64>,
+    /// `--bootstrap-expect N`, if the node was started with it.
+    pub bootstrap_expect: Option<u32>,
 }
 
 impl NodeMeta {
@@ -60,6 +68,19 @@ impl NodeMeta {
         } else {
             None
         }
+    }
+
+    /// Describes how `other` belongs to a different cluster than `ours` (the founder
+    /// we decided on): both were founded, with different known cluster ids. Such
+    /// nodes must not merge silently.
+    pub fn founder_mismatch(ours: &Founder, other: &NodeMeta) -> Option<String> {
+        let theirs = other.cluster_id?;
+        (ours.cluster_id != 0 && theirs != 0 && ours.cluster_id != theirs).then(|| {
+            format!(
+                "cluster id {:016x} (founded by {}) here, {:016x} on {}",
+                ours.cluster_id, ours.name, theirs, other.name
+            )
+        })
     }
 }
 
@@ -87,6 +108,9 @@ impl Identity for NodeMeta {
 #[derive(Debug, Clone)]
 pub struct MetaCodec {
     ours: NodeMeta,
+    /// The founder we belong to, once decided; shared with
+    /// [`super::membership::Membership`], which sets it.
+    founder: Arc<Mutex<Option<Founder>>>,
     /// The last identity refused for a cluster mismatch. Shared with
     /// [`super::membership::Membership`], because foca owns the codec.
     last_mismatch: Arc<Mutex<Option<Mismatch>>>,
@@ -165,7 +189,13 @@ pub fn meta_len(m: &NodeMeta) -> usize {
         + 2
         + if m.lease.is_some() { 13 } else { 1 }
         + 3
+        + 1
+        + if m.cluster_id.is_some() { 8 } else { 0 }
+        + if m.bootstrap_expect.is_some() { 4 } else { 0 }
 }
+
+const HAS_FOUNDER: u8 = 1;
+const HAS_EXPECT: u8 = 2;
 
 fn fits(buf: &impl BufMut, n: usize) -> Result<(), CodecError> {
     if buf.remaining_mut() < n {
@@ -199,6 +229,22 @@ pub fn put_meta(m: &NodeMeta, out: &mut impl BufMut) {
     }
     out.put_u8(u8::from(m.has_free));
     out.put_u16(m.bump);
+    let flags = if m.cluster_id.is_some() {
+        HAS_FOUNDER
+    } else {
+        0
+    } | if m.bootstrap_expect.is_some() {
+        HAS_EXPECT
+    } else {
+        0
+    };
+    out.put_u8(flags);
+    if let Some(id) = m.cluster_id {
+        out.put_u64(id);
+    }
+    if let Some(n) = m.bootstrap_expect {
+        out.put_u32(n);
+    }
 }
 
 /// Reads a [`NodeMeta`].
@@ -238,6 +284,23 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
         _ => return Err(WireError::Malformed),
     };
     let bump = buf.get_u16();
+    need(buf, 1)?;
+    let flags = buf.get_u8();
+    if flags & !(HAS_FOUNDER | HAS_EXPECT) != 0 {
+        return Err(WireError::Malformed);
+    }
+    let cluster_id = if flags & HAS_FOUNDER != 0 {
+        need(buf, 8)?;
+        Some(buf.get_u64())
+    } else {
+        None
+    };
+    let bootstrap_expect = if flags & HAS_EXPECT != 0 {
+        need(buf, 4)?;
+        Some(buf.get_u32())
+    } else {
+        None
+    };
     Ok(NodeMeta {
         name,
         gossip,
@@ -249,6 +312,8 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
         lease,
         has_free,
         bump,
+        cluster_id,
+        bootstrap_expect,
     })
 }
 
@@ -256,9 +321,15 @@ impl MetaCodec {
     /// A codec that accepts only identities with the same cluster parameters as `ours`.
     pub fn new(ours: NodeMeta) -> Self {
         MetaCodec {
+            founder: Arc::new(Mutex::new(None)),
             ours,
             last_mismatch: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The slot holding the founder we belong to, for the refusal of other clusters.
+    pub fn founder_slot(&self) -> Arc<Mutex<Option<Founder>>> {
+        self.founder.clone()
     }
 
     /// The slot where the codec leaves the last identity it refused.
@@ -268,7 +339,13 @@ impl MetaCodec {
 
     fn checked_meta(&mut self, buf: &mut impl Buf) -> Result<NodeMeta, CodecError> {
         let m = get_meta(buf)?;
-        if let Some(reason) = self.ours.mismatch(&m) {
+        let founder = self.founder.lock().ok().and_then(|f| f.clone());
+        let reason = self.ours.mismatch(&m).or_else(|| {
+            founder
+                .as_ref()
+                .and_then(|f| NodeMeta::founder_mismatch(f, &m))
+        });
+        if let Some(reason) = reason {
             if let Ok(mut slot) = self.last_mismatch.lock() {
                 *slot = Some(Mismatch { meta: m, reason });
             }
@@ -442,6 +519,8 @@ pub(crate) mod tests {
             lease: Some((3, 1)),
             has_free: false,
             bump: 0,
+            cluster_id: None,
+            bootstrap_expect: None,
         }
     }
 
@@ -455,9 +534,11 @@ pub(crate) mod tests {
             proptest::option::of((any::<u32>(), any::<u64>())),
             any::<bool>(),
             any::<u16>(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u32>()),
         )
             .prop_map(
-                |(name, ip, port, vni, mac, lease, has_free, bump)| NodeMeta {
+                |(name, ip, port, vni, mac, lease, has_free, bump, cluster_id, expect)| NodeMeta {
                     name,
                     gossip: SocketAddr::new(IpAddr::V4(ip.into()), port),
                     vxlan_port: port,
@@ -468,6 +549,8 @@ pub(crate) mod tests {
                     lease,
                     has_free,
                     bump,
+                    cluster_id,
+                    bootstrap_expect: expect,
                 },
             )
     }
@@ -530,5 +613,50 @@ pub(crate) mod tests {
             refused.reason,
             "cluster CIDR 10.244.0.0/16 here, 10.99.0.0/16 on b"
         );
+    }
+}
+
+#[cfg(test)]
+mod founder_tests {
+    use super::tests::meta;
+    use super::*;
+
+    fn announce_from(codec: &mut MetaCodec, theirs: &NodeMeta) -> Result<(), CodecError> {
+        let h = Header {
+            src: theirs.clone(),
+            src_incarnation: 0,
+            dst: meta("a"),
+            message: Message::Announce,
+        };
+        let mut buf = Vec::new();
+        codec.encode_header(&h, &mut buf).unwrap();
+        codec.decode_header(&buf[..]).map(|_| ())
+    }
+
+    #[test]
+    fn another_cluster_id_is_refused_and_both_are_named() {
+        let mut codec = MetaCodec::new(meta("a"));
+        let mut theirs = meta("b");
+        theirs.cluster_id = Some(2);
+        // An undecided node refuses nobody for its cluster id.
+        assert_eq!(announce_from(&mut codec, &theirs), Ok(()));
+        *codec.founder_slot().lock().unwrap() = Some(Founder {
+            name: "a".into(),
+            cluster_id: 1,
+        });
+        assert_eq!(
+            announce_from(&mut codec, &theirs),
+            Err(CodecError::Mismatch)
+        );
+        let refused = codec.last_mismatch.lock().unwrap().take().unwrap();
+        assert_eq!(
+            refused.reason,
+            "cluster id 0000000000000001 (founded by a) here, 0000000000000002 on b"
+        );
+        // The same cluster, an undecided node and a legacy one (id 0) all pass.
+        for id in [Some(1), None, Some(0)] {
+            theirs.cluster_id = id;
+            assert_eq!(announce_from(&mut codec, &theirs), Ok(()), "{id:?}");
+        }
     }
 }

@@ -11,6 +11,8 @@
 //! - [`membership`]: SWIM membership on [foca].
 //! - [`lease`]: the subnet lease state machine; its safety argument is in
 //!   `docs/leases.md`.
+//! - [`founding`]: choosing the one founder of a new cluster by agreement
+//!   (single-decree Paxos over the initial peers); argued in `docs/founding.md`.
 //! - [`controller`]: [`Controller`], both cores behind one `handle_*`/`poll_*`
 //!   interface, fed with datagrams and `now`.
 //! - [`transport`] and [`driver`]: the only files here that touch sockets and clocks.
@@ -27,6 +29,7 @@ pub mod auth;
 pub mod controller;
 pub mod driver;
 pub mod error;
+pub mod founding;
 pub mod lease;
 pub mod membership;
 pub mod message;
@@ -42,9 +45,10 @@ pub use controller::{
     REJECT_LOG_INTERVAL, SEEDS_SILENT_AFTER,
 };
 pub use error::Error;
+pub use founding::{Founder, FoundingState, FoundingWait, InitialSet};
 pub use lease::{Lease, LeaseConfig, LeaseEvent, LeaseState};
 pub use membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
 pub use message::{Datagram, LeaseDatagram, LeaseMsg, WireError};
 pub use meta::NodeMeta;
-pub use report::{GossipTraffic, PeerInfo, Status};
+pub use report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status};
 pub use subnet::{subnet_count, subnet_of};

@@ -1,12 +1,115 @@
 //! What the control plane tells the rest of the daemon: the peers for the FIB
-//! ([`PeerInfo`]) and a snapshot for `overlayd status` ([`Status`]).
+//! ([`PeerInfo`]) and a snapshot for `overlayd status` ([`Status`]), with what a node
+//! without a lease waits for ([`LeaseWait`]).
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
 use super::auth::RejectCounters;
+use super::founding::{Founder, FoundingWait};
 use super::membership::MemberState;
+
+/// A member as gossip knows it, with or without a lease (for status and metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MemberReport {
+    /// Node name.
+    pub name: String,
+    /// Its gossip address.
+    pub gossip: SocketAddr,
+    /// Alive, suspect or dead.
+    pub state: MemberState,
+    /// The subnet it publishes, if any.
+    pub subnet: Option<IpNet>,
+}
+
+/// What a node that uses no subnet waits for. Its [`fmt::Display`] is the status
+/// line, the log line and the `/healthz` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseWait {
+    /// No founder is known yet: the cluster is being founded.
+    Founding(FoundingWait),
+    /// A request went to this owner of free space.
+    Asking {
+        /// The owner asked.
+        owner: String,
+    },
+    /// Every subnet is in use.
+    Exhausted {
+        /// Subnets in use (published leases, ours included).
+        used: u64,
+        /// Subnets in the cluster CIDR.
+        total: u64,
+    },
+    /// No member in reach offers a free subnet, yet not every subnet is in use: the
+    /// rest belongs to owners not in reach (or waiting to be reclaimed).
+    NoFreeSpace {
+        /// Subnets in use.
+        used: u64,
+        /// Subnets in the cluster CIDR.
+        total: u64,
+    },
+    /// This node holds a lease but is cut off from its witnesses.
+    Fenced,
+}
+
+impl LeaseWait {
+    /// Whether `other` is the same reason for the log: the log says it once per
+    /// change, not once per request (the owner asked, the proposer and the counts of
+    /// a space held out of reach may change from one try to the next).
+    pub fn same_reason(&self, other: &LeaseWait) -> bool {
+        match (self, other) {
+            (LeaseWait::Founding(FoundingWait::Peers { .. }), LeaseWait::Founding(_)) => {
+                self == other
+            }
+            (
+                LeaseWait::Founding(FoundingWait::Agreeing { .. }),
+                LeaseWait::Founding(FoundingWait::Agreeing { .. }),
+            )
+            | (LeaseWait::Asking { .. }, LeaseWait::Asking { .. })
+            | (LeaseWait::NoFreeSpace { .. }, LeaseWait::NoFreeSpace { .. })
+            | (LeaseWait::Fenced, LeaseWait::Fenced) => true,
+            _ => self == other,
+        }
+    }
+}
+
+impl fmt::Display for LeaseWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseWait::Founding(FoundingWait::Peers {
+                present,
+                of,
+                needed,
+                missing,
+            }) => {
+                write!(
+                    f,
+                    "waiting to found: {present} of {of} initial peers present, {needed} needed"
+                )?;
+                if !missing.is_empty() {
+                    let m: Vec<String> = missing.iter().map(|a| a.to_string()).collect();
+                    write!(f, " ({} not heard from)", m.join(", "))?;
+                }
+                Ok(())
+            }
+            LeaseWait::Founding(FoundingWait::Agreeing { proposer }) => match proposer {
+                Some(p) => write!(f, "waiting to found: agreeing on a founder ({p} proposes)"),
+                None => write!(f, "waiting to found: agreeing on a founder"),
+            },
+            LeaseWait::Asking { owner } => write!(f, "asking {owner} for a subnet"),
+            LeaseWait::Exhausted { used, total } => {
+                write!(f, "exhausted: {used} of {total} in use")
+            }
+            LeaseWait::NoFreeSpace { used, total } => write!(
+                f,
+                "no member in reach offers a free subnet ({used} of {total} in use; the rest is held by owners not in reach)"
+            ),
+            LeaseWait::Fenced => write!(f, "fenced: cut off from its witnesses, not using its subnet"),
+        }
+    }
+}
 
 /// A peer as the FIB sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -34,8 +137,14 @@ pub struct Status {
     pub lease: Option<IpNet>,
     /// Whether we hold a lease we may not use (cut off from our witnesses).
     pub fenced: bool,
-    /// Whether the last request for a subnet found no free space.
+    /// Whether every subnet is in use and we have none.
     pub exhausted: bool,
+    /// What we wait for while we use no subnet (`None`: we use one).
+    pub waiting: Option<LeaseWait>,
+    /// The founder of our cluster, once known.
+    pub founder: Option<Founder>,
+    /// Every member gossip knows, with or without a lease.
+    pub members: Vec<MemberReport>,
     /// Our current witnesses.
     pub witnesses: Vec<String>,
     /// Peers with a subnet.

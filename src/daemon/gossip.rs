@@ -16,7 +16,7 @@ use super::host::Underlay;
 use super::keys::reload_keys_on_hangup;
 use crate::config::{ConfigError, DaemonArgs};
 use crate::control::driver::{ControlConfig, ControlDriver, ControlHandle, LeaseStatus};
-use crate::control::KeySet;
+use crate::control::{KeySet, LeaseWait};
 use crate::dataplane::wire::MacAddr;
 use crate::live::ControlSource;
 use crate::status::ControlReport;
@@ -68,6 +68,7 @@ pub async fn start(
         cluster_cidr: args.cluster_cidr,
         subnet_len: args.subnet_len,
         seeds,
+        bootstrap_expect: args.bootstrap_expect,
         gossip_port: args.gossip_port,
         state_dir: args.state_dir.clone(),
         reclaim_after: args.reclaim_after,
@@ -112,13 +113,22 @@ async fn follow_lease(
     mut lease: watch::Receiver<LeaseStatus>,
     subnet: watch::Sender<Option<IpNet>>,
 ) {
-    let mut was_exhausted = false;
+    let mut said: Option<LeaseWait> = None;
     loop {
         let status = lease.borrow_and_update().clone();
-        if status.exhausted && !was_exhausted {
-            tracing::warn!("the cluster CIDR has no free subnet for this node; it keeps running and asks again");
+        // What the node waits for, once per change (the status lease line and
+        // /healthz say the same).
+        match &status.waiting {
+            Some(w) if !said.as_ref().is_some_and(|s| s.same_reason(w)) => {
+                if status.exhausted {
+                    tracing::warn!("no subnet: {w}; this node keeps running and asks again");
+                } else {
+                    tracing::info!("no subnet yet: {w}");
+                }
+            }
+            _ => {}
         }
-        was_exhausted = status.exhausted;
+        said = status.waiting.clone();
         subnet.send_if_modified(|s| {
             if *s == status.subnet {
                 return false;
