@@ -815,6 +815,9 @@ impl Controller {
         if let Some(w) = self.founding.waiting() {
             return Some(LeaseWait::Founding(w));
         }
+        if self.lease.has_free() {
+            return Some(LeaseWait::OwnSpace);
+        }
         if let Some(owner) = self.lease.asking() {
             return Some(LeaseWait::Asking {
                 owner: owner.to_string(),

@@ -52,6 +52,9 @@ pub enum LeaseWait {
     },
     /// This node holds a lease but is cut off from its witnesses.
     Fenced,
+    /// This node owns free subnets (it just founded the cluster, or took space
+    /// over) and takes one on its next tick.
+    OwnSpace,
 }
 
 impl LeaseWait {
@@ -69,7 +72,8 @@ impl LeaseWait {
             )
             | (LeaseWait::Asking { .. }, LeaseWait::Asking { .. })
             | (LeaseWait::NoFreeSpace { .. }, LeaseWait::NoFreeSpace { .. })
-            | (LeaseWait::Fenced, LeaseWait::Fenced) => true,
+            | (LeaseWait::Fenced, LeaseWait::Fenced)
+            | (LeaseWait::OwnSpace, LeaseWait::OwnSpace) => true,
             _ => self == other,
         }
     }
@@ -107,6 +111,7 @@ impl fmt::Display for LeaseWait {
                 "no member in reach offers a free subnet ({used} of {total} in use; the rest is held by owners not in reach)"
             ),
             LeaseWait::Fenced => write!(f, "fenced: cut off from its witnesses, not using its subnet"),
+            LeaseWait::OwnSpace => write!(f, "taking a subnet from its own free space"),
         }
     }
 }
