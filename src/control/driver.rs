@@ -285,6 +285,7 @@ impl ControlDriver {
             traffic: GossipTraffic::default(),
             save_error: None,
             peers_published: Instant::now(),
+            refused_by: Default::default(),
         };
         let task = tokio::spawn(async move { driver.run(shutdown).await });
         Ok((
@@ -317,6 +318,8 @@ struct Driver<T> {
     traffic: GossipTraffic,
     save_error: Option<SaveError>,
     peers_published: Instant,
+    /// Peers whose refusal an established node has logged (once each).
+    refused_by: std::collections::BTreeSet<String>,
 }
 
 /// The lease state could not be saved: since when, the last error, when to retry and
@@ -514,7 +517,19 @@ impl<T: Transport> Driver<T> {
             match ev {
                 Event::PeersChanged => peers_changed = true,
                 Event::Refused { peer, reason } => {
-                    return Err(Error::ClusterMismatch { peer, reason });
+                    // Refusing to join is for a node still joining. A node that already
+                    // holds or handed out subnets keeps serving its own cluster: exiting would
+                    // cut its pods off because some other cluster's node gossiped to it.
+                    if !self.node.is_established() {
+                        return Err(Error::ClusterMismatch { peer, reason });
+                    }
+                    if self.refused_by.insert(peer.clone()) {
+                        tracing::error!(
+                            %peer,
+                            %reason,
+                            "a peer refused us (another cluster or configuration); this node keeps serving its own cluster: check --peers and the cluster settings on both"
+                        );
+                    }
                 }
                 Event::RefusedPeer { peer, reason } => {
                     tracing::error!(%peer, %reason, "refused a peer with a different configuration");
@@ -827,6 +842,44 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, Error::State { .. }), "{err}");
         assert!(err.to_string().contains(STATE_FILE), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_established_node_refused_by_another_cluster_keeps_serving() {
+        let dir = tmpdir("twoclusters");
+        let net = ChannelNetwork::new();
+        let a_addr: SocketAddr = "127.0.0.1:7021".parse().unwrap();
+        let b_addr: SocketAddr = "127.0.0.1:7022".parse().unwrap();
+        // b founds a cluster alone and stops; a founds another one alone.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (b, tb) =
+            ControlDriver::spawn_with(cfg("b", &dir, vec![], 7022), net.bind(b_addr), async {
+                let _ = stopped.await;
+            })
+            .unwrap();
+        let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
+        drop(b);
+        stop.send(()).unwrap();
+        tb.await.unwrap().unwrap();
+        let (a, _ta) = ControlDriver::spawn_with(
+            cfg("a", &dir, vec![], 7021),
+            net.bind(a_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
+        // b comes back naming a: a refuses it (another cluster id), and b, which holds
+        // a subnet of its own cluster, goes on serving it instead of exiting.
+        let (b, tb) = ControlDriver::spawn_with(
+            cfg("b", &dir, vec![a_addr], 7022),
+            net.bind(b_addr),
+            std::future::pending(),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!tb.is_finished(), "b exited: {:?}", tb.await);
+        assert_eq!(b.lease().borrow().subnet, lb.subnet);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
