@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A three-node overlayd cluster in network namespaces on this machine: builds
 # overlayd and its CNI plugin, starts one daemon per node on a shared underlay switch
-# (198.18.0.0/24) with gossip (node1 founds the cluster, the others know only node1),
+# (198.18.0.0/24) with gossip (every node is given the other nodes as seeds, in its own
+# order, and they found the cluster by agreement),
 # lets each node lease its pod subnet, attaches two pods per node with the real
 # overlayd-cni plugin, pings every pod from every pod, prints `overlayd status` of
 # node1 and an iperf3 figure, and tears everything down on exit or Ctrl-C.
@@ -66,10 +67,14 @@ done
 step "making a cluster key (overlayd genkey) that signs all gossip"
 (umask 077 && "$BIN" genkey >"$WORK/secret")
 
-step "starting overlayd on each node (node1 founds the cluster; the others are given only node1)"
+step "starting overlayd on each node (each is given the other nodes as seeds, in its own order; no node is special)"
 for i in $(seq 1 $NODES); do
-  peers=()
-  [ "$i" = 1 ] || peers=(--peers 198.18.0.1)
+  seeds=""
+  for k in $(seq 1 $((NODES - 1))); do
+    seeds="$seeds${seeds:+,}198.18.0.$(( (i + k - 1) % NODES + 1 ))"
+  done
+  peers=(--peers "$seeds")
+  echo "    node$i --peers $seeds"
   ip netns exec "${TAG}n$i" "$BIN" --node-name "node$i" --advertise-addr "198.18.0.$i" \
     "${peers[@]}" --secret-file "$WORK/secret" \
     --state-dir "$WORK/state$i" --run-dir "$WORK/run$i" >"$WORK/node$i.log" 2>&1 &

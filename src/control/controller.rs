@@ -657,6 +657,12 @@ impl Controller {
         }
     }
 
+    /// Whether this node already belongs to a cluster: it owns, owned or used a subnet.
+    /// Such a node keeps serving its cluster when a peer of another cluster refuses it.
+    pub fn is_established(&self) -> bool {
+        self.lease.state().has_history()
+    }
+
     /// Whether the lease state in memory is newer than the saved one.
     pub fn state_unsaved(&self) -> bool {
         self.unsaved

@@ -285,6 +285,7 @@ impl ControlDriver {
             traffic: GossipTraffic::default(),
             save_error: None,
             peers_published: Instant::now(),
+            refused_by: Default::default(),
         };
         let task = tokio::spawn(async move { driver.run(shutdown).await });
         Ok((
@@ -317,6 +318,8 @@ struct Driver<T> {
     traffic: GossipTraffic,
     save_error: Option<SaveError>,
     peers_published: Instant,
+    /// Peers whose refusal an established node has logged (once each).
+    refused_by: std::collections::BTreeSet<String>,
 }
 
 /// The lease state could not be saved: since when, the last error, when to retry and
@@ -514,7 +517,19 @@ impl<T: Transport> Driver<T> {
             match ev {
                 Event::PeersChanged => peers_changed = true,
                 Event::Refused { peer, reason } => {
-                    return Err(Error::ClusterMismatch { peer, reason });
+                    // Refusing to join is for a node still joining. A node that already
+                    // holds or handed out subnets keeps serving its own cluster: exiting would
+                    // cut its pods off because some other cluster's node gossiped to it.
+                    if !self.node.is_established() {
+                        return Err(Error::ClusterMismatch { peer, reason });
+                    }
+                    if self.refused_by.insert(peer.clone()) {
+                        tracing::error!(
+                            %peer,
+                            %reason,
+                            "a peer refused us (another cluster or configuration); this node keeps serving its own cluster: check --peers and the cluster settings on both"
+                        );
+                    }
                 }
                 Event::RefusedPeer { peer, reason } => {
                     tracing::error!(%peer, %reason, "refused a peer with a different configuration");
@@ -647,6 +662,23 @@ mod tests {
         }
     }
 
+    /// Starts a driver named `name` on the in-memory network at `addr` (its port is
+    /// also the gossip port), with `seeds`, that runs until the test ends.
+    fn start(
+        net: &ChannelNetwork,
+        dir: &Path,
+        name: &str,
+        seeds: Vec<SocketAddr>,
+        addr: SocketAddr,
+    ) -> (ControlHandle, JoinHandle<Result<(), Error>>) {
+        ControlDriver::spawn_with(
+            cfg(name, dir, seeds, addr.port()),
+            net.bind(addr),
+            std::future::pending(),
+        )
+        .unwrap()
+    }
+
     const K1: &str = "first cluster key, long enough";
     const K2: &str = "second cluster key, long enough";
 
@@ -683,23 +715,13 @@ mod tests {
         let net = ChannelNetwork::new();
         let a_addr: SocketAddr = "127.0.0.1:7011".parse().unwrap();
         let b_addr: SocketAddr = "127.0.0.1:7012".parse().unwrap();
-        let (a, _ta) = ControlDriver::spawn_with(
-            cfg("a", &dir, vec![b_addr], 7011),
-            net.bind(a_addr),
-            std::future::pending(),
-        )
-        .unwrap();
+        let (a, _ta) = start(&net, &dir, "a", vec![b_addr], a_addr);
         let waiting = wait_for(&mut a.lease(), |l| l.waiting.is_some()).await;
         assert_eq!(
             waiting.waiting.unwrap().to_string(),
             "waiting to found: 1 of 2 initial peers present, 2 needed (127.0.0.1:7012 not heard from)"
         );
-        let (b, _tb) = ControlDriver::spawn_with(
-            cfg("b", &dir, vec![a_addr], 7012),
-            net.bind(b_addr),
-            std::future::pending(),
-        )
-        .unwrap();
+        let (b, _tb) = start(&net, &dir, "b", vec![a_addr], b_addr);
         let la = wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
         let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
         assert_ne!(la.subnet, lb.subnet);
@@ -719,18 +741,8 @@ mod tests {
         let net = ChannelNetwork::new();
         let a_addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let b_addr: SocketAddr = "127.0.0.1:7002".parse().unwrap();
-        let (a, _ta) = ControlDriver::spawn_with(
-            cfg("a", &dir, vec![], 7001),
-            net.bind(a_addr),
-            std::future::pending(),
-        )
-        .unwrap();
-        let (b, tb) = ControlDriver::spawn_with(
-            cfg("b", &dir, vec![a_addr], 7002),
-            net.bind(b_addr),
-            std::future::pending(),
-        )
-        .unwrap();
+        let (a, _ta) = start(&net, &dir, "a", vec![], a_addr);
+        let (b, tb) = start(&net, &dir, "b", vec![a_addr], b_addr);
         let la = wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
         let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
         assert_ne!(la.subnet, lb.subnet);
@@ -748,12 +760,7 @@ mod tests {
         assert!(saved.lease.is_some());
         tb.abort();
         let _ = tb.await;
-        let (b2, _tb2) = ControlDriver::spawn_with(
-            cfg("b", &dir, vec![a_addr], 7002),
-            net.bind(b_addr),
-            std::future::pending(),
-        )
-        .unwrap();
+        let (b2, _tb2) = start(&net, &dir, "b", vec![a_addr], b_addr);
         let lb2 = wait_for(&mut b2.lease(), |l| l.subnet.is_some()).await;
         assert_eq!(lb2.subnet, lb.subnet);
         // When a leaves on purpose, b sees it dead and gets its space.
@@ -772,12 +779,7 @@ mod tests {
         let net = ChannelNetwork::new();
         let a_addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let b_addr: SocketAddr = "127.0.0.1:7002".parse().unwrap();
-        let (a, _ta) = ControlDriver::spawn_with(
-            cfg("a", &dir, vec![], 7001),
-            net.bind(a_addr),
-            std::future::pending(),
-        )
-        .unwrap();
+        let (a, _ta) = start(&net, &dir, "a", vec![], a_addr);
         let la = wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
         // a's lease.json becomes a directory: every save fails from now on.
         let path = dir.join("a").join(STATE_FILE);
@@ -786,12 +788,7 @@ mod tests {
         std::fs::create_dir_all(path.join("blocker")).unwrap();
 
         // b asks a for a subnet; a cannot save the grant, so it does not send it.
-        let (b, _tb) = ControlDriver::spawn_with(
-            cfg("b", &dir, vec![a_addr], 7002),
-            net.bind(b_addr),
-            std::future::pending(),
-        )
-        .unwrap();
+        let (b, _tb) = start(&net, &dir, "b", vec![a_addr], b_addr);
         tokio::time::sleep(Duration::from_secs(20)).await;
         let st = a.status().await.unwrap();
         let err = st.state_error.expect("the failed save is reported");
@@ -831,17 +828,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_established_node_refused_by_another_cluster_keeps_serving() {
+        let dir = tmpdir("twoclusters");
+        let net = ChannelNetwork::new();
+        let a_addr: SocketAddr = "127.0.0.1:7021".parse().unwrap();
+        let b_addr: SocketAddr = "127.0.0.1:7022".parse().unwrap();
+        // b founds a cluster alone and stops; a founds another one alone.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (b, tb) =
+            ControlDriver::spawn_with(cfg("b", &dir, vec![], 7022), net.bind(b_addr), async {
+                let _ = stopped.await;
+            })
+            .unwrap();
+        let lb = wait_for(&mut b.lease(), |l| l.subnet.is_some()).await;
+        drop(b);
+        stop.send(()).unwrap();
+        tb.await.unwrap().unwrap();
+        let (a, _ta) = start(&net, &dir, "a", vec![], a_addr);
+        wait_for(&mut a.lease(), |l| l.subnet.is_some()).await;
+        // b comes back naming a: a refuses it (another cluster id), and b, which holds
+        // a subnet of its own cluster, goes on serving it instead of exiting.
+        let (b, tb) = start(&net, &dir, "b", vec![a_addr], b_addr);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!tb.is_finished(), "b exited: {:?}", tb.await);
+        assert_eq!(b.lease().borrow().subnet, lb.subnet);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn mismatched_cidr_refuses_to_join() {
         let dir = tmpdir("mismatch");
         let net = ChannelNetwork::new();
         let a_addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
         let b_addr: SocketAddr = "127.0.0.1:7002".parse().unwrap();
-        let (_a, _ta) = ControlDriver::spawn_with(
-            cfg("a", &dir, vec![], 7001),
-            net.bind(a_addr),
-            std::future::pending(),
-        )
-        .unwrap();
+        let (_a, _ta) = start(&net, &dir, "a", vec![], a_addr);
         let mut bc = cfg("b", &dir, vec![a_addr], 7002);
         bc.cluster_cidr = "10.99.0.0/16".parse().unwrap();
         let (_b, tb) =
@@ -878,12 +898,7 @@ mod tests {
         bc.keys = keys(&format!("{K2}\n{K1}"));
         let (b, _tb) =
             ControlDriver::spawn_with(bc, net.bind(b_addr), std::future::pending()).unwrap();
-        let (c, _tc) = ControlDriver::spawn_with(
-            cfg("c", &dir, vec![a_addr], 7003),
-            net.bind(c_addr),
-            std::future::pending(),
-        )
-        .unwrap();
+        let (c, _tc) = start(&net, &dir, "c", vec![a_addr], c_addr);
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert!(a.peers().borrow().is_empty());
         for h in [&b, &c] {

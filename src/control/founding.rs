@@ -421,7 +421,7 @@ impl Founding {
                 self.last_proposer = Some(ballot.proposer.clone());
                 if let Some(f) = self.st.decided.clone() {
                     self.send(from, FoundingMsg::Decided { founder: f });
-                } else if self.st.promised.as_ref().is_none_or(|p| ballot >= *p) {
+                } else if self.admits(&ballot) {
                     if self.st.promised.as_ref() != Some(&ballot) {
                         self.st.promised = Some(ballot.clone());
                         self.dirty = true;
@@ -433,21 +433,15 @@ impl Founding {
                         initial: self.cfg.initial.clone(),
                     };
                     self.send(from, reply);
-                } else if let Some(p) = self.st.promised.clone() {
-                    self.send(
-                        from,
-                        FoundingMsg::Nack {
-                            ballot,
-                            promised: p,
-                        },
-                    );
+                } else {
+                    self.refuse(from, ballot);
                 }
             }
             FoundingMsg::Accept { ballot, founder } => {
                 self.max_round = self.max_round.max(ballot.round);
                 if let Some(f) = self.st.decided.clone() {
                     self.send(from, FoundingMsg::Decided { founder: f });
-                } else if self.st.promised.as_ref().is_none_or(|p| ballot >= *p) {
+                } else if self.admits(&ballot) {
                     let acc = Accepted {
                         ballot: ballot.clone(),
                         founder,
@@ -465,14 +459,8 @@ impl Founding {
                         initial: self.cfg.initial.clone(),
                     };
                     self.send(from, reply);
-                } else if let Some(p) = self.st.promised.clone() {
-                    self.send(
-                        from,
-                        FoundingMsg::Nack {
-                            ballot,
-                            promised: p,
-                        },
-                    );
+                } else {
+                    self.refuse(from, ballot);
                 }
             }
             FoundingMsg::Promise {
@@ -595,6 +583,18 @@ impl Founding {
                 founder: founder.clone(),
             };
             self.send(&n, msg);
+        }
+    }
+
+    /// Whether our acceptor answers yes to `ballot`: it is at least as high as our promise.
+    fn admits(&self, ballot: &Ballot) -> bool {
+        self.st.promised.as_ref().is_none_or(|p| ballot >= p)
+    }
+
+    /// Tells the proposer of `ballot` which higher ballot we promised instead.
+    fn refuse(&mut self, from: &str, ballot: Ballot) {
+        if let Some(promised) = self.st.promised.clone() {
+            self.send(from, FoundingMsg::Nack { ballot, promised });
         }
     }
 
