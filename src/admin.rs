@@ -333,6 +333,12 @@ mod tests {
                 last_heard_secs: Some(8),
             }],
             dataplane: Default::default(),
+            path: crate::status::PathReport {
+                mode: crate::dataplane::DataplaneMode::Kernel,
+                device: "ovlvx0".into(),
+                reason: "auto: a vxlan device could be created".into(),
+                device_errors: [("rx_dropped".to_string(), 1)].into_iter().collect(),
+            },
         };
         report.dataplane.drops.insert("peer_dead".into(), 9);
         let reply = Reply::Status(Box::new(report));

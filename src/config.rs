@@ -93,6 +93,19 @@ pub enum StatusPart {
     Leases,
 }
 
+/// Which dataplane carries pod traffic to peers (`--dataplane`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DataplaneChoice {
+    /// The kernel's vxlan device where one can be created and nothing asked for
+    /// needs userspace; the userspace dataplane otherwise.
+    #[default]
+    Auto,
+    /// A kernel vxlan device programmed over rtnetlink, as flannel does.
+    Kernel,
+    /// The userspace dataplane on a TUN device.
+    Userspace,
+}
+
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -203,6 +216,15 @@ pub struct DaemonArgs {
     #[arg(long, env = "OVERLAYD_TUN", value_name = "NAME", default_value = "ovltun0",
           value_parser = parse_ifname)]
     pub tun: String,
+    /// Which dataplane carries pod traffic: `kernel` (a vxlan device the daemon
+    /// programs), `userspace` (the TUN dataplane) or `auto` (kernel where a vxlan
+    /// device can be created and nothing asked for needs userspace).
+    #[arg(long, env = "OVERLAYD_DATAPLANE", value_enum, default_value_t = DataplaneChoice::Auto)]
+    pub dataplane: DataplaneChoice,
+    /// Name of the kernel vxlan device of the kernel dataplane.
+    #[arg(long, env = "OVERLAYD_VXLAN_DEVICE", value_name = "NAME", default_value = "ovlvx0",
+          value_parser = parse_ifname)]
+    pub vxlan_device: String,
     /// Dataplane worker threads, each with its own TUN queue and VXLAN socket;
     /// 0 means one per available core.
     #[arg(long, env = "OVERLAYD_WORKERS", value_name = "N", default_value_t = 0,
@@ -470,6 +492,20 @@ impl DaemonArgs {
         }
         if self.bridge == self.tun {
             return Err(invalid("--tun", &self.tun, "must differ from --bridge"));
+        }
+        if self.vxlan_device == self.bridge || self.vxlan_device == self.tun {
+            return Err(invalid(
+                "--vxlan-device",
+                &self.vxlan_device,
+                "must differ from --bridge and --tun",
+            ));
+        }
+        if self.dataplane == DataplaneChoice::Kernel && !self.busy_poll.is_zero() {
+            return Err(invalid(
+                "--busy-poll",
+                format!("{:?}", self.busy_poll),
+                "tunes the userspace dataplane; it cannot go with --dataplane kernel",
+            ));
         }
         if let Some(mac) = self.vtep_mac {
             if mac.is_multicast() || mac.0 == [0; 6] {

@@ -13,8 +13,8 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::control::driver::ControlHandle;
-use crate::dataplane::driver::DataplaneHandle;
 use crate::dataplane::netlink::Netlink;
+use crate::dataplane::DataplaneHandle;
 use crate::status::{ControlReport, NodeReport, PeerReport, StatusReport};
 
 /// The live state status, diagnose and metrics read: the daemon fills it in and
@@ -90,6 +90,15 @@ impl StatusSource {
             control,
             peers,
             dataplane: self.dataplane.stats().snapshot(),
+            path: {
+                let p = self.dataplane.path();
+                crate::status::PathReport {
+                    mode: p.mode,
+                    device: p.device.clone(),
+                    reason: p.reason.clone(),
+                    device_errors: self.dataplane.device_errors(),
+                }
+            },
         }
     }
 }

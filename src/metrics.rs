@@ -131,6 +131,39 @@ impl Collector for Exporter {
             }
         }
 
+        {
+            let mut mode = encoder.encode_descriptor(
+                "overlayd_dataplane_mode",
+                "1 for the dataplane that carries this node's pod traffic (kernel: a programmed vxlan device; userspace: the TUN dataplane), labelled with why.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for m in crate::dataplane::DataplaneMode::ALL {
+                let on = i64::from(report.path.mode == m);
+                let reason = if on == 1 {
+                    report.path.reason.as_str()
+                } else {
+                    ""
+                };
+                ConstGauge::new(on)
+                    .encode(mode.encode_family(&[("mode", m.as_str()), ("reason", reason)])?)?;
+            }
+        }
+        if !report.path.device_errors.is_empty() {
+            let errors: Vec<_> = report
+                .path
+                .device_errors
+                .iter()
+                .map(|(k, v)| (vec![("counter", k.as_str())], *v))
+                .collect();
+            counters(
+                &mut encoder,
+                "overlayd_kernel_device_errors",
+                "Drops and errors the kernel counts on the vxlan device (kernel dataplane).",
+                &errors,
+            )?;
+        }
+
         let per_peer =
             |f: fn(&crate::status::PeerReport) -> (u64, u64)| -> Vec<(Vec<(&str, &str)>, u64)> {
                 report

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataplane::stats::StatsSnapshot;
 use crate::dataplane::wire::MacAddr;
-use crate::dataplane::{PeerOrigin, PeerState};
+use crate::dataplane::{DataplaneMode, PeerOrigin, PeerState};
 
 /// This node, as status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +207,21 @@ impl ControlReport {
     }
 }
 
+/// Which dataplane carries the node's traffic, and the kernel device's own
+/// error counters in kernel mode.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PathReport {
+    /// Userspace or kernel.
+    pub mode: DataplaneMode,
+    /// The TUN or the vxlan device.
+    pub device: String,
+    /// Why this mode: the flag, or what `--dataplane auto` found.
+    pub reason: String,
+    /// Kernel mode: the vxlan device's drop and error counters, by name.
+    #[serde(default)]
+    pub device_errors: std::collections::BTreeMap<String, u64>,
+}
+
 /// The whole status reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -218,6 +233,9 @@ pub struct StatusReport {
     pub peers: Vec<PeerReport>,
     /// Dataplane counters, drops by reason included.
     pub dataplane: StatsSnapshot,
+    /// Which dataplane runs and why.
+    #[serde(default)]
+    pub path: PathReport,
 }
 
 fn human_bytes(n: u64) -> String {
@@ -262,7 +280,17 @@ pub fn render(report: &StatusReport) -> String {
             );
         }
     }
-    let _ = writeln!(out, "  mtu        {} (TUN {})", n.mtu, n.tun);
+    let _ = writeln!(out, "  mtu        {}", n.mtu);
+    let p = &report.path;
+    let device = match p.mode {
+        DataplaneMode::Userspace => "TUN",
+        DataplaneMode::Kernel => "vxlan device",
+    };
+    let _ = writeln!(
+        out,
+        "  dataplane  {} ({device} {}): {}",
+        p.mode, p.device, p.reason
+    );
     out.push_str(&render_leases(report));
     out.push_str(&render_peers(report));
     let d = &report.dataplane;
@@ -279,6 +307,21 @@ pub fn render(report: &StatusReport) -> String {
         d.rx_packets,
         human_bytes(d.rx_bytes)
     );
+    let device_errors: Vec<String> = report
+        .path
+        .device_errors
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    if !device_errors.is_empty() {
+        let _ = writeln!(
+            out,
+            "  device     {} ({})",
+            device_errors.join(", "),
+            report.path.device
+        );
+    }
     if d.drops.is_empty() {
         let _ = writeln!(out, "  drops      none");
     } else {
@@ -505,8 +548,24 @@ mod tests {
             control: Some(control),
             peers: vec![],
             dataplane: Default::default(),
+            path: PathReport {
+                mode: DataplaneMode::Kernel,
+                device: "ovlvx0".into(),
+                reason: "--dataplane kernel".into(),
+                device_errors: [("tx_dropped".to_string(), 2), ("rx_errors".to_string(), 0)]
+                    .into_iter()
+                    .collect(),
+            },
         };
         let text = render(&report);
+        assert!(
+            text.contains("  dataplane  kernel (vxlan device ovlvx0): --dataplane kernel\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  device     tx_dropped 2 (ovlvx0)\n"),
+            "{text}"
+        );
         assert!(
             text.contains("  lease      none: waiting to found: 1 of 2 initial peers present, 2 needed (198.18.0.2:7946 not heard from)\n"),
             "{text}"

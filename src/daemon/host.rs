@@ -1,6 +1,7 @@
 //! The host side of the node: the underlay address and MTU it takes from the kernel,
-//! the bridge pods attach to and its gateway address, forwarding, the TUN that
-//! carries the rest of the cluster CIDR and its route, and `node.json`.
+//! the bridge pods attach to and its gateway address, forwarding, the route that
+//! carries the rest of the cluster CIDR (through the TUN, or `unreachable` past the
+//! kernel dataplane's per-peer routes), and `node.json`.
 //!
 //! Left out: the packets themselves ([`crate::dataplane`]); the netlink calls live in
 //! [`crate::dataplane::netlink`].
@@ -13,18 +14,11 @@ use ipnet::IpNet;
 use super::error::{file_err, DaemonError};
 use crate::config::{ConfigError, DaemonArgs};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
-use crate::dataplane::netlink::{accept_local, disable_ipv6, enable_forwarding, Netlink};
-use crate::dataplane::tun::{self, TunDevice};
+use crate::dataplane::netlink::{enable_forwarding, Netlink};
 use crate::fsutil::write_atomic;
 use crate::node::{NodeInfo, NODE_FILE};
 
-/// The first host address of `subnet`: the node's gateway.
-pub fn gateway_of(subnet: &IpNet) -> IpAddr {
-    match subnet {
-        IpNet::V4(n) => IpAddr::V4((u32::from(n.network()) + 1).into()),
-        IpNet::V6(n) => IpAddr::V6((u128::from(n.network()) + 1).into()),
-    }
-}
+pub use crate::dataplane::fib::gateway_of;
 
 /// The node's name when no `--node-name` is given: the kernel hostname.
 pub fn hostname() -> String {
@@ -83,11 +77,21 @@ pub async fn underlay(netlink: &Netlink, args: &DaemonArgs) -> Result<Underlay, 
     })
 }
 
+/// What carries the cluster CIDR beyond the node's own subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRoute {
+    /// The route `<cluster cidr> dev <TUN> src <gateway>` (userspace dataplane).
+    Tun(u32),
+    /// Per-peer routes and an `unreachable` cluster route, both kept by the kernel
+    /// dataplane itself.
+    KernelRoutes,
+}
+
 /// The node's devices, and what it applies when its subnet changes.
 pub struct Host {
     netlink: Netlink,
     bridge_index: u32,
-    tun_index: u32,
+    cluster_route: ClusterRoute,
     cluster_cidr: IpNet,
     node_path: PathBuf,
     node_name: String,
@@ -98,47 +102,28 @@ pub struct Host {
 }
 
 impl Host {
-    /// Sets up the bridge pods attach to, forwarding, and the TUN (one queue per
-    /// dataplane worker) that carries the rest of the cluster CIDR. Returns the host
-    /// and the TUN's queues for the dataplane.
+    /// Sets up the bridge pods attach to and forwarding; `cluster_route` says what
+    /// carries the rest of the cluster CIDR.
     pub async fn set_up(
         netlink: Netlink,
         args: &DaemonArgs,
         node_name: &str,
         mtu: u32,
-    ) -> Result<(Host, TunDevice), DaemonError> {
+        cluster_route: ClusterRoute,
+    ) -> Result<Host, DaemonError> {
         let bridge_index = netlink.ensure_bridge(&args.bridge, mtu).await?;
         enable_forwarding(&args.cluster_cidr)?;
-        let workers = match args.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => usize::from(n),
-        };
-        let tun = tun::open(&args.tun, mtu, workers)?;
-        let tun_index = netlink
-            .link_by_name(&args.tun)
-            .await?
-            .ok_or_else(|| {
-                crate::dataplane::Error::Host(format!("TUN {} vanished after creation", args.tun))
-            })?
-            .header
-            .index;
-        if args.cluster_cidr.addr().is_ipv4() {
-            disable_ipv6(&args.tun)?;
-            accept_local(&args.tun)?;
-        }
-        netlink.set_up(tun_index, mtu).await?;
-        let host = Host {
+        Ok(Host {
             netlink,
             bridge_index,
-            tun_index,
+            cluster_route,
             cluster_cidr: args.cluster_cidr,
             node_path: args.run_dir.join(NODE_FILE),
             node_name: node_name.to_string(),
             bridge: args.bridge.clone(),
             mtu,
             applied: None,
-        };
-        Ok((host, tun))
+        })
     }
 
     /// Makes the host match `subnet`: the gateway address on the bridge, the cluster
@@ -156,18 +141,24 @@ impl Host {
             .ensure_address(self.bridge_index, gateway_net, self.cluster_cidr)
             .await?;
         for (dst, oif, msg) in self.netlink.routes_within(self.cluster_cidr).await? {
+            let tun_route = match self.cluster_route {
+                ClusterRoute::Tun(tun) => oif == Some(tun) && dst != self.cluster_cidr,
+                ClusterRoute::KernelRoutes => false,
+            };
             let stale = (oif == Some(self.bridge_index)
                 && Some(dst) != subnet
                 && dst.prefix_len() != dst.max_prefix_len())
-                || (oif == Some(self.tun_index) && dst != self.cluster_cidr);
+                || tun_route;
             if stale {
                 tracing::info!(route = %dst, "removing stale route");
                 self.netlink.delete_route(msg).await?;
             }
         }
-        self.netlink
-            .replace_route(self.cluster_cidr, self.tun_index, gateway)
-            .await?;
+        if let ClusterRoute::Tun(tun) = self.cluster_route {
+            self.netlink
+                .replace_route(self.cluster_cidr, tun, gateway)
+                .await?;
+        }
         match (subnet, gateway) {
             (Some(subnet), Some(gateway)) => {
                 let info = NodeInfo {

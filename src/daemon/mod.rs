@@ -10,12 +10,14 @@
 //!
 //! # Layout
 //! - [`error`]: the daemon's error enum, [`DaemonError`].
-//! - [`host`]: underlay address and MTU, bridge, TUN, routes and `node.json`.
+//! - [`dataplane`]: starts the userspace or kernel dataplane (`--dataplane`).
+//! - [`host`]: underlay address and MTU, bridge, the cluster route and `node.json`.
 //! - [`peers`]: static and learned peers turned into the FIB.
 //! - [`gossip`]: the control driver, the lease feed and the control report.
 //! - [`keys`]: `--secret-file`, at start and on SIGHUP.
 //! - [`state`]: the state and run dirs and the VTEP MAC.
 
+pub mod dataplane;
 pub mod error;
 pub mod gossip;
 pub mod host;
@@ -24,7 +26,6 @@ pub mod peers;
 pub mod state;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,18 +36,16 @@ use tokio::task::JoinHandle;
 
 use crate::config::{DaemonArgs, MetricsAddr};
 use crate::control::KeySet;
-use crate::dataplane::driver::{DataplaneDriver, DataplaneHandle, DataplaneOptions};
 use crate::dataplane::netlink::Netlink;
-use crate::dataplane::tun::TunDevice;
-use crate::dataplane::udp;
 use crate::dataplane::wire::MacAddr;
-use crate::dataplane::{EncapConfig, Peer};
+use crate::dataplane::DataplaneHandle;
 use crate::live::StatusSource;
 use crate::status::NodeReport;
 
+use dataplane::Running;
 use error::file_err;
 use gossip::{Gossip, GossipStart};
-use host::{Host, Underlay};
+use host::Host;
 use peers::PeerTable;
 
 pub use error::DaemonError;
@@ -66,10 +65,25 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
     let netlink = Netlink::connect()?;
     let underlay = host::underlay(&netlink, &args).await?;
     let vtep_mac = prepare_state(&args)?;
-    let (host, tun) = Host::set_up(netlink.clone(), &args, &node_name, underlay.mtu).await?;
     let statics = static_peers(&args);
-    let (driver, dataplane) =
-        start_dataplane(&args, tun, underlay, vtep_mac, fixed_subnet, &statics)?;
+    let carrier = dataplane::start(dataplane::Start {
+        args: &args,
+        netlink: &netlink,
+        underlay,
+        vtep_mac,
+        fixed_subnet,
+        statics: &statics,
+    })
+    .await?;
+    let (driver, dataplane) = (carrier.running, carrier.handle);
+    let host = Host::set_up(
+        netlink.clone(),
+        &args,
+        &node_name,
+        underlay.mtu,
+        carrier.cluster_route,
+    )
+    .await?;
 
     // Where this node's subnet comes from: --subnet, or a lease agreed by gossip.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -113,7 +127,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         control: gossip.as_ref().map(|g| g.source.clone()),
         stop: stop_tx.clone(),
         heard: Default::default(),
-        netlink: Some(netlink),
+        netlink: Some(netlink.clone()),
     });
     let admin = serve_admin(&args, source.clone()).await?;
     install_cni(&args)?;
@@ -134,9 +148,10 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         subnet: subnet_rx,
         subnet_open: fixed_subnet.is_none(),
         stop: stop_rx,
+        left: false,
     };
     let result = daemon.follow(shutdown).await;
-    daemon.shut_down(stop_tx, admin).await;
+    daemon.shut_down(stop_tx, admin, &netlink, &args).await;
     result
 }
 
@@ -175,38 +190,6 @@ fn prepare_state(args: &DaemonArgs) -> Result<MacAddr, DaemonError> {
     state::private_dir(&args.state_dir).map_err(file_err("state dir", &args.state_dir))?;
     state::remove_stale_temps(&[&args.state_dir, &args.run_dir]);
     state::vtep_mac(&args.state_dir, args.vtep_mac)
-}
-
-/// Opens the VXLAN sockets (one per TUN queue) and starts the dataplane workers with
-/// a FIB of the static peers.
-fn start_dataplane(
-    args: &DaemonArgs,
-    tun: TunDevice,
-    underlay: Underlay,
-    vtep_mac: MacAddr,
-    fixed_subnet: Option<IpNet>,
-    statics: &[Peer],
-) -> Result<(DataplaneDriver, DataplaneHandle), DaemonError> {
-    let bind = SocketAddr::new(underlay.advertise_addr, args.port);
-    let sockets = udp::open_sockets(bind, tun.queues.len())?;
-    let (fib, warnings) = build_fib(fixed_subnet, statics.to_vec());
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-    let config = EncapConfig {
-        vni: args.vni,
-        local_mac: vtep_mac,
-    };
-    let options = DataplaneOptions {
-        busy_poll: args.busy_poll,
-    };
-    Ok(DataplaneDriver::spawn(
-        tun,
-        sockets,
-        config,
-        Arc::new(fib),
-        options,
-    ))
 }
 
 /// The tasks behind the admin socket and the metrics listener.
@@ -288,7 +271,7 @@ struct Daemon {
     host: Host,
     table: PeerTable,
     dataplane: DataplaneHandle,
-    driver: DataplaneDriver,
+    driver: Running,
     source: Arc<StatusSource>,
     gossip: Option<Gossip>,
     /// Learned peers, while the control plane publishes them.
@@ -298,6 +281,8 @@ struct Daemon {
     subnet_open: bool,
     /// Turns true after `overlayd leave`.
     stop: watch::Receiver<bool>,
+    /// The node left the cluster (its dataplane goes with it).
+    left: bool,
 }
 
 impl Daemon {
@@ -336,6 +321,7 @@ impl Daemon {
                 _ = self.stop.wait_for(|stop| *stop) => {
                     // The subnet was handed back: stop using it before exiting.
                     tracing::info!("left the cluster; shutting down");
+                    self.left = true;
                     return self.host.apply(None).await;
                 }
                 r = self.driver.wait() => return r.map_err(DaemonError::from),
@@ -359,7 +345,13 @@ impl Daemon {
 
     /// Stops the control plane (releasing the lease with `--leave-on-exit`), the
     /// admin socket, the metrics and the dataplane.
-    async fn shut_down(self, stop: watch::Sender<bool>, admin: AdminTasks) {
+    async fn shut_down(
+        self,
+        stop: watch::Sender<bool>,
+        admin: AdminTasks,
+        netlink: &Netlink,
+        args: &DaemonArgs,
+    ) {
         let _ = stop.send(true);
         if let Some(g) = self.gossip {
             match tokio::time::timeout(std::time::Duration::from_secs(10), g.join).await {
@@ -374,6 +366,6 @@ impl Daemon {
             task.abort();
         }
         let _ = std::fs::remove_file(&admin.socket_path);
-        self.driver.shutdown().await;
+        self.driver.shut_down(netlink, args, self.left).await;
     }
 }

@@ -52,9 +52,10 @@ use super::batch::{Head, TxBatch, MAX_GSO_SEGMENTS};
 use super::encap::{tun_read_offset, Decapsulator, EncapConfig, Encapsulator, HEADROOM};
 use super::error::Error;
 use super::fib::Fib;
+use super::handle::Feeds;
 use super::icmp::{UnreachableReplies, MAX_TUN_WRITE, REPLY_RATE};
 use super::offload::{Coalescer, TunWrite, MAX_COALESCE, MAX_SEGMENTS_PER_PACKET};
-use super::stats::{DropReason, NodeStats, Stats};
+use super::stats::{DropReason, Stats};
 use super::tun::{TunDevice, TunQueue};
 use super::udp::{Gather, Sockets, UdpSender};
 
@@ -67,43 +68,6 @@ pub struct DataplaneOptions {
     /// How long an idle worker keeps polling its TUN queue and socket after its
     /// last packet before it sleeps; zero sleeps at once.
     pub busy_poll: Duration,
-}
-
-/// The front end of a running dataplane: counters and the forwarding-table feed.
-#[derive(Clone)]
-pub struct DataplaneHandle {
-    stats: Arc<NodeStats>,
-    fib: watch::Sender<Arc<Fib>>,
-    router: watch::Sender<Option<std::net::IpAddr>>,
-    workers: usize,
-}
-
-impl DataplaneHandle {
-    /// The live counters of every worker.
-    pub fn stats(&self) -> &Arc<NodeStats> {
-        &self.stats
-    }
-
-    /// How many workers forward.
-    pub fn workers(&self) -> usize {
-        self.workers
-    }
-
-    /// Installs a new forwarding table; every worker uses it from its next round.
-    pub fn set_fib(&self, fib: Arc<Fib>) {
-        self.fib.send_replace(fib);
-    }
-
-    /// Sets the address ICMP unreachable replies come from (the node's gateway);
-    /// `None` sends none.
-    pub fn set_router(&self, router: Option<std::net::IpAddr>) {
-        self.router.send_replace(router);
-    }
-
-    /// The forwarding table in use.
-    pub fn fib(&self) -> Arc<Fib> {
-        self.fib.borrow().clone()
-    }
 }
 
 /// Tells every worker to stop: a flag checked between rounds, and an eventfd that
@@ -142,23 +106,34 @@ pub struct DataplaneDriver {
 }
 
 impl DataplaneDriver {
+    /// How many workers [`DataplaneDriver::spawn`] starts for `tun` and `sockets`:
+    /// one per pair of TUN queue and receive socket.
+    pub fn workers_for(tun: &TunDevice, sockets: &Sockets) -> usize {
+        tun.queues.len().min(sockets.rx.len()).max(1)
+    }
+
     /// Starts one worker per pair of TUN queue and receive socket (extra queues or
-    /// sockets are closed), forwarding with the initial table `fib`.
+    /// sockets are closed), forwarding with the tables `feeds` delivers and counting
+    /// into its stats (which must have [`DataplaneDriver::workers_for`] workers).
     pub fn spawn(
         tun: TunDevice,
         sockets: Sockets,
         config: EncapConfig,
-        fib: Arc<Fib>,
+        feeds: Feeds,
         options: DataplaneOptions,
-    ) -> (DataplaneDriver, DataplaneHandle) {
+    ) -> DataplaneDriver {
+        let workers = DataplaneDriver::workers_for(&tun, &sockets);
         let TunDevice {
             queues, vnet, uso, ..
         } = tun;
         let Sockets { rx: rx_sockets, tx } = sockets;
-        let workers = queues.len().min(rx_sockets.len()).max(1);
-        let stats = Arc::new(NodeStats::new(workers));
-        let (fib_tx, fib_rx) = watch::channel(fib.clone());
-        let (router_tx, router_rx) = watch::channel(None);
+        let Feeds {
+            fib: fib_rx,
+            router: router_rx,
+            stats,
+            ..
+        } = feeds;
+        let fib = fib_rx.borrow().clone();
         let (done_tx, done) = mpsc::unbounded_channel();
         let mut threads = Vec::new();
         let stop = match Stop::new() {
@@ -234,19 +209,11 @@ impl DataplaneDriver {
                 }
             }
         }
-        (
-            DataplaneDriver {
-                threads,
-                done,
-                stop,
-            },
-            DataplaneHandle {
-                stats,
-                fib: fib_tx,
-                router: router_tx,
-                workers,
-            },
-        )
+        DataplaneDriver {
+            threads,
+            done,
+            stop,
+        }
     }
 
     /// Waits until a worker fails (one only returns on a fatal TUN or socket error).

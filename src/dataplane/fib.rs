@@ -59,6 +59,14 @@ pub struct Peer {
     pub stats: Arc<PeerStats>,
 }
 
+/// The first host address of `subnet`: a node's gateway, held by its bridge.
+pub fn gateway_of(subnet: &IpNet) -> IpAddr {
+    match subnet {
+        IpNet::V4(n) => IpAddr::V4((u32::from(n.network()) + 1).into()),
+        IpNet::V6(n) => IpAddr::V6((u128::from(n.network()) + 1).into()),
+    }
+}
+
 /// Why a set of peers does not make a FIB.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FibError {

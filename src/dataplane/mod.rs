@@ -10,7 +10,12 @@
 //!   the caller's clock (sans-IO).
 //! - [`flow`]: the inner flow hash that picks the outer UDP source port (sans-IO).
 //! - [`stats`]: counters by direction, peer and drop reason.
-//! - [`driver`]: the worker threads that own the TUN queues and the UDP sockets.
+//! - [`mode`]: which dataplane runs ([`DataplaneMode`]) and why.
+//! - [`handle`]: [`DataplaneHandle`], the one front end of either dataplane.
+//! - [`driver`]: the userspace worker threads that own the TUN queues and the UDP
+//!   sockets.
+//! - [`kernel`]: the kernel dataplane: a vxlan device the daemon programs, with an
+//!   nftables filter.
 //! - [`tun`]: the TUN device and its queue fds.
 //! - [`udp`]: the VXLAN sockets; GSO/`sendmmsg` send and GRO/`recvmmsg` receive.
 //! - [`netlink`]: bridge, addresses and routes (Linux only).
@@ -25,7 +30,10 @@ pub mod encap;
 pub mod error;
 pub mod fib;
 pub mod flow;
+pub mod handle;
 pub mod icmp;
+pub mod kernel;
+pub mod mode;
 pub mod netlink;
 pub mod offload;
 pub mod stats;
@@ -36,4 +44,6 @@ pub mod wire;
 pub use encap::{Decapsulator, EncapConfig, Encapsulator, Transmit, HEADROOM};
 pub use error::Error;
 pub use fib::{Fib, Peer, PeerOrigin, PeerState};
+pub use handle::{DataplaneHandle, Feeds};
+pub use mode::{DataplaneMode, PathInfo};
 pub use stats::{DropReason, NodeStats, Stats};

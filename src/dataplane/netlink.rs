@@ -36,6 +36,11 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// The rtnetlink handle, for the kernel dataplane's requests.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// The link called `name`, if any.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, Error> {
         let mut links = self
@@ -329,12 +334,13 @@ fn is_link_local(a: &IpAddr) -> bool {
     }
 }
 
-fn is_kind(link: &LinkMessage, kind: &str) -> bool {
+pub(crate) fn is_kind(link: &LinkMessage, kind: &str) -> bool {
     use netlink_packet_route::link::{InfoKind, LinkInfo};
     link.attributes.iter().any(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| match i {
             LinkInfo::Kind(InfoKind::Bridge) => kind == "bridge",
             LinkInfo::Kind(InfoKind::Tun) => kind == "tun",
+            LinkInfo::Kind(InfoKind::Vxlan) => kind == "vxlan",
             _ => false,
         }),
         _ => false,

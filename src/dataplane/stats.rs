@@ -117,6 +117,13 @@ impl Flow {
         self.bytes.fetch_add(bytes as u64, Relaxed);
     }
 
+    /// Sets the counts to totals read elsewhere (the kernel dataplane copies the
+    /// kernel's counters here; it is their one writer).
+    pub fn set(&self, packets: u64, bytes: u64) {
+        self.packets.store(packets, Relaxed);
+        self.bytes.store(bytes, Relaxed);
+    }
+
     /// (packets, bytes) so far.
     pub fn get(&self) -> (u64, u64) {
         (self.packets.load(Relaxed), self.bytes.load(Relaxed))
@@ -169,6 +176,11 @@ impl DirectionStats {
     #[inline]
     pub fn drop(&self, reason: DropReason) {
         bump(&self.drops[reason.index()], 1);
+    }
+
+    /// Sets the drops of `reason` to a total the kernel counted (kernel dataplane).
+    pub fn set_drops(&self, reason: DropReason, n: u64) {
+        self.drops[reason.index()].store(n, Relaxed);
     }
 
     /// Drops so far for `reason`.

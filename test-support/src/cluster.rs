@@ -130,6 +130,10 @@ impl DaemonNode {
             .arg(&self.dirs.state_dir)
             .args(self.args(peers))
             .env("RUST_LOG", "info")
+            .env(
+                crate::daemon::DATAPLANE_ENV.0,
+                crate::daemon::DATAPLANE_ENV.1,
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -13,6 +13,12 @@ use crate::cmd::wait_until;
 use crate::netns::Netns;
 use crate::process::ChildGuard;
 
+/// The dataplane the suites' daemons run unless a test passes `--dataplane` (the
+/// flag wins over the variable): the userspace one, whose behaviour most suites
+/// check packet by packet (drop reasons, offloads, workers). The kernel dataplane's
+/// own suite (`netns_kernel`) passes `--dataplane` explicitly.
+pub const DATAPLANE_ENV: (&str, &str) = ("OVERLAYD_DATAPLANE", "userspace");
+
 /// The overlayd binary under test. Its path comes from the caller: the daemon's own
 /// integration tests have `env!("CARGO_BIN_EXE_overlayd")`, other packages'
 /// tests use [`crate::cmd::workspace_bin`].
@@ -117,6 +123,7 @@ impl DaemonProcess {
             .arg(&dirs.state_dir)
             .args(args)
             .env("RUST_LOG", "info")
+            .env(DATAPLANE_ENV.0, DATAPLANE_ENV.1)
             .stdout(logfile.try_clone().unwrap())
             .stderr(logfile)
             .spawn()

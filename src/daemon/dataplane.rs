@@ -1,0 +1,241 @@
+//! Starts the dataplane `--dataplane` asks for and puts either kind behind one
+//! type: [`Running`] for the daemon's loop, [`DataplaneHandle`] for the peer table,
+//! status and metrics. This is the only place that knows there are two.
+//!
+//! `auto` takes the kernel dataplane unless a flag the node was given tunes the
+//! userspace one, and falls back to userspace when the kernel dataplane cannot
+//! start (no vxlan support, no nftables); the reason is kept for the log, status
+//! and metrics. Starting one mode removes what the other left from an earlier run.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::error::DaemonError;
+use super::host::{ClusterRoute, Underlay};
+use super::peers::build_fib;
+use crate::config::{DaemonArgs, DataplaneChoice};
+use crate::dataplane::driver::{DataplaneDriver, DataplaneOptions};
+use crate::dataplane::kernel::{KernelConfig, KernelDriver, VxlanSpec};
+use crate::dataplane::netlink::{accept_local, disable_ipv6, Netlink};
+use crate::dataplane::wire::MacAddr;
+use crate::dataplane::{
+    tun, udp, DataplaneHandle, DataplaneMode, EncapConfig, Fib, PathInfo, Peer,
+};
+
+/// The running dataplane, whichever it is.
+pub enum Running {
+    /// Worker threads on a TUN.
+    Userspace(DataplaneDriver),
+    /// A programmed kernel vxlan device.
+    Kernel(KernelDriver),
+}
+
+/// A started dataplane.
+pub struct Started {
+    /// What the daemon waits on and stops.
+    pub running: Running,
+    /// The feed and the counters.
+    pub handle: DataplaneHandle,
+    /// What carries the cluster CIDR, for the host's routes.
+    pub cluster_route: ClusterRoute,
+}
+
+impl Running {
+    /// Waits until the dataplane fails.
+    pub async fn wait(&mut self) -> Result<(), crate::dataplane::Error> {
+        match self {
+            Running::Userspace(d) => d.wait().await,
+            Running::Kernel(k) => k.wait().await,
+        }
+    }
+
+    /// Stops the dataplane. The userspace one takes its TUN (and route) with it; the
+    /// kernel one leaves its device programmed so traffic flows across a restart,
+    /// unless the node `left` the cluster, when it is removed.
+    pub async fn shut_down(self, netlink: &Netlink, args: &DaemonArgs, left: bool) {
+        match self {
+            Running::Userspace(d) => d.shutdown().await,
+            Running::Kernel(k) => {
+                k.shutdown().await;
+                if left {
+                    match KernelDriver::remove(netlink, &args.vxlan_device, args.cluster_cidr).await
+                    {
+                        Ok(_) => {
+                            tracing::info!(device = %args.vxlan_device, "removed the vxlan device, its routes and the nftables table")
+                        }
+                        Err(e) => tracing::warn!("removing the kernel dataplane: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the dataplane starts from.
+pub struct Start<'a> {
+    /// The daemon's flags.
+    pub args: &'a DaemonArgs,
+    /// Netlink in the daemon's namespace.
+    pub netlink: &'a Netlink,
+    /// The advertise address and the overlay MTU.
+    pub underlay: Underlay,
+    /// The VTEP MAC.
+    pub vtep_mac: MacAddr,
+    /// `--subnet`, if fixed.
+    pub fixed_subnet: Option<IpNet>,
+    /// The static peers.
+    pub statics: &'a [Peer],
+}
+
+/// Why `--dataplane auto` must take userspace, if a flag says so.
+fn needs_userspace(args: &DaemonArgs) -> Option<String> {
+    if !args.busy_poll.is_zero() {
+        return Some("--busy-poll tunes the userspace dataplane".into());
+    }
+    if args.workers != 0 {
+        return Some("--workers tunes the userspace dataplane".into());
+    }
+    None
+}
+
+/// Starts the dataplane `--dataplane` asks for.
+pub async fn start(s: Start<'_>) -> Result<Started, DaemonError> {
+    let (fib, warnings) = build_fib(s.fixed_subnet, s.statics.to_vec());
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let fib = Arc::new(fib);
+    let started = match s.args.dataplane {
+        DataplaneChoice::Userspace => start_userspace(&s, fib, "--dataplane userspace".into()).await?,
+        DataplaneChoice::Kernel => start_kernel(&s, fib, "--dataplane kernel".into())
+            .await
+            .map_err(|e| {
+                crate::dataplane::Error::Host(format!(
+                    "--dataplane kernel: {e} (run with --dataplane userspace or auto to use the userspace dataplane)"
+                ))
+            })?,
+        DataplaneChoice::Auto => match needs_userspace(s.args) {
+            Some(why) => start_userspace(&s, fib, format!("auto: {why}")).await?,
+            None => match start_kernel(&s, fib.clone(), "auto: a vxlan device could be created".into()).await {
+                Ok(started) => started,
+                Err(e) => {
+                    tracing::warn!("--dataplane auto: the kernel dataplane cannot start ({e}); using the userspace dataplane");
+                    start_userspace(
+                        &s,
+                        fib,
+                        format!("auto: the kernel dataplane cannot start ({e})"),
+                    )
+                    .await?
+                }
+            },
+        },
+    };
+    let path = started.handle.path();
+    tracing::info!(mode = %path.mode, device = %path.device, reason = %path.reason, "dataplane: {}", path.mode);
+    Ok(started)
+}
+
+/// The kernel dataplane on a vxlan device, after removing a TUN route an earlier
+/// userspace run left (its TUN died with it). On failure nothing of it is left.
+async fn start_kernel(
+    s: &Start<'_>,
+    fib: Arc<Fib>,
+    reason: String,
+) -> Result<Started, crate::dataplane::Error> {
+    let args = s.args;
+    let underlay_index = s
+        .netlink
+        .link_of_addr(s.underlay.advertise_addr)
+        .await?
+        .map(|(index, _)| index);
+    let spec = VxlanSpec {
+        name: args.vxlan_device.clone(),
+        vni: args.vni,
+        local: s.underlay.advertise_addr,
+        port: args.port,
+        mtu: s.underlay.mtu,
+        mac: s.vtep_mac,
+        underlay_index,
+    };
+    let path = PathInfo {
+        mode: DataplaneMode::Kernel,
+        device: args.vxlan_device.clone(),
+        reason,
+    };
+    let (handle, feeds) = DataplaneHandle::new(fib, 1, path);
+    let config = KernelConfig {
+        spec,
+        cluster_cidr: args.cluster_cidr,
+    };
+    match KernelDriver::start(s.netlink.clone(), config, feeds).await {
+        Ok(driver) => Ok(Started {
+            running: Running::Kernel(driver),
+            handle,
+            cluster_route: ClusterRoute::KernelRoutes,
+        }),
+        Err(e) => {
+            if let Err(cleanup) =
+                KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr).await
+            {
+                tracing::warn!("removing what the kernel dataplane set up: {cleanup}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The userspace dataplane on a TUN, after removing what an earlier kernel-mode run
+/// left (its vxlan device, routes and nftables table).
+async fn start_userspace(
+    s: &Start<'_>,
+    fib: Arc<Fib>,
+    reason: String,
+) -> Result<Started, DaemonError> {
+    let args = s.args;
+    if KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr).await? {
+        tracing::info!(device = %args.vxlan_device, "removed the kernel dataplane an earlier run left (vxlan device, unreachable route, nftables table)");
+    }
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => usize::from(n),
+    };
+    let tun = tun::open(&args.tun, s.underlay.mtu, workers)?;
+    let tun_index = s
+        .netlink
+        .link_by_name(&args.tun)
+        .await?
+        .ok_or_else(|| {
+            crate::dataplane::Error::Host(format!("TUN {} vanished after creation", args.tun))
+        })?
+        .header
+        .index;
+    if args.cluster_cidr.addr().is_ipv4() {
+        disable_ipv6(&args.tun)?;
+        accept_local(&args.tun)?;
+    }
+    s.netlink.set_up(tun_index, s.underlay.mtu).await?;
+    let bind = SocketAddr::new(s.underlay.advertise_addr, args.port);
+    let sockets = udp::open_sockets(bind, tun.queues.len())?;
+    let config = EncapConfig {
+        vni: args.vni,
+        local_mac: s.vtep_mac,
+    };
+    let options = DataplaneOptions {
+        busy_poll: args.busy_poll,
+    };
+    let path = PathInfo {
+        mode: DataplaneMode::Userspace,
+        device: args.tun.clone(),
+        reason,
+    };
+    let (handle, feeds) =
+        DataplaneHandle::new(fib, DataplaneDriver::workers_for(&tun, &sockets), path);
+    let driver = DataplaneDriver::spawn(tun, sockets, config, feeds, options);
+    Ok(Started {
+        running: Running::Userspace(driver),
+        handle,
+        cluster_route: ClusterRoute::Tun(tun_index),
+    })
+}

@@ -1,0 +1,104 @@
+//! [`DataplaneHandle`]: the one front end of a running dataplane, whichever mode
+//! carries the traffic. The daemon's peer table feeds it forwarding tables and the
+//! node's gateway; status and metrics read its counters. The userspace workers and
+//! the kernel programmer each take the receiving ends ([`Feeds`]).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::fib::Fib;
+use super::mode::PathInfo;
+use super::stats::NodeStats;
+
+/// The front end of a running dataplane: counters, the path in use and the
+/// forwarding-table feed.
+#[derive(Clone)]
+pub struct DataplaneHandle {
+    stats: Arc<NodeStats>,
+    fib: watch::Sender<Arc<Fib>>,
+    router: watch::Sender<Option<IpAddr>>,
+    workers: usize,
+    path: Arc<PathInfo>,
+    device_errors: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+/// The receiving ends of a handle's feeds, for the dataplane that forwards.
+pub struct Feeds {
+    /// The forwarding table in force.
+    pub fib: watch::Receiver<Arc<Fib>>,
+    /// The node's gateway (the source of ICMP replies and of local traffic).
+    pub router: watch::Receiver<Option<IpAddr>>,
+    /// The counters the dataplane writes.
+    pub stats: Arc<NodeStats>,
+    /// Error and drop counters of the kernel device, by name (kernel mode).
+    pub device_errors: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl DataplaneHandle {
+    /// A handle over `workers` sets of counters, starting with `fib`, for the
+    /// dataplane described by `path`; the feeds go to the dataplane.
+    pub fn new(fib: Arc<Fib>, workers: usize, path: PathInfo) -> (DataplaneHandle, Feeds) {
+        let stats = Arc::new(NodeStats::new(workers));
+        let (fib_tx, fib_rx) = watch::channel(fib);
+        let (router_tx, router_rx) = watch::channel(None);
+        let device_errors = Arc::new(Mutex::new(BTreeMap::new()));
+        let handle = DataplaneHandle {
+            stats: stats.clone(),
+            fib: fib_tx,
+            router: router_tx,
+            workers,
+            path: Arc::new(path),
+            device_errors: device_errors.clone(),
+        };
+        let feeds = Feeds {
+            fib: fib_rx,
+            router: router_rx,
+            stats,
+            device_errors,
+        };
+        (handle, feeds)
+    }
+
+    /// The live counters of every worker.
+    pub fn stats(&self) -> &Arc<NodeStats> {
+        &self.stats
+    }
+
+    /// How many workers forward (1 in kernel mode: the counters' one writer).
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Which dataplane runs, on which device, and why.
+    pub fn path(&self) -> &PathInfo {
+        &self.path
+    }
+
+    /// The kernel device's error and drop counters, by name (empty in userspace
+    /// mode, where every drop is counted by reason instead).
+    pub fn device_errors(&self) -> BTreeMap<String, u64> {
+        self.device_errors
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Installs a new forwarding table; the dataplane uses it from its next round.
+    pub fn set_fib(&self, fib: Arc<Fib>) {
+        self.fib.send_replace(fib);
+    }
+
+    /// Sets the node's gateway (the address ICMP unreachable replies and local
+    /// traffic come from); `None` while the node has no subnet.
+    pub fn set_router(&self, router: Option<IpAddr>) {
+        self.router.send_replace(router);
+    }
+
+    /// The forwarding table in use.
+    pub fn fib(&self) -> Arc<Fib> {
+        self.fib.borrow().clone()
+    }
+}

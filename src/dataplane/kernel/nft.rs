@@ -1,0 +1,77 @@
+//! Runs the `nft` binary: installs a ruleset script and reads the counters of table
+//! `inet overlayd`. The text format is what an operator reads in `nft list ruleset`
+//! and can paste back; talking nf_tables netlink directly would need a crate
+//! (rustables) far less maintained than nft itself.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::ruleset::{parse_counters, Counters, TABLE};
+use crate::dataplane::Error;
+
+/// The nft binary: `OVERLAYD_NFT` if set, else `nft` from `PATH`.
+fn nft() -> Command {
+    Command::new(std::env::var_os("OVERLAYD_NFT").unwrap_or_else(|| "nft".into()))
+}
+
+fn nft_error(what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::Host(format!("nftables: {what}: {detail}"))
+}
+
+/// Applies `script` with `nft -f -` (one transaction).
+pub fn apply(script: &str) -> Result<(), Error> {
+    let mut child = nft()
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            nft_error(
+                "cannot run nft",
+                format!("{e} (install the nftables package, or use --dataplane userspace)"),
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| nft_error("writing the ruleset to nft", e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| nft_error("waiting for nft", e))?;
+    if !out.status.success() {
+        return Err(nft_error(
+            "nft -f refused the ruleset",
+            String::from_utf8_lossy(&out.stderr).trim(),
+        ));
+    }
+    Ok(())
+}
+
+/// The counters of table `inet overlayd`.
+pub fn counters() -> Result<Counters, Error> {
+    let out = nft()
+        .args(["-j", "list", "counters", "table", "inet", TABLE])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| nft_error("cannot run nft", e))?;
+    if !out.status.success() {
+        return Err(nft_error(
+            "nft list counters",
+            String::from_utf8_lossy(&out.stderr).trim(),
+        ));
+    }
+    parse_counters(&out.stdout).map_err(|e| nft_error("nft list counters", e))
+}
+
+/// Whether table `inet overlayd` exists (false also when nft cannot run).
+pub fn table_exists() -> bool {
+    nft()
+        .args(["list", "table", "inet", TABLE])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -1,0 +1,46 @@
+//! Which dataplane carries the node's pod traffic ([`DataplaneMode`]) and why
+//! ([`PathInfo`]), as the log, `overlayd status` and `/metrics` report it.
+
+use serde::{Deserialize, Serialize};
+
+/// The two ways a node carries pod traffic to its peers. Both speak the same VXLAN
+/// on the wire, so nodes of either kind form one cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataplaneMode {
+    /// The TUN device and the daemon's worker threads.
+    #[default]
+    Userspace,
+    /// A kernel `vxlan` device the daemon programs over rtnetlink.
+    Kernel,
+}
+
+impl DataplaneMode {
+    /// Both modes, in a fixed order.
+    pub const ALL: [DataplaneMode; 2] = [DataplaneMode::Userspace, DataplaneMode::Kernel];
+
+    /// The mode's stable name, as status and metrics print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataplaneMode::Userspace => "userspace",
+            DataplaneMode::Kernel => "kernel",
+        }
+    }
+}
+
+impl std::fmt::Display for DataplaneMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The active dataplane, the device that carries it and why it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// Which dataplane runs.
+    pub mode: DataplaneMode,
+    /// Its device: the TUN (userspace) or the vxlan device (kernel).
+    pub device: String,
+    /// Why this mode: the flag, or what `--dataplane auto` found.
+    pub reason: String,
+}
