@@ -68,15 +68,19 @@ step "making a cluster key (overlayd genkey) that signs all gossip"
 (umask 077 && "$BIN" genkey >"$WORK/secret")
 
 step "starting overlayd on each node (each is given the other nodes as seeds, in its own order; no node is special)"
+# One cluster, both dataplanes: node2 runs the userspace dataplane (TUN), the
+# others the default --dataplane auto, which picks the kernel's vxlan device here.
+DATAPLANES=(auto userspace auto auto auto auto auto auto auto)
 for i in $(seq 1 $NODES); do
   seeds=""
   for k in $(seq 1 $((NODES - 1))); do
     seeds="$seeds${seeds:+,}198.18.0.$(( (i + k - 1) % NODES + 1 ))"
   done
   peers=(--peers "$seeds")
-  echo "    node$i --peers $seeds"
+  dataplane=${DATAPLANES[$((i - 1))]}
+  echo "    node$i --peers $seeds --dataplane $dataplane"
   ip netns exec "${TAG}n$i" "$BIN" --node-name "node$i" --advertise-addr "198.18.0.$i" \
-    "${peers[@]}" --secret-file "$WORK/secret" \
+    "${peers[@]}" --secret-file "$WORK/secret" --dataplane "$dataplane" \
     --state-dir "$WORK/state$i" --run-dir "$WORK/run$i" >"$WORK/node$i.log" 2>&1 &
   PIDS+=($!)
 done
@@ -90,6 +94,11 @@ for i in $(seq 1 $NODES); do
   done
   [ -n "$subnet" ] || { echo "node$i got no subnet:"; cat "$WORK/node$i.log"; exit 1; }
   echo "    node$i leased $subnet"
+done
+
+step "which dataplane each node uses (overlayd status)"
+for i in $(seq 1 $NODES); do
+  echo "    node$i: $("$BIN" status --run-dir "$WORK/run$i" | grep -m1 '^  dataplane' | sed 's/^ *dataplane *//')"
 done
 
 step "attaching two pods to each node with the overlayd-cni plugin"

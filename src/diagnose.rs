@@ -5,8 +5,10 @@
 //! Checks: the address is in the cluster CIDR; this node has a subnet (if not, the
 //! verdict says what it waits for); which node owns its subnet (this node,
 //! a peer, or nobody); that peer's state; the kernel's route to the address; the
-//! bridge and TUN devices; and whether VXLAN traffic from that peer has arrived
-//! recently (a peer we send to that never answers points at the underlay).
+//! bridge and the dataplane's device (the TUN, or the kernel dataplane's vxlan
+//! device together with the peer's neighbour, FDB entry and route on it); and
+//! whether VXLAN traffic from that peer has arrived recently (a peer we send to that
+//! never answers points at the underlay).
 //!
 //! Left out: how the question and the answer travel ([`crate::admin`]).
 
@@ -15,8 +17,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataplane::kernel::plan::{Entries, RouteEntry};
 use crate::dataplane::netlink::Netlink;
-use crate::dataplane::PeerState;
+use crate::dataplane::{gateway_of, DataplaneMode, PeerState};
 use crate::status::StatusReport;
 
 /// One piece of evidence.
@@ -105,15 +108,20 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
                 }
             ),
         );
-        let tun = netlink.link_by_name(&node.tun).await.ok().flatten();
+        let kernel = report.path.mode == DataplaneMode::Kernel;
+        let (device_kind, device_name) = match report.path.mode {
+            DataplaneMode::Userspace => ("TUN", &node.tun),
+            DataplaneMode::Kernel => ("vxlan device", &report.path.device),
+        };
+        let tun = netlink.link_by_name(device_name).await.ok().flatten();
         let tun_up = tun.as_ref().is_some_and(crate::dataplane::netlink::is_up);
         check(
             &mut ev,
-            "TUN",
+            device_kind,
             tun_up,
             format!(
                 "{} {}",
-                node.tun,
+                device_name,
                 if tun_up {
                     "is up"
                 } else {
@@ -123,7 +131,7 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
         );
         let route = netlink.route_get(target).await.ok().flatten();
         let route_dev = route.and_then(|idx| {
-            [(bridge.as_ref(), &node.bridge), (tun.as_ref(), &node.tun)]
+            [(bridge.as_ref(), &node.bridge), (tun.as_ref(), device_name)]
                 .into_iter()
                 .find(|(l, _)| l.is_some_and(|l| l.header.index == idx))
                 .map(|(_, name)| name.clone())
@@ -176,9 +184,12 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
                 false,
                 "no node's lease or static peer covers this address".into(),
             );
-            break 'verdict format!(
-                "no node owns the subnet of {target}: traffic to it is dropped as unknown_subnet"
-            );
+            let fate = if kernel {
+                "it meets the cluster's unreachable route (ICMP unreachable)"
+            } else {
+                "it is dropped as unknown_subnet"
+            };
+            break 'verdict format!("no node owns the subnet of {target}: traffic to {fate}");
         };
         owner = Some(peer.name.clone());
         check(
@@ -194,7 +205,33 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
             alive,
             format!("{} is {:?}", peer.name, peer.state).to_lowercase(),
         );
-        let routed = route_dev.as_deref() == Some(node.tun.as_str());
+        let routed = route_dev.as_deref() == Some(device_name.as_str());
+        let mut entries_ok = true;
+        if let (true, Some(link)) = (kernel && alive, tun.as_ref()) {
+            let gateway = gateway_of(&peer.subnet);
+            let mut want = Entries::default();
+            want.neighbours.insert((gateway, peer.vtep_mac));
+            want.fdb.insert((peer.vtep_mac, peer.underlay));
+            want.routes.insert(RouteEntry {
+                dst: peer.subnet,
+                via: gateway,
+                src: None,
+            });
+            let problems = netlink
+                .check_peer_entries(link.header.index, node.port, node.cluster_cidr, &want)
+                .await
+                .unwrap_or_else(|e| vec![format!("cannot read them: {e}")]);
+            entries_ok = problems.is_empty();
+            let detail = if entries_ok {
+                format!(
+                    "neighbour {gateway} lladdr {}, FDB {} dst {}, route {} via {gateway} onlink",
+                    peer.vtep_mac, peer.vtep_mac, peer.underlay, peer.subnet
+                )
+            } else {
+                problems.join("; ")
+            };
+            check(&mut ev, "kernel entries", entries_ok, detail);
+        }
         check(
             &mut ev,
             "kernel route",
@@ -217,19 +254,29 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
         let quiet_but_sending = !answered && peer.tx_packets > 0;
         check(&mut ev, "answers", !quiet_but_sending, detail);
         if !alive {
+            let fate = if kernel {
+                "it meets the cluster's unreachable route (ICMP unreachable)"
+            } else {
+                "it is dropped as peer_dead"
+            };
             break 'verdict format!(
-                "{} (owner of {}) is declared dead: traffic to it is dropped as peer_dead",
+                "{} (owner of {}) is declared dead: traffic to {fate}",
                 peer.name, peer.subnet
             );
         }
         if !tun_up {
             break 'verdict format!(
-                "TUN {} is missing or down: nothing leaves this node for the overlay",
-                node.tun
+                "{device_kind} {device_name} is missing or down: nothing leaves this node for the overlay"
+            );
+        }
+        if !entries_ok {
+            break 'verdict format!(
+                "the vxlan device {device_name} lacks {}'s entries: the daemon re-adds them within 10 s; if not, see its log",
+                peer.name
             );
         }
         if !routed {
-            break 'verdict format!("the kernel does not route {target} through {}: the cluster route is missing or shadowed", node.tun);
+            break 'verdict format!("the kernel does not route {target} through {device_name}: the route is missing or shadowed");
         }
         if quiet_but_sending {
             break 'verdict format!(
@@ -267,7 +314,7 @@ pub fn render(d: &Diagnosis) -> String {
     for c in &d.evidence {
         let _ = writeln!(
             out,
-            "  [{}] {:<13} {}",
+            "  [{}] {:<14} {}",
             if c.ok { "ok" } else { "!!" },
             c.what,
             c.detail

@@ -224,6 +224,7 @@ async fn start_userspace(
     };
     let options = DataplaneOptions {
         busy_poll: args.busy_poll,
+        mtu: s.underlay.mtu,
     };
     let path = PathInfo {
         mode: DataplaneMode::Userspace,

@@ -68,6 +68,8 @@ pub struct DataplaneOptions {
     /// How long an idle worker keeps polling its TUN queue and socket after its
     /// last packet before it sleeps; zero sleeps at once.
     pub busy_poll: Duration,
+    /// The overlay MTU: the largest inner packet a pod takes.
+    pub mtu: u32,
 }
 
 /// Tells every worker to stop: a flag checked between rounds, and an eventfd that
@@ -289,7 +291,16 @@ impl Worker {
         let first_tx = tx_sockets.first().unwrap_or(&rx_socket);
         let sender = UdpSender::new(first_tx, index == 0);
         let tx_path = TxPath::new(vnet, enc, fib.clone(), router, stats.clone(), sender);
-        let rx_path = RxPath::new(&rx_socket, vnet, uso, dec, fib, stats, index == 0)?;
+        let rx_path = RxPath::new(
+            &rx_socket,
+            vnet,
+            uso,
+            options.mtu,
+            dec,
+            fib,
+            stats,
+            index == 0,
+        )?;
         Ok(Worker {
             tun,
             rx_socket,
@@ -527,6 +538,7 @@ impl RxPath {
         socket: &UdpSocket,
         vnet: bool,
         uso: bool,
+        mtu: u32,
         dec: Decapsulator,
         fib: watch::Receiver<Arc<Fib>>,
         stats: Arc<Stats>,
@@ -558,7 +570,7 @@ impl RxPath {
             state,
             bufs: vec![0u8; RX_BUFS * RX_BUF_LEN],
             metas: [RecvMeta::default(); RX_BUFS],
-            coalescer: Coalescer::new(vnet, uso),
+            coalescer: Coalescer::new(vnet, uso).with_mtu(mtu),
         })
     }
 

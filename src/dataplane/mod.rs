@@ -43,7 +43,7 @@ pub mod wire;
 
 pub use encap::{Decapsulator, EncapConfig, Encapsulator, Transmit, HEADROOM};
 pub use error::Error;
-pub use fib::{Fib, Peer, PeerOrigin, PeerState};
+pub use fib::{gateway_of, Fib, Peer, PeerOrigin, PeerState};
 pub use handle::{DataplaneHandle, Feeds};
 pub use mode::{DataplaneMode, PathInfo};
 pub use stats::{DropReason, NodeStats, Stats};

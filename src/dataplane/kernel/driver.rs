@@ -65,6 +65,9 @@ struct Programmer {
     ids: Ids,
     /// Whether the ruleset of this run is installed (the first one replaces the table).
     installed: bool,
+    /// The installed ruleset is not that of the current table (a change, or a
+    /// failed install to retry).
+    ruleset_stale: bool,
     feeds: Feeds,
 }
 
@@ -87,6 +90,7 @@ impl KernelDriver {
             index,
             ids: Ids::default(),
             installed: false,
+            ruleset_stale: true,
             feeds,
         };
         let fib = p.feeds.fib.borrow_and_update().clone();
@@ -188,7 +192,10 @@ impl Programmer {
     async fn update(&mut self, fib_changed: bool) {
         let fib = self.feeds.fib.borrow_and_update().clone();
         let router = *self.feeds.router.borrow_and_update();
-        if fib_changed || !self.installed {
+        if fib_changed {
+            self.ruleset_stale = true;
+        }
+        if self.ruleset_stale {
             if let Err(e) = self.install_ruleset(&fib).await {
                 tracing::warn!("kernel dataplane: {e}; retrying in {REPAIR_EVERY:?}");
             }
@@ -260,6 +267,7 @@ impl Programmer {
             .map_err(|e| Error::Host(format!("nft task: {e}")))??;
         self.ids.by_name = live;
         self.installed = true;
+        self.ruleset_stale = false;
         Ok(())
     }
 

@@ -5,11 +5,26 @@
 //! by the payload ranges where they were received, for one `writev`. Packets that
 //! cannot be merged are written alone, in order, behind a zero virtio-net header
 //! that [`Coalescer::finish`] writes into the headroom in front of them.
+//!
+//! **Partial checksums.** A Linux sender that offloads checksums (a kernel vxlan
+//! node whose underlay is a veth, or a VM's virtio NIC) can hand us an inner TCP or
+//! UDP packet whose checksum field holds only the pseudo-header sum, the seed the
+//! device was to complete; its receiving kernel would still know that, but a UDP
+//! socket gives us the bytes alone. A packet written alone whose field equals that
+//! seed gets a `NEEDS_CSUM` virtio-net header, so the kernel completes the sum as it
+//! would have (without virtio-net headers the sum is completed here). A complete
+//! checksum equal to the seed by chance (1 in 65,536) is recomputed to the same
+//! value, so nothing valid is harmed. Such a sender on a veth (or a virtio NIC with
+//! tunnel GSO) can also hand over a whole TSO super-packet in one datagram; a TCP
+//! one longer than the MTU goes to the TUN with a TSO header whose segments fit
+//! the MTU, as the sender's device would have cut it. (A UDP super-packet's
+//! datagram boundaries are not in the bytes: it is written as it came.)
 
 use std::ops::Range;
 
 use super::vnet::{
-    VnetHdr, VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_TCPV6, VNET_GSO_UDP_L4, VNET_HDR_LEN,
+    complete_checksum, VnetHdr, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_GSO_TCPV4, VNET_GSO_TCPV6,
+    VNET_GSO_UDP_L4, VNET_HDR_LEN,
 };
 use crate::dataplane::wire::checksum;
 
@@ -97,6 +112,8 @@ pub struct Coalescer {
     /// The same, grouped by item by [`Coalescer::finish`].
     ordered: Vec<Piece>,
     heads: Vec<u8>,
+    /// The overlay MTU.
+    mtu: u32,
 }
 
 impl Coalescer {
@@ -111,7 +128,16 @@ impl Coalescer {
             pieces: Vec::with_capacity(4096),
             ordered: Vec::with_capacity(4096),
             heads: Vec::with_capacity(1024 * GRO_SLOT),
+            mtu: 1500,
         }
+    }
+
+    /// Sets the overlay MTU (1500 unless set): an inner TCP packet longer than it
+    /// with a partial checksum is written as a TSO super-packet of segments that
+    /// fit (see the module doc).
+    pub fn with_mtu(mut self, mtu: u32) -> Coalescer {
+        self.mtu = mtu;
+        self
     }
 
     /// Whether TCP segments are merged (and every write starts with a virtio-net
@@ -325,9 +351,38 @@ impl Coalescer {
         for i in 0..self.items.len() {
             let it = &self.items[i];
             if it.ip_len == 0 || it.count < 2 {
-                if self.enabled {
-                    let start = it.range.start as usize;
-                    bufs[it.buf as usize].as_mut()[start - VNET_HDR_LEN..start].fill(0);
+                let (start, end) = (it.range.start as usize, it.range.end as usize);
+                let buf = bufs[it.buf as usize].as_mut();
+                let mtu = self.mtu as usize;
+                let packet = &buf[start..end];
+                let partial = partial_checksum(packet).map(|(at, offset)| {
+                    let mut hdr = VnetHdr {
+                        flags: VNET_F_NEEDS_CSUM,
+                        gso_type: VNET_GSO_NONE,
+                        hdr_len: 0,
+                        gso_size: 0,
+                        csum_start: at as u16,
+                        csum_offset: offset as u16,
+                    };
+                    let tcp_len = packet.get(at + 12).map_or(0, |b| usize::from(b >> 4) * 4);
+                    if offset == 16 && packet.len() > mtu && tcp_len >= 20 && at + tcp_len < mtu {
+                        hdr.gso_type = if packet[0] >> 4 == 4 {
+                            VNET_GSO_TCPV4
+                        } else {
+                            VNET_GSO_TCPV6
+                        };
+                        hdr.hdr_len = (at + tcp_len) as u16;
+                        hdr.gso_size = (mtu - at - tcp_len) as u16;
+                    }
+                    hdr
+                });
+                match (self.enabled, partial) {
+                    (true, Some(hdr)) => hdr.emit(&mut buf[start - VNET_HDR_LEN..start]),
+                    (true, None) => buf[start - VNET_HDR_LEN..start].fill(0),
+                    (false, Some(hdr)) => {
+                        complete_checksum(&hdr, &mut buf[start..end]);
+                    }
+                    (false, None) => {}
                 }
                 continue;
             }
@@ -413,6 +468,32 @@ impl GroItem {
             slot: 0,
         }
     }
+}
+
+/// Where the checksum of TCP or UDP packet `p` starts and where its field is, if
+/// the field holds only the pseudo-header seed of a checksum left to the device
+/// (see the module doc).
+fn partial_checksum(p: &[u8]) -> Option<(usize, usize)> {
+    let (ip_len, proto) = match p.first()? >> 4 {
+        4 if p.len() >= 20 => (usize::from(p[0] & 0x0f) * 4, p[9]),
+        6 if p.len() >= 40 => (40, p[6]),
+        _ => return None,
+    };
+    let offset = match proto {
+        6 => 16,
+        17 => 6,
+        _ => return None,
+    };
+    if ip_len < 20 || p.len() < ip_len + offset + 2 {
+        return None;
+    }
+    let l4_len = (p.len() - ip_len) as u32;
+    let field = u16::from_ne_bytes([p[ip_len + offset], p[ip_len + offset + 1]]);
+    if field == 0 {
+        return None;
+    }
+    let seed = checksum::fold(checksum::pseudo(p, proto, l4_len));
+    (field == seed).then_some((ip_len, offset))
 }
 
 struct Candidate {
@@ -561,6 +642,67 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// A kernel sender that left the inner checksum to its device (a partial
+    /// checksum: the pseudo-header seed) gets it completed: by the kernel, through a
+    /// `NEEDS_CSUM` header, on a TUN with virtio-net headers; here otherwise. A
+    /// complete checksum is left as it is.
+    #[test]
+    fn a_partial_checksum_written_alone_is_completed() {
+        let full = tcp_packet(1, b"hello", false);
+        let mut partial = full.clone();
+        let seed = checksum::fold(checksum::pseudo(&partial, 6, (partial.len() - 20) as u32));
+        partial[36..38].copy_from_slice(&seed.to_ne_bytes());
+        assert_ne!(partial, full);
+        for enabled in [true, false] {
+            let (mut buf, ranges) = rx_batch(&[partial.clone(), full.clone()]);
+            let mut c = Coalescer::new(enabled, false);
+            for r in &ranges {
+                c.push(0, r.clone(), &buf[r.clone()]);
+            }
+            c.finish(std::slice::from_mut(&mut buf));
+            let writes: Vec<_> = c.writes().collect();
+            assert_eq!(writes.len(), 2, "the partial one is not merged");
+            for (w, hdr_flag) in writes.iter().zip([VNET_F_NEEDS_CSUM, 0]) {
+                let TunWrite::Single { range, .. } = w else {
+                    panic!("written alone: {w:?}")
+                };
+                let mut p = buf[range.start as usize..range.end as usize].to_vec();
+                if enabled {
+                    let hdr = VnetHdr::parse(&p).unwrap();
+                    assert_eq!(hdr.flags, hdr_flag);
+                    p.drain(..VNET_HDR_LEN);
+                    if hdr_flag != 0 {
+                        assert_eq!((hdr.csum_start, hdr.csum_offset), (20, 16));
+                        assert!(complete_checksum(&hdr, &mut p));
+                    }
+                }
+                assert_eq!(p, full, "enabled {enabled}");
+            }
+        }
+    }
+
+    /// A whole TSO super-packet in one datagram (a kernel sender on a veth), longer
+    /// than the MTU, is written as TSO with segments that fit the MTU.
+    #[test]
+    fn a_partial_super_packet_is_written_as_tso_within_the_mtu() {
+        let payload = vec![7u8; 3000];
+        let mut p = tcp_packet(1, &payload, true);
+        let seed = checksum::fold(checksum::pseudo(&p, 6, (p.len() - 20) as u32));
+        p[36..38].copy_from_slice(&seed.to_ne_bytes());
+        let (mut buf, ranges) = rx_batch(&[p]);
+        let mut c = Coalescer::new(true, false).with_mtu(1450);
+        c.push(0, ranges[0].clone(), &buf[ranges[0].clone()]);
+        c.finish(std::slice::from_mut(&mut buf));
+        let Some(TunWrite::Single { range, .. }) = c.writes().next() else {
+            panic!("one packet written alone")
+        };
+        let hdr = VnetHdr::parse(&buf[range.start as usize..]).unwrap();
+        assert_eq!(hdr.flags, VNET_F_NEEDS_CSUM);
+        assert_eq!(hdr.gso_type, VNET_GSO_TCPV4);
+        assert_eq!((hdr.hdr_len, hdr.gso_size), (40, 1410));
+        assert_eq!((hdr.csum_start, hdr.csum_offset), (20, 16));
     }
 
     #[test]
