@@ -8,7 +8,9 @@ use std::time::Duration;
 use overlayd_test_support::capture::VxlanCapture;
 use overlayd_test_support::daemon::{DaemonProcess, Overlayd};
 use overlayd_test_support::tools::{http_get, iperf3, ping_output, vxlan_icmp};
-use overlayd_test_support::topology::{kernel_vxlan_node, kernel_vxlan_route, Pod};
+use overlayd_test_support::topology::{
+    kernel_vxlan_node, kernel_vxlan_route, KernelVxlanPair, Pod,
+};
 use overlayd_test_support::{link, load, scratch_dir, wait_until, Netns};
 
 /// The daemon under test.
@@ -140,20 +142,8 @@ fn a_two_overlayd_nodes_ping_and_iperf3_beside_kernel_vxlan() {
     let ours = iperf3(&t.p2.ns, &t.p1.ns, &t.p2.ip, 3);
 
     // The same topology with kernel VXLAN (flannel's vxlan backend), measured now.
-    let k1 = Netns::new("k");
-    let k2 = Netns::new("k");
-    link(&k1, "u1", "198.18.1.1/24", &k2, "u2", "198.18.1.2/24");
-    let km1 = kernel_vxlan_node(&k1, "u1", "198.18.1.1", 1, "10.244.1", 1450);
-    let km2 = kernel_vxlan_node(&k2, "u2", "198.18.1.2", 1, "10.244.2", 1450);
-    kernel_vxlan_route(&k1, "10.244.2", &km2, "198.18.1.2");
-    kernel_vxlan_route(&k2, "10.244.1", &km1, "198.18.1.1");
-    let kp1 = Pod::attach(&k1, "cni0", "veth1", "10.244.1.2/24", "10.244.1.1", 1450);
-    let kp2 = Pod::attach(&k2, "cni0", "veth2", "10.244.2.2/24", "10.244.2.1", 1450);
-    assert!(
-        kp1.ns.ping(&kp2.ip),
-        "kernel vxlan reference does not forward"
-    );
-    let kernel = iperf3(&kp2.ns, &kp1.ns, &kp2.ip, 3);
+    let k = KernelVxlanPair::new();
+    let kernel = iperf3(&k.p2.ns, &k.p1.ns, &k.p2.ip, 3);
 
     println!("iperf3 pod-to-pod, 1 TCP stream, 3 s: overlayd {ours:.2} Gb/s, kernel vxlan {kernel:.2} Gb/s, ratio {:.2}", ours / kernel);
     assert!(ours > 0.0 && kernel > 0.0);

@@ -52,6 +52,7 @@ impl TestCluster {
             name,
             i,
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -87,6 +88,8 @@ pub struct DaemonNode {
     pub i: u8,
     /// Daemon flags added to every start.
     pub extra: Vec<String>,
+    /// Environment variables added to every start.
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonNode {
@@ -108,12 +111,13 @@ impl DaemonNode {
     pub fn launch(&mut self, peers: &str) {
         let args = self.args(peers);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.daemon = Some(DaemonProcess::start_with(
+        self.daemon = Some(DaemonProcess::start_with_env(
             &self.bin,
             &self.ns,
             self.dirs.clone(),
             &self.name,
             &args,
+            &self.env,
         ));
     }
 
@@ -134,6 +138,7 @@ impl DaemonNode {
                 crate::daemon::DATAPLANE_ENV.0,
                 crate::daemon::DATAPLANE_ENV.1,
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

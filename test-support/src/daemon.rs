@@ -109,6 +109,19 @@ impl DaemonProcess {
         name: &str,
         args: &[&str],
     ) -> Self {
+        Self::start_with_env(bin, ns, dirs, name, args, &[])
+    }
+
+    /// Like [`DaemonProcess::start_with`], with extra environment variables (e.g. a
+    /// test fault point).
+    pub fn start_with_env(
+        bin: &Overlayd,
+        ns: &Netns,
+        dirs: DaemonDirs,
+        name: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let logfile = File::options()
             .create(true)
             .append(true)
@@ -124,6 +137,7 @@ impl DaemonProcess {
             .args(args)
             .env("RUST_LOG", "info")
             .env(DATAPLANE_ENV.0, DATAPLANE_ENV.1)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(logfile.try_clone().unwrap())
             .stderr(logfile)
             .spawn()

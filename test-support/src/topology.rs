@@ -140,6 +140,46 @@ pub fn kernel_vxlan_node(
     v[0]["address"].as_str().unwrap().to_string()
 }
 
+/// Two flannel-style kernel VXLAN nodes on a veth underlay (198.18.1.1 and .2),
+/// owning 10.244.1.0/24 and 10.244.2.0/24, with a pod at .2 of each: the reference
+/// that overlayd's throughput is compared with in the same run.
+pub struct KernelVxlanPair {
+    /// The pod on the first node.
+    pub p1: Pod,
+    /// The pod on the second node.
+    pub p2: Pod,
+    /// The first node.
+    pub k1: Netns,
+    /// The second node.
+    pub k2: Netns,
+}
+
+impl KernelVxlanPair {
+    /// Builds the pair with MTU 1450 and checks that its pods reach each other.
+    pub fn new() -> KernelVxlanPair {
+        let k1 = Netns::new("k");
+        let k2 = Netns::new("k");
+        crate::netns::link(&k1, "u1", "198.18.1.1/24", &k2, "u2", "198.18.1.2/24");
+        let km1 = kernel_vxlan_node(&k1, "u1", "198.18.1.1", 1, "10.244.1", 1450);
+        let km2 = kernel_vxlan_node(&k2, "u2", "198.18.1.2", 1, "10.244.2", 1450);
+        kernel_vxlan_route(&k1, "10.244.2", &km2, "198.18.1.2");
+        kernel_vxlan_route(&k2, "10.244.1", &km1, "198.18.1.1");
+        let p1 = Pod::attach(&k1, "cni0", "veth1", "10.244.1.2/24", "10.244.1.1", 1450);
+        let p2 = Pod::attach(&k2, "cni0", "veth2", "10.244.2.2/24", "10.244.2.1", 1450);
+        assert!(
+            p1.ns.ping(&p2.ip),
+            "kernel vxlan reference does not forward"
+        );
+        KernelVxlanPair { p1, p2, k1, k2 }
+    }
+}
+
+impl Default for KernelVxlanPair {
+    fn default() -> KernelVxlanPair {
+        KernelVxlanPair::new()
+    }
+}
+
 /// On kernel node `ns`, routes `peer_subnet_base`.0/24 to a VTEP with MAC `mac` at
 /// underlay `addr`, as flannel's vxlan backend does.
 pub fn kernel_vxlan_route(ns: &Netns, peer_subnet_base: &str, mac: &str, addr: &str) {
