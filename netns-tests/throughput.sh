@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Dataplane throughput on a two-node netns testbed, measured in one run for three
-# setups: routed (no encapsulation), kernel VXLAN (configured as flannel does) and
-# overlayd. For each: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte
+# Dataplane throughput on a two-node netns testbed, measured in one run for four
+# setups: routed (no encapsulation), kernel VXLAN (configured as flannel does),
+# overlayd's userspace dataplane (overlayd) and overlayd's kernel dataplane
+# (okernel: --dataplane kernel, the vxlan device overlayd programs). For each: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte
 # payloads at unlimited rate (received packets/s and loss), ping RTT, and the CPU
 # used by the overlayd processes. Every measure is repeated REPS times; the table
 # gives the median, the spread (min-max) and the ratio overlayd / kernel VXLAN.
@@ -10,13 +11,15 @@
 #
 # Run as root, not in CI:  netns-tests/throughput.sh [BIN]
 #   BIN   overlayd binary (default target/release/overlayd)
-#   DUR=10 REPS=3 MODES="routed kernel overlayd" CAPTURE=1 environment knobs
+#   DUR=10 REPS=3 MODES="routed kernel overlayd okernel" CAPTURE=1 environment knobs
 #   TESTS="tcp1 tcp4 udp64 rtt"  which measures to take
 #   BASE=PATH     a second overlayd binary, measured in the same run as mode "base"
 #                 (after "overlayd"), for before/after comparisons on a noisy host
 #   PING_I=0.01 PING_C=200        ping interval and count for the RTT
 #   OVL_ENV="OVERLAYD_WORKERS=1 ..." / BASE_ENV=...  environment (flags) for the
-#                 overlayd / base daemons, e.g. to compare two settings of one binary:
+#                 overlayd / base daemons (both run --dataplane userspace unless
+#                 BASE_ENV="OVERLAYD_DATAPLANE=kernel"), e.g. to compare two settings
+#                 of one binary:
 #                 BASE=BIN BASE_ENV="OVERLAYD_BUSY_POLL=20ms OVERLAYD_WORKERS=1"
 #                 measures busy polling beside the default in the same run
 #   PROFILE=FILE  also record `perf` on the overlayd processes during the first
@@ -26,7 +29,7 @@ cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/release/overlayd}")
 DUR=${DUR:-10}
 REPS=${REPS:-3}
-MODES=${MODES:-"routed kernel overlayd"}
+MODES=${MODES:-"routed kernel overlayd okernel"}
 TESTS=${TESTS:-"tcp1 tcp4 udp64 rtt"}
 CAPTURE=${CAPTURE:-1}
 PING_I=${PING_I:-0.01}
@@ -118,8 +121,16 @@ setup_kernel() {
   pod "$N2" "$P2" cni0 veth2 2
 }
 
-setup_overlayd() { BIN=$NEW_BIN; DENV=${OVL_ENV:-}; start_nodes; }
-setup_base() { BIN=$BASE; DENV=${BASE_ENV:-}; start_nodes; }
+setup_overlayd() { BIN=$NEW_BIN; DENV="OVERLAYD_DATAPLANE=userspace ${OVL_ENV:-}"; start_nodes; }
+setup_okernel() { BIN=$NEW_BIN; DENV="OVERLAYD_DATAPLANE=kernel"; start_nodes; check_mode kernel; }
+setup_base() { BIN=$BASE; DENV="OVERLAYD_DATAPLANE=userspace ${BASE_ENV:-}"; start_nodes; }
+
+check_mode() { # the dataplane the daemons really run
+  local m
+  m=$("$BIN" status --run-dir "$WORK/n1/run" | grep -m1 '^  dataplane' || true)
+  echo "  $m"
+  [[ $m == *" $1 "* ]] || { echo "expected the $1 dataplane" >&2; exit 1; }
+}
 
 start_nodes() {
   base
@@ -186,7 +197,7 @@ iperf() { # MODE KEY ARGS...: runs one iperf3 client, records the metric(s)
   else
     record "$mode" "$key" "$(jq -r '.end.sum_received.bits_per_second / 1e9' <<<"$out" 2>/dev/null || echo 0)"
   fi
-  if [[ $mode == overlayd || $mode == base ]]; then
+  if [[ $mode == overlayd || $mode == okernel || $mode == base ]]; then
     local hz; hz=$(getconf CLK_TCK)
     record "$mode" "cpu_${key}_pct" "$(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v d="$DUR" 'BEGIN{printf "%.0f", (b-a)*100/hz/d}')"
   fi
@@ -284,8 +295,9 @@ for line in open(sys.argv[1]):
     rows.setdefault(key, {}).setdefault(mode, []).append(v)
 order = ['tcp1_gbps', 'tcp4_gbps', 'udp64_kpps', 'udp64_loss_pct', 'rtt_us', 'rtt_p50_us', 'rtt_p90_us',
          'cpu_tcp1_gbps_pct', 'cpu_tcp4_gbps_pct', 'cpu_udp64_pct']
-modes = [m for m in ['routed', 'kernel', 'overlayd', 'base'] if any(m in r for r in rows.values())]
-names = {'routed': 'routed', 'kernel': 'kernel vxlan', 'overlayd': 'overlayd', 'base': 'base'}
+modes = [m for m in ['routed', 'kernel', 'overlayd', 'okernel', 'base'] if any(m in r for r in rows.values())]
+names = {'routed': 'routed', 'kernel': 'kernel vxlan', 'overlayd': 'overlayd userspace',
+         'okernel': 'overlayd kernel', 'base': 'base'}
 def cell(v):
     if not v: return '-'
     return f"{st.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
@@ -294,12 +306,25 @@ def ratio(r, a, b):
         return f"{st.median(r[a]) / st.median(r[b]):.2f}"
     return '-'
 head = f"{'metric':18} " + ' '.join(f"{names[m]:>22}" for m in modes) + f" {'ovl/kernel':>10}"
+if 'okernel' in modes: head += f" {'okern/kernel':>12}"
 if 'base' in modes: head += f" {'base/kernel':>11} {'ovl/base':>9}"
 print(head)
 for key in order:
     if key not in rows: continue
     r = rows[key]
     line = f"{key:18} " + ' '.join(f"{cell(r.get(m)):>22}" for m in modes) + f" {ratio(r, 'overlayd', 'kernel'):>10}"
+    if 'okernel' in modes: line += f" {ratio(r, 'okernel', 'kernel'):>12}"
     if 'base' in modes: line += f" {ratio(r, 'base', 'kernel'):>11} {ratio(r, 'overlayd', 'base'):>9}"
     print(line)
+# Issue 14's floors for the kernel dataplane, printed (never an exit status).
+floors = [('tcp1_gbps', 0.95, True), ('tcp4_gbps', 0.95, True), ('udp64_kpps', 0.95, True), ('rtt_us', 1.10, False)]
+if 'okernel' in modes and 'kernel' in modes:
+    print()
+    for key, bound, at_least in floors:
+        r = rows.get(key, {})
+        if not (r.get('okernel') and r.get('kernel')) or st.median(r['kernel']) == 0: continue
+        x = st.median(r['okernel']) / st.median(r['kernel'])
+        ok = x >= bound if at_least else x <= bound
+        rel = '>=' if at_least else '<='
+        print(f"floor {key:12} okernel/kernel {x:.2f} (want {rel} {bound:.2f}): {'met' if ok else 'NOT MET'}")
 EOF

@@ -65,9 +65,9 @@ struct Programmer {
     ids: Ids,
     /// Whether the ruleset of this run is installed (the first one replaces the table).
     installed: bool,
-    /// The installed ruleset is not that of the current table (a change, or a
-    /// failed install to retry).
-    ruleset_stale: bool,
+    /// The table whose ruleset is installed (a different one, or none after a
+    /// failed install, is installed at the next update).
+    ruleset_of: Option<Arc<Fib>>,
     feeds: Feeds,
 }
 
@@ -90,7 +90,7 @@ impl KernelDriver {
             index,
             ids: Ids::default(),
             installed: false,
-            ruleset_stale: true,
+            ruleset_of: None,
             feeds,
         };
         let fib = p.feeds.fib.borrow_and_update().clone();
@@ -175,27 +175,30 @@ impl Programmer {
                 _ = stop.changed() => return,
                 changed = self.feeds.fib.changed() => {
                     if changed.is_err() { return; }
-                    self.update(true).await;
+                    self.update().await;
                 }
                 changed = self.feeds.router.changed() => {
                     if changed.is_err() { return; }
-                    self.update(false).await;
+                    self.update().await;
                 }
-                _ = repair.tick() => self.update(false).await,
+                _ = repair.tick() => self.update().await,
                 _ = sample.tick() => self.sample().await,
             }
         }
     }
 
     /// Brings the ruleset (when the table changed) and the entries in line with the
-    /// feeds; a failure is logged and retried at the next repair tick.
-    async fn update(&mut self, fib_changed: bool) {
+    /// feeds; a failure is logged and retried at the next repair tick. Whichever
+    /// feed woke it, both are read, so the table is compared with the one whose
+    /// ruleset is installed rather than trusted to have announced itself.
+    async fn update(&mut self) {
         let fib = self.feeds.fib.borrow_and_update().clone();
         let router = *self.feeds.router.borrow_and_update();
-        if fib_changed {
-            self.ruleset_stale = true;
-        }
-        if self.ruleset_stale {
+        let stale = !self
+            .ruleset_of
+            .as_ref()
+            .is_some_and(|installed| Arc::ptr_eq(installed, &fib));
+        if stale {
             if let Err(e) = self.install_ruleset(&fib).await {
                 tracing::warn!("kernel dataplane: {e}; retrying in {REPAIR_EVERY:?}");
             }
@@ -225,7 +228,7 @@ impl Programmer {
     }
 
     /// Installs the ruleset for `fib`'s peers.
-    async fn install_ruleset(&mut self, fib: &Fib) -> Result<(), Error> {
+    async fn install_ruleset(&mut self, fib: &Arc<Fib>) -> Result<(), Error> {
         let mut members = Vec::new();
         let mut live = HashMap::new();
         for peer in fib.peers() {
@@ -267,7 +270,7 @@ impl Programmer {
             .map_err(|e| Error::Host(format!("nft task: {e}")))??;
         self.ids.by_name = live;
         self.installed = true;
-        self.ruleset_stale = false;
+        self.ruleset_of = Some(fib.clone());
         Ok(())
     }
 
