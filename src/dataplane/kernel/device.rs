@@ -90,13 +90,14 @@ fn vxlan_params(link: &LinkMessage) -> Option<VxlanParams> {
     found
 }
 
+/// A MAC address from its six bytes.
+fn mac_of(bytes: &[u8]) -> Option<MacAddr> {
+    <[u8; 6]>::try_from(bytes).ok().map(MacAddr)
+}
+
 fn link_mac(link: &LinkMessage) -> Option<MacAddr> {
     link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(b) if b.len() == 6 => {
-            let mut m = [0u8; 6];
-            m.copy_from_slice(b);
-            Some(MacAddr(m))
-        }
+        LinkAttribute::Address(b) => mac_of(b),
         _ => None,
     })
 }
@@ -483,11 +484,7 @@ fn neigh_dst(msg: &NeighbourMessage) -> Option<IpAddr> {
 
 fn neigh_mac(msg: &NeighbourMessage) -> Option<MacAddr> {
     msg.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-            let mut m = [0u8; 6];
-            m.copy_from_slice(b);
-            Some(MacAddr(m))
-        }
+        NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
         _ => None,
     })
 }

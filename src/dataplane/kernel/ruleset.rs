@@ -3,15 +3,19 @@
 //!
 //! The kernel's vxlan socket takes any datagram to its port, so anti-spoofing sits
 //! in front of it, in table `inet overlayd`, at the input hook:
-//! - a datagram to the VXLAN port from an address that is no member is dropped and
-//!   counted as `unknown_sender`, from a dead member as `dead_sender`;
-//! - a member's datagram goes to that member's chain, which counts it and accepts it
-//!   only if the inner frame is IPv4 or IPv6 with a source inside the member's
-//!   subnet (a raw payload match at fixed offsets past the UDP header: 8 bytes of
-//!   VXLAN, 14 of Ethernet, then the source address at 12 in IPv4 or 8 in IPv6);
-//!   other IP sources are `spoofed_source`, other frames `not_ip`.
+//! - a datagram to the VXLAN port from a live member goes, by one verdict-map
+//!   lookup, to that member's chain; from a dead member it is dropped and counted as
+//!   `dead_sender`, from anyone else as `unknown_sender`;
+//! - the member's chain accepts it, and counts it as received from that member, only
+//!   if the inner frame is IPv4 or IPv6 with a source inside the member's subnet (a
+//!   raw payload match at fixed offsets past the UDP header: 8 bytes of VXLAN, 14 of
+//!   Ethernet, then the source address at 12 in IPv4 or 8 in IPv6); other IP
+//!   sources are `spoofed_source`, other frames `not_ip`.
 //!
-//! The output hook counts each member's outgoing datagrams. Counters are named
+//! The output hook counts each member's outgoing datagrams with one lookup of a
+//! map from address and port to counter. Each hook costs every datagram that
+//! crosses it, so the packet path has one rule each way plus the member's chain
+//! (measured in docs/kernel-dataplane.md). Counters are named
 //! objects, so a membership change rewrites the chains (`flush table`) and keeps
 //! the counts; only the first ruleset of a run replaces the whole table, dropping
 //! whatever a previous run left. Every script is one nft transaction: the kernel
@@ -136,82 +140,74 @@ impl Ruleset<'_> {
         );
         let _ = writeln!(
             s,
-            "\tchain output {{\n\t\ttype filter hook output priority filter - 10; policy accept;\n\t}}"
+            "\tchain output {{\n\t\ttype filter hook output priority filter - 10; policy accept;\n\t}}\n}}"
         );
-        let _ = writeln!(s, "\tchain vxlan_in {{\n\t}}\n}}");
         let _ = writeln!(s, "flush table {t}");
         for id in self.removed {
             let _ = writeln!(s, "delete chain {t} peer_p{id}");
             let _ = writeln!(s, "delete counter {t} {}", Member::rx_counter(*id));
             let _ = writeln!(s, "delete counter {t} {}", Member::tx_counter(*id));
         }
-        let _ = writeln!(
-            s,
-            "add rule {t} input udp dport {} jump vxlan_in",
-            self.port
-        );
+        // Few rules on the packet path: one lookup per datagram each way.
+        let vxlan = format!("add rule {t} input udp dport {}", self.port);
         for family in ["ip", "ip6"] {
-            let live: Vec<String> = self
-                .members
-                .iter()
-                .filter(|m| !m.dead && addr_match(&m.underlay) == family)
+            let of_family = |dead: bool| {
+                self.members
+                    .iter()
+                    .filter(move |m| m.dead == dead && addr_match(&m.underlay) == family)
+            };
+            let live: Vec<String> = of_family(false)
                 .map(|m| format!("{} : jump peer_p{}", m.underlay, m.id))
                 .collect();
             if !live.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "add rule {t} vxlan_in {family} saddr vmap {{ {} }}",
-                    live.join(", ")
-                );
+                let _ = writeln!(s, "{vxlan} {family} saddr vmap {{ {} }}", live.join(", "));
             }
-            let dead: Vec<String> = self
-                .members
-                .iter()
-                .filter(|m| m.dead && addr_match(&m.underlay) == family)
-                .map(|m| m.underlay.to_string())
-                .collect();
+            let dead: Vec<String> = of_family(true).map(|m| m.underlay.to_string()).collect();
             if !dead.is_empty() {
                 let _ = writeln!(
                     s,
-                    "add rule {t} vxlan_in {family} saddr {{ {} }} counter name dead_sender drop",
+                    "{vxlan} {family} saddr {{ {} }} counter name dead_sender drop",
                     dead.join(", ")
                 );
             }
-        }
-        let _ = writeln!(s, "add rule {t} vxlan_in counter name unknown_sender drop");
-        for m in self.members {
-            let chain = format!("peer_p{}", m.id);
-            let _ = writeln!(
-                s,
-                "add rule {t} {chain} counter name {}",
-                Member::rx_counter(m.id)
-            );
-            if m.allow_any_source {
+            let tx: Vec<String> = self
+                .members
+                .iter()
+                .filter(|m| addr_match(&m.underlay) == family)
+                .map(|m| {
+                    format!(
+                        "{} . {} : \"{}\"",
+                        m.underlay,
+                        m.port,
+                        Member::tx_counter(m.id)
+                    )
+                })
+                .collect();
+            if !tx.is_empty() {
                 let _ = writeln!(
                     s,
-                    "add rule {t} {chain} @th,{INNER_ETHERTYPE_BITS},16 {{ 0x0800, 0x86dd }} accept"
+                    "add rule {t} output counter name {family} daddr . udp dport map {{ {} }}",
+                    tx.join(", ")
                 );
+            }
+        }
+        let _ = writeln!(s, "{vxlan} counter name unknown_sender drop");
+        for m in self.members {
+            let chain = format!("peer_p{}", m.id);
+            let rx = Member::rx_counter(m.id);
+            let inner = if m.allow_any_source {
+                format!("@th,{INNER_ETHERTYPE_BITS},16 {{ 0x0800, 0x86dd }}")
             } else {
                 let (ethertype, src) = inner_source_match(&m.subnet);
                 let src = src.map(|m| format!(" {m}")).unwrap_or_default();
-                let _ = writeln!(
-                    s,
-                    "add rule {t} {chain} @th,{INNER_ETHERTYPE_BITS},16 {ethertype}{src} accept"
-                );
-            }
+                format!("@th,{INNER_ETHERTYPE_BITS},16 {ethertype}{src}")
+            };
+            let _ = writeln!(s, "add rule {t} {chain} {inner} counter name {rx} accept");
             let _ = writeln!(
                 s,
                 "add rule {t} {chain} @th,{INNER_ETHERTYPE_BITS},16 {{ 0x0800, 0x86dd }} counter name spoofed_source drop"
             );
             let _ = writeln!(s, "add rule {t} {chain} counter name not_ip drop");
-            let _ = writeln!(
-                s,
-                "add rule {t} output {} daddr {} udp dport {} counter name {}",
-                addr_match(&m.underlay),
-                m.underlay,
-                m.port,
-                Member::tx_counter(m.id)
-            );
         }
         s
     }
@@ -285,16 +281,23 @@ mod tests {
         }
         .script();
         assert!(s.starts_with("add table inet overlayd\ndelete table inet overlayd\n"));
-        assert!(s.contains("add rule inet overlayd input udp dport 4789 jump vxlan_in\n"));
-        assert!(s.contains("vxlan_in ip saddr vmap { 198.18.0.2 : jump peer_p3 }"));
+        assert!(s.contains(
+            "add rule inet overlayd input udp dport 4789 ip saddr vmap { 198.18.0.2 : jump peer_p3 }\n"
+        ));
         // 10.244.2.0/24: the top 24 bits of the inner source are 0x0af402.
         assert!(
-            s.contains("peer_p3 @th,224,16 0x0800 @th,336,24 0xaf402 accept"),
+            s.contains("peer_p3 @th,224,16 0x0800 @th,336,24 0xaf402 counter name rx_p3 accept\n"),
             "{s}"
         );
-        assert!(s.contains("output ip daddr 198.18.0.2 udp dport 4789 counter name tx_p3"));
-        assert!(s.ends_with("add rule inet overlayd peer_p3 counter name not_ip drop\nadd rule inet overlayd output ip daddr 198.18.0.2 udp dport 4789 counter name tx_p3\n"));
+        assert!(s.contains(
+            "output counter name ip daddr . udp dport map { 198.18.0.2 . 4789 : \"tx_p3\" }\n"
+        ));
+        assert!(s.contains("input udp dport 4789 counter name unknown_sender drop\n"));
+        assert!(s.ends_with("add rule inet overlayd peer_p3 counter name not_ip drop\n"));
         assert!(!s.contains("dead_sender drop"));
+        // The unknown-sender rule comes after the members' lookup.
+        let lookup = s.find("saddr vmap").unwrap();
+        assert!(s.find("unknown_sender drop").unwrap() > lookup);
     }
 
     #[test]
@@ -315,12 +318,16 @@ mod tests {
         assert!(!s.contains("delete table"));
         assert!(s.contains("delete chain inet overlayd peer_p7\n"));
         assert!(s.contains("delete counter inet overlayd rx_p7\n"));
-        assert!(s.contains("vxlan_in ip saddr { 198.18.0.3 } counter name dead_sender drop"));
-        assert!(s.contains("vxlan_in ip saddr vmap { 198.18.0.4 : jump peer_p2 }"));
-        assert!(s.contains("vxlan_in ip6 saddr vmap { fd00::5 : jump peer_p4 }"));
-        assert!(s.contains("peer_p2 @th,224,16 { 0x0800, 0x86dd } accept"));
-        assert!(s.contains("peer_p4 @th,224,16 0x86dd @th,304,64 0xfd00001002440005 accept"));
-        assert!(s.contains("input udp dport 8472 jump vxlan_in"));
+        assert!(s.contains(
+            "input udp dport 8472 ip saddr { 198.18.0.3 } counter name dead_sender drop"
+        ));
+        assert!(s.contains("input udp dport 8472 ip saddr vmap { 198.18.0.4 : jump peer_p2 }"));
+        assert!(s.contains("input udp dport 8472 ip6 saddr vmap { fd00::5 : jump peer_p4 }"));
+        assert!(s.contains("peer_p2 @th,224,16 { 0x0800, 0x86dd } counter name rx_p2 accept"));
+        assert!(s.contains(
+            "peer_p4 @th,224,16 0x86dd @th,304,64 0xfd00001002440005 counter name rx_p4 accept"
+        ));
+        assert!(s.contains("ip6 daddr . udp dport map { fd00::5 . 4789 : \"tx_p4\" }"));
     }
 
     #[test]
