@@ -33,6 +33,7 @@ fn peers(n: u32) -> Vec<Peer> {
             state: PeerState::Alive,
             origin: PeerOrigin::Gossip,
             allow_any_source: false,
+            wg_key: None,
             stats: Arc::default(),
         })
         .collect()

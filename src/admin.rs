@@ -46,6 +46,9 @@ pub enum Request {
         /// The node that is gone.
         name: String,
     },
+    /// Make a new WireGuard key pair, use it and publish it.
+    #[serde(rename = "rotate-key")]
+    RotateKey,
 }
 
 /// What the daemon answers.
@@ -66,6 +69,11 @@ pub enum Reply {
     Reclaimed {
         /// The subnets.
         subnets: Vec<IpNet>,
+    },
+    /// The answer to [`Request::RotateKey`]: the new public key, base64.
+    Rotated {
+        /// The new public key.
+        public_key: String,
     },
     /// The request was refused or failed.
     Error {
@@ -155,6 +163,7 @@ async fn handle(request: Request, source: &StatusSource) -> Reply {
                 }
             }
         },
+        Request::RotateKey => handle_rotate_key(source).await,
         Request::Rmpeer { name } => match &source.control {
             None => Reply::error("this node has a fixed --subnet: it takes no part in leases"),
             Some(c) => match c.handle.rmpeer(&name).await {
@@ -162,6 +171,39 @@ async fn handle(request: Request, source: &StatusSource) -> Reply {
                 Err(e) => Reply::error(e.to_string()),
             },
         },
+    }
+}
+
+/// `overlayd rotate-key`: a new key pair, kept in the state dir, used by the
+/// dataplane at once (every tunnel hands shakes again) and published in gossip.
+async fn handle_rotate_key(source: &StatusSource) -> Reply {
+    use crate::dataplane::wg::key;
+    let Some(wg) = source.dataplane.encryption() else {
+        return Reply::error(
+            "this node does not encrypt (no --encrypt): there is no WireGuard key to rotate",
+        );
+    };
+    let pair = key::KeyPair::generate();
+    if let Err(e) = key::store(&source.state_dir, &pair) {
+        return Reply::error(format!("{e}; the old key stays in use"));
+    }
+    let public = pair.public_bytes();
+    if !wg.rotate(pair) {
+        return Reply::error("the encrypted dataplane has stopped");
+    }
+    if let Some(c) = &source.control {
+        let identity = crate::control::WgIdentity {
+            port: wg.port(),
+            key: public,
+        };
+        if let Err(e) = c.handle.set_wg(identity).await {
+            return Reply::error(format!(
+                "the dataplane uses the new key, but publishing it failed: {e}"
+            ));
+        }
+    }
+    Reply::Rotated {
+        public_key: key::encode(&public),
     }
 }
 
@@ -260,6 +302,15 @@ pub async fn leave(run_dir: &Path) -> Result<String, ClientError> {
     }
 }
 
+/// Asks the daemon whose run dir is `run_dir` for a new WireGuard key pair; returns
+/// the new public key.
+pub async fn rotate_key(run_dir: &Path) -> Result<String, ClientError> {
+    match call(run_dir, &Request::RotateKey, Duration::from_secs(10)).await? {
+        Reply::Rotated { public_key } => Ok(public_key),
+        other => Err(unexpected(run_dir, &other)),
+    }
+}
+
 /// Asks the daemon whose run dir is `run_dir` to take over `name`'s subnets now;
 /// returns the subnets taken.
 pub async fn rmpeer(run_dir: &Path, name: &str) -> Result<Vec<IpNet>, ClientError> {
@@ -331,6 +382,7 @@ mod tests {
                 tx_dropped: 5,
                 rx_dropped: 6,
                 last_heard_secs: Some(8),
+                wg: None,
             }],
             dataplane: Default::default(),
             path: crate::status::PathReport {
@@ -338,6 +390,7 @@ mod tests {
                 device: "ovlvx0".into(),
                 reason: "auto: a vxlan device could be created".into(),
                 device_errors: [("rx_dropped".to_string(), 1)].into_iter().collect(),
+                wg: None,
             },
         };
         report.dataplane.drops.insert("peer_dead".into(), 9);

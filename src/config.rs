@@ -17,6 +17,8 @@ use crate::dataplane::wire::MacAddr;
 
 /// The default VXLAN UDP port (IANA-assigned, RFC 7348 §5).
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Default UDP port of the encrypted dataplane (WireGuard's own default).
+pub const DEFAULT_WG_PORT: u16 = 51820;
 
 /// `overlayd`: with no subcommand it runs the daemon.
 #[derive(Debug, Parser)]
@@ -70,6 +72,20 @@ pub enum Command {
     },
     /// Print a new random cluster key for --secret-file.
     Genkey,
+    /// Print this node's WireGuard public key (base64, as `wg pubkey` prints keys),
+    /// making the key pair in the state dir if there is none yet.
+    Pubkey {
+        /// The node's state dir.
+        #[arg(long, env = "OVERLAYD_STATE_DIR", default_value = "/var/lib/overlayd")]
+        state_dir: PathBuf,
+    },
+    /// Make a new WireGuard key pair, switch the running daemon to it and publish
+    /// it; peers hand shake again with the new key.
+    RotateKey {
+        /// Where the daemon's socket lives.
+        #[arg(long, env = "OVERLAYD_RUN_DIR", default_value = "/run/overlayd")]
+        run_dir: PathBuf,
+    },
     /// Show the node, its peers and dataplane counters.
     Status {
         /// Show only one part: `peers` or `leases`.
@@ -187,6 +203,15 @@ pub struct DaemonArgs {
     /// with `overlayd genkey`. Without it, any host on the underlay can join.
     #[arg(long, env = "OVERLAYD_SECRET_FILE", value_name = "PATH")]
     pub secret_file: Option<PathBuf>,
+    /// Encrypt pod traffic between nodes with WireGuard (Noise IK, ChaCha20-Poly1305)
+    /// in the userspace dataplane. Cluster-wide: every node must set it alike. Needs
+    /// --secret-file, which authenticates the public keys that gossip carries.
+    #[arg(long, env = "OVERLAYD_ENCRYPT")]
+    pub encrypt: bool,
+    /// UDP port of the encrypted dataplane (WireGuard) with --encrypt.
+    #[arg(long, env = "OVERLAYD_WG_PORT", value_name = "N", default_value_t = DEFAULT_WG_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub wg_port: u16,
     /// This node's name [default: the hostname].
     #[arg(long, env = "OVERLAYD_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
@@ -253,10 +278,12 @@ pub struct DaemonArgs {
         default_value = "/run/overlayd"
     )]
     pub run_dir: PathBuf,
-    /// A peer that owns SUBNET, reached at underlay ADDR, with VTEP MAC MAC; append
-    /// `,allow-any-source` to accept inner sources outside SUBNET. Repeatable.
+    /// A peer that owns SUBNET, reached at underlay ADDR, with VTEP MAC MAC (a VXLAN
+    /// node), or with `wg-key=BASE64` in place of the MAC (a plain WireGuard peer,
+    /// with --encrypt; PORT defaults to 51820); append `,allow-any-source` to accept
+    /// inner sources outside SUBNET. Repeatable.
     #[arg(long = "static-peer", alias = "static-peers", env = "OVERLAYD_STATIC_PEERS", value_delimiter = ';',
-          value_name = "SUBNET,ADDR[:PORT],MAC", value_parser = parse_static_peer)]
+          value_name = "SUBNET,ADDR[:PORT],MAC|wg-key=KEY", value_parser = parse_static_peer)]
     pub static_peers: Vec<StaticPeer>,
     /// Install the CNI plugin and its conflist on the host at start-up (as a
     /// DaemonSet does), writing only what changed.
@@ -343,6 +370,8 @@ pub struct StaticPeer {
     pub mac: MacAddr,
     /// Accept inner source addresses outside `subnet` from it.
     pub allow_any_source: bool,
+    /// A plain WireGuard peer's public key (`wg-key=`); `mac` is then unused (zero).
+    pub wg_key: Option<[u8; 32]>,
 }
 
 /// A flag or a combination of flags that makes no sense. Every message names the flag.
@@ -516,8 +545,44 @@ impl DaemonArgs {
                 ));
             }
         }
+        if self.encrypt && self.secret_file.is_none() {
+            return Err(invalid(
+                "--encrypt",
+                "true",
+                "needs --secret-file: gossip carries each node's WireGuard public key, and without the cluster key anyone on the underlay could publish a key for any node (make one with `overlayd genkey > FILE`)",
+            ));
+        }
+        if self.encrypt && self.wg_port == self.port {
+            return Err(invalid(
+                "--wg-port",
+                self.wg_port,
+                format!("must differ from --port {} (the VXLAN port)", self.port),
+            ));
+        }
         for (i, peer) in self.static_peers.iter().enumerate() {
-            let value = format!("{},{},{}", peer.subnet, peer.addr, peer.mac);
+            let value = match peer.wg_key {
+                Some(k) => format!(
+                    "{},{},wg-key={}",
+                    peer.subnet,
+                    peer.addr,
+                    crate::dataplane::wg::key::encode(&k)
+                ),
+                None => format!("{},{},{}", peer.subnet, peer.addr, peer.mac),
+            };
+            if self.encrypt && peer.wg_key.is_none() {
+                return Err(invalid(
+                    "--static-peer",
+                    value,
+                    "has no wg-key=: with --encrypt every peer speaks WireGuard, and a VXLAN peer would carry pod traffic in clear",
+                ));
+            }
+            if !self.encrypt && peer.wg_key.is_some() {
+                return Err(invalid(
+                    "--static-peer",
+                    value,
+                    "a WireGuard peer (wg-key=) needs --encrypt",
+                ));
+            }
             check_network("--static-peer", &peer.subnet)?;
             if !self.cluster_cidr.contains(&peer.subnet) {
                 return Err(invalid(
@@ -713,13 +778,25 @@ pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 /// when a port is given (`[fd00::1]:4789`).
 pub fn parse_static_peer(s: &str) -> Result<StaticPeer, String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    let usage = "expected SUBNET,ADDR[:PORT],MAC[,allow-any-source], e.g. 10.244.2.0/24,198.18.0.2,02:00:00:00:00:02";
+    let usage = "expected SUBNET,ADDR[:PORT],MAC[,allow-any-source], e.g. 10.244.2.0/24,198.18.0.2,02:00:00:00:00:02, or SUBNET,ADDR[:PORT],wg-key=BASE64 for a WireGuard peer";
     if !(3..=4).contains(&parts.len()) {
         return Err(format!("'{s}': {usage}"));
     }
     let subnet: IpNet = parts[0]
         .parse()
         .map_err(|_| format!("'{}' is not a subnet in CIDR form ({usage})", parts[0]))?;
+    let wg_key = match parts[2].strip_prefix("wg-key=") {
+        Some(key) => Some(
+            crate::dataplane::wg::key::decode(key)
+                .map_err(|e| format!("wg-key '{key}': {e} (print a node's key with `overlayd pubkey`, a WireGuard peer's with `wg pubkey`)"))?,
+        ),
+        None => None,
+    };
+    let default_port = if wg_key.is_some() {
+        DEFAULT_WG_PORT
+    } else {
+        DEFAULT_VXLAN_PORT
+    };
     let addr = match parts[1].parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
@@ -728,19 +805,27 @@ pub fn parse_static_peer(s: &str) -> Result<StaticPeer, String> {
                 .trim_end_matches(']')
                 .parse()
                 .map_err(|_| format!("'{}' is not an IP address or IP:PORT ({usage})", parts[1]))?;
-            SocketAddr::new(ip, DEFAULT_VXLAN_PORT)
+            SocketAddr::new(ip, default_port)
         }
     };
     if addr.port() == 0 {
-        return Err(format!("'{}': port 0 is not a VXLAN port", parts[1]));
+        return Err(format!(
+            "'{}': port 0 is not a UDP port a peer can use",
+            parts[1]
+        ));
     }
     if addr.ip().is_unspecified() || addr.ip().is_multicast() {
         return Err(format!("'{}' is not a unicast address", parts[1]));
     }
-    let mac: MacAddr = parts[2].parse().map_err(|e| format!("{e}"))?;
-    if mac.is_multicast() || mac.0 == [0; 6] {
-        return Err(format!("'{}' must be a unicast, non-zero MAC", parts[2]));
-    }
+    let mac: MacAddr = if wg_key.is_some() {
+        MacAddr([0; 6])
+    } else {
+        let mac: MacAddr = parts[2].parse().map_err(|e| format!("{e}"))?;
+        if mac.is_multicast() || mac.0 == [0; 6] {
+            return Err(format!("'{}' must be a unicast, non-zero MAC", parts[2]));
+        }
+        mac
+    };
     let allow_any_source = match parts.get(3) {
         None => false,
         Some(&"allow-any-source") => true,
@@ -751,6 +836,7 @@ pub fn parse_static_peer(s: &str) -> Result<StaticPeer, String> {
         addr,
         mac,
         allow_any_source,
+        wg_key,
     })
 }
 

@@ -110,7 +110,7 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
         );
         let kernel = report.path.mode == DataplaneMode::Kernel;
         let (device_kind, device_name) = match report.path.mode {
-            DataplaneMode::Userspace => ("TUN", &node.tun),
+            DataplaneMode::Userspace | DataplaneMode::Encrypted => ("TUN", &node.tun),
             DataplaneMode::Kernel => ("vxlan device", &report.path.device),
         };
         let tun = netlink.link_by_name(device_name).await.ok().flatten();
@@ -241,11 +241,43 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
                 route_dev.as_deref().unwrap_or("no device of ours")
             ),
         );
+        // Encrypted: the WireGuard session with the peer.
+        let handshake_failed = peer.wg.as_ref().and_then(|w| {
+            let s = &w.session;
+            let failed = s.session != "established" && s.initiations >= 2;
+            let why = if !failed {
+                None
+            } else if let Some(n) = s.failures.get("unknown_key") {
+                Some(format!("{n} of its handshakes carry a key that is not the one it published (it rotated its key or restarted with another state dir?)"))
+            } else if let Some(n) = s.failures.get("bad_handshake") {
+                Some(format!("{n} of its handshake messages were refused (MAC, timestamp or rate limit): are both nodes on the same keys?"))
+            } else {
+                Some(format!(
+                    "no answer to {} handshake initiations: check UDP {} between this node and {}, and that {} has this node's public key",
+                    s.initiations,
+                    peer.underlay.port(),
+                    peer.underlay.ip(),
+                    peer.name
+                ))
+            };
+            let detail = match &why {
+                Some(why) => why.clone(),
+                None => format!(
+                    "session {}{}",
+                    s.session,
+                    s.handshake_age_ms
+                        .map(|ms| format!(", handshake {}s ago", ms / 1000))
+                        .unwrap_or_default()
+                ),
+            };
+            check(&mut ev, "handshake", why.is_none(), detail);
+            why
+        });
         let heard = peer.last_heard_secs;
         let answered = heard.is_some_and(|s| s <= QUIET.as_secs());
         let detail = match (heard, peer.tx_packets) {
             (Some(s), _) => format!(
-                "last VXLAN packet from {} {s}s ago; sent {} / received {} packets",
+                "last packet from {} {s}s ago; sent {} / received {} packets",
                 peer.name, peer.tx_packets, peer.rx_packets
             ),
             (None, 0) => format!("nothing sent to or received from {} yet", peer.name),
@@ -278,9 +310,12 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
         if !routed {
             break 'verdict format!("the kernel does not route {target} through {device_name}: the route is missing or shadowed");
         }
+        if let Some(why) = handshake_failed {
+            break 'verdict format!("handshake with {} failed: {why}", peer.name);
+        }
         if quiet_but_sending {
             break 'verdict format!(
-                "{} receives our VXLAN but nothing comes back: check UDP {} between this node and {} (firewall, MTU, or the peer's own pods)",
+                "{} receives our packets but nothing comes back: check UDP {} between this node and {} (firewall, MTU, or the peer's own pods)",
                 peer.name,
                 peer.underlay.port(),
                 peer.underlay.ip()

@@ -35,6 +35,8 @@ pub struct StatusSource {
     pub heard: Mutex<HashMap<String, Heard>>,
     /// Netlink, for `diagnose`.
     pub netlink: Option<Netlink>,
+    /// `--state-dir`, where `rotate-key` keeps the new WireGuard key.
+    pub state_dir: std::path::PathBuf,
 }
 
 /// The control plane as status reads it.
@@ -81,6 +83,10 @@ impl StatusSource {
                     tx_dropped: p.stats.tx_dropped.get().0,
                     rx_dropped: p.stats.rx_dropped.get().0,
                     last_heard_secs: self.last_heard(&p.name),
+                    wg: p.wg_key.map(|k| crate::status::WgPeerReport {
+                        public_key: crate::dataplane::wg::key::encode(&k),
+                        session: p.stats.wg.snapshot(),
+                    }),
                 }
             })
             .collect();
@@ -97,6 +103,13 @@ impl StatusSource {
                     device: p.device.clone(),
                     reason: p.reason.clone(),
                     device_errors: self.dataplane.device_errors(),
+                    wg: self
+                        .dataplane
+                        .encryption()
+                        .map(|w| crate::status::WgNodeReport {
+                            port: w.port(),
+                            public_key: crate::dataplane::wg::key::encode(&w.public()),
+                        }),
                 }
             },
         }

@@ -85,6 +85,35 @@ fn main() -> ExitCode {
             println!("{}", overlayd::control::auth::generate_key());
             ExitCode::SUCCESS
         }
+        Some(Command::Pubkey { state_dir }) => {
+            let made = match overlayd::dataplane::wg::key::load(&state_dir) {
+                Ok(Some(pair)) => Ok(pair),
+                Ok(None) => overlayd::dataplane::wg::key::load_or_create(&state_dir),
+                Err(e) => Err(e),
+            };
+            match made {
+                Ok(pair) => {
+                    println!("{}", overlayd::dataplane::wg::key::encode(&pair.public_bytes()));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("overlayd pubkey: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::RotateKey { run_dir }) => runtime.block_on(async {
+            match overlayd::admin::rotate_key(&run_dir).await {
+                Ok(key) => {
+                    println!("{key}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("overlayd rotate-key: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Some(Command::Status { part, json, run_dir }) => runtime.block_on(async {
             match overlayd::admin::status(&run_dir).await {
                 Ok(report) => {

@@ -191,6 +191,63 @@ impl Collector for Exporter {
             &per_peer(|p| (p.tx_bytes, p.rx_bytes)),
         )?;
 
+        let wg: Vec<_> = report
+            .peers
+            .iter()
+            .filter_map(|p| p.wg.as_ref().map(|w| (p.name.as_str(), w)))
+            .collect();
+        if !wg.is_empty() {
+            {
+                let mut up = encoder.encode_descriptor(
+                    "overlayd_wg_session_established",
+                    "1 while a WireGuard session with the peer is established (encrypted dataplane).",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (peer, w) in &wg {
+                    let v = i64::from(w.session.session == "established");
+                    ConstGauge::new(v).encode(up.encode_family(&[("peer", *peer)])?)?;
+                }
+            }
+            {
+                let mut age = encoder.encode_descriptor(
+                    "overlayd_wg_handshake_age_seconds",
+                    "Seconds since the last completed WireGuard handshake with the peer (absent: none).",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (peer, w) in &wg {
+                    if let Some(ms) = w.session.handshake_age_ms {
+                        ConstGauge::new(ms as f64 / 1000.0)
+                            .encode(age.encode_family(&[("peer", *peer)])?)?;
+                    }
+                }
+            }
+            let failures: Vec<_> = wg
+                .iter()
+                .flat_map(|(peer, w)| {
+                    [
+                        "bad_tag",
+                        "replay",
+                        "unknown_key",
+                        "no_session",
+                        "bad_handshake",
+                    ]
+                    .into_iter()
+                    .map(move |r| {
+                        let n = w.session.failures.get(r).copied().unwrap_or(0);
+                        (vec![("peer", *peer), ("reason", r)], n)
+                    })
+                })
+                .collect();
+            counters(
+                &mut encoder,
+                "overlayd_wg_failures",
+                "WireGuard messages from each peer that failed, by reason (bad_tag, replay, unknown_key, no_session, bad_handshake).",
+                &failures,
+            )?;
+        }
+
         counters(&mut encoder, "overlayd_peer_drops", "Packets to or from each peer that were dropped (tx: peer dead; rx: bad frame from it).", &per_peer(|p| (p.tx_dropped, p.rx_dropped)))?;
 
         {

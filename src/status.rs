@@ -71,6 +71,9 @@ pub struct PeerReport {
     pub rx_dropped: u64,
     /// Seconds since the last VXLAN packet from it (to 1 s), if any arrived.
     pub last_heard_secs: Option<u64>,
+    /// Encrypted mode: its key and session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg: Option<WgPeerReport>,
 }
 
 /// A member gossip knows, with or without a lease.
@@ -220,6 +223,28 @@ pub struct PathReport {
     /// Kernel mode: the vxlan device's drop and error counters, by name.
     #[serde(default)]
     pub device_errors: std::collections::BTreeMap<String, u64>,
+    /// Encrypted mode: our WireGuard port and public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wg: Option<WgNodeReport>,
+}
+
+/// This node's WireGuard endpoint, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgNodeReport {
+    /// UDP port (`--wg-port`).
+    pub port: u16,
+    /// Public key, base64.
+    pub public_key: String,
+}
+
+/// A peer's WireGuard key and session, as status shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgPeerReport {
+    /// Its public key, base64.
+    pub public_key: String,
+    /// Session state, handshake age, initiations, failures by reason.
+    #[serde(flatten)]
+    pub session: crate::dataplane::stats::WgPeerSnapshot,
 }
 
 /// The whole status reply.
@@ -283,7 +308,7 @@ pub fn render(report: &StatusReport) -> String {
     let _ = writeln!(out, "  mtu        {}", n.mtu);
     let p = &report.path;
     let device = match p.mode {
-        DataplaneMode::Userspace => "TUN",
+        DataplaneMode::Userspace | DataplaneMode::Encrypted => "TUN",
         DataplaneMode::Kernel => "vxlan device",
     };
     let _ = writeln!(
@@ -291,6 +316,13 @@ pub fn render(report: &StatusReport) -> String {
         "  dataplane  {} ({device} {}): {}",
         p.mode, p.device, p.reason
     );
+    if let Some(wg) = &p.wg {
+        let _ = writeln!(
+            out,
+            "  wireguard  UDP {}, public key {}",
+            wg.port, wg.public_key
+        );
+    }
     out.push_str(&render_leases(report));
     out.push_str(&render_peers(report));
     let d = &report.dataplane;
@@ -472,6 +504,41 @@ pub fn render_peers(report: &StatusReport) -> String {
                 .map_or("never".to_string(), |s| format!("{s}s ago"))
         );
     }
+    let wg: Vec<_> = report
+        .peers
+        .iter()
+        .filter_map(|p| p.wg.as_ref().map(|w| (p, w)))
+        .collect();
+    if !wg.is_empty() {
+        let _ = writeln!(out, "\nWireGuard sessions");
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<12} {:<16} {:<45} FAILURES",
+            "NAME", "SESSION", "HANDSHAKE", "PUBLIC KEY"
+        );
+        for (p, w) in wg {
+            let handshake = match (w.session.handshake_age_ms, w.session.initiations) {
+                (Some(ms), _) => format!("{}s ago", ms / 1000),
+                (None, 0) => "never".to_string(),
+                (None, n) => format!("{n} tries, none answered"),
+            };
+            let failures = if w.session.failures.is_empty() {
+                "none".to_string()
+            } else {
+                w.session
+                    .failures
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<12} {:<16} {:<45} {failures}",
+                p.name, w.session.session, handshake, w.public_key
+            );
+        }
+    }
     for m in waiting {
         let state = serde_json::to_value(m.state)
             .ok()
@@ -555,6 +622,7 @@ mod tests {
                 device_errors: [("tx_dropped".to_string(), 2), ("rx_errors".to_string(), 0)]
                     .into_iter()
                     .collect(),
+                wg: None,
             },
         };
         let text = render(&report);

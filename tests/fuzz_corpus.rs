@@ -155,6 +155,7 @@ fn our_datagram(inner: &[u8]) -> Vec<u8> {
         state: overlayd::dataplane::PeerState::Alive,
         origin: overlayd::dataplane::PeerOrigin::Gossip,
         allow_any_source: false,
+        wg_key: None,
         stats: Arc::default(),
     };
     let config = EncapConfig {

@@ -61,6 +61,7 @@ fn peer(name: &str, subnet: &str, underlay: &str, mac: u8) -> Peer {
         state: PeerState::Alive,
         origin: PeerOrigin::Gossip,
         allow_any_source: false,
+        wg_key: None,
         stats: Arc::new(PeerStats::default()),
     }
 }

@@ -342,6 +342,11 @@ impl Controller {
         self.auth.set_keys(keys);
     }
 
+    /// Publishes our new WireGuard port and public key.
+    pub fn set_wg(&mut self, wg: Option<super::meta::WgIdentity>, now: Instant) {
+        self.membership.set_wg(wg, now);
+    }
+
     /// Handles one datagram received on the gossip socket.
     pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
         let frame = message::parse_frame(data);
@@ -753,6 +758,7 @@ impl Controller {
                 vtep_mac: m.vtep_mac,
                 vni: m.vni,
                 state,
+                wg: m.wg,
             };
             let replace = by_subnet
                 .get(&idx)
@@ -931,6 +937,7 @@ mod tests {
             bump: 0,
             cluster_id: None,
             bootstrap_expect: None,
+            wg: None,
         };
         ControllerConfig {
             meta,

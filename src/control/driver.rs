@@ -24,7 +24,7 @@ use super::error::Error;
 use super::lease::{LeaseConfig, LeaseEvent, LeaseState};
 use super::membership::MembershipConfig;
 use super::message::MAX_DATAGRAM;
-use super::meta::NodeMeta;
+use super::meta::{NodeMeta, WgIdentity};
 use super::report::{GossipTraffic, LeaseWait, PeerInfo, Status};
 use super::subnet::subnet_of;
 use super::transport::{Transport, UdpTransport};
@@ -69,6 +69,8 @@ pub struct ControlConfig {
     pub membership: MembershipConfig,
     /// The cluster keys from `--secret-file`; `None` runs unauthenticated.
     pub keys: Option<KeySet>,
+    /// With `--encrypt`: our WireGuard port and public key, published in gossip.
+    pub wg: Option<WgIdentity>,
 }
 
 impl ControlConfig {
@@ -130,6 +132,7 @@ enum Command {
     Leave(oneshot::Sender<()>),
     Rmpeer(String, oneshot::Sender<Vec<IpNet>>),
     SetKeys(Option<KeySet>, oneshot::Sender<()>),
+    SetWg(WgIdentity, oneshot::Sender<()>),
 }
 
 /// The cloneable front end of the control driver.
@@ -186,6 +189,16 @@ impl ControlHandle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Rmpeer(name.to_owned(), tx))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Publishes a new WireGuard port and public key (`overlayd rotate-key`).
+    pub async fn set_wg(&self, wg: WgIdentity) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::SetWg(wg, tx))
             .await
             .map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
@@ -253,6 +266,7 @@ impl ControlDriver {
                 bump: 0,
                 cluster_id: None,
                 bootstrap_expect: cfg.bootstrap_expect,
+                wg: cfg.wg,
             },
             seeds: cfg.seeds.iter().copied().filter(|s| *s != local).collect(),
             founder: cfg.is_founder(local),
@@ -429,6 +443,10 @@ impl<T: Transport> Driver<T> {
                     }
                     Some(Command::SetKeys(keys, tx)) => {
                         self.node.set_keys(keys);
+                        let _ = tx.send(());
+                    }
+                    Some(Command::SetWg(wg, tx)) => {
+                        self.node.set_wg(Some(wg), now());
                         let _ = tx.send(());
                     }
                     None => {}
@@ -659,6 +677,7 @@ mod tests {
             leave_on_exit: false,
             membership: MembershipConfig::default(),
             keys: None,
+            wg: None,
         }
     }
 

@@ -287,6 +287,25 @@ impl Membership {
         self.drain(now);
     }
 
+    /// Publishes a new WireGuard identity (`overlayd rotate-key`): foca gossips it
+    /// as a new identity, as for a lease change.
+    pub fn set_wg(&mut self, wg: Option<super::meta::WgIdentity>, now: Instant) {
+        let me = self.me();
+        if me.wg == wg {
+            return;
+        }
+        let new = NodeMeta {
+            wg,
+            bump: me.bump.wrapping_add(1),
+            ..me.clone()
+        };
+        if self.foca.change_identity(new, &mut self.rt).is_err() {
+            self.dropped += 1;
+        }
+        self.connected = false;
+        self.drain(now);
+    }
+
     /// Handles the body of a [`Kind::Membership`] datagram.
     pub fn handle_datagram(&mut self, body: &[u8], now: Instant) {
         if self.foca.handle_data(body, &mut self.rt).is_err() {

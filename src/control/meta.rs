@@ -45,6 +45,19 @@ pub struct NodeMeta {
     pub cluster_id: Option<u64>,
     /// `--bootstrap-expect N`, if the node was started with it.
     pub bootstrap_expect: Option<u32>,
+    /// With `--encrypt`: the node's WireGuard port and public key. Gossip is signed
+    /// with the cluster key, so the key is the one the node published
+    /// (`docs/encryption.md`).
+    pub wg: Option<WgIdentity>,
+}
+
+/// A node's WireGuard endpoint port and public key, as gossip carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WgIdentity {
+    /// UDP port of its encrypted dataplane (`--wg-port`).
+    pub port: u16,
+    /// Its X25519 public key.
+    pub key: [u8; 32],
 }
 
 impl NodeMeta {
@@ -64,6 +77,14 @@ impl NodeMeta {
             Some(format!(
                 "VNI {} here, {} on {}",
                 self.vni, other.vni, other.name
+            ))
+        } else if self.wg.is_some() != other.wg.is_some() {
+            let on = |m: &NodeMeta| if m.wg.is_some() { "on" } else { "off" };
+            Some(format!(
+                "encryption (--encrypt) {} here, {} on {}",
+                on(self),
+                on(other),
+                other.name
             ))
         } else {
             None
@@ -192,10 +213,12 @@ pub fn meta_len(m: &NodeMeta) -> usize {
         + 1
         + if m.cluster_id.is_some() { 8 } else { 0 }
         + if m.bootstrap_expect.is_some() { 4 } else { 0 }
+        + if m.wg.is_some() { 34 } else { 0 }
 }
 
 const HAS_FOUNDER: u8 = 1;
 const HAS_EXPECT: u8 = 2;
+const HAS_WG: u8 = 4;
 
 fn fits(buf: &impl BufMut, n: usize) -> Result<(), CodecError> {
     if buf.remaining_mut() < n {
@@ -237,13 +260,17 @@ pub fn put_meta(m: &NodeMeta, out: &mut impl BufMut) {
         HAS_EXPECT
     } else {
         0
-    };
+    } | if m.wg.is_some() { HAS_WG } else { 0 };
     out.put_u8(flags);
     if let Some(id) = m.cluster_id {
         out.put_u64(id);
     }
     if let Some(n) = m.bootstrap_expect {
         out.put_u32(n);
+    }
+    if let Some(wg) = &m.wg {
+        out.put_u16(wg.port);
+        out.put_slice(&wg.key);
     }
 }
 
@@ -286,7 +313,7 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
     let bump = buf.get_u16();
     need(buf, 1)?;
     let flags = buf.get_u8();
-    if flags & !(HAS_FOUNDER | HAS_EXPECT) != 0 {
+    if flags & !(HAS_FOUNDER | HAS_EXPECT | HAS_WG) != 0 {
         return Err(WireError::Malformed);
     }
     let cluster_id = if flags & HAS_FOUNDER != 0 {
@@ -298,6 +325,15 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
     let bootstrap_expect = if flags & HAS_EXPECT != 0 {
         need(buf, 4)?;
         Some(buf.get_u32())
+    } else {
+        None
+    };
+    let wg = if flags & HAS_WG != 0 {
+        need(buf, 34)?;
+        let port = buf.get_u16();
+        let mut key = [0u8; 32];
+        buf.copy_to_slice(&mut key);
+        Some(WgIdentity { port, key })
     } else {
         None
     };
@@ -314,6 +350,7 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
         bump,
         cluster_id,
         bootstrap_expect,
+        wg,
     })
 }
 
@@ -521,7 +558,35 @@ pub(crate) mod tests {
             bump: 0,
             cluster_id: None,
             bootstrap_expect: None,
+            wg: None,
         }
+    }
+
+    #[test]
+    fn encryption_on_one_side_only_is_a_mismatch_naming_both_values() {
+        let plain = meta("a");
+        let wg = NodeMeta {
+            name: "b".into(),
+            wg: Some(WgIdentity {
+                port: 51820,
+                key: [7; 32],
+            }),
+            ..meta("b")
+        };
+        let why = plain.mismatch(&wg).unwrap();
+        assert_eq!(why, "encryption (--encrypt) off here, on on b");
+        let other_key = NodeMeta {
+            wg: Some(WgIdentity {
+                port: 51821,
+                key: [9; 32],
+            }),
+            ..wg.clone()
+        };
+        assert_eq!(
+            wg.mismatch(&other_key),
+            None,
+            "keys and ports differ per node"
+        );
     }
 
     fn arb_meta() -> impl Strategy<Value = NodeMeta> {
@@ -536,21 +601,25 @@ pub(crate) mod tests {
             any::<u16>(),
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u32>()),
+            proptest::option::of((any::<u16>(), any::<[u8; 32]>())),
         )
             .prop_map(
-                |(name, ip, port, vni, mac, lease, has_free, bump, cluster_id, expect)| NodeMeta {
-                    name,
-                    gossip: SocketAddr::new(IpAddr::V4(ip.into()), port),
-                    vxlan_port: port,
-                    vni,
-                    vtep_mac: mac,
-                    cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-                    subnet_len: 24,
-                    lease,
-                    has_free,
-                    bump,
-                    cluster_id,
-                    bootstrap_expect: expect,
+                |(name, ip, port, vni, mac, lease, has_free, bump, cluster_id, expect, wg)| {
+                    NodeMeta {
+                        name,
+                        gossip: SocketAddr::new(IpAddr::V4(ip.into()), port),
+                        vxlan_port: port,
+                        vni,
+                        vtep_mac: mac,
+                        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                        subnet_len: 24,
+                        lease,
+                        has_free,
+                        bump,
+                        cluster_id,
+                        bootstrap_expect: expect,
+                        wg: wg.map(|(port, key)| WgIdentity { port, key }),
+                    }
                 },
             )
     }
@@ -566,7 +635,7 @@ pub(crate) mod tests {
 
         #[test]
         fn header_round_trip(a in arb_meta(), b in arb_meta(), inc in any::<u16>(), p in any::<u8>(), tag in 0usize..11) {
-            let b = NodeMeta { vni: a.vni, ..b };
+            let b = NodeMeta { vni: a.vni, wg: a.wg.map(|w| b.wg.unwrap_or(w)), ..b };
             let mut codec = MetaCodec::new(a.clone());
             let message = match tag {
                 0 => Message::Ping(p),

@@ -49,6 +49,6 @@ pub use founding::{Founder, FoundingState, FoundingWait, InitialSet};
 pub use lease::{Lease, LeaseConfig, LeaseEvent, LeaseState};
 pub use membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
 pub use message::{Datagram, LeaseDatagram, LeaseMsg, WireError};
-pub use meta::NodeMeta;
+pub use meta::{NodeMeta, WgIdentity};
 pub use report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status};
 pub use subnet::{subnet_count, subnet_of};

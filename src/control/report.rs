@@ -131,6 +131,8 @@ pub struct PeerInfo {
     pub vni: u32,
     /// Liveness: route when `Alive`/`Suspect`, drop and count when `Dead`.
     pub state: MemberState,
+    /// Its WireGuard port and public key, in an encrypted cluster.
+    pub wg: Option<super::meta::WgIdentity>,
 }
 
 /// What `overlayd status` shows about the control plane.

@@ -278,6 +278,7 @@ impl Sim {
                 bump: 0,
                 cluster_id: None,
                 bootstrap_expect: None,
+                wg: None,
             },
             seeds: self.seed_addrs(i),
             founder: self.founds_alone(i),

@@ -19,6 +19,8 @@ use crate::config::{DaemonArgs, DataplaneChoice};
 use crate::dataplane::driver::{DataplaneDriver, DataplaneOptions};
 use crate::dataplane::kernel::{KernelConfig, KernelDriver, VxlanSpec};
 use crate::dataplane::netlink::{accept_local, disable_ipv6, Netlink};
+use crate::dataplane::wg::key::KeyPair;
+use crate::dataplane::wg::WgDriver;
 use crate::dataplane::wire::MacAddr;
 use crate::dataplane::{
     tun, udp, DataplaneHandle, DataplaneMode, EncapConfig, Fib, PathInfo, Peer,
@@ -30,6 +32,8 @@ pub enum Running {
     Userspace(DataplaneDriver),
     /// A programmed kernel vxlan device.
     Kernel(KernelDriver),
+    /// WireGuard worker threads on a TUN.
+    Encrypted(WgDriver),
 }
 
 /// A started dataplane.
@@ -48,6 +52,7 @@ impl Running {
         match self {
             Running::Userspace(d) => d.wait().await,
             Running::Kernel(k) => k.wait().await,
+            Running::Encrypted(d) => d.wait().await,
         }
     }
 
@@ -57,6 +62,7 @@ impl Running {
     pub async fn shut_down(self, netlink: &Netlink, args: &DaemonArgs, left: bool) {
         match self {
             Running::Userspace(d) => d.shutdown().await,
+            Running::Encrypted(d) => d.shutdown().await,
             Running::Kernel(k) => {
                 k.shutdown().await;
                 if left {
@@ -87,6 +93,8 @@ pub struct Start<'a> {
     pub fixed_subnet: Option<IpNet>,
     /// The static peers.
     pub statics: &'a [Peer],
+    /// With `--encrypt`: the node's WireGuard key pair.
+    pub wg_keys: Option<KeyPair>,
 }
 
 /// Why `--dataplane auto` must take userspace, if a flag says so.
@@ -107,6 +115,20 @@ pub async fn start(s: Start<'_>) -> Result<Started, DaemonError> {
         tracing::warn!("{w}");
     }
     let fib = Arc::new(fib);
+    if let Some(pair) = s.wg_keys.clone() {
+        let reason = match s.args.dataplane {
+            DataplaneChoice::Userspace => "--encrypt: WireGuard in the userspace dataplane".to_string(),
+            DataplaneChoice::Auto => "auto: --encrypt needs the userspace dataplane (overlayd has no kernel WireGuard path; this kernel has no wireguard module)".to_string(),
+            DataplaneChoice::Kernel => {
+                tracing::warn!("--dataplane kernel with --encrypt: encrypted traffic takes the userspace dataplane (overlayd has no kernel WireGuard path)");
+                "--dataplane kernel, but --encrypt: encrypted traffic takes the userspace dataplane (no kernel WireGuard path)".to_string()
+            }
+        };
+        let started = start_encrypted(&s, fib, pair, reason).await?;
+        let path = started.handle.path();
+        tracing::info!(mode = %path.mode, device = %path.device, reason = %path.reason, "dataplane: {}", path.mode);
+        return Ok(started);
+    }
     let started = match s.args.dataplane {
         DataplaneChoice::Userspace => start_userspace(&s, fib, "--dataplane userspace".into()).await?,
         DataplaneChoice::Kernel => start_kernel(&s, fib, "--dataplane kernel".into())
@@ -186,13 +208,10 @@ async fn start_kernel(
     }
 }
 
-/// The userspace dataplane on a TUN, after removing what an earlier kernel-mode run
-/// left (its vxlan device, routes and nftables table).
-async fn start_userspace(
-    s: &Start<'_>,
-    fib: Arc<Fib>,
-    reason: String,
-) -> Result<Started, DaemonError> {
+/// The TUN of a userspace dataplane (plain or encrypted), up, with its index, after
+/// removing what an earlier kernel-mode run left (its vxlan device, routes and
+/// nftables table).
+async fn open_tun(s: &Start<'_>) -> Result<(tun::TunDevice, u32), DaemonError> {
     let args = s.args;
     if KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr).await? {
         tracing::info!(device = %args.vxlan_device, "removed the kernel dataplane an earlier run left (vxlan device, unreachable route, nftables table)");
@@ -216,6 +235,48 @@ async fn start_userspace(
         accept_local(&args.tun)?;
     }
     s.netlink.set_up(tun_index, s.underlay.mtu).await?;
+    Ok((tun, tun_index))
+}
+
+/// The encrypted dataplane: WireGuard workers on a TUN.
+async fn start_encrypted(
+    s: &Start<'_>,
+    fib: Arc<Fib>,
+    pair: KeyPair,
+    reason: String,
+) -> Result<Started, DaemonError> {
+    let args = s.args;
+    let (tun, tun_index) = open_tun(s).await?;
+    let bind = SocketAddr::new(s.underlay.advertise_addr, args.wg_port);
+    let sockets = udp::open_rx_sockets(bind, tun.queues.len())?;
+    let workers = tun.queues.len().min(sockets.len()).max(1);
+    let path = PathInfo {
+        mode: DataplaneMode::Encrypted,
+        device: args.tun.clone(),
+        reason,
+    };
+    let (handle, feeds) = DataplaneHandle::new(fib, workers, path);
+    let options = DataplaneOptions {
+        busy_poll: args.busy_poll,
+        mtu: s.underlay.mtu,
+    };
+    let driver = WgDriver::spawn(tun, sockets, pair, feeds, options)?;
+    let handle = handle.with_encryption(driver.control());
+    Ok(Started {
+        running: Running::Encrypted(driver),
+        handle,
+        cluster_route: ClusterRoute::Tun(tun_index),
+    })
+}
+
+/// The userspace dataplane on a TUN.
+async fn start_userspace(
+    s: &Start<'_>,
+    fib: Arc<Fib>,
+    reason: String,
+) -> Result<Started, DaemonError> {
+    let args = s.args;
+    let (tun, tun_index) = open_tun(s).await?;
     let bind = SocketAddr::new(s.underlay.advertise_addr, args.port);
     let sockets = udp::open_sockets(bind, tun.queues.len())?;
     let config = EncapConfig {

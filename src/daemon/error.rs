@@ -17,6 +17,9 @@ pub enum DaemonError {
     /// The control plane could not start, or stopped with an error.
     #[error(transparent)]
     Control(#[from] crate::control::Error),
+    /// The WireGuard key file is unreadable or invalid.
+    #[error(transparent)]
+    Key(#[from] crate::dataplane::wg::key::KeyError),
     /// `--install-cni` failed.
     #[error(transparent)]
     InstallCni(#[from] crate::cni_install::InstallError),

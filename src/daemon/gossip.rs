@@ -39,6 +39,8 @@ pub struct GossipStart {
     pub vtep_mac: MacAddr,
     /// The cluster keys, if gossip is authenticated.
     pub keys: Option<KeySet>,
+    /// With `--encrypt`: our WireGuard port and public key, to publish.
+    pub wg: Option<crate::control::WgIdentity>,
     /// The SIGHUP stream, for key reloads.
     pub hangup: tokio::signal::unix::Signal,
     /// When the daemon started (status reports count from it).
@@ -75,6 +77,7 @@ pub async fn start(
         leave_on_exit: args.leave_on_exit,
         membership: Default::default(),
         keys: start.keys,
+        wg: start.wg,
     };
     let mut stopping = stop;
     let (ctl, join) = ControlDriver::spawn(cfg, async move {

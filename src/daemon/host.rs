@@ -15,6 +15,7 @@ use super::error::{file_err, DaemonError};
 use crate::config::{ConfigError, DaemonArgs};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
 use crate::dataplane::netlink::{enable_forwarding, Netlink};
+use crate::dataplane::wg::{WG_OVERHEAD_V4, WG_OVERHEAD_V6};
 use crate::fsutil::write_atomic;
 use crate::node::{NodeInfo, NODE_FILE};
 
@@ -57,15 +58,18 @@ pub async fn underlay(netlink: &Netlink, args: &DaemonArgs) -> Result<Underlay, 
             })?,
         },
     };
-    let overhead = if advertise_addr.is_ipv4() {
-        OVERHEAD_V4
-    } else {
-        OVERHEAD_V6
+    // WireGuard adds 32 bytes (type, index, counter, tag) to an IP packet where
+    // VXLAN adds 22 (VXLAN and inner Ethernet headers): 60 or 80 bytes in all.
+    let overhead = match (advertise_addr.is_ipv4(), args.encrypt) {
+        (true, false) => OVERHEAD_V4,
+        (false, false) => OVERHEAD_V6,
+        (true, true) => WG_OVERHEAD_V4,
+        (false, true) => WG_OVERHEAD_V6,
     };
     let mtu = match args.mtu {
         Some(mtu) => {
             if mtu + overhead > underlay_mtu {
-                tracing::warn!(mtu, underlay_mtu, overhead, "--mtu plus VXLAN overhead exceeds the underlay MTU: large packets will be fragmented or lost");
+                tracing::warn!(mtu, underlay_mtu, overhead, "--mtu plus the encapsulation overhead exceeds the underlay MTU: large packets will be fragmented or lost");
             }
             mtu
         }

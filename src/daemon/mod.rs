@@ -65,6 +65,18 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
     let netlink = Netlink::connect()?;
     let underlay = host::underlay(&netlink, &args).await?;
     let vtep_mac = prepare_state(&args)?;
+    let wg_keys = match args.encrypt {
+        true => {
+            let pair = crate::dataplane::wg::key::load_or_create(&args.state_dir)?;
+            tracing::info!(public_key = %crate::dataplane::wg::key::encode(&pair.public_bytes()), port = args.wg_port, "pod traffic is encrypted with WireGuard");
+            Some(pair)
+        }
+        false => None,
+    };
+    let wg_identity = wg_keys.as_ref().map(|p| crate::control::WgIdentity {
+        port: args.wg_port,
+        key: p.public_bytes(),
+    });
     let statics = static_peers(&args);
     let carrier = dataplane::start(dataplane::Start {
         args: &args,
@@ -73,6 +85,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         vtep_mac,
         fixed_subnet,
         statics: &statics,
+        wg_keys,
     })
     .await?;
     let (driver, dataplane) = (carrier.running, carrier.handle);
@@ -101,6 +114,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
                 keys,
                 hangup,
                 started,
+                wg: wg_identity,
             };
             Some(gossip::start(&args, start, stop_rx.clone(), subnet_tx).await?)
         }
@@ -128,6 +142,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         stop: stop_tx.clone(),
         heard: Default::default(),
         netlink: Some(netlink.clone()),
+        state_dir: args.state_dir.clone(),
     });
     let admin = serve_admin(&args, source.clone()).await?;
     install_cni(&args)?;
@@ -139,7 +154,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
     );
     let mut daemon = Daemon {
         host,
-        table: PeerTable::new(statics, args.vni),
+        table: PeerTable::new(statics, args.vni, args.encrypt),
         dataplane,
         driver,
         source,

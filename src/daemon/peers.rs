@@ -29,6 +29,7 @@ pub fn static_peers(args: &DaemonArgs) -> Vec<Peer> {
             state: PeerState::Alive,
             origin: PeerOrigin::Static,
             allow_any_source: p.allow_any_source,
+            wg_key: p.wg_key,
             stats: Arc::default(),
         })
         .collect()
@@ -97,6 +98,7 @@ struct BuiltFrom {
 pub struct PeerTable {
     statics: Vec<Peer>,
     vni: u32,
+    encrypted: bool,
     counters: HashMap<String, Arc<PeerStats>>,
     last: Option<BuiltFrom>,
     states: HashMap<String, PeerState>,
@@ -104,10 +106,13 @@ pub struct PeerTable {
 
 impl PeerTable {
     /// A table with the static peers `statics`; learned peers count only with `vni`.
-    pub fn new(statics: Vec<Peer>, vni: u32) -> PeerTable {
+    /// In an `encrypted` cluster a learned peer is reached at its WireGuard port with
+    /// its published key, and one that published none is left out.
+    pub fn new(statics: Vec<Peer>, vni: u32, encrypted: bool) -> PeerTable {
         PeerTable {
             statics,
             vni,
+            encrypted,
             counters: Default::default(),
             last: None,
             states: Default::default(),
@@ -135,11 +140,23 @@ impl PeerTable {
                 tracing::info!(peer = %p.name, subnet = %p.subnet, underlay = %p.underlay, ?state, "peer state");
             }
             seen.insert(p.name.clone());
+            let (underlay, wg_key) = match (self.encrypted, p.wg) {
+                (false, _) => (p.underlay, None),
+                (true, Some(wg)) => (
+                    std::net::SocketAddr::new(p.underlay.ip(), wg.port),
+                    Some(wg.key),
+                ),
+                (true, None) => {
+                    tracing::warn!(peer = %p.name, "ignoring peer {}: it published no WireGuard key, and this cluster encrypts", p.name);
+                    continue;
+                }
+            };
             let stats = self.counters.entry(p.name.clone()).or_default().clone();
             peers.push(Peer {
                 name: p.name.clone(),
                 subnet: p.subnet,
-                underlay: p.underlay,
+                underlay,
+                wg_key,
                 vtep_mac: MacAddr(p.vtep_mac),
                 state,
                 origin: PeerOrigin::Gossip,
@@ -193,13 +210,14 @@ mod tests {
             vtep_mac: [2, 0, 0, 0, 0, 7],
             vni,
             state,
+            wg: None,
         }
     }
 
     #[test]
     fn the_table_rebuilds_on_change_only_and_keeps_counters_by_name() {
         let own = Some("10.244.1.0/24".parse().unwrap());
-        let mut table = PeerTable::new(vec![], 1);
+        let mut table = PeerTable::new(vec![], 1, false);
         let n2 = learned(
             "n2",
             "10.244.2.0/24",

@@ -48,7 +48,7 @@ use quinn_udp::{RecvMeta, UdpSocketState};
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use tokio::sync::{mpsc, watch};
 
-use super::batch::{Head, TxBatch, MAX_GSO_SEGMENTS};
+use super::batch::{Head, TxBatch, TxDatagram, MAX_GSO_SEGMENTS};
 use super::encap::{tun_read_offset, Decapsulator, EncapConfig, Encapsulator, HEADROOM};
 use super::error::Error;
 use super::fib::Fib;
@@ -75,27 +75,27 @@ pub struct DataplaneOptions {
 /// Tells every worker to stop: a flag checked between rounds, and an eventfd that
 /// wakes a worker sleeping in `poll`.
 #[derive(Debug)]
-struct Stop {
+pub(crate) struct Stop {
     flag: AtomicBool,
-    event: OwnedFd,
+    pub(crate) event: OwnedFd,
 }
 
 impl Stop {
-    fn new() -> io::Result<Stop> {
+    pub(crate) fn new() -> io::Result<Stop> {
         Ok(Stop {
             flag: AtomicBool::new(false),
             event: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
         })
     }
 
-    fn signal(&self) {
+    pub(crate) fn signal(&self) {
         self.flag.store(true, Ordering::Relaxed);
         // The counter stays non-zero, so every poller sees the eventfd readable.
         let _ = rustix::io::write(&self.event, &1u64.to_ne_bytes());
     }
 
     #[inline]
-    fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
     }
 }
@@ -248,12 +248,12 @@ impl Drop for DataplaneDriver {
     }
 }
 
-fn is_would_block(e: &io::Error) -> bool {
+pub(crate) fn is_would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
 /// Waits until one of `fds` is ready. `EINTR` counts as ready.
-fn wait(fds: &mut [PollFd<'_>]) -> io::Result<()> {
+pub(crate) fn wait(fds: &mut [PollFd<'_>]) -> io::Result<()> {
     match poll(fds, None) {
         Err(e) if e != rustix::io::Errno::INTR => Err(e.into()),
         _ => Ok(()),
@@ -459,50 +459,71 @@ impl TxPath {
     /// Sends every datagram of the batch in GSO runs, each from the source port its
     /// flow picks; a full socket is waited for, failures are counted as drops.
     fn send_batch(&mut self, sockets: &[UdpSocket], stop: &Stop) {
-        let (batch, bufs, stats) = (&self.batch, &self.bufs, &self.stats);
-        for g in batch.groups(self.sender.max_segments(), sockets.len()) {
-            let datagrams = &batch.datagrams()[g.range.clone()];
-            let mut iov = [IoSlice::new(&[]); 2 * MAX_GSO_SEGMENTS];
-            let mut parts = [0u8; MAX_GSO_SEGMENTS];
-            let mut n = 0;
-            for (i, d) in datagrams.iter().enumerate() {
-                let body = &bufs[d.buf as usize][d.body.start as usize..d.body.end as usize];
-                match d.head {
-                    Head::InPlace => {
-                        iov[n] = IoSlice::new(body);
-                        n += 1;
-                        parts[i] = 1;
-                    }
-                    Head::Slot(s) => {
-                        iov[n] = IoSlice::new(batch.slot(s, d.head_len));
-                        iov[n + 1] = IoSlice::new(body);
-                        n += 2;
-                        parts[i] = 2;
-                    }
+        let bufs = &self.bufs;
+        send_groups(
+            &mut self.sender,
+            sockets,
+            &self.batch,
+            stop,
+            &self.stats,
+            |d| &bufs[d.buf as usize][d.body.start as usize..d.body.end as usize],
+        );
+    }
+}
+
+/// Sends every datagram of `batch` in GSO runs, each from the socket of `sockets`
+/// its flow picks (`body` gives a datagram's bytes in its packet buffer); a full
+/// socket is waited for, failures are counted as drops.
+pub(crate) fn send_groups<'a>(
+    sender: &mut UdpSender,
+    sockets: &[UdpSocket],
+    batch: &'a TxBatch,
+    stop: &Stop,
+    stats: &Stats,
+    body: impl Fn(&TxDatagram) -> &'a [u8],
+) {
+    for g in batch.groups(sender.max_segments(), sockets.len()) {
+        let datagrams = &batch.datagrams()[g.range.clone()];
+        let mut iov = [IoSlice::new(&[]); 2 * MAX_GSO_SEGMENTS];
+        let mut parts = [0u8; MAX_GSO_SEGMENTS];
+        let mut n = 0;
+        for (i, d) in datagrams.iter().enumerate() {
+            let bytes = body(d);
+            match d.head {
+                Head::InPlace => {
+                    iov[n] = IoSlice::new(bytes);
+                    n += 1;
+                    parts[i] = 1;
+                }
+                Head::Slot(s) => {
+                    iov[n] = IoSlice::new(batch.slot(s, d.head_len));
+                    iov[n + 1] = IoSlice::new(bytes);
+                    n += 2;
+                    parts[i] = 2;
                 }
             }
-            let gather = Gather {
-                iov: &iov[..n],
-                parts: &parts[..datagrams.len()],
-            };
-            let socket = &sockets[g.source];
-            let result = loop {
-                match self.sender.send(socket, g.dst, g.segment_size, &gather) {
-                    Err(e) if is_would_block(&e) => {
-                        if let Err(e) = wait_writable(socket, stop) {
-                            break Err(e);
-                        }
+        }
+        let gather = Gather {
+            iov: &iov[..n],
+            parts: &parts[..datagrams.len()],
+        };
+        let socket = &sockets[g.source];
+        let result = loop {
+            match sender.send(socket, g.dst, g.segment_size, &gather) {
+                Err(e) if is_would_block(&e) => {
+                    if let Err(e) = wait_writable(socket, stop) {
+                        break Err(e);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    other => break other,
                 }
-            };
-            if let Err(e) = result {
-                for _ in datagrams {
-                    stats.tx.drop(DropReason::IoError);
-                }
-                tracing::trace!(error = %e, dst = %g.dst, "send failed");
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other,
             }
+        };
+        if let Err(e) = result {
+            for _ in datagrams {
+                stats.tx.drop(DropReason::IoError);
+            }
+            tracing::trace!(error = %e, dst = %g.dst, "send failed");
         }
     }
 }
@@ -618,31 +639,37 @@ impl RxPath {
         }
         self.dec.flush_peer_stats();
         self.coalescer.finish(std::slice::from_mut(bufs));
-        for w in self.coalescer.writes() {
-            let written = match w {
-                TunWrite::Single { range, .. } => {
-                    let packet = &bufs[range.start as usize..range.end as usize];
-                    tun.send_vectored(&[IoSlice::new(packet)])
-                }
-                TunWrite::Coalesced { head, pieces } => {
-                    let mut iov = [IoSlice::new(&[]); MAX_COALESCE + 1];
-                    iov[0] = IoSlice::new(head);
-                    for (slot, p) in iov[1..].iter_mut().zip(pieces) {
-                        *slot = IoSlice::new(&bufs[p.range.start as usize..p.range.end as usize]);
-                    }
-                    tun.send_vectored(&iov[..pieces.len() + 1])
-                }
-            };
-            if written.is_err() {
-                self.stats.rx.drop(DropReason::IoError);
-            }
-        }
+        write_tun(tun, &self.coalescer, bufs, &self.stats);
         self.stats.rx.record_batch(handled);
         Ok(handled.max(1))
     }
 }
 
-fn is_transient(e: &io::Error) -> bool {
+/// Writes what `coalescer` made of a receive batch in `buf` to the TUN; a failed
+/// write is counted as a drop.
+pub(crate) fn write_tun(tun: &TunQueue, coalescer: &Coalescer, buf: &[u8], stats: &Stats) {
+    for w in coalescer.writes() {
+        let written = match w {
+            TunWrite::Single { range, .. } => {
+                let packet = &buf[range.start as usize..range.end as usize];
+                tun.send_vectored(&[IoSlice::new(packet)])
+            }
+            TunWrite::Coalesced { head, pieces } => {
+                let mut iov = [IoSlice::new(&[]); MAX_COALESCE + 1];
+                iov[0] = IoSlice::new(head);
+                for (slot, p) in iov[1..].iter_mut().zip(pieces) {
+                    *slot = IoSlice::new(&buf[p.range.start as usize..p.range.end as usize]);
+                }
+                tun.send_vectored(&iov[..pieces.len() + 1])
+            }
+        };
+        if written.is_err() {
+            stats.rx.drop(DropReason::IoError);
+        }
+    }
+}
+
+pub(crate) fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(

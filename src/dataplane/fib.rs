@@ -55,6 +55,9 @@ pub struct Peer {
     pub origin: PeerOrigin,
     /// Accept inner source addresses outside `subnet` from this peer.
     pub allow_any_source: bool,
+    /// The peer's WireGuard public key (encrypted clusters and plain WireGuard
+    /// static peers); `underlay` is then its WireGuard endpoint.
+    pub wg_key: Option<[u8; 32]>,
     /// Traffic counters; kept across FIB rebuilds by the caller.
     pub stats: Arc<PeerStats>,
 }
@@ -258,6 +261,7 @@ pub(crate) mod tests {
             state: PeerState::Alive,
             origin: PeerOrigin::Static,
             allow_any_source: false,
+            wg_key: None,
             stats: Arc::default(),
         }
     }

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use super::fib::Fib;
 use super::mode::PathInfo;
 use super::stats::NodeStats;
+use super::wg::WgControl;
 
 /// The front end of a running dataplane: counters, the path in use and the
 /// forwarding-table feed.
@@ -23,6 +24,7 @@ pub struct DataplaneHandle {
     workers: usize,
     path: Arc<PathInfo>,
     device_errors: Arc<Mutex<BTreeMap<String, u64>>>,
+    encryption: Option<WgControl>,
 }
 
 /// The receiving ends of a handle's feeds, for the dataplane that forwards.
@@ -38,6 +40,17 @@ pub struct Feeds {
 }
 
 impl DataplaneHandle {
+    /// The handle of an encrypted dataplane, which rotates its key.
+    pub fn with_encryption(mut self, control: WgControl) -> DataplaneHandle {
+        self.encryption = Some(control);
+        self
+    }
+
+    /// The encrypted dataplane's key control, if the dataplane encrypts.
+    pub fn encryption(&self) -> Option<&WgControl> {
+        self.encryption.as_ref()
+    }
+
     /// A handle over `workers` sets of counters, starting with `fib`, for the
     /// dataplane described by `path`; the feeds go to the dataplane.
     pub fn new(fib: Arc<Fib>, workers: usize, path: PathInfo) -> (DataplaneHandle, Feeds) {
@@ -52,6 +65,7 @@ impl DataplaneHandle {
             workers,
             path: Arc::new(path),
             device_errors: device_errors.clone(),
+            encryption: None,
         };
         let feeds = Feeds {
             fib: fib_rx,

@@ -19,6 +19,7 @@
 //! - [`tun`]: the TUN device and its queue fds.
 //! - [`udp`]: the VXLAN sockets; GSO/`sendmmsg` send and GRO/`recvmmsg` receive.
 //! - [`netlink`]: bridge, addresses and routes (Linux only).
+//! - [`wg`]: the encrypted dataplane (WireGuard in the userspace workers).
 //!
 //! Every `unsafe` block here says why it is sound in a `// SAFETY:` comment.
 
@@ -39,6 +40,7 @@ pub mod offload;
 pub mod stats;
 pub mod tun;
 pub mod udp;
+pub mod wg;
 pub mod wire;
 
 pub use encap::{Decapsulator, EncapConfig, Encapsulator, Transmit, HEADROOM};

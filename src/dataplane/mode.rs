@@ -3,8 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The two ways a node carries pod traffic to its peers. Both speak the same VXLAN
-/// on the wire, so nodes of either kind form one cluster.
+/// The ways a node carries pod traffic to its peers. The userspace and kernel
+/// dataplanes speak the same VXLAN on the wire, so nodes of either kind form one
+/// cluster; an encrypted cluster speaks WireGuard on every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DataplaneMode {
@@ -13,17 +14,26 @@ pub enum DataplaneMode {
     Userspace,
     /// A kernel `vxlan` device the daemon programs over rtnetlink.
     Kernel,
+    /// The TUN device and the daemon's worker threads, sealing pod traffic as
+    /// WireGuard (`--encrypt`); speaks WireGuard, not VXLAN, so every node of the
+    /// cluster must encrypt.
+    Encrypted,
 }
 
 impl DataplaneMode {
     /// Both modes, in a fixed order.
-    pub const ALL: [DataplaneMode; 2] = [DataplaneMode::Userspace, DataplaneMode::Kernel];
+    pub const ALL: [DataplaneMode; 3] = [
+        DataplaneMode::Userspace,
+        DataplaneMode::Kernel,
+        DataplaneMode::Encrypted,
+    ];
 
     /// The mode's stable name, as status and metrics print it.
     pub fn as_str(self) -> &'static str {
         match self {
             DataplaneMode::Userspace => "userspace",
             DataplaneMode::Kernel => "kernel",
+            DataplaneMode::Encrypted => "encrypted",
         }
     }
 }

@@ -43,11 +43,27 @@ pub enum DropReason {
     SpoofedSource,
     /// Either way: the kernel refused the send or the TUN write.
     IoError,
+    /// Inbound, encrypted: a data message whose authentication tag does not verify
+    /// (forged, corrupted, or sealed with another key).
+    BadTag,
+    /// Inbound, encrypted: a data message whose counter was seen before or is too old
+    /// for the replay window.
+    Replay,
+    /// Inbound, encrypted: a handshake from a key that is no peer's.
+    UnknownKey,
+    /// Inbound, encrypted: a data message for no session we hold (expired, or from
+    /// before a restart or a key rotation).
+    NoSession,
+    /// Inbound, encrypted: a handshake message that fails its MAC, timestamp or
+    /// rate limit, or is malformed.
+    BadHandshake,
+    /// Inbound, encrypted: a datagram that is no WireGuard message.
+    NotWireguard,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the index of each counter).
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::UnknownSubnet,
         DropReason::PeerDead,
         DropReason::MalformedOutbound,
@@ -61,6 +77,12 @@ impl DropReason {
         DropReason::MalformedInner,
         DropReason::SpoofedSource,
         DropReason::IoError,
+        DropReason::BadTag,
+        DropReason::Replay,
+        DropReason::UnknownKey,
+        DropReason::NoSession,
+        DropReason::BadHandshake,
+        DropReason::NotWireguard,
     ];
 
     /// The reason's stable name, as status and metrics print it.
@@ -79,6 +101,12 @@ impl DropReason {
             DropReason::MalformedInner => "malformed_inner",
             DropReason::SpoofedSource => "spoofed_source",
             DropReason::IoError => "io_error",
+            DropReason::BadTag => "bad_tag",
+            DropReason::Replay => "replay",
+            DropReason::UnknownKey => "unknown_key",
+            DropReason::NoSession => "no_session",
+            DropReason::BadHandshake => "bad_handshake",
+            DropReason::NotWireguard => "not_wireguard",
         }
     }
 
@@ -211,6 +239,136 @@ pub struct PeerStats {
     /// Datagrams from the peer dropped after it was identified (wrong MAC, not IP,
     /// malformed inner packet, spoofed source).
     pub rx_dropped: Flow,
+    /// WireGuard state and decrypt failures (encrypted dataplane only).
+    pub wg: WgPeerStats,
+}
+
+/// A peer's WireGuard session as the encrypted dataplane last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WgSession {
+    /// No session and no handshake under way.
+    None,
+    /// A handshake initiation is out, no session yet.
+    Handshaking,
+    /// A session is established.
+    Established,
+}
+
+impl WgSession {
+    /// The state's stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WgSession::None => "none",
+            WgSession::Handshaking => "handshaking",
+            WgSession::Established => "established",
+        }
+    }
+}
+
+/// A peer's WireGuard counters: written by the workers (failures) and the timer
+/// thread (state), read by status and metrics.
+#[derive(Debug, Default)]
+pub struct WgPeerStats {
+    /// 0 none, 1 handshaking, 2 established.
+    session: AtomicU64,
+    /// Milliseconds since the session's handshake; `u64::MAX`: none.
+    handshake_age_ms: AtomicU64,
+    /// Handshake initiations sent since the last session was established.
+    initiations: AtomicU64,
+    /// Data messages whose tag did not verify.
+    pub bad_tag: AtomicU64,
+    /// Data messages replayed or too old.
+    pub replay: AtomicU64,
+    /// Handshakes from the peer's address with a key that is not the peer's.
+    pub unknown_key: AtomicU64,
+    /// Data messages for no session we hold.
+    pub no_session: AtomicU64,
+    /// Handshake messages refused (MAC, timestamp, rate limit, malformed).
+    pub bad_handshake: AtomicU64,
+}
+
+/// A copy of [`WgPeerStats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct WgPeerSnapshot {
+    /// The session state.
+    pub session: String,
+    /// Milliseconds since the session's handshake, if there is a session.
+    pub handshake_age_ms: Option<u64>,
+    /// Initiations sent since the last session was established.
+    pub initiations: u64,
+    /// Decrypt and handshake failures by reason, zero counts left out.
+    pub failures: std::collections::BTreeMap<String, u64>,
+}
+
+impl WgPeerStats {
+    /// Records the session state and its handshake's age (the timer thread).
+    pub fn set_session(&self, session: WgSession, age: Option<std::time::Duration>) {
+        let code = match session {
+            WgSession::None => 0,
+            WgSession::Handshaking => 1,
+            WgSession::Established => 2,
+        };
+        self.session.store(code, Relaxed);
+        let ms = age.map_or(u64::MAX, |a| a.as_millis().min(u64::MAX as u128 - 1) as u64);
+        self.handshake_age_ms.store(ms, Relaxed);
+        if session == WgSession::Established {
+            self.initiations.store(0, Relaxed);
+        }
+    }
+
+    /// Initiations sent since the last session was established.
+    pub fn initiations(&self) -> u64 {
+        self.initiations.load(Relaxed)
+    }
+
+    /// Counts a handshake initiation sent.
+    pub fn initiation_sent(&self) {
+        self.initiations.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a failure of `reason` (one of the encrypted reasons).
+    pub fn fail(&self, reason: DropReason) {
+        let c = match reason {
+            DropReason::BadTag => &self.bad_tag,
+            DropReason::Replay => &self.replay,
+            DropReason::UnknownKey => &self.unknown_key,
+            DropReason::NoSession => &self.no_session,
+            _ => &self.bad_handshake,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    /// The session state.
+    pub fn session(&self) -> WgSession {
+        match self.session.load(Relaxed) {
+            2 => WgSession::Established,
+            1 => WgSession::Handshaking,
+            _ => WgSession::None,
+        }
+    }
+
+    /// A copy for status and metrics.
+    pub fn snapshot(&self) -> WgPeerSnapshot {
+        let age = self.handshake_age_ms.load(Relaxed);
+        let failures = [
+            ("bad_tag", &self.bad_tag),
+            ("replay", &self.replay),
+            ("unknown_key", &self.unknown_key),
+            ("no_session", &self.no_session),
+            ("bad_handshake", &self.bad_handshake),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.load(Relaxed)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+        WgPeerSnapshot {
+            session: self.session().as_str().into(),
+            handshake_age_ms: (age != u64::MAX).then_some(age),
+            initiations: self.initiations.load(Relaxed),
+            failures,
+        }
+    }
 }
 
 /// A point-in-time copy of [`Stats`], for status and metrics.

@@ -73,6 +73,19 @@ pub struct Sockets {
 /// docs). Fewer receive sockets come back if the kernel refuses `SO_REUSEPORT`.
 pub fn open_sockets(bind: SocketAddr, workers: usize) -> Result<Sockets, Error> {
     let err = |addr, source| Error::Socket { addr, source };
+    let rx = open_rx_sockets(bind, workers)?;
+    let src = SocketAddr::new(bind.ip(), 0);
+    let tx = (0..source_ports(rx.len()))
+        .map(|_| tx_socket(src))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| err(src, e))?;
+    Ok(Sockets { rx, tx: tx.into() })
+}
+
+/// Opens `workers` receive sockets bound to `bind` in one `SO_REUSEPORT` group
+/// (fewer if the kernel refuses `SO_REUSEPORT`).
+pub fn open_rx_sockets(bind: SocketAddr, workers: usize) -> Result<Vec<UdpSocket>, Error> {
+    let err = |addr, source| Error::Socket { addr, source };
     let workers = workers.max(1);
     let mut rx = Vec::with_capacity(workers);
     for i in 0..workers {
@@ -80,19 +93,14 @@ pub fn open_sockets(bind: SocketAddr, workers: usize) -> Result<Sockets, Error> 
             Ok(s) => rx.push(s),
             // The first socket must come up; a refused SO_REUSEPORT means one worker.
             Err(e) if i == 0 && workers > 1 => {
-                tracing::warn!(error = %e, "SO_REUSEPORT refused: one VXLAN socket, one worker");
+                tracing::warn!(error = %e, "SO_REUSEPORT refused: one socket, one worker");
                 rx.push(rx_socket(bind, false).map_err(|e| err(bind, e))?);
                 break;
             }
             Err(e) => return Err(err(bind, e)),
         }
     }
-    let src = SocketAddr::new(bind.ip(), 0);
-    let tx = (0..source_ports(rx.len()))
-        .map(|_| tx_socket(src))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(|e| err(src, e))?;
-    Ok(Sockets { rx, tx: tx.into() })
+    Ok(rx)
 }
 
 fn rx_socket(bind: SocketAddr, reuseport: bool) -> io::Result<UdpSocket> {

@@ -1,0 +1,596 @@
+//! The encrypted dataplane's threads: one worker per core, each with its own TUN
+//! queue and its own socket on the WireGuard port (one `SO_REUSEPORT` group, also
+//! the socket it sends from, so peers see one endpoint), and one timer thread that
+//! runs the WireGuard timers, rebuilds the tunnels when the forwarding table
+//! changes and switches keys on rotation. They own the fds and the loops; what to
+//! send, deliver or drop comes from [`super::path`] and [`super::tunnels`].
+//!
+//! A worker reads up to 16 TUN packets (super-packets with offloads), seals them
+//! under one lock of each peer's tunnel per run of packets to it, and sends them
+//! in UDP GSO runs; inbound, one `recvmmsg` of GRO-merged buffers is opened under
+//! one lock per run of one peer's messages, and TCP segments are merged again for
+//! the TUN. Nothing on the packet path allocates.
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn_udp::{RecvMeta, UdpSocketState};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use tokio::sync::{mpsc, watch};
+
+use super::key::KeyPair;
+use super::path::{slots_needed, Arena, Opened, Opener, Sealed, Sealer};
+use super::tunnels::{TunnelTable, Tunnels};
+use crate::dataplane::batch::TxBatch;
+use crate::dataplane::driver::{
+    is_transient, is_would_block, send_groups, wait, write_tun, DataplaneOptions, Stop,
+};
+use crate::dataplane::encap::{tun_read_offset, HEADROOM};
+use crate::dataplane::error::Error;
+use crate::dataplane::fib::Fib;
+use crate::dataplane::handle::Feeds;
+use crate::dataplane::icmp::{UnreachableReplies, MAX_TUN_WRITE, REPLY_RATE};
+use crate::dataplane::offload::{Coalescer, VNET_HDR_LEN};
+use crate::dataplane::stats::Stats;
+use crate::dataplane::tun::{TunDevice, TunQueue};
+use crate::dataplane::udp::UdpSender;
+
+/// Largest IP packet the TUN can hand us.
+const MAX_PACKET: usize = 65_535;
+/// TUN reads per round.
+const TX_BUFS: usize = 16;
+/// Sealed datagrams per send batch.
+const TX_SLOTS: usize = 1024;
+/// Receive buffers per `recvmmsg`.
+const RX_BUFS: usize = 16;
+/// Size of one receive buffer (up to 64 GRO-merged datagrams).
+const RX_BUF_LEN: usize = 96 * 1024;
+/// Bytes in front of every opened packet, where the TUN write's virtio-net header goes.
+const RX_GAP: usize = 16;
+/// How often the timer thread runs the WireGuard timers.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Asks the running encrypted dataplane for a new key pair.
+#[derive(Clone)]
+pub struct WgControl {
+    rotate: std::sync::mpsc::Sender<KeyPair>,
+    public: Arc<std::sync::Mutex<[u8; 32]>>,
+    port: u16,
+}
+
+impl WgControl {
+    /// Switches to `pair`: every tunnel drops its sessions and hands shakes again.
+    pub fn rotate(&self, pair: KeyPair) -> bool {
+        let public = pair.public_bytes();
+        let sent = self.rotate.send(pair).is_ok();
+        if sent {
+            *self.public.lock().unwrap_or_else(|p| p.into_inner()) = public;
+        }
+        sent
+    }
+
+    /// The WireGuard port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The public key in force.
+    pub fn public(&self) -> [u8; 32] {
+        *self.public.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Owns the encrypted dataplane's threads.
+pub struct WgDriver {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    done: mpsc::UnboundedReceiver<Result<(), Error>>,
+    stop: Arc<Stop>,
+    control: WgControl,
+}
+
+impl WgDriver {
+    /// Starts one worker per pair of TUN queue and socket, and the timer thread,
+    /// sealing with `local`'s key for the peers of the tables `feeds` delivers.
+    pub fn spawn(
+        tun: TunDevice,
+        sockets: Vec<UdpSocket>,
+        local: KeyPair,
+        feeds: Feeds,
+        options: DataplaneOptions,
+    ) -> Result<WgDriver, Error> {
+        let io = |what| move |source| Error::Io { what, source };
+        let stop = Arc::new(Stop::new().map_err(io("creating the dataplane stop event"))?);
+        let TunDevice {
+            queues, vnet, uso, ..
+        } = tun;
+        let Feeds {
+            fib: fib_rx,
+            router,
+            stats,
+            ..
+        } = feeds;
+        for s in &sockets {
+            if s.local_addr().is_ok_and(|a| a.is_ipv4()) {
+                // DF clear, as the kernel's WireGuard sends.
+                let _ = rustix::net::sockopt::set_ip_mtu_discover(
+                    s,
+                    rustix::net::sockopt::Ipv4PathMtuDiscovery::DONT,
+                );
+            }
+        }
+        let timer_socket = sockets
+            .first()
+            .ok_or_else(|| Error::Host("no WireGuard socket".into()))?
+            .try_clone()
+            .map_err(io("cloning the WireGuard socket"))?;
+        let public = local.public_bytes();
+        let port = timer_socket.local_addr().map_or(0, |a| a.port());
+        let mut table = TunnelTable::new(local);
+        let first = table.build(fib_rx.borrow().clone());
+        let (tunnels_tx, tunnels_rx) = watch::channel(first);
+        let (rotate_tx, rotate_rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let mut threads = Vec::new();
+        let workers = queues.len().min(sockets.len()).max(1);
+        tracing::info!(
+            workers,
+            "encrypted dataplane: {workers} worker thread(s), one TUN queue and one WireGuard socket each"
+        );
+        for (i, (tun, socket)) in queues.into_iter().zip(sockets).enumerate() {
+            let worker_stats = stats.worker(i);
+            let (tunnels, router, stop, done) = (
+                tunnels_rx.clone(),
+                router.clone(),
+                stop.clone(),
+                done_tx.clone(),
+            );
+            let handle = std::thread::Builder::new()
+                .name(format!("overlayd-wg{i}"))
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        Worker::new(
+                            i,
+                            tun,
+                            socket,
+                            vnet,
+                            uso,
+                            tunnels,
+                            router,
+                            worker_stats,
+                            stop,
+                            options,
+                        )?
+                        .run()
+                    });
+                    let result = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+                        let msg = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(Error::Host(format!(
+                            "encrypted dataplane worker {i} panicked: {msg}"
+                        )))
+                    });
+                    let _ = done.send(result);
+                })
+                .map_err(io("starting a dataplane thread"))?;
+            threads.push(handle);
+        }
+        let timer_stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("overlayd-wgtimer".into())
+            .spawn(move || {
+                timers(
+                    table,
+                    fib_rx,
+                    tunnels_tx,
+                    rotate_rx,
+                    timer_socket,
+                    &timer_stop,
+                );
+            })
+            .map_err(io("starting the WireGuard timer thread"))?;
+        threads.push(handle);
+        Ok(WgDriver {
+            threads,
+            done,
+            stop,
+            control: WgControl {
+                rotate: rotate_tx,
+                public: Arc::new(std::sync::Mutex::new(public)),
+                port,
+            },
+        })
+    }
+
+    /// What rotates the key of the running dataplane.
+    pub fn control(&self) -> WgControl {
+        self.control.clone()
+    }
+
+    /// Waits until a worker fails.
+    pub async fn wait(&mut self) -> Result<(), Error> {
+        self.done.recv().await.unwrap_or(Ok(()))
+    }
+
+    /// Stops the threads and waits for them.
+    pub async fn shutdown(mut self) {
+        self.stop.signal();
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for WgDriver {
+    fn drop(&mut self) {
+        self.stop.signal();
+    }
+}
+
+/// The timer thread: WireGuard timers every [`TICK`], new tunnels for each new
+/// forwarding table, key rotations.
+fn timers(
+    mut table: TunnelTable,
+    mut fib: watch::Receiver<Arc<Fib>>,
+    publish: watch::Sender<Arc<Tunnels>>,
+    rotations: std::sync::mpsc::Receiver<KeyPair>,
+    socket: UdpSocket,
+    stop: &Stop,
+) {
+    let mut scratch = vec![0u8; 2048];
+    let mut current = publish.borrow().clone();
+    let timeout = Timespec {
+        tv_sec: 0,
+        tv_nsec: TICK.as_nanos() as i64,
+    };
+    loop {
+        let mut fds = [PollFd::new(&stop.event, PollFlags::IN)];
+        let _ = rustix::event::poll(&mut fds, Some(&timeout));
+        if stop.is_set() {
+            return;
+        }
+        let mut rebuild = false;
+        while let Ok(pair) = rotations.try_recv() {
+            tracing::info!(public_key = %super::key::encode(&pair.public_bytes()), "WireGuard key rotated: every peer hands shakes again");
+            table.rotate(pair);
+            rebuild = true;
+        }
+        if fib.has_changed().unwrap_or(false) {
+            rebuild = true;
+        }
+        if rebuild {
+            current = table.build(fib.borrow_and_update().clone());
+            publish.send_replace(current.clone());
+        }
+        table.tick(&current, &mut scratch, |to, msg| {
+            let _ = socket.send_to(msg, to);
+        });
+    }
+}
+
+/// One worker: its TUN queue, its socket, and both directions' state.
+struct Worker {
+    tun: TunQueue,
+    socket: UdpSocket,
+    vnet: bool,
+    tunnels_rx: watch::Receiver<Arc<Tunnels>>,
+    tunnels: Arc<Tunnels>,
+    router: watch::Receiver<Option<std::net::IpAddr>>,
+    stats: Arc<Stats>,
+    stop: Arc<Stop>,
+    busy_poll: Duration,
+    // Outbound.
+    sealer: Sealer,
+    bufs: Vec<Vec<u8>>,
+    reads: Vec<(usize, usize, u32)>,
+    arena: Arena,
+    batch: TxBatch,
+    sender: UdpSender,
+    icmp: UnreachableReplies,
+    icmp_buf: Vec<u8>,
+    // Inbound.
+    opener: Opener,
+    state: UdpSocketState,
+    rx_bufs: Vec<u8>,
+    metas: [RecvMeta; RX_BUFS],
+    plain: Vec<u8>,
+    scratch: Vec<u8>,
+    coalescer: Coalescer,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        index: usize,
+        tun: TunQueue,
+        socket: UdpSocket,
+        vnet: bool,
+        uso: bool,
+        tunnels_rx: watch::Receiver<Arc<Tunnels>>,
+        router: watch::Receiver<Option<std::net::IpAddr>>,
+        stats: Arc<Stats>,
+        stop: Arc<Stop>,
+        options: DataplaneOptions,
+    ) -> Result<Worker, Error> {
+        let state = UdpSocketState::new((&socket).into()).map_err(|source| Error::Io {
+            what: "setting up the WireGuard socket for batch receive",
+            source,
+        })?;
+        let sender = UdpSender::new(&socket, index == 0);
+        if index == 0 {
+            tracing::info!(
+                udp_gro = state.gro_segments() > 1,
+                udp_gso = sender.max_segments() > 1,
+                tun_offloads = vnet,
+                "WireGuard socket: recvmmsg receive, GSO send"
+            );
+        }
+        let tunnels = tunnels_rx.borrow().clone();
+        Ok(Worker {
+            tun,
+            socket,
+            vnet,
+            tunnels_rx,
+            tunnels,
+            router,
+            sealer: Sealer::new(stats.clone(), vnet),
+            opener: Opener::new(stats.clone()),
+            stats,
+            stop,
+            busy_poll: options.busy_poll,
+            bufs: (0..TX_BUFS)
+                .map(|_| vec![0u8; HEADROOM + MAX_PACKET])
+                .collect(),
+            reads: Vec::with_capacity(TX_BUFS),
+            arena: Arena::new(TX_SLOTS, options.mtu),
+            batch: TxBatch::new(0),
+            sender,
+            icmp: UnreachableReplies::new(REPLY_RATE, vnet),
+            icmp_buf: vec![0u8; MAX_TUN_WRITE],
+            state,
+            rx_bufs: vec![0u8; RX_BUFS * RX_BUF_LEN],
+            metas: [RecvMeta::default(); RX_BUFS],
+            plain: vec![0u8; 2 * RX_BUFS * RX_BUF_LEN],
+            scratch: vec![0u8; 2048],
+            coalescer: Coalescer::new(vnet, uso).with_mtu(options.mtu),
+        })
+    }
+
+    fn run(&mut self) -> Result<(), Error> {
+        loop {
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                if self.stop.is_set() {
+                    return Ok(());
+                }
+                if self.tunnels_rx.has_changed().unwrap_or(false) {
+                    self.tunnels = self.tunnels_rx.borrow_and_update().clone();
+                }
+                let handled = self.tx_round()? + self.rx_round()?;
+                if handled > 0 {
+                    idle_since = None;
+                    continue;
+                }
+                if self.busy_poll.is_zero() {
+                    break;
+                }
+                let now = Instant::now();
+                if now.duration_since(*idle_since.get_or_insert(now)) >= self.busy_poll {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            let mut fds = [
+                PollFd::new(&self.tun, PollFlags::IN),
+                PollFd::new(&self.socket, PollFlags::IN),
+                PollFd::new(&self.stop.event, PollFlags::IN),
+            ];
+            wait(&mut fds).map_err(|source| Error::Io {
+                what: "waiting on the TUN device and the WireGuard socket",
+                source,
+            })?;
+        }
+    }
+
+    /// Reads up to [`TX_BUFS`] TUN packets, seals them per peer run and sends them.
+    fn tx_round(&mut self) -> Result<usize, Error> {
+        let off = tun_read_offset(self.vnet);
+        self.reads.clear();
+        let mut k = 0;
+        while k < TX_BUFS {
+            let n = match self.tun.recv(&mut self.bufs[k][off..]) {
+                Ok(n) => n,
+                Err(e) if is_would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(Error::Io {
+                        what: "reading the TUN device",
+                        source,
+                    })
+                }
+            };
+            match self.sealer.route(&self.tunnels, &self.bufs[k], n) {
+                Ok(idx) => self.reads.push((k, n, idx)),
+                Err(reason) => {
+                    self.icmp.set_router(*self.router.borrow());
+                    let len = if self.vnet {
+                        n.saturating_sub(VNET_HDR_LEN)
+                    } else {
+                        n
+                    };
+                    let packet = self.bufs[k]
+                        .get(HEADROOM..HEADROOM + len)
+                        .unwrap_or_default();
+                    if let Some(len) =
+                        self.icmp
+                            .handle_drop(Instant::now(), reason, packet, &mut self.icmp_buf)
+                    {
+                        let _ = self
+                            .tun
+                            .send_vectored(&[io::IoSlice::new(&self.icmp_buf[..len])]);
+                    }
+                }
+            }
+            k += 1;
+        }
+        if self.reads.is_empty() {
+            return Ok(k);
+        }
+        self.arena.clear();
+        self.batch.clear();
+        let tunnels = self.tunnels.clone();
+        let mut i = 0;
+        while i < self.reads.len() {
+            let idx = self.reads[i].2;
+            let Some(peer) = tunnels.peer(idx) else {
+                i += 1;
+                continue;
+            };
+            let mut tunn = peer.lock();
+            let mut tally = Sealed::default();
+            while i < self.reads.len() && self.reads[i].2 == idx {
+                let (k, n, _) = self.reads[i];
+                if self.arena.free() < slots_needed(&self.bufs[k], n, self.vnet) {
+                    self.flush();
+                }
+                if let Ok(s) = self.sealer.seal(
+                    peer,
+                    &mut tunn,
+                    &mut self.bufs[k],
+                    n,
+                    &mut self.arena,
+                    &mut self.batch,
+                ) {
+                    tally.packets += s.packets;
+                    tally.bytes += s.bytes;
+                }
+                i += 1;
+            }
+            drop(tunn);
+            if tally.packets > 0 {
+                peer.stats
+                    .tx
+                    .add_shared(tally.packets, tally.bytes as usize);
+            }
+        }
+        self.flush();
+        Ok(k)
+    }
+
+    /// Sends what the batch holds and empties it.
+    fn flush(&mut self) {
+        if self.batch.datagrams().is_empty() {
+            return;
+        }
+        let arena = &self.arena;
+        send_groups(
+            &mut self.sender,
+            std::slice::from_ref(&self.socket),
+            &self.batch,
+            &self.stop,
+            &self.stats,
+            |d| arena.get(d.buf, d.len()),
+        );
+        self.stats.tx.record_batch(self.batch.datagrams().len());
+        self.arena.clear();
+        self.batch.clear();
+    }
+
+    /// One `recvmmsg`: opens every message, merges TCP segments, writes the TUN.
+    fn rx_round(&mut self) -> Result<usize, Error> {
+        let received = {
+            let mut chunks = self.rx_bufs.chunks_mut(RX_BUF_LEN);
+            let mut iovs: [IoSliceMut<'_>; RX_BUFS] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            self.state
+                .recv((&self.socket).into(), &mut iovs, &mut self.metas)
+        };
+        let n = match received {
+            Ok(n) => n,
+            Err(e) if is_would_block(&e) => return Ok(0),
+            Err(e) if is_transient(&e) => return Ok(1),
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "receiving on the WireGuard socket",
+                    source,
+                })
+            }
+        };
+        let tunnels = self.tunnels.clone();
+        self.coalescer.clear();
+        let mut handled = 0;
+        let mut at_plain = 0;
+        let socket = &self.socket;
+        let mut send = |to: SocketAddr, msg: &[u8]| {
+            let _ = socket.send_to(msg, to);
+        };
+        for (m, meta) in self.metas[..n].iter().enumerate() {
+            let base = m * RX_BUF_LEN;
+            let len = meta.len.min(RX_BUF_LEN);
+            let stride = if meta.stride == 0 { len } else { meta.stride };
+            let from = meta.addr;
+            let mut at = 0;
+            while at < len {
+                let end = (at + stride).min(len);
+                let msg = &self.rx_bufs[base + at..base + end];
+                let Some(idx) = Opener::data_peer(&tunnels, msg) else {
+                    self.opener
+                        .open_control(&tunnels, from, msg, &mut self.scratch, &mut send);
+                    handled += 1;
+                    at = end;
+                    continue;
+                };
+                let Some(peer) = tunnels.peer(idx) else {
+                    at = end;
+                    continue;
+                };
+                // A run of this peer's data messages in this buffer, under one lock.
+                let mut tunn = peer.lock();
+                let (mut packets, mut bytes) = (0u64, 0usize);
+                while at < len {
+                    let end = (at + stride).min(len);
+                    let msg = &self.rx_bufs[base + at..base + end];
+                    if Opener::data_peer(&tunnels, msg) != Some(idx) {
+                        break;
+                    }
+                    let start = at_plain + RX_GAP;
+                    let Some(out) = self.plain.get_mut(start..start + msg.len()) else {
+                        break;
+                    };
+                    match self
+                        .opener
+                        .open_data(&tunnels, idx, peer, &mut tunn, from, msg, out)
+                    {
+                        Ok(Opened::Inner(l)) => {
+                            let range = start..start + l;
+                            self.coalescer.push(0, range.clone(), &self.plain[range]);
+                            at_plain = (start + l).next_multiple_of(8);
+                            packets += 1;
+                            bytes += l;
+                        }
+                        Ok(Opened::Send { to, len }) => send(to, &out[..len]),
+                        _ => {}
+                    }
+                    handled += 1;
+                    at = end;
+                }
+                drop(tunn);
+                if packets > 0 {
+                    peer.stats.rx.add_shared(packets, bytes);
+                }
+            }
+        }
+        self.coalescer.finish(std::slice::from_mut(&mut self.plain));
+        write_tun(&self.tun, &self.coalescer, &self.plain, &self.stats);
+        self.stats.rx.record_batch(handled);
+        Ok(handled.max(1))
+    }
+}

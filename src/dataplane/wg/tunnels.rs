@@ -1,0 +1,286 @@
+//! The WireGuard peers of the encrypted dataplane: one boringtun [`Tunn`] per peer
+//! of the forwarding table that has a public key, kept across table rebuilds, and
+//! the lookups the packet path needs (by FIB index outbound; by session index, by
+//! public key and by underlay address inbound).
+//!
+//! [`TunnelTable`] owns the tunnels and builds an immutable [`Tunnels`] snapshot for
+//! each forwarding table; the workers read the snapshot with no lock and lock one
+//! peer's tunnel per run of packets to or from it. [`TunnelTable::tick`] runs the
+//! WireGuard timers (rekeying, handshake retries, keepalives) and records each
+//! peer's session state in its counters.
+//!
+//! No sockets here: what must be sent comes back to the caller. The protocol,
+//! its crypto and its clock are boringtun's (Noise IK, ChaCha20-Poly1305, replay
+//! window, cookies), so its timers read the monotonic clock themselves.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::PublicKey;
+use rustc_hash::FxHashMap;
+
+use super::key::{KeyPair, PublicBytes};
+use crate::dataplane::fib::Fib;
+use crate::dataplane::stats::{PeerStats, WgSession};
+
+/// Handshakes per second the node answers before it asks initiators for cookies
+/// (WireGuard's DoS defence, §5.4.7 of the paper). Each handshake is counted twice
+/// (once before the peer is looked up, once in its tunnel), so this is twice the
+/// rate at which cookies start.
+pub const HANDSHAKE_RATE_LIMIT: u64 = 200;
+
+/// How long a session is used before it must be renewed (WireGuard's
+/// `Reject-After-Time`): older, it is no session.
+const REJECT_AFTER: Duration = Duration::from_secs(180);
+
+/// One WireGuard peer: its key, where it is reached and its tunnel.
+pub struct WgPeer {
+    /// Its name in the forwarding table.
+    pub name: String,
+    /// Its public key.
+    pub key: PublicBytes,
+    /// Where its datagrams go: underlay address and WireGuard port.
+    pub endpoint: SocketAddr,
+    /// Our index for its sessions (boringtun puts it in the upper 24 bits of the
+    /// receiver index of every message addressed to us).
+    pub index: u32,
+    /// Its counters (shared with the forwarding table's peer).
+    pub stats: Arc<PeerStats>,
+    tunn: Mutex<Tunn>,
+}
+
+impl std::fmt::Debug for WgPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgPeer")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WgPeer {
+    /// Locks the peer's tunnel. A worker holds it for one run of packets; a panic
+    /// while it was held leaves a tunnel still usable, so poisoning is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, Tunn> {
+        self.tunn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the workers route and decrypt with: the forwarding table and the tunnel of
+/// each of its peers. Immutable; a new one comes with every table change.
+pub struct Tunnels {
+    fib: Arc<Fib>,
+    /// Aligned with `fib.peers()`: the peer's tunnel, if it has a key.
+    peers: Vec<Option<Arc<WgPeer>>>,
+    by_index: FxHashMap<u32, u32>,
+    by_key: FxHashMap<PublicBytes, u32>,
+    local: Arc<KeyPair>,
+    limiter: Arc<RateLimiter>,
+}
+
+impl Tunnels {
+    /// The forwarding table.
+    pub fn fib(&self) -> &Arc<Fib> {
+        &self.fib
+    }
+
+    /// The tunnel of FIB peer `i`.
+    #[inline]
+    pub fn peer(&self, i: u32) -> Option<&Arc<WgPeer>> {
+        self.peers.get(i as usize)?.as_ref()
+    }
+
+    /// The FIB index of the peer whose session index is `receiver_index` (a field of
+    /// every message but the initiation).
+    #[inline]
+    pub fn by_receiver(&self, receiver_index: u32) -> Option<u32> {
+        self.by_index.get(&(receiver_index >> 8)).copied()
+    }
+
+    /// The FIB index of the peer with public key `key`.
+    pub fn by_key(&self, key: &PublicBytes) -> Option<u32> {
+        self.by_key.get(key).copied()
+    }
+
+    /// Our key pair.
+    pub fn local(&self) -> &KeyPair {
+        &self.local
+    }
+
+    /// The node-wide handshake rate limiter (MAC1 check and cookies).
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Every tunnel.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<WgPeer>> {
+        self.peers.iter().flatten()
+    }
+}
+
+/// The tunnels across forwarding-table changes and key rotations.
+pub struct TunnelTable {
+    local: Arc<KeyPair>,
+    limiter: Arc<RateLimiter>,
+    live: HashMap<(PublicBytes, SocketAddr), Arc<WgPeer>>,
+    next_index: u32,
+}
+
+impl TunnelTable {
+    /// A table for a node with key pair `local`.
+    pub fn new(local: KeyPair) -> TunnelTable {
+        let limiter = Arc::new(RateLimiter::new(&local.public, HANDSHAKE_RATE_LIMIT));
+        TunnelTable {
+            local: Arc::new(local),
+            limiter,
+            live: HashMap::new(),
+            // Random, so that a restarted node's new session indices rarely match
+            // what peers still send to its old sessions.
+            next_index: (rand::random::<u32>() & 0x00ff_ffff).max(1),
+        }
+    }
+
+    /// Our public key.
+    pub fn public(&self) -> PublicBytes {
+        self.local.public_bytes()
+    }
+
+    /// The snapshot for `fib`: a peer with the same key and endpoint as before
+    /// keeps its tunnel (and sessions); a new key or endpoint gets a new tunnel;
+    /// tunnels of peers no longer in the table are dropped.
+    pub fn build(&mut self, fib: Arc<Fib>) -> Arc<Tunnels> {
+        let mut live = HashMap::with_capacity(fib.peers().len());
+        let mut peers = Vec::with_capacity(fib.peers().len());
+        let mut by_index = FxHashMap::default();
+        let mut by_key = FxHashMap::default();
+        for (i, p) in fib.peers().iter().enumerate() {
+            let Some(key) = p.wg_key else {
+                peers.push(None);
+                continue;
+            };
+            let id = (key, p.underlay);
+            let peer = match self.live.remove(&id).or_else(|| live.get(&id).cloned()) {
+                Some(peer) => peer,
+                None => {
+                    let index = self.next_index;
+                    self.next_index = (self.next_index % 0x00ff_ffff) + 1;
+                    let tunn = Tunn::new(
+                        self.local.secret.clone(),
+                        PublicKey::from(key),
+                        None,
+                        None,
+                        index,
+                        Some(self.limiter.clone()),
+                    );
+                    Arc::new(WgPeer {
+                        name: p.name.clone(),
+                        key,
+                        endpoint: p.underlay,
+                        index,
+                        stats: p.stats.clone(),
+                        tunn: Mutex::new(tunn),
+                    })
+                }
+            };
+            by_index.insert(peer.index, i as u32);
+            by_key.insert(key, i as u32);
+            live.insert(id, peer.clone());
+            peers.push(Some(peer));
+        }
+        self.live = live;
+        Arc::new(Tunnels {
+            fib,
+            peers,
+            by_index,
+            by_key,
+            local: self.local.clone(),
+            limiter: self.limiter.clone(),
+        })
+    }
+
+    /// Switches to key pair `new`: every tunnel drops its sessions and hands shakes
+    /// again with the new key on its next packet. Takes effect in the next
+    /// [`TunnelTable::build`]'s snapshot.
+    pub fn rotate(&mut self, new: KeyPair) {
+        self.limiter = Arc::new(RateLimiter::new(&new.public, HANDSHAKE_RATE_LIMIT));
+        for peer in self.live.values() {
+            peer.lock().set_static_private(
+                new.secret.clone(),
+                new.public,
+                Some(self.limiter.clone()),
+            );
+        }
+        self.local = Arc::new(new);
+    }
+
+    /// Runs every tunnel's timers once (call about every 100 ms): what a timer wants
+    /// sent (a handshake initiation or retry, a keepalive) is passed to `send` with
+    /// the peer's endpoint; each peer's session state goes to its counters. Also
+    /// resets the handshake rate limiter's count once a second.
+    pub fn tick(
+        &self,
+        tunnels: &Tunnels,
+        scratch: &mut [u8],
+        mut send: impl FnMut(SocketAddr, &[u8]),
+    ) {
+        self.limiter.reset_count();
+        for peer in tunnels.all() {
+            let mut t = peer.lock();
+            if let TunnResult::WriteToNetwork(bytes) = t.update_timers(scratch) {
+                if is_initiation(bytes) {
+                    peer.stats.wg.initiation_sent();
+                }
+                send(peer.endpoint, bytes);
+            }
+            let age = t.time_since_last_handshake().filter(|a| *a < REJECT_AFTER);
+            let session = match age {
+                Some(_) => WgSession::Established,
+                None if peer.stats.wg.initiations() > 0 => WgSession::Handshaking,
+                None => WgSession::None,
+            };
+            peer.stats.wg.set_session(session, age);
+        }
+    }
+}
+
+/// WireGuard message types (the first byte; the next three are zero).
+pub const MSG_INITIATION: u8 = 1;
+/// Handshake response.
+pub const MSG_RESPONSE: u8 = 2;
+/// Cookie reply.
+pub const MSG_COOKIE: u8 = 3;
+/// Transport data.
+pub const MSG_DATA: u8 = 4;
+/// Bytes a data message adds to its plaintext: type, receiver index, counter, tag.
+pub const DATA_OVERHEAD: usize = 16 + 16;
+/// Size of a handshake initiation, the largest message a tunnel writes unasked.
+pub const INITIATION_LEN: usize = 148;
+
+/// Whether `msg` is a handshake initiation.
+#[inline]
+pub fn is_initiation(msg: &[u8]) -> bool {
+    msg.len() == INITIATION_LEN && msg.first() == Some(&MSG_INITIATION)
+}
+
+/// The receiver index of a response, cookie reply or data message (the message
+/// type's position of it), if `msg` is one and long enough.
+#[inline]
+pub fn receiver_index(msg: &[u8]) -> Option<u32> {
+    let at = match *msg.first()? {
+        MSG_RESPONSE => 8,
+        MSG_COOKIE | MSG_DATA => 4,
+        _ => return None,
+    };
+    let b = msg.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The underlay address `ip` belongs to a known peer: its FIB index.
+pub fn peer_at(tunnels: &Tunnels, ip: IpAddr) -> Option<u32> {
+    tunnels.fib.underlay_index(ip)
+}
