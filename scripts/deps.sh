@@ -15,6 +15,7 @@ OVERLAYD_APT_PACKAGES=(
   podman runc busybox-static   # the real-runtime CNI test
   util-linux          # nsenter
   g++                 # libFuzzer's C++ sources, for scripts/fuzz-smoke.sh
+  wireguard-go wireguard-tools  # a plain WireGuard peer for the encrypted dataplane's interop test
 )
 
 install_deps() {

@@ -188,7 +188,7 @@ async fn handle_rotate_key(source: &StatusSource) -> Reply {
         return Reply::error(format!("{e}; the old key stays in use"));
     }
     let public = pair.public_bytes();
-    if !wg.rotate(pair) {
+    if !wg.rotate(pair).await {
         return Reply::error("the encrypted dataplane has stopped");
     }
     if let Some(c) = &source.control {

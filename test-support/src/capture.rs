@@ -39,68 +39,9 @@ impl VxlanCapture {
     /// Opens a capture on `ifname` in the caller's namespace (the socket stays in that
     /// namespace when it is read from another thread).
     pub fn open(ifname: &str) -> VxlanCapture {
-        // SAFETY: plain socket(2) call; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from((libc::ETH_P_ALL as u16).to_be()),
-            )
-        };
-        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-        // SAFETY: fd is a fresh socket we own; OwnedFd closes it on return.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let raw = fd.as_raw_fd();
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt with an int of the right size, before bind as the option needs.
-        let rc = unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_PACKET,
-                PACKET_VNET_HDR,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "PACKET_VNET_HDR: {}",
-            std::io::Error::last_os_error()
-        );
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: name is a valid C string.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert!(index > 0, "no {ifname}");
-        // SAFETY: an all-zero sockaddr_ll is valid; bind gets its real size.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        addr.sll_ifindex = index as i32;
-        // SAFETY: addr is a valid sockaddr_ll for the call.
-        let rc = unsafe {
-            libc::bind(
-                raw,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 200_000,
-        };
-        // SAFETY: setsockopt with a timeval of the right size.
-        unsafe {
-            libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        VxlanCapture { fd }
+        VxlanCapture {
+            fd: packet_socket(ifname, true),
+        }
     }
 
     /// Reads the VXLAN datagrams captured so far and in the next `time`.
@@ -246,4 +187,131 @@ mod tests {
         assert!(parse_frame(&f).is_empty());
         assert!(parse_frame(&f[..20]).is_empty());
     }
+}
+
+/// An AF_PACKET socket bound to `ifname` (in the caller's namespace) for every
+/// protocol, with a virtio-net header in front of each frame if `vnet`, and a 200 ms
+/// receive timeout.
+fn packet_socket(ifname: &str, vnet: bool) -> OwnedFd {
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        )
+    };
+    assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a fresh socket we own; OwnedFd closes it on return.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = fd.as_raw_fd();
+    let on: libc::c_int = libc::c_int::from(vnet);
+    // SAFETY: setsockopt with an int of the right size, before bind as the option needs.
+    let rc = unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_PACKET,
+            PACKET_VNET_HDR,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "PACKET_VNET_HDR: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: name is a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(index > 0, "no {ifname}");
+    // SAFETY: an all-zero sockaddr_ll is valid; bind gets its real size.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    addr.sll_ifindex = index as i32;
+    // SAFETY: addr is a valid sockaddr_ll for the call.
+    let rc = unsafe {
+        libc::bind(
+            raw,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
+    // SAFETY: setsockopt with a timeval of the right size.
+    unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    fd
+}
+
+/// A capture of whole frames on one interface, as they are: for tests that look
+/// for bytes that must not appear (clear text) or count frames by UDP port.
+pub struct RawCapture {
+    fd: OwnedFd,
+}
+
+/// One captured IPv4/UDP frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpFrame {
+    /// Outer source address and port.
+    pub src: std::net::SocketAddrV4,
+    /// Outer destination address and port.
+    pub dst: std::net::SocketAddrV4,
+    /// The UDP payload (for a GSO super-packet: every segment's, back to back).
+    pub payload: Vec<u8>,
+}
+
+impl RawCapture {
+    /// Opens a capture on `ifname` in the caller's namespace; frames queue from now.
+    pub fn open(ifname: &str) -> RawCapture {
+        RawCapture {
+            fd: packet_socket(ifname, false),
+        }
+    }
+
+    /// The frames captured so far and in the next `time`.
+    pub fn frames_for(&self, time: Duration) -> Vec<Vec<u8>> {
+        let raw = self.fd.as_raw_fd();
+        let end = Instant::now() + time;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536 + 128];
+        while Instant::now() < end {
+            // SAFETY: buf is valid for writes of its length; the fd is open while self is.
+            let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                out.push(buf[..n as usize].to_vec());
+            }
+        }
+        out
+    }
+}
+
+/// The IPv4/UDP datagram in an Ethernet frame, if it is one.
+pub fn udp_frame(frame: &[u8]) -> Option<UdpFrame> {
+    let ip = frame.get(14..)?;
+    if frame.get(12..14)? != [0x08, 0x00] || ip.first()? >> 4 != 4 || ip[9] != 17 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let udp = ip.get(ihl..)?;
+    let addr = |o: usize| std::net::Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]);
+    let port = |o: usize| u16::from_be_bytes([udp[o], udp[o + 1]]);
+    Some(UdpFrame {
+        src: std::net::SocketAddrV4::new(addr(12), port(0)),
+        dst: std::net::SocketAddrV4::new(addr(16), port(2)),
+        payload: udp.get(8..)?.to_vec(),
+    })
 }

@@ -201,7 +201,10 @@ impl DaemonNode {
         if self.pod.is_some() {
             return true;
         }
-        let Some(subnet) = self.subnet() else {
+        let Some(status) = self.status() else {
+            return false;
+        };
+        let Some(subnet) = status.node.subnet.map(|s| s.to_string()) else {
             return false;
         };
         let base = subnet.trim_end_matches(".0/24").to_string();
@@ -211,7 +214,8 @@ impl DaemonNode {
             "veth0",
             &format!("{base}.2/24"),
             &format!("{base}.1"),
-            1450,
+            // The node's overlay MTU, as the CNI plugin sets it.
+            status.node.mtu,
         ));
         true
     }

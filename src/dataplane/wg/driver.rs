@@ -49,26 +49,33 @@ const RX_BUFS: usize = 16;
 const RX_BUF_LEN: usize = 96 * 1024;
 /// Bytes in front of every opened packet, where the TUN write's virtio-net header goes.
 const RX_GAP: usize = 16;
+/// How long after a key rotation the old key is retired: peers that learned the
+/// new key by then (gossip takes well under a second) have moved over with no loss;
+/// any other tunnel then hands shakes again with the new key.
+const RETIRE_AFTER: Duration = Duration::from_secs(10);
 /// How often the timer thread runs the WireGuard timers.
 const TICK: Duration = Duration::from_millis(100);
 
 /// Asks the running encrypted dataplane for a new key pair.
 #[derive(Clone)]
 pub struct WgControl {
-    rotate: std::sync::mpsc::Sender<KeyPair>,
+    rotate: std::sync::mpsc::Sender<(KeyPair, tokio::sync::oneshot::Sender<()>)>,
     public: Arc<std::sync::Mutex<[u8; 32]>>,
     port: u16,
 }
 
 impl WgControl {
-    /// Switches to `pair`: every tunnel drops its sessions and hands shakes again.
-    pub fn rotate(&self, pair: KeyPair) -> bool {
+    /// Starts moving to `pair` ([`TunnelTable::rotate`]); resolves once the workers
+    /// accept handshakes for the new key, so it is safe to publish it then. False if
+    /// the dataplane has stopped.
+    pub async fn rotate(&self, pair: KeyPair) -> bool {
         let public = pair.public_bytes();
-        let sent = self.rotate.send(pair).is_ok();
-        if sent {
-            *self.public.lock().unwrap_or_else(|p| p.into_inner()) = public;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.rotate.send((pair, tx)).is_err() || rx.await.is_err() {
+            return false;
         }
-        sent
+        *self.public.lock().unwrap_or_else(|p| p.into_inner()) = public;
+        true
     }
 
     /// The WireGuard port.
@@ -128,7 +135,7 @@ impl WgDriver {
         let public = local.public_bytes();
         let port = timer_socket.local_addr().map_or(0, |a| a.port());
         let mut table = TunnelTable::new(local);
-        let first = table.build(fib_rx.borrow().clone());
+        let (first, fresh) = table.build_noting_new(fib_rx.borrow().clone());
         let (tunnels_tx, tunnels_rx) = watch::channel(first);
         let (rotate_tx, rotate_rx) = std::sync::mpsc::channel();
         let (done_tx, done) = mpsc::unbounded_channel();
@@ -185,6 +192,7 @@ impl WgDriver {
             .spawn(move || {
                 timers(
                     table,
+                    fresh,
                     fib_rx,
                     tunnels_tx,
                     rotate_rx,
@@ -239,14 +247,19 @@ impl Drop for WgDriver {
 /// forwarding table, key rotations.
 fn timers(
     mut table: TunnelTable,
+    fresh: Vec<u32>,
     mut fib: watch::Receiver<Arc<Fib>>,
     publish: watch::Sender<Arc<Tunnels>>,
-    rotations: std::sync::mpsc::Receiver<KeyPair>,
+    rotations: std::sync::mpsc::Receiver<(KeyPair, tokio::sync::oneshot::Sender<()>)>,
     socket: UdpSocket,
     stop: &Stop,
 ) {
     let mut scratch = vec![0u8; 2048];
     let mut current = publish.borrow().clone();
+    let mut retire_at: Option<Instant> = None;
+    table.greet(&current, &fresh, &mut scratch, |to, msg| {
+        let _ = socket.send_to(msg, to);
+    });
     let timeout = Timespec {
         tv_sec: 0,
         tv_nsec: TICK.as_nanos() as i64,
@@ -258,17 +271,34 @@ fn timers(
             return;
         }
         let mut rebuild = false;
-        while let Ok(pair) = rotations.try_recv() {
-            tracing::info!(public_key = %super::key::encode(&pair.public_bytes()), "WireGuard key rotated: every peer hands shakes again");
+        let mut rotated = Vec::new();
+        while let Ok((pair, done)) = rotations.try_recv() {
+            rotated.push(done);
+            tracing::info!(public_key = %super::key::encode(&pair.public_bytes()), "WireGuard key rotation: peers move to the new key as they learn it; the old key is retired in {} s", RETIRE_AFTER.as_secs());
+            table.finish_rotation();
             table.rotate(pair);
+            retire_at = Some(Instant::now() + RETIRE_AFTER);
+            rebuild = true;
+        }
+        if retire_at.is_some_and(|t| Instant::now() >= t) {
+            retire_at = None;
+            table.finish_rotation();
+            tracing::info!("WireGuard key rotation done: the old key is retired");
             rebuild = true;
         }
         if fib.has_changed().unwrap_or(false) {
             rebuild = true;
         }
         if rebuild {
-            current = table.build(fib.borrow_and_update().clone());
+            let fresh;
+            (current, fresh) = table.build_noting_new(fib.borrow_and_update().clone());
             publish.send_replace(current.clone());
+            table.greet(&current, &fresh, &mut scratch, |to, msg| {
+                let _ = socket.send_to(msg, to);
+            });
+        }
+        for done in rotated {
+            let _ = done.send(());
         }
         table.tick(&current, &mut scratch, |to, msg| {
             let _ = socket.send_to(msg, to);

@@ -24,3 +24,6 @@ pub use driver::{WgControl, WgDriver};
 pub const WG_OVERHEAD_V4: u32 = 20 + 8 + tunnels::DATA_OVERHEAD as u32;
 /// The same on an IPv6 underlay (outer IPv6 header of 40 bytes).
 pub const WG_OVERHEAD_V6: u32 = 40 + 8 + tunnels::DATA_OVERHEAD as u32;
+
+#[cfg(test)]
+mod tests;

@@ -434,8 +434,28 @@ impl Opener {
             [t, 0, 0, 0, ..] if (MSG_INITIATION..=MSG_DATA).contains(t) => *t,
             _ => return Err(DropReason::NotWireguard),
         };
+        let mut adopt = false;
         let idx = if kind == MSG_INITIATION {
-            let packet = match tunnels.limiter().verify_packet(Some(from.ip()), msg, out) {
+            // MAC1 is keyed by our public key: during a key rotation an initiation
+            // that fails it for the old key may be for the new one.
+            let first = match tunnels.limiter().verify_packet(Some(from.ip()), msg, out) {
+                Ok(_) => Ok(()),
+                Err(TunnResult::WriteToNetwork(cookie)) => {
+                    send(from, cookie);
+                    return Ok(());
+                }
+                Err(TunnResult::Err(e)) => Err(e),
+                Err(_) => return Err(DropReason::BadHandshake),
+            };
+            let (limiter, keys) = match (first, tunnels.next()) {
+                (Ok(()), _) => (tunnels.limiter(), tunnels.local()),
+                (Err(WireGuardError::InvalidMac), Some(next)) => {
+                    adopt = true;
+                    (&*next.limiter, &*next.pair)
+                }
+                (Err(e), _) => return Err(reason_of(&e)),
+            };
+            let packet = match limiter.verify_packet(Some(from.ip()), msg, out) {
                 Ok(p) => p,
                 Err(TunnResult::WriteToNetwork(cookie)) => {
                     send(from, cookie);
@@ -447,8 +467,7 @@ impl Opener {
             let Packet::HandshakeInit(init) = packet else {
                 return Err(DropReason::BadHandshake);
             };
-            let local = tunnels.local();
-            let half = parse_handshake_anon(&local.secret, &local.public, &init)
+            let half = parse_handshake_anon(&keys.secret, &keys.public, &init)
                 .map_err(|e| reason_of(&e))?;
             tunnels
                 .by_key(&half.peer_static_public)
@@ -478,6 +497,10 @@ impl Opener {
         };
         let peer = tunnels.peer(idx).ok_or(DropReason::UnknownKey)?;
         let mut tunn = peer.lock();
+        if let (true, Some(next)) = (adopt, tunnels.next()) {
+            // The peer knows our new key: its tunnel moves to it now.
+            peer.adopt(&mut tunn, next, next.generation);
+        }
         match tunn.decapsulate(Some(from.ip()), msg, out) {
             TunnResult::WriteToNetwork(m) => {
                 // A response goes back where the initiation came from.
@@ -489,6 +512,7 @@ impl Opener {
                 send(to, m);
             }
             TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.name, %from, kind, error = ?e, "WireGuard handshake message refused");
                 let reason = reason_of(&e);
                 peer.stats.wg.fail(reason);
                 return Err(reason);

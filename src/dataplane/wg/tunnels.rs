@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ pub struct WgPeer {
     pub index: u32,
     /// Its counters (shared with the forwarding table's peer).
     pub stats: Arc<PeerStats>,
+    /// The generation of our key pair its tunnel uses (see [`TunnelTable::rotate`]).
+    generation: AtomicU64,
     tunn: Mutex<Tunn>,
 }
 
@@ -69,6 +72,28 @@ impl WgPeer {
     pub fn lock(&self) -> MutexGuard<'_, Tunn> {
         self.tunn.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Moves the tunnel (held locked by the caller) to `next`, generation
+    /// `generation`, unless it is there already. Its sessions end with the old key.
+    pub fn adopt(&self, tunn: &mut Tunn, next: &NextKey, generation: u64) {
+        if self.generation.swap(generation, Relaxed) != generation {
+            tunn.set_static_private(
+                next.pair.secret.clone(),
+                next.pair.public,
+                Some(next.limiter.clone()),
+            );
+        }
+    }
+}
+
+/// The key pair a rotation moves to, while peers still use the old one.
+pub struct NextKey {
+    /// The new pair.
+    pub pair: Arc<KeyPair>,
+    /// Its handshake rate limiter (MAC1 is keyed by the public key).
+    pub limiter: Arc<RateLimiter>,
+    /// Its generation.
+    pub generation: u64,
 }
 
 /// What the workers route and decrypt with: the forwarding table and the tunnel of
@@ -81,6 +106,7 @@ pub struct Tunnels {
     by_key: FxHashMap<PublicBytes, u32>,
     local: Arc<KeyPair>,
     limiter: Arc<RateLimiter>,
+    next: Option<Arc<NextKey>>,
 }
 
 impl Tunnels {
@@ -117,6 +143,12 @@ impl Tunnels {
         &self.limiter
     }
 
+    /// During a key rotation: the new key, which peers that learned it hand shake
+    /// with (see [`TunnelTable::rotate`]).
+    pub fn next(&self) -> Option<&NextKey> {
+        self.next.as_deref()
+    }
+
     /// Every tunnel.
     pub fn all(&self) -> impl Iterator<Item = &Arc<WgPeer>> {
         self.peers.iter().flatten()
@@ -127,6 +159,9 @@ impl Tunnels {
 pub struct TunnelTable {
     local: Arc<KeyPair>,
     limiter: Arc<RateLimiter>,
+    /// The generation of `local`.
+    generation: u64,
+    next: Option<Arc<NextKey>>,
     live: HashMap<(PublicBytes, SocketAddr), Arc<WgPeer>>,
     next_index: u32,
 }
@@ -138,6 +173,8 @@ impl TunnelTable {
         TunnelTable {
             local: Arc::new(local),
             limiter,
+            generation: 0,
+            next: None,
             live: HashMap::new(),
             // Random, so that a restarted node's new session indices rarely match
             // what peers still send to its old sessions.
@@ -154,6 +191,13 @@ impl TunnelTable {
     /// keeps its tunnel (and sessions); a new key or endpoint gets a new tunnel;
     /// tunnels of peers no longer in the table are dropped.
     pub fn build(&mut self, fib: Arc<Fib>) -> Arc<Tunnels> {
+        self.build_noting_new(fib).0
+    }
+
+    /// [`TunnelTable::build`], also returning the FIB indices of the peers that got a
+    /// new tunnel (new to the table, or with a new key or endpoint).
+    pub fn build_noting_new(&mut self, fib: Arc<Fib>) -> (Arc<Tunnels>, Vec<u32>) {
+        let mut fresh = Vec::new();
         let mut live = HashMap::with_capacity(fib.peers().len());
         let mut peers = Vec::with_capacity(fib.peers().len());
         let mut by_index = FxHashMap::default();
@@ -167,6 +211,7 @@ impl TunnelTable {
             let peer = match self.live.remove(&id).or_else(|| live.get(&id).cloned()) {
                 Some(peer) => peer,
                 None => {
+                    fresh.push(i as u32);
                     let index = self.next_index;
                     self.next_index = (self.next_index % 0x00ff_ffff) + 1;
                     let tunn = Tunn::new(
@@ -183,6 +228,7 @@ impl TunnelTable {
                         endpoint: p.underlay,
                         index,
                         stats: p.stats.clone(),
+                        generation: AtomicU64::new(self.generation),
                         tunn: Mutex::new(tunn),
                     })
                 }
@@ -193,29 +239,80 @@ impl TunnelTable {
             peers.push(Some(peer));
         }
         self.live = live;
-        Arc::new(Tunnels {
+        let tunnels = Arc::new(Tunnels {
             fib,
             peers,
             by_index,
             by_key,
             local: self.local.clone(),
             limiter: self.limiter.clone(),
-        })
+            next: self.next.clone(),
+        });
+        (tunnels, fresh)
     }
 
-    /// Switches to key pair `new`: every tunnel drops its sessions and hands shakes
-    /// again with the new key on its next packet. Takes effect in the next
-    /// [`TunnelTable::build`]'s snapshot.
-    pub fn rotate(&mut self, new: KeyPair) {
-        self.limiter = Arc::new(RateLimiter::new(&new.public, HANDSHAKE_RATE_LIMIT));
-        for peer in self.live.values() {
-            peer.lock().set_static_private(
-                new.secret.clone(),
-                new.public,
-                Some(self.limiter.clone()),
-            );
+    /// Starts a handshake with each live peer of `fresh` (FIB indices), passing the
+    /// initiations to `send`. A peer that just (re)joined may have sent us its own
+    /// initiation while we did not know it yet; we only learn of it now, and its
+    /// retry would come 5 s later (WireGuard's `Rekey-Timeout`). Handing shakes at
+    /// once brings the session up in one round trip.
+    pub fn greet(
+        &self,
+        tunnels: &Tunnels,
+        fresh: &[u32],
+        scratch: &mut [u8],
+        mut send: impl FnMut(SocketAddr, &[u8]),
+    ) {
+        for &i in fresh {
+            let alive = tunnels
+                .fib
+                .peers()
+                .get(i as usize)
+                .is_some_and(|p| p.state != crate::dataplane::fib::PeerState::Dead);
+            let Some(peer) = tunnels.peer(i).filter(|_| alive) else {
+                continue;
+            };
+            if let TunnResult::WriteToNetwork(msg) =
+                peer.lock().format_handshake_initiation(scratch, false)
+            {
+                peer.stats.wg.initiation_sent();
+                send(peer.endpoint, msg);
+            }
         }
-        self.local = Arc::new(new);
+    }
+
+    /// Starts moving to key pair `new`, make before break: until
+    /// [`TunnelTable::finish_rotation`], tunnels keep their sessions on the old key,
+    /// and a peer that learned the new key through gossip and hands shake with it
+    /// moves its tunnel over ([`WgPeer::adopt`], in the packet path). Takes effect
+    /// in the next [`TunnelTable::build`]'s snapshot.
+    pub fn rotate(&mut self, new: KeyPair) {
+        let limiter = Arc::new(RateLimiter::new(&new.public, HANDSHAKE_RATE_LIMIT));
+        self.next = Some(Arc::new(NextKey {
+            pair: Arc::new(new),
+            limiter,
+            generation: self.generation + 1,
+        }));
+    }
+
+    /// Ends a rotation: tunnels still on the old key move to the new one (their
+    /// sessions end and they hand shake again), and the old key is gone.
+    pub fn finish_rotation(&mut self) {
+        let Some(next) = self.next.take() else {
+            return;
+        };
+        for peer in self.live.values() {
+            let mut t = peer.lock();
+            peer.adopt(&mut t, &next, next.generation);
+        }
+        self.local = next.pair.clone();
+        self.limiter = next.limiter.clone();
+        self.generation = next.generation;
+    }
+
+    /// Whether a rotation is under way.
+    pub fn rotating(&self) -> bool {
+        self.next.is_some()
     }
 
     /// Runs every tunnel's timers once (call about every 100 ms): what a timer wants
