@@ -46,15 +46,25 @@ fn encrypt_flags(cluster: &TestCluster) -> Vec<String> {
 /// Gossip nodes 1..=`n`, each seeded with the others, encrypted, leased, with pods
 /// that all reach each other.
 fn encrypted_nodes(cluster: &TestCluster, n: u8) -> Vec<DaemonNode> {
+    encrypted_nodes_with(cluster, n, |_| &[])
+}
+
+/// [`encrypted_nodes`], node `i` with the flags `more(i)` too.
+fn encrypted_nodes_with(
+    cluster: &TestCluster,
+    n: u8,
+    more: impl Fn(u8) -> &'static [&'static str],
+) -> Vec<DaemonNode> {
     let flags = encrypt_flags(cluster);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut nodes: Vec<DaemonNode> = (1..=n)
         .map(|i| {
             let peers: Vec<String> = (1..=n)
                 .filter(|j| *j != i)
                 .map(|j| format!("198.18.0.{j}"))
                 .collect();
-            cluster.start_extra(i, &peers.join(","), &flags)
+            let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+            extra.extend_from_slice(more(i));
+            cluster.start_extra(i, &peers.join(","), &extra)
         })
         .collect();
     lease_and_attach(&mut nodes, Duration::from_secs(60));
@@ -118,8 +128,30 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn a_three_encrypted_nodes_reach_each_other_and_the_underlay_carries_no_clear_text() {
     let _load = load::shared();
     let cluster = TestCluster::new(OVERLAYD);
-    let nodes = encrypted_nodes(&cluster, 3);
+    // Node 3 asks for the kernel dataplane: encrypted traffic takes the userspace one.
+    let nodes = encrypted_nodes_with(&cluster, 3, |i| {
+        if i == 3 {
+            &["--dataplane", "kernel"]
+        } else {
+            &[]
+        }
+    });
     let (n1, n2) = (&nodes[0], &nodes[1]);
+    let s3 = nodes[2].status().unwrap();
+    assert_eq!(s3.path.mode.to_string(), "encrypted", "{s3:?}");
+    assert!(
+        s3.path
+            .reason
+            .contains("encrypted traffic takes the userspace dataplane"),
+        "{}",
+        s3.path.reason
+    );
+    assert!(
+        nodes[2].log_text().contains(
+            "--dataplane kernel with --encrypt: encrypted traffic takes the userspace dataplane"
+        ),
+        "the log says so too"
+    );
     // The timer thread samples session state every 100 ms.
     let established = wait_until(Duration::from_secs(2), || {
         n1.status().is_some_and(|s| {
@@ -378,6 +410,27 @@ fn e_a_wireguard_go_peer_reaches_pods_both_ways() {
     extra.extend(["--subnet", "10.244.1.0/24", "--static-peer", &static_peer]);
     let mut n1 = cluster.start_extra(1, "", &extra);
     assert!(n1.attach_pod());
+    // Before the WireGuard host knows n1's key it ignores n1's handshakes; after two
+    // unanswered initiations (WireGuard retries after 5 s), diagnose says why.
+    n1.pod()
+        .ns
+        .try_exec(&["ping", "-c", "1", "-W", "1", "-q", "10.244.9.1"]);
+    let failed = wait_until(Duration::from_secs(15), || {
+        n1.status().is_some_and(|s| {
+            s.peers[0]
+                .wg
+                .as_ref()
+                .is_some_and(|w| w.session.initiations >= 2)
+        })
+    });
+    assert!(failed, "{:?}", n1.status().map(|s| s.peers));
+    let out = n1.daemon().client(&["diagnose", "10.244.9.1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        text.starts_with("PROBLEM: handshake with static:10.244.9.0/24 failed: no answer to"),
+        "{text}"
+    );
     // The plain WireGuard peer takes n1's key from `overlayd pubkey`.
     wg.peer(&pubkey(&n1.dirs.state_dir), "198.18.0.1", "10.244.1.0/24");
     let both = wait_until(Duration::from_secs(15), || {

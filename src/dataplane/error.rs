@@ -28,7 +28,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The VXLAN UDP socket could not be opened.
-    #[error("VXLAN socket on {addr}: {source}")]
+    #[error("UDP socket on {addr}: {source}")]
     Socket {
         /// The address we tried to bind.
         addr: std::net::SocketAddr,

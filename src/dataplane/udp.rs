@@ -168,9 +168,9 @@ impl UdpSender {
     pub fn new(socket: &impl AsRawFd, log: bool) -> UdpSender {
         let gso = gso_supported(socket);
         if log && gso {
-            tracing::info!("VXLAN socket: UDP GSO (UDP_SEGMENT) send path");
+            tracing::info!("UDP sockets: GSO (UDP_SEGMENT) send path");
         } else if log {
-            tracing::info!("VXLAN socket: no UDP GSO, sendmmsg send path");
+            tracing::info!("UDP sockets: no UDP GSO, sendmmsg send path");
         }
         UdpSender { gso }
     }
