@@ -1,11 +1,14 @@
-//! Starts the dataplane `--dataplane` asks for and puts either kind behind one
-//! type: [`Running`] for the daemon's loop, [`DataplaneHandle`] for the peer table,
-//! status and metrics. This is the only place that knows there are two.
+//! Starts the dataplane `--dataplane` and `--encrypt` ask for and puts every kind
+//! behind one type: [`Running`] for the daemon's loop, [`DataplaneHandle`] for the
+//! peer table, status and metrics. This is the only place that knows there are
+//! several.
 //!
 //! `auto` takes the kernel dataplane unless a flag the node was given tunes the
 //! userspace one, and falls back to userspace when the kernel dataplane cannot
 //! start (no vxlan support, no nftables); the reason is kept for the log, status
-//! and metrics. Starting one mode removes what the other left from an earlier run.
+//! and metrics. `--encrypt` takes the encrypted (WireGuard) userspace dataplane
+//! whatever `--dataplane` says, and says why. Starting one mode removes what the
+//! other left from an earlier run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
