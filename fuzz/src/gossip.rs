@@ -34,6 +34,7 @@ pub fn meta(name: &str, gossip: &str) -> NodeMeta {
         bump: 0,
         cluster_id: None,
         bootstrap_expect: None,
+        wg: None,
     }
 }
 
