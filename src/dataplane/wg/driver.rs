@@ -389,7 +389,8 @@ impl Worker {
             rx_bufs: vec![0u8; RX_BUFS * RX_BUF_LEN],
             metas: [RecvMeta::default(); RX_BUFS],
             plain: vec![0u8; 2 * RX_BUFS * RX_BUF_LEN],
-            scratch: vec![0u8; 2048],
+            // Queued packets sealed after a handshake go here: up to the MTU.
+            scratch: vec![0u8; MAX_PACKET + 64],
             coalescer: Coalescer::new(vnet, uso).with_mtu(options.mtu),
         })
     }
@@ -593,7 +594,14 @@ impl Worker {
                     }
                     let start = at_plain + RX_GAP;
                     let Some(out) = self.plain.get_mut(start..start + msg.len()) else {
-                        break;
+                        // Cannot happen: an opened packet is shorter than its message
+                        // by more than the gap, and the arena is twice the buffers.
+                        self.stats
+                            .rx
+                            .drop(crate::dataplane::stats::DropReason::IoError);
+                        handled += 1;
+                        at = end;
+                        continue;
                     };
                     match self
                         .opener

@@ -274,6 +274,10 @@ impl Sealer {
         batch: &mut TxBatch,
     ) -> Result<Sealed, DropReason> {
         let (slot, out) = arena.take().ok_or(DropReason::IoError)?;
+        if packet.len() + DATA_OVERHEAD > out.len() {
+            // Longer than the MTU the arena was sized for (boringtun would panic).
+            return Err(DropReason::MalformedOutbound);
+        }
         let to = TxDest {
             addr: peer.endpoint,
             flow: 0,
