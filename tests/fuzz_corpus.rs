@@ -16,6 +16,8 @@ mod gossip;
 mod records;
 #[path = "../fuzz/src/replay.rs"]
 mod replay;
+#[path = "../fuzz/src/wg.rs"]
+mod wg;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +72,11 @@ fn gossip_frame_corpus() {
 #[test]
 fn gossip_node_corpus() {
     replay("gossip_node", gossip::gossip_node);
+}
+
+#[test]
+fn wg_open_corpus() {
+    replay("wg_open", wg::wg_open);
 }
 
 // --- Seed generation -------------------------------------------------------------
@@ -554,4 +561,34 @@ fn to_a_of(a_founder: bool, keyed: bool) -> Timed {
 fn write_seeds() {
     write_dataplane_seeds();
     write_gossip_seeds();
+    write_wg_seeds();
+}
+
+/// Seeds of `wg_open`: every mode once. The session keys are made afresh in each
+/// run, so a seed carries what to seal or forge, not a sealed message; the raw ones
+/// are junk and a real handshake initiation from a key B does not know.
+fn write_wg_seeds() {
+    use overlayd::dataplane::wg::key::KeyPair;
+    let payload = b"ping across the overlay".to_vec();
+    let with = |ctl: u8, rest: &[u8]| [&[ctl][..], rest].concat();
+    write("wg_open", "sealed", &with(1, &payload));
+    write("wg_open", "sealed-spoofed", &with(1 | 4, &payload));
+    write("wg_open", "sealed-flipped", &with(1 | 8, &[40, 1, 2, 3]));
+    write("wg_open", "replayed", &with(2, &payload));
+    write("wg_open", "forged-tail", &with(3, &[0xaa; 64]));
+    write("wg_open", "junk", &with(0, b"not wireguard"));
+    write(
+        "wg_open",
+        "short-data",
+        &with(0, &[4, 0, 0, 0, 1, 2, 3, 4, 0, 0]),
+    );
+    // An initiation from a stranger's key to a random responder key.
+    let (c, r) = (KeyPair::generate(), KeyPair::generate());
+    let mut t = boringtun::noise::Tunn::new(c.secret, r.public, None, None, 1, None);
+    let mut out = [0u8; 256];
+    if let boringtun::noise::TunnResult::WriteToNetwork(init) =
+        t.format_handshake_initiation(&mut out, false)
+    {
+        write("wg_open", "stranger-initiation", &with(4, init));
+    }
 }

@@ -12,3 +12,4 @@ pub mod dataplane;
 pub mod gossip;
 pub mod records;
 pub mod replay;
+pub mod wg;
