@@ -548,12 +548,14 @@ fn g_a_node_that_does_not_encrypt_is_refused_with_both_values_named() {
     );
 }
 
-/// A plain WireGuard host on the underlay: `wireguard-go` with interface `wg0` in
-/// node namespace 198.18.0.`i`, its address `addr` on it, listening on
-/// [`WG_PORT`].
+/// A plain WireGuard host on the underlay: `wireguard-go` in node namespace
+/// 198.18.0.`i`, its address `addr` on its interface, listening on [`WG_PORT`].
 struct WgGo {
     ns: Netns,
     public: String,
+    /// The interface: unique, because wireguard-go's control socket
+    /// (`/var/run/wireguard/NAME.sock`) is one file for every namespace.
+    dev: String,
     _process: ChildGuard,
 }
 
@@ -561,9 +563,10 @@ impl WgGo {
     fn start(cluster: &TestCluster, i: u8, addr: &str) -> WgGo {
         let ns = cluster.switch.node(i);
         ns.ip(&["link", "set", "lo", "up"]);
+        let dev = format!("owg{}x{i}", std::process::id() % 100_000);
         let child = ns
             .command("wireguard-go")
-            .args(["-f", "wg0"])
+            .args(["-f", &dev])
             .env("WG_PROCESS_FOREGROUND", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -572,8 +575,8 @@ impl WgGo {
         let process = ChildGuard::new(child);
         assert!(
             wait_until(Duration::from_secs(5), || ns
-                .try_exec(&["ip", "link", "show", "wg0"])),
-            "wireguard-go made no wg0"
+                .try_exec(&["ip", "link", "show", &dev])),
+            "wireguard-go made no {dev}"
         );
         let key_file = cluster.dir().join(format!("wg{i}.key"));
         let private = ns.exec(&["wg", "genkey"]);
@@ -587,32 +590,25 @@ impl WgGo {
         let public = String::from_utf8(public.stdout).unwrap().trim().to_string();
         let port = WG_PORT.to_string();
         let key = key_file.display().to_string();
-        ns.exec(&[
-            "wg",
-            "set",
-            "wg0",
-            "private-key",
-            &key,
-            "listen-port",
-            &port,
-        ]);
-        ns.ip(&["addr", "add", addr, "dev", "wg0"]);
-        ns.ip(&["link", "set", "wg0", "mtu", "1420", "up"]);
+        ns.exec(&["wg", "set", &dev, "private-key", &key, "listen-port", &port]);
+        ns.ip(&["addr", "add", addr, "dev", &dev]);
+        ns.ip(&["link", "set", &dev, "mtu", "1420", "up"]);
         WgGo {
             ns,
             public,
+            dev,
             _process: process,
         }
     }
 
     /// Adds overlayd node `endpoint` with key `key` as a peer owning `allowed`, and
-    /// routes `allowed` through wg0.
+    /// routes `allowed` through the interface.
     fn peer(&self, key: &str, endpoint: &str, allowed: &str) {
         let endpoint = format!("{endpoint}:{WG_PORT}");
         self.ns.exec(&[
             "wg",
             "set",
-            "wg0",
+            &self.dev,
             "peer",
             key,
             "allowed-ips",
@@ -620,13 +616,13 @@ impl WgGo {
             "endpoint",
             &endpoint,
         ]);
-        self.ns.ip(&["route", "replace", allowed, "dev", "wg0"]);
+        self.ns.ip(&["route", "replace", allowed, "dev", &self.dev]);
     }
 
-    /// Handshakes completed with any peer (from `wg show wg0 latest-handshakes`).
+    /// Handshakes completed with any peer (from `wg show DEV latest-handshakes`).
     fn handshakes(&self) -> usize {
         self.ns
-            .exec(&["wg", "show", "wg0", "latest-handshakes"])
+            .exec(&["wg", "show", &self.dev, "latest-handshakes"])
             .lines()
             .filter(|l| l.split_whitespace().nth(1).is_some_and(|t| t != "0"))
             .count()

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Dataplane throughput on a two-node netns testbed, measured in one run for four
+# Dataplane throughput on a two-node netns testbed, measured in one run for these
 # setups: routed (no encapsulation), kernel VXLAN (configured as flannel does),
-# overlayd's userspace dataplane (overlayd) and overlayd's kernel dataplane
-# (okernel: --dataplane kernel, the vxlan device overlayd programs). For each: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte
+# overlayd's userspace dataplane (overlayd), overlayd's kernel dataplane
+# (okernel: --dataplane kernel, the vxlan device overlayd programs), and, with
+# MODES naming them, encrypted overlayd (oenc: --encrypt, WireGuard in the userspace
+# dataplane) and Debian's wireguard-go with kernel routing around it (wggo), both
+# with a 1440-byte pod MTU (underlay less 60). For each: iperf3 TCP with 1 and 4 streams, iperf3 UDP with 64-byte
 # payloads at unlimited rate (received packets/s and loss), ping RTT, and the CPU
 # used by the overlayd processes. Every measure is repeated REPS times; the table
 # gives the median, the spread (min-max) and the ratio overlayd / kernel VXLAN.
@@ -12,6 +15,7 @@
 # Run as root, not in CI:  netns-tests/throughput.sh [BIN]
 #   BIN   overlayd binary (default target/release/overlayd)
 #   DUR=10 REPS=3 MODES="routed kernel overlayd okernel" CAPTURE=1 environment knobs
+#                 (MODES="kernel oenc wggo" for issue 15's encrypted comparison)
 #   TESTS="tcp1 tcp4 udp64 rtt"  which measures to take
 #   BASE=PATH     a second overlayd binary, measured in the same run as mode "base"
 #                 (after "overlayd"), for before/after comparisons on a noisy host
@@ -63,7 +67,7 @@ teardown() {
     ip netns del "$ns" 2>/dev/null || true
   done
 }
-trap 'teardown; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
+trap 'teardown; rm -f /var/run/wireguard/${TAG}w?.sock; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
 
 base() {
   for ns in $N1 $N2 $P1 $P2; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
@@ -72,16 +76,18 @@ base() {
   ip -n "$N2" addr add 198.18.0.2/24 dev u2; ip -n "$N2" link set u2 up
 }
 
-# pod NODE POD BRIDGE HOSTIF N: 10.244.N.2/24 behind gateway 10.244.N.1
+# pod NODE POD BRIDGE HOSTIF N: 10.244.N.2/24 behind gateway 10.244.N.1, MTU $PMTU
+PMTU=$MTU
 pod() {
   ip link add "$4" netns "$1" type veth peer name eth0 netns "$2"
-  ip -n "$1" link set "$4" mtu $MTU master "$3" up
-  ip -n "$2" link set eth0 mtu $MTU up
+  ip -n "$1" link set "$4" mtu "$PMTU" master "$3" up
+  ip -n "$2" link set eth0 mtu "$PMTU" up
   ip -n "$2" addr add "10.244.$5.2/24" dev eth0
   ip -n "$2" route add default via "10.244.$5.1"
 }
 
 setup_routed() {
+  PMTU=$MTU
   base
   for i in 1 2; do
     local n=${TAG}n$i
@@ -97,6 +103,7 @@ setup_routed() {
 }
 
 setup_kernel() {
+  PMTU=$MTU
   base
   for i in 1 2; do
     local n=${TAG}n$i
@@ -121,9 +128,53 @@ setup_kernel() {
   pod "$N2" "$P2" cni0 veth2 2
 }
 
-setup_overlayd() { BIN=$NEW_BIN; DENV="OVERLAYD_DATAPLANE=userspace ${OVL_ENV:-}"; start_nodes; }
-setup_okernel() { BIN=$NEW_BIN; DENV="OVERLAYD_DATAPLANE=kernel"; start_nodes; check_mode kernel; }
-setup_base() { BIN=$BASE; DENV="OVERLAYD_DATAPLANE=userspace ${BASE_ENV:-}"; start_nodes; }
+setup_overlayd() { PMTU=$MTU; BIN=$NEW_BIN; DENV="OVERLAYD_DATAPLANE=userspace ${OVL_ENV:-}"; start_nodes; }
+setup_okernel() { PMTU=$MTU; BIN=$NEW_BIN; DENV="OVERLAYD_DATAPLANE=kernel"; start_nodes; check_mode kernel; }
+setup_base() { PMTU=$MTU; BIN=$BASE; DENV="OVERLAYD_DATAPLANE=userspace ${BASE_ENV:-}"; start_nodes; }
+
+# Encrypted overlayd: each node has the other as a static WireGuard peer.
+setup_oenc() {
+  PMTU=1440; BIN=$NEW_BIN; DENV="OVERLAYD_DATAPLANE=userspace ${OVL_ENV:-}"
+  "$BIN" genkey >"$WORK/secret"; chmod 600 "$WORK/secret"
+  local k1 k2
+  mkdir -p "$WORK/n1" "$WORK/n2"
+  k1=$("$BIN" pubkey --state-dir "$WORK/n1/state"); k2=$("$BIN" pubkey --state-dir "$WORK/n2/state")
+  EXTRA="--encrypt --secret-file $WORK/secret"
+  PEER1="10.244.2.0/24,198.18.0.2,wg-key=$k2"; PEER2="10.244.1.0/24,198.18.0.1,wg-key=$k1"
+  start_nodes
+  check_mode encrypted
+}
+
+# wireguard-go between the nodes, pods on a bridge routed through its interface (as
+# routed). The interface names are unique: wireguard-go's control socket
+# (/var/run/wireguard/NAME.sock) is one file for every namespace.
+setup_wggo() {
+  command -v wireguard-go >/dev/null && command -v wg >/dev/null ||
+    { echo "wggo needs wireguard-go and wireguard-tools (apt)" >&2; exit 1; }
+  PMTU=1440
+  base
+  local i o
+  for i in 1 2; do
+    local n=${TAG}n$i
+    (umask 077; wg genkey >"$WORK/wg$i.key"); wg pubkey <"$WORK/wg$i.key" >"$WORK/wg$i.pub"
+    ip netns exec "$n" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "${TAG}w$i" >"$WORK/wggo$i.log" 2>&1 &
+    for _ in $(seq 50); do ip -n "$n" link show "${TAG}w$i" >/dev/null 2>&1 && break; sleep 0.1; done
+    ip -n "$n" link add br0 type bridge
+    ip -n "$n" addr add "10.244.$i.1/24" dev br0
+    ip -n "$n" link set br0 mtu $PMTU up
+    ex "$n" sysctl -qw net.ipv4.ip_forward=1
+  done
+  for i in 1 2; do
+    o=$((3 - i))
+    local n=${TAG}n$i
+    ex "$n" wg set "${TAG}w$i" private-key "$WORK/wg$i.key" listen-port 51820 \
+      peer "$(cat "$WORK/wg$o.pub")" allowed-ips "10.244.$o.0/24" endpoint "198.18.0.$o:51820"
+    ip -n "$n" link set "${TAG}w$i" mtu $PMTU up
+    ip -n "$n" route add "10.244.$o.0/24" dev "${TAG}w$i"
+  done
+  pod "$N1" "$P1" br0 veth1 1
+  pod "$N2" "$P2" br0 veth2 2
+}
 
 check_mode() { # the dataplane the daemons really run
   local m
@@ -144,9 +195,10 @@ start_nodes() {
     # shellcheck disable=SC2086
     env RUST_LOG=info $DENV ip netns exec "${TAG}n$i" "$BIN" --node-name "n$i" \
       --run-dir "$d/run" --state-dir "$d/state" \
-      --subnet "10.244.$i.0/24" --advertise-addr "198.18.0.$i" --vtep-mac "$mac" \
-      --static-peer "10.244.$o.0/24,198.18.0.$o,$peer_mac" >"$WORK/n$i.log" 2>&1 &
+      --subnet "10.244.$i.0/24" --advertise-addr "198.18.0.$i" --vtep-mac "$mac" ${EXTRA:-} \
+      --static-peer "$(peer_spec "$i" "$o" "$peer_mac")" >"$WORK/n$i.log" 2>&1 &
   done
+  EXTRA=; PEER1=; PEER2=
   for _ in $(seq 100); do
     [ -S "$WORK/n1/run/overlayd.sock" ] && [ -S "$WORK/n2/run/overlayd.sock" ] &&
       ip -n "$N1" link show ovl0 >/dev/null 2>&1 && ip -n "$N2" link show ovl0 >/dev/null 2>&1 && break
@@ -158,9 +210,16 @@ start_nodes() {
   grep -h -i -E "offload|gso|gro|worker|path" "$WORK"/n?.log | sed 's/^/  log: /' | sort -u | head -20 || true
 }
 
-overlayd_cpu_ticks() {
-  local t=0 pid
-  for pid in $(pgrep -f "^$BIN " || true); do
+# The static peer of node I (the other is O, VTEP MAC M), unless setup_oenc set one.
+peer_spec() {
+  local v="PEER$1"
+  if [ -n "${!v:-}" ]; then echo "${!v}"; else echo "10.244.$2.0/24,198.18.0.$2,$3"; fi
+}
+
+overlayd_cpu_ticks() { # CPU ticks of the dataplane processes (overlayd, or wireguard-go)
+  local t=0 pid pat="^$BIN "
+  [[ ${CPU_OF:-} == wggo ]] && pat="^wireguard-go "
+  for pid in $(pgrep -f "$pat" || true); do
     [ -r "/proc/$pid/stat" ] || continue
     t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
   done
@@ -175,6 +234,7 @@ iperf() { # MODE KEY ARGS...: runs one iperf3 client, records the metric(s)
   local srv=$!
   for _ in $(seq 50); do ex "$P2" ss -Hltn "sport = :5201" | grep -q . && break; sleep 0.1; done
   local c0 c1 out
+  CPU_OF=$mode
   c0=$(overlayd_cpu_ticks)
   local perf_pid=
   if [[ $mode == overlayd && $key == tcp1_gbps && -n ${PROFILE:-} && ! -e $WORK/perf.data ]]; then
@@ -197,7 +257,7 @@ iperf() { # MODE KEY ARGS...: runs one iperf3 client, records the metric(s)
   else
     record "$mode" "$key" "$(jq -r '.end.sum_received.bits_per_second / 1e9' <<<"$out" 2>/dev/null || echo 0)"
   fi
-  if [[ $mode == overlayd || $mode == okernel || $mode == base ]]; then
+  if [[ $mode == overlayd || $mode == okernel || $mode == base || $mode == oenc || $mode == wggo ]]; then
     local hz; hz=$(getconf CLK_TCK)
     record "$mode" "cpu_${key}_pct" "$(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v d="$DUR" 'BEGIN{printf "%.0f", (b-a)*100/hz/d}')"
   fi
@@ -295,9 +355,10 @@ for line in open(sys.argv[1]):
     rows.setdefault(key, {}).setdefault(mode, []).append(v)
 order = ['tcp1_gbps', 'tcp4_gbps', 'udp64_kpps', 'udp64_loss_pct', 'rtt_us', 'rtt_p50_us', 'rtt_p90_us',
          'cpu_tcp1_gbps_pct', 'cpu_tcp4_gbps_pct', 'cpu_udp64_pct']
-modes = [m for m in ['routed', 'kernel', 'overlayd', 'okernel', 'base'] if any(m in r for r in rows.values())]
+modes = [m for m in ['routed', 'kernel', 'overlayd', 'okernel', 'base', 'oenc', 'wggo'] if any(m in r for r in rows.values())]
 names = {'routed': 'routed', 'kernel': 'kernel vxlan', 'overlayd': 'overlayd userspace',
-         'okernel': 'overlayd kernel', 'base': 'base'}
+         'okernel': 'overlayd kernel', 'base': 'base', 'oenc': 'overlayd encrypted',
+         'wggo': 'wireguard-go'}
 def cell(v):
     if not v: return '-'
     return f"{st.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
@@ -305,16 +366,22 @@ def ratio(r, a, b):
     if r.get(a) and r.get(b) and st.median(r[b]) > 0:
         return f"{st.median(r[a]) / st.median(r[b]):.2f}"
     return '-'
-head = f"{'metric':18} " + ' '.join(f"{names[m]:>22}" for m in modes) + f" {'ovl/kernel':>10}"
+head = f"{'metric':18} " + ' '.join(f"{names[m]:>22}" for m in modes)
+if 'overlayd' in modes: head += f" {'ovl/kernel':>10}"
 if 'okernel' in modes: head += f" {'okern/kernel':>12}"
 if 'base' in modes: head += f" {'base/kernel':>11} {'ovl/base':>9}"
+if 'oenc' in modes: head += f" {'oenc/kernel':>11}"
+if 'oenc' in modes and 'wggo' in modes: head += f" {'oenc/wggo':>9}"
 print(head)
 for key in order:
     if key not in rows: continue
     r = rows[key]
-    line = f"{key:18} " + ' '.join(f"{cell(r.get(m)):>22}" for m in modes) + f" {ratio(r, 'overlayd', 'kernel'):>10}"
+    line = f"{key:18} " + ' '.join(f"{cell(r.get(m)):>22}" for m in modes)
+    if 'overlayd' in modes: line += f" {ratio(r, 'overlayd', 'kernel'):>10}"
     if 'okernel' in modes: line += f" {ratio(r, 'okernel', 'kernel'):>12}"
     if 'base' in modes: line += f" {ratio(r, 'base', 'kernel'):>11} {ratio(r, 'overlayd', 'base'):>9}"
+    if 'oenc' in modes: line += f" {ratio(r, 'oenc', 'kernel'):>11}"
+    if 'oenc' in modes and 'wggo' in modes: line += f" {ratio(r, 'oenc', 'wggo'):>9}"
     print(line)
 # Issue 14's floors for the kernel dataplane, printed (never an exit status).
 floors = [('tcp1_gbps', 0.95, True), ('tcp4_gbps', 0.95, True), ('udp64_kpps', 0.95, True), ('rtt_us', 1.10, False)]
@@ -327,4 +394,12 @@ if 'okernel' in modes and 'kernel' in modes:
         ok = x >= bound if at_least else x <= bound
         rel = '>=' if at_least else '<='
         print(f"floor {key:12} okernel/kernel {x:.2f} (want {rel} {bound:.2f}): {'met' if ok else 'NOT MET'}")
+# Issue 15's floor and goal for the encrypted dataplane, printed (never an exit status).
+r = rows.get('tcp1_gbps', {})
+if r.get('oenc') and r.get('wggo') and st.median(r['wggo']) > 0:
+    x = st.median(r['oenc']) / st.median(r['wggo'])
+    print(f"floor tcp1_gbps    oenc/wggo {x:.2f} (want >= 3.00): {'met' if x >= 3 else 'NOT MET'}")
+if r.get('oenc') and r.get('kernel') and st.median(r['kernel']) > 0:
+    x = st.median(r['oenc']) / st.median(r['kernel'])
+    print(f"goal  tcp1_gbps    oenc/kernel {x:.2f} (want >= 0.50): {'met' if x >= 0.5 else 'not met'}")
 EOF
