@@ -442,28 +442,26 @@ impl Opener {
         let idx = if kind == MSG_INITIATION {
             // MAC1 is keyed by our public key: during a key rotation an initiation
             // that fails it for the old key may be for the new one.
-            let first = match tunnels.limiter().verify_packet(Some(from.ip()), msg, out) {
-                Ok(_) => Ok(()),
-                Err(TunnResult::WriteToNetwork(cookie)) => {
-                    send(from, cookie);
-                    return Ok(());
-                }
-                Err(TunnResult::Err(e)) => Err(e),
-                Err(_) => return Err(DropReason::BadHandshake),
-            };
-            let (limiter, keys) = match (first, tunnels.next()) {
-                (Ok(()), _) => (tunnels.limiter(), tunnels.local()),
-                (Err(WireGuardError::InvalidMac), Some(next)) => {
-                    adopt = true;
-                    (&*next.limiter, &*next.pair)
-                }
-                (Err(e), _) => return Err(reason_of(&e)),
-            };
-            let packet = match limiter.verify_packet(Some(from.ip()), msg, out) {
+            let mut keys = tunnels.local();
+            let packet = match tunnels.limiter().verify_packet(Some(from.ip()), msg, out) {
                 Ok(p) => p,
                 Err(TunnResult::WriteToNetwork(cookie)) => {
                     send(from, cookie);
                     return Ok(());
+                }
+                Err(TunnResult::Err(WireGuardError::InvalidMac)) if tunnels.next().is_some() => {
+                    let next = tunnels.next().ok_or(DropReason::BadHandshake)?;
+                    adopt = true;
+                    keys = &next.pair;
+                    match next.limiter.verify_packet(Some(from.ip()), msg, out) {
+                        Ok(p) => p,
+                        Err(TunnResult::WriteToNetwork(cookie)) => {
+                            send(from, cookie);
+                            return Ok(());
+                        }
+                        Err(TunnResult::Err(e)) => return Err(reason_of(&e)),
+                        Err(_) => return Err(DropReason::BadHandshake),
+                    }
                 }
                 Err(TunnResult::Err(e)) => return Err(reason_of(&e)),
                 Err(_) => return Err(DropReason::BadHandshake),

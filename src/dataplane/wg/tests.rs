@@ -17,6 +17,8 @@ use crate::dataplane::stats::{DropReason, Stats};
 use crate::dataplane::wire::MacAddr;
 
 const A_ADDR: &str = "198.18.0.1:51820";
+/// What a node sends back, and where.
+type Replies = Vec<(SocketAddr, Vec<u8>)>;
 const B_ADDR: &str = "198.18.0.2:51820";
 
 /// One node: its tunnels to the other and its packet cores.
@@ -92,11 +94,7 @@ impl Node {
 
     /// Receives `msg` from `from` as a worker does; returns the inner packets
     /// delivered and what the node sends back.
-    fn receive(
-        &mut self,
-        from: SocketAddr,
-        msg: &[u8],
-    ) -> (Vec<Vec<u8>>, Vec<(SocketAddr, Vec<u8>)>) {
+    fn receive(&mut self, from: SocketAddr, msg: &[u8]) -> (Vec<Vec<u8>>, Replies) {
         let mut out = vec![0u8; 65_600];
         let mut sent = Vec::new();
         let mut inner = Vec::new();
@@ -386,4 +384,35 @@ fn a_rotated_key_is_adopted_when_the_peer_hands_shake_with_it() {
     // A's tunnel is on the new key now: its packets open on B's new tunnel.
     let sealed = a.seal(&p).unwrap();
     assert_eq!(b.receive(a.addr, &sealed[0]).0, vec![p]);
+}
+
+#[test]
+fn under_a_handshake_flood_initiations_get_cookie_replies() {
+    use boringtun::noise::{Tunn, TunnResult};
+    let (_, mut b) = pair(false);
+    let kb = b.tunnels.local().public;
+    // A stranger floods B with initiations that pass MAC1 (it knows B's public key).
+    let c = KeyPair::generate();
+    let mut t = Tunn::new(c.secret, kb, None, None, 7, None);
+    let from: SocketAddr = "198.18.0.3:51820".parse().unwrap();
+    let mut cookies = 0;
+    let mut buf = [0u8; 256];
+    for _ in 0..super::tunnels::HANDSHAKE_RATE_LIMIT + 20 {
+        let TunnResult::WriteToNetwork(init) = t.format_handshake_initiation(&mut buf, true) else {
+            panic!("no initiation")
+        };
+        let (inner, sent) = b.receive(from, init);
+        assert!(inner.is_empty());
+        for (to, m) in sent {
+            assert_eq!(to, from, "the cookie goes back to the sender");
+            assert_eq!((m[0], m.len()), (3, 64), "a cookie reply");
+            cookies += 1;
+        }
+    }
+    // Below the limit each is refused as unknown_key; past it, answered with a cookie.
+    assert_eq!(
+        b.drops(DropReason::UnknownKey),
+        super::tunnels::HANDSHAKE_RATE_LIMIT
+    );
+    assert_eq!(cookies, 20);
 }

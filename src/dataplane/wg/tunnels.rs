@@ -28,10 +28,10 @@ use super::key::{KeyPair, PublicBytes};
 use crate::dataplane::fib::Fib;
 use crate::dataplane::stats::{PeerStats, WgSession};
 
-/// Handshakes per second the node answers before it asks initiators for cookies
-/// (WireGuard's DoS defence, §5.4.7 of the paper). Each handshake is counted twice
-/// (once before the peer is looked up, once in its tunnel), so this is twice the
-/// rate at which cookies start.
+/// Handshake messages per second the node takes before it answers initiations with
+/// cookies (WireGuard's DoS defence, §5.4.7 of the paper). A peer's initiation is
+/// counted twice (before the peer is looked up, and in its tunnel), a stranger's
+/// once.
 pub const HANDSHAKE_RATE_LIMIT: u64 = 200;
 
 /// How long a session is used before it must be renewed (WireGuard's
