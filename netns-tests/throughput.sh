@@ -157,8 +157,13 @@ setup_wggo() {
   for i in 1 2; do
     local n=${TAG}n$i
     (umask 077; wg genkey >"$WORK/wg$i.key"); wg pubkey <"$WORK/wg$i.key" >"$WORK/wg$i.pub"
-    ip netns exec "$n" env WG_PROCESS_FOREGROUND=1 wireguard-go -f "${TAG}w$i" >"$WORK/wggo$i.log" 2>&1 &
+    # ip netns exec execs wireguard-go, so $! is the daemon; teardown kills every
+    # process in the namespaces in any case.
+    ip netns exec "$n" wireguard-go -f "${TAG}w$i" >"$WORK/wggo$i.log" 2>&1 &
+    local pid=$!
     for _ in $(seq 50); do ip -n "$n" link show "${TAG}w$i" >/dev/null 2>&1 && break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && ip -n "$n" link show "${TAG}w$i" >/dev/null 2>&1 ||
+      { echo "wireguard-go did not start in $n:" >&2; cat "$WORK/wggo$i.log" >&2; exit 1; }
     ip -n "$n" link add br0 type bridge
     ip -n "$n" addr add "10.244.$i.1/24" dev br0
     ip -n "$n" link set br0 mtu $PMTU up
@@ -216,12 +221,22 @@ peer_spec() {
   if [ -n "${!v:-}" ]; then echo "${!v}"; else echo "10.244.$2.0/24,198.18.0.$2,$3"; fi
 }
 
-overlayd_cpu_ticks() { # CPU ticks of the dataplane processes (overlayd, or wireguard-go)
-  local t=0 pid pat="^$BIN "
-  [[ ${CPU_OF:-} == wggo ]] && pat="^wireguard-go "
-  for pid in $(pgrep -f "$pat" || true); do
-    [ -r "/proc/$pid/stat" ] || continue
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+# This run's dataplane processes (overlayd, or wireguard-go for wggo): those in its
+# node namespaces, not another run's on the same host.
+dataplane_pids() {
+  local pid a0 want=$BIN
+  [[ ${CPU_OF:-} == wggo ]] && want=wireguard-go
+  for pid in $(ip netns pids "$N1" 2>/dev/null) $(ip netns pids "$N2" 2>/dev/null); do
+    IFS= read -r -d '' a0 <"/proc/$pid/cmdline" 2>/dev/null || continue
+    [[ $a0 == "$want" ]] && echo "$pid"
+  done
+  return 0
+}
+
+overlayd_cpu_ticks() { # CPU ticks of dataplane_pids
+  local t=0 pid
+  for pid in $(dataplane_pids); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
   done
   echo $t
 }
@@ -238,7 +253,7 @@ iperf() { # MODE KEY ARGS...: runs one iperf3 client, records the metric(s)
   c0=$(overlayd_cpu_ticks)
   local perf_pid=
   if [[ $mode == overlayd && $key == tcp1_gbps && -n ${PROFILE:-} && ! -e $WORK/perf.data ]]; then
-    perf record -q -F 999 -g -o "$WORK/perf.data" -p "$(pgrep -d, -f "^$BIN ")" -- sleep $((DUR - 1)) >/dev/null 2>&1 &
+    perf record -q -F 999 -g -o "$WORK/perf.data" -p "$(dataplane_pids | paste -sd,)" -- sleep $((DUR - 1)) >/dev/null 2>&1 &
     perf_pid=$!
   fi
   out=$(ex "$P1" iperf3 -c 10.244.2.2 -t "$DUR" -J "$@" 2>&1) || true
@@ -396,6 +411,7 @@ if 'okernel' in modes and 'kernel' in modes:
         print(f"floor {key:12} okernel/kernel {x:.2f} (want {rel} {bound:.2f}): {'met' if ok else 'NOT MET'}")
 # Issue 15's floor and goal for the encrypted dataplane, printed (never an exit status).
 r = rows.get('tcp1_gbps', {})
+if r.get('oenc') and (r.get('wggo') or r.get('kernel')): print()
 if r.get('oenc') and r.get('wggo') and st.median(r['wggo']) > 0:
     x = st.median(r['oenc']) / st.median(r['wggo'])
     print(f"floor tcp1_gbps    oenc/wggo {x:.2f} (want >= 3.00): {'met' if x >= 3 else 'NOT MET'}")
