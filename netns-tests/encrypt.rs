@@ -556,7 +556,15 @@ struct WgGo {
     /// The interface: unique, because wireguard-go's control socket
     /// (`/var/run/wireguard/NAME.sock`) is one file for every namespace.
     dev: String,
-    _process: ChildGuard,
+    process: Option<ChildGuard>,
+}
+
+impl Drop for WgGo {
+    /// Stops wireguard-go, then removes its control socket, which it leaves behind.
+    fn drop(&mut self) {
+        drop(self.process.take());
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.dev));
+    }
 }
 
 impl WgGo {
@@ -597,7 +605,7 @@ impl WgGo {
             ns,
             public,
             dev,
-            _process: process,
+            process: Some(process),
         }
     }
 
