@@ -117,12 +117,7 @@ fn packet_buf(size: usize) -> Vec<u8> {
     p[9] = 17;
     p[12..16].copy_from_slice(&[10, 244, 1, 2]);
     p[16..20].copy_from_slice(&[10, 244, 2, 2]);
-    let sum: u32 = p[..20]
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    overlayd::dataplane::wire::checksum::ipv4_header(p, 20);
     buf
 }
 

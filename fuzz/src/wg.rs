@@ -217,12 +217,7 @@ pub fn ipv4_udp(src: [u8; 4], payload: &[u8]) -> Vec<u8> {
     p[9] = 17;
     p[12..16].copy_from_slice(&src);
     p[16..20].copy_from_slice(&[10, 244, 2, 9]);
-    let sum: u32 = p[..20]
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    overlayd::dataplane::wire::checksum::ipv4_header(&mut p, 20);
     p[20..22].copy_from_slice(&4000u16.to_be_bytes());
     p[22..24].copy_from_slice(&5000u16.to_be_bytes());
     p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());

@@ -276,8 +276,16 @@ impl Membership {
             lease,
             has_free,
             cluster_id,
-            bump: me.bump.wrapping_add(1),
             ..me.clone()
+        };
+        self.publish(new, now);
+    }
+
+    /// Gossips `new` (with a higher bump than ours) as our identity.
+    fn publish(&mut self, new: NodeMeta, now: Instant) {
+        let new = NodeMeta {
+            bump: self.me().bump.wrapping_add(1),
+            ..new
         };
         if self.foca.change_identity(new, &mut self.rt).is_err() {
             self.dropped += 1;
@@ -294,16 +302,8 @@ impl Membership {
         if me.wg == wg {
             return;
         }
-        let new = NodeMeta {
-            wg,
-            bump: me.bump.wrapping_add(1),
-            ..me.clone()
-        };
-        if self.foca.change_identity(new, &mut self.rt).is_err() {
-            self.dropped += 1;
-        }
-        self.connected = false;
-        self.drain(now);
+        let new = NodeMeta { wg, ..me.clone() };
+        self.publish(new, now);
     }
 
     /// Handles the body of a [`Kind::Membership`] datagram.

@@ -297,7 +297,7 @@ async fn start_userspace(
     };
     let (handle, feeds) =
         DataplaneHandle::new(fib, DataplaneDriver::workers_for(&tun, &sockets), path);
-    let driver = DataplaneDriver::spawn(tun, sockets, config, feeds, options);
+    let driver = DataplaneDriver::spawn(tun, sockets, config, feeds, options)?;
     Ok(Started {
         running: Running::Userspace(driver),
         handle,

@@ -39,14 +39,12 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::UdpSocket;
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, UdpSocketState};
-use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
-use tokio::sync::{mpsc, watch};
+use rustix::event::{PollFd, PollFlags};
+use tokio::sync::watch;
 
 use super::batch::{Head, TxBatch, TxDatagram, MAX_GSO_SEGMENTS};
 use super::encap::{tun_read_offset, Decapsulator, EncapConfig, Encapsulator, HEADROOM};
@@ -56,6 +54,7 @@ use super::handle::Feeds;
 use super::icmp::{UnreachableReplies, MAX_TUN_WRITE, REPLY_RATE};
 use super::offload::{Coalescer, TunWrite, MAX_COALESCE, MAX_SEGMENTS_PER_PACKET};
 use super::stats::{DropReason, Stats};
+use super::threads::{run_rounds, wait, Stop, Threads};
 use super::tun::{TunDevice, TunQueue};
 use super::udp::{Gather, Sockets, UdpSender};
 
@@ -72,39 +71,9 @@ pub struct DataplaneOptions {
     pub mtu: u32,
 }
 
-/// Tells every worker to stop: a flag checked between rounds, and an eventfd that
-/// wakes a worker sleeping in `poll`.
-#[derive(Debug)]
-pub(crate) struct Stop {
-    flag: AtomicBool,
-    pub(crate) event: OwnedFd,
-}
-
-impl Stop {
-    pub(crate) fn new() -> io::Result<Stop> {
-        Ok(Stop {
-            flag: AtomicBool::new(false),
-            event: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
-        })
-    }
-
-    pub(crate) fn signal(&self) {
-        self.flag.store(true, Ordering::Relaxed);
-        // The counter stays non-zero, so every poller sees the eventfd readable.
-        let _ = rustix::io::write(&self.event, &1u64.to_ne_bytes());
-    }
-
-    #[inline]
-    pub(crate) fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
-    }
-}
-
 /// Owns the dataplane's worker threads.
 pub struct DataplaneDriver {
-    threads: Vec<std::thread::JoinHandle<()>>,
-    done: mpsc::UnboundedReceiver<Result<(), Error>>,
-    stop: Option<Arc<Stop>>,
+    threads: Threads,
 }
 
 impl DataplaneDriver {
@@ -123,7 +92,7 @@ impl DataplaneDriver {
         config: EncapConfig,
         feeds: Feeds,
         options: DataplaneOptions,
-    ) -> DataplaneDriver {
+    ) -> Result<DataplaneDriver, Error> {
         let workers = DataplaneDriver::workers_for(&tun, &sockets);
         let TunDevice {
             queues, vnet, uso, ..
@@ -136,128 +105,62 @@ impl DataplaneDriver {
             ..
         } = feeds;
         let fib = fib_rx.borrow().clone();
-        let (done_tx, done) = mpsc::unbounded_channel();
-        let mut threads = Vec::new();
-        let stop = match Stop::new() {
-            Ok(stop) => Some(Arc::new(stop)),
-            Err(source) => {
-                let _ = done_tx.send(Err(Error::Io {
-                    what: "creating the dataplane stop event",
-                    source,
-                }));
-                None
-            }
-        };
-        if let Some(stop) = &stop {
+        let mut threads = Threads::new()?;
+        tracing::info!(
+            workers,
+            source_ports = tx.len(),
+            "dataplane: {workers} worker thread(s), one TUN queue and one SO_REUSEPORT socket each"
+        );
+        if options.busy_poll.is_zero() {
+            tracing::info!("dataplane: idle workers sleep at once (no --busy-poll)");
+        } else {
             tracing::info!(
-                workers,
-                source_ports = tx.len(),
-                "dataplane: {workers} worker thread(s), one TUN queue and one SO_REUSEPORT socket each"
+                busy_poll_us = options.busy_poll.as_micros() as u64,
+                "dataplane: busy polling on; an idle worker polls for {:?} after its last packet before it sleeps, and takes up to a core while traffic keeps arriving",
+                options.busy_poll
             );
-            if options.busy_poll.is_zero() {
-                tracing::info!("dataplane: idle workers sleep at once (no --busy-poll)");
-            } else {
-                tracing::info!(
-                    busy_poll_us = options.busy_poll.as_micros() as u64,
-                    "dataplane: busy polling on; an idle worker polls for {:?} after its last packet before it sleeps, and takes up to a core while traffic keeps arriving",
-                    options.busy_poll
-                );
-            }
-            for (i, (tun, rx_socket)) in queues.into_iter().zip(rx_sockets).enumerate() {
-                let worker_stats = stats.worker(i);
-                let enc = Encapsulator::new(config, fib.clone(), worker_stats.clone());
-                let dec = Decapsulator::new(config, fib.clone(), worker_stats.clone());
-                let (fib_rx, router_rx) = (fib_rx.clone(), router_rx.clone());
-                let (stop, done, tx) = (stop.clone(), done_tx.clone(), tx.clone());
-                let spawned = std::thread::Builder::new()
-                    .name(format!("overlayd-dp{i}"))
-                    .spawn(move || {
-                        let run = std::panic::AssertUnwindSafe(|| {
-                            let mut w = Worker::new(
-                                i,
-                                tun,
-                                rx_socket,
-                                tx,
-                                vnet,
-                                uso,
-                                enc,
-                                dec,
-                                fib_rx,
-                                router_rx,
-                                worker_stats,
-                                stop.clone(),
-                                options,
-                            )?;
-                            w.run()
-                        });
-                        let result = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
-                            let msg = panic
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
-                            Err(Error::Host(format!("dataplane worker {i} panicked: {msg}")))
-                        });
-                        let _ = done.send(result);
-                    });
-                match spawned {
-                    Ok(handle) => threads.push(handle),
-                    Err(source) => {
-                        let _ = done_tx.send(Err(Error::Io {
-                            what: "starting a dataplane thread",
-                            source,
-                        }));
-                    }
-                }
-            }
         }
-        DataplaneDriver {
-            threads,
-            done,
-            stop,
+        for (i, (tun, rx_socket)) in queues.into_iter().zip(rx_sockets).enumerate() {
+            let worker_stats = stats.worker(i);
+            let enc = Encapsulator::new(config, fib.clone(), worker_stats.clone());
+            let dec = Decapsulator::new(config, fib.clone(), worker_stats.clone());
+            let (fib_rx, router_rx) = (fib_rx.clone(), router_rx.clone());
+            let (stop, tx) = (threads.stop.clone(), tx.clone());
+            threads.spawn(format!("overlayd-dp{i}"), move || {
+                Worker::new(
+                    i,
+                    tun,
+                    rx_socket,
+                    tx,
+                    vnet,
+                    uso,
+                    enc,
+                    dec,
+                    fib_rx,
+                    router_rx,
+                    worker_stats,
+                    stop,
+                    options,
+                )?
+                .run()
+            });
         }
+        Ok(DataplaneDriver { threads })
     }
 
     /// Waits until a worker fails (one only returns on a fatal TUN or socket error).
     pub async fn wait(&mut self) -> Result<(), Error> {
-        self.done.recv().await.unwrap_or(Ok(()))
+        self.threads.wait().await
     }
 
     /// Stops the workers and waits for them; the TUN and socket fds close with them.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = &self.stop {
-            stop.signal();
-        }
-        let threads = std::mem::take(&mut self.threads);
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
-    }
-}
-
-impl Drop for DataplaneDriver {
-    /// A driver dropped without [`DataplaneDriver::shutdown`] still stops its workers
-    /// (without waiting for them).
-    fn drop(&mut self) {
-        if let Some(stop) = &self.stop {
-            stop.signal();
-        }
+    pub async fn shutdown(self) {
+        self.threads.shutdown().await
     }
 }
 
 pub(crate) fn is_would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
-}
-
-/// Waits until one of `fds` is ready. `EINTR` counts as ready.
-pub(crate) fn wait(fds: &mut [PollFd<'_>]) -> io::Result<()> {
-    match poll(fds, None) {
-        Err(e) if e != rustix::io::Errno::INTR => Err(e.into()),
-        _ => Ok(()),
-    }
 }
 
 /// One worker: its TUN queue, its sockets and both directions' state.
@@ -316,38 +219,23 @@ impl Worker {
     /// with busy polling, has not had for `busy_poll`), then sleeps in `poll`
     /// until either has; ends when stopped or on a fatal error.
     fn run(&mut self) -> Result<(), Error> {
-        let mut fds = [
-            PollFd::new(&self.tun, PollFlags::IN),
-            PollFd::new(&self.rx_socket, PollFlags::IN),
-            PollFd::new(&self.stop.event, PollFlags::IN),
-        ];
-        loop {
-            let mut idle_since: Option<Instant> = None;
-            loop {
-                if self.stop.is_set() {
-                    return Ok(());
-                }
-                let handled = self.tx.round(&self.tun, &self.tx_sockets, &self.stop)?
-                    + self.rx.round(&self.tun, &self.rx_socket)?;
-                if handled > 0 {
-                    idle_since = None;
-                    continue;
-                }
-                if self.busy_poll.is_zero() {
-                    break;
-                }
-                let now = Instant::now();
-                if now.duration_since(*idle_since.get_or_insert(now)) >= self.busy_poll {
-                    break;
-                }
-                // Keep polling, but let anything else runnable on this core go first.
-                std::thread::yield_now();
-            }
-            wait(&mut fds).map_err(|source| Error::Io {
-                what: "waiting on the TUN device and the VXLAN socket",
-                source,
-            })?;
-        }
+        let Worker {
+            tun,
+            rx_socket,
+            tx_sockets,
+            tx,
+            rx,
+            stop,
+            busy_poll,
+        } = self;
+        run_rounds(
+            stop,
+            *busy_poll,
+            &*tun,
+            &*rx_socket,
+            "waiting on the TUN device and the VXLAN socket",
+            || Ok(tx.round(tun, tx_sockets, stop)? + rx.round(tun, rx_socket)?),
+        )
     }
 }
 

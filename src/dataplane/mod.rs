@@ -16,6 +16,8 @@
 //!   sockets.
 //! - [`kernel`]: the kernel dataplane: a vxlan device the daemon programs, with an
 //!   nftables filter.
+//! - [`threads`]: the workers' threads, stop signal and round loop, shared by both
+//!   userspace dataplanes.
 //! - [`tun`]: the TUN device and its queue fds.
 //! - [`udp`]: the VXLAN sockets; GSO/`sendmmsg` send and GRO/`recvmmsg` receive.
 //! - [`netlink`]: bridge, addresses and routes (Linux only).
@@ -38,6 +40,7 @@ pub mod mode;
 pub mod netlink;
 pub mod offload;
 pub mod stats;
+pub mod threads;
 pub mod tun;
 pub mod udp;
 pub mod wg;

@@ -13,19 +13,20 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn_udp::{RecvMeta, UdpSocketState};
 use rustix::event::{PollFd, PollFlags, Timespec};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::key::KeyPair;
 use super::path::{slots_needed, Arena, Opened, Opener, Sealed, Sealer};
 use super::tunnels::{TunnelTable, Tunnels};
 use crate::dataplane::batch::TxBatch;
 use crate::dataplane::driver::{
-    is_transient, is_would_block, send_groups, wait, write_tun, DataplaneOptions, Stop,
+    is_transient, is_would_block, send_groups, write_tun, DataplaneOptions,
 };
 use crate::dataplane::encap::{tun_read_offset, HEADROOM};
 use crate::dataplane::error::Error;
@@ -34,6 +35,7 @@ use crate::dataplane::handle::Feeds;
 use crate::dataplane::icmp::{UnreachableReplies, MAX_TUN_WRITE, REPLY_RATE};
 use crate::dataplane::offload::{Coalescer, VNET_HDR_LEN};
 use crate::dataplane::stats::Stats;
+use crate::dataplane::threads::{run_rounds, Stop, Threads};
 use crate::dataplane::tun::{TunDevice, TunQueue};
 use crate::dataplane::udp::UdpSender;
 
@@ -91,9 +93,7 @@ impl WgControl {
 
 /// Owns the encrypted dataplane's threads.
 pub struct WgDriver {
-    threads: Vec<std::thread::JoinHandle<()>>,
-    done: mpsc::UnboundedReceiver<Result<(), Error>>,
-    stop: Arc<Stop>,
+    threads: Threads,
     control: WgControl,
 }
 
@@ -108,7 +108,7 @@ impl WgDriver {
         options: DataplaneOptions,
     ) -> Result<WgDriver, Error> {
         let io = |what| move |source| Error::Io { what, source };
-        let stop = Arc::new(Stop::new().map_err(io("creating the dataplane stop event"))?);
+        let mut threads = Threads::new()?;
         let TunDevice {
             queues, vnet, uso, ..
         } = tun;
@@ -138,8 +138,6 @@ impl WgDriver {
         let (first, fresh) = table.build_noting_new(fib_rx.borrow().clone());
         let (tunnels_tx, tunnels_rx) = watch::channel(first);
         let (rotate_tx, rotate_rx) = std::sync::mpsc::channel();
-        let (done_tx, done) = mpsc::unbounded_channel();
-        let mut threads = Vec::new();
         let workers = queues.len().min(sockets.len()).max(1);
         tracing::info!(
             workers,
@@ -147,65 +145,39 @@ impl WgDriver {
         );
         for (i, (tun, socket)) in queues.into_iter().zip(sockets).enumerate() {
             let worker_stats = stats.worker(i);
-            let (tunnels, router, stop, done) = (
-                tunnels_rx.clone(),
-                router.clone(),
-                stop.clone(),
-                done_tx.clone(),
-            );
-            let handle = std::thread::Builder::new()
-                .name(format!("overlayd-wg{i}"))
-                .spawn(move || {
-                    let run = std::panic::AssertUnwindSafe(|| {
-                        Worker::new(
-                            i,
-                            tun,
-                            socket,
-                            vnet,
-                            uso,
-                            tunnels,
-                            router,
-                            worker_stats,
-                            stop,
-                            options,
-                        )?
-                        .run()
-                    });
-                    let result = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
-                        let msg = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        Err(Error::Host(format!(
-                            "encrypted dataplane worker {i} panicked: {msg}"
-                        )))
-                    });
-                    let _ = done.send(result);
-                })
-                .map_err(io("starting a dataplane thread"))?;
-            threads.push(handle);
+            let (tunnels, router, stop) =
+                (tunnels_rx.clone(), router.clone(), threads.stop.clone());
+            threads.spawn(format!("overlayd-wg{i}"), move || {
+                Worker::new(
+                    i,
+                    tun,
+                    socket,
+                    vnet,
+                    uso,
+                    tunnels,
+                    router,
+                    worker_stats,
+                    stop,
+                    options,
+                )?
+                .run()
+            });
         }
-        let timer_stop = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name("overlayd-wgtimer".into())
-            .spawn(move || {
-                timers(
-                    table,
-                    fresh,
-                    fib_rx,
-                    tunnels_tx,
-                    rotate_rx,
-                    timer_socket,
-                    &timer_stop,
-                );
-            })
-            .map_err(io("starting the WireGuard timer thread"))?;
-        threads.push(handle);
+        let timer_stop = threads.stop.clone();
+        threads.spawn("overlayd-wgtimer".into(), move || {
+            timers(
+                table,
+                fresh,
+                fib_rx,
+                tunnels_tx,
+                rotate_rx,
+                timer_socket,
+                &timer_stop,
+            );
+            Ok(())
+        });
         Ok(WgDriver {
             threads,
-            done,
-            stop,
             control: WgControl {
                 rotate: rotate_tx,
                 public: Arc::new(std::sync::Mutex::new(public)),
@@ -221,25 +193,12 @@ impl WgDriver {
 
     /// Waits until a worker fails.
     pub async fn wait(&mut self) -> Result<(), Error> {
-        self.done.recv().await.unwrap_or(Ok(()))
+        self.threads.wait().await
     }
 
     /// Stops the threads and waits for them.
-    pub async fn shutdown(mut self) {
-        self.stop.signal();
-        let threads = std::mem::take(&mut self.threads);
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
-    }
-}
-
-impl Drop for WgDriver {
-    fn drop(&mut self) {
-        self.stop.signal();
+    pub async fn shutdown(self) {
+        self.threads.shutdown().await
     }
 }
 
@@ -396,39 +355,31 @@ impl Worker {
     }
 
     fn run(&mut self) -> Result<(), Error> {
-        loop {
-            let mut idle_since: Option<Instant> = None;
-            loop {
-                if self.stop.is_set() {
-                    return Ok(());
-                }
+        // The loop polls copies of the fds, so that each round may borrow the worker.
+        let io = |what| move |source| Error::Io { what, source };
+        let tun = self
+            .tun
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io("duplicating the TUN fd"))?;
+        let socket = self
+            .socket
+            .try_clone()
+            .map_err(io("duplicating the WireGuard socket"))?;
+        let stop = self.stop.clone();
+        run_rounds(
+            &stop,
+            self.busy_poll,
+            &tun,
+            &socket,
+            "waiting on the TUN device and the WireGuard socket",
+            || {
                 if self.tunnels_rx.has_changed().unwrap_or(false) {
                     self.tunnels = self.tunnels_rx.borrow_and_update().clone();
                 }
-                let handled = self.tx_round()? + self.rx_round()?;
-                if handled > 0 {
-                    idle_since = None;
-                    continue;
-                }
-                if self.busy_poll.is_zero() {
-                    break;
-                }
-                let now = Instant::now();
-                if now.duration_since(*idle_since.get_or_insert(now)) >= self.busy_poll {
-                    break;
-                }
-                std::thread::yield_now();
-            }
-            let mut fds = [
-                PollFd::new(&self.tun, PollFlags::IN),
-                PollFd::new(&self.socket, PollFlags::IN),
-                PollFd::new(&self.stop.event, PollFlags::IN),
-            ];
-            wait(&mut fds).map_err(|source| Error::Io {
-                what: "waiting on the TUN device and the WireGuard socket",
-                source,
-            })?;
-        }
+                Ok(self.tx_round()? + self.rx_round()?)
+            },
+        )
     }
 
     /// Reads up to [`TX_BUFS`] TUN packets, seals them per peer run and sends them.
