@@ -167,7 +167,13 @@ fn a_kill9_under_iperf3_load_then_restart_keeps_subnet_and_mac() {
          pod-to-pod TCP connect works {to_traffic:.2?} after the restart ({down_for:.2?} after the kill)"
     );
 
-    // Same subnet and VTEP MAC, by status, node.json, and as n1 sees it.
+    // Same subnet and VTEP MAC, by status, node.json, and as n1 sees it. The restarted
+    // node reports its subnet once its lease is confirmed, about 1 s after the start,
+    // which may be just after traffic is back (the dataplane forwards meanwhile).
+    let reported = wait_until(Duration::from_secs(10), || {
+        nodes[1].status().is_some_and(|s| subnet_of(&s).is_some())
+    });
+    assert!(reported, "{}", logs(&[&nodes[1]]));
     let after = nodes[1].status().unwrap();
     assert_eq!(subnet_of(&after).as_deref(), Some(subnet.as_str()));
     assert_eq!(after.node.vtep_mac.to_string(), mac);
