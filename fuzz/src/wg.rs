@@ -3,7 +3,9 @@
 //!
 //! Byte 0 picks what reaches B, the rest is its material:
 //! - `ctl & 3 == 0`: the rest as a raw datagram, from A's address (bit 2 clear) or a
-//!   stranger's (bit 2 set): junk, forged handshakes, truncated messages;
+//!   stranger's (bit 2 set): junk, forged handshakes, truncated messages (the
+//!   static keys are fixed, [`A_SECRET`], [`B_SECRET`], so a committed handshake
+//!   message to B passes MAC1);
 //! - `1`: A seals an IPv4/UDP packet carrying the rest, from inside A's subnet (bit 2
 //!   clear) or spoofing B's (bit 2 set); with bit 3 one byte of the message, at the
 //!   index given by byte 1, is flipped before B gets it;
@@ -174,6 +176,13 @@ impl Node {
     }
 }
 
+/// A's private key. The static keys are fixed (the session keys are not), so a
+/// committed raw handshake message to B passes MAC1 and reaches the key lookup
+/// and the tunnel, as a real one does.
+pub const A_SECRET: [u8; 32] = [0xa1; 32];
+/// B's private key.
+pub const B_SECRET: [u8; 32] = [0xb2; 32];
+
 struct Pair {
     a: Node,
     b: Node,
@@ -182,7 +191,10 @@ struct Pair {
 impl Pair {
     /// A and B after a handshake, A → B carrying one packet.
     fn new() -> Pair {
-        let (ka, kb) = (KeyPair::generate(), KeyPair::generate());
+        let (ka, kb) = (
+            KeyPair::from_secret(A_SECRET),
+            KeyPair::from_secret(B_SECRET),
+        );
         let mut a = node(ka.clone(), "10.244.2.0/24", B, kb.public_bytes());
         let mut b = node(kb, "10.244.1.0/24", A, ka.public_bytes());
         let mut to_b = a.seal(&ipv4_udp([10, 244, 1, 2], b"hello"));

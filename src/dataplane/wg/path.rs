@@ -388,7 +388,10 @@ impl Opener {
                 } else {
                     peer.stats.rx_dropped.add_shared(1, msg.len());
                 }
-                if reason == DropReason::NoSession {
+                // Only a tunnel with no session of its own hands shake: anyone can
+                // forge data for no session, and a handshake per forged message
+                // would be theirs to order.
+                if reason == DropReason::NoSession && tunn.time_since_last_handshake().is_none() {
                     if let TunnResult::WriteToNetwork(m) =
                         tunn.format_handshake_initiation(out, false)
                     {
@@ -485,11 +488,14 @@ impl Opener {
                     if kind == MSG_DATA {
                         if let Some(p) = peer_at(tunnels, from.ip()).and_then(|i| tunnels.peer(i)) {
                             let mut t = p.lock();
-                            if let TunnResult::WriteToNetwork(m) =
-                                t.format_handshake_initiation(out, false)
-                            {
-                                p.stats.wg.initiation_sent();
-                                send(p.endpoint, m);
+                            // As in `open_data`: only a tunnel without a session.
+                            if t.time_since_last_handshake().is_none() {
+                                if let TunnResult::WriteToNetwork(m) =
+                                    t.format_handshake_initiation(out, false)
+                                {
+                                    p.stats.wg.initiation_sent();
+                                    send(p.endpoint, m);
+                                }
                             }
                         }
                     }
