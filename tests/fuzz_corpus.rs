@@ -582,13 +582,33 @@ fn write_wg_seeds() {
         "short-data",
         &with(0, &[4, 0, 0, 0, 1, 2, 3, 4, 0, 0]),
     );
-    // An initiation from a stranger's key to a random responder key.
-    let (c, r) = (KeyPair::generate(), KeyPair::generate());
-    let mut t = boringtun::noise::Tunn::new(c.secret, r.public, None, None, 1, None);
-    let mut out = [0u8; 256];
-    if let boringtun::noise::TunnResult::WriteToNetwork(init) =
-        t.format_handshake_initiation(&mut out, false)
-    {
-        write("wg_open", "stranger-initiation", &with(4, init));
-    }
+    // Initiations as raw datagrams: from a stranger's key to a random responder
+    // (fails MAC1) and to B (passes it: B's key is the harness's fixed one, so the
+    // key lookup refuses it), and from A to B, older than the harness's own
+    // handshake (its timestamp is stale).
+    let b = KeyPair::from_secret(wg::B_SECRET);
+    let initiation = |from: KeyPair, to: boringtun::x25519::PublicKey| {
+        let mut t = boringtun::noise::Tunn::new(from.secret, to, None, None, 1, None);
+        let mut out = [0u8; 256];
+        match t.format_handshake_initiation(&mut out, false) {
+            boringtun::noise::TunnResult::WriteToNetwork(init) => init.to_vec(),
+            _ => panic!("no initiation"),
+        }
+    };
+    let stranger = KeyPair::generate;
+    write(
+        "wg_open",
+        "stranger-initiation",
+        &with(4, &initiation(stranger(), stranger().public)),
+    );
+    write(
+        "wg_open",
+        "stranger-initiation-to-b",
+        &with(4, &initiation(stranger(), b.public)),
+    );
+    write(
+        "wg_open",
+        "peer-initiation-stale",
+        &with(0, &initiation(KeyPair::from_secret(wg::A_SECRET), b.public)),
+    );
 }

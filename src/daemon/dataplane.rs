@@ -258,7 +258,7 @@ async fn start_encrypted(
         device: args.tun.clone(),
         reason,
     };
-    let (handle, feeds) = DataplaneHandle::new(fib, workers, path);
+    let (handle, feeds) = DataplaneHandle::new(fib, WgDriver::counter_sets(workers), path);
     let options = DataplaneOptions {
         busy_poll: args.busy_poll,
         mtu: s.underlay.mtu,

@@ -21,7 +21,6 @@ pub struct DataplaneHandle {
     stats: Arc<NodeStats>,
     fib: watch::Sender<Arc<Fib>>,
     router: watch::Sender<Option<IpAddr>>,
-    workers: usize,
     path: Arc<PathInfo>,
     device_errors: Arc<Mutex<BTreeMap<String, u64>>>,
     encryption: Option<WgControl>,
@@ -62,7 +61,6 @@ impl DataplaneHandle {
             stats: stats.clone(),
             fib: fib_tx,
             router: router_tx,
-            workers,
             path: Arc::new(path),
             device_errors: device_errors.clone(),
             encryption: None,
@@ -79,11 +77,6 @@ impl DataplaneHandle {
     /// The live counters of every worker.
     pub fn stats(&self) -> &Arc<NodeStats> {
         &self.stats
-    }
-
-    /// How many workers forward (1 in kernel mode: the counters' one writer).
-    pub fn workers(&self) -> usize {
-        self.workers
     }
 
     /// Which dataplane runs, on which device, and why.

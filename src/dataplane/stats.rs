@@ -59,11 +59,18 @@ pub enum DropReason {
     BadHandshake,
     /// Inbound, encrypted: a datagram that is no WireGuard message.
     NotWireguard,
+    /// Outbound, encrypted: a packet for a peer with no session while
+    /// [`crate::dataplane::wg::tunnels::HANDSHAKE_QUEUE`] packets already wait for
+    /// the handshake.
+    HandshakeQueueFull,
+    /// Outbound, encrypted: packets that waited for a handshake that never completed
+    /// (WireGuard gives up after 90 s).
+    NoHandshake,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (the index of each counter).
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::UnknownSubnet,
         DropReason::PeerDead,
         DropReason::MalformedOutbound,
@@ -83,6 +90,8 @@ impl DropReason {
         DropReason::NoSession,
         DropReason::BadHandshake,
         DropReason::NotWireguard,
+        DropReason::HandshakeQueueFull,
+        DropReason::NoHandshake,
     ];
 
     /// The reason's stable name, as status and metrics print it.
@@ -107,6 +116,8 @@ impl DropReason {
             DropReason::NoSession => "no_session",
             DropReason::BadHandshake => "bad_handshake",
             DropReason::NotWireguard => "not_wireguard",
+            DropReason::HandshakeQueueFull => "handshake_queue_full",
+            DropReason::NoHandshake => "no_handshake",
         }
     }
 
@@ -136,6 +147,13 @@ impl Flow {
     pub fn add(&self, bytes: usize) {
         bump(&self.packets, 1);
         bump(&self.bytes, bytes as u64);
+    }
+
+    /// Counts `packets` packets of `bytes` bytes in all (single writer).
+    #[inline]
+    pub fn add_many(&self, packets: u64, bytes: u64) {
+        bump(&self.packets, packets);
+        bump(&self.bytes, bytes);
     }
 
     /// Counts `packets` packets of `bytes` bytes in all; safe with several writers.
@@ -204,6 +222,12 @@ impl DirectionStats {
     #[inline]
     pub fn drop(&self, reason: DropReason) {
         bump(&self.drops[reason.index()], 1);
+    }
+
+    /// Counts `n` drops.
+    #[inline]
+    pub fn drop_many(&self, reason: DropReason, n: u64) {
+        bump(&self.drops[reason.index()], n);
     }
 
     /// Sets the drops of `reason` to a total the kernel counted (kernel dataplane).

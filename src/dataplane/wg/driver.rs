@@ -22,7 +22,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::sync::watch;
 
 use super::key::KeyPair;
-use super::path::{slots_needed, Arena, Opened, Opener, Sealed, Sealer};
+use super::path::{flush_queue, slots_needed, Arena, Opened, Opener, Sealed, Sealer};
 use super::tunnels::{TunnelTable, Tunnels};
 use crate::dataplane::batch::TxBatch;
 use crate::dataplane::driver::{
@@ -100,6 +100,8 @@ pub struct WgDriver {
 impl WgDriver {
     /// Starts one worker per pair of TUN queue and socket, and the timer thread,
     /// sealing with `local`'s key for the peers of the tables `feeds` delivers.
+    /// `feeds`' counters need a set per worker and one more for the timer thread
+    /// ([`WgDriver::counter_sets`]): each set has one writer.
     pub fn spawn(
         tun: TunDevice,
         sockets: Vec<UdpSocket>,
@@ -164,16 +166,18 @@ impl WgDriver {
             });
         }
         let timer_stop = threads.stop.clone();
+        let timer = Timers {
+            table,
+            fresh,
+            fib: fib_rx,
+            publish: tunnels_tx,
+            rotations: rotate_rx,
+            socket: timer_socket,
+            // The set after the workers' (see [`WgDriver::spawn`]).
+            stats: stats.worker(workers),
+        };
         threads.spawn("overlayd-wgtimer".into(), move || {
-            timers(
-                table,
-                fresh,
-                fib_rx,
-                tunnels_tx,
-                rotate_rx,
-                timer_socket,
-                &timer_stop,
-            );
+            timer.run(&timer_stop);
             Ok(())
         });
         Ok(WgDriver {
@@ -184,6 +188,11 @@ impl WgDriver {
                 port,
             },
         })
+    }
+
+    /// The sets of counters the dataplane needs for `workers` workers.
+    pub fn counter_sets(workers: usize) -> usize {
+        workers + 1
     }
 
     /// What rotates the key of the running dataplane.
@@ -204,64 +213,79 @@ impl WgDriver {
 
 /// The timer thread: WireGuard timers every [`TICK`], new tunnels for each new
 /// forwarding table, key rotations.
-fn timers(
-    mut table: TunnelTable,
+struct Timers {
+    table: TunnelTable,
+    /// FIB indices of the first table's peers, to greet.
     fresh: Vec<u32>,
-    mut fib: watch::Receiver<Arc<Fib>>,
+    fib: watch::Receiver<Arc<Fib>>,
     publish: watch::Sender<Arc<Tunnels>>,
     rotations: std::sync::mpsc::Receiver<(KeyPair, tokio::sync::oneshot::Sender<()>)>,
     socket: UdpSocket,
-    stop: &Stop,
-) {
-    let mut scratch = vec![0u8; 2048];
-    let mut current = publish.borrow().clone();
-    let mut retire_at: Option<Instant> = None;
-    table.greet(&current, &fresh, &mut scratch, |to, msg| {
-        let _ = socket.send_to(msg, to);
-    });
-    let timeout = Timespec {
-        tv_sec: 0,
-        tv_nsec: TICK.as_nanos() as i64,
-    };
-    loop {
-        let mut fds = [PollFd::new(&stop.event, PollFlags::IN)];
-        let _ = rustix::event::poll(&mut fds, Some(&timeout));
-        if stop.is_set() {
-            return;
-        }
-        let mut rebuild = false;
-        let mut rotated = Vec::new();
-        while let Ok((pair, done)) = rotations.try_recv() {
-            rotated.push(done);
-            tracing::info!(public_key = %super::key::encode(&pair.public_bytes()), "WireGuard key rotation: peers move to the new key as they learn it; the old key is retired in {} s", RETIRE_AFTER.as_secs());
-            table.finish_rotation();
-            table.rotate(pair);
-            retire_at = Some(Instant::now() + RETIRE_AFTER);
-            rebuild = true;
-        }
-        if retire_at.is_some_and(|t| Instant::now() >= t) {
-            retire_at = None;
-            table.finish_rotation();
-            tracing::info!("WireGuard key rotation done: the old key is retired");
-            rebuild = true;
-        }
-        if fib.has_changed().unwrap_or(false) {
-            rebuild = true;
-        }
-        if rebuild {
-            let fresh;
-            (current, fresh) = table.build_noting_new(fib.borrow_and_update().clone());
-            publish.send_replace(current.clone());
-            table.greet(&current, &fresh, &mut scratch, |to, msg| {
+    /// Its own counters (packets lost with a handshake that never completed).
+    stats: Arc<Stats>,
+}
+
+impl Timers {
+    fn run(self, stop: &Stop) {
+        let Timers {
+            mut table,
+            fresh,
+            mut fib,
+            publish,
+            rotations,
+            socket,
+            stats,
+        } = self;
+        let mut scratch = vec![0u8; 2048];
+        let mut current = publish.borrow().clone();
+        let mut retire_at: Option<Instant> = None;
+        table.greet(&current, &fresh, &mut scratch, |to, msg| {
+            let _ = socket.send_to(msg, to);
+        });
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: TICK.as_nanos() as i64,
+        };
+        loop {
+            let mut fds = [PollFd::new(&stop.event, PollFlags::IN)];
+            let _ = rustix::event::poll(&mut fds, Some(&timeout));
+            if stop.is_set() {
+                return;
+            }
+            let mut rebuild = false;
+            let mut rotated = Vec::new();
+            while let Ok((pair, done)) = rotations.try_recv() {
+                rotated.push(done);
+                tracing::info!(public_key = %super::key::encode(&pair.public_bytes()), "WireGuard key rotation: peers move to the new key as they learn it; the old key is retired in {} s", RETIRE_AFTER.as_secs());
+                table.finish_rotation();
+                table.rotate(pair);
+                retire_at = Some(Instant::now() + RETIRE_AFTER);
+                rebuild = true;
+            }
+            if retire_at.is_some_and(|t| Instant::now() >= t) {
+                retire_at = None;
+                table.finish_rotation();
+                tracing::info!("WireGuard key rotation done: the old key is retired");
+                rebuild = true;
+            }
+            if fib.has_changed().unwrap_or(false) {
+                rebuild = true;
+            }
+            if rebuild {
+                let fresh;
+                (current, fresh) = table.build_noting_new(fib.borrow_and_update().clone());
+                publish.send_replace(current.clone());
+                table.greet(&current, &fresh, &mut scratch, |to, msg| {
+                    let _ = socket.send_to(msg, to);
+                });
+            }
+            for done in rotated {
+                let _ = done.send(());
+            }
+            table.tick(&current, &stats, &mut scratch, |to, msg| {
                 let _ = socket.send_to(msg, to);
             });
         }
-        for done in rotated {
-            let _ = done.send(());
-        }
-        table.tick(&current, &mut scratch, |to, msg| {
-            let _ = socket.send_to(msg, to);
-        });
     }
 }
 
@@ -571,6 +595,9 @@ impl Worker {
                     handled += 1;
                     at = end;
                 }
+                // The first data message of a session we answered makes it
+                // current: what waited for it can go now.
+                flush_queue(&self.stats, peer, &mut tunn, &mut self.scratch, &mut send);
                 drop(tunn);
                 if packets > 0 {
                     peer.stats.rx.add_shared(packets, bytes);

@@ -17,8 +17,8 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::tunnels::{
-    is_initiation, peer_at, receiver_index, Tunnels, WgPeer, DATA_OVERHEAD, MSG_COOKIE, MSG_DATA,
-    MSG_INITIATION, MSG_RESPONSE,
+    is_initiation, peer_at, receiver_index, Tunnels, WgPeer, DATA_OVERHEAD, HANDSHAKE_QUEUE,
+    MSG_DATA, MSG_INITIATION,
 };
 use crate::dataplane::batch::{TxBatch, TxDest};
 use crate::dataplane::encap::HEADROOM;
@@ -263,8 +263,10 @@ impl Sealer {
         Ok(sealed)
     }
 
-    /// Seals one IP packet; a handshake initiation instead when there is no session
-    /// (boringtun queues the packet until the handshake completes).
+    /// Seals one IP packet. With no session, boringtun queues it for the handshake
+    /// and may give an initiation to send instead; a packet it has no room for is
+    /// counted as dropped here (`handshake_queue_full`), and one it queued is
+    /// counted as sent when the handshake completes ([`flush_queue`]).
     fn seal_one(
         &mut self,
         peer: &WgPeer,
@@ -282,21 +284,64 @@ impl Sealer {
             addr: peer.endpoint,
             flow: 0,
         };
-        match tunn.encapsulate(packet, out) {
+        let sent = match tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(msg) => {
+                let data = msg.first() == Some(&MSG_DATA);
                 if is_initiation(msg) {
                     peer.stats.wg.initiation_sent();
                 }
                 batch.push_in_place(to, slot, msg.len());
+                data
             }
-            TunnResult::Err(e) => return Err(reason_of(&e)),
-            _ => {}
+            // `Done` (a handshake is under way) or an initiation it could not write:
+            // either way the packet went to the queue.
+            _ => false,
+        };
+        if sent {
+            self.stats.tx.forwarded.add(packet.len());
+            return Ok(Sealed {
+                packets: 1,
+                bytes: packet.len() as u64,
+            });
         }
-        self.stats.tx.forwarded.add(packet.len());
-        Ok(Sealed {
-            packets: 1,
-            bytes: packet.len() as u64,
-        })
+        if !peer.queue.push(packet.len()) {
+            peer.stats.tx_dropped.add_shared(1, packet.len());
+            self.stats.tx.drop(DropReason::HandshakeQueueFull);
+        }
+        Ok(Sealed::default())
+    }
+}
+
+/// Sends what `peer`'s tunnel (held locked: `tunn`) queued during its handshake,
+/// once it has a session, through `send`, and counts it as sent (node-wide into
+/// `stats`, and for the peer). `out` is scratch, at least the MTU plus
+/// [`DATA_OVERHEAD`].
+pub fn flush_queue(
+    stats: &Stats,
+    peer: &WgPeer,
+    tunn: &mut Tunn,
+    out: &mut [u8],
+    send: &mut dyn FnMut(SocketAddr, &[u8]),
+) {
+    // Without a session boringtun would put the packet back (at the end) and start
+    // another handshake.
+    if peer.queue.is_empty() || tunn.time_since_last_handshake().is_none() {
+        return;
+    }
+    let mut sent = 0;
+    for _ in 0..HANDSHAKE_QUEUE {
+        match tunn.decapsulate(None, &[], out) {
+            TunnResult::WriteToNetwork(m) => {
+                sent += u32::from(m.first() == Some(&MSG_DATA));
+                send(peer.endpoint, m);
+            }
+            _ => break,
+        }
+    }
+    let (packets, bytes) = peer.queue.sent(sent);
+    if packets > 0 {
+        stats.tx.forwarded.add_many(packets, bytes);
+        peer.stats.tx.add_shared(packets, bytes as usize);
     }
 }
 
@@ -527,15 +572,8 @@ impl Opener {
             }
             _ => {}
         }
-        if matches!(kind, MSG_RESPONSE | MSG_COOKIE | MSG_INITIATION) {
-            // Packets queued while the handshake was under way.
-            for _ in 0..1024 {
-                match tunn.decapsulate(None, &[], out) {
-                    TunnResult::WriteToNetwork(m) => send(peer.endpoint, m),
-                    _ => break,
-                }
-            }
-        }
+        // Packets queued while the handshake was under way.
+        flush_queue(&self.stats, peer, &mut tunn, out, send);
         Ok(())
     }
 }

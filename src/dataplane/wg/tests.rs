@@ -7,8 +7,8 @@ use std::sync::Arc;
 use etherparse::PacketBuilder;
 
 use super::key::KeyPair;
-use super::path::{Arena, Opened, Opener, Sealer};
-use super::tunnels::{TunnelTable, Tunnels};
+use super::path::{flush_queue, Arena, Opened, Opener, Sealer};
+use super::tunnels::{TunnelTable, Tunnels, HANDSHAKE_QUEUE, HANDSHAKE_RATE_LIMIT};
 use crate::dataplane::batch::TxBatch;
 use crate::dataplane::encap::HEADROOM;
 use crate::dataplane::fib::{Fib, Peer, PeerOrigin, PeerState};
@@ -115,6 +115,10 @@ impl Node {
                     Ok(Opened::Send { to, len }) => sent.push((to, out[..len].to_vec())),
                     _ => {}
                 }
+                // As the worker does after a run of data messages.
+                flush_queue(&self.stats, &peer, &mut tunn, &mut out, &mut |to, m| {
+                    sent.push((to, m.to_vec()))
+                });
             }
             None => self
                 .opener
@@ -397,7 +401,7 @@ fn under_a_handshake_flood_initiations_get_cookie_replies() {
     let from: SocketAddr = "198.18.0.3:51820".parse().unwrap();
     let mut cookies = 0;
     let mut buf = [0u8; 256];
-    for _ in 0..super::tunnels::HANDSHAKE_RATE_LIMIT + 20 {
+    for _ in 0..HANDSHAKE_RATE_LIMIT + 20 {
         let TunnResult::WriteToNetwork(init) = t.format_handshake_initiation(&mut buf, true) else {
             panic!("no initiation")
         };
@@ -410,9 +414,76 @@ fn under_a_handshake_flood_initiations_get_cookie_replies() {
         }
     }
     // Below the limit each is refused as unknown_key; past it, answered with a cookie.
-    assert_eq!(
-        b.drops(DropReason::UnknownKey),
-        super::tunnels::HANDSHAKE_RATE_LIMIT
-    );
+    assert_eq!(b.drops(DropReason::UnknownKey), HANDSHAKE_RATE_LIMIT);
     assert_eq!(cookies, 20);
+}
+
+#[test]
+fn packets_beyond_the_handshake_queue_are_counted_as_dropped_and_the_rest_as_sent() {
+    let (mut a, mut b) = pair(false);
+    let p = udp([10, 244, 1, 2], [10, 244, 2, 2], 10);
+    let mut first = Vec::new();
+    for _ in 0..300 {
+        first.extend(a.seal(&p).unwrap());
+    }
+    assert_eq!(first.len(), 1, "one handshake initiation");
+    let full = DropReason::HandshakeQueueFull;
+    assert_eq!(a.stats.tx.drops(full), 300 - u64::from(HANDSHAKE_QUEUE));
+    assert_eq!(
+        a.stats.tx.forwarded.get(),
+        (0, 0),
+        "nothing sent before the handshake"
+    );
+    let (_, got_b) = exchange(&mut a, &mut b, first);
+    assert_eq!(got_b.len(), HANDSHAKE_QUEUE as usize);
+    assert!(got_b.iter().all(|g| *g == p));
+    let q = u64::from(HANDSHAKE_QUEUE);
+    let len = p.len() as u64;
+    assert_eq!(a.stats.tx.forwarded.get(), (q, q * len));
+    let to_b = &a.tunnels.fib().peers()[0].stats;
+    assert_eq!(to_b.tx.get(), (q, q * len));
+    assert_eq!(to_b.tx_dropped.get(), (300 - q, (300 - q) * len));
+    assert!(a.tunnels.peer(0).unwrap().queue.is_empty());
+}
+
+#[test]
+fn a_packet_queued_on_the_answering_side_goes_with_the_first_data_message() {
+    let (mut a, mut b) = pair(false);
+    let pa = udp([10, 244, 1, 2], [10, 244, 2, 2], 10);
+    let pb = udp([10, 244, 2, 2], [10, 244, 1, 2], 20);
+    let init_a = a.seal(&pa).unwrap();
+    // B has a packet for A too; its own initiation is lost on the way.
+    let init_b = b.seal(&pb).unwrap();
+    assert_eq!(init_b.len(), 1);
+    // B answers A's handshake, then holds pb until A's first data message makes
+    // the session current on its side.
+    let (got_a, got_b) = exchange(&mut a, &mut b, init_a);
+    assert_eq!(got_b, vec![pa]);
+    assert_eq!(got_a, vec![pb.clone()]);
+    assert_eq!(b.stats.tx.forwarded.get(), (1, pb.len() as u64));
+}
+
+#[test]
+fn a_peers_initiations_count_once_against_the_nodes_handshake_limit() {
+    use boringtun::noise::TunnResult;
+    let (a, mut b) = pair(false);
+    let peer = a.tunnels.peer(0).unwrap().clone();
+    let mut buf = [0u8; 256];
+    let (mut responses, mut cookies) = (0, 0);
+    // Below the limit in one second (the limiter's period): each one answered.
+    for _ in 0..HANDSHAKE_RATE_LIMIT - 1 {
+        let init = match peer.lock().format_handshake_initiation(&mut buf, true) {
+            TunnResult::WriteToNetwork(m) => m.to_vec(),
+            _ => panic!("no initiation"),
+        };
+        for (_, m) in b.receive(a.addr, &init).1 {
+            match m[0] {
+                2 => responses += 1,
+                3 => cookies += 1,
+                t => panic!("message type {t}"),
+            }
+        }
+    }
+    assert_eq!(cookies, 0, "a peer's initiation was counted twice");
+    assert_eq!(responses, HANDSHAKE_RATE_LIMIT - 1);
 }

@@ -15,10 +15,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
@@ -26,13 +27,87 @@ use rustc_hash::FxHashMap;
 
 use super::key::{KeyPair, PublicBytes};
 use crate::dataplane::fib::Fib;
-use crate::dataplane::stats::{PeerStats, WgSession};
+use crate::dataplane::stats::{DropReason, PeerStats, Stats, WgSession};
 
-/// Handshake messages per second the node takes before it answers initiations with
-/// cookies (WireGuard's DoS defence, §5.4.7 of the paper). A peer's initiation is
-/// counted twice (before the peer is looked up, and in its tunnel), a stranger's
-/// once.
+/// Handshake initiations per second the node takes before it answers them with
+/// cookies (WireGuard's DoS defence, §5.4.7 of the paper). Each is counted once,
+/// before its peer is looked up: the tunnels check MAC1 again with a limiter that
+/// never asks for a cookie (see [`tunnel_limiter`]).
 pub const HANDSHAKE_RATE_LIMIT: u64 = 200;
+
+/// How many packets boringtun holds for a tunnel while its handshake is under way
+/// (its `MAX_QUEUE_DEPTH`); it drops any more without a word.
+pub const HANDSHAKE_QUEUE: u32 = 256;
+
+/// The limiter the tunnels of key `public` verify initiations with: MAC1 only, as
+/// the node-wide limiter already counted the initiation against
+/// [`HANDSHAKE_RATE_LIMIT`] (with a cap of its own, a peer's initiation would count
+/// twice and peers would get cookies at half the rate).
+fn tunnel_limiter(public: &PublicKey) -> Arc<RateLimiter> {
+    Arc::new(RateLimiter::new(public, u64::MAX))
+}
+
+/// The packets boringtun holds for one tunnel until its handshake completes, as
+/// counted here: boringtun neither reports how many nor which it dropped. Changed
+/// only with the tunnel locked (atomics only so that [`WgPeer`] is `Sync`).
+#[derive(Debug, Default)]
+pub struct HandshakeQueue {
+    packets: AtomicU32,
+    bytes: AtomicU64,
+}
+
+impl HandshakeQueue {
+    /// Notes an inner packet of `len` bytes handed to a tunnel with no session:
+    /// whether boringtun kept it (false: [`HANDSHAKE_QUEUE`] were waiting already).
+    pub fn push(&self, len: usize) -> bool {
+        let n = self.packets.load(Relaxed);
+        if n >= HANDSHAKE_QUEUE {
+            return false;
+        }
+        self.packets.store(n + 1, Relaxed);
+        self.bytes.fetch_add(len as u64, Relaxed);
+        true
+    }
+
+    /// Packets waiting.
+    pub fn len(&self) -> u32 {
+        self.packets.load(Relaxed)
+    }
+
+    /// Whether none are waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Notes that `sent` waiting packets went out (the oldest first): their packets
+    /// and inner bytes. The bytes are exact when the queue empties, else each
+    /// packet's share.
+    pub fn sent(&self, sent: u32) -> (u64, u64) {
+        let n = self.packets.load(Relaxed);
+        let bytes = self.bytes.load(Relaxed);
+        let sent = sent.min(n);
+        if sent == 0 {
+            return (0, 0);
+        }
+        let share = if sent == n {
+            bytes
+        } else {
+            bytes * u64::from(sent) / u64::from(n)
+        };
+        self.packets.store(n - sent, Relaxed);
+        self.bytes.store(bytes - share, Relaxed);
+        (u64::from(sent), share)
+    }
+
+    /// Notes that boringtun emptied the queue (its handshake gave up): the packets
+    /// and bytes lost.
+    pub fn clear(&self) -> (u64, u64) {
+        (
+            u64::from(self.packets.swap(0, Relaxed)),
+            self.bytes.swap(0, Relaxed),
+        )
+    }
+}
 
 /// How long a session is used before it must be renewed (WireGuard's
 /// `Reject-After-Time`): older, it is no session.
@@ -51,6 +126,8 @@ pub struct WgPeer {
     pub index: u32,
     /// Its counters (shared with the forwarding table's peer).
     pub stats: Arc<PeerStats>,
+    /// What its tunnel holds while a handshake is under way.
+    pub queue: HandshakeQueue,
     /// The generation of our key pair its tunnel uses (see [`TunnelTable::rotate`]).
     generation: AtomicU64,
     tunn: Mutex<Tunn>,
@@ -80,7 +157,7 @@ impl WgPeer {
             tunn.set_static_private(
                 next.pair.secret.clone(),
                 next.pair.public,
-                Some(next.limiter.clone()),
+                Some(next.tunnel_limiter.clone()),
             );
         }
     }
@@ -92,6 +169,8 @@ pub struct NextKey {
     pub pair: Arc<KeyPair>,
     /// Its handshake rate limiter (MAC1 is keyed by the public key).
     pub limiter: Arc<RateLimiter>,
+    /// Its tunnels' limiter ([`tunnel_limiter`]).
+    tunnel_limiter: Arc<RateLimiter>,
     /// Its generation.
     pub generation: u64,
 }
@@ -159,6 +238,7 @@ impl Tunnels {
 pub struct TunnelTable {
     local: Arc<KeyPair>,
     limiter: Arc<RateLimiter>,
+    tunnel_limiter: Arc<RateLimiter>,
     /// The generation of `local`.
     generation: u64,
     next: Option<Arc<NextKey>>,
@@ -171,6 +251,7 @@ impl TunnelTable {
     pub fn new(local: KeyPair) -> TunnelTable {
         let limiter = Arc::new(RateLimiter::new(&local.public, HANDSHAKE_RATE_LIMIT));
         TunnelTable {
+            tunnel_limiter: tunnel_limiter(&local.public),
             local: Arc::new(local),
             limiter,
             generation: 0,
@@ -220,7 +301,7 @@ impl TunnelTable {
                         None,
                         None,
                         index,
-                        Some(self.limiter.clone()),
+                        Some(self.tunnel_limiter.clone()),
                     );
                     Arc::new(WgPeer {
                         name: p.name.clone(),
@@ -228,6 +309,7 @@ impl TunnelTable {
                         endpoint: p.underlay,
                         index,
                         stats: p.stats.clone(),
+                        queue: HandshakeQueue::default(),
                         generation: AtomicU64::new(self.generation),
                         tunn: Mutex::new(tunn),
                     })
@@ -289,6 +371,7 @@ impl TunnelTable {
     pub fn rotate(&mut self, new: KeyPair) {
         let limiter = Arc::new(RateLimiter::new(&new.public, HANDSHAKE_RATE_LIMIT));
         self.next = Some(Arc::new(NextKey {
+            tunnel_limiter: tunnel_limiter(&new.public),
             pair: Arc::new(new),
             limiter,
             generation: self.generation + 1,
@@ -307,6 +390,7 @@ impl TunnelTable {
         }
         self.local = next.pair.clone();
         self.limiter = next.limiter.clone();
+        self.tunnel_limiter = next.tunnel_limiter.clone();
         self.generation = next.generation;
     }
 
@@ -317,22 +401,37 @@ impl TunnelTable {
 
     /// Runs every tunnel's timers once (call about every 100 ms): what a timer wants
     /// sent (a handshake initiation or retry, a keepalive) is passed to `send` with
-    /// the peer's endpoint; each peer's session state goes to its counters. Also
-    /// resets the handshake rate limiter's count once a second.
+    /// the peer's endpoint; each peer's session state goes to its counters, and
+    /// packets lost with a handshake boringtun gave up on to `stats`
+    /// (`no_handshake`). Also resets the handshake rate limiter's count once a
+    /// second.
     pub fn tick(
         &self,
         tunnels: &Tunnels,
+        stats: &Stats,
         scratch: &mut [u8],
         mut send: impl FnMut(SocketAddr, &[u8]),
     ) {
         self.limiter.reset_count();
         for peer in tunnels.all() {
             let mut t = peer.lock();
-            if let TunnResult::WriteToNetwork(bytes) = t.update_timers(scratch) {
-                if is_initiation(bytes) {
-                    peer.stats.wg.initiation_sent();
+            match t.update_timers(scratch) {
+                TunnResult::WriteToNetwork(bytes) => {
+                    if is_initiation(bytes) {
+                        peer.stats.wg.initiation_sent();
+                    }
+                    send(peer.endpoint, bytes);
                 }
-                send(peer.endpoint, bytes);
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                    // boringtun gave up on the handshake (or a session too old) and
+                    // emptied the queue; it is already empty if it gave up before.
+                    let (packets, bytes) = peer.queue.clear();
+                    if packets > 0 {
+                        stats.tx.drop_many(DropReason::NoHandshake, packets);
+                        peer.stats.tx_dropped.add_shared(packets, bytes as usize);
+                    }
+                }
+                _ => {}
             }
             let age = t.time_since_last_handshake().filter(|a| *a < REJECT_AFTER);
             let session = match age {
