@@ -30,14 +30,21 @@ use overlayd::dataplane::wg::tunnels::{TunnelTable, Tunnels};
 use overlayd::dataplane::wire::MacAddr;
 use overlayd::dataplane::{Fib, Peer, PeerOrigin, PeerState, Stats, HEADROOM};
 
-const A: &str = "198.18.0.1:51820";
-const B: &str = "198.18.0.2:51820";
+/// A's WireGuard endpoint.
+pub const A: &str = "198.18.0.1:51820";
+/// B's WireGuard endpoint.
+pub const B: &str = "198.18.0.2:51820";
 const STRANGER: &str = "198.18.0.77:51820";
 
-struct Node {
-    tunnels: Arc<Tunnels>,
-    sealer: Sealer,
-    opener: Opener,
+/// One node's tunnels to the other and its packet cores (also the benchmark's,
+/// `benches/wg.rs`).
+pub struct Node {
+    /// Its tunnel to the other node.
+    pub tunnels: Arc<Tunnels>,
+    /// Its outbound core.
+    pub sealer: Sealer,
+    /// Its inbound core.
+    pub opener: Opener,
     stats: Arc<Stats>,
     _table: TunnelTable,
 }
@@ -183,14 +190,17 @@ pub const A_SECRET: [u8; 32] = [0xa1; 32];
 /// B's private key.
 pub const B_SECRET: [u8; 32] = [0xb2; 32];
 
-struct Pair {
-    a: Node,
-    b: Node,
+/// Node A (198.18.0.1, 10.244.1.0/24) and node B (198.18.0.2, 10.244.2.0/24).
+pub struct Pair {
+    /// A.
+    pub a: Node,
+    /// B.
+    pub b: Node,
 }
 
 impl Pair {
     /// A and B after a handshake, A → B carrying one packet.
-    fn new() -> Pair {
+    pub fn new() -> Pair {
         let (ka, kb) = (
             KeyPair::from_secret(A_SECRET),
             KeyPair::from_secret(B_SECRET),
