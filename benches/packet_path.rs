@@ -32,6 +32,7 @@ fn peers(n: u32) -> Vec<Peer> {
             vtep_mac: REMOTE,
             state: PeerState::Alive,
             origin: PeerOrigin::Gossip,
+            subnet_v6: None,
             allow_any_source: false,
             wg_key: None,
             stats: Arc::default(),

@@ -358,6 +358,8 @@ mod tests {
                 subnet: Some("10.244.1.0/24".parse().unwrap()),
                 gateway: Some("10.244.1.1".parse().unwrap()),
                 cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                subnet_v6: None,
+                cluster_cidr_v6: None,
                 mtu: 1450,
                 bridge: "ovl0".into(),
                 tun: "ovltun0".into(),

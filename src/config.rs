@@ -141,14 +141,16 @@ pub struct DaemonArgs {
     /// Which flags came from `--config`, to name the key and file in errors.
     #[arg(skip)]
     pub from_file: Option<FileKeys>,
-    /// The whole cluster's pod CIDR.
+    /// The whole cluster's pod CIDR: one IPv4 CIDR, one IPv6 CIDR, or one of each
+    /// for dual-stack (`10.244.0.0/16,fd00:10:244::/56`), as kube-controller-manager
+    /// takes it. A dual-stack node leases one subnet of each.
     #[arg(
         long,
         env = "OVERLAYD_CLUSTER_CIDR",
-        value_name = "CIDR",
+        value_name = "CIDR[,CIDR]",
         default_value = "10.244.0.0/16"
     )]
-    pub cluster_cidr: IpNet,
+    pub cluster_cidr: ClusterCidrs,
     /// A fixed pod subnet for this node (inside --cluster-cidr), instead of a lease
     /// agreed by gossip.
     #[arg(
@@ -183,7 +185,8 @@ pub struct DaemonArgs {
     /// UDP port for gossip.
     #[arg(long, env = "OVERLAYD_GOSSIP_PORT", value_name = "N", default_value_t = crate::control::driver::DEFAULT_GOSSIP_PORT)]
     pub gossip_port: u16,
-    /// Prefix length of each node's subnet lease, carved from --cluster-cidr.
+    /// Prefix length of each node's subnet lease, carved from --cluster-cidr (its
+    /// IPv4 CIDR, or its only one in an IPv6-only cluster).
     #[arg(
         long,
         env = "OVERLAYD_SUBNET_LEN",
@@ -191,6 +194,16 @@ pub struct DaemonArgs {
         default_value_t = 24
     )]
     pub subnet_len: u8,
+    /// Prefix length of each node's IPv6 subnet in a dual-stack cluster, carved from
+    /// the IPv6 CIDR of --cluster-cidr. (In an IPv6-only cluster, --subnet-len
+    /// applies.)
+    #[arg(
+        long,
+        env = "OVERLAYD_SUBNET_LEN_V6",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    pub subnet_len_v6: u8,
     /// How long a node must stay dead before its subnet is reclaimed (e.g. 24h, 90m).
     #[arg(long, env = "OVERLAYD_RECLAIM_AFTER", value_name = "DURATION", default_value = "24h",
           value_parser = parse_duration)]
@@ -406,6 +419,65 @@ fn invalid(flag: &'static str, value: impl ToString, why: impl Into<String>) -> 
 }
 
 /// Checks that a CIDR has no host bits set and names the one that was meant.
+/// `--cluster-cidr`: the cluster's pod CIDR, or its IPv4 and IPv6 CIDRs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterCidrs {
+    /// The CIDR leases are numbered in: the IPv4 one, or the only one.
+    pub primary: IpNet,
+    /// Dual-stack: the IPv6 CIDR. A node's IPv6 subnet has the same index in it as
+    /// its primary subnet has in `primary`, so one lease gives both.
+    pub second: Option<IpNet>,
+}
+
+impl ClusterCidrs {
+    /// Both CIDRs, the primary first.
+    pub fn all(&self) -> impl Iterator<Item = IpNet> {
+        std::iter::once(self.primary).chain(self.second)
+    }
+
+    /// Whether `ip` lies in either CIDR.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.all().any(|c| c.contains(ip))
+    }
+}
+
+impl std::fmt::Display for ClusterCidrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.primary)?;
+        if let Some(s) = self.second {
+            write!(f, ",{s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for ClusterCidrs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let nets = s
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<IpNet>()
+                    .map_err(|e| format!("`{}`: {e}", p.trim()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        match nets[..] {
+            [one] => Ok(ClusterCidrs {
+                primary: one,
+                second: None,
+            }),
+            [IpNet::V4(v4), IpNet::V6(v6)] | [IpNet::V6(v6), IpNet::V4(v4)] => Ok(ClusterCidrs {
+                primary: IpNet::V4(v4),
+                second: Some(IpNet::V6(v6)),
+            }),
+            [_, _] => Err("two CIDRs must be one IPv4 and one IPv6 (dual-stack)".into()),
+            _ => Err("takes one CIDR, or one IPv4 and one IPv6 CIDR".into()),
+        }
+    }
+}
+
 fn check_network(flag: &'static str, net: &IpNet) -> Result<(), ConfigError> {
     if net.addr() != net.network() {
         return Err(invalid(
@@ -427,6 +499,11 @@ pub struct FileKeys {
 }
 
 impl DaemonArgs {
+    /// Dual-stack: the IPv6 cluster CIDR and `--subnet-len-v6`, as gossip carries them.
+    pub fn second(&self) -> Option<(IpNet, u8)> {
+        Some((self.cluster_cidr.second?, self.subnet_len_v6))
+    }
+
     /// Checks what spans several flags; returns the fixed node subnet, if any (else
     /// the subnet comes from a lease). When a flag's value came from `--config`, the
     /// message names the key and the file too.
@@ -455,10 +532,43 @@ impl DaemonArgs {
     }
 
     fn validate_flags(&self) -> Result<Option<IpNet>, ConfigError> {
-        check_network("--cluster-cidr", &self.cluster_cidr)?;
+        for cidr in self.cluster_cidr.all() {
+            check_network("--cluster-cidr", &cidr)?;
+        }
+        let cluster = self.cluster_cidr.primary;
+        if let (Some(subnet), Some(_)) = (self.subnet, self.cluster_cidr.second) {
+            return Err(invalid(
+                "--subnet",
+                subnet,
+                format!(
+                    "is one family's; a dual-stack --cluster-cidr {} needs leases (drop --subnet)",
+                    self.cluster_cidr
+                ),
+            ));
+        }
+        if let (Some(_), DataplaneChoice::Kernel) = (self.cluster_cidr.second, self.dataplane) {
+            return Err(invalid(
+                "--dataplane",
+                "kernel",
+                format!("carries one address family so far; a dual-stack --cluster-cidr {} needs --dataplane userspace or auto", self.cluster_cidr),
+            ));
+        }
+        if let Some(v6) = self.cluster_cidr.second {
+            let len = self.subnet_len_v6;
+            if len < v6.prefix_len() || len > 126 {
+                return Err(invalid(
+                    "--subnet-len-v6",
+                    len,
+                    format!(
+                        "must lie between the IPv6 --cluster-cidr prefix /{} and /126",
+                        v6.prefix_len()
+                    ),
+                ));
+            }
+        }
         if let Some(subnet) = self.subnet {
             check_network("--subnet", &subnet)?;
-            if !self.cluster_cidr.contains(&subnet) {
+            if !cluster.contains(&subnet) {
                 return Err(invalid(
                     "--subnet",
                     subnet,
@@ -471,15 +581,14 @@ impl DaemonArgs {
             }
         } else {
             let len = self.subnet_len;
-            if len < self.cluster_cidr.prefix_len() || len > self.cluster_cidr.max_prefix_len() - 2
-            {
+            if len < cluster.prefix_len() || len > cluster.max_prefix_len() - 2 {
                 return Err(invalid(
                     "--subnet-len",
                     len,
                     format!(
                         "must lie between the --cluster-cidr prefix /{} and /{} (a gateway and one pod at least)",
-                        self.cluster_cidr.prefix_len(),
-                        self.cluster_cidr.max_prefix_len() - 2
+                        cluster.prefix_len(),
+                        cluster.max_prefix_len() - 2
                     ),
                 ));
             }
@@ -584,7 +693,7 @@ impl DaemonArgs {
                 ));
             }
             check_network("--static-peer", &peer.subnet)?;
-            if !self.cluster_cidr.contains(&peer.subnet) {
+            if !self.cluster_cidr.all().any(|c| c.contains(&peer.subnet)) {
                 return Err(invalid(
                     "--static-peer",
                     value,
@@ -899,9 +1008,57 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_cluster_cidr_takes_one_cidr_of_each_family() {
+        let a = parse(&["--cluster-cidr", "fd00:10:244::/56,10.244.0.0/16"]).unwrap();
+        assert_eq!(a.cluster_cidr.primary.to_string(), "10.244.0.0/16");
+        assert_eq!(
+            a.second(),
+            Some(("fd00:10:244::/56".parse().unwrap(), 64)),
+            "the IPv4 CIDR numbers the leases; /64 by default"
+        );
+        assert_eq!(
+            validate(&["--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56"]),
+            Ok(None)
+        );
+        assert_eq!(
+            validate(&["--cluster-cidr", "fd00:10:244::/48", "--subnet-len", "64"]),
+            Ok(None),
+            "IPv6 only"
+        );
+        let two_v4 = parse(&["--cluster-cidr", "10.244.0.0/16,10.245.0.0/16"]).unwrap_err();
+        assert!(
+            two_v4.contains("--cluster-cidr") && two_v4.contains("one IPv4 and one IPv6"),
+            "{two_v4}"
+        );
+        let len = validate(&[
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/56",
+            "--subnet-len-v6",
+            "48",
+        ])
+        .unwrap_err();
+        assert!(len.contains("--subnet-len-v6"), "{len}");
+        let fixed = validate(&[
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/56",
+            "--subnet",
+            "10.244.1.0/24",
+        ])
+        .unwrap_err();
+        assert!(
+            fixed.contains("--subnet") && fixed.contains("dual-stack"),
+            "{fixed}"
+        );
+    }
+
+    #[test]
     fn defaults() {
         let a = parse(&["--subnet", "10.244.1.0/24"]).unwrap();
-        assert_eq!(a.cluster_cidr, "10.244.0.0/16".parse::<IpNet>().unwrap());
+        assert_eq!(
+            a.cluster_cidr.primary,
+            "10.244.0.0/16".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(a.cluster_cidr.second, None);
         assert_eq!(a.port, 4789);
         assert_eq!(a.vni, 1);
         assert_eq!(a.bridge, "ovl0");

@@ -32,6 +32,12 @@ pub struct NodeReport {
     pub gateway: Option<IpAddr>,
     /// Cluster CIDR.
     pub cluster_cidr: IpNet,
+    /// Dual-stack: the IPv6 subnet, once the node has a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_v6: Option<IpNet>,
+    /// Dual-stack: the IPv6 cluster CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr_v6: Option<IpNet>,
     /// Overlay MTU.
     pub mtu: u32,
     /// Bridge name.
@@ -296,6 +302,14 @@ pub fn render(report: &StatusReport) -> String {
                 "  subnet     {subnet} (gateway {gateway} on {}, cluster {})",
                 n.bridge, n.cluster_cidr
             );
+            if let (Some(v6), Some(cidr)) = (n.subnet_v6, n.cluster_cidr_v6) {
+                let _ = writeln!(
+                    out,
+                    "  subnet v6  {v6} (gateway {} on {}, cluster {cidr})",
+                    crate::dataplane::fib::gateway_of(&v6),
+                    n.bridge
+                );
+            }
         }
         _ => {
             let _ = writeln!(
@@ -584,6 +598,7 @@ mod tests {
                 gossip: "198.18.0.3:7946".parse().unwrap(),
                 state: MemberState::Alive,
                 subnet: None,
+                subnet_v6: None,
             }],
             witnesses: vec![],
             peers: vec![],
@@ -607,6 +622,8 @@ mod tests {
                 subnet: None,
                 gateway: None,
                 cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                subnet_v6: None,
+                cluster_cidr_v6: None,
                 mtu: 1450,
                 bridge: "ovl0".into(),
                 tun: "ovltun0".into(),

@@ -161,6 +161,7 @@ fn our_datagram(inner: &[u8]) -> Vec<u8> {
         vtep_mac: dataplane::LOCAL_MAC,
         state: overlayd::dataplane::PeerState::Alive,
         origin: overlayd::dataplane::PeerOrigin::Gossip,
+        subnet_v6: None,
         allow_any_source: false,
         wg_key: None,
         stats: Arc::default(),

@@ -60,6 +60,7 @@ fn peer(name: &str, subnet: &str, underlay: &str, mac: u8) -> Peer {
         vtep_mac: MacAddr([0x02, 0, 0, 0, 0, mac]),
         state: PeerState::Alive,
         origin: PeerOrigin::Gossip,
+        subnet_v6: None,
         allow_any_source: false,
         wg_key: None,
         stats: Arc::new(PeerStats::default()),

@@ -29,6 +29,7 @@ pub fn meta(name: &str, gossip: &str) -> NodeMeta {
         vtep_mac: [2, 0, 0, 0, 0, 1],
         cluster_cidr: "10.244.0.0/16".parse().expect("literal CIDR"),
         subnet_len: 24,
+        second: None,
         lease: None,
         has_free: false,
         bump: 0,

@@ -66,6 +66,7 @@ fn node(pair: KeyPair, peer_subnet: &str, peer_addr: &str, peer_key: [u8; 32]) -
         vtep_mac: MacAddr([0; 6]),
         state: PeerState::Alive,
         origin: PeerOrigin::Gossip,
+        subnet_v6: None,
         allow_any_source: false,
         wg_key: Some(peer_key),
         stats: Arc::default(),

@@ -40,6 +40,15 @@ pub struct NodeInfo {
     pub mtu: u32,
     /// The whole cluster's pod CIDR.
     pub cluster_cidr: IpNet,
+    /// Dual-stack: the node's IPv6 subnet (absent in a single-stack cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_v6: Option<IpNet>,
+    /// Dual-stack: the node's IPv6 gateway on the bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_v6: Option<IpAddr>,
+    /// Dual-stack: the cluster's IPv6 pod CIDR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr_v6: Option<IpNet>,
 }
 
 impl NodeInfo {

@@ -22,7 +22,6 @@ use super::membership::{KnownMember, MemberState, Membership, MembershipConfig, 
 use super::message::{self, Datagram, LeaseDatagram, LeaseMsg, Owned};
 use super::meta::NodeMeta;
 use super::report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status};
-use super::subnet::{subnet_count, subnet_of};
 
 /// An event for the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,9 +111,17 @@ pub struct ControllerConfig {
 }
 
 /// FNV-1a of the cluster parameters; lease datagrams from other clusters are dropped.
-pub fn cluster_fingerprint(cidr: IpNet, subnet_len: u8, vni: u32) -> u64 {
+pub fn cluster_fingerprint(
+    cidr: IpNet,
+    subnet_len: u8,
+    second: Option<(IpNet, u8)>,
+    vni: u32,
+) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let s = format!("{cidr}/{subnet_len}/{vni}");
+    let mut s = format!("{cidr}/{subnet_len}/{vni}");
+    if let Some((cidr, len)) = second {
+        s.push_str(&format!("/{cidr}/{len}"));
+    }
     for b in s.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
@@ -221,7 +228,7 @@ impl Controller {
         persisted: Option<LeaseState>,
         now: Instant,
     ) -> Result<Self, Error> {
-        let count = subnet_count(cfg.meta.cluster_cidr, cfg.meta.subnet_len)?;
+        let count = cfg.meta.lease_count()?;
         let saved_lease = persisted.as_ref().and_then(|p| p.lease);
         if cfg.lease.fence_after * 2 > cfg.lease.reclaim_after {
             return Err(Error::BadTimers {
@@ -276,7 +283,8 @@ impl Controller {
         meta.bump = (lease.state().boot as u16).wrapping_mul(1024);
         meta.lease = lease.published(now);
         meta.has_free = lease.has_free();
-        let fingerprint = cluster_fingerprint(meta.cluster_cidr, meta.subnet_len, meta.vni);
+        let fingerprint =
+            cluster_fingerprint(meta.cluster_cidr, meta.subnet_len, meta.second, meta.vni);
         let (lease_now, free_now) = (meta.lease, meta.has_free);
         let mut membership = Membership::new(meta, &cfg.membership);
         // Tells the codec our founder, so other clusters are refused from the start.
@@ -717,8 +725,12 @@ impl Controller {
 
     /// The subnet this node may use at `now`.
     pub fn using_subnet(&self, now: Instant) -> Option<IpNet> {
-        let me = self.membership.me();
-        subnet_of(me.cluster_cidr, me.subnet_len, self.using(now)?)
+        Some(self.using_subnets(now)?.0)
+    }
+
+    /// The subnets this node may use at `now`: the first, and dual-stack the IPv6 one.
+    pub fn using_subnets(&self, now: Instant) -> Option<(IpNet, Option<IpNet>)> {
+        self.membership.me().subnets(self.using(now)?)
     }
 
     /// The lease machine (for persistence and inspection).
@@ -748,12 +760,13 @@ impl Controller {
         let mut by_subnet: BTreeMap<u32, (u64, PeerInfo)> = BTreeMap::new();
         for KnownMember { meta: m, state } in self.membership.peers() {
             let Some((idx, ver)) = m.lease else { continue };
-            let Some(subnet) = subnet_of(me.cluster_cidr, me.subnet_len, idx) else {
+            let Some((subnet, subnet_v6)) = me.subnets(idx) else {
                 continue;
             };
             let info = PeerInfo {
                 name: m.name.clone(),
                 subnet,
+                subnet_v6,
                 underlay: SocketAddr::new(m.gossip.ip(), m.vxlan_port),
                 vtep_mac: m.vtep_mac,
                 vni: m.vni,
@@ -777,9 +790,11 @@ impl Controller {
             .peers()
             .into_iter()
             .map(|KnownMember { meta: m, state }| MemberReport {
-                subnet: m
+                subnet: m.lease.and_then(|(idx, _)| me.subnets(idx)).map(|s| s.0),
+                subnet_v6: m
                     .lease
-                    .and_then(|(idx, _)| subnet_of(me.cluster_cidr, me.subnet_len, idx)),
+                    .and_then(|(idx, _)| me.subnets(idx))
+                    .and_then(|s| s.1),
                 name: m.name,
                 gossip: m.gossip,
                 state,
@@ -812,8 +827,7 @@ impl Controller {
     }
 
     fn lease_subnet_count(&self) -> u32 {
-        let me = self.membership.me();
-        subnet_count(me.cluster_cidr, me.subnet_len).unwrap_or(0)
+        self.membership.me().lease_count().unwrap_or(0)
     }
 
     /// What this node waits for while it uses no subnet (`None`: it uses one).
@@ -932,6 +946,7 @@ mod tests {
             vtep_mac: [2, 0, 0, 0, 0, 1],
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             subnet_len: 24,
+            second: None,
             lease: None,
             has_free: false,
             bump: 0,

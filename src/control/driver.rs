@@ -52,6 +52,8 @@ pub struct ControlConfig {
     pub cluster_cidr: IpNet,
     /// `--subnet-len` (default 24).
     pub subnet_len: u8,
+    /// Dual-stack: the IPv6 cluster CIDR and `--subnet-len-v6`.
+    pub second: Option<(IpNet, u8)>,
     /// `--peers`, resolved (see [`parse_peers`]).
     pub seeds: Vec<SocketAddr>,
     /// `--bootstrap-expect N`: found once a majority of N nodes started with the
@@ -261,6 +263,7 @@ impl ControlDriver {
                 vtep_mac: cfg.vtep_mac,
                 cluster_cidr: cfg.cluster_cidr,
                 subnet_len: cfg.subnet_len,
+                second: cfg.second,
                 lease: None,
                 has_free: false,
                 bump: 0,
@@ -669,6 +672,7 @@ mod tests {
             vtep_mac: [2, 0, 0, 0, 0, port as u8],
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             subnet_len: 24,
+            second: None,
             seeds,
             bootstrap_expect: None,
             gossip_port: port,

@@ -32,6 +32,9 @@ pub struct NodeMeta {
     pub cluster_cidr: IpNet,
     /// The per-node subnet prefix length it was started with.
     pub subnet_len: u8,
+    /// Dual-stack: the IPv6 cluster CIDR and per-node IPv6 prefix length. A lease's
+    /// index numbers a subnet in both CIDRs.
+    pub second: Option<(IpNet, u8)>,
     /// The subnet the node uses now: index in the cluster CIDR and ownership version.
     pub lease: Option<Owned>,
     /// Whether the node owns free subnets it can hand out.
@@ -61,6 +64,27 @@ pub struct WgIdentity {
 }
 
 impl NodeMeta {
+    /// How many leases the cluster has: the subnets of its CIDR, or of the smaller
+    /// of its two CIDRs when dual-stack.
+    pub fn lease_count(&self) -> Result<u32, super::error::Error> {
+        let count = super::subnet::subnet_count(self.cluster_cidr, self.subnet_len)?;
+        match self.second {
+            Some((cidr, len)) => Ok(count.min(super::subnet::subnet_count(cidr, len)?)),
+            None => Ok(count),
+        }
+    }
+
+    /// The subnet lease `idx` numbers in the cluster CIDR, and dual-stack the one of
+    /// the same index in the IPv6 CIDR: one lease gives a node both, so no two live
+    /// nodes share a subnet in either family if they share none in the first.
+    pub fn subnets(&self, idx: u32) -> Option<(IpNet, Option<IpNet>)> {
+        let first = super::subnet::subnet_of(self.cluster_cidr, self.subnet_len, idx)?;
+        match self.second {
+            Some((cidr, len)) => Some((first, Some(super::subnet::subnet_of(cidr, len, idx)?))),
+            None => Some((first, None)),
+        }
+    }
+
     /// Describes the first cluster parameter in which `other` differs from `self`.
     pub fn mismatch(&self, other: &NodeMeta) -> Option<String> {
         if self.cluster_cidr != other.cluster_cidr {
@@ -72,6 +96,22 @@ impl NodeMeta {
             Some(format!(
                 "subnet length /{} here, /{} on {}",
                 self.subnet_len, other.subnet_len, other.name
+            ))
+        } else if self.second.map(|s| s.0) != other.second.map(|s| s.0) {
+            let cidr = |m: &NodeMeta| m.second.map_or("none".to_string(), |s| s.0.to_string());
+            Some(format!(
+                "IPv6 cluster CIDR {} here, {} on {}",
+                cidr(self),
+                cidr(other),
+                other.name
+            ))
+        } else if self.second.map(|s| s.1) != other.second.map(|s| s.1) {
+            let len = |m: &NodeMeta| m.second.map_or(0, |s| s.1);
+            Some(format!(
+                "IPv6 subnet length (--subnet-len-v6) /{} here, /{} on {}",
+                len(self),
+                len(other),
+                other.name
             ))
         } else if self.vni != other.vni {
             Some(format!(
@@ -214,11 +254,13 @@ pub fn meta_len(m: &NodeMeta) -> usize {
         + if m.cluster_id.is_some() { 8 } else { 0 }
         + if m.bootstrap_expect.is_some() { 4 } else { 0 }
         + if m.wg.is_some() { 34 } else { 0 }
+        + m.second.map_or(0, |(c, _)| ip(c.addr()) + 2)
 }
 
 const HAS_FOUNDER: u8 = 1;
 const HAS_EXPECT: u8 = 2;
 const HAS_WG: u8 = 4;
+const HAS_SECOND: u8 = 8;
 
 fn fits(buf: &impl BufMut, n: usize) -> Result<(), CodecError> {
     if buf.remaining_mut() < n {
@@ -260,7 +302,8 @@ pub fn put_meta(m: &NodeMeta, out: &mut impl BufMut) {
         HAS_EXPECT
     } else {
         0
-    } | if m.wg.is_some() { HAS_WG } else { 0 };
+    } | if m.wg.is_some() { HAS_WG } else { 0 }
+        | if m.second.is_some() { HAS_SECOND } else { 0 };
     out.put_u8(flags);
     if let Some(id) = m.cluster_id {
         out.put_u64(id);
@@ -271,6 +314,11 @@ pub fn put_meta(m: &NodeMeta, out: &mut impl BufMut) {
     if let Some(wg) = &m.wg {
         out.put_u16(wg.port);
         out.put_slice(&wg.key);
+    }
+    if let Some((cidr, len)) = m.second {
+        put_ip(cidr.addr(), out);
+        out.put_u8(cidr.prefix_len());
+        out.put_u8(len);
     }
 }
 
@@ -313,7 +361,7 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
     let bump = buf.get_u16();
     need(buf, 1)?;
     let flags = buf.get_u8();
-    if flags & !(HAS_FOUNDER | HAS_EXPECT | HAS_WG) != 0 {
+    if flags & !(HAS_FOUNDER | HAS_EXPECT | HAS_WG | HAS_SECOND) != 0 {
         return Err(WireError::Malformed);
     }
     let cluster_id = if flags & HAS_FOUNDER != 0 {
@@ -337,6 +385,14 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
     } else {
         None
     };
+    let second = if flags & HAS_SECOND != 0 {
+        let ip = get_ip(buf)?;
+        need(buf, 2)?;
+        let cidr = IpNet::new(ip, buf.get_u8()).map_err(|_| WireError::Malformed)?;
+        Some((cidr, buf.get_u8()))
+    } else {
+        None
+    };
     Ok(NodeMeta {
         name,
         gossip,
@@ -345,6 +401,7 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
         vtep_mac,
         cluster_cidr,
         subnet_len,
+        second,
         lease,
         has_free,
         bump,
@@ -553,6 +610,7 @@ pub(crate) mod tests {
             vtep_mac: [2, 0, 0, 0, 0, 1],
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             subnet_len: 24,
+            second: None,
             lease: Some((3, 1)),
             has_free: false,
             bump: 0,
@@ -589,6 +647,34 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn a_dual_stack_node_and_a_single_stack_one_mismatch_naming_the_ipv6_cidr() {
+        let v4 = meta("a");
+        let dual = NodeMeta {
+            second: Some(("fd00:10:244::/56".parse().unwrap(), 64)),
+            ..meta("b")
+        };
+        assert_eq!(
+            v4.mismatch(&dual).unwrap(),
+            "IPv6 cluster CIDR none here, fd00:10:244::/56 on b"
+        );
+        let other_len = NodeMeta {
+            second: Some(("fd00:10:244::/56".parse().unwrap(), 80)),
+            ..meta("c")
+        };
+        assert_eq!(
+            dual.mismatch(&other_len).unwrap(),
+            "IPv6 subnet length (--subnet-len-v6) /64 here, /80 on c"
+        );
+        assert_eq!(
+            dual.mismatch(&NodeMeta {
+                name: "d".into(),
+                ..dual.clone()
+            }),
+            None
+        );
+    }
+
     fn arb_meta() -> impl Strategy<Value = NodeMeta> {
         (
             "[a-z0-9-]{1,30}",
@@ -602,9 +688,23 @@ pub(crate) mod tests {
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u32>()),
             proptest::option::of((any::<u16>(), any::<[u8; 32]>())),
+            proptest::option::of((any::<[u8; 16]>(), 0u8..=128, any::<u8>())),
         )
             .prop_map(
-                |(name, ip, port, vni, mac, lease, has_free, bump, cluster_id, expect, wg)| {
+                |(
+                    name,
+                    ip,
+                    port,
+                    vni,
+                    mac,
+                    lease,
+                    has_free,
+                    bump,
+                    cluster_id,
+                    expect,
+                    wg,
+                    second,
+                )| {
                     NodeMeta {
                         name,
                         gossip: SocketAddr::new(IpAddr::V4(ip.into()), port),
@@ -613,6 +713,9 @@ pub(crate) mod tests {
                         vtep_mac: mac,
                         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
                         subnet_len: 24,
+                        second: second.map(|(ip, prefix, len)| {
+                            (IpNet::new(IpAddr::V6(ip.into()), prefix).unwrap(), len)
+                        }),
                         lease,
                         has_free,
                         bump,
@@ -635,7 +738,7 @@ pub(crate) mod tests {
 
         #[test]
         fn header_round_trip(a in arb_meta(), b in arb_meta(), inc in any::<u16>(), p in any::<u8>(), tag in 0usize..11) {
-            let b = NodeMeta { vni: a.vni, wg: a.wg.map(|w| b.wg.unwrap_or(w)), ..b };
+            let b = NodeMeta { vni: a.vni, second: a.second, wg: a.wg.map(|w| b.wg.unwrap_or(w)), ..b };
             let mut codec = MetaCodec::new(a.clone());
             let message = match tag {
                 0 => Message::Ping(p),

@@ -22,6 +22,8 @@ pub struct MemberReport {
     pub state: MemberState,
     /// The subnet it publishes, if any.
     pub subnet: Option<IpNet>,
+    /// Dual-stack: its IPv6 subnet (the same lease).
+    pub subnet_v6: Option<IpNet>,
 }
 
 /// What a node that uses no subnet waits for. Its [`fmt::Display`] is the status
@@ -123,6 +125,8 @@ pub struct PeerInfo {
     pub name: String,
     /// The pod subnet it uses.
     pub subnet: IpNet,
+    /// Dual-stack: its IPv6 subnet (the same lease).
+    pub subnet_v6: Option<IpNet>,
     /// Its VXLAN endpoint: advertise address and VXLAN port.
     pub underlay: SocketAddr,
     /// Its VTEP MAC address.

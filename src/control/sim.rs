@@ -273,6 +273,7 @@ impl Sim {
                 vtep_mac: [2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8],
                 cluster_cidr: self.cfg.cidr,
                 subnet_len: self.cfg.subnet_len,
+                second: None,
                 lease: None,
                 has_free: false,
                 bump: 0,

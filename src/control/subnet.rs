@@ -37,6 +37,20 @@ pub fn subnet_of(cidr: IpNet, subnet_len: u8, idx: u32) -> Option<IpNet> {
     }
 }
 
+/// The index of `subnet` among the `/subnet.prefix_len()` subnets of `cidr`.
+pub fn index_of(cidr: IpNet, subnet: IpNet) -> Option<u32> {
+    if !cidr.contains(&subnet.network()) || subnet.prefix_len() < cidr.prefix_len() {
+        return None;
+    }
+    let host_bits = u32::from(subnet.max_prefix_len() - subnet.prefix_len());
+    let off = match (cidr.trunc(), subnet) {
+        (IpNet::V4(c), IpNet::V4(s)) => u128::from(u32::from(s.network()) - u32::from(c.network())),
+        (IpNet::V6(c), IpNet::V6(s)) => u128::from(s.network()) - u128::from(c.network()),
+        _ => return None,
+    };
+    u32::try_from(off.checked_shr(host_bits).unwrap_or(0)).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +73,9 @@ mod tests {
             subnet_of(v6, 64, 1),
             Some("fd00:0:0:1::/64".parse().unwrap())
         );
+        assert_eq!(index_of(cidr, "10.244.3.0/24".parse().unwrap()), Some(3));
+        assert_eq!(index_of(v6, "fd00:0:0:7::/64".parse().unwrap()), Some(7));
+        assert_eq!(index_of(cidr, "10.245.3.0/24".parse().unwrap()), None);
+        assert_eq!(index_of(cidr, v6), None);
     }
 }

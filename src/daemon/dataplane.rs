@@ -69,7 +69,12 @@ impl Running {
             Running::Kernel(k) => {
                 k.shutdown().await;
                 if left {
-                    match KernelDriver::remove(netlink, &args.vxlan_device, args.cluster_cidr).await
+                    match KernelDriver::remove(
+                        netlink,
+                        &args.vxlan_device,
+                        args.cluster_cidr.primary,
+                    )
+                    .await
                     {
                         Ok(_) => {
                             tracing::info!(device = %args.vxlan_device, "removed the vxlan device, its routes and the nftables table")
@@ -107,6 +112,9 @@ fn needs_userspace(args: &DaemonArgs) -> Option<String> {
     }
     if args.workers != 0 {
         return Some("--workers tunes the userspace dataplane".into());
+    }
+    if args.cluster_cidr.second.is_some() {
+        return Some("a dual-stack --cluster-cidr needs the userspace dataplane (the kernel dataplane carries one address family so far)".into());
     }
     None
 }
@@ -192,7 +200,7 @@ async fn start_kernel(
     let (handle, feeds) = DataplaneHandle::new(fib, 1, path);
     let config = KernelConfig {
         spec,
-        cluster_cidr: args.cluster_cidr,
+        cluster_cidr: args.cluster_cidr.primary,
     };
     match KernelDriver::start(s.netlink.clone(), config, feeds).await {
         Ok(driver) => Ok(Started {
@@ -202,7 +210,7 @@ async fn start_kernel(
         }),
         Err(e) => {
             if let Err(cleanup) =
-                KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr).await
+                KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr.primary).await
             {
                 tracing::warn!("removing what the kernel dataplane set up: {cleanup}");
             }
@@ -216,7 +224,7 @@ async fn start_kernel(
 /// nftables table).
 async fn open_tun(s: &Start<'_>) -> Result<(tun::TunDevice, u32), DaemonError> {
     let args = s.args;
-    if KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr).await? {
+    if KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr.primary).await? {
         tracing::info!(device = %args.vxlan_device, "removed the kernel dataplane an earlier run left (vxlan device, unreachable route, nftables table)");
     }
     let workers = match args.workers {
@@ -233,7 +241,7 @@ async fn open_tun(s: &Start<'_>) -> Result<(tun::TunDevice, u32), DaemonError> {
         })?
         .header
         .index;
-    if args.cluster_cidr.addr().is_ipv4() {
+    if args.cluster_cidr.second.is_none() && args.cluster_cidr.primary.addr().is_ipv4() {
         disable_ipv6(&args.tun)?;
         accept_local(&args.tun)?;
     }

@@ -67,8 +67,9 @@ pub async fn start(
         vxlan_port: args.port,
         vni: args.vni,
         vtep_mac: start.vtep_mac.0,
-        cluster_cidr: args.cluster_cidr,
+        cluster_cidr: args.cluster_cidr.primary,
         subnet_len: args.subnet_len,
+        second: args.second(),
         seeds,
         bootstrap_expect: args.bootstrap_expect,
         gossip_port: args.gossip_port,
@@ -91,7 +92,11 @@ pub async fn start(
         secret_file,
         start.hangup,
     ));
-    let total = crate::control::subnet_count(args.cluster_cidr, args.subnet_len).unwrap_or(0);
+    let total = crate::control::subnet_count(args.cluster_cidr.primary, args.subnet_len)
+        .unwrap_or(0)
+        .min(args.second().map_or(u32::MAX, |(c, l)| {
+            crate::control::subnet_count(c, l).unwrap_or(0)
+        }));
     let (report_tx, report) = watch::channel(ControlReport {
         leases_total: u64::from(total),
         ..Default::default()

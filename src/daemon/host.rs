@@ -97,6 +97,8 @@ pub struct Host {
     bridge_index: u32,
     cluster_route: ClusterRoute,
     cluster_cidr: IpNet,
+    /// Dual-stack: the IPv6 cluster CIDR and `--subnet-len-v6`.
+    second: Option<(IpNet, u8)>,
     node_path: PathBuf,
     node_name: String,
     bridge: String,
@@ -116,12 +118,19 @@ impl Host {
         cluster_route: ClusterRoute,
     ) -> Result<Host, DaemonError> {
         let bridge_index = netlink.ensure_bridge(&args.bridge, mtu).await?;
-        enable_forwarding(&args.cluster_cidr)?;
+        for cidr in args.cluster_cidr.all() {
+            enable_forwarding(&cidr)?;
+        }
+        if args.cluster_cidr.all().any(|c| c.addr().is_ipv6()) {
+            // The gateway must answer at once, not after duplicate address detection.
+            no_dad(&args.bridge)?;
+        }
         Ok(Host {
             netlink,
             bridge_index,
             cluster_route,
-            cluster_cidr: args.cluster_cidr,
+            cluster_cidr: args.cluster_cidr.primary,
+            second: args.second(),
             node_path: args.run_dir.join(NODE_FILE),
             node_name: node_name.to_string(),
             bridge: args.bridge.clone(),
@@ -131,22 +140,75 @@ impl Host {
     }
 
     /// Makes the host match `subnet`: the gateway address on the bridge, the cluster
-    /// route's source, and node.json. Without a subnet, the cluster addresses go and
-    /// node.json is removed, so the CNI plugin answers "try again later".
+    /// route's source, and node.json; dual-stack, the same for the IPv6 subnet that
+    /// goes with it. Without a subnet, the cluster addresses go and node.json is
+    /// removed, so the CNI plugin answers "try again later".
     pub async fn apply(&mut self, subnet: Option<IpNet>) -> Result<(), DaemonError> {
         if self.applied == Some(subnet) {
             return Ok(());
         }
+        let subnet_v6 = subnet.and_then(|s| self.subnet_v6_of(s));
+        self.apply_family(self.cluster_cidr, subnet).await?;
+        if let Some((cidr, _)) = self.second {
+            self.apply_family(cidr, subnet_v6).await?;
+        }
+        match subnet {
+            Some(subnet) => {
+                let info = NodeInfo {
+                    node_name: self.node_name.clone(),
+                    subnet,
+                    gateway: gateway_of(&subnet),
+                    bridge: self.bridge.clone(),
+                    mtu: self.mtu,
+                    cluster_cidr: self.cluster_cidr,
+                    subnet_v6,
+                    gateway_v6: subnet_v6.map(|s| gateway_of(&s)),
+                    cluster_cidr_v6: self.second.map(|s| s.0),
+                };
+                let json = serde_json::to_vec_pretty(&info).expect("NodeInfo serializes");
+                write_atomic(&self.node_path, &json, 0o600, 0o700)
+                    .map_err(file_err("node file", &self.node_path))?;
+                match subnet_v6 {
+                    Some(v6) => tracing::info!(%subnet, subnet_v6 = %v6, "node subnets in use"),
+                    None => {
+                        tracing::info!(%subnet, gateway = %gateway_of(&subnet), "node subnet in use")
+                    }
+                }
+            }
+            None => {
+                match std::fs::remove_file(&self.node_path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(file_err("node file", &self.node_path)(e)),
+                }
+                tracing::warn!("no subnet for this node: pods cannot be added until it has one");
+            }
+        }
+        self.applied = Some(subnet);
+        Ok(())
+    }
+
+    /// Dual-stack: the IPv6 subnet that goes with `subnet` (the same lease index in
+    /// the IPv6 cluster CIDR, see [`crate::control::NodeMeta::subnets`]).
+    pub fn subnet_v6_of(&self, subnet: IpNet) -> Option<IpNet> {
+        let (cidr, len) = self.second?;
+        let idx = crate::control::subnet::index_of(self.cluster_cidr, subnet)?;
+        crate::control::subnet_of(cidr, len, idx)
+    }
+
+    /// One family: the gateway of `subnet` (inside `cluster`) on the bridge, stale
+    /// routes gone, and the route that carries the rest of `cluster`.
+    async fn apply_family(&self, cluster: IpNet, subnet: Option<IpNet>) -> Result<(), DaemonError> {
         let gateway = subnet.map(|s| gateway_of(&s));
         let gateway_net = subnet
             .zip(gateway)
             .and_then(|(s, g)| IpNet::new(g, s.prefix_len()).ok());
         self.netlink
-            .ensure_address(self.bridge_index, gateway_net, self.cluster_cidr)
+            .ensure_address(self.bridge_index, gateway_net, cluster)
             .await?;
-        for (dst, oif, msg) in self.netlink.routes_within(self.cluster_cidr).await? {
+        for (dst, oif, msg) in self.netlink.routes_within(cluster).await? {
             let tun_route = match self.cluster_route {
-                ClusterRoute::Tun(tun) => oif == Some(tun) && dst != self.cluster_cidr,
+                ClusterRoute::Tun(tun) => oif == Some(tun) && dst != cluster,
                 ClusterRoute::KernelRoutes => false,
             };
             let stale = (oif == Some(self.bridge_index)
@@ -159,36 +221,22 @@ impl Host {
             }
         }
         if let ClusterRoute::Tun(tun) = self.cluster_route {
-            self.netlink
-                .replace_route(self.cluster_cidr, tun, gateway)
-                .await?;
+            self.netlink.replace_route(cluster, tun, gateway).await?;
         }
-        match (subnet, gateway) {
-            (Some(subnet), Some(gateway)) => {
-                let info = NodeInfo {
-                    node_name: self.node_name.clone(),
-                    subnet,
-                    gateway,
-                    bridge: self.bridge.clone(),
-                    mtu: self.mtu,
-                    cluster_cidr: self.cluster_cidr,
-                };
-                let json = serde_json::to_vec_pretty(&info).expect("NodeInfo serializes");
-                write_atomic(&self.node_path, &json, 0o600, 0o700)
-                    .map_err(file_err("node file", &self.node_path))?;
-                tracing::info!(%subnet, %gateway, "node subnet in use");
-            }
-            _ => {
-                match std::fs::remove_file(&self.node_path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(file_err("node file", &self.node_path)(e)),
-                }
-                tracing::warn!("no subnet for this node: pods cannot be added until it has one");
-            }
-        }
-        self.applied = Some(subnet);
         Ok(())
+    }
+}
+
+/// Turns duplicate address detection off on `ifname`, so an IPv6 gateway address is
+/// usable as soon as it is added.
+fn no_dad(ifname: &str) -> Result<(), DaemonError> {
+    let path = std::path::Path::new("/proc/sys/net/ipv6/conf")
+        .join(ifname)
+        .join("accept_dad");
+    match std::fs::write(&path, b"0") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(crate::dataplane::Error::Sysctl { path, source }.into()),
     }
 }
 

@@ -128,7 +128,9 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         vtep_mac,
         subnet: None,
         gateway: None,
-        cluster_cidr: args.cluster_cidr,
+        cluster_cidr: args.cluster_cidr.primary,
+        subnet_v6: None,
+        cluster_cidr_v6: args.cluster_cidr.second,
         mtu: underlay.mtu,
         bridge: args.bridge.clone(),
         tun: args.tun.clone(),
@@ -309,8 +311,10 @@ impl Daemon {
         loop {
             let subnet = *self.subnet.borrow_and_update();
             self.host.apply(subnet).await?;
+            let subnet_v6 = subnet.and_then(|s| self.host.subnet_v6_of(s));
             self.source.node.send_modify(|n| {
                 n.subnet = subnet;
+                n.subnet_v6 = subnet_v6;
                 n.gateway = subnet.map(|s| gateway_of(&s));
             });
             self.dataplane.set_router(subnet.map(|s| gateway_of(&s)));

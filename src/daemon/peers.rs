@@ -28,6 +28,7 @@ pub fn static_peers(args: &DaemonArgs) -> Vec<Peer> {
             vtep_mac: p.mac,
             state: PeerState::Alive,
             origin: PeerOrigin::Static,
+            subnet_v6: None,
             allow_any_source: p.allow_any_source,
             wg_key: p.wg_key,
             stats: Arc::default(),
@@ -155,6 +156,7 @@ impl PeerTable {
             peers.push(Peer {
                 name: p.name.clone(),
                 subnet: p.subnet,
+                subnet_v6: p.subnet_v6,
                 underlay,
                 wg_key,
                 vtep_mac: MacAddr(p.vtep_mac),
@@ -206,6 +208,7 @@ mod tests {
         PeerInfo {
             name: name.into(),
             subnet: subnet.parse().unwrap(),
+            subnet_v6: None,
             underlay: underlay.parse().unwrap(),
             vtep_mac: [2, 0, 0, 0, 0, 7],
             vni,

@@ -430,7 +430,7 @@ impl Decapsulator {
             return Err(DropReason::MalformedInner);
         }
         let header = IpHeader::parse(inner).map_err(|_| DropReason::MalformedInner)?;
-        if !peer.allow_any_source && !peer.subnet.contains(&header.src) {
+        if !peer.allow_any_source && !peer.owns(&header.src) {
             return Err(DropReason::SpoofedSource);
         }
         Ok(header.total_len)

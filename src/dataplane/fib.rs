@@ -45,6 +45,8 @@ pub struct Peer {
     pub name: String,
     /// The pod subnet the peer owns.
     pub subnet: IpNet,
+    /// Dual-stack: its IPv6 subnet too.
+    pub subnet_v6: Option<IpNet>,
     /// Underlay address and VXLAN port the peer receives on.
     pub underlay: SocketAddr,
     /// The peer's VTEP MAC: the inner destination MAC of frames we send it.
@@ -60,6 +62,19 @@ pub struct Peer {
     pub wg_key: Option<[u8; 32]>,
     /// Traffic counters; kept across FIB rebuilds by the caller.
     pub stats: Arc<PeerStats>,
+}
+
+impl Peer {
+    /// Its subnets: `subnet`, and dual-stack `subnet_v6`.
+    pub fn subnets(&self) -> impl Iterator<Item = IpNet> {
+        std::iter::once(self.subnet).chain(self.subnet_v6)
+    }
+
+    /// Whether `ip` lies in one of its subnets (the anti-spoofing check).
+    #[inline]
+    pub fn owns(&self, ip: &IpAddr) -> bool {
+        self.subnet.contains(ip) || self.subnet_v6.is_some_and(|s| s.contains(ip))
+    }
 }
 
 /// The first host address of `subnet`: a node's gateway, held by its bridge.
@@ -160,39 +175,45 @@ impl Fib {
         let mut fib = Fib::default();
         for (i, a) in peers.iter().enumerate() {
             for b in &peers[..i] {
-                if a.subnet.contains(&b.subnet.network()) || b.subnet.contains(&a.subnet.network())
+                for (sa, sb) in a
+                    .subnets()
+                    .flat_map(|sa| b.subnets().map(move |sb| (sa, sb)))
                 {
-                    return Err(FibError::Overlap {
-                        a: b.name.clone(),
-                        a_subnet: b.subnet,
-                        b: a.name.clone(),
-                        b_subnet: a.subnet,
-                    });
+                    if sa.contains(&sb.network()) || sb.contains(&sa.network()) {
+                        return Err(FibError::Overlap {
+                            a: b.name.clone(),
+                            a_subnet: sb,
+                            b: a.name.clone(),
+                            b_subnet: sa,
+                        });
+                    }
                 }
             }
         }
         for (i, peer) in peers.iter().enumerate() {
             let idx = i as u32;
-            match peer.subnet {
-                IpNet::V4(net) => {
-                    let len = net.prefix_len();
-                    insert(
-                        &mut fib.v4,
-                        len,
-                        mask_v4(len),
-                        u32::from(net.network()),
-                        idx,
-                    );
-                }
-                IpNet::V6(net) => {
-                    let len = net.prefix_len();
-                    insert(
-                        &mut fib.v6,
-                        len,
-                        mask_v6(len),
-                        u128::from(net.network()),
-                        idx,
-                    );
+            for subnet in peer.subnets() {
+                match subnet {
+                    IpNet::V4(net) => {
+                        let len = net.prefix_len();
+                        insert(
+                            &mut fib.v4,
+                            len,
+                            mask_v4(len),
+                            u32::from(net.network()),
+                            idx,
+                        );
+                    }
+                    IpNet::V6(net) => {
+                        let len = net.prefix_len();
+                        insert(
+                            &mut fib.v6,
+                            len,
+                            mask_v6(len),
+                            u128::from(net.network()),
+                            idx,
+                        );
+                    }
                 }
             }
             let addr = peer.underlay.ip().to_canonical();
@@ -260,6 +281,7 @@ pub(crate) mod tests {
             vtep_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             state: PeerState::Alive,
             origin: PeerOrigin::Static,
+            subnet_v6: None,
             allow_any_source: false,
             wg_key: None,
             stats: Arc::default(),

@@ -415,7 +415,7 @@ impl Opener {
         let checked = result.and_then(|(len, src)| {
             if fib_peer.state == PeerState::Dead {
                 Err(DropReason::DeadSender)
-            } else if !fib_peer.allow_any_source && !fib_peer.subnet.contains(&src) {
+            } else if !fib_peer.allow_any_source && !fib_peer.owns(&src) {
                 Err(DropReason::SpoofedSource)
             } else {
                 Ok(len)

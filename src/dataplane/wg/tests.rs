@@ -40,6 +40,7 @@ fn peer(name: &str, subnet: &str, addr: &str, key: [u8; 32]) -> Peer {
         vtep_mac: MacAddr([0; 6]),
         state: PeerState::Alive,
         origin: PeerOrigin::Gossip,
+        subnet_v6: None,
         allow_any_source: false,
         wg_key: Some(key),
         stats: Arc::default(),
