@@ -171,3 +171,75 @@ fn a_single_stack_node_is_refused_by_a_dual_stack_cluster_naming_the_ipv6_cidr()
         "{text}"
     );
 }
+
+/// `base` (an IPv6 subnet as text, `fd00:10:244:3::/64`) with the last host part
+/// `host`: `fd00:10:244:3::host`.
+fn v6_host(subnet: &str, host: u16) -> String {
+    let net: ipnet::Ipv6Net = subnet.parse().unwrap();
+    std::net::Ipv6Addr::from(u128::from(net.network()) + u128::from(host)).to_string()
+}
+
+#[test]
+fn an_ipv6_only_cluster_over_an_ipv6_underlay_carries_pod_traffic() {
+    let _load = load::shared();
+    let cluster = TestCluster::new(OVERLAYD);
+    let flags = ["--cluster-cidr", "fd00:10:244::/48", "--subnet-len", "64"];
+    let mut nodes: Vec<DaemonNode> = (1..=3).map(|i| cluster.node(i)).collect();
+    let addrs: Vec<String> = nodes.iter_mut().map(|n| n.ipv6_underlay()).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        n.extra = flags.iter().map(|s| s.to_string()).collect();
+        let seeds: Vec<&str> = (0..addrs.len())
+            .filter(|j| *j != i)
+            .map(|j| addrs[j].as_str())
+            .collect();
+        n.launch(&seeds.join(","));
+    }
+    assert!(
+        wait_until(BOUND, || nodes.iter().all(|n| n.subnet().is_some())),
+        "not every node got a subnet:\n{}",
+        logs(&nodes)
+    );
+    let mut pods = Vec::new();
+    for n in &nodes {
+        let status = n.status().unwrap();
+        let subnet = status.node.subnet.unwrap().to_string();
+        assert!(subnet.starts_with("fd00:10:244:"), "{subnet}");
+        // The underlay MTU less VXLAN over IPv6 (70 bytes).
+        assert_eq!(status.node.mtu, 1430, "{}", n.name);
+        // Gossip and VXLAN run over IPv6: every peer's endpoint is an IPv6 address.
+        assert!(
+            wait_until(BOUND, || n.status().is_some_and(
+                |s| s.peers.len() == 2 && s.peers.iter().all(|p| p.underlay.is_ipv6())
+            )),
+            "{}: {:?}",
+            n.name,
+            n.status().map(|s| s.peers)
+        );
+        let ip = v6_host(&subnet, 2);
+        let gw = v6_host(&subnet, 1);
+        let pod = overlayd_test_support::topology::Pod::attach(
+            &n.ns,
+            "ovl0",
+            "veth0",
+            &format!("{ip}/64"),
+            &gw,
+            status.node.mtu,
+        );
+        pods.push(pod);
+    }
+    for (i, a) in pods.iter().enumerate() {
+        for (j, b) in pods.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let ok = wait_until(BOUND, || a.ns.ping_once(&b.ip));
+            assert!(
+                ok,
+                "pod {} cannot reach {} over IPv6:\n{}",
+                a.ip,
+                b.ip,
+                logs(&nodes)
+            );
+        }
+    }
+}

@@ -51,6 +51,7 @@ impl TestCluster {
             dirs: DaemonDirs::under(self.dir(), &name),
             name,
             i,
+            advertise: None,
             extra: Vec::new(),
             env: Vec::new(),
         }
@@ -86,6 +87,8 @@ pub struct DaemonNode {
     pub name: String,
     /// Its underlay address is 198.18.0.`i`.
     pub i: u8,
+    /// Its `--advertise-addr`, when not 198.18.0.`i` (see [`DaemonNode::ipv6_underlay`]).
+    pub advertise: Option<String>,
     /// Daemon flags added to every start.
     pub extra: Vec<String>,
     /// Environment variables added to every start.
@@ -98,13 +101,32 @@ impl DaemonNode {
     pub fn args(&self, peers: &str) -> Vec<String> {
         let mut a = vec![
             "--advertise-addr".to_string(),
-            format!("198.18.0.{}", self.i),
+            self.advertise
+                .clone()
+                .unwrap_or_else(|| format!("198.18.0.{}", self.i)),
         ];
         if !peers.is_empty() {
             a.extend(["--peers".to_string(), peers.to_string()]);
         }
         a.extend(self.extra.iter().cloned());
         a
+    }
+
+    /// Gives the node the IPv6 underlay address 2001:2::`i`/64 (RFC 5180's
+    /// benchmarking range, beside 198.18.0.0/15) and makes it the advertise address.
+    pub fn ipv6_underlay(&mut self) -> String {
+        let addr = format!("2001:2::{}", self.i);
+        self.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        self.advertise = Some(addr.clone());
+        addr
     }
 
     /// Starts the daemon on this node's directories (a restart keeps its state).
