@@ -130,6 +130,24 @@ fn a_dual_stack_cluster_leases_a_subnet_per_family_and_pods_reach_each_other_ove
             );
         }
     }
+    // An IPv6 address of the cluster no node owns: ICMPv6 unreachable from the
+    // node's IPv6 gateway, at once.
+    let out = nodes[0]
+        .pod()
+        .ns
+        .command("ping")
+        .args(["-c", "1", "-W", "2", "fd00:10:244:ff::5"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let gw = node_json(&nodes[0]).unwrap()["gateway_v6"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(&format!("From {gw}")) && text.contains("nreachable"),
+        "{text}"
+    );
     // Each peer's counters saw the IPv6 packets too: nothing dropped as spoofed.
     for n in &nodes {
         let s = n.status().unwrap();

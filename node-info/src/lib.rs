@@ -80,6 +80,9 @@ mod tests {
             bridge: "ovl0".into(),
             mtu: 1450,
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            subnet_v6: None,
+            gateway_v6: None,
+            cluster_cidr_v6: None,
         }
     }
 
@@ -97,6 +100,19 @@ mod tests {
         };
         let text = serde_json::to_vec(&v6).unwrap();
         assert_eq!(serde_json::from_slice::<NodeInfo>(&text).unwrap(), v6);
+        // Dual-stack adds three fields, which an older plugin ignores.
+        let dual = NodeInfo {
+            subnet_v6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            gateway_v6: Some("fd00:10:244:1::1".parse().unwrap()),
+            cluster_cidr_v6: Some("fd00:10:244::/56".parse().unwrap()),
+            ..sample()
+        };
+        let text = serde_json::to_string(&dual).unwrap();
+        assert!(
+            text.contains(r#""subnet_v6":"fd00:10:244:1::/64""#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<NodeInfo>(&text).unwrap(), dual);
     }
 
     #[test]

@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{DaemonArgs, MetricsAddr};
 use crate::control::KeySet;
+use crate::dataplane::icmp::Routers;
 use crate::dataplane::netlink::Netlink;
 use crate::dataplane::wire::MacAddr;
 use crate::dataplane::DataplaneHandle;
@@ -317,7 +318,10 @@ impl Daemon {
                 n.subnet_v6 = subnet_v6;
                 n.gateway = subnet.map(|s| gateway_of(&s));
             });
-            self.dataplane.set_router(subnet.map(|s| gateway_of(&s)));
+            self.dataplane.set_router(Routers {
+                first: subnet.map(|s| gateway_of(&s)),
+                v6: subnet_v6.map(|s| gateway_of(&s)),
+            });
             let learned = self
                 .peers
                 .as_mut()

@@ -186,7 +186,7 @@ impl Worker {
         enc: Encapsulator,
         dec: Decapsulator,
         fib: watch::Receiver<Arc<Fib>>,
-        router: watch::Receiver<Option<std::net::IpAddr>>,
+        router: watch::Receiver<crate::dataplane::icmp::Routers>,
         stats: Arc<Stats>,
         stop: Arc<Stop>,
         options: DataplaneOptions,
@@ -259,7 +259,7 @@ struct TxPath {
     batch: TxBatch,
     sender: UdpSender,
     /// Source of ICMP unreachable replies (the node's gateway), if set.
-    router: watch::Receiver<Option<std::net::IpAddr>>,
+    router: watch::Receiver<crate::dataplane::icmp::Routers>,
     icmp: UnreachableReplies,
     icmp_buf: Vec<u8>,
 }
@@ -269,7 +269,7 @@ impl TxPath {
         vnet: bool,
         enc: Encapsulator,
         fib: watch::Receiver<Arc<Fib>>,
-        router: watch::Receiver<Option<std::net::IpAddr>>,
+        router: watch::Receiver<crate::dataplane::icmp::Routers>,
         stats: Arc<Stats>,
         sender: UdpSender,
     ) -> TxPath {

@@ -4,12 +4,12 @@
 //! the kernel programmer each take the receiving ends ([`Feeds`]).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
 use super::fib::Fib;
+use super::icmp::Routers;
 use super::mode::PathInfo;
 use super::stats::NodeStats;
 use super::wg::WgControl;
@@ -20,7 +20,7 @@ use super::wg::WgControl;
 pub struct DataplaneHandle {
     stats: Arc<NodeStats>,
     fib: watch::Sender<Arc<Fib>>,
-    router: watch::Sender<Option<IpAddr>>,
+    router: watch::Sender<Routers>,
     path: Arc<PathInfo>,
     device_errors: Arc<Mutex<BTreeMap<String, u64>>>,
     encryption: Option<WgControl>,
@@ -31,7 +31,7 @@ pub struct Feeds {
     /// The forwarding table in force.
     pub fib: watch::Receiver<Arc<Fib>>,
     /// The node's gateway (the source of ICMP replies and of local traffic).
-    pub router: watch::Receiver<Option<IpAddr>>,
+    pub router: watch::Receiver<Routers>,
     /// The counters the dataplane writes.
     pub stats: Arc<NodeStats>,
     /// Error and drop counters of the kernel device, by name (kernel mode).
@@ -55,7 +55,7 @@ impl DataplaneHandle {
     pub fn new(fib: Arc<Fib>, workers: usize, path: PathInfo) -> (DataplaneHandle, Feeds) {
         let stats = Arc::new(NodeStats::new(workers));
         let (fib_tx, fib_rx) = watch::channel(fib);
-        let (router_tx, router_rx) = watch::channel(None);
+        let (router_tx, router_rx) = watch::channel(Routers::default());
         let device_errors = Arc::new(Mutex::new(BTreeMap::new()));
         let handle = DataplaneHandle {
             stats: stats.clone(),
@@ -100,7 +100,7 @@ impl DataplaneHandle {
 
     /// Sets the node's gateway (the address ICMP unreachable replies and local
     /// traffic come from); `None` while the node has no subnet.
-    pub fn set_router(&self, router: Option<IpAddr>) {
+    pub fn set_router(&self, router: Routers) {
         self.router.send_replace(router);
     }
 

@@ -137,11 +137,39 @@ pub const REPLY_RATE: u32 = 100;
 /// and [`MAX_REPLY`].
 pub const MAX_TUN_WRITE: usize = VNET_HDR_LEN + MAX_REPLY;
 
+/// The node's gateway addresses on its bridge, where ICMP errors come from: its
+/// subnet's, and dual-stack its IPv6 subnet's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Routers {
+    /// The gateway of the node's subnet.
+    pub first: Option<IpAddr>,
+    /// Dual-stack: the gateway of its IPv6 subnet.
+    pub v6: Option<IpAddr>,
+}
+
+impl Routers {
+    /// Only `first`.
+    pub fn one(first: IpAddr) -> Routers {
+        Routers {
+            first: Some(first),
+            v6: None,
+        }
+    }
+
+    /// The router of the IPv4 (`v4`) or the IPv6 family, if the node has one.
+    pub fn of_family(&self, v4: bool) -> Option<IpAddr> {
+        [self.first, self.v6]
+            .into_iter()
+            .flatten()
+            .find(|r| r.is_ipv4() == v4)
+    }
+}
+
 /// The ICMP-unreachable side of one worker's outbound path: which drops get a reply,
 /// from which address, how often, and the bytes to write to the TUN.
 #[derive(Debug, Clone)]
 pub struct UnreachableReplies {
-    router: Option<IpAddr>,
+    router: Routers,
     vnet: bool,
     limit: RateLimit,
 }
@@ -151,14 +179,15 @@ impl UnreachableReplies {
     /// a virtio-net header. No reply is sent until [`Self::set_router`] gives an address.
     pub fn new(rate: u32, vnet: bool) -> UnreachableReplies {
         UnreachableReplies {
-            router: None,
+            router: Routers::default(),
             vnet,
             limit: RateLimit::new(rate),
         }
     }
 
-    /// Sets the address replies come from (the node's gateway); `None` sends none.
-    pub fn set_router(&mut self, router: Option<IpAddr>) {
+    /// Sets the addresses replies come from (the node's gateways); a packet of a
+    /// family with none gets no reply.
+    pub fn set_router(&mut self, router: Routers) {
         self.router = router;
     }
 
@@ -180,7 +209,7 @@ impl UnreachableReplies {
             DropReason::PeerDead => Unreachable::PeerDead,
             _ => return None,
         };
-        let router = self.router?;
+        let router = self.router.of_family(packet.first()? >> 4 == 4)?;
         if !self.limit.allow(now) {
             return None;
         }
@@ -279,6 +308,52 @@ mod tests {
         assert!(Ipv4Packet::new_checked(&out[..n])
             .unwrap()
             .verify_checksum());
+    }
+
+    #[test]
+    fn a_dual_stack_node_answers_each_family_from_its_own_gateway() {
+        let mut v6 = Vec::new();
+        PacketBuilder::ipv6(
+            "fd00:1::5".parse::<Ipv6Addr>().unwrap().octets(),
+            "fd00:9::9".parse::<Ipv6Addr>().unwrap().octets(),
+            64,
+        )
+        .udp(40000, 53)
+        .write(&mut v6, b"query")
+        .unwrap();
+        let mut replies = UnreachableReplies::new(REPLY_RATE, false);
+        let mut out = vec![0u8; MAX_TUN_WRITE];
+        let t0 = Instant::now();
+        replies.set_router(Routers::one("10.244.1.1".parse().unwrap()));
+        assert_eq!(
+            replies.handle_drop(t0, DropReason::UnknownSubnet, &v6, &mut out),
+            None,
+            "no IPv6 gateway: no reply"
+        );
+        replies.set_router(Routers {
+            first: Some("10.244.1.1".parse().unwrap()),
+            v6: Some("fd00:1::1".parse().unwrap()),
+        });
+        let n = replies
+            .handle_drop(t0, DropReason::UnknownSubnet, &v6, &mut out)
+            .unwrap();
+        let reply = out[..n].to_vec();
+        let sliced = SlicedPacket::from_ip(&reply).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = &sliced.net else {
+            panic!("not IPv6")
+        };
+        assert_eq!(
+            ip.header().source_addr(),
+            "fd00:1::1".parse::<Ipv6Addr>().unwrap()
+        );
+        let n = replies
+            .handle_drop(t0, DropReason::UnknownSubnet, &udp4(), &mut out)
+            .unwrap();
+        let sliced = SlicedPacket::from_ip(&out[..n]).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &sliced.net else {
+            panic!("not IPv4")
+        };
+        assert_eq!(ip.header().source_addr(), Ipv4Addr::new(10, 244, 1, 1));
     }
 
     #[test]
@@ -394,7 +469,7 @@ mod tests {
             replies.handle_drop(t0, DropReason::UnknownSubnet, &packet, &mut out),
             None
         );
-        replies.set_router(Some("10.244.1.1".parse().unwrap()));
+        replies.set_router(Routers::one("10.244.1.1".parse().unwrap()));
         let mut expected = [0u8; MAX_REPLY];
         for (reason, why) in [
             (DropReason::UnknownSubnet, Unreachable::NoRoute),
@@ -415,7 +490,7 @@ mod tests {
         }
         // With virtio headers the reply sits behind a zero one.
         let mut vnet = UnreachableReplies::new(REPLY_RATE, true);
-        vnet.set_router(Some("10.244.1.1".parse().unwrap()));
+        vnet.set_router(Routers::one("10.244.1.1".parse().unwrap()));
         out.fill(0xee);
         let n = vnet
             .handle_drop(t0, DropReason::PeerDead, &packet, &mut out)
@@ -442,7 +517,7 @@ mod tests {
         let packet = udp4();
         let mut out = [0u8; MAX_TUN_WRITE];
         let mut replies = UnreachableReplies::new(REPLY_RATE, false);
-        replies.set_router(Some("10.244.1.1".parse().unwrap()));
+        replies.set_router(Routers::one("10.244.1.1".parse().unwrap()));
         let mut sent = |at: Duration, n: usize| {
             (0..n)
                 .filter(|_| {

@@ -94,7 +94,7 @@ impl KernelDriver {
             feeds,
         };
         let fib = p.feeds.fib.borrow_and_update().clone();
-        let router = *p.feeds.router.borrow_and_update();
+        let router = p.feeds.router.borrow_and_update().first;
         p.install_ruleset(&fib).await?;
         // Routes through a device need it up; the filter is in place by now.
         p.netlink.set_up(index, p.config.spec.mtu).await?;
@@ -193,7 +193,7 @@ impl Programmer {
     /// ruleset is installed rather than trusted to have announced itself.
     async fn update(&mut self) {
         let fib = self.feeds.fib.borrow_and_update().clone();
-        let router = *self.feeds.router.borrow_and_update();
+        let router = self.feeds.router.borrow_and_update().first;
         let stale = !self
             .ruleset_of
             .as_ref()
