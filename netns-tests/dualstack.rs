@@ -1,14 +1,13 @@
 //! Root-only tests of dual-stack clusters (issue 16), with real daemons in network
 //! namespaces on a shared underlay switch: each node leases one subnet per family,
-//! and pods reach each other over IPv4 and over IPv6. Run with
+//! pods added by overlayd-cni reach each other over IPv4 and over IPv6, and an
+//! IPv6-only cluster runs over an IPv6 underlay. Run with
 //! `cargo test --release --test netns_dualstack` as root.
 
 use std::time::Duration;
 
-use overlayd_test_support::cluster::{
-    all_reach_all, lease_and_attach, logs, DaemonNode, TestCluster,
-};
-use overlayd_test_support::{load, wait_until};
+use overlayd_test_support::cluster::{logs, DaemonNode, TestCluster};
+use overlayd_test_support::{load, wait_until, workspace_bin, Netns};
 
 /// The daemon under test.
 const OVERLAYD: &str = env!("CARGO_BIN_EXE_overlayd");
@@ -35,38 +34,59 @@ fn subnets(n: &DaemonNode) -> Option<(String, String)> {
     ))
 }
 
-/// Gives the node's pod (attached with its IPv4 address) `::2` of the node's IPv6
-/// subnet and a default route through the IPv6 gateway; returns the address.
-fn add_v6(n: &DaemonNode) -> String {
-    let info = node_json(n).expect("node.json");
-    let subnet = info["subnet_v6"].as_str().expect("subnet_v6");
-    let gateway = info["gateway_v6"].as_str().expect("gateway_v6");
-    let ip = format!("{}2", subnet.trim_end_matches("/64"));
-    let pod = &n.pod().ns;
-    pod.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{ip}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    pod.ip(&["-6", "route", "add", "default", "via", gateway]);
-    ip
+/// Runs overlayd-cni (`cmd`, cniVersion 1.1.0) on node `n` for pod `pod`, with the
+/// daemon's run dir and an IPAM store under `dir`, as a runtime on that node would;
+/// returns the exit code and the reply.
+fn cni(n: &DaemonNode, dir: &std::path::Path, cmd: &str, pod: &Netns) -> (i32, serde_json::Value) {
+    use std::io::Write;
+    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "ovl", "type": "overlayd-cni",
+        "runDir": n.dirs.run_dir, "dataDir": dir.join(format!("{}-ipam", n.name)), "ipMasq": true});
+    let mut child =
+        n.ns.command(workspace_bin("overlayd-cni"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", cmd)
+            .env("CNI_CONTAINERID", format!("pod-{}", n.name))
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("overlayd-cni runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let reply = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), reply)
+}
+
+/// The addresses of an ADD result, without prefix.
+fn addresses(r: &serde_json::Value) -> Vec<String> {
+    r["ips"]
+        .as_array()
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip["address"].as_str()?.split('/').next().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
-fn a_dual_stack_cluster_leases_a_subnet_per_family_and_pods_reach_each_other_over_both() {
+fn a_dual_stack_cluster_leases_a_subnet_per_family_and_cni_pods_reach_each_other_over_both() {
     let _load = load::shared();
     let cluster = TestCluster::new(OVERLAYD);
     let flags = ["--cluster-cidr", DUAL];
-    let mut nodes = vec![
+    let nodes = vec![
         cluster.start_extra(1, "198.18.0.2,198.18.0.3", &flags),
         cluster.start_extra(2, "198.18.0.1,198.18.0.3", &flags),
         cluster.start_extra(3, "198.18.0.1,198.18.0.2", &flags),
     ];
-    lease_and_attach(&mut nodes, BOUND);
     assert!(
         wait_until(BOUND, || nodes.iter().all(|n| subnets(n).is_some())),
         "a node wrote no IPv6 subnet:\n{}",
@@ -86,7 +106,8 @@ fn a_dual_stack_cluster_leases_a_subnet_per_family_and_pods_reach_each_other_ove
     distinct.sort();
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "{all:?}");
-    // The bridge holds both gateways; the TUN carries both cluster CIDRs.
+    // The bridge holds both gateways; the TUN carries both cluster CIDRs; status
+    // shows both subnets.
     for n in &nodes {
         let info = node_json(n).unwrap();
         let addrs = n.ns.ip(&["addr", "show", "ovl0"]);
@@ -110,31 +131,46 @@ fn a_dual_stack_cluster_leases_a_subnet_per_family_and_pods_reach_each_other_ove
             n.name
         );
     }
-    let v6: Vec<String> = nodes.iter().map(add_v6).collect();
-    assert!(
-        wait_until(BOUND, || all_reach_all(&nodes)),
-        "IPv4 pods do not all reach each other:\n{}",
-        logs(&nodes)
-    );
-    for (i, a) in nodes.iter().enumerate() {
-        for (j, b) in v6.iter().enumerate() {
+    // A pod on each node, added by overlayd-cni: one address per family.
+    let pods: Vec<Netns> = nodes.iter().map(|_| Netns::bare("dpod")).collect();
+    let mut ips = Vec::new();
+    for (n, pod) in nodes.iter().zip(&pods) {
+        let (code, r) = cni(n, cluster.dir(), "ADD", pod);
+        assert_eq!(code, 0, "ADD on {}: {r}", n.name);
+        let a = addresses(&r);
+        let (v4, v6) = subnets(n).unwrap();
+        assert_eq!(a.len(), 2, "{r}");
+        let v4: ipnet::IpNet = v4.parse().unwrap();
+        let v6: ipnet::IpNet = v6.parse().unwrap();
+        assert!(
+            v4.contains(&a[0].parse::<std::net::IpAddr>().unwrap()),
+            "{a:?}"
+        );
+        assert!(
+            v6.contains(&a[1].parse::<std::net::IpAddr>().unwrap()),
+            "{a:?}"
+        );
+        ips.push(a);
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        for (j, theirs) in ips.iter().enumerate() {
             if i == j {
                 continue;
             }
-            let ok = wait_until(BOUND, || a.pod().ns.ping_once(b));
-            assert!(
-                ok,
-                "pod of {} cannot reach {b} over IPv6:\n{}",
-                a.name,
-                logs(&nodes)
-            );
+            for ip in theirs {
+                let ok = wait_until(BOUND, || pod.ping_once(ip));
+                assert!(
+                    ok,
+                    "pod of {} cannot reach {ip}:\n{}",
+                    nodes[i].name,
+                    logs(&nodes)
+                );
+            }
         }
     }
     // An IPv6 address of the cluster no node owns: ICMPv6 unreachable from the
     // node's IPv6 gateway, at once.
-    let out = nodes[0]
-        .pod()
-        .ns
+    let out = pods[0]
         .command("ping")
         .args(["-c", "1", "-W", "2", "fd00:10:244:ff::5"])
         .output()
@@ -148,7 +184,7 @@ fn a_dual_stack_cluster_leases_a_subnet_per_family_and_pods_reach_each_other_ove
         text.contains(&format!("From {gw}")) && text.contains("nreachable"),
         "{text}"
     );
-    // Each peer's counters saw the IPv6 packets too: nothing dropped as spoofed.
+    // Nothing dropped as spoofed: each peer's IPv6 packets come from its IPv6 subnet.
     for n in &nodes {
         let s = n.status().unwrap();
         let spoofed = s
@@ -158,6 +194,18 @@ fn a_dual_stack_cluster_leases_a_subnet_per_family_and_pods_reach_each_other_ove
             .copied()
             .unwrap_or(0);
         assert_eq!(spoofed, 0, "{}", n.name);
+    }
+    // DEL frees both addresses.
+    for (n, pod) in nodes.iter().zip(&pods) {
+        let (code, r) = cni(n, cluster.dir(), "DEL", pod);
+        assert_eq!(code, 0, "DEL on {}: {r}", n.name);
+        let store = cluster.dir().join(format!("{}-ipam", n.name)).join("ovl");
+        let left: Vec<String> = std::fs::read_dir(&store)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|f| f.parse::<std::net::IpAddr>().is_ok())
+            .collect();
+        assert!(left.is_empty(), "{}: {left:?}", n.name);
     }
 }
 

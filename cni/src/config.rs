@@ -4,7 +4,7 @@
 //! an unsupported `cniVersion` is code 1, and JSON that is not a valid configuration is
 //! code 7. Unknown keys are ignored, as the spec asks.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -291,22 +291,24 @@ impl NetConf {
         })
     }
 
-    /// The first requested address from the config (runtimeConfig `ips`, then
-    /// `args.cni.ips`), parsed. `None` if neither is given.
-    pub fn requested_ip(&self) -> Result<Option<Ipv4Addr>> {
-        let Some(first) = self.requested_ips.first() else {
-            return Ok(None);
-        };
-        let addr = first.split('/').next().unwrap_or(first);
-        match addr.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => Ok(Some(ip)),
-            Ok(IpAddr::V6(_)) => Err(Error::InvalidConfig(format!(
-                "requested address {first:?}: only IPv4 is supported"
-            ))),
-            Err(_) => Err(Error::InvalidConfig(format!(
-                "requested address {first:?} is not an IP address"
-            ))),
-        }
+    /// The requested addresses from the config (runtimeConfig `ips`, then
+    /// `args.cni.ips`), parsed, in that order; either family, with or without a
+    /// prefix length.
+    pub fn requested(&self) -> Result<Vec<IpAddr>> {
+        self.requested_ips
+            .iter()
+            .map(|r| {
+                r.split('/')
+                    .next()
+                    .unwrap_or(r)
+                    .parse::<IpAddr>()
+                    .map_err(|_| {
+                        Error::InvalidConfig(format!(
+                            "requested address {r:?} is not an IP address"
+                        ))
+                    })
+            })
+            .collect()
     }
 }
 
@@ -342,10 +344,13 @@ mod tests {
         assert!(conf.ip_masq && conf.hairpin_mode);
         assert_eq!(conf.ipam, Ipam::BuiltIn);
         assert_eq!(conf.log_level, LogLevel::Debug);
-        // runtimeConfig wins over args.cni.ips.
+        // runtimeConfig comes before args.cni.ips.
         assert_eq!(
-            conf.requested_ip().unwrap(),
-            Some(Ipv4Addr::new(10, 244, 1, 7))
+            conf.requested().unwrap(),
+            vec![
+                "10.244.1.7".parse::<IpAddr>().unwrap(),
+                "10.244.1.8".parse().unwrap()
+            ]
         );
         assert_eq!(conf.run_dir, PathBuf::from("/tmp/r"));
     }
@@ -359,7 +364,7 @@ mod tests {
         assert_eq!(conf.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
         assert_eq!(conf.ipam, Ipam::Delegate("host-local".into()));
         assert!(!conf.ip_masq);
-        assert_eq!(conf.requested_ip().unwrap(), None);
+        assert!(conf.requested().unwrap().is_empty());
     }
 
     #[test]

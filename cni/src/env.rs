@@ -4,7 +4,7 @@
 //! module only parses and validates; it performs no I/O besides reading variables.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::error::{Error, Result};
 
@@ -131,18 +131,27 @@ impl Attachment {
         })
     }
 
-    /// The address requested with `CNI_ARGS` `IP=`, if any.
-    pub fn requested_ip(&self) -> Result<Option<Ipv4Addr>> {
+    /// The addresses requested with `CNI_ARGS` `IP=` (none if not given).
+    pub fn requested(&self) -> Result<Vec<IpAddr>> {
         let Some((_, value)) = self.args.iter().find(|(k, _)| k == "IP") else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
-        // `IP=` may carry a prefix length (static IPAM accepts both forms).
-        let addr = value.split('/').next().unwrap_or(value);
-        addr.parse().map(Some).map_err(|_| Error::InvalidEnv {
-            var: "CNI_ARGS",
-            value: format!("IP={value}"),
-            reason: "IP must be an IPv4 address".into(),
-        })
+        // `IP=` may carry a prefix length (static IPAM accepts both forms), and one
+        // address per family, comma-separated (as host-local takes it).
+        value
+            .split(',')
+            .map(|a| {
+                a.split('/')
+                    .next()
+                    .unwrap_or(a)
+                    .parse()
+                    .map_err(|_| Error::InvalidEnv {
+                        var: "CNI_ARGS",
+                        value: format!("IP={value}"),
+                        reason: "IP must be IP addresses, comma-separated".into(),
+                    })
+            })
+            .collect()
     }
 }
 
@@ -246,8 +255,8 @@ mod tests {
         ]);
         let a = Attachment::from_env(&ok, true).unwrap();
         assert_eq!(
-            a.requested_ip().unwrap(),
-            Some(Ipv4Addr::new(10, 244, 1, 9))
+            a.requested().unwrap(),
+            vec!["10.244.1.9".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(a.path.len(), 2);
 
@@ -272,6 +281,6 @@ mod tests {
         let mut bad_ip = ok.clone();
         bad_ip.insert("CNI_ARGS".into(), "IP=10.244.1".into());
         let a = Attachment::from_env(&bad_ip, true).unwrap();
-        assert_eq!(a.requested_ip().unwrap_err().code(), 4);
+        assert_eq!(a.requested().unwrap_err().code(), 4);
     }
 }

@@ -6,10 +6,10 @@
 //! 11 try again later, 50 plugin not available (STATUS), 100+ plugin-specific.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// Plugin-specific error codes (100 and up), as the spec reserves them for plugins.
 pub mod codes {
@@ -96,7 +96,7 @@ pub enum Error {
     #[error("address {ip} is already allocated to container {owner}")]
     AddressTaken {
         /// The requested address.
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// The container holding it.
         owner: String,
     },
@@ -106,7 +106,7 @@ pub enum Error {
         /// The requested address.
         ip: String,
         /// The subnet allocations come from.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// Why it is unusable.
         reason: &'static str,
     },
@@ -114,7 +114,7 @@ pub enum Error {
     #[error("no free address left in node subnet {subnet}")]
     SubnetFull {
         /// The exhausted subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
     /// The IPAM store failed.
     #[error("IPAM store {}: {source}", path.display())]

@@ -4,7 +4,9 @@
 //! address, holding `containerID\nifname\n`), a `last_reserved` cursor and a `lock`
 //! file. Every operation holds an exclusive `flock(2)` on `lock`, so concurrent plugin
 //! processes serialize; the kernel drops the lock when a process dies, even if killed.
-//! The network, gateway and broadcast addresses are never handed out.
+//! The network, gateway and (IPv4) broadcast addresses are never handed out. A
+//! dual-stack attachment holds one address of each family; each family has its own
+//! cursor (`last_reserved`, `last_reserved_v6`).
 //!
 //! Files are written whole or not at all, so a plugin killed at any point leaves no
 //! reservation without an owner (which no DEL would release): content goes to a
@@ -14,23 +16,23 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rustix::fs::FlockOperation;
 
 use crate::error::{Error, Result};
 use crate::faultpoint;
 
 /// Why `ip` cannot be handed out from `subnet` with gateway `gateway`, if it cannot.
-pub fn unusable_reason(subnet: Ipv4Net, gateway: Ipv4Addr, ip: Ipv4Addr) -> Option<&'static str> {
+pub fn unusable_reason(subnet: IpNet, gateway: IpAddr, ip: IpAddr) -> Option<&'static str> {
     if !subnet.contains(&ip) {
         Some("is outside the node subnet")
     } else if ip == subnet.network() {
         Some("is the network address")
-    } else if ip == subnet.broadcast() {
+    } else if subnet.addr().is_ipv4() && ip == subnet.broadcast() {
         Some("is the broadcast address")
     } else if ip == gateway {
         Some("is the gateway address")
@@ -39,25 +41,46 @@ pub fn unusable_reason(subnet: Ipv4Net, gateway: Ipv4Addr, ip: Ipv4Addr) -> Opti
     }
 }
 
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn from_u128(v4: bool, n: u128) -> IpAddr {
+    if v4 {
+        IpAddr::V4((n as u32).into())
+    } else {
+        IpAddr::V6(n.into())
+    }
+}
+
 /// The next free host address after `last` (wrapping), or `None` if the subnet is full.
+/// At most `tries` + 2 candidates are looked at: with `tries` the number of
+/// addresses taken, a free one is always found if there is one (an IPv6 /64 is never
+/// scanned whole).
 pub fn next_free(
-    subnet: Ipv4Net,
-    gateway: Ipv4Addr,
-    last: Option<Ipv4Addr>,
-    mut taken: impl FnMut(Ipv4Addr) -> bool,
-) -> Option<Ipv4Addr> {
-    let first = u32::from(subnet.network()).wrapping_add(1);
-    let end = u32::from(subnet.broadcast()); // exclusive
+    subnet: IpNet,
+    gateway: IpAddr,
+    last: Option<IpAddr>,
+    tries: u128,
+    mut taken: impl FnMut(IpAddr) -> bool,
+) -> Option<IpAddr> {
+    let v4 = subnet.addr().is_ipv4();
+    let first = to_u128(subnet.network()).wrapping_add(1);
+    // Exclusive: the broadcast address (IPv4), the all-ones address (IPv6).
+    let end = to_u128(subnet.broadcast());
     if end <= first {
         return None;
     }
     let count = end - first;
-    let start = match last.map(u32::from) {
+    let start = match last.filter(|l| l.is_ipv4() == v4).map(to_u128) {
         Some(l) if (first..end).contains(&l) => l + 1 - first,
         _ => 0,
     };
-    (0..count)
-        .map(|i| Ipv4Addr::from(first + (start + i) % count))
+    (0..count.min(tries.saturating_add(2)))
+        .map(|i| from_u128(v4, first + (start + i) % count))
         .find(|&ip| ip != gateway && !taken(ip))
 }
 
@@ -138,12 +161,12 @@ impl Store {
         Ok(tmp)
     }
 
-    fn ip_path(&self, ip: Ipv4Addr) -> PathBuf {
+    fn ip_path(&self, ip: IpAddr) -> PathBuf {
         self.dir.join(ip.to_string())
     }
 
     /// The owner of `ip`, if reserved.
-    pub fn owner(&self, ip: Ipv4Addr) -> Result<Option<Owner>> {
+    pub fn owner(&self, ip: IpAddr) -> Result<Option<Owner>> {
         let path = self.ip_path(ip);
         match fs::read_to_string(&path) {
             Ok(s) => Ok(Some(parse_owner(&s))),
@@ -153,7 +176,7 @@ impl Store {
     }
 
     /// Every reservation.
-    pub fn list(&self) -> Result<Vec<(Ipv4Addr, Owner)>> {
+    pub fn list(&self) -> Result<Vec<(IpAddr, Owner)>> {
         let mut out = Vec::new();
         let entries = fs::read_dir(&self.dir).map_err(|e| Error::store(&self.dir, e))?;
         for entry in entries {
@@ -161,7 +184,7 @@ impl Store {
             let Some(ip) = entry
                 .file_name()
                 .to_str()
-                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+                .and_then(|n| n.parse::<IpAddr>().ok())
             else {
                 continue;
             };
@@ -172,18 +195,28 @@ impl Store {
         Ok(out)
     }
 
-    /// The address reserved for this attachment, if any.
-    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+    /// The address reserved for this attachment in `subnet`, if any.
+    pub fn find(&self, container_id: &str, ifname: &str, subnet: IpNet) -> Result<Option<IpAddr>> {
         Ok(self
             .list()?
             .into_iter()
-            .find(|(_, o)| o.container_id == container_id && o.ifname == ifname)
+            .find(|(ip, o)| {
+                o.container_id == container_id && o.ifname == ifname && subnet.contains(ip)
+            })
             .map(|(ip, _)| ip))
+    }
+
+    fn cursor_name(v4: bool) -> &'static str {
+        if v4 {
+            "last_reserved"
+        } else {
+            "last_reserved_v6"
+        }
     }
 
     /// Reserves `ip` for the attachment; `Ok(false)` if it is already reserved. The
     /// reservation appears with its owner in it, or not at all.
-    pub fn reserve(&self, ip: Ipv4Addr, container_id: &str, ifname: &str) -> Result<bool> {
+    pub fn reserve(&self, ip: IpAddr, container_id: &str, ifname: &str) -> Result<bool> {
         let path = self.ip_path(ip);
         if path.exists() {
             return Ok(false);
@@ -198,8 +231,9 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => return Err(Error::store(path, e)),
         }
-        let cursor = self.dir.join("last_reserved");
-        let tmp = self.write_temp("last_reserved", name.as_bytes())?;
+        let cursor_name = Self::cursor_name(ip.is_ipv4());
+        let cursor = self.dir.join(cursor_name);
+        let tmp = self.write_temp(cursor_name, name.as_bytes())?;
         if let Err(e) = fs::rename(&tmp, &cursor) {
             let _ = fs::remove_file(&tmp);
             return Err(Error::store(cursor, e));
@@ -207,15 +241,16 @@ impl Store {
         Ok(true)
     }
 
-    /// The last reserved address (the allocation cursor).
-    pub fn last_reserved(&self) -> Option<Ipv4Addr> {
-        fs::read_to_string(self.dir.join("last_reserved"))
+    /// The last reserved address of the IPv4 (`v4`) or IPv6 family (its allocation
+    /// cursor).
+    pub fn last_reserved(&self, v4: bool) -> Option<IpAddr> {
+        fs::read_to_string(self.dir.join(Self::cursor_name(v4)))
             .ok()
             .and_then(|s| s.trim().parse().ok())
     }
 
     /// Releases `ip`. Releasing a free address is not an error.
-    pub fn release(&self, ip: Ipv4Addr) -> Result<()> {
+    pub fn release(&self, ip: IpAddr) -> Result<()> {
         let path = self.ip_path(ip);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -225,7 +260,7 @@ impl Store {
     }
 
     /// Releases whatever the attachment holds; returns the released addresses.
-    pub fn release_owner(&self, container_id: &str, ifname: &str) -> Result<Vec<Ipv4Addr>> {
+    pub fn release_owner(&self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
         let mut released = Vec::new();
         for (ip, o) in self.list()? {
             if o.container_id == container_id && o.ifname == ifname {
@@ -236,16 +271,17 @@ impl Store {
         Ok(released)
     }
 
-    /// Allocates an address for the attachment: `requested` if given (validated), otherwise
-    /// the next free one. A retried ADD gets the address it already holds.
+    /// Allocates an address of `subnet` for the attachment: `requested` if given
+    /// (validated), otherwise the next free one. A retried ADD gets the address it
+    /// already holds in `subnet`.
     pub fn allocate(
         &self,
-        subnet: Ipv4Net,
-        gateway: Ipv4Addr,
-        requested: Option<Ipv4Addr>,
+        subnet: IpNet,
+        gateway: IpAddr,
+        requested: Option<IpAddr>,
         container_id: &str,
         ifname: &str,
-    ) -> Result<Ipv4Addr> {
+    ) -> Result<IpAddr> {
         if let Some(ip) = requested {
             if let Some(reason) = unusable_reason(subnet, gateway, ip) {
                 return Err(Error::AddressNotUsable {
@@ -263,12 +299,13 @@ impl Store {
             }
             return Err(Error::AddressTaken { ip, owner });
         }
-        if let Some(ip) = self.find(container_id, ifname)? {
+        if let Some(ip) = self.find(container_id, ifname, subnet)? {
             return Ok(ip);
         }
-        let mut last = self.last_reserved();
+        let mut last = self.last_reserved(subnet.addr().is_ipv4());
+        let held = self.list()?.len() as u128;
         loop {
-            let ip = next_free(subnet, gateway, last, |ip| self.ip_path(ip).exists())
+            let ip = next_free(subnet, gateway, last, held, |ip| self.ip_path(ip).exists())
                 .ok_or(Error::SubnetFull { subnet })?;
             if self.reserve(ip, container_id, ifname)? {
                 return Ok(ip);
@@ -288,13 +325,17 @@ fn parse_owner(s: &str) -> Owner {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
-    fn net() -> (Ipv4Net, Ipv4Addr) {
-        (
-            "10.244.1.0/29".parse().unwrap(),
-            Ipv4Addr::new(10, 244, 1, 1),
-        )
+    fn net() -> (IpNet, IpAddr) {
+        ("10.244.1.0/29".parse().unwrap(), v4(1))
+    }
+
+    /// 10.244.1.`d`.
+    fn v4(d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 244, 1, d))
     }
 
     #[test]
@@ -302,18 +343,20 @@ mod tests {
         let (subnet, gw) = net();
         let mut handed = Vec::new();
         let mut last = None;
-        while let Some(ip) = next_free(subnet, gw, last, |ip| handed.contains(&ip)) {
+        while let Some(ip) = next_free(subnet, gw, last, handed.len() as u128, |ip| {
+            handed.contains(&ip)
+        }) {
             handed.push(ip);
             last = Some(ip);
         }
-        let expect: Vec<Ipv4Addr> = (2..=6).map(|d| Ipv4Addr::new(10, 244, 1, d)).collect();
+        let expect: Vec<IpAddr> = (2..=6).map(v4).collect();
         assert_eq!(handed, expect);
         assert_eq!(
-            unusable_reason(subnet, gw, Ipv4Addr::new(10, 244, 1, 0)),
+            unusable_reason(subnet, gw, v4(0)),
             Some("is the network address")
         );
         assert_eq!(
-            unusable_reason(subnet, gw, Ipv4Addr::new(10, 244, 1, 7)),
+            unusable_reason(subnet, gw, v4(7)),
             Some("is the broadcast address")
         );
         assert_eq!(
@@ -321,7 +364,7 @@ mod tests {
             Some("is the gateway address")
         );
         assert_eq!(
-            unusable_reason(subnet, gw, Ipv4Addr::new(10, 244, 2, 3)),
+            unusable_reason(subnet, gw, "10.244.2.3".parse().unwrap()),
             Some("is outside the node subnet")
         );
     }
@@ -329,8 +372,8 @@ mod tests {
     #[test]
     fn cursor_wraps() {
         let (subnet, gw) = net();
-        let ip = next_free(subnet, gw, Some(Ipv4Addr::new(10, 244, 1, 6)), |_| false);
-        assert_eq!(ip, Some(Ipv4Addr::new(10, 244, 1, 2)));
+        let ip = next_free(subnet, gw, Some(v4(6)), 0, |_| false);
+        assert_eq!(ip, Some(v4(2)));
     }
 
     #[test]
@@ -353,12 +396,12 @@ mod tests {
         // Retried ADD keeps its address.
         assert_eq!(
             store.allocate(subnet, gw, None, "c0", "eth0").unwrap(),
-            store.find("c0", "eth0").unwrap().unwrap()
+            store.find("c0", "eth0", subnet).unwrap().unwrap()
         );
         let e = store.allocate(subnet, gw, None, "c9", "eth0").unwrap_err();
         assert_eq!(e.code(), 103);
         assert!(e.to_string().contains("10.244.1.0/29"), "{e}");
-        let held = store.find("c2", "eth0").unwrap().unwrap();
+        let held = store.find("c2", "eth0", subnet).unwrap().unwrap();
         let e = store
             .allocate(subnet, gw, Some(held), "c9", "eth0")
             .unwrap_err();
@@ -367,7 +410,7 @@ mod tests {
             "{e}"
         );
         let e = store
-            .allocate(subnet, gw, Some(Ipv4Addr::new(10, 9, 9, 9)), "c9", "eth0")
+            .allocate(subnet, gw, Some("10.9.9.9".parse().unwrap()), "c9", "eth0")
             .unwrap_err();
         assert!(e.to_string().contains("outside"), "{e}");
         assert_eq!(store.release_owner("c2", "eth0").unwrap(), vec![held]);
@@ -377,6 +420,43 @@ mod tests {
                 .unwrap(),
             held
         );
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dual_stack_attachment_holds_one_address_per_family_with_a_cursor_each() {
+        let dir = std::env::temp_dir().join(format!("ovl-cni-ipam-v6-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (subnet, gw) = net();
+        let v6: IpNet = "fd00:10:244:1::/64".parse().unwrap();
+        let gw6: IpAddr = "fd00:10:244:1::1".parse().unwrap();
+        let store = Store::open(&dir, "net").unwrap();
+        let a4 = store.allocate(subnet, gw, None, "c1", "eth0").unwrap();
+        let a6 = store.allocate(v6, gw6, None, "c1", "eth0").unwrap();
+        assert_eq!(a4, v4(2));
+        assert_eq!(a6, "fd00:10:244:1::2".parse::<IpAddr>().unwrap());
+        // A retried ADD gets both again; the next attachment the next of each.
+        assert_eq!(store.allocate(v6, gw6, None, "c1", "eth0").unwrap(), a6);
+        assert_eq!(store.allocate(subnet, gw, None, "c1", "eth0").unwrap(), a4);
+        assert_eq!(
+            store.allocate(v6, gw6, None, "c2", "eth0").unwrap(),
+            "fd00:10:244:1::3".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(store.last_reserved(true), Some(a4));
+        let e = store
+            .allocate(
+                v6,
+                gw6,
+                Some("fd00:10:244:1::".parse().unwrap()),
+                "c3",
+                "eth0",
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("network address"), "{e}");
+        let mut released = store.release_owner("c1", "eth0").unwrap();
+        released.sort();
+        assert_eq!(released, vec![a4, a6]);
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }

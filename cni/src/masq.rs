@@ -1,43 +1,56 @@
 //! `ipMasq`: one masquerade rule per node subnet for traffic leaving the cluster CIDR.
 //!
 //! With nftables, the rule lives in its own base chain `masq-<subnet>` of table
-//! `ip overlayd-cni`; the chain is created if missing, flushed and refilled in one atomic
+//! `ip overlayd-cni` (`ip6 overlayd-cni` for an IPv6 subnet); the chain is created if missing, flushed and refilled in one atomic
 //! `nft -f` transaction, so repeating it leaves exactly one rule. Exec'ing `nft` costs
 //! several milliseconds, so each ADD first asks the kernel over nfnetlink whether the rule
 //! (recognised by its comment, which names subnet and cluster CIDR) is already there, and
-//! runs `nft` only when it is not. Where only iptables exists, `-C` is tried before `-A`.
+//! runs `nft` only when it is not. Where only iptables exists, `-C` is tried before `-A`
+//! (`ip6tables` for IPv6).
 //! Traffic to the cluster CIDR is never masqueraded. Rules are left in place on DEL:
 //! other pods of the subnet use them.
 
 use std::io::{self, Write};
 use std::process::{Command, Stdio};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::error::{Error, Result};
 
 /// The nftables table holding the rules.
 pub const NFT_TABLE: &str = "overlayd-cni";
 
-/// The chain name for `subnet` (`masq-10.244.1.0-24`).
-pub fn chain_name(subnet: Ipv4Net) -> String {
-    format!("masq-{}-{}", subnet.network(), subnet.prefix_len())
+/// The nftables family of `subnet`'s table and matches: `ip` or `ip6`.
+pub fn nft_family(subnet: IpNet) -> &'static str {
+    if subnet.addr().is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    }
+}
+
+/// The chain name for `subnet` (`masq-10.244.1.0-24`, `masq-fd00_10_244_1__-64`: nft
+/// names take no `:`).
+pub fn chain_name(subnet: IpNet) -> String {
+    let net = subnet.network().to_string().replace(':', "_");
+    format!("masq-{net}-{}", subnet.prefix_len())
 }
 
 /// The rule's comment; it identifies the exact rule when the kernel is asked.
-pub fn rule_comment(subnet: Ipv4Net, cluster: Ipv4Net) -> String {
+pub fn rule_comment(subnet: IpNet, cluster: IpNet) -> String {
     format!("overlayd-cni ipMasq {subnet} not {cluster}")
 }
 
 /// The nft script that installs the rule idempotently.
-pub fn nft_script(subnet: Ipv4Net, cluster: Ipv4Net) -> String {
+pub fn nft_script(subnet: IpNet, cluster: IpNet) -> String {
     let chain = chain_name(subnet);
     let comment = rule_comment(subnet, cluster);
+    let f = nft_family(subnet);
     format!(
-        "add table ip {NFT_TABLE}\n\
-         add chain ip {NFT_TABLE} {chain} {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
-         flush chain ip {NFT_TABLE} {chain}\n\
-         add rule ip {NFT_TABLE} {chain} ip saddr {subnet} ip daddr != {cluster} masquerade comment \"{comment}\"\n"
+        "add table {f} {NFT_TABLE}\n\
+         add chain {f} {NFT_TABLE} {chain} {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+         flush chain {f} {NFT_TABLE} {chain}\n\
+         add rule {f} {NFT_TABLE} {chain} {f} saddr {subnet} {f} daddr != {cluster} masquerade comment \"{comment}\"\n"
     )
 }
 
@@ -49,8 +62,9 @@ const NFTA_RULE_CHAIN: u16 = 2;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 
-/// Builds an `NFT_MSG_GETRULE` dump request for one chain of an `ip` table.
-pub fn getrule_request(table: &str, chain: &str, seq: u32) -> Vec<u8> {
+/// Builds an `NFT_MSG_GETRULE` dump request for one chain of an `ip` (`v4`) or `ip6`
+/// table.
+pub fn getrule_request(v4: bool, table: &str, chain: &str, seq: u32) -> Vec<u8> {
     let mut attrs = Vec::new();
     for (kind, value) in [(NFTA_RULE_TABLE, table), (NFTA_RULE_CHAIN, chain)] {
         let len = 4 + value.len() + 1;
@@ -68,20 +82,26 @@ pub fn getrule_request(table: &str, chain: &str, seq: u32) -> Vec<u8> {
     msg.extend_from_slice(&flags.to_ne_bytes());
     msg.extend_from_slice(&seq.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: family NFPROTO_IPV4, version NFNETLINK_V0, resource id 0.
-    msg.extend_from_slice(&[libc::NFPROTO_IPV4 as u8, 0, 0, 0]);
+    // nfgenmsg: family NFPROTO_IPV4/6, version NFNETLINK_V0, resource id 0.
+    let family = if v4 {
+        libc::NFPROTO_IPV4
+    } else {
+        libc::NFPROTO_IPV6
+    };
+    msg.extend_from_slice(&[family as u8, 0, 0, 0]);
     msg.extend_from_slice(&attrs);
     msg
 }
 
-/// True if the chain `chain` of table `ip overlayd-cni` holds a rule whose bytes contain
-/// `marker` (the comment). Errors mean "cannot tell"; the caller then runs `nft`.
-fn rule_present(chain: &str, marker: &str) -> io::Result<bool> {
+/// True if the chain `chain` of table `ip overlayd-cni` (`ip6` unless `v4`) holds a rule
+/// whose bytes contain `marker` (the comment). Errors mean "cannot tell"; the caller
+/// then runs `nft`.
+fn rule_present(v4: bool, chain: &str, marker: &str) -> io::Result<bool> {
     use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
     let mut sock = Socket::new(NETLINK_NETFILTER)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
-    sock.send(&getrule_request(NFT_TABLE, chain, 1), 0)?;
+    sock.send(&getrule_request(v4, NFT_TABLE, chain, 1), 0)?;
     let mut found = false;
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
@@ -142,11 +162,12 @@ fn find_tool(name: &str) -> Option<std::path::PathBuf> {
 
 /// Installs the masquerade rule for `subnet` in the current network namespace, unless
 /// it is already there.
-pub fn ensure(subnet: Ipv4Net, cluster: Ipv4Net) -> Result<Outcome> {
+pub fn ensure(subnet: IpNet, cluster: IpNet) -> Result<Outcome> {
     let subnet = subnet.trunc();
     let cluster = cluster.trunc();
+    let v4 = subnet.addr().is_ipv4();
     if let Some(nft) = find_tool("nft") {
-        if rule_present(&chain_name(subnet), &rule_comment(subnet, cluster)).unwrap_or(false) {
+        if rule_present(v4, &chain_name(subnet), &rule_comment(subnet, cluster)).unwrap_or(false) {
             return Ok(Outcome::Present);
         }
         let mut child = Command::new(&nft)
@@ -173,8 +194,9 @@ pub fn ensure(subnet: Ipv4Net, cluster: Ipv4Net) -> Result<Outcome> {
         }
         return Ok(Outcome::Installed);
     }
-    let ipt = find_tool("iptables")
-        .ok_or_else(|| Error::Masq("neither nft nor iptables is installed".into()))?;
+    let tool = if v4 { "iptables" } else { "ip6tables" };
+    let ipt = find_tool(tool)
+        .ok_or_else(|| Error::Masq(format!("neither nft nor {tool} is installed")))?;
     let subnet_s = subnet.to_string();
     let cluster_s = cluster.to_string();
     let rule = [
@@ -205,7 +227,7 @@ pub fn ensure(subnet: Ipv4Net, cluster: Ipv4Net) -> Result<Outcome> {
     let out = run("-A")?;
     if !out.status.success() {
         return Err(Error::Masq(format!(
-            "iptables -A failed: {}",
+            "{tool} -A failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -226,11 +248,24 @@ mod tests {
         assert!(s.contains("flush chain ip overlayd-cni masq-10.244.1.0-24"));
         assert!(s.contains("ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade"));
         assert!(s.contains("comment \"overlayd-cni ipMasq 10.244.1.0/24 not 10.244.0.0/16\""));
+        let s6 = nft_script(
+            "fd00:10:244:1::/64".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        );
+        assert!(s6.contains("add table ip6 overlayd-cni"), "{s6}");
+        assert!(
+            s6.contains("flush chain ip6 overlayd-cni masq-fd00_10_244_1__-64"),
+            "{s6}"
+        );
+        assert!(
+            s6.contains("ip6 saddr fd00:10:244:1::/64 ip6 daddr != fd00:10:244::/56 masquerade"),
+            "{s6}"
+        );
     }
 
     #[test]
     fn getrule_request_layout() {
-        let m = getrule_request("overlayd-cni", "masq-10.244.1.0-24", 7);
+        let m = getrule_request(true, "overlayd-cni", "masq-10.244.1.0-24", 7);
         assert_eq!(m.len() % 4, 0);
         assert_eq!(
             u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,

@@ -6,15 +6,15 @@
 //! as an `io::Error`, so callers can match `ENODEV`/`EEXIST`.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -25,8 +25,16 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-/// A main-table IPv4 route as read back: destination, gateway, output link index.
-pub type RouteEntry = (Ipv4Net, Option<Ipv4Addr>, Option<u32>);
+/// A main-table route as read back: destination, gateway, output link index.
+pub type RouteEntry = (IpNet, Option<IpAddr>, Option<u32>);
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
 
 /// A route-netlink socket bound to the namespace it was created in.
 pub struct Netlink {
@@ -218,52 +226,67 @@ impl Netlink {
         }
     }
 
-    /// Adds `addr` to link `index`.
-    pub fn add_address(&mut self, index: u32, addr: Ipv4Net) -> io::Result<()> {
+    /// Adds `addr` to link `index`. An IPv6 address skips duplicate address
+    /// detection (`nodad`), so it is usable at once.
+    pub fn add_address(&mut self, index: u32, addr: IpNet) -> io::Result<()> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family_of(addr.addr());
         msg.header.prefix_len = addr.prefix_len();
         msg.header.index = index;
-        let ip = IpAddr::V4(addr.addr());
-        msg.attributes = vec![
-            AddressAttribute::Local(ip),
-            AddressAttribute::Address(ip),
-            AddressAttribute::Broadcast(addr.broadcast()),
-        ];
+        let ip = addr.addr();
+        msg.attributes = match addr {
+            IpNet::V4(v4) => vec![
+                AddressAttribute::Local(ip),
+                AddressAttribute::Address(ip),
+                AddressAttribute::Broadcast(v4.broadcast()),
+            ],
+            IpNet::V6(_) => vec![
+                AddressAttribute::Address(ip),
+                AddressAttribute::Flags(AddressFlags::Nodad),
+            ],
+        };
         self.ack(
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
 
-    /// The IPv4 addresses of link `index`.
-    pub fn addresses(&mut self, index: u32) -> io::Result<Vec<Ipv4Net>> {
-        let mut req = AddressMessage::default();
-        req.header.family = AddressFamily::Inet;
-        let msgs = self.request(RouteNetlinkMessage::GetAddress(req), NLM_F_DUMP)?;
+    /// The addresses of link `index`, both families (IPv6 link-local ones left out).
+    pub fn addresses(&mut self, index: u32) -> io::Result<Vec<IpNet>> {
         let mut out = Vec::new();
-        for m in msgs {
-            let RouteNetlinkMessage::NewAddress(a) = m else {
-                continue;
-            };
-            if a.header.index != index {
-                continue;
-            }
-            for attr in &a.attributes {
-                if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
-                    if let Ok(net) = Ipv4Net::new(*ip, a.header.prefix_len) {
-                        out.push(net);
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut req = AddressMessage::default();
+            req.header.family = family;
+            let msgs = self.request(RouteNetlinkMessage::GetAddress(req), NLM_F_DUMP)?;
+            for m in msgs {
+                let RouteNetlinkMessage::NewAddress(a) = m else {
+                    continue;
+                };
+                if a.header.index != index {
+                    continue;
+                }
+                // IPv4 reports the local address as IFA_LOCAL, IPv6 as IFA_ADDRESS.
+                let ip = a.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Local(ip @ IpAddr::V4(_)) => Some(*ip),
+                    AddressAttribute::Address(ip @ IpAddr::V6(v6))
+                        if (v6.segments()[0] & 0xffc0) != 0xfe80 =>
+                    {
+                        Some(*ip)
                     }
+                    _ => None,
+                });
+                if let Some(net) = ip.and_then(|ip| IpNet::new(ip, a.header.prefix_len).ok()) {
+                    out.push(net);
                 }
             }
         }
         Ok(out)
     }
 
-    /// Adds a main-table route to `dst` via `gw` out of link `oif`.
-    pub fn add_route(&mut self, dst: Ipv4Net, gw: Option<Ipv4Addr>, oif: u32) -> io::Result<()> {
+    /// Adds a main-table route to `dst` via `gw` (of the same family) out of link `oif`.
+    pub fn add_route(&mut self, dst: IpNet, gw: Option<IpAddr>, oif: u32) -> io::Result<()> {
         let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
+        msg.header.address_family = family_of(dst.addr());
         msg.header.destination_prefix_length = dst.prefix_len();
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = RouteProtocol::Boot;
@@ -275,13 +298,13 @@ impl Netlink {
         msg.header.kind = RouteType::Unicast;
         if dst.prefix_len() > 0 {
             msg.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(
+                .push(RouteAttribute::Destination(RouteAddress::from(
                     dst.network(),
                 )));
         }
         if let Some(gw) = gw {
             msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
         }
         msg.attributes.push(RouteAttribute::Oif(oif));
         self.ack(
@@ -290,32 +313,42 @@ impl Netlink {
         )
     }
 
-    /// The main-table IPv4 routes as `(dst, gateway, oif)`.
+    /// The main-table routes of both families as `(dst, gateway, oif)`.
     pub fn routes(&mut self) -> io::Result<Vec<RouteEntry>> {
-        let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
-        let msgs = self.request(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)?;
         let mut out = Vec::new();
-        for m in msgs {
-            let RouteNetlinkMessage::NewRoute(r) = m else {
-                continue;
-            };
-            if r.header.table != RouteHeader::RT_TABLE_MAIN {
-                continue;
-            }
-            let mut dst = Ipv4Addr::UNSPECIFIED;
-            let mut gw = None;
-            let mut oif = None;
-            for attr in &r.attributes {
-                match attr {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
-                    RouteAttribute::Oif(o) => oif = Some(*o),
-                    _ => {}
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut req = RouteMessage::default();
+            req.header.address_family = family;
+            let msgs = self.request(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)?;
+            for m in msgs {
+                let RouteNetlinkMessage::NewRoute(r) = m else {
+                    continue;
+                };
+                if r.header.table != RouteHeader::RT_TABLE_MAIN {
+                    continue;
                 }
-            }
-            if let Ok(net) = Ipv4Net::new(dst, r.header.destination_prefix_length) {
-                out.push((net, gw, oif));
+                let mut dst = if family == AddressFamily::Inet {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                };
+                let mut gw = None;
+                let mut oif = None;
+                for attr in &r.attributes {
+                    match attr {
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = IpAddr::V4(*d),
+                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = IpAddr::V6(*d),
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(IpAddr::V4(*g)),
+                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => {
+                            gw = Some(IpAddr::V6(*g))
+                        }
+                        RouteAttribute::Oif(o) => oif = Some(*o),
+                        _ => {}
+                    }
+                }
+                if let Ok(net) = IpNet::new(dst, r.header.destination_prefix_length) {
+                    out.push((net, gw, oif));
+                }
             }
         }
         Ok(out)

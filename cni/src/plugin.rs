@@ -6,11 +6,11 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde_json::{json, Value};
 
 use crate::config::{reply_version, Ipam, NetConf, Version, SUPPORTED_VERSIONS};
@@ -121,9 +121,16 @@ fn is_host_veth_name(name: &str) -> bool {
         && name[4..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The container MAC for `ip`: locally administered `0a:58` followed by the address.
-pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
+/// The container MAC for `ip`: locally administered `0a:58` followed by the IPv4
+/// address, or by the last four bytes of the IPv6 one.
+pub fn mac_for(ip: IpAddr) -> [u8; 6] {
+    let o = match ip {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => {
+            let b = a.octets();
+            [b[12], b[13], b[14], b[15]]
+        }
+    };
     [0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
@@ -132,10 +139,6 @@ fn mac_string(mac: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-fn default_route() -> Ipv4Net {
-    Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or_default()
 }
 
 fn open_netns(att: &Attachment) -> Result<std::fs::File> {
@@ -163,33 +166,39 @@ fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<C
             path: NodeInfo::path(&conf.run_dir),
         })?;
 
-    // Address first: the MAC is derived from it.
-    let (address, gateway) = match &conf.ipam {
-        Ipam::BuiltIn => {
-            let requested = match conf.requested_ip()? {
-                Some(ip) => Some(ip),
-                None => att.requested_ip()?,
-            };
-            let store = Store::open(&conf.data_dir, &conf.name)?;
-            let ip = store.allocate(
-                node.subnet,
-                node.gateway,
-                requested,
-                &att.container_id,
-                &att.ifname,
-            )?;
-            let net = Ipv4Net::new(ip, node.subnet.prefix_len()).unwrap_or_default();
-            (net, node.gateway)
-        }
+    // Addresses first: the MAC is derived from the first.
+    let addresses: Vec<(IpNet, IpAddr)> = match &conf.ipam {
+        Ipam::BuiltIn => allocate(conf, att, &node)?,
         Ipam::Delegate(plugin) => {
             let r = delegate::exec(plugin, "ADD", att, input)?.unwrap_or_default();
-            let first = r.ips.first().cloned().ok_or_else(|| Error::DelegateExec {
-                plugin: plugin.clone(),
-                reason: "no IPv4 address in its result".into(),
-            })?;
-            (first.address, first.gateway.unwrap_or(node.gateway))
+            if r.ips.is_empty() {
+                return Err(Error::DelegateExec {
+                    plugin: plugin.clone(),
+                    reason: "no address in its result".into(),
+                });
+            }
+            let mut out = Vec::new();
+            for ip in &r.ips {
+                let gateway = ip
+                    .gateway
+                    .or_else(|| node.family_of(ip.address.addr()).map(|f| f.gateway))
+                    .ok_or_else(|| Error::DelegateExec {
+                        plugin: plugin.clone(),
+                        reason: format!(
+                            "{} has no gateway, and this node has no subnet of its family",
+                            ip.address
+                        ),
+                    })?;
+                out.push((ip.address, gateway));
+            }
+            out
         }
     };
+    let address = addresses
+        .iter()
+        .map(|(a, _)| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     log.debug(format_args!("ADD {} got {address}", att.container_id));
 
     let mut created = false;
@@ -200,8 +209,7 @@ fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<C
         &ns,
         &mut host,
         bridge.header.index,
-        address,
-        gateway,
+        &addresses,
         &mut created,
         log,
     );
@@ -227,6 +235,55 @@ fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<C
     }
 }
 
+/// The built-in IPAM's addresses for the attachment, one per family of the node, with
+/// their gateways. A requested address (config first, then `CNI_ARGS`) is used for
+/// its family; the other family gets the next free one. If one family fails, what
+/// the other took is released.
+fn allocate(conf: &NetConf, att: &Attachment, node: &Node) -> Result<Vec<(IpNet, IpAddr)>> {
+    let from_conf = conf.requested()?;
+    let from_args = att.requested()?;
+    if let Some(ip) = from_conf
+        .iter()
+        .chain(&from_args)
+        .find(|ip| node.family_of(**ip).is_none())
+    {
+        return Err(Error::AddressNotUsable {
+            ip: ip.to_string(),
+            subnet: node.families[0].subnet,
+            reason: "is of an address family this node has no subnet of",
+        });
+    }
+    let store = Store::open(&conf.data_dir, &conf.name)?;
+    let mut out = Vec::new();
+    for family in &node.families {
+        let same = |ip: &&IpAddr| ip.is_ipv4() == family.is_v4();
+        let requested = from_conf
+            .iter()
+            .find(same)
+            .or_else(|| from_args.iter().find(same))
+            .copied();
+        match store.allocate(
+            family.subnet,
+            family.gateway,
+            requested,
+            &att.container_id,
+            &att.ifname,
+        ) {
+            Ok(ip) => {
+                let net = IpNet::new(ip, family.subnet.prefix_len()).unwrap_or_default();
+                out.push((net, family.gateway));
+            }
+            Err(e) => {
+                if !out.is_empty() {
+                    store.release_owner(&att.container_id, &att.ifname)?;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn setup(
     conf: &NetConf,
@@ -235,15 +292,19 @@ fn setup(
     ns: &std::fs::File,
     host: &mut Netlink,
     bridge_index: u32,
-    address: Ipv4Net,
-    gateway: Ipv4Addr,
+    addresses: &[(IpNet, IpAddr)],
     created: &mut bool,
     log: &Logger,
 ) -> Result<CniResult> {
     let mtu = conf.mtu.unwrap_or(node.info.mtu);
     let host_name = host_veth_name(&att.container_id, &att.ifname);
     let netns_path = att.netns.clone().unwrap_or_default();
-    let mac = mac_for(address.addr());
+    let mac = mac_for(
+        addresses
+            .first()
+            .map(|a| a.0.addr())
+            .unwrap_or([0u8; 4].into()),
+    );
     let create =
         |host: &mut Netlink| host.create_veth(&host_name, &att.ifname, ns.as_raw_fd(), mtu, mac);
     match create(host) {
@@ -318,16 +379,39 @@ fn setup(
         })?
         .header
         .index;
-    pod.add_address(pod_index, address)
-        .map_err(|e| Error::netlink(format!("adding {address} to {}", att.ifname), e))?;
+    for (address, _) in addresses {
+        pod.add_address(pod_index, *address)
+            .map_err(|e| Error::netlink(format!("adding {address} to {}", att.ifname), e))?;
+    }
     pod.set_up(pod_index, None, None)
         .map_err(|e| Error::netlink(format!("setting {} up", att.ifname), e))?;
-    pod.add_route(default_route(), Some(gateway), pod_index)
-        .map_err(|e| Error::netlink(format!("adding the default route via {gateway}"), e))?;
+    let mut routes = Vec::new();
+    for (address, gateway) in addresses {
+        let dst = IpNet::new(
+            if address.addr().is_ipv4() {
+                IpAddr::from([0u8; 4])
+            } else {
+                IpAddr::from([0u8; 16])
+            },
+            0,
+        )
+        .unwrap_or_default();
+        pod.add_route(dst, Some(*gateway), pod_index)
+            .map_err(|e| Error::netlink(format!("adding the default route via {gateway}"), e))?;
+        routes.push(Route {
+            dst,
+            gw: Some(*gateway),
+        });
+    }
 
     if conf.ip_masq {
-        let outcome = masq::ensure(node.subnet, node.cluster_cidr)?;
-        log.debug(format_args!("ipMasq rule for {}: {outcome:?}", node.subnet));
+        for family in &node.families {
+            let outcome = masq::ensure(family.subnet, family.cluster_cidr)?;
+            log.debug(format_args!(
+                "ipMasq rule for {}: {outcome:?}",
+                family.subnet
+            ));
+        }
     }
 
     Ok(CniResult {
@@ -347,15 +431,15 @@ fn setup(
                 mtu: Some(mtu),
             },
         ],
-        ips: vec![IpConfig {
-            address,
-            gateway: Some(gateway),
-            interface: Some(1),
-        }],
-        routes: vec![Route {
-            dst: default_route(),
-            gw: Some(gateway),
-        }],
+        ips: addresses
+            .iter()
+            .map(|(address, gateway)| IpConfig {
+                address: *address,
+                gateway: Some(*gateway),
+                interface: Some(1),
+            })
+            .collect(),
+        routes,
         dns: conf.dns.clone(),
     })
 }
@@ -453,7 +537,11 @@ fn check(conf: &NetConf, att: &Attachment, input: &[u8]) -> Result<()> {
         .routes()
         .map_err(|e| Error::netlink(format!("listing routes in {netns_path}"), e))?;
     for r in &prev.routes {
-        let want_gw = r.gw.or_else(|| ours.first().and_then(|ip| ip.gateway));
+        let want_gw = r.gw.or_else(|| {
+            ours.iter()
+                .find(|ip| ip.address.addr().is_ipv4() == r.dst.addr().is_ipv4())
+                .and_then(|ip| ip.gateway)
+        });
         if !routes
             .iter()
             .any(|(dst, gw, _)| *dst == r.dst && (want_gw.is_none() || *gw == want_gw))
@@ -702,7 +790,7 @@ mod tests {
         assert!(is_host_veth_name(&a), "{a}");
         assert!(!is_host_veth_name("ovl0"));
         assert_eq!(
-            mac_string(&mac_for(Ipv4Addr::new(10, 244, 1, 5))),
+            mac_string(&mac_for("10.244.1.5".parse().unwrap())),
             "0a:58:0a:f4:01:05"
         );
     }

@@ -4,9 +4,9 @@
 //! defines (0.3.x/0.4.0 carry `ips[].version`, 1.1.0 adds `interfaces[].mtu`), and
 //! [`CniResult::from_json`] reads any of them back (`prevResult`, a delegate's answer).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 
 use crate::config::{Dns, Version};
@@ -29,9 +29,9 @@ pub struct Interface {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
     /// Address with prefix length.
-    pub address: Ipv4Net,
+    pub address: IpNet,
     /// Default gateway for this address.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// Index into `interfaces`.
     pub interface: Option<usize>,
 }
@@ -40,9 +40,9 @@ pub struct IpConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// Destination.
-    pub dst: Ipv4Net,
-    /// Next hop; `None` means the address's gateway.
-    pub gw: Option<Ipv4Addr>,
+    pub dst: IpNet,
+    /// Next hop; `None` means the address's gateway (of the same family).
+    pub gw: Option<IpAddr>,
 }
 
 /// A version-independent CNI result.
@@ -83,7 +83,12 @@ impl CniResult {
             .map(|ip| {
                 let mut o = Map::new();
                 if version < Version::V1_0_0 {
-                    o.insert("version".into(), json!("4"));
+                    let v = if ip.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
+                    o.insert("version".into(), json!(v));
                 }
                 if let Some(i) = ip.interface {
                     o.insert("interface".into(), json!(i));
@@ -112,7 +117,7 @@ impl CniResult {
         })
     }
 
-    /// Reads a result of any supported version. IPv6 entries are skipped: the overlay is IPv4.
+    /// Reads a result of any supported version, both address families.
     pub fn from_json(value: &Value) -> Result<Self> {
         let bad = |what: &str| Error::InvalidConfig(format!("result/prevResult: {what}"));
         let obj = value.as_object().ok_or_else(|| bad("not an object"))?;
@@ -131,13 +136,14 @@ impl CniResult {
             let address: IpNet = address
                 .parse()
                 .map_err(|_| bad(&format!("address {address:?} is not a CIDR")))?;
-            let IpNet::V4(address) = address else {
-                continue;
-            };
             let gateway = match str_field(ip, "gateway") {
                 Some(g) => match g.parse::<IpAddr>() {
-                    Ok(IpAddr::V4(g)) => Some(g),
-                    _ => return Err(bad(&format!("gateway {g:?} is not an IPv4 address"))),
+                    Ok(g) if g.is_ipv4() == address.addr().is_ipv4() => Some(g),
+                    _ => {
+                        return Err(bad(&format!(
+                            "gateway {g:?} is not an address of {address}'s family"
+                        )))
+                    }
                 },
                 None => None,
             };
@@ -152,9 +158,9 @@ impl CniResult {
         }
         for r in array(obj.get("routes")) {
             let dst = str_field(r, "dst").ok_or_else(|| bad("route without dst"))?;
-            let Ok(IpNet::V4(dst)) = dst.parse::<IpNet>() else {
-                continue;
-            };
+            let dst: IpNet = dst
+                .parse()
+                .map_err(|_| bad(&format!("route dst {dst:?} is not a CIDR")))?;
             let gw = str_field(r, "gw").and_then(|g| g.parse().ok());
             out.routes.push(Route { dst, gw });
         }
@@ -193,15 +199,28 @@ mod tests {
                     mtu: Some(1450),
                 },
             ],
-            ips: vec![IpConfig {
-                address: "10.244.1.5/24".parse().unwrap(),
-                gateway: Some(Ipv4Addr::new(10, 244, 1, 1)),
-                interface: Some(1),
-            }],
-            routes: vec![Route {
-                dst: "0.0.0.0/0".parse().unwrap(),
-                gw: Some(Ipv4Addr::new(10, 244, 1, 1)),
-            }],
+            ips: vec![
+                IpConfig {
+                    address: "10.244.1.5/24".parse().unwrap(),
+                    gateway: Some("10.244.1.1".parse().unwrap()),
+                    interface: Some(1),
+                },
+                IpConfig {
+                    address: "fd00:10:244:1::5/64".parse().unwrap(),
+                    gateway: Some("fd00:10:244:1::1".parse().unwrap()),
+                    interface: Some(1),
+                },
+            ],
+            routes: vec![
+                Route {
+                    dst: "0.0.0.0/0".parse().unwrap(),
+                    gw: Some("10.244.1.1".parse().unwrap()),
+                },
+                Route {
+                    dst: "::/0".parse().unwrap(),
+                    gw: Some("fd00:10:244:1::1".parse().unwrap()),
+                },
+            ],
             dns: Dns::default(),
         }
     }
@@ -212,6 +231,8 @@ mod tests {
         let v031 = r.to_json(Version::V0_3_1);
         assert_eq!(v031["cniVersion"], "0.3.1");
         assert_eq!(v031["ips"][0]["version"], "4");
+        assert_eq!(v031["ips"][1]["version"], "6");
+        assert_eq!(v031["routes"][1]["dst"], "::/0");
         assert!(v031["interfaces"][1].get("mtu").is_none());
         let v100 = r.to_json(Version::V1_0_0);
         assert!(v100["ips"][0].get("version").is_none());
@@ -239,7 +260,7 @@ mod tests {
 
     #[test]
     fn reads_delegate_results() {
-        // host-local 0.4.0 style, with an IPv6 entry that is skipped.
+        // host-local 0.4.0 style, dual-stack.
         let r = CniResult::from_json(&json!({
             "cniVersion":"0.4.0",
             "ips":[{"version":"4","address":"10.244.1.2/24","gateway":"10.244.1.1"},
@@ -247,8 +268,14 @@ mod tests {
             "dns":{}
         }))
         .unwrap();
-        assert_eq!(r.ips.len(), 1);
-        assert_eq!(r.ips[0].gateway, Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(r.ips.len(), 2);
+        assert_eq!(r.ips[0].gateway, Some("10.244.1.1".parse().unwrap()));
+        assert_eq!(r.ips[1].address, "fd00::2/64".parse().unwrap());
+        let e = CniResult::from_json(&json!({
+            "ips":[{"address":"fd00::2/64","gateway":"10.244.1.1"}]
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("family"), "{e}");
         let e = CniResult::from_json(&json!({"ips":[{"address":"nope"}]})).unwrap_err();
         assert!(e.to_string().contains("nope"));
     }

@@ -43,7 +43,7 @@ fn leftovers(node: &CniHost, pod: &Netns, id: &str) -> Vec<String> {
         left.push(format!("eth0 in {}", pod.name));
     }
     for (name, content) in store_files(node, "ovlf") {
-        if name.parse::<std::net::Ipv4Addr>().is_ok() && content.lines().next() == Some(id) {
+        if name.parse::<std::net::IpAddr>().is_ok() && content.lines().next() == Some(id) {
             left.push(format!("reservation {name}"));
         }
     }
@@ -174,7 +174,7 @@ fn killed_at_random_points_leaks_nothing() {
     let names: Vec<String> = store_files(&node, "ovlf")
         .into_iter()
         .map(|(name, content)| {
-            if name.parse::<std::net::Ipv4Addr>().is_ok() {
+            if name.parse::<std::net::IpAddr>().is_ok() {
                 assert!(
                     live.iter()
                         .any(|(id, _, _)| content == format!("{id}\neth0\n")),

@@ -59,9 +59,18 @@ fn result_round_trip(value: &Value) {
 /// one JSON document listing the supported versions.
 pub fn netconf(data: &[u8]) {
     if let Ok(conf) = NetConf::parse(data) {
-        if let Ok(Some(ip)) = conf.requested_ip() {
-            let first = &conf.requested_ips[0];
-            assert!(first.starts_with(&ip.to_string()));
+        if let Ok(ips) = conf.requested() {
+            assert_eq!(ips.len(), conf.requested_ips.len());
+            for (ip, text) in ips.iter().zip(&conf.requested_ips) {
+                assert_eq!(
+                    text.split('/')
+                        .next()
+                        .unwrap()
+                        .parse::<std::net::IpAddr>()
+                        .ok(),
+                    Some(*ip)
+                );
+            }
         }
         if let Some(prev) = &conf.prev_result {
             result_round_trip(prev);
@@ -116,7 +125,7 @@ pub fn cni_env(data: &[u8]) {
         assert!(!netns_required || a.netns.is_some());
         assert!(a.args.iter().all(|(k, _)| !k.is_empty()));
         assert!(a.path.iter().all(|p| !p.is_empty() && !p.contains(':')));
-        let _ = a.requested_ip();
+        let _ = a.requested();
     }
     if let Some(raw) = env.get("CNI_ARGS") {
         if let Ok(args) = parse_cni_args(raw) {

@@ -57,6 +57,8 @@ pub struct CniHost {
     pub subnet: String,
     /// The gateway, e.g. "10.244.1.1".
     pub gateway: String,
+    /// Dual-stack: the IPv6 subnet, e.g. "fd00:10:244:1::/64" (its gateway is `::1`).
+    pub subnet_v6: Option<String>,
     /// The plugin binaries.
     pub plugins: CniPlugins,
 }
@@ -76,6 +78,32 @@ impl CniHost {
         host
     }
 
+    /// Like [`CniHost::new`], dual-stack: the bridge also holds `fd00:10:244:<n>::1/64`
+    /// (no duplicate address detection), IPv6 forwarding is on, and node.json has the
+    /// IPv6 subnet (cluster `fd00:10:244::/56`).
+    pub fn new_dual(plugins: CniPlugins, n: u8, prefix: u8) -> Self {
+        let mut host = Self::new(plugins, n, prefix);
+        let v6 = format!("fd00:10:244:{n:x}::/64");
+        host.ns
+            .exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        let gw = format!("{}/64", host.gateway_v6_of(&v6));
+        host.ns
+            .exec(&["ip", "-6", "addr", "add", &gw, "dev", "ovl0", "nodad"]);
+        host.subnet_v6 = Some(v6);
+        host.write_node_json();
+        host
+    }
+
+    /// The gateway of IPv6 subnet `v6` ("fd00:10:244:1::/64" → "fd00:10:244:1::1").
+    fn gateway_v6_of(&self, v6: &str) -> String {
+        format!("{}1", v6.trim_end_matches("/64"))
+    }
+
+    /// Dual-stack: the IPv6 gateway.
+    pub fn gateway_v6(&self) -> Option<String> {
+        self.subnet_v6.as_deref().map(|v6| self.gateway_v6_of(v6))
+    }
+
     /// A host namespace (loopback up) and temp dir only: for a real overlayd daemon to
     /// set up (it creates the bridge and writes node.json into [`CniHost::run_dir`]).
     pub fn bare(plugins: CniPlugins, n: u8, prefix: u8) -> Self {
@@ -87,14 +115,21 @@ impl CniHost {
                 .unwrap(),
             subnet: format!("10.244.{n}.0/{prefix}"),
             gateway: format!("10.244.{n}.1"),
+            subnet_v6: None,
             plugins,
         }
     }
 
     /// Writes node.json the way the daemon does (temp file + rename).
     pub fn write_node_json(&self) {
-        let body = json!({"node_name": self.ns.name, "subnet": self.subnet, "gateway": self.gateway,
+        let mut body = json!({"node_name": self.ns.name, "subnet": self.subnet, "gateway": self.gateway,
             "bridge": "ovl0", "mtu": 1450, "cluster_cidr": "10.244.0.0/16", "extra_future_field": true});
+        if let (Some(v6), Some(gw)) = (&self.subnet_v6, self.gateway_v6()) {
+            merge(
+                &mut body,
+                json!({"subnet_v6": v6, "gateway_v6": gw, "cluster_cidr_v6": "fd00:10:244::/56"}),
+            );
+        }
         let tmp = self.run_dir().join("node.json.tmp");
         std::fs::write(&tmp, body.to_string()).unwrap();
         std::fs::rename(tmp, self.run_dir().join("node.json")).unwrap();
@@ -115,7 +150,7 @@ impl CniHost {
         match std::fs::read_dir(self.data_dir().join(net)) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
                 .collect(),
             Err(_) => Vec::new(),
         }
