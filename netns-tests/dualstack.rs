@@ -309,3 +309,150 @@ fn an_ipv6_only_cluster_over_an_ipv6_underlay_carries_pod_traffic() {
         }
     }
 }
+
+#[test]
+fn a_kernel_vxlan_node_over_an_ipv6_underlay_is_a_static_peer_both_ways() {
+    let _load = load::shared();
+    let cluster = TestCluster::new(OVERLAYD);
+    // Node 2: a flannel-style kernel VXLAN node over IPv6, no overlayd.
+    let mut kn = cluster.node(2);
+    let k_addr = kn.ipv6_underlay();
+    let k = &kn.ns;
+    k.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        &k_addr,
+        "dev",
+        "eth0",
+        "dstport",
+        "4789",
+        "nolearning",
+    ]);
+    k.ip(&["link", "set", "flannel.1", "mtu", "1430", "up"]);
+    k.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:10:244:2::/128",
+        "dev",
+        "flannel.1",
+        "nodad",
+    ]);
+    k.ip(&["link", "add", "cni0", "type", "bridge"]);
+    k.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:10:244:2::1/64",
+        "dev",
+        "cni0",
+        "nodad",
+    ]);
+    k.ip(&["link", "set", "cni0", "mtu", "1430", "up"]);
+    k.sysctl("net.ipv6.conf.all.forwarding", "1");
+    let out = k.ip(&["-j", "link", "show", "flannel.1"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let k_mac = v[0]["address"].as_str().unwrap().to_string();
+    // Node 1: overlayd with the kernel node as its static peer, over IPv6.
+    let mut n1 = cluster.node(1);
+    let n1_addr = n1.ipv6_underlay();
+    let mac1 = "02:00:00:00:16:01";
+    let peer = format!("fd00:10:244:2::/64,{k_addr},{k_mac}");
+    n1.extra = [
+        "--cluster-cidr",
+        "fd00:10:244::/48",
+        "--subnet",
+        "fd00:10:244:1::/64",
+        "--vtep-mac",
+        mac1,
+        "--static-peer",
+        &peer,
+        "--dataplane",
+        "userspace",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    n1.launch("");
+    assert!(
+        wait_until(BOUND, || n1.subnet().is_some()),
+        "n1 has no subnet:\n{}",
+        n1.log_text()
+    );
+    // The kernel node's entries for node 1, as flannel programs them.
+    k.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:10:244:1::/64",
+        "via",
+        "fd00:10:244:1::",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    k.ip(&[
+        "-6",
+        "neigh",
+        "add",
+        "fd00:10:244:1::",
+        "lladdr",
+        mac1,
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    k.exec(&[
+        "bridge",
+        "fdb",
+        "append",
+        mac1,
+        "dev",
+        "flannel.1",
+        "dst",
+        &n1_addr,
+    ]);
+    let mtu = n1.status().unwrap().node.mtu;
+    assert_eq!(mtu, 1430);
+    let p1 = overlayd_test_support::topology::Pod::attach(
+        &n1.ns,
+        "ovl0",
+        "veth0",
+        "fd00:10:244:1::2/64",
+        "fd00:10:244:1::1",
+        mtu,
+    );
+    let p2 = overlayd_test_support::topology::Pod::attach(
+        &kn.ns,
+        "cni0",
+        "veth0",
+        "fd00:10:244:2::2/64",
+        "fd00:10:244:2::1",
+        mtu,
+    );
+    assert!(
+        wait_until(BOUND, || p1.ns.ping_once(&p2.ip)),
+        "overlayd pod cannot reach the kernel node's pod:\n{}",
+        n1.log_text()
+    );
+    assert!(
+        wait_until(BOUND, || p2.ns.ping_once(&p1.ip)),
+        "the kernel node's pod cannot reach the overlayd pod:\n{}",
+        n1.log_text()
+    );
+    // Both ways counted for the static peer, with nothing dropped.
+    let s = n1.status().unwrap();
+    let peer = s
+        .peers
+        .iter()
+        .find(|p| p.name.starts_with("static:"))
+        .unwrap();
+    assert!(peer.tx_packets > 0 && peer.rx_packets > 0, "{peer:?}");
+}
