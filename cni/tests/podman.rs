@@ -73,10 +73,9 @@ impl Drop for Podman<'_> {
     }
 }
 
-#[test]
-#[cfg_attr(not(feature = "netns-tests"), ignore)]
-fn podman_containers_ping_each_other() {
-    let node = host(10, 24);
+/// A podman set up on `node` (its dirs, a busybox rootfs, the `ovl` conflist with our
+/// plugin, portmap and tuning, and containers.conf).
+fn podman(node: &CniHost) -> Podman<'_> {
     let dir = node.dir.path().join("podman");
     for sub in [
         "cni",
@@ -116,7 +115,14 @@ fn podman_containers_ping_each_other() {
         ),
     )
     .unwrap();
-    let podman = Podman { node: &node, dir };
+    Podman { node, dir }
+}
+
+#[test]
+#[cfg_attr(not(feature = "netns-tests"), ignore)]
+fn podman_containers_ping_each_other() {
+    let node = host(10, 24);
+    let podman = podman(&node);
 
     let (ok, out) = podman.container(&["-d", "--name", "ovl-a"], &["/bin/sleep", "120"]);
     assert!(ok, "podman run a: {out}");
@@ -149,6 +155,46 @@ fn podman_containers_ping_each_other() {
     );
     assert!(ok && out.contains("10.244.10.77/24"), "--ip: {out}");
 
+    let (ok, out) = podman.run(&["rm", "-af", "-t", "0"]);
+    assert!(ok, "podman rm: {out}");
+    node.assert_nothing_left("ovl", "after podman rm");
+}
+
+#[test]
+#[cfg_attr(not(feature = "netns-tests"), ignore)]
+fn podman_dual_stack_containers_ping_each_other_over_ipv6() {
+    let node = CniHost::new_dual(CniPlugins::new(PLUGIN), 15, 24);
+    let podman = podman(&node);
+    let (ok, out) = podman.container(&["-d", "--name", "ovl-a6"], &["/bin/sleep", "120"]);
+    assert!(ok, "podman run a: {out}");
+    let inspect = |field: &str| {
+        let (ok, v) = podman.run(&[
+            "inspect",
+            "ovl-a6",
+            "--format",
+            &format!("{{{{(index .NetworkSettings.Networks \"ovl\").{field}}}}}"),
+        ]);
+        assert!(ok, "inspect: {v}");
+        v.trim().to_owned()
+    };
+    let (ip4, ip6) = (inspect("IPAddress"), inspect("GlobalIPv6Address"));
+    assert!(ip4.starts_with("10.244.15."), "{ip4}");
+    assert!(ip6.starts_with("fd00:10:244:f::"), "{ip6}");
+    let mut reserved = node.reserved("ovl");
+    reserved.sort();
+    assert_eq!(
+        reserved,
+        vec![ip4.clone(), ip6.clone()],
+        "both came from our store"
+    );
+    let (ok, out) = podman.container(
+        &["--rm", "--name", "ovl-b6"],
+        &["/bin/ping", "-c", "2", "-W", "2", &ip6],
+    );
+    assert!(
+        ok && out.contains(" 0% packet loss"),
+        "b cannot ping a over IPv6: {out}"
+    );
     let (ok, out) = podman.run(&["rm", "-af", "-t", "0"]);
     assert!(ok, "podman rm: {out}");
     node.assert_nothing_left("ovl", "after podman rm");
