@@ -168,6 +168,19 @@ fn a_dual_stack_cluster_leases_a_subnet_per_family_and_cni_pods_reach_each_other
             }
         }
     }
+    // diagnose takes an IPv6 pod address, and finds its owner and the way there.
+    let out = nodes[0].daemon().client(&["diagnose", &ips[1][1]]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(text.starts_with("OK:"), "{text}");
+    assert!(text.contains(&format!("n2 owns {}", all[1].1)), "{text}");
+    // Status shows each peer's IPv6 subnet under its row.
+    let text = cluster.bin.run(&["status"], &nodes[0].dirs.run_dir);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains(&all[1].1) && text.contains(&all[2].1),
+        "{text}"
+    );
     // An IPv6 address of the cluster no node owns: ICMPv6 unreachable from the
     // node's IPv6 gateway, at once.
     let out = pods[0]

@@ -373,6 +373,7 @@ mod tests {
             peers: vec![PeerReport {
                 name: "n2".into(),
                 subnet: "10.244.2.0/24".parse().unwrap(),
+                subnet_v6: None,
                 underlay: "198.18.0.2:4789".parse().unwrap(),
                 vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
                 state: crate::dataplane::PeerState::Suspect,

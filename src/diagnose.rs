@@ -67,17 +67,27 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
     let mut ev = Vec::new();
     let mut owner = None;
     let verdict = 'verdict: {
+        let cidrs = match node.cluster_cidr_v6 {
+            Some(v6) => format!("{}, {v6}", node.cluster_cidr),
+            None => node.cluster_cidr.to_string(),
+        };
+        let in_cluster = node.cluster_cidr.contains(&target)
+            || node.cluster_cidr_v6.is_some_and(|c| c.contains(&target));
         if !check(
             &mut ev,
             "cluster CIDR",
-            node.cluster_cidr.contains(&target),
-            format!("{target} in {}", node.cluster_cidr),
+            in_cluster,
+            format!("{target} in {cidrs}"),
         ) {
-            break 'verdict format!(
-                "{target} is not a pod address of this cluster ({})",
-                node.cluster_cidr
-            );
+            break 'verdict format!("{target} is not a pod address of this cluster ({cidrs})");
         }
+        // The node's subnet of the target's family (dual-stack: the IPv6 one for an
+        // IPv6 address).
+        let own = if node.subnet_v6.is_some() && target.is_ipv6() {
+            node.subnet_v6
+        } else {
+            node.subnet
+        };
         if let Some(c) = &report.control {
             if node.subnet.is_none() {
                 let why = c
@@ -137,7 +147,7 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
                 .map(|(_, name)| name.clone())
         });
 
-        if node.subnet.is_some_and(|s| s.contains(&target)) {
+        if own.is_some_and(|s| s.contains(&target)) {
             owner = Some(node.name.clone());
             check(
                 &mut ev,
@@ -146,7 +156,7 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
                 format!(
                     "this node ({}) owns {}",
                     node.name,
-                    node.subnet.map(|s| s.to_string()).unwrap_or_default()
+                    own.map(|s| s.to_string()).unwrap_or_default()
                 ),
             );
             let ok = route_dev.as_deref() == Some(node.bridge.as_str());
@@ -177,7 +187,9 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
             );
         }
 
-        let Some(peer) = report.peers.iter().find(|p| p.subnet.contains(&target)) else {
+        let Some(peer) = report.peers.iter().find(|p| {
+            p.subnet.contains(&target) || p.subnet_v6.is_some_and(|s| s.contains(&target))
+        }) else {
             check(
                 &mut ev,
                 "owner",
@@ -196,7 +208,14 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
             &mut ev,
             "owner",
             true,
-            format!("{} owns {} at {}", peer.name, peer.subnet, peer.underlay),
+            format!(
+                "{} owns {} at {}",
+                peer.name,
+                peer.subnet_v6
+                    .filter(|s| s.contains(&target))
+                    .unwrap_or(peer.subnet),
+                peer.underlay
+            ),
         );
         let alive = peer.state != PeerState::Dead;
         check(

@@ -72,6 +72,7 @@ impl StatusSource {
                 PeerReport {
                     name: p.name.clone(),
                     subnet: p.subnet,
+                    subnet_v6: p.subnet_v6,
                     underlay: p.underlay,
                     vtep_mac: p.vtep_mac,
                     state: p.state,

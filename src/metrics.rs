@@ -409,19 +409,24 @@ impl Collector for Exporter {
         {
             let mut info = encoder.encode_descriptor(
                 "overlayd_node",
-                "This node: name, subnet, VTEP MAC and underlay address.",
+                "This node: name, subnet (and dual-stack its IPv6 subnet), VTEP MAC and underlay address.",
                 None,
                 MetricType::Info,
             )?;
             let subnet = node.subnet.map(|s| s.to_string()).unwrap_or_default();
+            let subnet_v6 = node.subnet_v6.map(|s| s.to_string()).unwrap_or_default();
             let mac = node.vtep_mac.to_string();
             let addr = node.advertise_addr.to_string();
-            info.encode_info(&[
+            let mut labels = vec![
                 ("node", node.name.as_str()),
                 ("subnet", subnet.as_str()),
                 ("vtep_mac", mac.as_str()),
                 ("advertise_addr", addr.as_str()),
-            ])?;
+            ];
+            if node.cluster_cidr_v6.is_some() {
+                labels.push(("subnet_v6", subnet_v6.as_str()));
+            }
+            info.encode_info(&labels)?;
         }
         let uptime = encoder.encode_descriptor(
             "overlayd_uptime_seconds",

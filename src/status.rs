@@ -55,6 +55,9 @@ pub struct PeerReport {
     pub name: String,
     /// Its subnet.
     pub subnet: IpNet,
+    /// Dual-stack: its IPv6 subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_v6: Option<IpNet>,
     /// Its underlay address and port.
     pub underlay: SocketAddr,
     /// Its VTEP MAC.
@@ -517,6 +520,9 @@ pub fn render_peers(report: &StatusReport) -> String {
             p.last_heard_secs
                 .map_or("never".to_string(), |s| format!("{s}s ago"))
         );
+        if let Some(v6) = p.subnet_v6 {
+            let _ = writeln!(out, "  {:<20} {:<8} {:<7} {v6}", "", "", "");
+        }
     }
     let wg: Vec<_> = report
         .peers
