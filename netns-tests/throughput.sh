@@ -28,12 +28,21 @@
 #                 measures busy polling beside the default in the same run
 #   PROFILE=FILE  also record `perf` on the overlayd processes during the first
 #                 overlayd TCP 1-stream run and write `perf report` to FILE
+#   FAMILY=6      issue 16: also kernel6 and overlayd6, the kernel VXLAN and overlayd
+#                 setups over IPv6 (underlay 2001:2::N, pods fd00:10:244:N::2/64, MTU
+#                 1430), in the same run as the IPv4 ones (MODES defaults to
+#                 "kernel overlayd kernel6 overlayd6"); the report compares the two
+#                 families' ratios. kernel, overlayd and base take a 6 suffix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/release/overlayd}")
 DUR=${DUR:-10}
 REPS=${REPS:-3}
-MODES=${MODES:-"routed kernel overlayd okernel"}
+if [[ ${FAMILY:-4} == 6 ]]; then
+  MODES=${MODES:-"kernel overlayd kernel6 overlayd6"}
+else
+  MODES=${MODES:-"routed kernel overlayd okernel"}
+fi
 TESTS=${TESTS:-"tcp1 tcp4 udp64 rtt"}
 CAPTURE=${CAPTURE:-1}
 PING_I=${PING_I:-0.01}
@@ -44,6 +53,7 @@ if [[ -n ${BASE:-} ]]; then
 fi
 NEW_BIN=$BIN
 MTU=1450
+FAM=4
 M1=02:00:00:00:01:01
 M2=02:00:00:00:02:01
 TAG=tp$$
@@ -56,6 +66,18 @@ RESULTS=$WORK/results
 [ -x "$BIN" ] || { echo "no overlayd binary at $BIN (cargo build --release)" >&2; exit 1; }
 
 ex() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# Addresses of node N in the family of the mode being set up ($FAM): underlay, pod,
+# gateway, subnet and its prefix length, and the kernel VXLAN device's own address.
+ul() { if [[ $FAM == 6 ]]; then echo "2001:2::$1"; else echo "198.18.0.$1"; fi; }
+podip() { if [[ $FAM == 6 ]]; then echo "fd00:10:244:$1::2"; else echo "10.244.$1.2"; fi; }
+gw() { if [[ $FAM == 6 ]]; then echo "fd00:10:244:$1::1"; else echo "10.244.$1.1"; fi; }
+net() { if [[ $FAM == 6 ]]; then echo "fd00:10:244:$1::/64"; else echo "10.244.$1.0/24"; fi; }
+plen() { if [[ $FAM == 6 ]]; then echo 64; else echo 24; fi; }
+vtep() { if [[ $FAM == 6 ]]; then echo "fd00:10:244:$1::"; else echo "10.244.$1.0"; fi; }
+forwarding() { # NODE: routing on, in the mode's family
+  if [[ $FAM == 6 ]]; then ex "$1" sysctl -qw net.ipv6.conf.all.forwarding=1; else ex "$1" sysctl -qw net.ipv4.ip_forward=1; fi
+}
 
 teardown() {
   for ns in $P1 $P2 $N1 $N2; do
@@ -74,16 +96,25 @@ base() {
   ip link add u1 netns "$N1" type veth peer name u2 netns "$N2"
   ip -n "$N1" addr add 198.18.0.1/24 dev u1; ip -n "$N1" link set u1 up
   ip -n "$N2" addr add 198.18.0.2/24 dev u2; ip -n "$N2" link set u2 up
+  if [[ $FAM == 6 ]]; then
+    ip -n "$N1" addr add 2001:2::1/64 dev u1 nodad
+    ip -n "$N2" addr add 2001:2::2/64 dev u2 nodad
+  fi
 }
 
-# pod NODE POD BRIDGE HOSTIF N: 10.244.N.2/24 behind gateway 10.244.N.1, MTU $PMTU
+# pod NODE POD BRIDGE HOSTIF N: 10.244.N.2/24 behind gateway 10.244.N.1 (IPv6:
+# fd00:10:244:N::2/64 behind ::1), MTU $PMTU
 PMTU=$MTU
 pod() {
   ip link add "$4" netns "$1" type veth peer name eth0 netns "$2"
   ip -n "$1" link set "$4" mtu "$PMTU" master "$3" up
   ip -n "$2" link set eth0 mtu "$PMTU" up
-  ip -n "$2" addr add "10.244.$5.2/24" dev eth0
-  ip -n "$2" route add default via "10.244.$5.1"
+  if [[ $FAM == 6 ]]; then
+    ip -n "$2" addr add "$(podip "$5")/64" dev eth0 nodad
+  else
+    ip -n "$2" addr add "$(podip "$5")/24" dev eth0
+  fi
+  ip -n "$2" route add default via "$(gw "$5")"
 }
 
 setup_routed() {
@@ -105,24 +136,25 @@ setup_routed() {
 setup_kernel() {
   PMTU=$MTU
   base
+  local host; host=$([[ $FAM == 6 ]] && echo 128 || echo 32)
   for i in 1 2; do
     local n=${TAG}n$i
-    ip -n "$n" link add flannel.1 type vxlan id 1 local "198.18.0.$i" dev "u$i" dstport 4789 nolearning
+    ip -n "$n" link add flannel.1 type vxlan id 1 local "$(ul $i)" dev "u$i" dstport 4789 nolearning
     ip -n "$n" link set flannel.1 mtu $MTU up
-    ip -n "$n" addr add "10.244.$i.0/32" dev flannel.1
+    ip -n "$n" addr add "$(vtep $i)/$host" dev flannel.1 nodad
     ip -n "$n" link add cni0 type bridge
-    ip -n "$n" addr add "10.244.$i.1/24" dev cni0
+    ip -n "$n" addr add "$(gw $i)/$(plen)" dev cni0 nodad
     ip -n "$n" link set cni0 mtu $MTU up
-    ex "$n" sysctl -qw net.ipv4.ip_forward=1
+    forwarding "$n"
   done
   for pair in "1 2" "2 1"; do
     set -- $pair
     local n=${TAG}n$1
     local mac
     mac=$(ip -n "${TAG}n$2" -j link show flannel.1 | jq -r '.[0].address')
-    ip -n "$n" route add "10.244.$2.0/24" via "10.244.$2.0" dev flannel.1 onlink
-    ip -n "$n" neigh add "10.244.$2.0" lladdr "$mac" dev flannel.1 nud permanent
-    bridge -n "$n" fdb append "$mac" dev flannel.1 dst "198.18.0.$2"
+    ip -n "$n" route add "$(net "$2")" via "$(vtep "$2")" dev flannel.1 onlink
+    ip -n "$n" neigh add "$(vtep "$2")" lladdr "$mac" dev flannel.1 nud permanent
+    bridge -n "$n" fdb append "$mac" dev flannel.1 dst "$(ul "$2")"
   done
   pod "$N1" "$P1" cni0 veth1 1
   pod "$N2" "$P2" cni0 veth2 2
@@ -200,7 +232,7 @@ start_nodes() {
     # shellcheck disable=SC2086
     env RUST_LOG=info $DENV ip netns exec "${TAG}n$i" "$BIN" --node-name "n$i" \
       --run-dir "$d/run" --state-dir "$d/state" \
-      --subnet "10.244.$i.0/24" --advertise-addr "198.18.0.$i" --vtep-mac "$mac" ${EXTRA:-} \
+      --subnet "$(net $i)" --advertise-addr "$(ul $i)" --vtep-mac "$mac" ${EXTRA:-} $(cidr_flag) \
       --static-peer "$(peer_spec "$i" "$o" "$peer_mac")" >"$WORK/n$i.log" 2>&1 &
   done
   EXTRA=; PEER1=; PEER2=
@@ -215,10 +247,13 @@ start_nodes() {
   grep -h -i -E "offload|gso|gro|worker|path" "$WORK"/n?.log | sed 's/^/  log: /' | sort -u | head -20 || true
 }
 
+# IPv6 modes: the cluster CIDR their subnets lie in.
+cidr_flag() { [[ $FAM == 6 ]] && echo "--cluster-cidr fd00:10:244::/48"; return 0; }
+
 # The static peer of node I (the other is O, VTEP MAC M), unless setup_oenc set one.
 peer_spec() {
   local v="PEER$1"
-  if [ -n "${!v:-}" ]; then echo "${!v}"; else echo "10.244.$2.0/24,198.18.0.$2,$3"; fi
+  if [ -n "${!v:-}" ]; then echo "${!v}"; else echo "$(net "$2"),$(ul "$2"),$3"; fi
 }
 
 # This run's dataplane processes (overlayd, or wireguard-go for wggo): those in its
@@ -245,18 +280,18 @@ record() { echo "$1 $2 $3" >>"$RESULTS"; }
 
 iperf() { # MODE KEY ARGS...: runs one iperf3 client, records the metric(s)
   local mode=$1 key=$2; shift 2
-  ex "$P2" iperf3 -s -1 -B 10.244.2.2 >/dev/null 2>&1 &
+  ex "$P2" iperf3 -s -1 -B "$(podip 2)" >/dev/null 2>&1 &
   local srv=$!
   for _ in $(seq 50); do ex "$P2" ss -Hltn "sport = :5201" | grep -q . && break; sleep 0.1; done
   local c0 c1 out
   CPU_OF=$mode
   c0=$(overlayd_cpu_ticks)
   local perf_pid=
-  if [[ $mode == overlayd && $key == tcp1_gbps && -n ${PROFILE:-} && ! -e $WORK/perf.data ]]; then
+  if [[ ${mode%6} == overlayd && $key == tcp1_gbps && -n ${PROFILE:-} && ! -e $WORK/perf.data ]]; then
     perf record -q -F 999 -g -o "$WORK/perf.data" -p "$(dataplane_pids | paste -sd,)" -- sleep $((DUR - 1)) >/dev/null 2>&1 &
     perf_pid=$!
   fi
-  out=$(ex "$P1" iperf3 -c 10.244.2.2 -t "$DUR" -J "$@" 2>&1) || true
+  out=$(ex "$P1" iperf3 -c "$(podip 2)" -t "$DUR" -J "$@" 2>&1) || true
   c1=$(overlayd_cpu_ticks)
   wait $srv 2>/dev/null || true
   if [[ -n $perf_pid ]]; then
@@ -272,7 +307,7 @@ iperf() { # MODE KEY ARGS...: runs one iperf3 client, records the metric(s)
   else
     record "$mode" "$key" "$(jq -r '.end.sum_received.bits_per_second / 1e9' <<<"$out" 2>/dev/null || echo 0)"
   fi
-  if [[ $mode == overlayd || $mode == okernel || $mode == base || $mode == oenc || $mode == wggo ]]; then
+  if [[ ${mode%6} == overlayd || ${mode%6} == okernel || ${mode%6} == base || ${mode%6} == oenc || ${mode%6} == wggo ]]; then
     local hz; hz=$(getconf CLK_TCK)
     record "$mode" "cpu_${key}_pct" "$(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v d="$DUR" 'BEGIN{printf "%.0f", (b-a)*100/hz/d}')"
   fi
@@ -280,7 +315,8 @@ iperf() { # MODE KEY ARGS...: runs one iperf3 client, records the metric(s)
 
 measure() { # MODE [REPS]
   local mode=$1; shift
-  ex "$P1" ping -c 3 -W 1 -q 10.244.2.2 >/dev/null || { echo "$mode: pods do not reach each other" >&2; return 1; }
+  local to; to=$(podip 2)
+  ex "$P1" ping -c 3 -W 1 -q "$to" >/dev/null || { echo "$mode: pods do not reach each other" >&2; return 1; }
   for _ in $(seq "${1:-$REPS}"); do
     [[ " $TESTS " == *" tcp1 "* ]] && iperf "$mode" tcp1_gbps
     [[ " $TESTS " == *" tcp4 "* ]] && iperf "$mode" tcp4_gbps -P 4
@@ -288,7 +324,7 @@ measure() { # MODE [REPS]
     if [[ " $TESTS " == *" rtt "* ]]; then
       # Mean, median and 90th percentile: a loaded host adds tick-long outliers
       # (4 ms) that dominate the mean.
-      ex "$P1" ping -c "$PING_C" -i "$PING_I" 10.244.2.2 | python3 -c '
+      ex "$P1" ping -c "$PING_C" -i "$PING_I" "$to" | python3 -c '
 import sys, statistics as st
 t = sorted(float(l.split("time=")[1].split()[0]) * 1000 for l in sys.stdin if "time=" in l)
 print(f"{st.mean(t):.0f} {st.median(t):.0f} {t[int(len(t) * 0.9)]:.0f}" if t else "nan nan nan")' | {
@@ -309,7 +345,7 @@ capture_check() {
   ex "$N1" tcpdump -i u1 -nn -s 128 -w "$WORK/cap.pcap" -c 20000 udp port 4789 >/dev/null 2>&1 &
   local td=$!
   sleep 1
-  ex "$P2" iperf3 -s -1 -B 10.244.2.2 >/dev/null 2>&1 &
+  ex "$P2" iperf3 -s -1 -B "$(podip 2)" >/dev/null 2>&1 &
   sleep 0.5
   ex "$P1" iperf3 -c 10.244.2.2 -t 2 -P 4 >/dev/null 2>&1 || true
   ex "$P1" ping -c 3 -i 0.2 -q -s 1400 10.244.2.2 >/dev/null 2>&1 || true
@@ -349,7 +385,13 @@ EOF
 for rep in $(seq "$REPS"); do
   for mode in $MODES; do
     echo "== $mode: rep $rep"
-    "setup_$mode"
+    FAM=4; MTU=1450
+    if [[ $mode == *6 ]]; then FAM=6; MTU=1430; fi
+    case ${mode%6} in kernel | overlayd | base) ;; *)
+      [[ $FAM == 6 ]] && { echo "$mode: IPv6 runs kernel, overlayd and base only" >&2; exit 1; } ;;
+    esac
+    "setup_${mode%6}"
+    [[ $FAM == 6 ]] && sleep 1 # IPv6 neighbour discovery settles
     measure "$mode" 1
     if [[ $rep == 1 && $mode == overlayd && $CAPTURE == 1 && " $TESTS " == *" tcp1 "* ]]; then
       capture_check || echo "CAPTURE CHECK FAILED"
@@ -370,10 +412,11 @@ for line in open(sys.argv[1]):
     rows.setdefault(key, {}).setdefault(mode, []).append(v)
 order = ['tcp1_gbps', 'tcp4_gbps', 'udp64_kpps', 'udp64_loss_pct', 'rtt_us', 'rtt_p50_us', 'rtt_p90_us',
          'cpu_tcp1_gbps_pct', 'cpu_tcp4_gbps_pct', 'cpu_udp64_pct']
-modes = [m for m in ['routed', 'kernel', 'overlayd', 'okernel', 'base', 'oenc', 'wggo'] if any(m in r for r in rows.values())]
+modes = [m for m in ['routed', 'kernel', 'overlayd', 'okernel', 'base', 'oenc', 'wggo', 'kernel6', 'overlayd6', 'base6'] if any(m in r for r in rows.values())]
 names = {'routed': 'routed', 'kernel': 'kernel vxlan', 'overlayd': 'overlayd userspace',
          'okernel': 'overlayd kernel', 'base': 'base', 'oenc': 'overlayd encrypted',
-         'wggo': 'wireguard-go'}
+         'wggo': 'wireguard-go', 'kernel6': 'kernel vxlan IPv6', 'overlayd6': 'overlayd IPv6',
+         'base6': 'base IPv6'}
 def cell(v):
     if not v: return '-'
     return f"{st.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
@@ -387,6 +430,7 @@ if 'okernel' in modes: head += f" {'okern/kernel':>12}"
 if 'base' in modes: head += f" {'base/kernel':>11} {'ovl/base':>9}"
 if 'oenc' in modes: head += f" {'oenc/kernel':>11}"
 if 'oenc' in modes and 'wggo' in modes: head += f" {'oenc/wggo':>9}"
+if 'overlayd6' in modes: head += f" {'ovl6/kern6':>10}"
 print(head)
 for key in order:
     if key not in rows: continue
@@ -397,6 +441,7 @@ for key in order:
     if 'base' in modes: line += f" {ratio(r, 'base', 'kernel'):>11} {ratio(r, 'overlayd', 'base'):>9}"
     if 'oenc' in modes: line += f" {ratio(r, 'oenc', 'kernel'):>11}"
     if 'oenc' in modes and 'wggo' in modes: line += f" {ratio(r, 'oenc', 'wggo'):>9}"
+    if 'overlayd6' in modes: line += f" {ratio(r, 'overlayd6', 'kernel6'):>10}"
     print(line)
 # Issue 14's floors for the kernel dataplane, printed (never an exit status).
 floors = [('tcp1_gbps', 0.95, True), ('tcp4_gbps', 0.95, True), ('udp64_kpps', 0.95, True), ('rtt_us', 1.10, False)]
@@ -418,4 +463,15 @@ if r.get('oenc') and r.get('wggo') and st.median(r['wggo']) > 0:
 if r.get('oenc') and r.get('kernel') and st.median(r['kernel']) > 0:
     x = st.median(r['oenc']) / st.median(r['kernel'])
     print(f"goal  tcp1_gbps    oenc/kernel {x:.2f} (want >= 0.50): {'met' if x >= 0.5 else 'not met'}")
+# Issue 16's floor: the IPv6 ratios within 10 % of the IPv4 ones, printed.
+if all(m in modes for m in ['kernel', 'overlayd', 'kernel6', 'overlayd6']):
+    print()
+    for key in ['tcp1_gbps', 'tcp4_gbps', 'udp64_kpps', 'rtt_us']:
+        r = rows.get(key, {})
+        if not all(r.get(m) for m in ['kernel', 'overlayd', 'kernel6', 'overlayd6']): continue
+        if st.median(r['kernel']) == 0 or st.median(r['kernel6']) == 0: continue
+        v4 = st.median(r['overlayd']) / st.median(r['kernel'])
+        v6 = st.median(r['overlayd6']) / st.median(r['kernel6'])
+        ok = abs(v6 - v4) <= 0.10 * v4
+        print(f"floor {key:12} IPv6 ovl/kernel {v6:.2f} vs IPv4 {v4:.2f} (want within 10 %): {'met' if ok else 'NOT MET'}")
 EOF
