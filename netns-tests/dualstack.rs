@@ -249,6 +249,15 @@ fn a_single_stack_node_is_refused_by_a_dual_stack_cluster_naming_the_ipv6_cidr()
         !ok && text.contains("--dataplane") && text.contains("dual-stack"),
         "{text}"
     );
+    // A node on an IPv6 underlay given an IPv4 seed says what is wrong.
+    let mut n4 = cluster.node(4);
+    n4.ipv6_underlay();
+    n4.extra = vec!["--cluster-cidr".into(), DUAL.into()];
+    let (ok, text) = n4.launch_expect_exit("198.18.0.1");
+    assert!(
+        !ok && text.contains("--peers") && text.contains("198.18.0.1, an IPv4 address"),
+        "{text}"
+    );
 }
 
 /// `base` (an IPv6 subnet as text, `fd00:10:244:3::/64`) with the last host part
@@ -259,10 +268,25 @@ fn v6_host(subnet: &str, host: u16) -> String {
 }
 
 #[test]
-fn an_ipv6_only_cluster_over_an_ipv6_underlay_carries_pod_traffic() {
+fn an_ipv6_only_cluster_over_an_ipv6_underlay_carries_pod_traffic_in_both_dataplanes() {
     let _load = load::shared();
+    for dataplane in ["userspace", "kernel"] {
+        ipv6_only_cluster(dataplane);
+    }
+}
+
+/// Three nodes of an IPv6-only cluster over an IPv6 underlay, on `dataplane`: pods
+/// ping each other.
+fn ipv6_only_cluster(dataplane: &str) {
     let cluster = TestCluster::new(OVERLAYD);
-    let flags = ["--cluster-cidr", "fd00:10:244::/48", "--subnet-len", "64"];
+    let flags = [
+        "--cluster-cidr",
+        "fd00:10:244::/48",
+        "--subnet-len",
+        "64",
+        "--dataplane",
+        dataplane,
+    ];
     let mut nodes: Vec<DaemonNode> = (1..=3).map(|i| cluster.node(i)).collect();
     let addrs: Vec<String> = nodes.iter_mut().map(|n| n.ipv6_underlay()).collect();
     for (i, n) in nodes.iter_mut().enumerate() {
@@ -285,6 +309,8 @@ fn an_ipv6_only_cluster_over_an_ipv6_underlay_carries_pod_traffic() {
         assert!(subnet.starts_with("fd00:10:244:"), "{subnet}");
         // The underlay MTU less VXLAN over IPv6 (70 bytes).
         assert_eq!(status.node.mtu, 1430, "{}", n.name);
+        let mode = serde_json::to_value(status.path.mode).unwrap();
+        assert_eq!(mode, dataplane, "{}: {:?}", n.name, status.path);
         // Gossip and VXLAN run over IPv6: every peer's endpoint is an IPv6 address.
         assert!(
             wait_until(BOUND, || n.status().is_some_and(
@@ -314,7 +340,7 @@ fn an_ipv6_only_cluster_over_an_ipv6_underlay_carries_pod_traffic() {
             let ok = wait_until(BOUND, || a.ns.ping_once(&b.ip));
             assert!(
                 ok,
-                "pod {} cannot reach {} over IPv6:\n{}",
+                "{dataplane}: pod {} cannot reach {} over IPv6:\n{}",
                 a.ip,
                 b.ip,
                 logs(&nodes)

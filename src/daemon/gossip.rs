@@ -61,6 +61,22 @@ pub async fn start(
             value: args.peers.join(","),
             why: format!("cannot resolve: {e}"),
         })?;
+    let ours = start.underlay.advertise_addr;
+    if let Some(other) = seeds.iter().find(|s| s.ip().is_ipv4() != ours.is_ipv4()) {
+        let family = |ip: std::net::IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        return Err(ConfigError::Invalid {
+            flag: "--peers",
+            value: args.peers.join(","),
+            why: format!(
+                "names {}, an {} address, and this node's underlay (--advertise-addr {ours}) is {}: a node reaches only peers of its underlay's family; give an {} seed, or an --advertise-addr of the seeds' family",
+                other.ip(),
+                family(other.ip()),
+                family(ours),
+                family(ours)
+            ),
+        }
+        .into());
+    }
     let cfg = ControlConfig {
         name: start.node_name,
         advertise_addr: start.underlay.advertise_addr,

@@ -221,7 +221,12 @@ impl Host {
             }
         }
         if let ClusterRoute::Tun(tun) = self.cluster_route {
-            self.netlink.replace_route(cluster, tun, gateway).await?;
+            // IPv6 takes no `src` here: the kernel refuses a source address that is
+            // still tentative (the gateway, briefly, on a bridge that just came up),
+            // and its source selection (RFC 6724: matching label, longest prefix)
+            // picks the gateway for cluster destinations anyway.
+            let src = gateway.filter(|g| g.is_ipv4());
+            self.netlink.replace_route(cluster, tun, src).await?;
         }
         Ok(())
     }
