@@ -546,13 +546,6 @@ impl DaemonArgs {
                 ),
             ));
         }
-        if let (Some(_), DataplaneChoice::Kernel) = (self.cluster_cidr.second, self.dataplane) {
-            return Err(invalid(
-                "--dataplane",
-                "kernel",
-                format!("carries one address family so far; a dual-stack --cluster-cidr {} needs --dataplane userspace or auto", self.cluster_cidr),
-            ));
-        }
         if let Some(v6) = self.cluster_cidr.second {
             let len = self.subnet_len_v6;
             if len < v6.prefix_len() || len > 126 {

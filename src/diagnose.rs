@@ -227,24 +227,32 @@ pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) 
         let routed = route_dev.as_deref() == Some(device_name.as_str());
         let mut entries_ok = true;
         if let (true, Some(link)) = (kernel && alive, tun.as_ref()) {
-            let gateway = gateway_of(&peer.subnet);
+            // The peer's subnet of the target's family.
+            let subnet = peer
+                .subnet_v6
+                .filter(|s| s.contains(&target))
+                .unwrap_or(peer.subnet);
+            let gateway = gateway_of(&subnet);
             let mut want = Entries::default();
             want.neighbours.insert((gateway, peer.vtep_mac));
             want.fdb.insert((peer.vtep_mac, peer.underlay));
             want.routes.insert(RouteEntry {
-                dst: peer.subnet,
+                dst: subnet,
                 via: gateway,
                 src: None,
             });
+            let cidrs: Vec<_> = std::iter::once(node.cluster_cidr)
+                .chain(node.cluster_cidr_v6)
+                .collect();
             let problems = netlink
-                .check_peer_entries(link.header.index, node.port, node.cluster_cidr, &want)
+                .check_peer_entries(link.header.index, node.port, &cidrs, &want)
                 .await
                 .unwrap_or_else(|e| vec![format!("cannot read them: {e}")]);
             entries_ok = problems.is_empty();
             let detail = if entries_ok {
                 format!(
-                    "neighbour {gateway} lladdr {}, FDB {} dst {}, route {} via {gateway} onlink",
-                    peer.vtep_mac, peer.vtep_mac, peer.underlay, peer.subnet
+                    "neighbour {gateway} lladdr {}, FDB {} dst {}, route {subnet} via {gateway} onlink",
+                    peer.vtep_mac, peer.vtep_mac, peer.underlay
                 )
             } else {
                 problems.join("; ")

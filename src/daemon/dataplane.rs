@@ -69,12 +69,8 @@ impl Running {
             Running::Kernel(k) => {
                 k.shutdown().await;
                 if left {
-                    match KernelDriver::remove(
-                        netlink,
-                        &args.vxlan_device,
-                        args.cluster_cidr.primary,
-                    )
-                    .await
+                    match KernelDriver::remove(netlink, &args.vxlan_device, args.cluster_cidr.all())
+                        .await
                     {
                         Ok(_) => {
                             tracing::info!(device = %args.vxlan_device, "removed the vxlan device, its routes and the nftables table")
@@ -112,9 +108,6 @@ fn needs_userspace(args: &DaemonArgs) -> Option<String> {
     }
     if args.workers != 0 {
         return Some("--workers tunes the userspace dataplane".into());
-    }
-    if args.cluster_cidr.second.is_some() {
-        return Some("a dual-stack --cluster-cidr needs the userspace dataplane (the kernel dataplane carries one address family so far)".into());
     }
     None
 }
@@ -200,7 +193,7 @@ async fn start_kernel(
     let (handle, feeds) = DataplaneHandle::new(fib, 1, path);
     let config = KernelConfig {
         spec,
-        cluster_cidr: args.cluster_cidr.primary,
+        cluster_cidrs: args.cluster_cidr.all().collect(),
     };
     match KernelDriver::start(s.netlink.clone(), config, feeds).await {
         Ok(driver) => Ok(Started {
@@ -210,7 +203,7 @@ async fn start_kernel(
         }),
         Err(e) => {
             if let Err(cleanup) =
-                KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr.primary).await
+                KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr.all()).await
             {
                 tracing::warn!("removing what the kernel dataplane set up: {cleanup}");
             }
@@ -224,7 +217,7 @@ async fn start_kernel(
 /// nftables table).
 async fn open_tun(s: &Start<'_>) -> Result<(tun::TunDevice, u32), DaemonError> {
     let args = s.args;
-    if KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr.primary).await? {
+    if KernelDriver::remove(s.netlink, &args.vxlan_device, args.cluster_cidr.all()).await? {
         tracing::info!(device = %args.vxlan_device, "removed the kernel dataplane an earlier run left (vxlan device, unreachable route, nftables table)");
     }
     let workers = match args.workers {

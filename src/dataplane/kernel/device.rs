@@ -222,7 +222,7 @@ impl Netlink {
         &self,
         index: u32,
         port: u16,
-        within: IpNet,
+        within: &[IpNet],
     ) -> Result<Entries, Error> {
         let mut out = Entries::default();
         let mut stream = self.handle().neighbours().get().execute();
@@ -261,7 +261,11 @@ impl Netlink {
                     .insert((mac, SocketAddr::new(ip, neigh_port(&msg).unwrap_or(port))));
             }
         }
-        for (dst, oif, msg) in self.routes_within(within).await? {
+        let mut routes = Vec::new();
+        for cidr in within {
+            routes.extend(self.routes_within(*cidr).await?);
+        }
+        for (dst, oif, msg) in routes {
             if oif != Some(index) {
                 continue;
             }
@@ -423,7 +427,7 @@ impl Netlink {
         &self,
         index: u32,
         port: u16,
-        within: IpNet,
+        within: &[IpNet],
         want: &Entries,
     ) -> Result<Vec<String>, Error> {
         let have = self.vxlan_entries(index, port, within).await?;

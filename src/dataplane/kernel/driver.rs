@@ -11,7 +11,6 @@
 //! comes back.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use super::plan::{changes, Entries};
 use super::ruleset::{self, Member, Ruleset};
 use crate::dataplane::fib::{Fib, PeerState};
 use crate::dataplane::handle::Feeds;
+use crate::dataplane::icmp::Routers;
 use crate::dataplane::netlink::{disable_ipv6, Netlink};
 use crate::dataplane::stats::DropReason;
 use crate::dataplane::Error;
@@ -39,9 +39,9 @@ const REPAIR_EVERY: Duration = Duration::from_secs(10);
 pub struct KernelConfig {
     /// The vxlan device.
     pub spec: VxlanSpec,
-    /// The cluster CIDR: routes inside it on the device are ours, and the rest of it
-    /// is unreachable.
-    pub cluster_cidr: IpNet,
+    /// The cluster CIDRs (dual-stack: both): routes inside them on the device are
+    /// ours, and the rest of them is unreachable.
+    pub cluster_cidrs: Vec<IpNet>,
 }
 
 /// The running kernel dataplane.
@@ -81,7 +81,7 @@ impl KernelDriver {
         feeds: Feeds,
     ) -> Result<KernelDriver, Error> {
         let index = netlink.ensure_vxlan(&config.spec).await?;
-        if config.cluster_cidr.addr().is_ipv4() {
+        if config.cluster_cidrs.iter().all(|c| c.addr().is_ipv4()) {
             disable_ipv6(&config.spec.name)?;
         }
         let mut p = Programmer {
@@ -94,12 +94,14 @@ impl KernelDriver {
             feeds,
         };
         let fib = p.feeds.fib.borrow_and_update().clone();
-        let router = p.feeds.router.borrow_and_update().first;
+        let router = *p.feeds.router.borrow_and_update();
         p.install_ruleset(&fib).await?;
         // Routes through a device need it up; the filter is in place by now.
         p.netlink.set_up(index, p.config.spec.mtu).await?;
         p.reconcile(&fib, router).await?;
-        p.netlink.replace_unreachable(p.config.cluster_cidr).await?;
+        for cidr in &p.config.cluster_cidrs {
+            p.netlink.replace_unreachable(*cidr).await?;
+        }
         tracing::info!(
             device = %p.config.spec.name, vni = p.config.spec.vni, port = p.config.spec.port,
             "kernel dataplane: the vxlan device carries pod traffic; overlayd programs its neighbour, FDB and route entries and filters VXLAN with nftables table inet overlayd"
@@ -139,14 +141,21 @@ impl KernelDriver {
     }
 
     /// Removes what the kernel dataplane leaves in the kernel: the vxlan device
-    /// `device` (and with it its neighbour, FDB and route entries), the cluster's
-    /// `unreachable` route and the nftables table. For `overlayd leave` and for a
-    /// switch to the userspace dataplane; true if there was anything to remove.
-    pub async fn remove(netlink: &Netlink, device: &str, cluster: IpNet) -> Result<bool, Error> {
+    /// `device` (and with it its neighbour, FDB and route entries), the `unreachable`
+    /// routes of the cluster CIDRs `clusters` and the nftables table. For `overlayd
+    /// leave` and for a switch to the userspace dataplane; true if there was
+    /// anything to remove.
+    pub async fn remove(
+        netlink: &Netlink,
+        device: &str,
+        clusters: impl IntoIterator<Item = IpNet>,
+    ) -> Result<bool, Error> {
         let mut removed = netlink.delete_link_of_kind(device, "vxlan").await?;
-        if netlink.has_unreachable(cluster).await? {
-            netlink.delete_unreachable(cluster).await?;
-            removed = true;
+        for cluster in clusters {
+            if netlink.has_unreachable(cluster).await? {
+                netlink.delete_unreachable(cluster).await?;
+                removed = true;
+            }
         }
         if nft::table_exists() {
             let script = ruleset::remove_script();
@@ -193,7 +202,7 @@ impl Programmer {
     /// ruleset is installed rather than trusted to have announced itself.
     async fn update(&mut self) {
         let fib = self.feeds.fib.borrow_and_update().clone();
-        let router = self.feeds.router.borrow_and_update().first;
+        let router = *self.feeds.router.borrow_and_update();
         let stale = !self
             .ruleset_of
             .as_ref()
@@ -209,14 +218,18 @@ impl Programmer {
     }
 
     /// Makes the device's entries those of `fib`.
-    async fn reconcile(&mut self, fib: &Fib, router: Option<IpAddr>) -> Result<(), Error> {
+    async fn reconcile(&mut self, fib: &Fib, router: Routers) -> Result<(), Error> {
         let (want, warnings) = Entries::for_fib(fib, self.config.spec.local, router);
         for w in warnings {
             tracing::warn!("{w}");
         }
         let have = self
             .netlink
-            .vxlan_entries(self.index, self.config.spec.port, self.config.cluster_cidr)
+            .vxlan_entries(
+                self.index,
+                self.config.spec.port,
+                &self.config.cluster_cidrs,
+            )
             .await?;
         for change in changes(&have, &want) {
             tracing::debug!(?change, "kernel dataplane");
@@ -247,6 +260,7 @@ impl Programmer {
                 underlay: peer.underlay.ip(),
                 port: peer.underlay.port(),
                 subnet: peer.subnet,
+                subnet_v6: peer.subnet_v6,
                 allow_any_source: peer.allow_any_source,
                 dead: peer.state == PeerState::Dead,
             });

@@ -6,6 +6,8 @@
 //! - a permanent FDB entry: that MAC is behind the peer's underlay address (and port);
 //! - a route to the peer's subnet via its gateway, `onlink`, from our gateway.
 //!
+//! A dual-stack peer has a neighbour entry and a route for each of its subnets.
+//!
 //! A dead peer has none, so its subnet falls to the cluster's `unreachable` route
 //! and senders get an ICMP unreachable at once. Nothing here talks to the kernel:
 //! [`Entries::for_fib`] says what should be, [`changes`] what to do about what is.
@@ -16,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::dataplane::fib::{gateway_of, Fib, PeerState};
+use crate::dataplane::icmp::Routers;
 use crate::dataplane::wire::MacAddr;
 
 /// A route to a peer's subnet.
@@ -61,10 +64,10 @@ pub enum Change {
 
 impl Entries {
     /// The entries for the forwarding peers of `fib` whose underlay has the family
-    /// of `local` (the vxlan device's `local`), with routes from `router`. Peers left
-    /// out (another underlay family, a VTEP MAC an earlier peer has) are named in the
-    /// returned warnings.
-    pub fn for_fib(fib: &Fib, local: IpAddr, router: Option<IpAddr>) -> (Entries, Vec<String>) {
+    /// of `local` (the vxlan device's `local`), with routes from our gateway of each
+    /// family (`routers`). Peers left out (another underlay family, a VTEP MAC an
+    /// earlier peer has) are named in the returned warnings.
+    pub fn for_fib(fib: &Fib, local: IpAddr, routers: Routers) -> (Entries, Vec<String>) {
         let mut out = Entries::default();
         let mut warnings = Vec::new();
         let mut macs: BTreeMap<MacAddr, &str> = BTreeMap::new();
@@ -87,15 +90,19 @@ impl Entries {
                 macs.insert(peer.vtep_mac, other);
                 continue;
             }
-            let gateway = gateway_of(&peer.subnet);
-            let src = router.filter(|r| r.is_ipv4() == gateway.is_ipv4());
-            out.neighbours.insert((gateway, peer.vtep_mac));
             out.fdb.insert((peer.vtep_mac, peer.underlay));
-            out.routes.insert(RouteEntry {
-                dst: peer.subnet,
-                via: gateway,
-                src,
-            });
+            for subnet in peer.subnets() {
+                let gateway = gateway_of(&subnet);
+                out.neighbours.insert((gateway, peer.vtep_mac));
+                // IPv6 routes take no `src`: the kernel refuses one still tentative,
+                // and its source selection picks our gateway anyway (as for the
+                // userspace dataplane's route through the TUN).
+                out.routes.insert(RouteEntry {
+                    dst: subnet,
+                    via: gateway,
+                    src: routers.of_family(true).filter(|_| gateway.is_ipv4()),
+                });
+            }
         }
         (out, warnings)
     }
@@ -155,7 +162,7 @@ mod tests {
     #[test]
     fn a_live_peer_gets_a_neighbour_an_fdb_entry_and_a_route() {
         let f = fib(vec![peer("n2", "10.244.2.0/24", "198.18.0.2:4789")]);
-        let (e, warnings) = Entries::for_fib(&f, ip("198.18.0.1"), Some(ip("10.244.1.1")));
+        let (e, warnings) = Entries::for_fib(&f, ip("198.18.0.1"), Routers::one(ip("10.244.1.1")));
         assert!(warnings.is_empty());
         let mac = f.peers()[0].vtep_mac;
         assert_eq!(
@@ -185,12 +192,42 @@ mod tests {
         let mut same_mac = peer("same-mac", "10.244.6.0/24", "198.18.0.6:4789");
         same_mac.vtep_mac = a.vtep_mac;
         let f = fib(vec![dead, v6, a, same_mac]);
-        let (e, warnings) = Entries::for_fib(&f, ip("198.18.0.1"), None);
+        let (e, warnings) = Entries::for_fib(&f, ip("198.18.0.1"), Routers::default());
         assert_eq!(e.routes.len(), 1, "{e:?}");
         assert_eq!(e.routes.first().unwrap().dst.to_string(), "10.244.5.0/24");
         assert_eq!(e.routes.first().unwrap().src, None);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings[0].contains("v6") && warnings[1].contains("same-mac"));
+    }
+
+    #[test]
+    fn a_dual_stack_peer_gets_a_neighbour_and_a_route_per_family() {
+        let mut p = peer("n2", "10.244.2.0/24", "198.18.0.2:4789");
+        p.subnet_v6 = Some("fd00:10:244:2::/64".parse().unwrap());
+        let f = fib(vec![p]);
+        let routers = Routers {
+            first: Some(ip("10.244.1.1")),
+            v6: Some(ip("fd00:10:244:1::1")),
+        };
+        let (e, _) = Entries::for_fib(&f, ip("198.18.0.1"), routers);
+        assert_eq!(e.fdb.len(), 1);
+        assert_eq!(e.neighbours.len(), 2);
+        let routes: Vec<_> = e
+            .routes
+            .iter()
+            .map(|r| (r.dst.to_string(), r.via, r.src))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                (
+                    "10.244.2.0/24".into(),
+                    ip("10.244.2.1"),
+                    Some(ip("10.244.1.1"))
+                ),
+                ("fd00:10:244:2::/64".into(), ip("fd00:10:244:2::1"), None),
+            ]
+        );
     }
 
     #[test]

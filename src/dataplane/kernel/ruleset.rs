@@ -50,8 +50,10 @@ pub struct Member {
     pub underlay: IpAddr,
     /// Its VXLAN port.
     pub port: u16,
-    /// Its subnet: inner sources must lie inside it.
+    /// Its subnet: inner sources must lie inside it (or inside `subnet_v6`).
     pub subnet: IpNet,
+    /// Dual-stack: its IPv6 subnet.
+    pub subnet_v6: Option<IpNet>,
     /// Accept any inner source (a static peer with `allow-any-source`).
     pub allow_any_source: bool,
     /// Declared dead: its datagrams are dropped.
@@ -195,14 +197,23 @@ impl Ruleset<'_> {
         for m in self.members {
             let chain = format!("peer_p{}", m.id);
             let rx = Member::rx_counter(m.id);
-            let inner = if m.allow_any_source {
-                format!("@th,{INNER_ETHERTYPE_BITS},16 {{ 0x0800, 0x86dd }}")
+            let inner: Vec<String> = if m.allow_any_source {
+                vec![format!(
+                    "@th,{INNER_ETHERTYPE_BITS},16 {{ 0x0800, 0x86dd }}"
+                )]
             } else {
-                let (ethertype, src) = inner_source_match(&m.subnet);
-                let src = src.map(|m| format!(" {m}")).unwrap_or_default();
-                format!("@th,{INNER_ETHERTYPE_BITS},16 {ethertype}{src}")
+                std::iter::once(m.subnet)
+                    .chain(m.subnet_v6)
+                    .map(|subnet| {
+                        let (ethertype, src) = inner_source_match(&subnet);
+                        let src = src.map(|m| format!(" {m}")).unwrap_or_default();
+                        format!("@th,{INNER_ETHERTYPE_BITS},16 {ethertype}{src}")
+                    })
+                    .collect()
             };
-            let _ = writeln!(s, "add rule {t} {chain} {inner} counter name {rx} accept");
+            for inner in inner {
+                let _ = writeln!(s, "add rule {t} {chain} {inner} counter name {rx} accept");
+            }
             let _ = writeln!(
                 s,
                 "add rule {t} {chain} @th,{INNER_ETHERTYPE_BITS},16 {{ 0x0800, 0x86dd }} counter name spoofed_source drop"
@@ -265,6 +276,7 @@ mod tests {
             underlay: underlay.parse().unwrap(),
             port: 4789,
             subnet: subnet.parse().unwrap(),
+            subnet_v6: None,
             allow_any_source: false,
             dead: false,
         }
