@@ -32,7 +32,7 @@
 #                 setups over IPv6 (underlay 2001:2::N, pods fd00:10:244:N::2/64, MTU
 #                 1430), in the same run as the IPv4 ones (MODES defaults to
 #                 "kernel overlayd kernel6 overlayd6"); the report compares the two
-#                 families' ratios. kernel, overlayd and base take a 6 suffix.
+#                 families' ratios. kernel, overlayd, okernel and base take a 6 suffix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-target/release/overlayd}")
@@ -387,8 +387,8 @@ for rep in $(seq "$REPS"); do
     echo "== $mode: rep $rep"
     FAM=4; MTU=1450
     if [[ $mode == *6 ]]; then FAM=6; MTU=1430; fi
-    case ${mode%6} in kernel | overlayd | base) ;; *)
-      [[ $FAM == 6 ]] && { echo "$mode: IPv6 runs kernel, overlayd and base only" >&2; exit 1; } ;;
+    case ${mode%6} in kernel | overlayd | okernel | base) ;; *)
+      [[ $FAM == 6 ]] && { echo "$mode: IPv6 runs kernel, overlayd, okernel and base only" >&2; exit 1; } ;;
     esac
     "setup_${mode%6}"
     [[ $FAM == 6 ]] && sleep 1 # IPv6 neighbour discovery settles
@@ -412,11 +412,11 @@ for line in open(sys.argv[1]):
     rows.setdefault(key, {}).setdefault(mode, []).append(v)
 order = ['tcp1_gbps', 'tcp4_gbps', 'udp64_kpps', 'udp64_loss_pct', 'rtt_us', 'rtt_p50_us', 'rtt_p90_us',
          'cpu_tcp1_gbps_pct', 'cpu_tcp4_gbps_pct', 'cpu_udp64_pct']
-modes = [m for m in ['routed', 'kernel', 'overlayd', 'okernel', 'base', 'oenc', 'wggo', 'kernel6', 'overlayd6', 'base6'] if any(m in r for r in rows.values())]
+modes = [m for m in ['routed', 'kernel', 'overlayd', 'okernel', 'base', 'oenc', 'wggo', 'kernel6', 'overlayd6', 'okernel6', 'base6'] if any(m in r for r in rows.values())]
 names = {'routed': 'routed', 'kernel': 'kernel vxlan', 'overlayd': 'overlayd userspace',
          'okernel': 'overlayd kernel', 'base': 'base', 'oenc': 'overlayd encrypted',
          'wggo': 'wireguard-go', 'kernel6': 'kernel vxlan IPv6', 'overlayd6': 'overlayd IPv6',
-         'base6': 'base IPv6'}
+         'okernel6': 'overlayd kernel IPv6', 'base6': 'base IPv6'}
 def cell(v):
     if not v: return '-'
     return f"{st.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
@@ -431,6 +431,7 @@ if 'base' in modes: head += f" {'base/kernel':>11} {'ovl/base':>9}"
 if 'oenc' in modes: head += f" {'oenc/kernel':>11}"
 if 'oenc' in modes and 'wggo' in modes: head += f" {'oenc/wggo':>9}"
 if 'overlayd6' in modes: head += f" {'ovl6/kern6':>10}"
+if 'okernel6' in modes: head += f" {'okern6/kern6':>12}"
 print(head)
 for key in order:
     if key not in rows: continue
@@ -442,6 +443,7 @@ for key in order:
     if 'oenc' in modes: line += f" {ratio(r, 'oenc', 'kernel'):>11}"
     if 'oenc' in modes and 'wggo' in modes: line += f" {ratio(r, 'oenc', 'wggo'):>9}"
     if 'overlayd6' in modes: line += f" {ratio(r, 'overlayd6', 'kernel6'):>10}"
+    if 'okernel6' in modes: line += f" {ratio(r, 'okernel6', 'kernel6'):>12}"
     print(line)
 # Issue 14's floors for the kernel dataplane, printed (never an exit status).
 floors = [('tcp1_gbps', 0.95, True), ('tcp4_gbps', 0.95, True), ('udp64_kpps', 0.95, True), ('rtt_us', 1.10, False)]
