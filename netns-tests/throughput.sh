@@ -136,14 +136,16 @@ setup_routed() {
 setup_kernel() {
   PMTU=$MTU
   base
-  local host; host=$([[ $FAM == 6 ]] && echo 128 || echo 32)
+  local host nodad=()
+  host=$([[ $FAM == 6 ]] && echo 128 || echo 32)
+  [[ $FAM == 6 ]] && nodad=(nodad)
   for i in 1 2; do
     local n=${TAG}n$i
     ip -n "$n" link add flannel.1 type vxlan id 1 local "$(ul $i)" dev "u$i" dstport 4789 nolearning
     ip -n "$n" link set flannel.1 mtu $MTU up
-    ip -n "$n" addr add "$(vtep $i)/$host" dev flannel.1 nodad
+    ip -n "$n" addr add "$(vtep $i)/$host" dev flannel.1 "${nodad[@]}"
     ip -n "$n" link add cni0 type bridge
-    ip -n "$n" addr add "$(gw $i)/$(plen)" dev cni0 nodad
+    ip -n "$n" addr add "$(gw $i)/$(plen)" dev cni0 "${nodad[@]}"
     ip -n "$n" link set cni0 mtu $MTU up
     forwarding "$n"
   done
@@ -327,7 +329,7 @@ measure() { # MODE [REPS]
       ex "$P1" ping -c "$PING_C" -i "$PING_I" "$to" | python3 -c '
 import sys, statistics as st
 t = sorted(float(l.split("time=")[1].split()[0]) * 1000 for l in sys.stdin if "time=" in l)
-print(f"{st.mean(t):.0f} {st.median(t):.0f} {t[int(len(t) * 0.9)]:.0f}" if t else "nan nan nan")' | {
+print(f"{st.mean(t):.1f} {st.median(t):.1f} {t[int(len(t) * 0.9)]:.1f}" if t else "nan nan nan")' | {
         read -r mean median p90
         record "$mode" rtt_us "$mean"; record "$mode" rtt_p50_us "$median"; record "$mode" rtt_p90_us "$p90"
       }
