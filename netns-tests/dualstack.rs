@@ -65,18 +65,6 @@ fn cni(n: &DaemonNode, dir: &std::path::Path, cmd: &str, pod: &Netns) -> (i32, s
     (out.status.code().unwrap_or(-1), reply)
 }
 
-/// The addresses of an ADD result, without prefix.
-fn addresses(r: &serde_json::Value) -> Vec<String> {
-    r["ips"]
-        .as_array()
-        .map(|ips| {
-            ips.iter()
-                .filter_map(|ip| ip["address"].as_str()?.split('/').next().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_dual_stack_cluster_leases_a_subnet_per_family_and_cni_pods_reach_each_other_over_both() {
     let _load = load::shared();
@@ -146,7 +134,7 @@ fn dual_stack_cluster(dataplane: &str) {
     for (n, pod) in nodes.iter().zip(&pods) {
         let (code, r) = cni(n, cluster.dir(), "ADD", pod);
         assert_eq!(code, 0, "ADD on {}: {r}", n.name);
-        let a = addresses(&r);
+        let a = overlayd_test_support::cni::result_ips(&r);
         let (v4, v6) = subnets(n).unwrap();
         assert_eq!(a.len(), 2, "{r}");
         let v4: ipnet::IpNet = v4.parse().unwrap();

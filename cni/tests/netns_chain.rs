@@ -66,15 +66,7 @@ fn add_check_del_in_a_chain_and_pods_talk() {
 
     // CHECK passes, then fails once the container's address is removed. Debian's portmap
     // 1.1.1 fails every IPv4-only CHECK (containernetworking/plugins#819), so it is left out.
-    let check_chain = Chain {
-        plugins: chain
-            .plugins
-            .iter()
-            .filter(|p| p["type"] != "portmap")
-            .cloned()
-            .collect(),
-        ..conflist(&node)
-    };
+    let check_chain = chain.without("portmap");
     if let Some(f) = check_chain.check("chain-pod-1", &pod1, &r1) {
         panic!("CHECK failed on a healthy pod: {} {}", f.stdout, f.stderr);
     }

@@ -311,7 +311,23 @@ pub struct Chain<'a> {
     pub plugins: Vec<Value>,
 }
 
-impl Chain<'_> {
+impl<'a> Chain<'a> {
+    /// The same chain without the plugins of type `ty` (for a CHECK that a reference
+    /// plugin gets wrong).
+    pub fn without(&self, ty: &str) -> Chain<'a> {
+        Chain {
+            host: self.host,
+            name: self.name.clone(),
+            version: self.version.clone(),
+            plugins: self
+                .plugins
+                .iter()
+                .filter(|p| p["type"] != ty)
+                .cloned()
+                .collect(),
+        }
+    }
+
     fn conf(&self, plugin: &Value, prev: Option<&Value>) -> Value {
         let mut c = plugin.clone();
         merge(
@@ -406,11 +422,15 @@ pub fn env<'a>(cmd: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a s
 
 /// The address (without prefix) in a result.
 pub fn result_ip(r: &Value) -> String {
-    r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned()
+    result_ips(r).swap_remove(0)
+}
+
+/// Every address (without prefix) in a result, in order.
+pub fn result_ips(r: &Value) -> Vec<String> {
+    r["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next().map(String::from))
+        .collect()
 }
