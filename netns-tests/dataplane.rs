@@ -160,8 +160,8 @@ fn b_overlayd_and_kernel_vxlan_node_interoperate() {
     let n1 = Netns::new("n");
     let k2 = Netns::new("k");
     link(&n1, "u1", "198.18.0.1/24", &k2, "u2", "198.18.0.2/24");
-    let kmac = kernel_vxlan_node(&k2, "u2", "198.18.0.2", 1, "10.244.2", 1450);
-    kernel_vxlan_route(&k2, "10.244.1", M1, "198.18.0.1");
+    let kmac = kernel_vxlan_node(&k2, "u2", "198.18.0.2", 1, "10.244.2.0/24", 1450);
+    kernel_vxlan_route(&k2, "10.244.1.0/24", M1, "198.18.0.1");
     let peer = format!("10.244.2.0/24,198.18.0.2,{kmac}");
     let d1 = DaemonProcess::start(
         &overlayd(),

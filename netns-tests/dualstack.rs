@@ -1,12 +1,14 @@
 //! Root-only tests of dual-stack clusters (issue 16), with real daemons in network
 //! namespaces on a shared underlay switch: each node leases one subnet per family,
 //! pods added by overlayd-cni reach each other over IPv4 and over IPv6, and an
-//! IPv6-only cluster runs over an IPv6 underlay. Run with
+//! IPv6-only cluster runs over an IPv6 underlay (also encrypted). Run with
 //! `cargo test --release --test netns_dualstack` as root.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use overlayd_test_support::cluster::{logs, DaemonNode, TestCluster};
+use overlayd_test_support::topology::{kernel_vxlan_node, kernel_vxlan_route};
 use overlayd_test_support::{load, wait_until, workspace_bin, Netns};
 
 /// The daemon under test.
@@ -255,26 +257,52 @@ fn v6_host(subnet: &str, host: u16) -> String {
 fn an_ipv6_only_cluster_over_an_ipv6_underlay_carries_pod_traffic_in_both_dataplanes() {
     let _load = load::shared();
     for dataplane in ["userspace", "kernel"] {
-        ipv6_only_cluster(dataplane);
+        ipv6_only_cluster(dataplane, false);
     }
 }
 
-/// Three nodes of an IPv6-only cluster over an IPv6 underlay, on `dataplane`: pods
-/// ping each other.
-fn ipv6_only_cluster(dataplane: &str) {
+#[test]
+fn an_encrypted_ipv6_only_cluster_over_an_ipv6_underlay_carries_pod_traffic() {
+    let _load = load::shared();
+    ipv6_only_cluster("userspace", true);
+}
+
+/// Three nodes of an IPv6-only cluster over an IPv6 underlay, on `dataplane`, with
+/// WireGuard (`--encrypt`) if `encrypt`: pods ping each other.
+fn ipv6_only_cluster(dataplane: &str, encrypt: bool) {
     let cluster = TestCluster::new(OVERLAYD);
-    let flags = [
+    let mut flags: Vec<String> = [
         "--cluster-cidr",
         "fd00:10:244::/48",
         "--subnet-len",
         "64",
         "--dataplane",
         dataplane,
-    ];
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if encrypt {
+        let key = cluster.dir().join("secret");
+        let out = std::process::Command::new(OVERLAYD)
+            .arg("genkey")
+            .output()
+            .expect("overlayd genkey");
+        std::fs::write(&key, &out.stdout).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        flags.extend([
+            "--encrypt".into(),
+            "--secret-file".into(),
+            key.display().to_string(),
+        ]);
+    }
+    // Over IPv6 the underlay MTU (1500) less outer IPv6 and UDP (48) and VXLAN (22)
+    // or WireGuard's data message header and tag (32).
+    let want_mtu = if encrypt { 1500 - 48 - 32 } else { 1430 };
     let mut nodes: Vec<DaemonNode> = (1..=3).map(|i| cluster.node(i)).collect();
     let addrs: Vec<String> = nodes.iter_mut().map(|n| n.ipv6_underlay()).collect();
     for (i, n) in nodes.iter_mut().enumerate() {
-        n.extra = flags.iter().map(|s| s.to_string()).collect();
+        n.extra = flags.clone();
         let seeds: Vec<&str> = (0..addrs.len())
             .filter(|j| *j != i)
             .map(|j| addrs[j].as_str())
@@ -291,10 +319,10 @@ fn ipv6_only_cluster(dataplane: &str) {
         let status = n.status().unwrap();
         let subnet = status.node.subnet.unwrap().to_string();
         assert!(subnet.starts_with("fd00:10:244:"), "{subnet}");
-        // The underlay MTU less VXLAN over IPv6 (70 bytes).
-        assert_eq!(status.node.mtu, 1430, "{}", n.name);
+        assert_eq!(status.node.mtu, want_mtu, "{}", n.name);
         let mode = serde_json::to_value(status.path.mode).unwrap();
-        assert_eq!(mode, dataplane, "{}: {:?}", n.name, status.path);
+        let want_mode = if encrypt { "encrypted" } else { dataplane };
+        assert_eq!(mode, want_mode, "{}: {:?}", n.name, status.path);
         // Gossip and VXLAN run over IPv6: every peer's endpoint is an IPv6 address.
         assert!(
             wait_until(BOUND, || n.status().is_some_and(
@@ -331,6 +359,25 @@ fn ipv6_only_cluster(dataplane: &str) {
             );
         }
     }
+    if encrypt {
+        // Every pair carried its pings in an established WireGuard session over the
+        // IPv6 underlay, with nothing dropped as spoofed.
+        for n in &nodes {
+            let s = n.status().unwrap();
+            for p in &s.peers {
+                let wg = p.wg.as_ref().expect("every peer has a key");
+                assert_eq!(wg.session.session, "established", "{}: {p:?}", n.name);
+                assert!(p.underlay.is_ipv6(), "{}: {p:?}", n.name);
+            }
+            assert_eq!(
+                s.dataplane.drops.get("spoofed_source"),
+                None,
+                "{}: {:?}",
+                n.name,
+                s.dataplane.drops
+            );
+        }
+    }
 }
 
 #[test]
@@ -341,47 +388,7 @@ fn a_kernel_vxlan_node_over_an_ipv6_underlay_is_a_static_peer_both_ways() {
     let mut kn = cluster.node(2);
     let k_addr = kn.ipv6_underlay();
     let k = &kn.ns;
-    k.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &k_addr,
-        "dev",
-        "eth0",
-        "dstport",
-        "4789",
-        "nolearning",
-    ]);
-    k.ip(&["link", "set", "flannel.1", "mtu", "1430", "up"]);
-    k.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd00:10:244:2::/128",
-        "dev",
-        "flannel.1",
-        "nodad",
-    ]);
-    k.ip(&["link", "add", "cni0", "type", "bridge"]);
-    k.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "fd00:10:244:2::1/64",
-        "dev",
-        "cni0",
-        "nodad",
-    ]);
-    k.ip(&["link", "set", "cni0", "mtu", "1430", "up"]);
-    k.sysctl("net.ipv6.conf.all.forwarding", "1");
-    let out = k.ip(&["-j", "link", "show", "flannel.1"]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let k_mac = v[0]["address"].as_str().unwrap().to_string();
+    let k_mac = kernel_vxlan_node(k, "eth0", &k_addr, 1, "fd00:10:244:2::/64", 1430);
     // Node 1: overlayd with the kernel node as its static peer, over IPv6.
     let mut n1 = cluster.node(1);
     let n1_addr = n1.ipv6_underlay();
@@ -409,39 +416,7 @@ fn a_kernel_vxlan_node_over_an_ipv6_underlay_is_a_static_peer_both_ways() {
         n1.log_text()
     );
     // The kernel node's entries for node 1, as flannel programs them.
-    k.ip(&[
-        "-6",
-        "route",
-        "add",
-        "fd00:10:244:1::/64",
-        "via",
-        "fd00:10:244:1::",
-        "dev",
-        "flannel.1",
-        "onlink",
-    ]);
-    k.ip(&[
-        "-6",
-        "neigh",
-        "add",
-        "fd00:10:244:1::",
-        "lladdr",
-        mac1,
-        "dev",
-        "flannel.1",
-        "nud",
-        "permanent",
-    ]);
-    k.exec(&[
-        "bridge",
-        "fdb",
-        "append",
-        mac1,
-        "dev",
-        "flannel.1",
-        "dst",
-        &n1_addr,
-    ]);
+    kernel_vxlan_route(k, "fd00:10:244:1::/64", mac1, &n1_addr);
     let mtu = n1.status().unwrap().node.mtu;
     assert_eq!(mtu, 1430);
     let p1 = overlayd_test_support::topology::Pod::attach(

@@ -225,7 +225,7 @@ fn c_kernel_userspace_and_static_kernel_vxlan_nodes_reach_each_other() {
     let cluster = TestCluster::new(OVERLAYD);
     // n3: a plain kernel vxlan node (flannel-style), a static peer of both.
     let k3 = cluster.switch.node(3);
-    let kmac = kernel_vxlan_node(&k3, "eth0", "198.18.0.3", 1, "10.244.200", 1450);
+    let kmac = kernel_vxlan_node(&k3, "eth0", "198.18.0.3", 1, "10.244.200.0/24", 1450);
     let static_peer = format!("10.244.200.0/24,198.18.0.3,{kmac}");
     let mut nodes = vec![
         cluster.start_extra(
@@ -244,11 +244,9 @@ fn c_kernel_userspace_and_static_kernel_vxlan_nodes_reach_each_other() {
     assert_eq!(mode_of(&nodes[1]), "userspace");
     for n in &nodes {
         let s = n.status().unwrap();
-        let base = s.node.subnet.unwrap().to_string();
-        let base = base.trim_end_matches(".0/24");
         kernel_vxlan_route(
             &k3,
-            base,
+            &s.node.subnet.unwrap().to_string(),
             &s.node.vtep_mac.to_string(),
             &format!("198.18.0.{}", n.i),
         );

@@ -9,16 +9,16 @@ use common::*;
 use serde_json::json;
 
 fn conflist(node: &CniHost) -> Chain<'_> {
-    Chain {
-        host: node,
-        name: "ovl".into(),
-        version: "1.0.0".into(),
-        plugins: [node.plugin_conf(json!({"hairpinMode": true}))]
-            .into_iter()
-            .chain(reference_plugins(json!({"snat": true})))
-            .chain([json!({"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"}})])
-            .collect(),
-    }
+    let mut chain = Chain::with_reference_plugins(
+        node,
+        "1.0.0",
+        json!({"hairpinMode": true}),
+        json!({"snat": true}),
+    );
+    chain
+        .plugins
+        .push(json!({"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"}}));
+    chain
 }
 
 #[test]

@@ -15,25 +15,13 @@ use std::path::Path;
 use common::*;
 use serde_json::{json, Value};
 
-fn conflist<'a>(node: &'a CniHost, version: &str) -> Chain<'a> {
-    Chain {
-        host: node,
-        name: "ovl".into(),
-        version: version.into(),
-        plugins: [node.plugin_conf(json!({"ipMasq": true}))]
-            .into_iter()
-            .chain(reference_plugins(json!({})))
-            .collect(),
-    }
-}
-
 #[test]
 #[cfg_attr(not(feature = "netns-tests"), ignore)]
 fn dual_stack_pods_in_a_chain_at_1_0_0_and_0_4_0() {
     for (n, version) in [(11u8, "1.0.0"), (12, "0.4.0")] {
         let node = CniHost::new_dual(CniPlugins::new(PLUGIN), n, 24);
         let gw6 = node.gateway_v6().unwrap();
-        let chain = conflist(&node, version);
+        let chain = masq_chain(&node, version);
         let (p1, p2) = (Netns::bare("cpod"), Netns::bare("cpod"));
         let r1 = chain.add("ds-pod-1", &p1);
         let r2 = chain.add("ds-pod-2", &p2);

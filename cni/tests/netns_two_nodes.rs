@@ -13,7 +13,6 @@ use std::time::Duration;
 use common::*;
 use overlayd_test_support::daemon::{DaemonDirs, DaemonProcess, Overlayd};
 use overlayd_test_support::workspace_bin;
-use serde_json::json;
 
 const M1: &str = "02:00:00:00:01:01";
 const M2: &str = "02:00:00:00:02:01";
@@ -39,18 +38,6 @@ fn start_daemon(node: &CniHost, name: &str, args: &[&str]) -> DaemonProcess {
         d.log_text()
     );
     d
-}
-
-fn conflist(node: &CniHost) -> Chain<'_> {
-    Chain {
-        host: node,
-        name: "ovl".into(),
-        version: "1.0.0".into(),
-        plugins: [node.plugin_conf(json!({"ipMasq": true}))]
-            .into_iter()
-            .chain(reference_plugins(json!({})))
-            .collect(),
-    }
 }
 
 #[test]
@@ -97,7 +84,7 @@ fn pods_on_two_overlayd_nodes_ping_each_other() {
         ],
     );
 
-    let (c1, c2) = (conflist(&n1), conflist(&n2));
+    let (c1, c2) = (masq_chain(&n1, "1.0.0"), masq_chain(&n2, "1.0.0"));
     let (p1, p2) = (Netns::bare("cpod"), Netns::bare("cpod"));
     let r1 = c1.add("x-node-1", &p1);
     let r2 = c2.add("x-node-2", &p2);

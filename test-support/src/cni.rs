@@ -312,6 +312,25 @@ pub struct Chain<'a> {
 }
 
 impl<'a> Chain<'a> {
+    /// Network `ovl` at `version`: overlayd-cni (the host's config with `ours` merged
+    /// in), then the reference plugins (`reference_plugins(portmap_extra)`).
+    pub fn with_reference_plugins(
+        host: &'a CniHost,
+        version: &str,
+        ours: Value,
+        portmap_extra: Value,
+    ) -> Self {
+        Chain {
+            host,
+            name: "ovl".into(),
+            version: version.into(),
+            plugins: [host.plugin_conf(ours)]
+                .into_iter()
+                .chain(reference_plugins(portmap_extra))
+                .collect(),
+        }
+    }
+
     /// The same chain without the plugins of type `ty` (for a CHECK that a reference
     /// plugin gets wrong).
     pub fn without(&self, ty: &str) -> Chain<'a> {

@@ -3,6 +3,8 @@
 //!
 //! Underlay addresses come from 198.18.0.0/15 and pod addresses from 10.244.0.0/16.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use crate::cmd::sh;
 use crate::netns::Netns;
 
@@ -95,18 +97,44 @@ impl Default for Switch {
     }
 }
 
+/// The network address of `subnet` (`10.244.2.0/24`, `fd00:10:244:2::/64`), its
+/// first host address (the gateway) and the prefix length.
+fn subnet_parts(subnet: &str) -> (IpAddr, IpAddr, u8) {
+    let (addr, len) = subnet
+        .split_once('/')
+        .expect("subnet without a prefix length");
+    let net: IpAddr = addr.parse().expect("subnet address");
+    let gw = match net {
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) + 1)),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) + 1)),
+    };
+    (net, gw, len.parse().expect("prefix length"))
+}
+
+/// Adds `addr/len` to `dev`; an IPv6 address without duplicate address detection.
+fn add_addr(ns: &Netns, addr: IpAddr, len: u8, dev: &str) {
+    let cidr = format!("{addr}/{len}");
+    let mut args = vec!["addr", "add", &cidr, "dev", dev];
+    if addr.is_ipv6() {
+        args.push("nodad");
+    }
+    ns.ip(&args);
+}
+
 /// Configures `ns` as a flannel-style kernel VXLAN node: device `flannel.1` with VNI
-/// `vni` on underlay address `local`, the `.0` address of `subnet_base` on it, and a
-/// bridge `cni0` holding the gateway. Returns the device's MAC.
+/// `vni` on underlay address `local` (IPv4 or IPv6), the network address of `subnet`
+/// (`10.244.2.0/24` or `fd00:10:244:2::/64`) on it, and a bridge `cni0` holding the
+/// subnet's first address as the gateway. Returns the device's MAC.
 pub fn kernel_vxlan_node(
     ns: &Netns,
     underlay_if: &str,
     local: &str,
     vni: u32,
-    subnet_base: &str,
+    subnet: &str,
     mtu: u32,
 ) -> String {
     let (vni, mtu) = (vni.to_string(), mtu.to_string());
+    let (net, gw, len) = subnet_parts(subnet);
     ns.ip(&[
         "link",
         "add",
@@ -124,17 +152,15 @@ pub fn kernel_vxlan_node(
         "nolearning",
     ]);
     ns.ip(&["link", "set", "flannel.1", "mtu", &mtu, "up"]);
-    ns.ip(&[
-        "addr",
-        "add",
-        &format!("{subnet_base}.0/32"),
-        "dev",
-        "flannel.1",
-    ]);
+    add_addr(ns, net, if net.is_ipv4() { 32 } else { 128 }, "flannel.1");
     ns.ip(&["link", "add", "cni0", "type", "bridge"]);
-    ns.ip(&["addr", "add", &format!("{subnet_base}.1/24"), "dev", "cni0"]);
+    add_addr(ns, gw, len, "cni0");
     ns.ip(&["link", "set", "cni0", "mtu", &mtu, "up"]);
-    ns.sysctl("net.ipv4.ip_forward", "1");
+    if net.is_ipv4() {
+        ns.sysctl("net.ipv4.ip_forward", "1");
+    } else {
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    }
     let out = ns.ip(&["-j", "link", "show", "flannel.1"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v[0]["address"].as_str().unwrap().to_string()
@@ -160,10 +186,10 @@ impl KernelVxlanPair {
         let k1 = Netns::new("k");
         let k2 = Netns::new("k");
         crate::netns::link(&k1, "u1", "198.18.1.1/24", &k2, "u2", "198.18.1.2/24");
-        let km1 = kernel_vxlan_node(&k1, "u1", "198.18.1.1", 1, "10.244.1", 1450);
-        let km2 = kernel_vxlan_node(&k2, "u2", "198.18.1.2", 1, "10.244.2", 1450);
-        kernel_vxlan_route(&k1, "10.244.2", &km2, "198.18.1.2");
-        kernel_vxlan_route(&k2, "10.244.1", &km1, "198.18.1.1");
+        let km1 = kernel_vxlan_node(&k1, "u1", "198.18.1.1", 1, "10.244.1.0/24", 1450);
+        let km2 = kernel_vxlan_node(&k2, "u2", "198.18.1.2", 1, "10.244.2.0/24", 1450);
+        kernel_vxlan_route(&k1, "10.244.2.0/24", &km2, "198.18.1.2");
+        kernel_vxlan_route(&k2, "10.244.1.0/24", &km1, "198.18.1.1");
         let p1 = Pod::attach(&k1, "cni0", "veth1", "10.244.1.2/24", "10.244.1.1", 1450);
         let p2 = Pod::attach(&k2, "cni0", "veth2", "10.244.2.2/24", "10.244.2.1", 1450);
         assert!(
@@ -180,14 +206,15 @@ impl Default for KernelVxlanPair {
     }
 }
 
-/// On kernel node `ns`, routes `peer_subnet_base`.0/24 to a VTEP with MAC `mac` at
-/// underlay `addr`, as flannel's vxlan backend does.
-pub fn kernel_vxlan_route(ns: &Netns, peer_subnet_base: &str, mac: &str, addr: &str) {
-    let gw = format!("{peer_subnet_base}.0");
+/// On kernel node `ns`, routes `peer_subnet` (IPv4 or IPv6) to a VTEP with MAC `mac`
+/// at underlay `addr`, as flannel's vxlan backend does: via the subnet's network
+/// address, onlink, a permanent neighbour entry for it and an FDB entry.
+pub fn kernel_vxlan_route(ns: &Netns, peer_subnet: &str, mac: &str, addr: &str) {
+    let gw = subnet_parts(peer_subnet).0.to_string();
     ns.ip(&[
         "route",
         "add",
-        &format!("{peer_subnet_base}.0/24"),
+        peer_subnet,
         "via",
         &gw,
         "dev",

@@ -19,3 +19,14 @@ pub fn host(n: u8, prefix: u8) -> CniHost {
 pub fn bare_host(n: u8, prefix: u8) -> CniHost {
     CniHost::bare(CniPlugins::new(PLUGIN), n, prefix)
 }
+
+/// Network `ovl` at `version`: overlayd-cni with `ipMasq`, then the reference loopback,
+/// portmap and bandwidth.
+pub fn masq_chain<'a>(node: &'a CniHost, version: &str) -> Chain<'a> {
+    Chain::with_reference_plugins(
+        node,
+        version,
+        serde_json::json!({"ipMasq": true}),
+        serde_json::json!({}),
+    )
+}
