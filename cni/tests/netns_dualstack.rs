@@ -3,7 +3,8 @@
 //! loopback, portmap and bandwidth plugins, at 1.0.0 and 0.4.0. ADD gives one address
 //! of each family with its gateway and default route, usable at once (no duplicate
 //! address detection); pods talk over both; CHECK verifies both; DEL leaves nothing.
-//! Requested addresses of either family are honoured; ipMasq covers IPv6.
+//! Requested addresses of either family are honoured; ipMasq covers IPv6. Every spec
+//! version from 0.3.0 to 1.1.0 gets both addresses in its own result shape.
 //!
 //! Two real dual-stack overlayd nodes with pods added by this plugin are in the root
 //! package's `netns-tests/dualstack.rs`.
@@ -165,4 +166,55 @@ fn requested_addresses_of_both_families_are_honoured() {
     assert_eq!(out.err_code(), 102, "{}", out.stdout);
     assert!(out.stdout.contains("address family"), "{}", out.stdout);
     assert!(v4_only.reserved("ovl").is_empty());
+}
+
+#[test]
+#[cfg_attr(not(feature = "netns-tests"), ignore)]
+fn every_spec_version_returns_both_addresses_in_its_shape() {
+    let node = CniHost::new_dual(CniPlugins::new(PLUGIN), 14, 24);
+    let bin = Path::new(PLUGIN);
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let pod = Netns::bare("cver");
+        let p = pod.path();
+        let id = format!("ver-{version}");
+        let mut conf = node.plugin_conf(json!({}));
+        merge(&mut conf, json!({"cniVersion": version, "name": "ovl"}));
+        let r = node.exec_plugin(bin, &env("ADD", &id, &p), &conf).ok();
+        assert_eq!(r["cniVersion"], version, "{r}");
+        let ips = result_ips(&r);
+        assert_eq!(ips.len(), 2, "{version}: {r}");
+        assert!(ips[0].starts_with("10.244.14."), "{version}: {ips:?}");
+        assert!(ips[1].starts_with("fd00:10:244:e::"), "{version}: {ips:?}");
+        for (i, family) in [(0, "4"), (1, "6")] {
+            let ip = &r["ips"][i];
+            assert_eq!(ip["interface"], 1, "{version}: {r}");
+            assert!(ip["gateway"].is_string(), "{version}: {r}");
+            // `version` is in the results before 1.0.0 and gone from 1.0.0 on.
+            if version.starts_with("0.") {
+                assert_eq!(ip["version"], family, "{version}: {r}");
+            } else {
+                assert!(ip.get("version").is_none(), "{version}: {r}");
+            }
+        }
+        assert_eq!(r["routes"].as_array().map(Vec::len), Some(2), "{r}");
+        // Only 1.1.0 results carry the interface MTU.
+        assert_eq!(
+            r["interfaces"][1].get("mtu").is_some(),
+            version == "1.1.0",
+            "{version}: {r}"
+        );
+        // Both addresses are on the pod's interface.
+        let addrs = pod.exec(&["ip", "addr", "show", "dev", "eth0"]);
+        for ip in &ips {
+            assert!(addrs.contains(ip.as_str()), "{version}: {addrs}");
+        }
+        // CHECK exists from 0.4.0 on.
+        if version != "0.3.0" && version != "0.3.1" {
+            let mut check = conf.clone();
+            merge(&mut check, json!({"prevResult": r}));
+            node.exec_plugin(bin, &env("CHECK", &id, &p), &check).ok();
+        }
+        node.exec_plugin(bin, &env("DEL", &id, &p), &conf).ok();
+        node.assert_nothing_left("ovl", &format!("{version}: after DEL"));
+    }
 }
