@@ -4,7 +4,6 @@
 //! IPv6-only cluster runs over an IPv6 underlay (also encrypted). Run with
 //! `cargo test --release --test netns_dualstack` as root.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use overlayd_test_support::cluster::{logs, DaemonNode, TestCluster};
@@ -283,13 +282,7 @@ fn ipv6_only_cluster(dataplane: &str, encrypt: bool) {
     .map(|s| s.to_string())
     .collect();
     if encrypt {
-        let key = cluster.dir().join("secret");
-        let out = std::process::Command::new(OVERLAYD)
-            .arg("genkey")
-            .output()
-            .expect("overlayd genkey");
-        std::fs::write(&key, &out.stdout).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = cluster.secret_file();
         flags.extend([
             "--encrypt".into(),
             "--secret-file".into(),

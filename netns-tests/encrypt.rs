@@ -6,7 +6,6 @@
 
 use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use overlayd_test_support::capture::{udp_frame, RawCapture, UdpFrame};
@@ -22,24 +21,12 @@ const OVERLAYD: &str = env!("CARGO_BIN_EXE_overlayd");
 /// The WireGuard port (the default of `--wg-port`).
 const WG_PORT: u16 = 51820;
 
-/// A cluster key in the cluster's scratch dir, mode 0600.
-fn secret(cluster: &TestCluster) -> PathBuf {
-    let path = cluster.dir().join("secret");
-    let out = std::process::Command::new(OVERLAYD)
-        .arg("genkey")
-        .output()
-        .expect("overlayd genkey");
-    std::fs::write(&path, &out.stdout).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 /// `--encrypt --secret-file <the cluster's key>`.
 fn encrypt_flags(cluster: &TestCluster) -> Vec<String> {
     vec![
         "--encrypt".into(),
         "--secret-file".into(),
-        secret(cluster).display().to_string(),
+        cluster.secret_file().display().to_string(),
     ]
 }
 
@@ -525,7 +512,7 @@ fn f_rotate_key_keeps_traffic_flowing() {
 fn g_a_node_that_does_not_encrypt_is_refused_with_both_values_named() {
     let _load = load::shared();
     let cluster = TestCluster::new(OVERLAYD);
-    let key = secret(&cluster).display().to_string();
+    let key = cluster.secret_file().display().to_string();
     // n1 founds an encrypted cluster alone; n2, without --encrypt, is refused and
     // exits (a new node refused by an established cluster does), naming both values.
     let n1 = cluster.start_extra(1, "", &["--encrypt", "--secret-file", &key]);

@@ -39,6 +39,21 @@ impl TestCluster {
         self.dir.path()
     }
 
+    /// A new cluster key from `overlayd genkey`, in the scratch directory with mode
+    /// 0600 (as `--secret-file` requires); its path.
+    pub fn secret_file(&self) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir().join("secret");
+        let out = std::process::Command::new(&self.bin.bin)
+            .arg("genkey")
+            .output()
+            .expect("overlayd genkey");
+        assert!(out.status.success(), "overlayd genkey: {out:?}");
+        std::fs::write(&path, &out.stdout).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
     /// Node `i` on the switch with its directories under [`TestCluster::dir`]; no
     /// daemon yet.
     pub fn node(&self, i: u8) -> DaemonNode {
