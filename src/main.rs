@@ -33,6 +33,22 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Writes a command's output to standard output and returns `code`. A reader that went
+/// away early (`overlayd status | head -1`) has what it wanted, so a broken pipe ends the
+/// command quietly with `code`; any other write error is reported and fails it.
+fn write_out(text: &str, code: ExitCode) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => code,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
+        Err(e) => {
+            eprintln!("overlayd: cannot write to standard output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match overlayd::config::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
@@ -82,8 +98,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Genkey) => {
-            println!("{}", overlayd::control::auth::generate_key());
-            ExitCode::SUCCESS
+            write_out(&format!("{}\n", overlayd::control::auth::generate_key()), ExitCode::SUCCESS)
         }
         Some(Command::Pubkey { state_dir }) => {
             let made = match overlayd::dataplane::wg::key::load(&state_dir) {
@@ -93,8 +108,8 @@ fn main() -> ExitCode {
             };
             match made {
                 Ok(pair) => {
-                    println!("{}", overlayd::dataplane::wg::key::encode(&pair.public_bytes()));
-                    ExitCode::SUCCESS
+                    let key = overlayd::dataplane::wg::key::encode(&pair.public_bytes());
+                    write_out(&format!("{key}\n"), ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     eprintln!("overlayd pubkey: {e}");
@@ -105,8 +120,7 @@ fn main() -> ExitCode {
         Some(Command::RotateKey { run_dir }) => runtime.block_on(async {
             match overlayd::admin::rotate_key(&run_dir).await {
                 Ok(key) => {
-                    println!("{key}");
-                    ExitCode::SUCCESS
+                    write_out(&format!("{key}\n"), ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     eprintln!("overlayd rotate-key: {e}");
@@ -129,8 +143,7 @@ fn main() -> ExitCode {
                         (Some(StatusPart::Peers), false) => overlayd::status::render_peers(&report),
                         (Some(StatusPart::Leases), false) => overlayd::status::render_leases(&report),
                     };
-                    println!("{}", text.trim_end());
-                    ExitCode::SUCCESS
+                    write_out(&format!("{}\n", text.trim_end()), ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     eprintln!("overlayd status: {e}");
@@ -141,12 +154,12 @@ fn main() -> ExitCode {
         Some(Command::Diagnose { pod_ip, json, run_dir }) => runtime.block_on(async {
             match overlayd::admin::diagnose(&run_dir, pod_ip).await {
                 Ok(d) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+                    let text = if json {
+                        format!("{}\n", serde_json::to_string_pretty(&d).unwrap_or_default())
                     } else {
-                        print!("{}", overlayd::diagnose::render(&d));
-                    }
-                    if d.reachable { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                        overlayd::diagnose::render(&d)
+                    };
+                    write_out(&text, if d.reachable { ExitCode::SUCCESS } else { ExitCode::FAILURE })
                 }
                 Err(e) => {
                     eprintln!("overlayd diagnose: {e}");
@@ -157,8 +170,7 @@ fn main() -> ExitCode {
         Some(Command::Leave { run_dir }) => runtime.block_on(async {
             match overlayd::admin::leave(&run_dir).await {
                 Ok(message) => {
-                    println!("{message}");
-                    ExitCode::SUCCESS
+                    write_out(&format!("{message}\n"), ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     eprintln!("overlayd leave: {e}");
@@ -173,13 +185,11 @@ fn main() -> ExitCode {
             );
             match overlayd::admin::rmpeer(&run_dir, &name).await {
                 Ok(subnets) if subnets.is_empty() => {
-                    println!("{name} held no subnet this node could reclaim");
-                    ExitCode::SUCCESS
+                    write_out(&format!("{name} held no subnet this node could reclaim\n"), ExitCode::SUCCESS)
                 }
                 Ok(subnets) => {
                     let list: Vec<String> = subnets.iter().map(ToString::to_string).collect();
-                    println!("reclaimed {}", list.join(", "));
-                    ExitCode::SUCCESS
+                    write_out(&format!("reclaimed {}\n", list.join(", ")), ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     eprintln!("overlayd rmpeer: {e}");

@@ -160,3 +160,20 @@ fn genkey_prints_a_fresh_key() {
     assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(a, b);
 }
+
+/// `overlayd genkey | head -c0`: a reader that closes the pipe before the output is
+/// written ends the command quietly and successfully, as `ls | head` does, instead of
+/// a panic about a broken pipe.
+#[test]
+fn a_closed_output_pipe_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_overlayd"))
+        .arg("genkey")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
