@@ -30,6 +30,9 @@
 #                 measures busy polling beside the default in the same run
 #   PROFILE=FILE  also record `perf` on the overlayd processes during the first
 #                 overlayd TCP 1-stream run and write `perf report` to FILE
+#   MODES="kernel okernel oknone oknotx okingress oktc oktconly" TESTS="udp64 rttf"
+#                 issue 14: what each netfilter hook of the kernel dataplane costs
+#                 (setups described at setup_oknone below)
 #   FAMILY=6      issue 16: also kernel6 and overlayd6, the kernel VXLAN and overlayd
 #                 setups over IPv6 (underlay 2001:2::N, pods fd00:10:244:N::2/64, MTU
 #                 1430), in the same run as the IPv4 ones (MODES defaults to
@@ -167,6 +170,50 @@ setup_kernel() {
 
 setup_overlayd() { PMTU=$MTU; BIN=$NEW_BIN; DENV="OVERLAYD_DATAPLANE=userspace ${OVL_ENV:-}"; start_nodes; }
 setup_okernel() { PMTU=$MTU; BIN=$NEW_BIN; DENV="OVERLAYD_DATAPLANE=kernel"; start_nodes; check_mode kernel; }
+
+# Issue 14's hook-cost breakdown (IPv4 only): okernel with its nftables ruleset cut
+# down by hand after the daemon installed it, to measure what each netfilter hook
+# costs. Measurement aids, not dataplanes: none of them is what overlayd runs.
+#   oknone    the overlayd table deleted (no hook at all)
+#   oknotx    the output chain (per-peer transmit counters) deleted
+#   okingress the input chain replaced by a 2-rule filter on a netdev ingress hook
+#   oktc      the input chain replaced by a classic BPF filter on tc ingress (below)
+#   oktconly  the table deleted and that tc filter added (filter, no counters)
+setup_oknone() { setup_okernel; for n in $N1 $N2; do ex "$n" nft delete table inet overlayd; done; }
+drop_chain() { ex "$1" nft flush chain inet overlayd "$2"; ex "$1" nft delete chain inet overlayd "$2"; }
+setup_oknotx() { setup_okernel; for n in $N1 $N2; do drop_chain "$n" output; done; }
+setup_okingress() {
+  setup_okernel
+  for i in 1 2; do
+    local n=${TAG}n$i o=$((3 - i))
+    drop_chain "$n" input
+    # Inner EtherType IPv4 at bit 224 of the UDP header, inner source's /24 at bit 336.
+    ex "$n" nft -f - <<NFT
+table netdev hookcost {
+  counter rx { }
+  counter spoof { }
+  chain member { @th,224,16 0x0800 @th,336,24 0x0af40$o counter name rx accept; counter name spoof drop; }
+  chain in { type filter hook ingress device u$i priority 0; policy accept;
+    udp dport 4789 ip saddr vmap { $(ul $o) : jump member }
+    udp dport 4789 drop
+  }
+}
+NFT
+  done
+}
+# The same check as classic BPF in tc's direct-action mode (return 0 = pass, 2 =
+# drop), on an outer IPv4 header without options: a datagram to port 4789 passes only
+# from the peer's underlay address with an inner IPv4 source in the peer's /24. It can
+# drop but not count: classic BPF has no maps, and this kernel has no act_gact.
+tc_filter() {
+  local n=$1 i=$2 o=$3 src sub
+  src=$(printf '%d' "0xc612000$o") sub=$(printf '%d' "0x0af40${o}00")
+  ex "$n" tc qdisc add dev "u$i" clsact
+  ex "$n" tc filter add dev "u$i" ingress protocol ip prio 1 bpf da bytecode \
+    "13,40 0 0 12,21 0 9 2048,48 0 0 23,21 0 7 17,40 0 0 36,21 0 5 4789,32 0 0 26,21 0 4 $src,32 0 0 76,84 0 0 4294967040,21 0 1 $sub,6 0 0 0,6 0 0 2"
+}
+setup_oktc() { setup_okernel; for i in 1 2; do drop_chain "${TAG}n$i" input; tc_filter "${TAG}n$i" "$i" $((3 - i)); done; }
+setup_oktconly() { setup_oknone; for i in 1 2; do tc_filter "${TAG}n$i" "$i" $((3 - i)); done; }
 setup_base() { PMTU=$MTU; BIN=$BASE; DENV="OVERLAYD_DATAPLANE=userspace ${BASE_ENV:-}"; start_nodes; }
 
 # Encrypted overlayd: each node has the other as a static WireGuard peer.
@@ -431,9 +478,11 @@ for line in open(sys.argv[1]):
     rows.setdefault(key, {}).setdefault(mode, []).append(v)
 order = ['tcp1_gbps', 'tcp4_gbps', 'udp64_kpps', 'udp64_loss_pct', 'rtt_us', 'rtt_p50_us', 'rtt_p90_us', 'rttf_us',
          'cpu_tcp1_gbps_pct', 'cpu_tcp4_gbps_pct', 'cpu_udp64_pct']
-modes = [m for m in ['routed', 'kernel', 'overlayd', 'okernel', 'base', 'oenc', 'wggo', 'kernel6', 'overlayd6', 'okernel6', 'base6'] if any(m in r for r in rows.values())]
+HOOKS = ['oknone', 'oknotx', 'okingress', 'oktc', 'oktconly']
+modes = [m for m in ['routed', 'kernel', 'overlayd', 'okernel', *HOOKS, 'base', 'oenc', 'wggo', 'kernel6', 'overlayd6', 'okernel6', 'base6'] if any(m in r for r in rows.values())]
 names = {'routed': 'routed', 'kernel': 'kernel vxlan', 'overlayd': 'overlayd userspace',
-         'okernel': 'overlayd kernel', 'base': 'base', 'oenc': 'overlayd encrypted',
+         'okernel': 'overlayd kernel', 'oknone': 'okernel, no table', 'oknotx': 'okernel, no tx hook',
+         'okingress': 'okernel, netdev filter', 'oktc': 'okernel, tc filter', 'oktconly': 'tc filter, no table', 'base': 'base', 'oenc': 'overlayd encrypted',
          'wggo': 'wireguard-go', 'kernel6': 'kernel vxlan IPv6', 'overlayd6': 'overlayd IPv6',
          'okernel6': 'overlayd kernel IPv6', 'base6': 'base IPv6'}
 def cell(v):
@@ -458,6 +507,7 @@ for key in order:
     line = f"{key:18} " + ' '.join(f"{cell(r.get(m)):>22}" for m in modes)
     if 'overlayd' in modes: line += f" {ratio(r, 'overlayd', 'kernel'):>10}"
     if 'okernel' in modes: line += f" {ratio(r, 'okernel', 'kernel'):>12}"
+    line += ''.join(f" {m}/kernel={ratio(r, m, 'kernel')}" for m in HOOKS if m in modes)
     if 'base' in modes: line += f" {ratio(r, 'base', 'kernel'):>11} {ratio(r, 'overlayd', 'base'):>9}"
     if 'oenc' in modes: line += f" {ratio(r, 'oenc', 'kernel'):>11}"
     if 'oenc' in modes and 'wggo' in modes: line += f" {ratio(r, 'oenc', 'wggo'):>9}"
