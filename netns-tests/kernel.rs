@@ -184,6 +184,21 @@ fn a_two_kernel_nodes_program_the_device_ping_and_count() {
         })
     });
     assert!(counted, "{:?}", n1.status());
+    // `overlayd status` has the kernel's counters read when it asks, so pings that
+    // just ended are all in it, not only those before the last once-a-second copy.
+    // (The pause lets the copy catch up with the traffic above, so that without the
+    // read on request this check would see the copy's lag and fail.)
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = n1.status().unwrap().peers[0].clone();
+    n1.pod()
+        .ns
+        .exec(&["ping", "-q", "-c", "5", "-i", "0.2", "-W", "1", n2.pod_ip()]);
+    let after = n1.status().unwrap().peers[0].clone();
+    assert!(
+        after.tx_packets >= before.tx_packets + 5 && after.rx_packets >= before.rx_packets + 5,
+        "5 pings, counted from {before:?} to {after:?}"
+    );
+    assert!(after.last_heard_secs.is_some(), "{after:?}");
     let diagnosis = n1.daemon().client(&["diagnose", n2.pod_ip()]);
     let text = String::from_utf8_lossy(&diagnosis.stdout);
     assert!(

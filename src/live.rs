@@ -157,7 +157,9 @@ impl StatusSource {
     /// Like [`StatusSource::report`], with the control plane asked now rather than
     /// the once-a-second copy that metrics use.
     pub async fn fresh_report(&self) -> StatusReport {
-        // Traffic since the last tick counts as heard now, not "never".
+        // The kernel dataplane's counters as of now, not of its last once-a-second
+        // copy; traffic since the last tick counts as heard now, not "never".
+        self.dataplane.refresh_counters().await;
         self.sample_heard();
         let mut report = self.report();
         if let Some(c) = &self.control {

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::fib::Fib;
 use super::icmp::Routers;
@@ -24,7 +25,11 @@ pub struct DataplaneHandle {
     path: Arc<PathInfo>,
     device_errors: Arc<Mutex<BTreeMap<String, u64>>>,
     encryption: Option<WgControl>,
+    refresh: mpsc::Sender<oneshot::Sender<()>>,
 }
+
+/// How long a reader waits for counters read on request (kernel mode).
+const REFRESH_WAIT: Duration = Duration::from_secs(1);
 
 /// The receiving ends of a handle's feeds, for the dataplane that forwards.
 pub struct Feeds {
@@ -36,6 +41,10 @@ pub struct Feeds {
     pub stats: Arc<NodeStats>,
     /// Error and drop counters of the kernel device, by name (kernel mode).
     pub device_errors: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Requests to copy the kernel's counters now and answer when done (kernel
+    /// mode). A dataplane that counts as it forwards drops this end, and
+    /// [`DataplaneHandle::refresh_counters`] then returns at once.
+    pub refresh: mpsc::Receiver<oneshot::Sender<()>>,
 }
 
 impl DataplaneHandle {
@@ -57,6 +66,7 @@ impl DataplaneHandle {
         let (fib_tx, fib_rx) = watch::channel(fib);
         let (router_tx, router_rx) = watch::channel(Routers::default());
         let device_errors = Arc::new(Mutex::new(BTreeMap::new()));
+        let (refresh_tx, refresh_rx) = mpsc::channel(4);
         let handle = DataplaneHandle {
             stats: stats.clone(),
             fib: fib_tx,
@@ -64,14 +74,27 @@ impl DataplaneHandle {
             path: Arc::new(path),
             device_errors: device_errors.clone(),
             encryption: None,
+            refresh: refresh_tx,
         };
         let feeds = Feeds {
             fib: fib_rx,
             router: router_rx,
             stats,
             device_errors,
+            refresh: refresh_rx,
         };
         (handle, feeds)
+    }
+
+    /// Brings the counters up to date before a reader (`overlayd status`,
+    /// `diagnose`) looks at them: the kernel dataplane, which copies the kernel's
+    /// counters once a second, copies them now; a dataplane that counts as it
+    /// forwards has nothing to do. Waits at most a second.
+    pub async fn refresh_counters(&self) {
+        let (done, copied) = oneshot::channel();
+        if self.refresh.try_send(done).is_ok() {
+            let _ = tokio::time::timeout(REFRESH_WAIT, copied).await;
+        }
     }
 
     /// The live counters of every worker.

@@ -1,6 +1,7 @@
 //! The kernel dataplane's driver: a task that keeps the vxlan device's entries and
 //! the nftables ruleset in step with the forwarding table the daemon feeds it, and
-//! copies the kernel's counters into the dataplane's once a second. The entries come
+//! copies the kernel's counters into the dataplane's once a second and whenever a
+//! reader asks ([`crate::dataplane::DataplaneHandle::refresh_counters`]). The entries come
 //! from [`super::plan`], the ruleset from [`super::ruleset`]; this file only runs
 //! the requests and the timers.
 //!
@@ -192,6 +193,10 @@ impl Programmer {
                 }
                 _ = repair.tick() => self.update().await,
                 _ = sample.tick() => self.sample().await,
+                Some(done) = self.feeds.refresh.recv() => {
+                    self.sample().await;
+                    let _ = done.send(());
+                }
             }
         }
     }
