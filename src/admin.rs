@@ -108,15 +108,28 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// How long a connection may take to ask and be answered: as long as the longest
+/// wait of a client (`leave` and `rmpeer`, 30 s), so that a slow `leave` (up to 10 s)
+/// is answered and carried out, not cut off halfway.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+/// The pause before accepting again after `accept` failed.
+pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// Serves admin requests until the task is dropped.
 pub async fn serve(listener: UnixListener, source: Arc<StatusSource>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: retrying at once would spin a core.
+                tracing::warn!("admin socket: cannot accept a connection: {e}");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
         };
         let source = source.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &source)).await;
+            let _ = tokio::time::timeout(ANSWER_WITHIN, answer(stream, &source)).await;
         });
     }
 }

@@ -592,6 +592,14 @@ impl DaemonArgs {
                     "must be at least 10s (the fence bound is half of it)",
                 ));
             }
+            // Deadlines are `now + reclaim_after / 2`; bounded, they can't overflow.
+            if self.reclaim_after > MAX_RECLAIM_AFTER {
+                return Err(invalid(
+                    "--reclaim-after",
+                    format!("{:?}", self.reclaim_after),
+                    "must be at most 3650days (ten years)",
+                ));
+            }
         }
         if let (Some(n), Some(_)) = (self.bootstrap_expect, self.subnet) {
             return Err(invalid(
@@ -796,7 +804,7 @@ where
         keys.sort();
         keys.join(", ")
     };
-    let mut merged = vec![argv[0].clone()];
+    let mut merged = vec![argv.first().cloned().unwrap_or_else(|| "overlayd".into())];
     let mut keys = Vec::new();
     for (key, value) in &table {
         let wanted = key.replace('_', "-");
@@ -845,7 +853,7 @@ where
         }
         keys.push(long);
     }
-    merged.extend(argv[1..].iter().cloned());
+    merged.extend(argv.iter().skip(1).cloned());
     let matches = command.try_get_matches_from(&merged).map_err(|e| {
         let bad = match e.get(clap::error::ContextKind::InvalidArg) {
             Some(clap::error::ContextValue::String(s)) => s
@@ -943,6 +951,10 @@ pub fn parse_static_peer(s: &str) -> Result<StaticPeer, String> {
 }
 
 /// A busy-poll window: a duration of at most 1 s (0 is off).
+/// The longest `--reclaim-after`: ten years, far beyond any use and far below an
+/// overflow of the deadlines built from it.
+const MAX_RECLAIM_AFTER: std::time::Duration = std::time::Duration::from_secs(3650 * 24 * 3600);
+
 fn parse_busy_poll(s: &str) -> Result<std::time::Duration, String> {
     let d = parse_duration(s)?;
     if d > std::time::Duration::from_secs(1) {

@@ -12,7 +12,12 @@ fn init_logging(filter: &str, format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours for a terminal only: journald, files and pipes get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that can't be written (stderr piped to a reader that went away)
+        // is lost, not reported with `eprintln!`, which would panic on the same pipe.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -36,6 +41,15 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 /// Writes a command's output to standard output and returns `code`. A reader that went
 /// away early (`overlayd status | head -1`) has what it wanted, so a broken pipe ends the
 /// command quietly with `code`; any other write error is reported and fails it.
+/// Writes a message and a newline to standard error, ignoring a failure: there is
+/// nowhere left to report it (`eprintln!` would panic on a closed pipe instead).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn write_out(text: &str, code: ExitCode) -> ExitCode {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -43,7 +57,7 @@ fn write_out(text: &str, code: ExitCode) -> ExitCode {
         Ok(()) => code,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => code,
         Err(e) => {
-            eprintln!("overlayd: cannot write to standard output: {e}");
+            say!("overlayd: cannot write to standard output: {e}");
             ExitCode::FAILURE
         }
     }
@@ -54,7 +68,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(ParseError::Clap(e)) => e.exit(),
         Err(e) => {
-            eprintln!("overlayd: {e}");
+            say!("overlayd: {e}");
             return ExitCode::from(2);
         }
     };
@@ -63,7 +77,7 @@ fn main() -> ExitCode {
         // Bad flags are reported first, whatever the privileges.
         if let Err(e) = cli.daemon.validate() {
             tracing::error!("{e}");
-            eprintln!("overlayd: {e}");
+            say!("overlayd: {e}");
             return ExitCode::FAILURE;
         }
         // Before the runtime starts its threads: capabilities are per thread.
@@ -81,7 +95,7 @@ fn main() -> ExitCode {
             ),
             Err(e) => {
                 tracing::error!("{e}");
-                eprintln!("overlayd: {e}");
+                say!("overlayd: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -92,7 +106,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("overlayd: cannot start the async runtime: {e}");
+            say!("overlayd: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -112,7 +126,7 @@ fn main() -> ExitCode {
                     write_out(&format!("{key}\n"), ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    eprintln!("overlayd pubkey: {e}");
+                    say!("overlayd pubkey: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -123,7 +137,7 @@ fn main() -> ExitCode {
                     write_out(&format!("{key}\n"), ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    eprintln!("overlayd rotate-key: {e}");
+                    say!("overlayd rotate-key: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -146,7 +160,7 @@ fn main() -> ExitCode {
                     write_out(&format!("{}\n", text.trim_end()), ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    eprintln!("overlayd status: {e}");
+                    say!("overlayd status: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -162,7 +176,7 @@ fn main() -> ExitCode {
                     write_out(&text, if d.reachable { ExitCode::SUCCESS } else { ExitCode::FAILURE })
                 }
                 Err(e) => {
-                    eprintln!("overlayd diagnose: {e}");
+                    say!("overlayd diagnose: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -173,13 +187,13 @@ fn main() -> ExitCode {
                     write_out(&format!("{message}\n"), ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    eprintln!("overlayd leave: {e}");
+                    say!("overlayd leave: {e}");
                     ExitCode::FAILURE
                 }
             }
         }),
         Some(Command::Rmpeer { name, run_dir }) => runtime.block_on(async {
-            eprintln!(
+            say!(
                 "overlayd rmpeer: reclaiming {name}'s subnet now. If {name} is alive behind a network \
                  partition, two nodes use the same subnet until it heals; use this only for nodes that are gone."
             );
@@ -192,7 +206,7 @@ fn main() -> ExitCode {
                     write_out(&format!("reclaimed {}\n", list.join(", ")), ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    eprintln!("overlayd rmpeer: {e}");
+                    say!("overlayd rmpeer: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -205,7 +219,7 @@ fn main() -> ExitCode {
             let shutdown = match shutdown {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("overlayd: cannot install signal handlers: {e}");
+                    say!("overlayd: cannot install signal handlers: {e}");
                     return ExitCode::FAILURE;
                 }
             };
@@ -213,7 +227,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
-                    eprintln!("overlayd: {e}");
+                    say!("overlayd: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -122,6 +122,9 @@ impl Collector for Exporter {
                     .zip(cumulative)
                     .map(|(b, c)| (*b as f64, c - std::mem::replace(&mut below, c)))
                     .collect();
+                // Read while a worker counts, the buckets may be one round ahead of
+                // `count`: the count is then the buckets' total.
+                let count = count.max(below);
                 buckets.push((f64::INFINITY, count - below));
                 batch
                     .encode_family(&[("direction", *dir)])?
@@ -510,8 +513,14 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, source: Arc<StatusSource>) {
     let registry = Arc::new(registry(source.clone()));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: retrying at once would spin a core.
+                tracing::warn!("metrics: cannot accept a connection: {e}");
+                tokio::time::sleep(crate::admin::ACCEPT_RETRY).await;
+                continue;
+            }
         };
         let registry = registry.clone();
         let source = source.clone();

@@ -3,11 +3,29 @@
 
 use std::process::Command;
 
+/// The binary, run so that a case it fails to refuse does the host no harm: as root,
+/// in a network namespace of its own (`unshare --net`), with its run and state
+/// directories under a temporary directory unless a case gives them, and under
+/// `timeout`, so that a daemon started by mistake fails the test instead of
+/// configuring the host's network or hanging the suite.
+fn overlayd() -> Command {
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    });
+    let mut c = Command::new(if root { "unshare" } else { "timeout" });
+    if root {
+        c.args(["--net", "--", "timeout"]);
+    }
+    c.args(["30", env!("CARGO_BIN_EXE_overlayd")]);
+    let scratch = std::env::temp_dir().join(format!("overlayd-cli-scratch-{}", std::process::id()));
+    c.env("OVERLAYD_RUN_DIR", scratch.join("run"))
+        .env("OVERLAYD_STATE_DIR", scratch.join("state"));
+    c
+}
+
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_overlayd"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = overlayd().args(args).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -29,6 +47,10 @@ fn bad_flags_name_the_flag() {
             "--cluster-cidr",
         ),
         (&["--subnet", "10.245.1.0/24"], "--subnet"),
+        (
+            &["--reclaim-after", "18446744073709551615s"],
+            "--reclaim-after",
+        ),
         (
             &[
                 "--subnet",
@@ -148,10 +170,7 @@ fn bad_secret_files_name_the_flag_and_the_problem() {
 #[test]
 fn genkey_prints_a_fresh_key() {
     let key = |_| {
-        let out = Command::new(env!("CARGO_BIN_EXE_overlayd"))
-            .arg("genkey")
-            .output()
-            .unwrap();
+        let out = overlayd().arg("genkey").output().unwrap();
         assert!(out.status.success());
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
@@ -168,12 +187,23 @@ fn genkey_prints_a_fresh_key() {
 fn a_closed_output_pipe_is_not_a_panic() {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = Command::new(env!("CARGO_BIN_EXE_overlayd"))
-        .arg("genkey")
-        .stdout(writer)
-        .output()
-        .unwrap();
+    let out = overlayd().arg("genkey").stdout(writer).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `overlayd … 2>&1 | logger` when the reader has gone: the log line and the error
+/// message are lost, and the command still ends with its own exit status (1 for a
+/// bad flag), not a panic (101).
+#[test]
+fn a_closed_error_pipe_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = overlayd()
+        .args(["--subnet", "10.245.1.0/24"])
+        .stderr(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{:?}", out.status);
 }

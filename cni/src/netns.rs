@@ -21,12 +21,14 @@ pub fn open(path: &Path) -> io::Result<File> {
 pub fn run_in<T: Send>(ns: &File, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     let fd = ns.as_fd();
     std::thread::scope(|s| {
-        s.spawn(move || {
-            // setns(fd, CLONE_NEWNET) changes only this thread's network namespace.
-            move_into_link_name_space(fd, Some(LinkNameSpaceType::Network))?;
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("netns worker thread panicked")))
+        // A thread the system can't make (a pids limit) is an error, not a panic.
+        std::thread::Builder::new()
+            .spawn_scoped(s, move || {
+                // setns(fd, CLONE_NEWNET) changes only this thread's network namespace.
+                move_into_link_name_space(fd, Some(LinkNameSpaceType::Network))?;
+                f()
+            })?
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("netns worker thread panicked")))
     })
 }
