@@ -424,9 +424,16 @@ impl Controller {
             self.dropped += 1;
             return;
         }
-        self.names.entry(d.from.clone()).or_insert(from);
+        // Lease messages come only from members: a witness, owner or requester is one,
+        // and the lease machine keeps state per sender (a `Watch` per beating name). A
+        // name gossip does not know yet is dropped like a lost datagram; it retries.
+        let member = self.membership.peer(&d.from).is_some();
+        if member {
+            self.names.entry(d.from.clone()).or_insert(from);
+        }
         match d.msg {
             LeaseMsg::Founding(m) => self.founding.handle_message(&d.from, m, now),
+            _ if !member => self.dropped += 1,
             msg => self.lease.handle_message(&d.from, msg, now),
         }
     }
@@ -748,7 +755,8 @@ impl Controller {
         &self.membership
     }
 
-    /// Datagrams dropped as malformed, oversized or from another cluster.
+    /// Datagrams dropped as malformed, oversized, from another cluster, or lease
+    /// messages from a name that is not a member.
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
@@ -759,7 +767,9 @@ impl Controller {
         let me = self.membership.me();
         let mut by_subnet: BTreeMap<u32, (u64, PeerInfo)> = BTreeMap::new();
         for KnownMember { meta: m, state } in self.membership.peers() {
-            let Some((idx, ver)) = m.lease else { continue };
+            let Some((idx, ver)) = self.published_by(&m) else {
+                continue;
+            };
             let Some((subnet, subnet_v6)) = me.subnets(idx) else {
                 continue;
             };
@@ -783,21 +793,28 @@ impl Controller {
         by_subnet.into_values().map(|(_, p)| p).collect()
     }
 
+    /// The lease `m` publishes, if its index numbers one of our subnets. A larger
+    /// index (a bug or a forged identity) would name a subnet outside the cluster
+    /// CIDR, or alias another node's; such a lease is ignored.
+    fn published_by(&self, m: &NodeMeta) -> Option<Owned> {
+        m.lease.filter(|(idx, _)| *idx < self.lease_subnet_count())
+    }
+
     /// Every member gossip knows, with its state and published subnet (if any).
     pub fn members(&self) -> Vec<MemberReport> {
         let me = self.membership.me();
         self.membership
             .peers()
             .into_iter()
-            .map(|KnownMember { meta: m, state }| MemberReport {
-                subnet: m.lease.and_then(|(idx, _)| me.subnets(idx)).map(|s| s.0),
-                subnet_v6: m
-                    .lease
-                    .and_then(|(idx, _)| me.subnets(idx))
-                    .and_then(|s| s.1),
-                name: m.name,
-                gossip: m.gossip,
-                state,
+            .map(|KnownMember { meta: m, state }| {
+                let subnets = self.published_by(&m).and_then(|(idx, _)| me.subnets(idx));
+                MemberReport {
+                    subnet: subnets.map(|s| s.0),
+                    subnet_v6: subnets.and_then(|s| s.1),
+                    name: m.name,
+                    gossip: m.gossip,
+                    state,
+                }
             })
             .collect()
     }
@@ -818,7 +835,7 @@ impl Controller {
             .membership
             .peer_table()
             .filter(|k| k.state != MemberState::Dead)
-            .filter_map(|k| k.meta.lease.map(|(idx, _)| idx))
+            .filter_map(|k| self.published_by(&k.meta).map(|(idx, _)| idx))
             .collect();
         if let Some(u) = self.using(now) {
             used.insert(u);
@@ -921,7 +938,10 @@ impl Controller {
     /// `rmpeer NAME`: takes over `name`'s space now. Safe only if `name` is really
     /// gone; if it is alive behind a partition, both nodes use the same subnet.
     pub fn force_reclaim(&mut self, name: &str, now: Instant) -> Vec<u32> {
-        let published = self.membership.peer(name).and_then(|k| k.meta.lease);
+        let published = self
+            .membership
+            .peer(name)
+            .and_then(|k| self.published_by(&k.meta));
         let taken = self.lease.force_reclaim(name, published);
         self.after(now);
         taken
@@ -1127,6 +1147,104 @@ mod tests {
         c.set_wall_clock(later, 1_600_000);
         c.handle_datagram(from, &t.data, later);
         assert_eq!(c.status(later).rejected.stale, 1);
+    }
+
+    /// Runs two controllers for `steps` tenths of a second, delivering every datagram
+    /// at once and saving state as the driver does.
+    fn exchange(a: &mut Controller, b: &mut Controller, mut now: Instant, steps: u32) -> Instant {
+        let (aa, ba) = (a.membership().me().gossip, b.membership().me().gossip);
+        for _ in 0..steps {
+            now += Duration::from_millis(100);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            for _ in 0..100 {
+                let mut moved = false;
+                while let Some(d) = a.poll_transmit(now) {
+                    moved = true;
+                    if d.to == ba {
+                        b.handle_datagram(aa, &d.data, now);
+                    }
+                }
+                while let Some(d) = b.poll_transmit(now) {
+                    moved = true;
+                    if d.to == aa {
+                        a.handle_datagram(ba, &d.data, now);
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+            for n in [&mut *a, &mut *b] {
+                if n.take_lease_dirty() {
+                    n.set_state_saved(true);
+                }
+            }
+        }
+        now
+    }
+
+    /// b, whose state file says it uses subnet `idx` (a's /16 has 256 /24s).
+    fn b_with_lease(idx: u32) -> Controller {
+        let mut cfg = test_config();
+        cfg.meta.name = "b".into();
+        cfg.meta.gossip = "10.0.0.2:7946".parse().unwrap();
+        cfg.founder = false;
+        cfg.seeds = vec!["10.0.0.1:7946".parse().unwrap()];
+        let st = LeaseState {
+            owned: [(idx, 1)].into_iter().collect(),
+            known: [(idx, 1)].into_iter().collect(),
+            lease: Some(idx),
+            ..LeaseState::default()
+        };
+        Controller::new(cfg, Some(st), Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn a_published_lease_past_the_subnet_count_is_no_peer_subnet() {
+        let now = Instant::now();
+        for (idx, expect) in [(300, None), (3, Some("10.244.3.0/24"))] {
+            let mut a = node();
+            let mut b = b_with_lease(idx);
+            assert_eq!(b.membership().me().lease, Some((idx, 1)));
+            let later = exchange(&mut a, &mut b, now, 30);
+            let expect: Option<IpNet> = expect.map(|s| s.parse().unwrap());
+            let members = a.members();
+            let mb = members.iter().find(|m| m.name == "b").expect("a knows b");
+            assert_eq!(mb.subnet, expect, "index {idx}");
+            assert_eq!(a.peers().first().map(|p| p.subnet), expect, "index {idx}");
+            assert_eq!(a.subnets_in_use(later).0, 1 + u64::from(expect.is_some()));
+        }
+    }
+
+    #[test]
+    fn lease_messages_from_strangers_are_dropped() {
+        let now = Instant::now();
+        let mut a = node();
+        let from: SocketAddr = "10.0.0.9:7946".parse().unwrap();
+        for i in 0..50 {
+            let d = LeaseDatagram {
+                from: format!("stranger{i}"),
+                cluster: a.fingerprint,
+                msg: LeaseMsg::Beat {
+                    epoch: 0,
+                    seq: 1,
+                    view: Default::default(),
+                    state_version: 1,
+                    owned: vec![(0, 1)],
+                },
+            };
+            let mut data = Vec::new();
+            d.emit(&mut data);
+            a.handle_datagram(from, &data, now);
+        }
+        assert!(a.lease().state().watching.is_empty());
+        assert!(a.names.is_empty());
+        assert_eq!(a.dropped(), 50);
+        // A member's beat is handled.
+        let mut b = b_with_lease(3);
+        exchange(&mut a, &mut b, now, 30);
+        assert!(a.lease().state().watching.contains_key("b"));
     }
 
     proptest! {

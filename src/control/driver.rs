@@ -630,12 +630,19 @@ impl<T: Transport> Driver<T> {
 pub fn load_state(path: &Path) -> Result<Option<LeaseState>, Error> {
     match std::fs::read(path) {
         Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| Error::StateCorrupt {
-                    path: path.to_owned(),
-                    source,
-                })
+            let corrupt = |source| Error::StateCorrupt {
+                path: path.to_owned(),
+                source,
+            };
+            let st: LeaseState = serde_json::from_slice(&bytes).map_err(corrupt)?;
+            // Every start increments `boot`; at the last value it would wrap, and beat
+            // sequence numbers of two boots would collide.
+            if st.boot == u64::MAX {
+                return Err(corrupt(serde::de::Error::custom(
+                    "boot counter at its maximum",
+                )));
+            }
+            Ok(Some(st))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(Error::State {
@@ -962,6 +969,23 @@ mod tests {
         assert_eq!(Some(pa[0].subnet), lb.subnet);
         let pb = wait_for(&mut b.peers(), |p| p.len() == 1).await;
         assert_eq!(pb[0].name, "a");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_state_file_with_an_exhausted_boot_counter_is_corrupt() {
+        let dir = tmpdir("boot");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(STATE_FILE);
+        let mut st = LeaseState {
+            boot: u64::MAX - 1,
+            ..LeaseState::default()
+        };
+        save_state(&path, &st).unwrap();
+        assert_eq!(load_state(&path).unwrap().unwrap().boot, u64::MAX - 1);
+        st.boot = u64::MAX;
+        save_state(&path, &st).unwrap();
+        assert!(matches!(load_state(&path), Err(Error::StateCorrupt { .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -416,6 +416,12 @@ impl Founding {
             }
             FoundingMsg::Prepare { .. } | FoundingMsg::Accept { .. }
                 if self.in_cluster && self.st.decided.is_none() => {}
+            // The last round leaves no higher one to propose in: promising it (or
+            // raising `max_round` to it) would stop every later proposal, and a round
+            // that wraps to 0 is a question. No honest proposer gets there.
+            FoundingMsg::Prepare { ballot } | FoundingMsg::Accept { ballot, .. }
+                if ballot.round == u64::MAX => {}
+            FoundingMsg::Nack { promised, .. } if promised.round == u64::MAX => {}
             FoundingMsg::Prepare { ballot } => {
                 self.max_round = self.max_round.max(ballot.round);
                 self.last_proposer = Some(ballot.proposer.clone());
@@ -680,7 +686,12 @@ impl Founding {
             self.next_try = now + d;
             return;
         }
-        self.max_round += 1;
+        // Rounds come from peers and the state file; never wrap to 0 (a question).
+        let Some(round) = self.max_round.checked_add(1) else {
+            self.next_try = now + self.cfg.backoff;
+            return;
+        };
+        self.max_round = round;
         let ballot = Ballot {
             round: self.max_round,
             proposer: self.cfg.name.clone(),
@@ -1171,6 +1182,83 @@ mod tests {
             }
             net.run(1500);
             assert!(net.all_decided(), "seed {seed}: not every node decided");
+        }
+    }
+
+    #[test]
+    fn the_last_round_is_ignored_and_rounds_never_wrap() {
+        let mut net = Net::new(peers_sets(&[vec![1], vec![0]]), 11);
+        let last = Ballot {
+            round: u64::MAX,
+            proposer: name(1),
+        };
+        let now = net.now;
+        let f = net.nodes[0].as_mut().unwrap();
+        f.handle_message(
+            &name(1),
+            FoundingMsg::Prepare {
+                ballot: last.clone(),
+            },
+            now,
+        );
+        let founder = Founder {
+            name: name(1),
+            cluster_id: 9,
+        };
+        f.handle_message(
+            &name(1),
+            FoundingMsg::Accept {
+                ballot: last.clone(),
+                founder,
+            },
+            now,
+        );
+        f.handle_message(
+            &name(1),
+            FoundingMsg::Nack {
+                ballot: Ballot {
+                    round: 1,
+                    proposer: name(0),
+                },
+                promised: last.clone(),
+            },
+            now,
+        );
+        assert_eq!(f.state(), &FoundingState::default());
+        assert_eq!(f.poll_transmit(), None);
+        net.run(300);
+        assert!(net.all_decided());
+        // A state file that promised the last round: no proposal wraps to round 0.
+        let sets = peers_sets(&[vec![1], vec![0]]);
+        let cfg = FoundingConfig {
+            name: name(0),
+            addr: addr(0),
+            initial: sets[0].clone(),
+            phase_timeout: Duration::from_millis(500),
+            backoff: Duration::from_millis(200),
+            propose_first: true,
+        };
+        let st = FoundingState {
+            promised: Some(last),
+            ..FoundingState::default()
+        };
+        let mut f = Founding::new(cfg, st, 1, now);
+        f.set_members(
+            vec![Participant {
+                name: name(1),
+                addr: addr(1),
+                initial: sets[1].clone(),
+            }],
+            vec![],
+        );
+        for i in 0..5u32 {
+            f.handle_timeout(now + Duration::from_secs(i.into()));
+            while let Some(t) = f.poll_transmit() {
+                assert!(
+                    !matches!(t.msg, FoundingMsg::Prepare { ref ballot } if ballot.round == 0),
+                    "{t:?}"
+                );
+            }
         }
     }
 

@@ -151,12 +151,14 @@ pub enum LeaseEvent {
 }
 
 /// A silent owner's state as one witness saw it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Attestation {
     /// The owner's latest state version the witness saw.
     state_version: u64,
     /// The ownership set at that version.
     owned: Vec<Owned>,
+    /// When the witness last sent it.
+    at: Instant,
 }
 
 /// Attestations received as beneficiary, by witness.
@@ -236,7 +238,8 @@ impl Lease {
     pub fn new(cfg: LeaseConfig, persisted: Option<LeaseState>, now: Instant) -> Self {
         let fresh = persisted.is_none();
         let mut st = persisted.unwrap_or_default();
-        st.boot += 1;
+        // `load_state` refuses a file whose boot counter cannot be incremented.
+        st.boot = st.boot.saturating_add(1);
         if st.view.configs.is_empty() {
             st.view.configs.push(WitnessConfig::default());
         }
@@ -460,6 +463,22 @@ impl Lease {
         }
     }
 
+    /// Whether every subnet of a peer's ownership set is one of ours, at a version a
+    /// later owner can still exceed. Anything else (a bug or a forged message) would
+    /// take over a subnet outside the cluster CIDR, or wrap its version to 0.
+    fn plausible(&self, owned: &[Owned]) -> bool {
+        owned
+            .iter()
+            .all(|&(idx, ver)| idx < self.cfg.subnet_count && ver < u64::MAX)
+    }
+
+    /// How many attestation rounds are kept at once. An owner worth reclaiming holds
+    /// a subnet, and a subnet has one owner; a witness that finds no room attests
+    /// again five beats later.
+    fn max_rounds(&self) -> usize {
+        (self.cfg.subnet_count as usize).max(1)
+    }
+
     fn dispatch(&mut self, from: &str, msg: LeaseMsg, now: Instant) {
         match msg {
             LeaseMsg::Beat {
@@ -521,6 +540,9 @@ impl Lease {
         owned: Vec<Owned>,
         now: Instant,
     ) {
+        if !self.plausible(&owned) {
+            return;
+        }
         let dead = self
             .st
             .attested
@@ -664,7 +686,10 @@ impl Lease {
             self.send(from, LeaseMsg::AttestAck { about, epoch });
             return;
         }
-        if view.beneficiary() != Some(self.cfg.name.as_str()) || !view.contains(from) {
+        if view.beneficiary() != Some(self.cfg.name.as_str())
+            || !view.contains(from)
+            || !self.plausible(&owned)
+        {
             return;
         }
         let round = AttestRound {
@@ -672,20 +697,37 @@ impl Lease {
             epoch,
             view_version: view.version,
         };
+        if !self.inbox.contains_key(&round) && self.inbox.len() >= self.max_rounds() {
+            // Forget rounds no witness attested in lately (witnesses attest every five
+            // beats while the owner stays silent), then drop what still does not fit.
+            let stale = self.cfg.beat_interval * 20;
+            self.inbox.retain(|_, votes| {
+                votes
+                    .values()
+                    .any(|a| now.saturating_duration_since(a.at) < stale)
+            });
+            if self.inbox.len() >= self.max_rounds() {
+                return;
+            }
+        }
         let votes = self.inbox.entry(round).or_default();
         votes.insert(
             from.to_owned(),
             Attestation {
                 state_version,
                 owned,
+                at: now,
             },
         );
         // Every witness attests once per owner epoch, with the view it saw last, so
-        // two views can never both gather a majority of a set they share.
+        // two views can never both gather a majority of a set they share. Members are
+        // counted once each: a view that lists a witness twice (`[me, x, x]`) must not
+        // let that witness make a majority alone.
         let enough = view.configs.iter().all(|c| {
-            c.members.is_empty()
-                || c.members.iter().filter(|m| votes.contains_key(*m)).count()
-                    >= majority(c.members.len())
+            let members: BTreeSet<&String> = c.members.iter().collect();
+            members.is_empty()
+                || members.iter().filter(|m| votes.contains_key(**m)).count()
+                    >= majority(members.len())
         });
         if !enough {
             return;
@@ -695,12 +737,11 @@ impl Lease {
         let newest = votes
             .values()
             .max_by_key(|a| a.state_version)
-            .cloned()
-            .unwrap_or_default()
-            .owned;
+            .map(|a| a.owned.clone())
+            .unwrap_or_default();
         let mut taken = Vec::new();
         for (idx, ver) in newest {
-            if self.take(idx, ver + 1) {
+            if ver.checked_add(1).is_some_and(|v| self.take(idx, v)) {
                 taken.push(idx);
             }
         }
@@ -719,9 +760,13 @@ impl Lease {
     }
 
     /// Takes ownership of `idx` at `ver` unless this node already knew a version at
-    /// least as new.
+    /// least as new. Never a subnet outside the cluster CIDR, nor at the last version:
+    /// it could never be passed on at a higher one.
     fn take(&mut self, idx: u32, ver: u64) -> bool {
-        if self.st.known.get(&idx).is_some_and(|k| *k >= ver) {
+        if idx >= self.cfg.subnet_count
+            || ver == u64::MAX
+            || self.st.known.get(&idx).is_some_and(|k| *k >= ver)
+        {
             return false;
         }
         self.st.known.insert(idx, ver);
@@ -736,7 +781,11 @@ impl Lease {
         let Some(idx) = self.free().next() else {
             return;
         };
-        let ver = self.st.owned.remove(&idx).unwrap_or(0) + 1;
+        // Only a corrupt state file holds the last version: nothing to grant it at.
+        let Some(ver) = self.st.owned.get(&idx).copied().unwrap_or(0).checked_add(1) else {
+            return;
+        };
+        self.st.owned.remove(&idx);
         self.st.known.insert(idx, ver);
         self.st.state_version += 1;
         self.st.pending_grants.push(PendingGrant {
@@ -976,9 +1025,11 @@ impl Lease {
             })
             .cloned();
         if let Some(to) = to {
+            // A subnet at the last version (only from a corrupt state file) cannot be
+            // passed on; it is dropped rather than handed over at version 0.
             let subnets: Vec<Owned> = std::mem::take(&mut self.st.owned)
                 .into_iter()
-                .map(|(k, v)| (k, v + 1))
+                .filter_map(|(k, v)| Some((k, v.checked_add(1)?)))
                 .collect();
             self.st.known.extend(subnets.iter().copied());
             if !subnets.is_empty() {
@@ -1027,7 +1078,7 @@ impl Lease {
         known.extend(published);
         let mut taken = Vec::new();
         for (idx, ver) in known {
-            if self.take(idx, ver + 1) {
+            if ver.checked_add(1).is_some_and(|v| self.take(idx, v)) {
                 taken.push(idx);
             }
         }
@@ -1379,6 +1430,142 @@ mod tests {
         for idx in b_owned {
             assert!(net.node("a").state().owned.contains_key(&idx));
         }
+    }
+
+    fn view_of(members: &[&str]) -> View {
+        View {
+            version: 1,
+            configs: vec![WitnessConfig {
+                id: 1,
+                members: members.iter().map(|m| m.to_string()).collect(),
+            }],
+        }
+    }
+
+    fn attest(about: &str, view: View, owned: Vec<Owned>) -> LeaseMsg {
+        LeaseMsg::Attest {
+            about: about.into(),
+            epoch: 0,
+            view,
+            state_version: 1,
+            owned,
+        }
+    }
+
+    #[test]
+    fn a_witness_listed_twice_does_not_make_a_majority_alone() {
+        let now = Instant::now();
+        let mut b = Lease::new(config("b", false), None, now);
+        // x lists itself twice next to b: three members, two of them x.
+        b.handle_message(
+            "x",
+            attest("a", view_of(&["b", "x", "x"]), vec![(0, 1)]),
+            now,
+        );
+        assert!(b.state().owned.is_empty(), "x alone reclaimed a's space");
+        assert!(b.poll_event().is_none());
+        // With b's own vote the (two distinct) members make a majority.
+        b.handle_message(
+            "b",
+            attest("a", view_of(&["b", "x", "x"]), vec![(0, 1)]),
+            now,
+        );
+        assert_eq!(b.state().owned.get(&0), Some(&2));
+    }
+
+    #[test]
+    fn attested_subnets_outside_the_cidr_or_at_the_last_version_are_not_taken() {
+        let now = Instant::now();
+        let mut b = Lease::new(config("b", false), None, now);
+        let view = view_of(&["b", "c", "d"]);
+        for owned in [
+            vec![(SUBNETS, 1)],
+            vec![(1, u64::MAX)],
+            vec![(1, u64::MAX - 1)],
+        ] {
+            for w in ["c", "d"] {
+                b.handle_message(w, attest("a", view.clone(), owned.clone()), now);
+            }
+        }
+        assert!(b.state().owned.is_empty(), "{:?}", b.state().owned);
+        assert!(b.state().known.values().all(|v| *v != 0));
+        // A plausible attestation is still taken over at the next version.
+        let later = LeaseMsg::Attest {
+            about: "a".into(),
+            epoch: 1,
+            view: view.clone(),
+            state_version: 1,
+            owned: vec![(1, 4)],
+        };
+        b.handle_message("c", later.clone(), now);
+        b.handle_message("d", later, now);
+        assert_eq!(b.state().owned.get(&1), Some(&5));
+    }
+
+    #[test]
+    fn a_beat_with_a_subnet_outside_the_cidr_or_at_the_last_version_is_dropped() {
+        let now = Instant::now();
+        let mut b = Lease::new(config("b", false), None, now);
+        for owned in [vec![(SUBNETS, 1)], vec![(0, u64::MAX)]] {
+            b.handle_message(
+                "a",
+                LeaseMsg::Beat {
+                    epoch: 0,
+                    seq: 1,
+                    view: view_of(&["b"]),
+                    state_version: 1,
+                    owned,
+                },
+                now,
+            );
+        }
+        assert!(b.state().watching.is_empty());
+        assert_eq!(b.poll_transmit(), None);
+    }
+
+    #[test]
+    fn versions_never_wrap_to_zero() {
+        let now = Instant::now();
+        // A grant at the last version could never be passed on: refused.
+        let mut b = Lease::new(config("b", false), None, now);
+        b.handle_message(
+            "a",
+            LeaseMsg::Grant {
+                subnets: vec![(2, u64::MAX)],
+            },
+            now,
+        );
+        assert!(b.state().owned.is_empty());
+        // rmpeer of a peer that published the last version takes nothing.
+        assert!(b.force_reclaim("gone", Some((3, u64::MAX))).is_empty());
+        assert!(b.state().owned.is_empty());
+        // A (corrupt) state file with a subnet at the last version: no grant of it.
+        let st = LeaseState {
+            owned: [(0, 1), (2, u64::MAX)].into_iter().collect(),
+            lease: Some(0),
+            ..LeaseState::default()
+        };
+        let mut a = Lease::new(config("a", false), Some(st), now);
+        a.handle_timeout(now);
+        a.handle_message("d", LeaseMsg::Request, now);
+        assert!(a.state().pending_grants.is_empty());
+        assert_eq!(a.state().owned.get(&2), Some(&u64::MAX));
+    }
+
+    #[test]
+    fn attestation_rounds_are_bounded() {
+        let now = Instant::now();
+        let mut b = Lease::new(config("b", false), None, now);
+        let view = view_of(&["b", "c", "d"]);
+        for i in 0..100 {
+            b.handle_message("c", attest(&format!("x{i}"), view.clone(), vec![]), now);
+        }
+        assert_eq!(b.inbox.len(), SUBNETS as usize);
+        // Rounds nobody attested in for a while make room; live ones stay.
+        let later = now + Duration::from_secs(60);
+        b.handle_message("c", attest("y", view.clone(), vec![(1, 1)]), later);
+        b.handle_message("d", attest("y", view, vec![(1, 1)]), later);
+        assert_eq!(b.state().owned.get(&1), Some(&2));
     }
 
     #[test]

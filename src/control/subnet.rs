@@ -16,8 +16,13 @@ pub fn subnet_count(cidr: IpNet, subnet_len: u8) -> Result<u32, Error> {
     Ok(1u32 << shift.min(20))
 }
 
-/// The `idx`-th `/subnet_len` subnet of `cidr`.
+/// The `idx`-th `/subnet_len` subnet of `cidr`; `None` past the last one.
 pub fn subnet_of(cidr: IpNet, subnet_len: u8, idx: u32) -> Option<IpNet> {
+    // `checked_shl` only checks the shift amount, not the bits shifted out: an index
+    // past the count would give a subnet outside `cidr` (or wrap onto another one).
+    if idx >= subnet_count(cidr, subnet_len).ok()? {
+        return None;
+    }
     let host_bits = u32::from(cidr.max_prefix_len().checked_sub(subnet_len)?);
     match cidr.trunc() {
         IpNet::V4(n) => {
@@ -64,8 +69,8 @@ mod tests {
             Some("10.244.3.0/24".parse().unwrap())
         );
         assert_eq!(
-            subnet_of(cidr, 24, 256),
-            Some("10.245.0.0/24".parse().unwrap())
+            subnet_of(cidr, 24, 255),
+            Some("10.244.255.0/24".parse().unwrap())
         );
         assert!(subnet_count(cidr, 8).is_err());
         let v6: IpNet = "fd00::/48".parse().unwrap();
@@ -77,5 +82,22 @@ mod tests {
         assert_eq!(index_of(v6, "fd00:0:0:7::/64".parse().unwrap()), Some(7));
         assert_eq!(index_of(cidr, "10.245.3.0/24".parse().unwrap()), None);
         assert_eq!(index_of(cidr, v6), None);
+    }
+
+    #[test]
+    fn an_index_past_the_count_is_no_subnet() {
+        let cidr: IpNet = "10.244.0.0/16".parse().unwrap();
+        // 256 is the first index outside the /16; 2^24 + 3 would alias index 3.
+        assert_eq!(subnet_of(cidr, 24, 256), None);
+        assert_eq!(subnet_of(cidr, 24, (1 << 24) + 3), None);
+        assert_eq!(subnet_of(cidr, 24, u32::MAX), None);
+        let top: IpNet = "255.255.0.0/16".parse().unwrap();
+        assert_eq!(subnet_of(top, 24, 256), None);
+        let v6: IpNet = "fd00::/48".parse().unwrap();
+        assert_eq!(subnet_of(v6, 64, 1 << 16), None);
+        assert_eq!(
+            subnet_of(v6, 64, (1 << 16) - 1),
+            Some("fd00:0:0:ffff::/64".parse().unwrap())
+        );
     }
 }
