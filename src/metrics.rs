@@ -380,7 +380,7 @@ impl Collector for Exporter {
             counter(
                 &mut encoder,
                 "overlayd_gossip_dropped",
-                "Gossip datagrams dropped as malformed, oversized or from another cluster.",
+                "Gossip datagrams dropped as malformed, oversized, from another cluster, or lease messages from a non-member.",
                 c.gossip_dropped,
             )?;
             counter(

@@ -119,7 +119,8 @@ pub struct ControlReport {
     pub members: Vec<MemberLine>,
     /// The nodes that witness our lease.
     pub witnesses: Vec<String>,
-    /// Gossip datagrams dropped as malformed, oversized or mismatched.
+    /// Gossip datagrams dropped as malformed, oversized, from another cluster, or lease
+    /// messages from a name gossip does not know.
     pub gossip_dropped: u64,
     /// Ids of the cluster keys in use, signing key first. Empty: gossip is not
     /// authenticated (no `--secret-file`).
@@ -406,7 +407,7 @@ pub fn render_leases(report: &StatusReport) -> String {
         }
         let _ = writeln!(
             out,
-            "  gossip     {} alive, {} suspect, {} dead ({} deaths seen); {} bad datagrams dropped",
+            "  gossip     {} alive, {} suspect, {} dead ({} deaths seen); {} datagrams dropped",
             c.alive, c.suspect, c.dead, c.peer_deaths, c.gossip_dropped
         );
         let rejected: u64 = c.gossip_rejected.values().sum();

@@ -160,7 +160,8 @@ pub struct Status {
     pub witnesses: Vec<String>,
     /// Peers with a subnet.
     pub peers: Vec<PeerInfo>,
-    /// Gossip datagrams dropped as malformed, oversized or mismatched.
+    /// Gossip datagrams dropped as malformed, oversized, from another cluster, or lease
+    /// messages from a name gossip does not know.
     pub dropped: u64,
     /// Peers this node has seen declared dead (probe failures and leaves).
     pub deaths: u64,
