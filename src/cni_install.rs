@@ -1,7 +1,10 @@
 //! `--install-cni`: the daemon installs its CNI plugin on the host, as flannel's and
-//! weave's DaemonSets do. It copies `overlayd-cni` into the CNI bin dir and writes the
-//! conflist into the CNI conf dir, each atomically and only when the content changed,
-//! so kubelet never sees a half-written file and a restart rewrites nothing.
+//! weave's DaemonSets do. It copies `overlayd-cni` into the CNI bin dir at start and
+//! writes the conflist into the CNI conf dir once the node has a subnet (the kubelet
+//! keeps the node NotReady until a conflist exists, so no pod is sent to a node that
+//! cannot address it yet), each atomically and only when the content changed, so
+//! kubelet never sees a half-written file and a restart rewrites nothing.
+//! [`InstallCni::uninstall`] removes both (`overlayd uninstall`).
 
 use std::path::{Path, PathBuf};
 
@@ -59,25 +62,60 @@ pub fn conflist(run_dir: &Path) -> String {
 impl InstallCni {
     /// Installs the plugin and the conflist; writes only what differs.
     pub fn install(&self) -> Result<Installed, InstallError> {
+        Ok(Installed {
+            binary: self.install_plugin()?,
+            conflist: self.install_conflist()?,
+        })
+    }
+
+    /// Copies the plugin binary into the bin dir unless it is there already.
+    /// Returns whether it was written.
+    pub fn install_plugin(&self) -> Result<bool, InstallError> {
         let binary =
             std::fs::read(&self.plugin).map_err(err("cannot read the plugin", &self.plugin))?;
-        let bin_path = self.bin_dir.join("overlayd-cni");
-        let binary_changed = std::fs::read(&bin_path).map_or(true, |old| old != binary);
-        if binary_changed {
+        let bin_path = self.plugin_path();
+        let changed = std::fs::read(&bin_path).map_or(true, |old| old != binary);
+        if changed {
             write_atomic(&bin_path, &binary, 0o755, 0o755)
                 .map_err(err("cannot write", &bin_path))?;
         }
+        Ok(changed)
+    }
+
+    /// Writes the conflist unless it is there already. Returns whether it was written.
+    pub fn install_conflist(&self) -> Result<bool, InstallError> {
         let text = conflist(&self.run_dir);
-        let conf_path = self.conf_dir.join(&self.conflist_name);
-        let conf_changed = std::fs::read_to_string(&conf_path).map_or(true, |old| old != text);
-        if conf_changed {
+        let conf_path = self.conflist_path();
+        let changed = std::fs::read_to_string(&conf_path).map_or(true, |old| old != text);
+        if changed {
             write_atomic(&conf_path, text.as_bytes(), 0o644, 0o755)
                 .map_err(err("cannot write", &conf_path))?;
         }
-        Ok(Installed {
-            binary: binary_changed,
-            conflist: conf_changed,
-        })
+        Ok(changed)
+    }
+
+    /// Removes the conflist first (the kubelet stops sending pods here), then the
+    /// plugin. Returns the files removed; a file already gone is not an error.
+    pub fn uninstall(&self) -> Result<Vec<PathBuf>, InstallError> {
+        let mut removed = Vec::new();
+        for path in [self.conflist_path(), self.plugin_path()] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err("cannot remove", &path)(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Where the plugin is installed.
+    pub fn plugin_path(&self) -> PathBuf {
+        self.bin_dir.join("overlayd-cni")
+    }
+
+    /// Where the conflist is installed.
+    pub fn conflist_path(&self) -> PathBuf {
+        self.conf_dir.join(&self.conflist_name)
     }
 }
 
@@ -144,6 +182,17 @@ mod tests {
                 conflist: false
             }
         );
+        // Uninstall removes both, and a second uninstall finds nothing to remove.
+        assert_eq!(
+            install.uninstall().unwrap(),
+            vec![
+                dir.join("net.d/10-overlayd.conflist"),
+                dir.join("bin/overlayd-cni")
+            ]
+        );
+        assert!(!dir.join("bin/overlayd-cni").exists());
+        assert!(!dir.join("net.d/10-overlayd.conflist").exists());
+        assert!(install.uninstall().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

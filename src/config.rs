@@ -86,6 +86,21 @@ pub enum Command {
         #[arg(long, env = "OVERLAYD_RUN_DIR", default_value = "/run/overlayd")]
         run_dir: PathBuf,
     },
+    /// Remove overlayd from this host: the CNI conflist and plugin, the devices, their
+    /// routes, the nftables table, and the files in the run and state dirs.
+    ///
+    /// Takes the daemon's flags (and --config), so it finds what that daemon made.
+    /// Refuses while the daemon runs. A plain stop, restart or upgrade removes none
+    /// of these; this is the explicit last step of an uninstall.
+    Uninstall {
+        /// After removing, keep running until SIGTERM (for a DaemonSet, whose pods
+        /// must not exit).
+        #[arg(long)]
+        wait: bool,
+        /// The daemon's flags.
+        #[command(flatten)]
+        daemon: Box<DaemonArgs>,
+    },
     /// Show the node, its peers and dataplane counters.
     Status {
         /// Show only one part: `peers` or `leases`.
@@ -777,8 +792,36 @@ where
     let command = Cli::command();
     let matches = command.clone().try_get_matches_from(&argv)?;
     let cli = Cli::from_arg_matches(&matches)?;
-    let Some(path) = cli.daemon.config.clone().filter(|_| cli.command.is_none()) else {
+    // `--config` is merged for the daemon and for `uninstall`, which takes its flags.
+    let (path, sub) = match &cli.command {
+        None => (cli.daemon.config.clone(), None),
+        Some(Command::Uninstall { daemon, .. }) => (daemon.config.clone(), Some("uninstall")),
+        Some(_) => (None, None),
+    };
+    let Some(path) = path else {
         return Ok(cli);
+    };
+    let (command, matches, sub_at) = match sub {
+        None => (command, matches, 1),
+        Some(name) => {
+            let at = argv
+                .iter()
+                .position(|a| a.to_str() == Some(name))
+                .map_or(1, |i| i + 1);
+            let sub_command =
+                command
+                    .find_subcommand(name)
+                    .cloned()
+                    .ok_or_else(|| ParseError::File {
+                        path: path.clone(),
+                        msg: format!("no subcommand {name}"),
+                    })?;
+            let sub_matches = matches
+                .subcommand_matches(name)
+                .cloned()
+                .unwrap_or_default();
+            (sub_command, sub_matches, at)
+        }
     };
     let file_err = |msg: String| ParseError::File {
         path: path.clone(),
@@ -804,7 +847,10 @@ where
         keys.sort();
         keys.join(", ")
     };
-    let mut merged = vec![argv.first().cloned().unwrap_or_else(|| "overlayd".into())];
+    let mut merged: Vec<std::ffi::OsString> = argv[..sub_at.min(argv.len())].to_vec();
+    if merged.is_empty() {
+        merged.push("overlayd".into());
+    }
     let mut keys = Vec::new();
     for (key, value) in &table {
         let wanted = key.replace('_', "-");
@@ -853,8 +899,13 @@ where
         }
         keys.push(long);
     }
-    merged.extend(argv.iter().skip(1).cloned());
-    let matches = command.try_get_matches_from(&merged).map_err(|e| {
+    merged.extend(argv.iter().skip(sub_at).cloned());
+    let parse = match sub {
+        None => command.try_get_matches_from(&merged),
+        // The subcommand's own matches; its name is the program name here.
+        Some(_) => command.try_get_matches_from(&merged[sub_at - 1..]),
+    };
+    let matches = parse.map_err(|e| {
         let bad = match e.get(clap::error::ContextKind::InvalidArg) {
             Some(clap::error::ContextValue::String(s)) => s
                 .split_whitespace()
@@ -874,9 +925,23 @@ where
             ParseError::Clap(e)
         }
     })?;
-    let mut cli = Cli::from_arg_matches(&matches)?;
-    cli.daemon.from_file = Some(FileKeys { path, keys });
-    Ok(cli)
+    let file = Some(FileKeys { path, keys });
+    match sub {
+        None => {
+            let mut cli = Cli::from_arg_matches(&matches)?;
+            cli.daemon.from_file = file;
+            Ok(cli)
+        }
+        Some(_) => {
+            let mut daemon = Box::new(DaemonArgs::from_arg_matches(&matches)?);
+            daemon.from_file = file;
+            let wait = matches.get_flag("wait");
+            Ok(Cli {
+                command: Some(Command::Uninstall { wait, daemon }),
+                daemon: cli.daemon,
+            })
+        }
+    }
 }
 
 /// True when one network contains the other's network address.

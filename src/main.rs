@@ -63,6 +63,39 @@ fn write_out(text: &str, code: ExitCode) -> ExitCode {
     }
 }
 
+/// `overlayd uninstall`: removes, says what it removed, and with `--wait` stays until
+/// told to stop (a DaemonSet's pod must not exit).
+async fn uninstall(daemon: &overlayd::config::DaemonArgs, wait: bool) -> ExitCode {
+    let stop = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            say!("overlayd: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match overlayd::daemon::uninstall::uninstall(daemon).await {
+        Ok(removed) => {
+            for r in &removed {
+                tracing::info!("removed {r}");
+            }
+            tracing::info!(
+                removed = removed.len(),
+                "overlayd is uninstalled from this node (nothing of it is left but empty mount-point dirs, the plugin's IPAM dir and its log file)"
+            );
+            if wait {
+                tracing::info!("waiting to be stopped (--wait)");
+                stop.await;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            say!("overlayd uninstall: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match overlayd::config::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
@@ -181,6 +214,10 @@ fn main() -> ExitCode {
                 }
             }
         }),
+        Some(Command::Uninstall { wait, daemon }) => {
+            init_logging(&daemon.log_level, daemon.log_format);
+            runtime.block_on(uninstall(&daemon, wait))
+        }
         Some(Command::Leave { run_dir }) => runtime.block_on(async {
             match overlayd::admin::leave(&run_dir).await {
                 Ok(message) => {

@@ -159,6 +159,31 @@ pub struct ControlReport {
     /// Lease messages held back because the lease state could not be saved.
     #[serde(default)]
     pub lease_messages_held: u64,
+    /// The gossip protocol version this node speaks.
+    #[serde(default)]
+    pub protocol: u8,
+    /// The peer versions it accepts, oldest and newest.
+    #[serde(default)]
+    pub protocol_accepts: (u8, u8),
+    /// The format version of the lease state file (`lease.json`) it writes.
+    #[serde(default)]
+    pub state_format: u32,
+    /// Members holding the cluster key whose protocol version this node refuses.
+    #[serde(default)]
+    pub refused_versions: Vec<RefusedVersionLine>,
+}
+
+/// A peer refused for its gossip protocol version, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedVersionLine {
+    /// Its gossip address.
+    pub from: std::net::SocketAddr,
+    /// The version it speaks.
+    pub version: u8,
+    /// Datagrams refused.
+    pub datagrams: u64,
+    /// Seconds since the last one, as of the report.
+    pub ago_secs: u64,
 }
 
 impl ControlReport {
@@ -216,6 +241,22 @@ impl ControlReport {
             peer_deaths: st.deaths,
             state_error: st.state_error.clone(),
             lease_messages_held: st.held,
+            protocol: crate::control::message::VERSION,
+            protocol_accepts: (
+                crate::control::message::MIN_ACCEPTED,
+                crate::control::message::MAX_ACCEPTED,
+            ),
+            state_format: crate::control::STATE_FORMAT,
+            refused_versions: st
+                .refused_versions
+                .iter()
+                .map(|r| RefusedVersionLine {
+                    from: r.from,
+                    version: r.version,
+                    datagrams: r.datagrams,
+                    ago_secs: r.ago_secs,
+                })
+                .collect(),
         }
     }
 }
@@ -410,6 +451,18 @@ pub fn render_leases(report: &StatusReport) -> String {
             "  gossip     {} alive, {} suspect, {} dead ({} deaths seen); {} datagrams dropped",
             c.alive, c.suspect, c.dead, c.peer_deaths, c.gossip_dropped
         );
+        let _ = writeln!(
+            out,
+            "  protocol   gossip protocol {} (accepts {} to {}), lease.json format {}",
+            c.protocol, c.protocol_accepts.0, c.protocol_accepts.1, c.state_format
+        );
+        for r in &c.refused_versions {
+            let _ = writeln!(
+                out,
+                "  REFUSED    {} speaks gossip protocol {}, this node speaks gossip protocol {} (accepts {} to {}): {} datagrams, last {}s ago; upgrade one version at a time",
+                r.from, r.version, c.protocol, c.protocol_accepts.0, c.protocol_accepts.1, r.datagrams, r.ago_secs
+            );
+        }
         let rejected: u64 = c.gossip_rejected.values().sum();
         let why: Vec<String> = c
             .gossip_rejected
@@ -615,6 +668,7 @@ mod tests {
             state_error: None,
             auth_keys: vec![],
             rejected: Default::default(),
+            refused_versions: vec![],
             traffic: Default::default(),
         };
         let control = ControlReport::from_status(&st, 256, 3);

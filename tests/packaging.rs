@@ -57,9 +57,31 @@ fn kubernetes_manifest_has_the_expected_objects_and_valid_args() {
     .unwrap();
     let docs = YamlLoader::load_from_str(&text).expect("valid YAML");
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
-    assert_eq!(kinds, ["ServiceAccount", "ConfigMap", "DaemonSet"]);
-    let config_map = &docs[1];
-    let ds = &docs[2];
+    assert_eq!(
+        kinds,
+        ["Namespace", "ServiceAccount", "ConfigMap", "DaemonSet"]
+    );
+    assert_eq!(
+        docs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].as_str(),
+        Some("privileged"),
+        "host network, NET_ADMIN and hostPath need the privileged Pod Security level"
+    );
+    assert_eq!(
+        docs[1]["automountServiceAccountToken"].as_bool(),
+        Some(false),
+        "overlayd never calls the API: no token"
+    );
+    let config_map = &docs[2];
+    let ds = &docs[3];
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["automountServiceAccountToken"].as_bool(),
+        Some(false)
+    );
+    // Founding is by agreement now: no word of a founding node that must come first.
+    assert!(
+        !text.contains("founding node first") && !text.contains("first node listed founds"),
+        "the manifest still describes founding by the first seed"
+    );
     assert_eq!(ds["apiVersion"].as_str(), Some("apps/v1"));
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"].as_bool(), Some(true));
@@ -135,6 +157,88 @@ fn kubernetes_manifest_has_the_expected_objects_and_valid_args() {
         "OVERLAYD_METRICS_ADDR",
     ] {
         assert!(env.contains(&var), "missing env {var}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kubernetes_uninstall_manifest_parses_and_reaches_what_the_daemon_wrote() {
+    use yaml_rust2::YamlLoader;
+    let read = |f: &str| {
+        std::fs::read_to_string(format!(
+            "{}/config/kubernetes/{f}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let daemon_docs = YamlLoader::load_from_str(&read("overlayd.yaml")).unwrap();
+    let docs = YamlLoader::load_from_str(&read("overlayd-uninstall.yaml")).unwrap();
+    let ds = &docs[0];
+    assert_eq!(ds["kind"].as_str(), Some("DaemonSet"));
+    let daemon_ds = &daemon_docs[3];
+    assert_eq!(
+        ds["metadata"]["namespace"].as_str(),
+        daemon_ds["metadata"]["namespace"].as_str(),
+        "it reads the daemon's ConfigMap, so it lives in the daemon's namespace"
+    );
+    let host_paths = |ds: &yaml_rust2::Yaml| -> Vec<(String, String)> {
+        let pod = &ds["spec"]["template"]["spec"];
+        let volumes = pod["volumes"].as_vec().unwrap();
+        let mut out = Vec::new();
+        for m in pod["containers"][0]["volumeMounts"].as_vec().unwrap() {
+            let v = volumes
+                .iter()
+                .find(|v| v["name"].as_str() == m["name"].as_str())
+                .expect("every mount has a volume");
+            if let Some(p) = v["hostPath"]["path"].as_str() {
+                out.push((m["mountPath"].as_str().unwrap().into(), p.into()));
+            }
+        }
+        out
+    };
+    let theirs = host_paths(daemon_ds);
+    let ours = host_paths(ds);
+    for pair in &theirs {
+        if pair.0 == "/dev/net/tun" {
+            continue;
+        }
+        assert!(ours.contains(pair), "uninstall does not mount {pair:?}");
+    }
+    let dir = std::env::temp_dir().join(format!("overlayd-k8s-u-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml_path = dir.join("overlayd.toml");
+    std::fs::write(
+        &toml_path,
+        daemon_docs[2]["data"]["overlayd.toml"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mut argv = vec!["overlayd".to_string()];
+    for arg in ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_vec()
+        .unwrap()
+    {
+        argv.push(
+            arg.as_str()
+                .unwrap()
+                .replace("/etc/overlayd/overlayd.toml", toml_path.to_str().unwrap()),
+        );
+    }
+    let cli = overlayd::config::parse_from(argv)
+        .unwrap_or_else(|e| panic!("uninstall args do not parse: {e}"));
+    match cli.command {
+        Some(overlayd::config::Command::Uninstall { wait, daemon }) => {
+            assert!(wait, "a DaemonSet's pod must not exit");
+            assert_eq!(
+                daemon.cni_bin_dir,
+                std::path::PathBuf::from("/host/opt/cni/bin")
+            );
+            assert_eq!(
+                daemon.cluster_cidr.primary.to_string(),
+                "10.244.0.0/16",
+                "the ConfigMap's cluster_cidr is merged"
+            );
+        }
+        other => panic!("not an uninstall: {other:?}"),
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

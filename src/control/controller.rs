@@ -19,9 +19,9 @@ use super::founding::{
 };
 use super::lease::{Lease, LeaseConfig, LeaseEvent, LeaseState, LeaseTransmit};
 use super::membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
-use super::message::{self, Datagram, LeaseDatagram, LeaseMsg, Owned};
+use super::message::{self, Datagram, LeaseDatagram, LeaseMsg, Owned, WireError};
 use super::meta::NodeMeta;
-use super::report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status};
+use super::report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status, VersionRefusal};
 
 /// An event for the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,15 @@ pub enum Event {
         /// Why.
         reason: Reject,
     },
+    /// An authenticated peer speaks a gossip protocol version this build cannot
+    /// talk to. Reported at most once per [`REJECT_LOG_INTERVAL`] per sender; every
+    /// datagram is counted in [`Status::refused_versions`].
+    VersionRefused {
+        /// The sender.
+        from: SocketAddr,
+        /// The version it speaks.
+        version: u8,
+    },
     /// [`REJECT_LOG_BUDGET`] rejections were reported in this interval: further ones
     /// are counted but not reported until it ends (many, or spoofed, sources).
     RejectReportsPaused,
@@ -82,6 +91,17 @@ pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 pub const REJECT_LOG_BUDGET: u32 = 20;
 /// Senders whose last report is remembered; the table is cleared when full.
 const REJECT_LOG_SOURCES: usize = 1024;
+/// Senders of a version we cannot accept that status lists; the oldest goes first.
+const REFUSED_SOURCES: usize = 64;
+
+/// What the controller remembers of a sender of a version it cannot accept.
+#[derive(Debug, Clone)]
+struct Refused {
+    version: u8,
+    datagrams: u64,
+    last: Instant,
+    reported: Option<Instant>,
+}
 
 /// Settings of one [`Controller`].
 #[derive(Debug, Clone)]
@@ -217,6 +237,9 @@ pub struct Controller {
     wall: WallClock,
     reported: HashMap<IpAddr, Instant>,
     report_budget: ReportBudget,
+    /// Authenticated senders of a protocol version we cannot accept, newest first
+    /// kept (at most [`REFUSED_SOURCES`]).
+    refused: HashMap<SocketAddr, Refused>,
     alone_since: Option<Instant>,
     silent_reported: Option<Instant>,
 }
@@ -324,6 +347,7 @@ impl Controller {
             },
             reported: HashMap::new(),
             report_budget: ReportBudget::new(now),
+            refused: HashMap::new(),
             alone_since: Some(now),
             silent_reported: None,
         })
@@ -358,11 +382,18 @@ impl Controller {
     /// Handles one datagram received on the gossip socket.
     pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
         let frame = message::parse_frame(data);
-        if frame.is_ok() {
+        // The auth field does not depend on the version, so a datagram of a version
+        // we cannot read is still checked: only a holder of the cluster key is
+        // reported as a peer of another version.
+        if matches!(frame, Ok(_) | Err(WireError::BadVersion(_))) {
             if let Err(reason) = self.auth.open(data, self.wall_ms(now), now) {
                 self.report(from, reason, now);
                 return;
             }
+        }
+        if let Err(WireError::BadVersion(version)) = frame {
+            self.refuse_version(from, version, now);
+            return;
         }
         match frame {
             Ok((message::Kind::Membership, body)) => {
@@ -409,6 +440,36 @@ impl Controller {
         self.events.push_back(Event::Rejected { from, reason });
         if paused {
             self.events.push_back(Event::RejectReportsPaused);
+        }
+    }
+
+    fn refuse_version(&mut self, from: SocketAddr, version: u8, now: Instant) {
+        if !self.refused.contains_key(&from) && self.refused.len() >= REFUSED_SOURCES {
+            let oldest = self
+                .refused
+                .iter()
+                .min_by_key(|(_, r)| r.last)
+                .map(|(a, _)| *a);
+            if let Some(a) = oldest {
+                self.refused.remove(&a);
+            }
+        }
+        let r = self.refused.entry(from).or_insert(Refused {
+            version,
+            datagrams: 0,
+            last: now,
+            reported: None,
+        });
+        r.version = version;
+        r.datagrams += 1;
+        r.last = now;
+        let due = r
+            .reported
+            .is_none_or(|t| now.saturating_duration_since(t) >= REJECT_LOG_INTERVAL);
+        if due {
+            r.reported = Some(now);
+            self.events
+                .push_back(Event::VersionRefused { from, version });
         }
     }
 
@@ -916,6 +977,20 @@ impl Controller {
             auth_keys: self.auth.key_ids(),
             rejected: self.auth.rejected(),
             traffic: GossipTraffic::default(),
+            refused_versions: {
+                let mut v: Vec<VersionRefusal> = self
+                    .refused
+                    .iter()
+                    .map(|(from, r)| VersionRefusal {
+                        from: *from,
+                        version: r.version,
+                        datagrams: r.datagrams,
+                        ago_secs: now.saturating_duration_since(r.last).as_secs(),
+                    })
+                    .collect();
+                v.sort_by_key(|r| r.from);
+                v
+            },
         }
     }
 
@@ -1062,6 +1137,80 @@ mod tests {
         assert_eq!(n.dropped(), 0);
         n.handle_datagram(from, &data, now + REJECT_LOG_INTERVAL);
         assert!(matches!(n.poll_event(), Some(Event::Rejected { .. })));
+    }
+
+    /// A cluster member of a version we cannot accept is refused by name, counted,
+    /// and reported once per interval; one of an adjacent version is not refused;
+    /// a datagram of a foreign version without the cluster key is only a rejection.
+    #[test]
+    fn member_of_an_unacceptable_version_is_refused_and_shown() {
+        let now = Instant::now();
+        let key = "cluster key for the unit test";
+        let mut n = node();
+        n.set_keys(Some(KeySet::parse(key).unwrap()));
+        n.set_wall_clock(now, 1_000_000);
+        let mut peer =
+            crate::control::auth::Authenticator::new(Some(KeySet::parse(key).unwrap()), 7);
+        let framed = |peer: &mut crate::control::auth::Authenticator, version: u8| {
+            let mut f = Vec::new();
+            message::emit_frame_header(message::Kind::Membership, &mut f);
+            f[4] = version;
+            f.extend_from_slice(b"body of a newer protocol");
+            peer.seal(f, 1_000_000)
+        };
+        let from: SocketAddr = "10.0.0.9:7946".parse().unwrap();
+        let far = message::MAX_ACCEPTED + 7;
+        for _ in 0..3 {
+            let d = framed(&mut peer, far);
+            n.handle_datagram(from, &d, now);
+        }
+        let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+        assert_eq!(events, vec![Event::VersionRefused { from, version: far }]);
+        let st = n.status(now + Duration::from_secs(2));
+        assert_eq!(
+            st.refused_versions,
+            vec![VersionRefusal {
+                from,
+                version: far,
+                datagrams: 3,
+                ago_secs: 2
+            }]
+        );
+        assert_eq!(
+            st.dropped, 0,
+            "refusals are counted apart from malformed datagrams"
+        );
+        // Reported again after the interval.
+        let d = framed(&mut peer, far);
+        n.handle_datagram(from, &d, now + REJECT_LOG_INTERVAL);
+        assert!(matches!(n.poll_event(), Some(Event::VersionRefused { .. })));
+        // The next version is accepted: not refused (its body is then parsed as ours).
+        let other: SocketAddr = "10.0.0.10:7946".parse().unwrap();
+        let d = framed(&mut peer, message::MAX_ACCEPTED);
+        n.handle_datagram(other, &d, now);
+        assert!(n
+            .status(now)
+            .refused_versions
+            .iter()
+            .all(|r| r.from != other));
+        // Without the cluster key: a rejection, and no refusal to show.
+        let mut stranger = crate::control::auth::Authenticator::new(
+            Some(KeySet::parse("another cluster's key").unwrap()),
+            8,
+        );
+        let stranger_addr: SocketAddr = "10.0.0.11:7946".parse().unwrap();
+        let d = framed(&mut stranger, far);
+        n.handle_datagram(stranger_addr, &d, now);
+        let events: Vec<_> = std::iter::from_fn(|| n.poll_event()).collect();
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Rejected { .. })),
+            "{events:?}"
+        );
+        assert!(n
+            .status(now)
+            .refused_versions
+            .iter()
+            .all(|r| r.from != stranger_addr));
     }
 
     #[test]

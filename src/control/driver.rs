@@ -21,9 +21,9 @@ use super::controller::{
     Controller, ControllerConfig, Event, REJECT_LOG_BUDGET, REJECT_LOG_INTERVAL,
 };
 use super::error::Error;
-use super::lease::{LeaseConfig, LeaseEvent, LeaseState};
+use super::lease::{LeaseConfig, LeaseEvent, LeaseState, STATE_FORMAT};
 use super::membership::MembershipConfig;
-use super::message::MAX_DATAGRAM;
+use super::message::{self, MAX_DATAGRAM};
 use super::meta::{NodeMeta, WgIdentity};
 use super::report::{GossipTraffic, LeaseWait, PeerInfo, Status};
 use super::subnet::subnet_of;
@@ -570,6 +570,18 @@ impl<T: Transport> Driver<T> {
                         REJECT_LOG_INTERVAL.as_secs()
                     );
                 }
+                Event::VersionRefused { from, version } => {
+                    tracing::warn!(
+                        %from,
+                        peer_version = version,
+                        version = message::VERSION,
+                        "refusing gossip from {from}: it speaks gossip protocol {version}, this node speaks gossip protocol {} (accepts {} to {}); this node keeps serving its own pods. Upgrade one version at a time (repeats from this address are not logged for {} s)",
+                        message::VERSION,
+                        message::MIN_ACCEPTED,
+                        message::MAX_ACCEPTED,
+                        REJECT_LOG_INTERVAL.as_secs()
+                    );
+                }
                 Event::RejectReportsPaused => {
                     tracing::warn!(
                         "{} rejected gossip senders logged in {} s: rejections from further addresses are counted in overlayd_gossip_rejected_total, not logged, until the interval ends",
@@ -634,6 +646,24 @@ pub fn load_state(path: &Path) -> Result<Option<LeaseState>, Error> {
                 path: path.to_owned(),
                 source,
             };
+            // The format is read first, alone, so a newer file is refused by name
+            // even where its other fields would not parse.
+            #[derive(serde::Deserialize)]
+            struct Format {
+                #[serde(default)]
+                format: Option<u32>,
+            }
+            let format = serde_json::from_slice::<Format>(&bytes)
+                .map_err(corrupt)?
+                .format
+                .unwrap_or(1);
+            if format > STATE_FORMAT {
+                return Err(Error::StateFormat {
+                    path: path.to_owned(),
+                    found: format,
+                    supported: STATE_FORMAT,
+                });
+            }
             let st: LeaseState = serde_json::from_slice(&bytes).map_err(corrupt)?;
             // Every start increments `boot`; at the last value it would wrap, and beat
             // sequence numbers of two boots would collide.
@@ -661,7 +691,15 @@ pub fn save_state(path: &Path, st: &LeaseState) -> Result<(), Error> {
         path: path.to_owned(),
         source,
     };
-    let bytes = serde_json::to_vec_pretty(st).map_err(|e| err(std::io::Error::other(e)))?;
+    let bytes = if st.format == STATE_FORMAT {
+        serde_json::to_vec_pretty(st)
+    } else {
+        serde_json::to_vec_pretty(&LeaseState {
+            format: STATE_FORMAT,
+            ..st.clone()
+        })
+    }
+    .map_err(|e| err(std::io::Error::other(e)))?;
     write_atomic(path, &bytes, 0o600, 0o700).map_err(err)
 }
 

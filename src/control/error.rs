@@ -50,6 +50,17 @@ pub enum Error {
         /// The cause.
         source: serde_json::Error,
     },
+    /// The lease state file was written by a newer overlayd in a format this one
+    /// cannot read.
+    #[error("lease state file {path} has format {found}, and this overlayd reads formats up to {supported}: it was written by a newer overlayd. Run that version (or newer) again; a downgrade across a state format is not supported")]
+    StateFormat {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The format found.
+        found: u32,
+        /// The newest format this build reads.
+        supported: u32,
+    },
     /// The gossip socket failed.
     #[error("gossip socket on {addr}: {source}")]
     Socket {

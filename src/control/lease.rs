@@ -91,9 +91,21 @@ pub struct PendingGrant {
     pub after_version: u64,
 }
 
+/// The format of the persisted [`LeaseState`] this build writes. A newer format is
+/// refused on load, by name, rather than misread.
+pub const STATE_FORMAT: u32 = 1;
+
+fn first_format() -> u32 {
+    1
+}
+
 /// Everything the lease state machine persists under `--state-dir`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct LeaseState {
+    /// The file format ([`STATE_FORMAT`]). Files written before it existed have
+    /// none and are format 1.
+    #[serde(default = "first_format")]
+    pub format: u32,
     /// Incremented each time this node learns it was reclaimed.
     pub epoch: u64,
     /// Incremented on every start; makes beat sequence numbers unique.

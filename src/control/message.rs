@@ -7,7 +7,7 @@
 //!  0       4       5       6       7
 //! +-------+-------+-------+-------+----------------+----------------------+
 //! | magic | ver   | kind  | alen  | auth (alen B)  | body                 |
-//! | OVLD  | 1     | 1|2   | 0|44  | cluster key    | membership or lease  |
+//! | OVLD  | V     | 1|2   | 0|44  | cluster key    | membership or lease  |
 //! +-------+-------+-------+-------+----------------+----------------------+
 //! ```
 //!
@@ -15,7 +15,10 @@
 //! [`meta::MetaCodec`](super::meta::MetaCodec); `kind` 2 carries a
 //! [`LeaseDatagram`]. `alen` is 0 without a cluster key and 44 with one: the auth field
 //! ([`auth`](super::auth)) holds the key id, timestamp, session, counter and tag, and
-//! is checked before the body is parsed. Parsing never panics: a datagram that is
+//! is checked before the body is parsed. `ver` is the gossip protocol version of the
+//! sender: a node accepts its own version and the adjacent ones
+//! ([`MIN_ACCEPTED`]..=[`MAX_ACCEPTED`]), so version N and N+1 run in one cluster
+//! during a rolling upgrade (docs/kubernetes.md, "Upgrades"). Parsing never panics: a datagram that is
 //! too short, too long, or inconsistent returns a [`WireError`], and the caller counts
 //! and drops it.
 
@@ -28,8 +31,29 @@ use super::founding::{Accepted, Ballot, Founder, FoundingMsg, InitialSet};
 
 /// First four bytes of every overlayd gossip datagram.
 pub const MAGIC: [u8; 4] = *b"OVLD";
-/// The framing version this code emits and accepts.
-pub const VERSION: u8 = 1;
+/// The gossip protocol version this build speaks and emits.
+///
+/// The contract between releases: version N+1 changes the wire only in ways that N
+/// already parses or drops and counts, so N and N+1 run in one cluster; a change N
+/// could misread skips a number, so both sides refuse each other by name instead.
+/// The `wire-next` and `wire-skew` features build the next and an incompatible
+/// version for the upgrade and version-skew tests.
+pub const VERSION: u8 = if cfg!(feature = "wire-skew") {
+    9
+} else if cfg!(feature = "wire-next") {
+    2
+} else {
+    1
+};
+/// The oldest peer version this build accepts: the previous one.
+pub const MIN_ACCEPTED: u8 = if VERSION > 1 { VERSION - 1 } else { 1 };
+/// The newest peer version this build accepts: the next one.
+pub const MAX_ACCEPTED: u8 = VERSION + 1;
+
+/// Whether a peer speaking gossip protocol `version` can be talked to.
+pub fn accepts(version: u8) -> bool {
+    (MIN_ACCEPTED..=MAX_ACCEPTED).contains(&version)
+}
 /// Datagrams longer than this are dropped before parsing.
 pub const MAX_DATAGRAM: usize = 16 * 1024;
 /// Length of the fixed part of the header (magic, version, kind, auth length).
@@ -44,7 +68,7 @@ pub enum WireError {
     /// The datagram does not start with [`MAGIC`].
     #[error("bad magic number")]
     BadMagic,
-    /// The version byte is not [`VERSION`].
+    /// The version byte is outside [`MIN_ACCEPTED`]..=[`MAX_ACCEPTED`].
     #[error("unsupported protocol version {0}")]
     BadVersion(u8),
     /// The kind byte or a message tag is unknown.
@@ -78,7 +102,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<(Kind, &[u8]), WireError> {
     if buf[..4] != MAGIC {
         return Err(WireError::BadMagic);
     }
-    if buf[4] != VERSION {
+    if !accepts(buf[4]) {
         return Err(WireError::BadVersion(buf[4]));
     }
     let kind = match buf[5] {
@@ -669,6 +693,26 @@ impl LeaseDatagram {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn adjacent_versions_are_accepted_and_others_refused_by_number() {
+        let frame = |v: u8| {
+            let mut f = Vec::new();
+            emit_frame_header(Kind::Lease, &mut f);
+            f[4] = v;
+            f
+        };
+        assert_eq!(frame(VERSION)[4], VERSION, "we emit our own version");
+        for v in [VERSION, MIN_ACCEPTED, MAX_ACCEPTED] {
+            assert_eq!(parse_frame(&frame(v)), Ok((Kind::Lease, &[][..])), "v{v}");
+        }
+        assert!(VERSION - MIN_ACCEPTED <= 1 && MAX_ACCEPTED - VERSION == 1);
+        for v in [0, MAX_ACCEPTED + 1, u8::MAX] {
+            if !(MIN_ACCEPTED..=MAX_ACCEPTED).contains(&v) {
+                assert_eq!(parse_frame(&frame(v)), Err(WireError::BadVersion(v)));
+            }
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -46,9 +46,9 @@ pub use controller::{
 };
 pub use error::Error;
 pub use founding::{Founder, FoundingState, FoundingWait, InitialSet};
-pub use lease::{Lease, LeaseConfig, LeaseEvent, LeaseState};
+pub use lease::{Lease, LeaseConfig, LeaseEvent, LeaseState, STATE_FORMAT};
 pub use membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
 pub use message::{Datagram, LeaseDatagram, LeaseMsg, WireError};
 pub use meta::{NodeMeta, WgIdentity};
-pub use report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status};
+pub use report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status, VersionRefusal};
 pub use subnet::{subnet_count, subnet_of};

@@ -175,6 +175,22 @@ pub struct Status {
     pub rejected: RejectCounters,
     /// Gossip datagrams and bytes sent and received (the driver fills this in).
     pub traffic: GossipTraffic,
+    /// Cluster members speaking a gossip protocol version we cannot accept.
+    pub refused_versions: Vec<VersionRefusal>,
+}
+
+/// A sender holding the cluster key whose gossip protocol version this build cannot
+/// talk to ([`super::message::accepts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRefusal {
+    /// Its gossip address.
+    pub from: SocketAddr,
+    /// The version it speaks.
+    pub version: u8,
+    /// Datagrams refused.
+    pub datagrams: u64,
+    /// Seconds since the last one came.
+    pub ago_secs: u64,
 }
 
 /// Gossip traffic counters of one node (UDP payload bytes).

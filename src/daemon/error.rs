@@ -34,6 +34,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// `overlayd uninstall` found the daemon still running.
+    #[error("overlayd is still running on this node (its socket {socket} answers): stop it first (kubectl delete -f overlayd.yaml, or systemctl stop overlayd), then uninstall; `overlayd leave` first hands its subnet back to the cluster")]
+    StillRunning {
+        /// The admin socket that answered.
+        socket: PathBuf,
+    },
     /// A state or runtime file could not be read or written.
     #[error("{what} {path}: {source}")]
     File {

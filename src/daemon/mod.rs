@@ -3,7 +3,7 @@
 //! [`run`] goes through named phases: check the flags and the cluster key, prepare
 //! the state dir (VTEP MAC), set up the host devices (bridge, forwarding, TUN and
 //! its route), start the dataplane, start the control plane (unless `--subnet` is
-//! fixed), serve the admin socket and metrics, install the CNI plugin if asked, then
+//! fixed), serve the admin socket and metrics, install the CNI plugin if asked (its conflist once the node has a subnet), then
 //! follow the lease and the peers until told to stop, and shut down. On shutdown the
 //! TUN (and with it the cluster route) goes away with the process; the bridge, its
 //! address and `node.json` stay, so pods keep their addresses across a restart.
@@ -16,6 +16,7 @@
 //! - [`gossip`]: the control driver, the lease feed and the control report.
 //! - [`keys`]: `--secret-file`, at start and on SIGHUP.
 //! - [`state`]: the state and run dirs and the VTEP MAC.
+//! - [`uninstall`]: `overlayd uninstall`, which removes all of the above from the host.
 
 pub mod dataplane;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod host;
 pub mod keys;
 pub mod peers;
 pub mod state;
+pub mod uninstall;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -148,7 +150,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         state_dir: args.state_dir.clone(),
     });
     let admin = serve_admin(&args, source.clone()).await?;
-    install_cni(&args)?;
+    let cni = install_cni_plugin(&args)?;
 
     tracing::info!(
         node = %node_name, advertise_addr = %underlay.advertise_addr, port = args.port,
@@ -167,6 +169,7 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         subnet_open: fixed_subnet.is_none(),
         stop: stop_rx,
         left: false,
+        cni,
     };
     let result = daemon.follow(shutdown).await;
     daemon.shut_down(stop_tx, admin, &netlink, &args).await;
@@ -261,12 +264,9 @@ async fn serve_admin(
     })
 }
 
-/// Installs the CNI plugin binary and conflist with `--install-cni`.
-fn install_cni(args: &DaemonArgs) -> Result<(), DaemonError> {
-    if !args.install_cni {
-        return Ok(());
-    }
-    let install = crate::cni_install::InstallCni {
+/// What `--install-cni` installs, from the flags.
+pub fn cni_install_of(args: &DaemonArgs) -> crate::cni_install::InstallCni {
+    crate::cni_install::InstallCni {
         plugin: args
             .cni_plugin
             .clone()
@@ -275,13 +275,31 @@ fn install_cni(args: &DaemonArgs) -> Result<(), DaemonError> {
         conf_dir: args.cni_conf_dir.clone(),
         conflist_name: args.cni_conflist.clone(),
         run_dir: args.run_dir.clone(),
-    };
-    let done = install.install()?;
+    }
+}
+
+/// With `--install-cni`, installs the plugin binary now; the conflist follows once
+/// the node has a subnet ([`Daemon::follow`]).
+fn install_cni_plugin(args: &DaemonArgs) -> Result<Option<CniInstall>, DaemonError> {
+    if !args.install_cni {
+        return Ok(None);
+    }
+    let install = cni_install_of(args);
+    let written = install.install_plugin()?;
     tracing::info!(
-        bin_dir = %install.bin_dir.display(), conf_dir = %install.conf_dir.display(),
-        binary_written = done.binary, conflist_written = done.conflist, "CNI plugin installed"
+        bin_dir = %install.bin_dir.display(), binary_written = written,
+        "CNI plugin installed; its conflist follows once this node has a subnet"
     );
-    Ok(())
+    Ok(Some(CniInstall {
+        install,
+        conflist: false,
+    }))
+}
+
+/// `--install-cni`, and whether the conflist is in place.
+struct CniInstall {
+    install: crate::cni_install::InstallCni,
+    conflist: bool,
 }
 
 /// The running daemon: what it follows and what it stops.
@@ -301,6 +319,8 @@ struct Daemon {
     stop: watch::Receiver<bool>,
     /// The node left the cluster (its dataplane goes with it).
     left: bool,
+    /// `--install-cni`: the conflist is written once the node has a subnet.
+    cni: Option<CniInstall>,
 }
 
 impl Daemon {
@@ -329,6 +349,16 @@ impl Daemon {
                 .unwrap_or_default();
             if let Some(fib) = self.table.update(subnet, &learned) {
                 self.dataplane.set_fib(Arc::new(fib));
+            }
+            if let (Some(cni), Some(subnet)) = (self.cni.as_mut(), subnet) {
+                if !cni.conflist {
+                    let written = cni.install.install_conflist()?;
+                    cni.conflist = true;
+                    tracing::info!(
+                        conflist = %cni.install.conflist_path().display(), written, %subnet,
+                        "CNI conflist installed: this node has a subnet, so the kubelet may send it pods"
+                    );
+                }
             }
             let control_done = async {
                 match self.gossip.as_mut() {
