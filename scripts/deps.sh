@@ -16,6 +16,8 @@ OVERLAYD_APT_PACKAGES=(
   util-linux          # nsenter
   g++                 # libFuzzer's C++ sources, for scripts/fuzz-smoke.sh
   wireguard-go wireguard-tools  # a plain WireGuard peer for the encrypted dataplane's interop test
+  containerd file     # scripts/image-check.sh: ctr images import; image.sh: is overlayd-cni static
+  musl-tools          # the musl linker wrapper, should overlayd-cni ever link C code
 )
 
 install_deps() {
@@ -32,6 +34,11 @@ install_deps() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
     exit 1
+  fi
+  # overlayd-cni is linked statically against musl (scripts/image.sh).
+  if command -v rustup >/dev/null 2>&1; then
+    rustup target list --installed | grep -qx x86_64-unknown-linux-musl ||
+      rustup target add x86_64-unknown-linux-musl
   fi
   # The vxlan module backs the kernel reference; a built-in or missing module is fine.
   modprobe vxlan 2>/dev/null || true

@@ -705,7 +705,7 @@ mod tests {
         for v in [VERSION, MIN_ACCEPTED, MAX_ACCEPTED] {
             assert_eq!(parse_frame(&frame(v)), Ok((Kind::Lease, &[][..])), "v{v}");
         }
-        assert!(VERSION - MIN_ACCEPTED <= 1 && MAX_ACCEPTED - VERSION == 1);
+        const { assert!(VERSION - MIN_ACCEPTED <= 1 && MAX_ACCEPTED - VERSION == 1) };
         for v in [0, MAX_ACCEPTED + 1, u8::MAX] {
             if !(MIN_ACCEPTED..=MAX_ACCEPTED).contains(&v) {
                 assert_eq!(parse_frame(&frame(v)), Err(WireError::BadVersion(v)));

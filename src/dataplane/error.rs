@@ -36,8 +36,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A sysctl could not be written.
-    #[error("sysctl {path}: {source}")]
+    /// A sysctl could not be written (in a container, /proc/sys is read-only unless
+    /// the container is privileged).
+    #[error("sysctl {path}: cannot write it: {source} (in an unprivileged container /proc/sys is read-only: set it on the host, e.g. net.ipv4.ip_forward=1 as Kubernetes requires of a node, or run the container privileged)")]
     Sysctl {
         /// The /proc/sys path.
         path: PathBuf,

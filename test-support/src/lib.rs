@@ -14,6 +14,8 @@
 //! - [`daemon`]: one overlayd daemon in a namespace, read through its typed status.
 //! - [`cluster`]: daemons on a shared underlay switch, each with a pod (the node harness).
 //! - [`cni`]: a stand-in overlayd host for the CNI plugin, and a tiny libcni.
+//! - [`kube`]: the Kubernetes manifests run from their pod templates with podman in
+//!   node namespaces, the image from `scripts/image.sh`, the installed plugin.
 //! - [`capture`]: an AF_PACKET capture of VXLAN datagrams that reads every GSO segment.
 //! - [`tools`]: iperf3, HTTP GET, ping output and hand-made VXLAN datagrams.
 //! - [`rng`]: seeded RNGs whose seed is printed and can be replayed.
@@ -30,6 +32,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod cni;
 pub mod daemon;
+pub mod kube;
 pub mod load;
 pub mod netns;
 pub mod process;
