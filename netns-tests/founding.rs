@@ -18,7 +18,7 @@ use overlayd_test_support::daemon::state_name;
 use overlayd_test_support::rand::seq::SliceRandom as _;
 use overlayd_test_support::rng::SeededRng;
 use overlayd_test_support::tools::http_get;
-use overlayd_test_support::{load, sh, wait_until};
+use overlayd_test_support::{load, sh, wait_until, workspace_bin};
 
 /// The daemon under test.
 const OVERLAYD: &str = env!("CARGO_BIN_EXE_overlayd");
@@ -249,6 +249,17 @@ fn d_a_node_whose_only_seed_is_down_says_so_and_founds_when_it_comes_up() {
     let cluster = TestCluster::new(OVERLAYD);
     let peers = [seeds(&[2]), seeds(&[1])];
     let mut nodes = vec![cluster.node(1), cluster.node(2)];
+    // n1 installs the CNI plugin: the binary at once, the conflist only once it has a
+    // subnet (the kubelet keeps a node without a conflist NotReady).
+    let cni_bin = cluster.dir().join("n1-cni-bin");
+    let cni_conf = cluster.dir().join("n1-cni-conf");
+    nodes[0].extra = vec![
+        "--install-cni".into(),
+        format!("--cni-plugin={}", workspace_bin("overlayd-cni").display()),
+        format!("--cni-bin-dir={}", cni_bin.display()),
+        format!("--cni-conf-dir={}", cni_conf.display()),
+    ];
+    let conflist = cni_conf.join("10-overlayd.conflist");
     nodes[0].launch(&peers[0]);
     // n1 knows only itself of its two initial peers: its lease line says so, naming
     // the seed it has not heard from, and /healthz gives the same reason.
@@ -278,12 +289,29 @@ fn d_a_node_whose_only_seed_is_down_says_so_and_founds_when_it_comes_up() {
         status.control.and_then(|c| c.waiting).as_deref(),
         Some(expected.as_str())
     );
+    assert!(
+        cni_bin.join("overlayd-cni").is_file(),
+        "{label}: the plugin is installed at start"
+    );
+    assert!(
+        !conflist.exists(),
+        "{label}: the conflist was written before n1 had a subnet"
+    );
     // The seed comes up: both found one cluster.
     nodes[1].launch(&peers[1]);
     let last_start = Instant::now();
     let (before, _) = one_cluster(label, &nodes, last_start);
+    assert!(
+        wait_until(Duration::from_secs(10), || conflist.is_file()),
+        "{label}: no conflist once n1 has a subnet\n{}",
+        logs(&nodes[..1])
+    );
     full_mesh(label, &mut nodes);
     kill_all_and_restart(label, &mut nodes, &peers, &before);
+    assert!(
+        conflist.is_file() && cni_bin.join("overlayd-cni").is_file(),
+        "{label}: a restart removed the conflist or the plugin"
+    );
 }
 
 /// Drops UDP to the gossip port inside `node`'s namespace (nftables), until
