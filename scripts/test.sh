@@ -14,6 +14,12 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "==> fuzz smoke run (scripts/fuzz-smoke.sh)"
 ./scripts/fuzz-smoke.sh
+echo "==> the image (scripts/image-check.sh): built twice to the same digest, loaded by podman and containerd"
+# A script step, not a cargo test: it builds the image the netns_kubernetes tests run.
+set +e
+./scripts/image-check.sh
+image_status=$?
+set -e
 echo "==> cargo test (release, netns tests included)"
 # --no-fail-fast: a failing test binary never stops the ones after it, so the summary
 # below counts every test of every binary.
@@ -45,5 +51,12 @@ if [ "$failed" -gt 0 ] && [ "$status" -eq 0 ]; then
   status=1
 fi
 # The closing line alone, in the plain form CI reads ('N passed, N failed, N skipped').
+if [ "$image_status" -eq 0 ]; then
+  passed=$((passed + 1))
+else
+  echo "scripts/image-check.sh failed (exit status ${image_status})" >&2
+  failed=$((failed + 1))
+  status=1
+fi
 echo "tests: ${passed} passed, ${failed} failed, ${ignored} skipped"
 exit "$status"

@@ -80,7 +80,7 @@ async fn uninstall(daemon: &overlayd::config::DaemonArgs, wait: bool) -> ExitCod
             }
             tracing::info!(
                 removed = removed.len(),
-                "overlayd is uninstalled from this node (nothing of it is left but empty mount-point dirs, the plugin's IPAM dir and its log file)"
+                "overlayd is uninstalled from this node (left: empty mount-point dirs, the plugin's IPAM dir and log file, and its iptables masquerade rule on a host without nft)"
             );
             if wait {
                 tracing::info!("waiting to be stopped (--wait)");

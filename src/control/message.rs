@@ -36,19 +36,40 @@ pub const MAGIC: [u8; 4] = *b"OVLD";
 /// The contract between releases: version N+1 changes the wire only in ways that N
 /// already parses or drops and counts, so N and N+1 run in one cluster; a change N
 /// could misread skips a number, so both sides refuse each other by name instead.
-/// The `wire-next` and `wire-skew` features build the next and an incompatible
-/// version for the upgrade and version-skew tests.
-pub const VERSION: u8 = if cfg!(feature = "wire-skew") {
-    9
-} else if cfg!(feature = "wire-next") {
-    2
-} else {
-    1
-};
+/// A test build sets it with `OVERLAYD_WIRE_VERSION=N` in cargo's environment (the
+/// upgrade and version-skew tests build images of versions 2 and 9 so): a build
+/// variable, not a feature, because `--all-features` must not change what a
+/// build speaks.
+pub const VERSION: u8 = wire_version(option_env!("OVERLAYD_WIRE_VERSION"));
+
+/// Version 1, or the build's `OVERLAYD_WIRE_VERSION` (1 to 254; anything else fails
+/// the build).
+const fn wire_version(var: Option<&str>) -> u8 {
+    let Some(s) = var else { return 1 };
+    let b = s.as_bytes();
+    assert!(!b.is_empty(), "OVERLAYD_WIRE_VERSION is empty");
+    let mut v: u32 = 0;
+    let mut i = 0;
+    while i < b.len() {
+        assert!(
+            b[i].is_ascii_digit(),
+            "OVERLAYD_WIRE_VERSION is not a number"
+        );
+        v = v * 10 + (b[i] - b'0') as u32;
+        assert!(v < 255, "OVERLAYD_WIRE_VERSION must be 1 to 254");
+        i += 1;
+    }
+    assert!(v >= 1, "OVERLAYD_WIRE_VERSION must be 1 to 254");
+    v as u8
+}
 /// The oldest peer version this build accepts: the previous one.
 pub const MIN_ACCEPTED: u8 = if VERSION > 1 { VERSION - 1 } else { 1 };
 /// The newest peer version this build accepts: the next one.
 pub const MAX_ACCEPTED: u8 = VERSION + 1;
+
+// The window is one version each way (version 1 has no predecessor).
+const _: () = assert!(MAX_ACCEPTED == VERSION + 1);
+const _: () = assert!(VERSION == 1 || MIN_ACCEPTED == VERSION - 1);
 
 /// Whether a peer speaking gossip protocol `version` can be talked to.
 pub fn accepts(version: u8) -> bool {
@@ -705,7 +726,6 @@ mod tests {
         for v in [VERSION, MIN_ACCEPTED, MAX_ACCEPTED] {
             assert_eq!(parse_frame(&frame(v)), Ok((Kind::Lease, &[][..])), "v{v}");
         }
-        const { assert!(VERSION - MIN_ACCEPTED <= 1 && MAX_ACCEPTED - VERSION == 1) };
         for v in [0, MAX_ACCEPTED + 1, u8::MAX] {
             if !(MIN_ACCEPTED..=MAX_ACCEPTED).contains(&v) {
                 assert_eq!(parse_frame(&frame(v)), Err(WireError::BadVersion(v)));

@@ -35,7 +35,7 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     /// `overlayd uninstall` found the daemon still running.
-    #[error("overlayd is still running on this node (its socket {socket} answers): stop it first (kubectl delete -f overlayd.yaml, or systemctl stop overlayd), then uninstall; `overlayd leave` first hands its subnet back to the cluster")]
+    #[error("overlayd is still running on this node (its socket {socket} answers): stop it first (kubectl -n overlayd delete daemonset overlayd, or systemctl stop overlayd), then uninstall; `overlayd leave` first hands its subnet back to the cluster")]
     StillRunning {
         /// The admin socket that answered.
         socket: PathBuf,

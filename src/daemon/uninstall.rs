@@ -6,7 +6,8 @@
 //! In order: the CNI conflist (the kubelet stops sending pods here) and the plugin;
 //! the kernel dataplane (vxlan device with its entries, the unreachable routes of the
 //! cluster CIDRs, the nftables table); the TUN and the bridge (with their routes and
-//! addresses); then the files in `--run-dir` and `--state-dir` (node.json, the lease,
+//! addresses); the CNI plugin's masquerade tables (nftables; an iptables-only host
+//! keeps its rule); then the files in `--run-dir` and `--state-dir` (node.json, the lease,
 //! the VTEP MAC, the WireGuard key). The directories themselves stay when they are
 //! mount points (a DaemonSet's hostPath volumes). It leaves the plugin's IPAM store
 //! (`dataDir` in the conflist) and its log file, which the daemon never mounts.
@@ -15,10 +16,13 @@
 use std::path::Path;
 
 use crate::config::DaemonArgs;
-use crate::dataplane::kernel::KernelDriver;
+use crate::dataplane::kernel::{nft, KernelDriver};
 use crate::dataplane::netlink::Netlink;
 
 use super::error::{file_err, DaemonError};
+
+/// The CNI plugin's masquerade table (`overlayd-cni`'s `masq` module).
+const MASQ_TABLE: &str = "overlayd-cni";
 
 /// Removes overlayd from this host; returns a line per thing removed.
 pub async fn uninstall(args: &DaemonArgs) -> Result<Vec<String>, DaemonError> {
@@ -41,6 +45,15 @@ pub async fn uninstall(args: &DaemonArgs) -> Result<Vec<String>, DaemonError> {
     for (name, kind) in [(&args.tun, "tun"), (&args.bridge, "bridge")] {
         if netlink.delete_link_of_kind(name, kind).await? {
             removed.push(format!("{kind} device {name}"));
+        }
+    }
+    // The plugin's masquerade rules (`ipMasq` in the conflist), one table per family.
+    for family in ["ip", "ip6"] {
+        let gone = tokio::task::spawn_blocking(move || nft::delete_table(family, MASQ_TABLE))
+            .await
+            .map_err(|e| crate::dataplane::Error::Host(format!("nft task: {e}")))??;
+        if gone {
+            removed.push(format!("nftables table {family} {MASQ_TABLE}"));
         }
     }
     for dir in [&args.run_dir, &args.state_dir] {

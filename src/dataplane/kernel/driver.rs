@@ -83,7 +83,18 @@ impl KernelDriver {
     ) -> Result<KernelDriver, Error> {
         let index = netlink.ensure_vxlan(&config.spec).await?;
         if config.cluster_cidrs.iter().all(|c| c.addr().is_ipv4()) {
-            disable_ipv6(&config.spec.name)?;
+            match disable_ipv6(&config.spec.name) {
+                Ok(()) => {}
+                // An unprivileged container (the DaemonSet) has /proc/sys read-only.
+                Err(Error::Sysctl { source, .. }) if source.raw_os_error() == Some(libc::EROFS) => {
+                    tracing::warn!(
+                        device = %config.spec.name,
+                        "cannot turn IPv6 off on {}: /proc/sys is read-only here (an unprivileged container); the device keeps an IPv6 link-local address, whose solicitations it has no flood entry to send",
+                        config.spec.name
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut p = Programmer {
             netlink,

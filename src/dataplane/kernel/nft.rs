@@ -67,8 +67,23 @@ pub fn counters() -> Result<Counters, Error> {
 
 /// Whether table `inet overlayd` exists (false also when nft cannot run).
 pub fn table_exists() -> bool {
+    has_table("inet", TABLE)
+}
+
+/// Deletes table `name` of `family` if it exists; true if it did (`overlayd
+/// uninstall`, for the CNI plugin's masquerade tables).
+pub fn delete_table(family: &str, name: &str) -> Result<bool, Error> {
+    if !has_table(family, name) {
+        return Ok(false);
+    }
+    apply(&format!("delete table {family} {name}\n"))?;
+    Ok(true)
+}
+
+/// Whether table `name` of `family` exists (false also when nft cannot run).
+fn has_table(family: &str, name: &str) -> bool {
     nft()
-        .args(["list", "table", "inet", TABLE])
+        .args(["list", "table", family, name])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
