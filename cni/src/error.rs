@@ -125,6 +125,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A reservation file of the IPAM store does not parse, or an owner cannot be
+    /// written in the store's format.
+    #[error("IPAM store {}: {source}", path.display())]
+    StoreRecord {
+        /// The reservation file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: overlayd_node_info::pods::RecordError,
+    },
     /// The delegated IPAM plugin returned a CNI error; its code is passed through.
     #[error("IPAM plugin {plugin} failed: {msg}")]
     Delegate {
@@ -165,7 +175,7 @@ impl Error {
             Error::AddressTaken { .. } => codes::ADDRESS_TAKEN,
             Error::AddressNotUsable { .. } => codes::ADDRESS_OUTSIDE_SUBNET,
             Error::SubnetFull { .. } => codes::SUBNET_FULL,
-            Error::Store { .. } => codes::STORE,
+            Error::Store { .. } | Error::StoreRecord { .. } => codes::STORE,
             Error::Delegate { code, .. } => *code,
             Error::DelegateExec { .. } => codes::DELEGATE,
             Error::Masq(_) => codes::MASQ,

@@ -1,8 +1,10 @@
 //! Built-in IPAM: allocation over the node subnet, stored under `dataDir`.
 //!
 //! The store is `<dataDir>/<network>/`: one file per reserved address (named by the
-//! address, holding `containerID\nifname\n`), a `last_reserved` cursor and a `lock`
-//! file. Every operation holds an exclusive `flock(2)` on `lock`, so concurrent plugin
+//! address, holding its [`Owner`]: `containerID\nifname\n`, then `KEY=VALUE` lines with
+//! the host veth, the creation time and the pod's identity; the format is
+//! `overlayd_node_info::pods`, which the daemon reads too), a `last_reserved` cursor and
+//! a `lock` file. Every operation holds an exclusive `flock(2)` on `lock`, so concurrent plugin
 //! processes serialize; the kernel drops the lock when a process dies, even if killed.
 //! The network, gateway and (IPv4) broadcast addresses are never handed out. A
 //! dual-stack attachment holds one address of each family; each family has its own
@@ -21,6 +23,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use overlayd_node_info::pods::{self, RecordError};
+pub use overlayd_node_info::pods::{Owner, PodIdentity};
 use rustix::fs::FlockOperation;
 
 use crate::error::{Error, Result};
@@ -84,15 +88,6 @@ pub fn next_free(
         .find(|&ip| ip != gateway && !taken(ip))
 }
 
-/// Who holds an address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    /// The container ID.
-    pub container_id: String,
-    /// The interface name.
-    pub ifname: String,
-}
-
 /// The on-disk store, locked for as long as this value lives.
 #[derive(Debug)]
 pub struct Store {
@@ -104,9 +99,24 @@ pub struct Store {
 impl Store {
     /// Opens (creating it if needed) the store of `network` and takes the exclusive lock.
     pub fn open(data_dir: &Path, network: &str) -> Result<Self> {
-        let dir = data_dir.join(network);
+        let dir = pods::store_dir(data_dir, network);
         fs::create_dir_all(&dir).map_err(|e| Error::store(&dir, e))?;
-        let lock_path = dir.join("lock");
+        Self::lock(dir)
+    }
+
+    /// Like [`Store::open`], but `None` if the store does not exist: a DEL of an
+    /// attachment this node never saw creates nothing.
+    pub fn open_existing(data_dir: &Path, network: &str) -> Result<Option<Self>> {
+        let dir = pods::store_dir(data_dir, network);
+        match fs::metadata(&dir) {
+            Ok(_) => Self::lock(dir).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::store(dir, e)),
+        }
+    }
+
+    fn lock(dir: PathBuf) -> Result<Self> {
+        let lock_path = dir.join(pods::LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -165,34 +175,32 @@ impl Store {
         self.dir.join(ip.to_string())
     }
 
-    /// The owner of `ip`, if reserved.
+    /// The owner of `ip`, if reserved; a reservation file that does not parse is an
+    /// error (code 104).
     pub fn owner(&self, ip: IpAddr) -> Result<Option<Owner>> {
         let path = self.ip_path(ip);
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(Some(parse_owner(&s))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::store(path, e)),
+        match pods::read_owner(&path) {
+            Ok(owner) => Ok(Some(owner)),
+            Err(RecordError::Io(io::ErrorKind::NotFound)) => Ok(None),
+            Err(source) => Err(Error::StoreRecord { path, source }),
         }
     }
 
-    /// Every reservation.
+    /// Every reservation whose file parses, and the number of files named like an
+    /// address (parsed or not): a malformed file keeps its address taken, with no known
+    /// owner, so no DEL or GC releases it and no ADD reuses it.
+    fn listing(&self) -> Result<(Vec<(IpAddr, Owner)>, usize)> {
+        let l = pods::list_dir(&self.dir).map_err(|e| Error::store(&self.dir, e))?;
+        let files = l.records.len() + l.malformed.len();
+        Ok((
+            l.records.into_iter().map(|r| (r.ip, r.owner)).collect(),
+            files,
+        ))
+    }
+
+    /// Every reservation whose file parses (see [`pods::list`]).
     pub fn list(&self) -> Result<Vec<(IpAddr, Owner)>> {
-        let mut out = Vec::new();
-        let entries = fs::read_dir(&self.dir).map_err(|e| Error::store(&self.dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::store(&self.dir, e))?;
-            let Some(ip) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<IpAddr>().ok())
-            else {
-                continue;
-            };
-            if let Some(owner) = self.owner(ip)? {
-                out.push((ip, owner));
-            }
-        }
-        Ok(out)
+        self.listing().map(|(records, _)| records)
     }
 
     /// The address reserved for this attachment in `subnet`, if any.
@@ -214,15 +222,19 @@ impl Store {
         }
     }
 
-    /// Reserves `ip` for the attachment; `Ok(false)` if it is already reserved. The
+    /// Reserves `ip` for `owner`; `Ok(false)` if it is already reserved. The
     /// reservation appears with its owner in it, or not at all.
-    pub fn reserve(&self, ip: IpAddr, container_id: &str, ifname: &str) -> Result<bool> {
+    pub fn reserve(&self, ip: IpAddr, owner: &Owner) -> Result<bool> {
         let path = self.ip_path(ip);
         if path.exists() {
             return Ok(false);
         }
+        let content = owner.emit().map_err(|source| Error::StoreRecord {
+            path: path.clone(),
+            source,
+        })?;
         let name = ip.to_string();
-        let tmp = self.write_temp(&name, format!("{container_id}\n{ifname}\n").as_bytes())?;
+        let tmp = self.write_temp(&name, content.as_bytes())?;
         faultpoint::stall("ipam-before-link");
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
@@ -271,17 +283,17 @@ impl Store {
         Ok(released)
     }
 
-    /// Allocates an address of `subnet` for the attachment: `requested` if given
-    /// (validated), otherwise the next free one. A retried ADD gets the address it
-    /// already holds in `subnet`.
+    /// Allocates an address of `subnet` for `owner` (the attachment is its container ID
+    /// and interface): `requested` if given (validated), otherwise the next free one. A
+    /// retried ADD gets the address it already holds in `subnet`, with its first record.
     pub fn allocate(
         &self,
         subnet: IpNet,
         gateway: IpAddr,
         requested: Option<IpAddr>,
-        container_id: &str,
-        ifname: &str,
+        owner: &Owner,
     ) -> Result<IpAddr> {
+        let (container_id, ifname) = (owner.container_id.as_str(), owner.ifname.as_str());
         if let Some(ip) = requested {
             if let Some(reason) = unusable_reason(subnet, gateway, ip) {
                 return Err(Error::AddressNotUsable {
@@ -290,36 +302,28 @@ impl Store {
                     reason,
                 });
             }
-            if self.reserve(ip, container_id, ifname)? {
+            if self.reserve(ip, owner)? {
                 return Ok(ip);
             }
-            let owner = self.owner(ip)?.map(|o| o.container_id).unwrap_or_default();
-            if owner == container_id {
+            let holder = self.owner(ip)?.map(|o| o.container_id).unwrap_or_default();
+            if holder == container_id {
                 return Ok(ip);
             }
-            return Err(Error::AddressTaken { ip, owner });
+            return Err(Error::AddressTaken { ip, owner: holder });
         }
         if let Some(ip) = self.find(container_id, ifname, subnet)? {
             return Ok(ip);
         }
         let mut last = self.last_reserved(subnet.addr().is_ipv4());
-        let held = self.list()?.len() as u128;
+        let held = self.listing()?.1 as u128;
         loop {
             let ip = next_free(subnet, gateway, last, held, |ip| self.ip_path(ip).exists())
                 .ok_or(Error::SubnetFull { subnet })?;
-            if self.reserve(ip, container_id, ifname)? {
+            if self.reserve(ip, owner)? {
                 return Ok(ip);
             }
             last = Some(ip);
         }
-    }
-}
-
-fn parse_owner(s: &str) -> Owner {
-    let mut lines = s.lines();
-    Owner {
-        container_id: lines.next().unwrap_or_default().to_owned(),
-        ifname: lines.next().unwrap_or_default().to_owned(),
     }
 }
 
@@ -328,6 +332,11 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    /// Container `c` on `eth0`, nothing else known.
+    fn o(c: &str) -> Owner {
+        Owner::new(c, "eth0")
+    }
 
     fn net() -> (IpNet, IpAddr) {
         ("10.244.1.0/29".parse().unwrap(), v4(1))
@@ -386,7 +395,7 @@ mod tests {
         for i in 0..5 {
             got.push(
                 store
-                    .allocate(subnet, gw, None, &format!("c{i}"), "eth0")
+                    .allocate(subnet, gw, None, &o(&format!("c{i}")))
                     .unwrap(),
             );
         }
@@ -395,29 +404,27 @@ mod tests {
         assert_eq!(got.len(), 5);
         // Retried ADD keeps its address.
         assert_eq!(
-            store.allocate(subnet, gw, None, "c0", "eth0").unwrap(),
+            store.allocate(subnet, gw, None, &o("c0")).unwrap(),
             store.find("c0", "eth0", subnet).unwrap().unwrap()
         );
-        let e = store.allocate(subnet, gw, None, "c9", "eth0").unwrap_err();
+        let e = store.allocate(subnet, gw, None, &o("c9")).unwrap_err();
         assert_eq!(e.code(), 103);
         assert!(e.to_string().contains("10.244.1.0/29"), "{e}");
         let held = store.find("c2", "eth0", subnet).unwrap().unwrap();
         let e = store
-            .allocate(subnet, gw, Some(held), "c9", "eth0")
+            .allocate(subnet, gw, Some(held), &o("c9"))
             .unwrap_err();
         assert!(
             e.to_string().contains("c2") && e.to_string().contains(&held.to_string()),
             "{e}"
         );
         let e = store
-            .allocate(subnet, gw, Some("10.9.9.9".parse().unwrap()), "c9", "eth0")
+            .allocate(subnet, gw, Some("10.9.9.9".parse().unwrap()), &o("c9"))
             .unwrap_err();
         assert!(e.to_string().contains("outside"), "{e}");
         assert_eq!(store.release_owner("c2", "eth0").unwrap(), vec![held]);
         assert_eq!(
-            store
-                .allocate(subnet, gw, Some(held), "c9", "eth0")
-                .unwrap(),
+            store.allocate(subnet, gw, Some(held), &o("c9")).unwrap(),
             held
         );
         drop(store);
@@ -432,26 +439,20 @@ mod tests {
         let v6: IpNet = "fd00:10:244:1::/64".parse().unwrap();
         let gw6: IpAddr = "fd00:10:244:1::1".parse().unwrap();
         let store = Store::open(&dir, "net").unwrap();
-        let a4 = store.allocate(subnet, gw, None, "c1", "eth0").unwrap();
-        let a6 = store.allocate(v6, gw6, None, "c1", "eth0").unwrap();
+        let a4 = store.allocate(subnet, gw, None, &o("c1")).unwrap();
+        let a6 = store.allocate(v6, gw6, None, &o("c1")).unwrap();
         assert_eq!(a4, v4(2));
         assert_eq!(a6, "fd00:10:244:1::2".parse::<IpAddr>().unwrap());
         // A retried ADD gets both again; the next attachment the next of each.
-        assert_eq!(store.allocate(v6, gw6, None, "c1", "eth0").unwrap(), a6);
-        assert_eq!(store.allocate(subnet, gw, None, "c1", "eth0").unwrap(), a4);
+        assert_eq!(store.allocate(v6, gw6, None, &o("c1")).unwrap(), a6);
+        assert_eq!(store.allocate(subnet, gw, None, &o("c1")).unwrap(), a4);
         assert_eq!(
-            store.allocate(v6, gw6, None, "c2", "eth0").unwrap(),
+            store.allocate(v6, gw6, None, &o("c2")).unwrap(),
             "fd00:10:244:1::3".parse::<IpAddr>().unwrap()
         );
         assert_eq!(store.last_reserved(true), Some(a4));
         let e = store
-            .allocate(
-                v6,
-                gw6,
-                Some("fd00:10:244:1::".parse().unwrap()),
-                "c3",
-                "eth0",
-            )
+            .allocate(v6, gw6, Some("fd00:10:244:1::".parse().unwrap()), &o("c3"))
             .unwrap_err();
         assert!(e.to_string().contains("network address"), "{e}");
         let mut released = store.release_owner("c1", "eth0").unwrap();
@@ -462,12 +463,118 @@ mod tests {
     }
 
     #[test]
+    fn records_keep_the_pod_and_old_files_still_count() {
+        let dir = std::env::temp_dir().join(format!("ovl-cni-ipam-rec-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (subnet, gw) = net();
+        let store = Store::open(&dir, "net").unwrap();
+        // A file an older plugin wrote, and one no plugin wrote.
+        fs::write(dir.join("net/10.244.1.2"), "old\neth0\n").unwrap();
+        fs::write(dir.join("net/10.244.1.3"), "garbage").unwrap();
+        let mut owner = o("c1");
+        owner.host_veth = Some("ovlv0123456789a".into());
+        owner.created = Some(1_718_000_000);
+        owner.pod = PodIdentity {
+            namespace: Some("default".into()),
+            name: Some("web-0".into()),
+            uid: Some("u-1".into()),
+            infra_container_id: Some("c1".into()),
+        };
+        // Neither taken address is handed out again; the malformed one is no one's.
+        let ip = store.allocate(subnet, gw, None, &owner).unwrap();
+        assert_eq!(ip, v4(4));
+        assert_eq!(store.owner(ip).unwrap(), Some(owner.clone()));
+        assert_eq!(store.owner(v4(2)).unwrap(), Some(o("old")));
+        let e = store.owner(v4(3)).unwrap_err();
+        assert_eq!(e.code(), 104);
+        assert!(e.to_string().contains("10.244.1.3"), "{e}");
+        let listed: Vec<IpAddr> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|(ip, _)| ip)
+            .collect();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.contains(&v4(2)) && listed.contains(&ip));
+        // The daemon's reader sees the same.
+        let l = pods::list(&dir, "net").unwrap();
+        assert_eq!(l.records.len(), 2);
+        assert_eq!(l.records[1].owner, owner);
+        assert_eq!(l.malformed.len(), 1);
+        // A retried ADD keeps the first record; the old owner's DEL releases its address.
+        let mut retry = owner.clone();
+        retry.created = Some(1_718_000_099);
+        assert_eq!(store.allocate(subnet, gw, None, &retry).unwrap(), ip);
+        assert_eq!(store.owner(ip).unwrap(), Some(owner));
+        assert_eq!(store.release_owner("old", "eth0").unwrap(), vec![v4(2)]);
+        // An owner the format cannot hold is refused before anything is written.
+        let mut bad = o("c2");
+        bad.pod.name = Some("a\nb".into());
+        assert_eq!(
+            store.allocate(subnet, gw, None, &bad).unwrap_err().code(),
+            104
+        );
+        assert!(store.find("c2", "eth0", subnet).unwrap().is_none());
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_del_changes_nothing() {
+        let dir = std::env::temp_dir().join(format!("ovl-cni-ipam-del-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        // No store yet: DEL opens nothing and creates nothing.
+        assert!(Store::open_existing(&dir, "net").unwrap().is_none());
+        assert!(!dir.exists());
+        let (subnet, gw) = net();
+        let store = Store::open(&dir, "net").unwrap();
+        let a = store.allocate(subnet, gw, None, &o("a")).unwrap();
+        let b = store.allocate(subnet, gw, None, &o("b")).unwrap();
+        drop(store);
+        let snapshot = || {
+            let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(dir.join("net"))
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (
+                        e.file_name().into_string().unwrap(),
+                        fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect();
+            files.sort();
+            files
+        };
+        // First DEL (StopPodSandbox) frees a's address and record.
+        let store = Store::open_existing(&dir, "net").unwrap().unwrap();
+        assert_eq!(store.release_owner("a", "eth0").unwrap(), vec![a]);
+        drop(store);
+        // Its address goes to a new pod before the second DEL (RemovePodSandbox) arrives.
+        let store = Store::open(&dir, "net").unwrap();
+        assert_eq!(store.allocate(subnet, gw, Some(a), &o("c")).unwrap(), a);
+        drop(store);
+        let before = snapshot();
+        let store = Store::open_existing(&dir, "net").unwrap().unwrap();
+        assert_eq!(
+            store.release_owner("a", "eth0").unwrap(),
+            Vec::<IpAddr>::new()
+        );
+        drop(store);
+        assert_eq!(snapshot(), before);
+        let store = Store::open(&dir, "net").unwrap();
+        assert_eq!(store.owner(a).unwrap(), Some(o("c")));
+        assert_eq!(store.owner(b).unwrap(), Some(o("b")));
+        drop(store);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn temp_files_of_killed_plugins_are_removed_on_open() {
         let dir = std::env::temp_dir().join(format!("ovl-cni-ipam-tmp-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let (subnet, gw) = net();
         let store = Store::open(&dir, "net").unwrap();
-        let ip = store.allocate(subnet, gw, None, "c1", "eth0").unwrap();
+        let ip = store.allocate(subnet, gw, None, &o("c1")).unwrap();
         drop(store);
         // What a plugin killed between writing and linking leaves behind.
         fs::write(dir.join("net/.10.244.1.3.tmp"), "c2\neth0\n").unwrap();
@@ -482,14 +589,8 @@ mod tests {
             names,
             [ip.to_string(), "last_reserved".into(), "lock".into()]
         );
-        assert_eq!(
-            store.owner(ip).unwrap(),
-            Some(Owner {
-                container_id: "c1".into(),
-                ifname: "eth0".into()
-            })
-        );
-        assert!(!store.reserve(ip, "c3", "eth0").unwrap());
+        assert_eq!(store.owner(ip).unwrap(), Some(o("c1")));
+        assert!(!store.reserve(ip, &o("c3")).unwrap());
         drop(store);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -18,7 +18,7 @@ use crate::delegate;
 use crate::env::{Attachment, Command, Env};
 use crate::error::{Error, Result};
 use crate::faultpoint;
-use crate::ipam::Store;
+use crate::ipam::{Owner, Store};
 use crate::log::Logger;
 use crate::masq;
 use crate::netlink::{self, Netlink};
@@ -155,6 +155,9 @@ fn host_netlink() -> Result<Netlink> {
 }
 
 fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<CniResult> {
+    // Kept with the address (built-in IPAM); refused (code 4) before anything is done if
+    // the store cannot hold it.
+    let pod = att.pod()?;
     let node = Node::load(&conf.run_dir)?;
     let ns = open_netns(att)?;
     let mut host = host_netlink()?;
@@ -168,7 +171,16 @@ fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<C
 
     // Addresses first: the MAC is derived from the first.
     let addresses: Vec<(IpNet, IpAddr)> = match &conf.ipam {
-        Ipam::BuiltIn => allocate(conf, att, &node)?,
+        Ipam::BuiltIn => {
+            let owner = Owner {
+                container_id: att.container_id.clone(),
+                ifname: att.ifname.clone(),
+                host_veth: Some(host_veth_name(&att.container_id, &att.ifname)),
+                created: Some(unix_now()),
+                pod,
+            };
+            allocate(conf, att, &node, &owner)?
+        }
         Ipam::Delegate(plugin) => {
             let r = delegate::exec(plugin, "ADD", att, input)?.unwrap_or_default();
             if r.ips.is_empty() {
@@ -235,11 +247,23 @@ fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<C
     }
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The built-in IPAM's addresses for the attachment, one per family of the node, with
-/// their gateways. A requested address (config first, then `CNI_ARGS`) is used for
-/// its family; the other family gets the next free one. If one family fails, what
-/// the other took is released.
-fn allocate(conf: &NetConf, att: &Attachment, node: &Node) -> Result<Vec<(IpNet, IpAddr)>> {
+/// their gateways, each reserved for `owner`. A requested address (config first, then
+/// `CNI_ARGS`) is used for its family; the other family gets the next free one. If one
+/// family fails, what the other took is released.
+fn allocate(
+    conf: &NetConf,
+    att: &Attachment,
+    node: &Node,
+    owner: &Owner,
+) -> Result<Vec<(IpNet, IpAddr)>> {
     let from_conf = conf.requested()?;
     let from_args = att.requested()?;
     if let Some(ip) = from_conf
@@ -262,13 +286,7 @@ fn allocate(conf: &NetConf, att: &Attachment, node: &Node) -> Result<Vec<(IpNet,
             .find(same)
             .or_else(|| from_args.iter().find(same))
             .copied();
-        match store.allocate(
-            family.subnet,
-            family.gateway,
-            requested,
-            &att.container_id,
-            &att.ifname,
-        ) {
+        match store.allocate(family.subnet, family.gateway, requested, owner) {
             Ok(ip) => {
                 let net = IpNet::new(ip, family.subnet.prefix_len()).unwrap_or_default();
                 out.push((net, family.gateway));
@@ -444,15 +462,18 @@ fn setup(
     })
 }
 
-/// Releases the attachment's address (built-in store or delegated DEL).
+/// Releases the attachment's address (built-in store or delegated DEL). Only the
+/// attachment's own records go: a repeated DEL (containerd's second, at
+/// RemovePodSandbox, without netns or prevResult) finds none and changes nothing, even
+/// if its address has gone to another pod since.
 fn release(conf: &NetConf, att: &Attachment, input: &[u8]) -> Result<()> {
     match &conf.ipam {
-        Ipam::BuiltIn => {
-            let store = Store::open(&conf.data_dir, &conf.name)?;
-            store
+        Ipam::BuiltIn => match Store::open_existing(&conf.data_dir, &conf.name)? {
+            Some(store) => store
                 .release_owner(&att.container_id, &att.ifname)
-                .map(drop)
-        }
+                .map(drop),
+            None => Ok(()),
+        },
         Ipam::Delegate(plugin) => delegate::exec(plugin, "DEL", att, input).map(drop),
     }
 }

@@ -1,12 +1,13 @@
 //! Replays the committed corpus of the CNI fuzz targets (`fuzz/corpus/{netconf,
-//! cni_env,prev_result}`) through the cargo-fuzz harnesses, compiled in from
+//! cni_env,cni_args,pod_record,prev_result}`) through the cargo-fuzz harnesses, compiled in from
 //! `fuzz/src/cni.rs` with `#[path]`, so `cargo test` catches a regression on those
 //! bytes without cargo-fuzz or nightly.
 //!
 //! `cargo test -p overlayd-cni --test fuzz_corpus -- --ignored write_seeds` rewrites
 //! the generated `seed-*` files: the plugin configs of the conflists in `config/` as a
-//! runtime passes them on stdin, results emitted by `CniResult::to_json`, and the
-//! environments of the spec's commands.
+//! runtime passes them on stdin, results emitted by `CniResult::to_json`, the
+//! environments of the spec's commands, the `CNI_ARGS` containerd passes, and
+//! reservation files of the IPAM store in the old and the current format.
 
 #[path = "../../fuzz/src/cni.rs"]
 mod cni;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use overlayd_cni::config::Version;
 use overlayd_cni::result::{CniResult, Interface, IpConfig, Route};
+use overlayd_node_info::pods::{Owner, PodIdentity};
 use serde_json::{json, Value};
 
 fn repo() -> &'static Path {
@@ -42,6 +44,16 @@ fn netconf_corpus() {
 #[test]
 fn cni_env_corpus() {
     replay("cni_env", cni::cni_env);
+}
+
+#[test]
+fn cni_args_corpus() {
+    replay("cni_args", cni::cni_args);
+}
+
+#[test]
+fn pod_record_corpus() {
+    replay("pod_record", cni::pod_record);
 }
 
 #[test]
@@ -99,6 +111,16 @@ fn sample_result() -> CniResult {
         dns: Default::default(),
     }
 }
+
+/// A sandbox container ID as containerd makes them (64 hex digits).
+const CONTAINERD_ID: &str = "7d0e5f4a3b1c2d9e8f601a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d";
+/// A pod UID.
+const POD_UID: &str = "6f1d0c2e-8a43-4c1e-9f53-2a8d4b7c1e90";
+/// `CNI_ARGS` as containerd 1.6 passed it on one ADD (the order varies between calls).
+const CONTAINERD_ARGS: &str =
+    "K8S_POD_INFRA_CONTAINER_ID=7d0e5f4a3b1c2d9e8f601a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d;\
+     K8S_POD_UID=6f1d0c2e-8a43-4c1e-9f53-2a8d4b7c1e90;IgnoreUnknown=1;K8S_POD_NAMESPACE=default;\
+     K8S_POD_NAME=web-0";
 
 #[test]
 #[ignore = "rewrites the committed seed corpus; run by hand after a format change"]
@@ -170,6 +192,68 @@ fn write_seeds() {
         &env(&["DEL", "3f1c9a7e6b2d", "eth0", "", "", "/opt/cni/bin"]),
     );
     write("cni_env", "version", &env(&["VERSION"]));
+    write(
+        "cni_env",
+        "add-containerd",
+        &env(&[
+            "ADD",
+            CONTAINERD_ID,
+            "eth0",
+            "/var/run/netns/cni-7d0e5f4a-3b1c-2d9e-8f60-1a2b3c4d5e6f",
+            CONTAINERD_ARGS,
+            "/opt/cni/bin",
+        ]),
+    );
+    // cni_args: CNI_ARGS as containerd 1.6 passes it (two of its key orders), and the
+    // edge cases of the parsing rules (env.rs): duplicates, empty values and segments,
+    // a value with '=', a pair without '=', control characters, a too-long identity.
+    write("cni_args", "containerd", CONTAINERD_ARGS.as_bytes());
+    write(
+        "cni_args",
+        "containerd-reordered",
+        format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;\
+             K8S_POD_INFRA_CONTAINER_ID={CONTAINERD_ID};K8S_POD_UID={POD_UID}"
+        )
+        .as_bytes(),
+    );
+    write(
+        "cni_args",
+        "duplicate-empty",
+        b";;K8S_POD_NAME=first;K8S_POD_NAMESPACE=;IP=10.244.1.9;K8S_POD_NAME=second;IP=;X=a=b;",
+    );
+    write("cni_args", "no-equals", b"IgnoreUnknown=1;K8S_POD_NAME");
+    write(
+        "cni_args",
+        "newline-in-name",
+        b"IgnoreUnknown=1;K8S_POD_NAME=web\n0;OTHER=\x00\t",
+    );
+    write(
+        "cni_args",
+        "long-name",
+        format!("K8S_POD_NAME={}", "n".repeat(1100)).as_bytes(),
+    );
+    write("cni_args", "not-utf8", b"K8S_POD_NAME=\xff\xfe");
+    // pod_record: a reservation file an older plugin wrote, and the current format.
+    write("pod_record", "old-format", b"3f1c9a7e6b2d\neth0\n");
+    let owner = Owner {
+        container_id: CONTAINERD_ID.into(),
+        ifname: "eth0".into(),
+        host_veth: Some(overlayd_cni::plugin::host_veth_name(CONTAINERD_ID, "eth0")),
+        created: Some(1_718_000_000),
+        pod: PodIdentity {
+            namespace: Some("default".into()),
+            name: Some("web-0".into()),
+            uid: Some(POD_UID.into()),
+            infra_container_id: Some(CONTAINERD_ID.into()),
+        },
+    };
+    write("pod_record", "k8s", owner.emit().unwrap().as_bytes());
+    write(
+        "pod_record",
+        "future-key",
+        b"c1\neth0\ncreated=1718000000\nnetwork_policy=deny\n",
+    );
     write(
         "cni_env",
         "check-bad-ifname",

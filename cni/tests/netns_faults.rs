@@ -175,9 +175,12 @@ fn killed_at_random_points_leaks_nothing() {
         .into_iter()
         .map(|(name, content)| {
             if name.parse::<std::net::IpAddr>().is_ok() {
+                let owner = overlayd_node_info::pods::Owner::parse(content.as_bytes())
+                    .unwrap_or_else(|e| panic!("{name}: {content:?}: {e}"));
                 assert!(
-                    live.iter()
-                        .any(|(id, _, _)| content == format!("{id}\neth0\n")),
+                    live.iter().any(|(id, _, _)| owner.container_id == *id
+                        && owner.ifname == "eth0"
+                        && owner.host_veth == Some(host_veth_name(id, "eth0"))),
                     "{name}: {content:?}"
                 );
             }

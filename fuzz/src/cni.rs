@@ -1,5 +1,6 @@
 //! CNI plugin harnesses: stdin (the network configuration with its `args`,
-//! `runtimeConfig` and `prevResult`), the `CNI_*` environment, and results.
+//! `runtimeConfig` and `prevResult`), the `CNI_*` environment, `CNI_ARGS` with the pod
+//! identity in it, the IPAM store's reservation files, and results.
 //!
 //! Only the parts of [`overlayd_cni::run`] that touch nothing are driven: VERSION,
 //! and any command whose stdin does not parse. Everything else would open log files
@@ -8,10 +9,11 @@
 use std::collections::HashMap;
 
 use overlayd_cni::config::{reply_version, NetConf, Version, SUPPORTED_VERSIONS};
-use overlayd_cni::env::{parse_cni_args, Attachment, Command};
+use overlayd_cni::env::{parse_cni_args, Attachment, Command, Env};
 use overlayd_cni::error::Error;
 use overlayd_cni::plugin::{host_veth_name, HOST_VETH_PREFIX};
 use overlayd_cni::result::CniResult;
+use overlayd_node_info::pods::{Owner, PodIdentity};
 use serde_json::Value;
 
 /// Every version a result can be emitted in.
@@ -126,6 +128,7 @@ pub fn cni_env(data: &[u8]) {
         assert!(a.args.iter().all(|(k, _)| !k.is_empty()));
         assert!(a.path.iter().all(|p| !p.is_empty() && !p.contains(':')));
         let _ = a.requested();
+        identity_round_trip(&a);
     }
     if let Some(raw) = env.get("CNI_ARGS") {
         if let Ok(args) = parse_cni_args(raw) {
@@ -142,6 +145,128 @@ pub fn cni_env(data: &[u8]) {
         assert_eq!(code, 1, "without a config every other command fails");
         assert!(reply["code"].is_u64() && reply["msg"].is_string());
     }
+}
+
+/// Reads one field of a pod identity.
+type IdentityField = fn(&PodIdentity) -> &Option<String>;
+
+/// The CNI_ARGS keys of the pod identity, with the field each one fills.
+const IDENTITY_KEYS: [(&str, IdentityField); 4] = [
+    ("K8S_POD_NAMESPACE", |p| &p.namespace),
+    ("K8S_POD_NAME", |p| &p.name),
+    ("K8S_POD_UID", |p| &p.uid),
+    ("K8S_POD_INFRA_CONTAINER_ID", |p| &p.infra_container_id),
+];
+
+/// The pod identity of an accepted attachment: refused with code 4, or each field is
+/// the last non-empty value of its key (the duplicate rule), and the reservation ADD
+/// would write holds it: it emits, reads back equal, and its first two lines are the
+/// container ID and interface an old plugin reads.
+fn identity_round_trip(a: &Attachment) {
+    let pod = match a.pod() {
+        Ok(pod) => pod,
+        Err(e) => {
+            assert_eq!(e.code(), 4, "{e}");
+            return;
+        }
+    };
+    for (key, field) in IDENTITY_KEYS {
+        let last = a
+            .args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty());
+        assert_eq!(field(&pod), &last, "{key}");
+    }
+    let owner = Owner {
+        container_id: a.container_id.clone(),
+        ifname: a.ifname.clone(),
+        host_veth: Some(host_veth_name(&a.container_id, &a.ifname)),
+        created: Some(1_718_000_000),
+        pod,
+    };
+    let text = owner.emit().expect("an accepted identity is storable");
+    assert_eq!(Owner::parse(text.as_bytes()).as_ref(), Ok(&owner));
+    let mut old_reader = text.lines();
+    assert_eq!(old_reader.next(), Some(a.container_id.as_str()));
+    assert_eq!(old_reader.next(), Some(a.ifname.as_str()));
+}
+
+/// An environment whose `CNI_ARGS` is set but not UTF-8: `var` cannot return it.
+struct NotUtf8Args(HashMap<String, String>);
+
+impl Env for NotUtf8Args {
+    fn var(&self, key: &str) -> Option<String> {
+        self.0.var(key)
+    }
+
+    fn is_set(&self, key: &str) -> bool {
+        key == "CNI_ARGS" || self.0.is_set(key)
+    }
+}
+
+/// `cni_args`: the bytes of `CNI_ARGS`, for an ADD of container `c1` on `eth0`. Refused
+/// with code 4 (bytes that are not UTF-8 always are), or accepted: then the pairs are
+/// exactly the input's non-empty `;` segments split at their first `=`, and the pod
+/// identity is refused with code 4 or round-trips through the IPAM store's format.
+pub fn cni_args(data: &[u8]) {
+    let mut env: HashMap<String, String> = [
+        ("CNI_CONTAINERID", "c1"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", "/nonexistent/ns"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let Ok(raw) = std::str::from_utf8(data) else {
+        let e = Attachment::from_env(&NotUtf8Args(env), true).unwrap_err();
+        assert_eq!(e.code(), 4, "{e}");
+        return;
+    };
+    env.insert("CNI_ARGS".into(), raw.to_owned());
+    let a = match Attachment::from_env(&env, true) {
+        Ok(a) => a,
+        Err(e) => {
+            assert_eq!(e.code(), 4, "{e}");
+            assert!(
+                raw.split(';').any(
+                    |kv| !kv.is_empty() && kv.split_once('=').is_none_or(|(k, _)| k.is_empty())
+                ),
+                "refused a well-formed CNI_ARGS: {e}"
+            );
+            return;
+        }
+    };
+    let expected: Vec<(String, String)> = raw
+        .split(';')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("accepted pairs have '='");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    assert_eq!(a.args, expected);
+    if let Err(e) = a.requested() {
+        assert_eq!(e.code(), 4);
+    }
+    identity_round_trip(&a);
+}
+
+/// `pod_record`: the content of a reservation file of the IPAM store. `Owner::parse`
+/// returns a typed error or an owner that emits and reads back equal, whose first two
+/// lines (what an older plugin reads) are the input's first two lines.
+pub fn pod_record(data: &[u8]) {
+    let Ok(owner) = Owner::parse(data) else {
+        return;
+    };
+    let text = owner.emit().expect("a parsed owner emits");
+    assert_eq!(Owner::parse(text.as_bytes()).as_ref(), Ok(&owner));
+    let input = std::str::from_utf8(data).expect("a parsed file is UTF-8");
+    let mut old_reader = input.lines();
+    assert_eq!(old_reader.next(), Some(owner.container_id.as_str()));
+    assert_eq!(old_reader.next(), Some(owner.ifname.as_str()));
 }
 
 /// `prev_result`: a result as JSON (a `prevResult`, or a delegated IPAM plugin's

@@ -8,8 +8,14 @@
 //!
 //! Readers ignore fields they do not know, so a newer daemon may add fields without
 //! breaking an older plugin. Renaming or removing a field breaks installed plugins.
+//!
+//! The other direction has the same shape: [`pods`] is the one format of the plugin's
+//! IPAM store (which pod holds which address), which the plugin writes and the daemon
+//! reads.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod pods;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
