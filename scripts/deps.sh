@@ -18,6 +18,7 @@ OVERLAYD_APT_PACKAGES=(
   wireguard-go wireguard-tools  # a plain WireGuard peer for the encrypted dataplane's interop test
   containerd file     # scripts/image-check.sh: ctr images import; image.sh: is overlayd-cni static
   musl-tools          # the musl linker wrapper, should overlayd-cni ever link C code
+  protobuf-compiler   # protoc: k8s-cri's build script (the CRI tests' client, netns_cri)
 )
 
 install_deps() {

@@ -116,10 +116,18 @@ driver = "vfs"
 graphroot = "$T/podman/root"
 runroot = "$T/podman/runroot"
 EOF
+# Nothing may be written outside T: runc keeps its state in /run/runc unless given
+# --root (podman 4.3 has no setting for it, so a wrapper passes it), and containers/image
+# writes a blob-info cache under /var/lib/containers, hidden here by a tmpfs over
+# /var/lib in a private mount namespace.
+mkdir -p "$T/podman/runc-state"
+printf '#!/bin/sh\nexec %s --root %s "$@"\n' "$(command -v runc)" "$T/podman/runc-state" >"$T/podman/runc"
+chmod 0755 "$T/podman/runc"
 podman_cmd() {
   CONTAINERS_CONF="$T/podman/containers.conf" CONTAINERS_STORAGE_CONF="$T/podman/storage.conf" \
+    unshare -m --propagation private sh -c 'mount -t tmpfs tmpfs /var/lib && exec "$@"' sh \
     podman --root "$T/podman/root" --runroot "$T/podman/runroot" --storage-driver vfs \
-    --runtime runc --cgroup-manager cgroupfs --events-backend file --tmpdir "$T/podman/tmp" "$@"
+    --runtime "$T/podman/runc" --cgroup-manager cgroupfs --events-backend file --tmpdir "$T/podman/tmp" "$@"
 }
 echo "==> podman load -i $ARCHIVE (throwaway vfs storage in $T/podman)"
 podman_cmd load -i "$ARCHIVE" || fail "podman load -i $ARCHIVE failed"

@@ -14,6 +14,7 @@
 //! - [`daemon`]: one overlayd daemon in a namespace, read through its typed status.
 //! - [`cluster`]: daemons on a shared underlay switch, each with a pod (the node harness).
 //! - [`cni`]: a stand-in overlayd host for the CNI plugin, and a tiny libcni.
+//! - [`cri`]: containerd on a node driven through its CRI, as the kubelet drives it.
 //! - [`kube`]: the Kubernetes manifests run from their pod templates with podman in
 //!   node namespaces, the image from `scripts/image.sh`, the installed plugin.
 //! - [`capture`]: an AF_PACKET capture of VXLAN datagrams that reads every GSO segment.
@@ -31,6 +32,7 @@ pub mod capture;
 pub mod cluster;
 pub mod cmd;
 pub mod cni;
+pub mod cri;
 pub mod daemon;
 pub mod kube;
 pub mod load;
