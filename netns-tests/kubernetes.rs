@@ -686,7 +686,9 @@ fn b_rolling_upgrade_to_next_keeps_subnets_addresses_and_the_plugin() {
     }
     k.assert_all_reach_all(Duration::from_secs(30));
     let before: Vec<String> = (0..3).map(|i| subnet_of(&k.status(i))).collect();
-    let macs: Vec<String> = (0..3).map(|i| k.status(i).node.vtep_mac.to_string()).collect();
+    let macs: Vec<String> = (0..3)
+        .map(|i| k.status(i).node.vtep_mac.to_string())
+        .collect();
     let reserved: Vec<Vec<String>> = (0..3).map(|i| k.ipam_files(i)).collect();
     let mut watched = Vec::new();
     for i in 0..3 {

@@ -40,6 +40,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+# shellcheck source=scripts/lib/oci.sh
+source "$ROOT/scripts/lib/oci.sh"
 VARIANT=current
 OUT=""
 
@@ -60,8 +62,10 @@ while [ $# -gt 0 ]; do
 done
 
 case "$VARIANT" in
-  # The gossip protocol version is a build variable (src/control/message.rs):
-  # next speaks 2 (accepted by 1), skew speaks 9 (refused by 1, and refusing it).
+  # Test images of other gossip protocol versions (src/control/message.rs): overlayd
+  # built with the test-wire-version feature (one build for both), and the version
+  # in the image's environment: next speaks 2 (accepted by 1), skew speaks 9 (refused
+  # by 1, and refusing it).
   current) WIRE_VERSION=""; SUFFIX="" ;;
   next) WIRE_VERSION=2; SUFFIX="-next" ;;
   skew) WIRE_VERSION=9; SUFFIX="-skew" ;;
@@ -129,7 +133,7 @@ SOURCE_URL="${OVERLAYD_SOURCE_URL:-https://github.com/overlayd/overlayd}"
 # is printed again instead (tests ask for each variant, some more than once).
 ARCHIVE="$OUT/overlayd-$VARIANT.oci.tar"
 STAMP="$ARCHIVE.built"
-KEY="commit=$GIT_COMMIT epoch=$SOURCE_DATE_EPOCH variant=$VARIANT script=$(sha256sum "$ROOT/scripts/image.sh" | cut -d' ' -f1)"
+KEY="commit=$GIT_COMMIT epoch=$SOURCE_DATE_EPOCH variant=$VARIANT script=$(cat "$ROOT/scripts/image.sh" "$ROOT/scripts/lib/oci.sh" | sha256sum | cut -d' ' -f1)"
 if [ -z "$DIRTY" ] && [ -f "$ARCHIVE" ] && [ -f "$STAMP" ] && [ "$(head -n 1 "$STAMP")" = "$KEY" ]; then
   echo "==> $ARCHIVE: already built from $GIT_COMMIT by this script; not rebuilt" >&2
   tail -n 1 "$STAMP"
@@ -155,13 +159,12 @@ export RUSTFLAGS="--remap-path-prefix=$ROOT=/overlayd --remap-path-prefix=$CARGO
 echo "==> building overlayd-cni (static, $MUSL_TARGET) in target/image-build" >&2
 cargo build --locked --release -p overlayd-cni --bin overlayd-cni --target "$MUSL_TARGET" >&2 ||
   die "cargo build of overlayd-cni for $MUSL_TARGET failed"
-echo "==> building overlayd ($GNU_TARGET${WIRE_VERSION:+, gossip protocol $WIRE_VERSION}) in target/image-build" >&2
+FEATURES=()
 if [ -n "$WIRE_VERSION" ]; then
-  export OVERLAYD_WIRE_VERSION="$WIRE_VERSION"
-else
-  unset OVERLAYD_WIRE_VERSION
+  FEATURES=(--features test-wire-version)
 fi
-cargo build --locked --release -p overlayd --bin overlayd --target "$GNU_TARGET" >&2 ||
+echo "==> building overlayd ($GNU_TARGET${WIRE_VERSION:+, test-wire-version for gossip protocol $WIRE_VERSION}) in target/image-build" >&2
+cargo build --locked --release -p overlayd --bin overlayd --target "$GNU_TARGET" "${FEATURES[@]}" >&2 ||
   die "cargo build of overlayd for $GNU_TARGET failed"
 echo "==> built in $(elapsed)" >&2
 
@@ -279,56 +282,17 @@ fi
 ROOTFS_BYTES="$(find "$ROOTFS" -type f -printf '%s\n' | awk '{ n += $1 } END { print n + 0 }')"
 ROOTFS_MB="$(awk -v b="$ROOTFS_BYTES" 'BEGIN { printf "%.1fMB", b / 1000000 }')"
 
-# --- OCI layout ----------------------------------------------------------------------
-LAYOUT="$WORK/layout"
-BLOBS="$LAYOUT/blobs/sha256"
-mkdir -p "$BLOBS"
-
-# Every entry gets the same mtime, owner 0:0 and no atime/ctime; names are sorted.
-REPRO_TAR=(tar --sort=name --format=posix
-  --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime
-  --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner
-  --no-acls --no-xattrs --no-selinux)
-
-# The layer: the rootfs's top-level entries in byte order, tar recursing in sorted
-# order below them; no leading "./".
-mapfile -t TOP < <(cd "$ROOTFS" && find . -mindepth 1 -maxdepth 1 -printf '%P\n' | LC_ALL=C sort)
-"${REPRO_TAR[@]}" -C "$ROOTFS" -cf "$WORK/layer.tar" "${TOP[@]}" || die "tar of the layer failed"
-DIFF_ID="$(sha256sum "$WORK/layer.tar" | cut -d' ' -f1)"
-gzip -n -9 -c "$WORK/layer.tar" >"$WORK/layer.tar.gz"
-LAYER_DIGEST="$(sha256sum "$WORK/layer.tar.gz" | cut -d' ' -f1)"
-LAYER_SIZE="$(stat -c %s "$WORK/layer.tar.gz")"
-mv "$WORK/layer.tar.gz" "$BLOBS/$LAYER_DIGEST"
-
-# Writes stdin to a blob; prints "<sha256 hex> <size>".
-put_blob() {
-  local tmp="$WORK/blob.tmp" digest
-  cat >"$tmp"
-  digest="$(sha256sum "$tmp" | cut -d' ' -f1)"
-  mv "$tmp" "$BLOBS/$digest"
-  echo "$digest $(stat -c %s "$BLOBS/$digest")"
-}
-
+# --- OCI layout (scripts/lib/oci.sh) ---------------------------------------------------
 PATH_ENV="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+if [ -n "$WIRE_VERSION" ]; then
+  PATH_ENV="$PATH_ENV\",\"OVERLAYD_TEST_WIRE_VERSION=$WIRE_VERSION"
+fi
 LABELS="\"org.opencontainers.image.created\":\"$CREATED\",\"org.opencontainers.image.revision\":\"$GIT_COMMIT$DIRTY\",\"org.opencontainers.image.source\":\"$SOURCE_URL\",\"org.opencontainers.image.title\":\"overlayd\",\"org.opencontainers.image.version\":\"$VERSION$SUFFIX\""
-
-read -r CONFIG_DIGEST CONFIG_SIZE < <(printf '%s' \
-  "{\"architecture\":\"amd64\",\"config\":{\"Entrypoint\":[\"/usr/local/bin/overlayd\"],\"Env\":[\"$PATH_ENV\"],\"Labels\":{$LABELS},\"WorkingDir\":\"/\"},\"created\":\"$CREATED\",\"history\":[{\"created\":\"$CREATED\",\"created_by\":\"scripts/image.sh --variant $VARIANT\"}],\"os\":\"linux\",\"rootfs\":{\"diff_ids\":[\"sha256:$DIFF_ID\"],\"type\":\"layers\"}}" |
-  put_blob)
-
-read -r MANIFEST_DIGEST MANIFEST_SIZE < <(printf '%s' \
-  "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$CONFIG_DIGEST\",\"size\":$CONFIG_SIZE},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$LAYER_DIGEST\",\"size\":$LAYER_SIZE}],\"annotations\":{$LABELS}}" |
-  put_blob)
-
-printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$LAYOUT/oci-layout"
-printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$MANIFEST_DIGEST\",\"size\":$MANIFEST_SIZE,\"annotations\":{\"io.containerd.image.name\":\"$REFERENCE\",\"org.opencontainers.image.ref.name\":\"$REFERENCE\"},\"platform\":{\"architecture\":\"amd64\",\"os\":\"linux\"}}]}" \
-  >"$LAYOUT/index.json"
-chmod 0644 "$LAYOUT/oci-layout" "$LAYOUT/index.json" "$BLOBS"/*
-chmod 0755 "$LAYOUT/blobs" "$BLOBS"
-
-(cd "$LAYOUT" && "${REPRO_TAR[@]}" -cf "$WORK/archive.tar" oci-layout index.json blobs) ||
-  die "tar of the OCI layout failed"
-mv -f "$WORK/archive.tar" "$ARCHIVE"
+oci_pack "$ROOTFS" "$WORK" "$SOURCE_DATE_EPOCH" "$REFERENCE" \
+  "{\"Entrypoint\":[\"/usr/local/bin/overlayd\"],\"Env\":[\"$PATH_ENV\"],\"Labels\":{$LABELS},\"WorkingDir\":\"/\"}" \
+  "scripts/image.sh --variant $VARIANT" "$LABELS" "$ARCHIVE" || die "tar of the image failed"
+MANIFEST_DIGEST="$OCI_MANIFEST_DIGEST"
+LAYER_SIZE="$OCI_LAYER_SIZE"
 
 ARCHIVE_BYTES="$(stat -c %s "$ARCHIVE")"
 echo "==> $ARCHIVE: archive $(awk -v b="$ARCHIVE_BYTES" 'BEGIN { printf "%.1fMB", b / 1000000 }') ($ARCHIVE_BYTES bytes, gzip layer $LAYER_SIZE bytes), rootfs $ROOTFS_MB ($ROOTFS_BYTES bytes), sha256 $(sha256sum "$ARCHIVE" | cut -d' ' -f1), $(elapsed)"

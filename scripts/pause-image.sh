@@ -20,6 +20,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+# shellcheck source=scripts/lib/oci.sh
+source "$ROOT/scripts/lib/oci.sh"
 OUT=""
 REFERENCE="localhost/overlayd-pause:1"
 MUSL_TARGET=x86_64-unknown-linux-musl
@@ -58,7 +60,7 @@ flock 9
 
 ARCHIVE="$OUT/pause.oci.tar"
 STAMP="$ARCHIVE.built"
-KEY="script=$(sha256sum "$ROOT/scripts/pause-image.sh" | cut -d' ' -f1) rustc=$(rustc --version | tr ' ' _)"
+KEY="script=$(cat "$ROOT/scripts/pause-image.sh" "$ROOT/scripts/lib/oci.sh" | sha256sum | cut -d' ' -f1) rustc=$(rustc --version | tr ' ' _)"
 if [ -f "$ARCHIVE" ] && [ -f "$STAMP" ] && [ "$(head -n 1 "$STAMP")" = "$KEY" ]; then
   tail -n 1 "$STAMP"
   exit 0
@@ -117,43 +119,10 @@ file -b "$ROOTFS/pause" | grep -Eq 'statically linked|static-pie linked' ||
   die "the pause program is not static: $(file -b "$ROOTFS/pause")"
 chmod 0755 "$ROOTFS/pause"
 
-# --- OCI layout (as scripts/image.sh) --------------------------------------------------
-LAYOUT="$WORK/layout"
-BLOBS="$LAYOUT/blobs/sha256"
-mkdir -p "$BLOBS"
-REPRO_TAR=(tar --sort=name --format=posix
-  --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime
-  --mtime="@$EPOCH" --owner=0 --group=0 --numeric-owner
-  --no-acls --no-xattrs --no-selinux)
-"${REPRO_TAR[@]}" -C "$ROOTFS" -cf "$WORK/layer.tar" pause || die "tar of the layer failed"
-DIFF_ID="$(sha256sum "$WORK/layer.tar" | cut -d' ' -f1)"
-gzip -n -9 -c "$WORK/layer.tar" >"$WORK/layer.tar.gz"
-LAYER_DIGEST="$(sha256sum "$WORK/layer.tar.gz" | cut -d' ' -f1)"
-LAYER_SIZE="$(stat -c %s "$WORK/layer.tar.gz")"
-mv "$WORK/layer.tar.gz" "$BLOBS/$LAYER_DIGEST"
-
-put_blob() {
-  local tmp="$WORK/blob.tmp" digest
-  cat >"$tmp"
-  digest="$(sha256sum "$tmp" | cut -d' ' -f1)"
-  mv "$tmp" "$BLOBS/$digest"
-  echo "$digest $(stat -c %s "$BLOBS/$digest")"
-}
-CREATED="$(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ)"
-read -r CONFIG_DIGEST CONFIG_SIZE < <(printf '%s' \
-  "{\"architecture\":\"amd64\",\"config\":{\"Entrypoint\":[\"/pause\"],\"WorkingDir\":\"/\"},\"created\":\"$CREATED\",\"history\":[{\"created\":\"$CREATED\",\"created_by\":\"scripts/pause-image.sh\"}],\"os\":\"linux\",\"rootfs\":{\"diff_ids\":[\"sha256:$DIFF_ID\"],\"type\":\"layers\"}}" |
-  put_blob)
-read -r MANIFEST_DIGEST MANIFEST_SIZE < <(printf '%s' \
-  "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$CONFIG_DIGEST\",\"size\":$CONFIG_SIZE},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$LAYER_DIGEST\",\"size\":$LAYER_SIZE}]}" |
-  put_blob)
-printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$LAYOUT/oci-layout"
-printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$MANIFEST_DIGEST\",\"size\":$MANIFEST_SIZE,\"annotations\":{\"io.containerd.image.name\":\"$REFERENCE\",\"org.opencontainers.image.ref.name\":\"$REFERENCE\"},\"platform\":{\"architecture\":\"amd64\",\"os\":\"linux\"}}]}" \
-  >"$LAYOUT/index.json"
-chmod 0644 "$LAYOUT/oci-layout" "$LAYOUT/index.json" "$BLOBS"/*
-chmod 0755 "$LAYOUT/blobs" "$BLOBS"
-(cd "$LAYOUT" && "${REPRO_TAR[@]}" -cf "$WORK/archive.tar" oci-layout index.json blobs) ||
-  die "tar of the OCI layout failed"
-mv -f "$WORK/archive.tar" "$ARCHIVE"
+# --- OCI layout (scripts/lib/oci.sh, as scripts/image.sh) ---------------------------
+oci_pack "$ROOTFS" "$WORK" "$EPOCH" "$REFERENCE" '{"Entrypoint":["/pause"],"WorkingDir":"/"}' \
+  "scripts/pause-image.sh" "" "$ARCHIVE" || die "tar of the image failed"
+MANIFEST_DIGEST="$OCI_MANIFEST_DIGEST"
 
 LINE="image: $REFERENCE $ARCHIVE sha256:$MANIFEST_DIGEST"
 printf '%s\n%s\n' "$KEY" "$LINE" >"$STAMP"

@@ -241,10 +241,10 @@ impl ControlReport {
             peer_deaths: st.deaths,
             state_error: st.state_error.clone(),
             lease_messages_held: st.held,
-            protocol: crate::control::message::VERSION,
+            protocol: crate::control::message::version(),
             protocol_accepts: (
-                crate::control::message::MIN_ACCEPTED,
-                crate::control::message::MAX_ACCEPTED,
+                crate::control::message::min_accepted(),
+                crate::control::message::max_accepted(),
             ),
             state_format: crate::control::STATE_FORMAT,
             refused_versions: st

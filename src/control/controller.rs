@@ -1159,7 +1159,7 @@ mod tests {
             peer.seal(f, 1_000_000)
         };
         let from: SocketAddr = "10.0.0.9:7946".parse().unwrap();
-        let far = message::MAX_ACCEPTED + 7;
+        let far = message::max_accepted() + 7;
         for _ in 0..3 {
             let d = framed(&mut peer, far);
             n.handle_datagram(from, &d, now);
@@ -1186,7 +1186,7 @@ mod tests {
         assert!(matches!(n.poll_event(), Some(Event::VersionRefused { .. })));
         // The next version is accepted: not refused (its body is then parsed as ours).
         let other: SocketAddr = "10.0.0.10:7946".parse().unwrap();
-        let d = framed(&mut peer, message::MAX_ACCEPTED);
+        let d = framed(&mut peer, message::max_accepted());
         n.handle_datagram(other, &d, now);
         assert!(n
             .status(now)

@@ -574,11 +574,11 @@ impl<T: Transport> Driver<T> {
                     tracing::warn!(
                         %from,
                         peer_version = version,
-                        version = message::VERSION,
+                        version = message::version(),
                         "refusing gossip from {from}: it speaks gossip protocol {version}, this node speaks gossip protocol {} (accepts {} to {}); this node keeps serving its own pods. Upgrade one version at a time (repeats from this address are not logged for {} s)",
-                        message::VERSION,
-                        message::MIN_ACCEPTED,
-                        message::MAX_ACCEPTED,
+                        message::version(),
+                        message::min_accepted(),
+                        message::max_accepted(),
                         REJECT_LOG_INTERVAL.as_secs()
                     );
                 }

@@ -36,44 +36,42 @@ pub const MAGIC: [u8; 4] = *b"OVLD";
 /// The contract between releases: version N+1 changes the wire only in ways that N
 /// already parses or drops and counts, so N and N+1 run in one cluster; a change N
 /// could misread skips a number, so both sides refuse each other by name instead.
-/// A test build sets it with `OVERLAYD_WIRE_VERSION=N` in cargo's environment (the
-/// upgrade and version-skew tests build images of versions 2 and 9 so): a build
-/// variable, not a feature, because `--all-features` must not change what a
-/// build speaks.
-pub const VERSION: u8 = wire_version(option_env!("OVERLAYD_WIRE_VERSION"));
+pub const BUILD_VERSION: u8 = 1;
 
-/// Version 1, or the build's `OVERLAYD_WIRE_VERSION` (1 to 254; anything else fails
-/// the build).
-const fn wire_version(var: Option<&str>) -> u8 {
-    let Some(s) = var else { return 1 };
-    let b = s.as_bytes();
-    assert!(!b.is_empty(), "OVERLAYD_WIRE_VERSION is empty");
-    let mut v: u32 = 0;
-    let mut i = 0;
-    while i < b.len() {
-        assert!(
-            b[i].is_ascii_digit(),
-            "OVERLAYD_WIRE_VERSION is not a number"
-        );
-        v = v * 10 + (b[i] - b'0') as u32;
-        assert!(v < 255, "OVERLAYD_WIRE_VERSION must be 1 to 254");
-        i += 1;
+/// The version this process speaks: [`BUILD_VERSION`], unless the build has the
+/// `test-wire-version` feature and `OVERLAYD_TEST_WIRE_VERSION` holds 1 to 254. The
+/// upgrade and version-skew tests run images of versions 2 and 9 so, from one build;
+/// without the feature the variable is not read.
+pub fn version() -> u8 {
+    static VERSION: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    if !cfg!(feature = "test-wire-version") {
+        return BUILD_VERSION;
     }
-    assert!(v >= 1, "OVERLAYD_WIRE_VERSION must be 1 to 254");
-    v as u8
+    *VERSION.get_or_init(|| {
+        std::env::var(TEST_VERSION_VAR)
+            .ok()
+            .and_then(|s| s.parse::<u8>().ok())
+            .filter(|v| (1..255).contains(v))
+            .unwrap_or(BUILD_VERSION)
+    })
 }
-/// The oldest peer version this build accepts: the previous one.
-pub const MIN_ACCEPTED: u8 = if VERSION > 1 { VERSION - 1 } else { 1 };
-/// The newest peer version this build accepts: the next one.
-pub const MAX_ACCEPTED: u8 = VERSION + 1;
 
-// The window is one version each way (version 1 has no predecessor).
-const _: () = assert!(MAX_ACCEPTED == VERSION + 1);
-const _: () = assert!(VERSION == 1 || MIN_ACCEPTED == VERSION - 1);
+/// The variable a `test-wire-version` build reads its version from.
+pub const TEST_VERSION_VAR: &str = "OVERLAYD_TEST_WIRE_VERSION";
+
+/// The oldest peer version this process accepts: the previous one.
+pub fn min_accepted() -> u8 {
+    version().saturating_sub(1).max(1)
+}
+
+/// The newest peer version this process accepts: the next one.
+pub fn max_accepted() -> u8 {
+    version().saturating_add(1)
+}
 
 /// Whether a peer speaking gossip protocol `version` can be talked to.
 pub fn accepts(version: u8) -> bool {
-    (MIN_ACCEPTED..=MAX_ACCEPTED).contains(&version)
+    (min_accepted()..=max_accepted()).contains(&version)
 }
 /// Datagrams longer than this are dropped before parsing.
 pub const MAX_DATAGRAM: usize = 16 * 1024;
@@ -89,7 +87,7 @@ pub enum WireError {
     /// The datagram does not start with [`MAGIC`].
     #[error("bad magic number")]
     BadMagic,
-    /// The version byte is outside [`MIN_ACCEPTED`]..=[`MAX_ACCEPTED`].
+    /// The version byte is outside [`min_accepted`]..=[`max_accepted`].
     #[error("unsupported protocol version {0}")]
     BadVersion(u8),
     /// The kind byte or a message tag is unknown.
@@ -142,7 +140,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<(Kind, &[u8]), WireError> {
 /// [`Authenticator::seal`](super::auth::Authenticator::seal) fills in) into `out`.
 pub fn emit_frame_header(kind: Kind, out: &mut Vec<u8>) {
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(version());
     out.push(kind as u8);
     out.push(0);
 }
@@ -722,12 +720,19 @@ mod tests {
             f[4] = v;
             f
         };
-        assert_eq!(frame(VERSION)[4], VERSION, "we emit our own version");
-        for v in [VERSION, MIN_ACCEPTED, MAX_ACCEPTED] {
+        let mut ours = Vec::new();
+        emit_frame_header(Kind::Lease, &mut ours);
+        assert_eq!(ours[4], version(), "we emit our own version");
+        assert_eq!(max_accepted(), version() + 1, "one newer version");
+        assert!(
+            version() == 1 || min_accepted() == version() - 1,
+            "one older"
+        );
+        for v in [version(), min_accepted(), max_accepted()] {
             assert_eq!(parse_frame(&frame(v)), Ok((Kind::Lease, &[][..])), "v{v}");
         }
-        for v in [0, MAX_ACCEPTED + 1, u8::MAX] {
-            if !(MIN_ACCEPTED..=MAX_ACCEPTED).contains(&v) {
+        for v in [0, max_accepted() + 1, u8::MAX] {
+            if !(min_accepted()..=max_accepted()).contains(&v) {
                 assert_eq!(parse_frame(&frame(v)), Err(WireError::BadVersion(v)));
             }
         }

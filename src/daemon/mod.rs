@@ -180,6 +180,14 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
 /// and the keys, and warns about gossip that is not authenticated.
 fn check_flags(args: &DaemonArgs) -> Result<(Option<IpNet>, Option<KeySet>), DaemonError> {
     let fixed_subnet = args.validate()?;
+    let speaks = crate::control::message::version();
+    if speaks != crate::control::message::BUILD_VERSION {
+        tracing::warn!(
+            "a test build: speaking gossip protocol {speaks}, set by {}, not this release's {}",
+            crate::control::message::TEST_VERSION_VAR,
+            crate::control::message::BUILD_VERSION
+        );
+    }
     let keys = match &args.secret_file {
         Some(path) => {
             let keys = load_keys(path)?;
