@@ -7,8 +7,9 @@
 //! the kernel dataplane (vxlan device with its entries, the unreachable routes of the
 //! cluster CIDRs, the nftables table); the TUN and the bridge (with their routes and
 //! addresses); the CNI plugin's masquerade tables (nftables; an iptables-only host
-//! keeps its rule); then the files in `--run-dir` and `--state-dir` (node.json, the lease,
-//! the VTEP MAC, the WireGuard key). The directories themselves stay when they are
+//! keeps its rule); then the files overlayd writes in `--run-dir` and `--state-dir`
+//! (node.json, the socket, the lease, the VTEP MAC, the WireGuard key, temporary
+//! files), and nothing else there. The directories themselves stay when they are
 //! mount points (a DaemonSet's hostPath volumes). It leaves the plugin's IPAM store
 //! (`dataDir` in the conflist) and its log file, which the daemon never mounts.
 //! It refuses to run while the daemon answers on its socket.
@@ -56,27 +57,31 @@ pub async fn uninstall(args: &DaemonArgs) -> Result<Vec<String>, DaemonError> {
             removed.push(format!("nftables table {family} {MASQ_TABLE}"));
         }
     }
-    for dir in [&args.run_dir, &args.state_dir] {
-        removed.extend(empty_dir(dir)?);
-    }
+    let run_files = [overlayd_node_info::NODE_FILE, crate::admin::SOCKET_FILE];
+    let state_files = [
+        crate::control::driver::STATE_FILE,
+        super::state::VTEP_MAC_FILE,
+        crate::dataplane::wg::key::PRIVATE_KEY_FILE,
+    ];
+    removed.extend(remove_ours(&args.run_dir, &run_files)?);
+    removed.extend(remove_ours(&args.state_dir, &state_files)?);
     Ok(removed)
 }
 
-/// Removes everything in `dir`, then `dir` itself unless it is busy (a mount point).
-fn empty_dir(dir: &Path) -> Result<Vec<String>, DaemonError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(file_err("uninstall: read dir", dir)(e)),
-    };
+/// Removes the files overlayd writes in `dir` (`names`, and temporary files a killed
+/// daemon left), then `dir` itself if that leaves it empty and it is no mount point.
+/// Nothing else is touched: a `--state-dir` pointed at a shared directory by mistake
+/// loses only overlayd's files.
+fn remove_ours(dir: &Path, names: &[&str]) -> Result<Vec<String>, DaemonError> {
     let mut removed = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(file_err("uninstall: read dir", dir))?.path();
-        let r = match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
-            _ => std::fs::remove_file(&path),
-        };
-        match r {
+    let temps = crate::fsutil::remove_stale_temps(dir)
+        .map_err(file_err("uninstall: temporary files in", dir))?;
+    if temps > 0 {
+        removed.push(format!("{temps} temporary files in {}", dir.display()));
+    }
+    for name in names {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
             Ok(()) => removed.push(format!("file {}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(file_err("uninstall: remove", &path)(e)),
@@ -86,4 +91,32 @@ fn empty_dir(dir: &Path) -> Result<Vec<String>, DaemonError> {
         removed.push(format!("dir {}", dir.display()));
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_only_what_overlayd_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        for f in ["lease.json", "vtep_mac", "someone-elses.conf"] {
+            std::fs::write(state.join(f), b"x").unwrap();
+        }
+        let removed = remove_ours(&state, &["lease.json", "vtep_mac", "wg_private_key"]).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(
+            state.join("someone-elses.conf").exists(),
+            "a foreign file was removed"
+        );
+        assert!(state.is_dir(), "a dir that is not empty stays");
+        std::fs::remove_file(state.join("someone-elses.conf")).unwrap();
+        let removed = remove_ours(&state, &["lease.json"]).unwrap();
+        assert_eq!(removed, vec![format!("dir {}", state.display())]);
+        assert!(!state.exists());
+        // A missing dir is nothing to do.
+        assert!(remove_ours(&state, &["lease.json"]).unwrap().is_empty());
+    }
 }
