@@ -24,9 +24,13 @@ const OVERLAYD: &str = env!("CARGO_BIN_EXE_overlayd");
 /// The reference network of the benchmark: bridge + host-local.
 const REF_CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"ref","plugins":[{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.250.0/24"}]]}}]}"#;
 
-/// A node of a [`TestCluster`] with its daemon (which installed the plugin and the
-/// conflist into `cni`) and its containerd. Fields drop in order: containerd (its
-/// pods' DELs still find the daemon's node.json), then the daemon.
+/// A node of a [`TestCluster`] with its containerd and its daemon (which installed
+/// the plugin and the conflist into `cni`). The daemon runs in containerd's mount
+/// namespace, as a DaemonSet's pod with hostPath volumes sees the host: the pods'
+/// netns under `/var/run/netns` and the plugin's store under `/var/lib/cni` are where
+/// the plugin records them. Fields drop in order: containerd (its pods' DELs still
+/// find the daemon's node.json; it then ends every process in its mount namespace,
+/// the daemon too), then the daemon.
 struct CriNode {
     containerd: Containerd,
     cni: CniDirs,
@@ -35,44 +39,45 @@ struct CriNode {
     own_veths: Vec<String>,
 }
 
-/// Starts daemon `i` with `--dataplane <dataplane>` and `--install-cni` into its own
-/// CNI dirs, seeded with `peers`; no containerd yet.
-fn start_daemon(
-    cluster: &TestCluster,
-    i: u8,
-    peers: &str,
-    dataplane: &str,
-) -> (DaemonNode, CniDirs) {
-    let cni = CniDirs::under(cluster.dir(), &format!("n{i}"));
-    let mut flags = vec!["--dataplane".to_string(), dataplane.to_string()];
-    flags.extend(cni.install_flags(&workspace_bin("overlayd-cni")));
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    (cluster.start_extra(i, peers, &flags), cni)
-}
-
-/// Waits for every daemon's lease and installed conflist, then starts a containerd on
-/// each node.
-fn with_containerd(daemons: Vec<(DaemonNode, CniDirs)>) -> Vec<CriNode> {
+/// Starts, for each `(i, peers, dataplane)`, containerd on node `i`, then daemon `i`
+/// in containerd's mount namespace with `--dataplane <dataplane>`, `--install-cni`
+/// into the node's CNI dirs and `extra`; waits until every daemon has a lease and has
+/// installed its conflist.
+fn start_nodes(cluster: &TestCluster, specs: &[(u8, &str, &str)], extra: &[&str]) -> Vec<CriNode> {
+    let mut nodes: Vec<CriNode> = specs
+        .iter()
+        .map(|&(i, peers, dataplane)| {
+            let cni = CniDirs::under(cluster.dir(), &format!("n{i}"));
+            let mut node = cluster.node(i);
+            let containerd = Containerd::start(&node.ns, &cni);
+            let mut flags = vec!["--dataplane".to_string(), dataplane.to_string()];
+            flags.extend(cni.install_flags(&workspace_bin("overlayd-cni")));
+            flags.extend(extra.iter().map(|s| s.to_string()));
+            node.extra = flags;
+            node.mount_of = Some(containerd.mount_anchor());
+            node.launch(peers);
+            CriNode {
+                containerd,
+                cni,
+                node,
+                own_veths: Vec::new(),
+            }
+        })
+        .collect();
     let ok = wait_until(Duration::from_secs(60), || {
-        daemons
+        nodes
             .iter()
-            .all(|(n, cni)| n.subnet().is_some() && cni.has_conflist())
+            .all(|n| n.node.subnet().is_some() && n.cni.has_conflist())
     });
-    let nodes: Vec<&DaemonNode> = daemons.iter().map(|(n, _)| n).collect();
     assert!(
         ok,
         "not every node leased a subnet and installed its conflist:\n{}",
-        logs(&nodes)
+        logs(&nodes.iter().map(|n| &n.node).collect::<Vec<_>>())
     );
-    daemons
-        .into_iter()
-        .map(|(node, cni)| CriNode {
-            containerd: Containerd::start(&node.ns, &cni),
-            own_veths: node.ns.links("veth"),
-            cni,
-            node,
-        })
-        .collect()
+    for n in &mut nodes {
+        n.own_veths = n.node.ns.links("veth");
+    }
+    nodes
 }
 
 impl CriNode {
@@ -158,6 +163,34 @@ struct CriPod {
     status: PodStatus,
 }
 
+/// The plugin's own ADD times, and those of each pod's first DEL (StopPodSandbox: the
+/// real work) and second DEL (RemovePodSandbox: nothing left to do), from its log
+/// lines (`ADD container=ID ok in 7.3 ms`).
+fn plugin_times(log: &str) -> [Vec<Duration>; 3] {
+    let mut out: [Vec<Duration>; 3] = Default::default();
+    let mut dels_seen: HashMap<String, usize> = HashMap::new();
+    for line in log.lines() {
+        let Some((head, ms)) = line.split_once(" ok in ") else {
+            continue;
+        };
+        let Some(ms) = ms
+            .strip_suffix(" ms")
+            .and_then(|m| m.trim().parse::<f64>().ok())
+        else {
+            continue;
+        };
+        let d = Duration::from_secs_f64(ms / 1e3);
+        if head.contains(" Info ADD container=") {
+            out[0].push(d);
+        } else if let Some((_, id)) = head.split_once(" Info DEL container=") {
+            let n = dels_seen.entry(id.to_string()).or_default();
+            *n += 1;
+            out[if *n == 1 { 1 } else { 2 }].push(d);
+        }
+    }
+    out
+}
+
 fn fmt_ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -185,11 +218,15 @@ fn summary(xs: &[Duration]) -> String {
 fn a_three_nodes_pods_get_our_addresses_ping_and_both_dels_free_them() {
     let _load = load::shared();
     let cluster = TestCluster::new(OVERLAYD);
-    let nodes = with_containerd(vec![
-        start_daemon(&cluster, 1, "198.18.0.2", "auto"),
-        start_daemon(&cluster, 2, "198.18.0.1", "auto"),
-        start_daemon(&cluster, 3, "198.18.0.1", "userspace"),
-    ]);
+    let nodes = start_nodes(
+        &cluster,
+        &[
+            (1, "198.18.0.2", "auto"),
+            (2, "198.18.0.1", "auto"),
+            (3, "198.18.0.1", "userspace"),
+        ],
+        &[],
+    );
     for n in &nodes {
         let s = n.node.status().unwrap();
         println!(
@@ -264,6 +301,72 @@ fn a_three_nodes_pods_get_our_addresses_ping_and_both_dels_free_them() {
             p.status.netns
         );
     }
+
+    // `overlayd pods` lists each pod with its namespace/name, address, container and
+    // host veth, as running; the metric counts them; `diagnose NAMESPACE/NAME` finds
+    // a pod of this node and says plainly that it knows no pod of another.
+    for (i, n) in nodes.iter().enumerate() {
+        let out = n.node.daemon().client(&["pods"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "overlayd pods: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{} overlayd pods:\n{text}", n.node.name);
+        let out = n.node.daemon().client(&["pods", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed = json["pods"].as_array().unwrap();
+        let mine: Vec<&CriPod> = pods.iter().filter(|p| p.node == i).collect();
+        assert_eq!(listed.len(), mine.len(), "{json}");
+        for p in mine {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("cri-test/{} ", p.name)))
+                .unwrap_or_else(|| panic!("{} is not in overlayd pods:\n{text}", p.name));
+            assert!(
+                line.contains(p.status.ip()) && line.ends_with("running"),
+                "{line}"
+            );
+            let entry = listed
+                .iter()
+                .find(|e| e["name"] == p.name.as_str())
+                .unwrap();
+            assert_eq!(entry["namespace"], "cri-test");
+            assert_eq!(entry["container_id"], p.id.0.as_str());
+            assert_eq!(entry["ips"][0], p.status.ip());
+            assert_eq!(entry["state"], "running");
+            assert_eq!(entry["netns"].as_str(), p.status.netns.as_deref());
+            let veth = entry["host_veth"].as_str().unwrap();
+            assert!(
+                n.node.ns.links("veth").iter().any(|l| l == veth),
+                "{veth} is not a veth of {}",
+                n.node.name
+            );
+        }
+        assert_eq!(n.node.metric("overlayd_pods "), Some(2.0));
+    }
+    let p = &pods[0];
+    let out = nodes[0]
+        .node
+        .daemon()
+        .client(&["diagnose", &format!("cri-test/{}", p.name)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("pod cri-test/{}, address {}:", p.name, p.status.ip()))
+            && text.contains("local pod"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = nodes[0]
+        .node
+        .daemon()
+        .client(&["diagnose", "cri-test/web-n2-0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no pod cri-test/web-n2-0 on this node"),
+        "{err}"
+    );
 
     // Every pod pings every pod, across kernel and userspace nodes.
     let mut missing: Vec<(usize, usize)> = (0..pods.len())
@@ -365,7 +468,7 @@ fn b_churn_30_pods_at_random_leaves_nothing() {
     let mut rng = SeededRng::from_env("OVERLAYD_CRI_CHURN_SEED");
     let seed = rng.seed();
     let cluster = TestCluster::new(OVERLAYD);
-    let nodes = with_containerd(vec![start_daemon(&cluster, 1, "", "auto")]);
+    let nodes = start_nodes(&cluster, &[(1, "", "auto")], &[]);
     let n = &nodes[0];
     // Pod -> thread, at random; each thread then walks its pods' lives in a random
     // interleaving (run, stop, remove, in that order for each pod).
@@ -451,7 +554,7 @@ fn c_bench_run_pod_sandbox_overlayd_cni_against_bridge_host_local() {
     let _load = load::heavy();
     const RUNS: usize = 20;
     let cluster = TestCluster::new(OVERLAYD);
-    let nodes = with_containerd(vec![start_daemon(&cluster, 1, "", "auto")]);
+    let nodes = start_nodes(&cluster, &[(1, "", "auto")], &[]);
     let ovl = &nodes[0];
     let ref_ns = Netns::new("crir");
     let ref_cni = CniDirs::under(cluster.dir(), "ref");
@@ -508,6 +611,11 @@ fn c_bench_run_pod_sandbox_overlayd_cni_against_bridge_host_local() {
             summary(&c.timings(CriCall::RemovePodSandbox))
         );
     }
+    let [adds, first_dels, second_dels] = plugin_times(&ovl.plugin_log());
+    println!("  overlayd-cni's own times, from its log (every pod of the test):");
+    println!("    ADD {}", summary(&adds));
+    println!("    DEL at StopPodSandbox {}", summary(&first_dels));
+    println!("    DEL at RemovePodSandbox {}", summary(&second_dels));
     let (o, r) = (
         median(&ovl.containerd.timings(CriCall::RunPodSandbox)),
         median(&reference.timings(CriCall::RunPodSandbox)),
@@ -516,4 +624,151 @@ fn c_bench_run_pod_sandbox_overlayd_cni_against_bridge_host_local() {
         "  RunPodSandbox median ratio overlayd-cni / bridge+host-local: {:.2}",
         o.as_secs_f64() / r.as_secs_f64()
     );
+}
+
+/// The parent of `pid` (from `/proc/<pid>/stat`).
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn d_lost_dels_are_reclaimed_and_a_running_pod_keeps_its_address() {
+    let _load = load::shared();
+    const GRACE_SECS: u64 = 5;
+    let cluster = TestCluster::new(OVERLAYD);
+    let mut nodes = start_nodes(
+        &cluster,
+        &[(1, "", "auto")],
+        &["--reclaim-pod-after", &format!("{GRACE_SECS}s")],
+    );
+    let n = &mut nodes[0];
+    let mut pods = Vec::new();
+    for (k, name) in ["lost-a", "lost-b", "kept"].into_iter().enumerate() {
+        let id = n
+            .containerd
+            .run_pod("lost", name, &format!("00000000-0000-4000-8000-00000000001{k}"));
+        let status = n.containerd.pod_status(&id);
+        assert!(status.ready && status.pid.is_some() && status.netns.is_some(), "{status:?}");
+        pods.push((name, id, status));
+    }
+    let ip = |k: usize| pods[k].2.ip().to_string();
+    let json = |n: &CriNode| -> serde_json::Value {
+        serde_json::from_slice(&n.node.daemon().client(&["pods", "--json"]).stdout).unwrap()
+    };
+    let veth_of = |j: &serde_json::Value, name: &str| -> String {
+        j["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["host_veth"].as_str())
+            .unwrap_or_else(|| panic!("{name} not listed: {j}"))
+            .to_string()
+    };
+    let listing = json(n);
+    let lost_veths = [veth_of(&listing, "lost-a"), veth_of(&listing, "lost-b")];
+
+    // A crash, as a node's would be: containerd is killed; so are the lost pods' pause
+    // processes and shims, and their netns files are removed by hand. No DEL runs.
+    n.containerd.kill9();
+    for (name, _, status) in &pods[..2] {
+        let pause = status.pid.unwrap();
+        let shim = ppid(pause).unwrap();
+        for pid in [pause, shim] {
+            // SAFETY: kill(2) on pids this test's containerd started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let netns = status.netns.as_deref().unwrap();
+        n.containerd.delete_netns(netns);
+        assert!(!n.containerd.path_exists(netns), "{name}: {netns} is still there");
+    }
+    let gone = wait_until(Duration::from_secs(10), || {
+        let links = n.node.ns.links("veth");
+        lost_veths.iter().all(|v| !links.contains(v))
+    });
+    assert!(gone, "the lost pods' host veths {lost_veths:?} are still there");
+    n.containerd.restart();
+    let crashed = Instant::now();
+    let reserved_then = n.reserved();
+    assert!(
+        [ip(0), ip(1), ip(2)].iter().all(|a| reserved_then.contains(a)),
+        "before the grace, every address is still reserved: {reserved_then:?}"
+    );
+    let listing = json(n);
+    println!("after the crash: {listing}");
+
+    // Within the grace period plus a minute, the lost pods' addresses are free; the
+    // running pod keeps its own.
+    let reclaimed = wait_until(Duration::from_secs(GRACE_SECS + 60), || {
+        let r = n.reserved();
+        !r.contains(&ip(0)) && !r.contains(&ip(1))
+    });
+    let took = crashed.elapsed();
+    assert!(
+        reclaimed,
+        "the lost pods' addresses are still reserved after {took:?}: {:?}\n{}",
+        n.reserved(),
+        n.node.log_text()
+    );
+    println!(
+        "lost DELs: addresses reclaimed {:.1} s after the crash (--reclaim-pod-after {GRACE_SECS}s; printed, not asserted)",
+        took.as_secs_f64()
+    );
+    assert_eq!(n.reserved(), vec![ip(2)], "the running pod keeps its address");
+    let log = n.node.log_text();
+    for (name, id, _) in &pods[..2] {
+        assert!(
+            log.lines().any(|l| l.contains("reclaimed the addresses")
+                && l.contains(&format!("lost/{name}"))
+                && l.contains(&id.0)),
+            "no reclaim of lost/{name} in the log:\n{log}"
+        );
+    }
+    assert_eq!(n.node.metric("overlayd_pods_reclaimed_total"), Some(2.0));
+    assert_eq!(n.node.metric("overlayd_pods "), Some(1.0));
+    let listing = json(n);
+    let names: Vec<&str> = listing["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["kept"], "{listing}");
+    assert_eq!(listing["pods"][0]["state"], "running");
+
+    // A new pod gets a free address, never the running pod's, and reaches it.
+    let id = n
+        .containerd
+        .run_pod("lost", "new", "00000000-0000-4000-8000-000000000020");
+    let new = n.containerd.pod_status(&id);
+    assert_ne!(new.ip(), ip(2), "a new pod got the running pod's address");
+    assert!(
+        n.containerd
+            .pod_exec(&new, &["ping", "-c", "1", "-W", "2", "-q", &ip(2)]),
+        "the new pod cannot reach the running one"
+    );
+    let mut want = vec![ip(2), new.ip().to_string()];
+    want.sort();
+    assert_eq!(n.reserved(), want);
+
+    // The lost sandboxes' DELs come at last (the kubelet stops and removes them): they
+    // free nothing (a DEL frees only what its own container ID holds).
+    for (name, id, _) in &pods[..2] {
+        let stop = n.containerd.try_stop_pod(id);
+        let remove = n.containerd.try_remove_pod(id);
+        println!("late StopPodSandbox/RemovePodSandbox of lost/{name}: {stop:?} / {remove:?}");
+    }
+    assert_eq!(n.reserved(), want, "a late DEL freed a live pod's address");
+    println!("overlayd-cni log:\n{}", n.plugin_log());
+    for id in [&pods[2].1, &id] {
+        n.containerd.stop_pod(id);
+        n.containerd.remove_pod(id);
+    }
+    let left = n.leftovers();
+    assert!(left.is_empty(), "left at the end: {left:?}");
 }

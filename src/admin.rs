@@ -1,6 +1,7 @@
-//! The admin socket: the daemon answers `overlayd status`, `diagnose`, `leave` and
-//! `rmpeer` on a unix socket in `--run-dir` (mode 0600), and the CLI asks through
-//! the typed client functions here ([`status`], [`diagnose`], [`leave`], [`rmpeer`]).
+//! The admin socket: the daemon answers `overlayd status`, `diagnose`, `pods`, `leave`,
+//! `rmpeer` and `rotate-key` on a unix socket in `--run-dir` (mode 0600), and the CLI
+//! asks through the typed client functions here ([`status`], [`diagnose`], [`pods`],
+//! [`leave`], [`rmpeer`], [`rotate_key`]).
 //!
 //! The protocol is one JSON [`Request`] line and one JSON [`Reply`] line, then the
 //! daemon closes the connection. Both ends are this binary.
@@ -20,6 +21,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::diagnose::Diagnosis;
 use crate::live::StatusSource;
+use crate::pods::PodsReport;
 use crate::status::StatusReport;
 
 /// File name of the admin socket inside `--run-dir`.
@@ -49,6 +51,8 @@ pub enum Request {
     /// Make a new WireGuard key pair, use it and publish it.
     #[serde(rename = "rotate-key")]
     RotateKey,
+    /// The pods on this node (the CNI plugin's store, scanned now).
+    Pods,
 }
 
 /// What the daemon answers.
@@ -75,6 +79,8 @@ pub enum Reply {
         /// The new public key.
         public_key: String,
     },
+    /// The answer to [`Request::Pods`].
+    Pods(Box<PodsReport>),
     /// The request was refused or failed.
     Error {
         /// Why.
@@ -177,6 +183,13 @@ async fn handle(request: Request, source: &StatusSource) -> Reply {
             }
         },
         Request::RotateKey => handle_rotate_key(source).await,
+        Request::Pods => match &source.pods {
+            Some(pods) => Reply::Pods(Box::new(pods.scan().await)),
+            None => Reply::error(
+                "this daemon does not know the CNI plugin's store: start it with --install-cni \
+                 or --cni-data-dir (the plugin's dataDir)",
+            ),
+        },
         Request::Rmpeer { name } => match &source.control {
             None => Reply::error("this node has a fixed --subnet: it takes no part in leases"),
             Some(c) => match c.handle.rmpeer(&name).await {
@@ -320,6 +333,14 @@ pub async fn leave(run_dir: &Path) -> Result<String, ClientError> {
 pub async fn rotate_key(run_dir: &Path) -> Result<String, ClientError> {
     match call(run_dir, &Request::RotateKey, Duration::from_secs(10)).await? {
         Reply::Rotated { public_key } => Ok(public_key),
+        other => Err(unexpected(run_dir, &other)),
+    }
+}
+
+/// The pods on this node.
+pub async fn pods(run_dir: &Path) -> Result<PodsReport, ClientError> {
+    match call(run_dir, &Request::Pods, Duration::from_secs(10)).await? {
+        Reply::Pods(report) => Ok(*report),
         other => Err(unexpected(run_dir, &other)),
     }
 }

@@ -27,6 +27,8 @@ pub struct InstallCni {
     pub conflist_name: String,
     /// The daemon's run dir, where the plugin finds node.json.
     pub run_dir: PathBuf,
+    /// The plugin's IPAM store (`dataDir`), where the daemon lists and reclaims pods.
+    pub data_dir: PathBuf,
 }
 
 /// What an install changed.
@@ -53,10 +55,13 @@ fn err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Instal
     move |source| InstallError { what, path, source }
 }
 
-/// The conflist text for a daemon whose run dir is `run_dir`.
-pub fn conflist(run_dir: &Path) -> String {
-    let run_dir = serde_json::to_string(&run_dir.display().to_string()).unwrap_or_default();
-    CONFLIST_TEMPLATE.replace("\"/run/overlayd\"", &run_dir)
+/// The conflist text for a daemon whose run dir is `run_dir` and whose plugin keeps
+/// its store in `data_dir`.
+pub fn conflist(run_dir: &Path, data_dir: &Path) -> String {
+    let quote = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap_or_default();
+    CONFLIST_TEMPLATE
+        .replace("\"/run/overlayd\"", &quote(run_dir))
+        .replace("\"/var/lib/cni/overlayd\"", &quote(data_dir))
 }
 
 impl InstallCni {
@@ -84,7 +89,7 @@ impl InstallCni {
 
     /// Writes the conflist unless it is there already. Returns whether it was written.
     pub fn install_conflist(&self) -> Result<bool, InstallError> {
-        let text = conflist(&self.run_dir);
+        let text = conflist(&self.run_dir, &self.data_dir);
         let conf_path = self.conflist_path();
         let changed = std::fs::read_to_string(&conf_path).map_or(true, |old| old != text);
         if changed {
@@ -143,6 +148,7 @@ mod tests {
             conf_dir: dir.join("net.d"),
             conflist_name: "10-overlayd.conflist".into(),
             run_dir: PathBuf::from("/run/ovl-test"),
+            data_dir: PathBuf::from("/var/lib/ovl-test"),
         };
         assert_eq!(
             install.install().unwrap(),
@@ -164,6 +170,7 @@ mod tests {
         .unwrap();
         assert_eq!(conf["plugins"][0]["type"], "overlayd-cni");
         assert_eq!(conf["plugins"][0]["runDir"], "/run/ovl-test");
+        assert_eq!(conf["plugins"][0]["dataDir"], "/var/lib/ovl-test");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(dir.join("bin/overlayd-cni"))
@@ -204,6 +211,7 @@ mod tests {
             conf_dir: PathBuf::from("/tmp"),
             conflist_name: "x".into(),
             run_dir: PathBuf::from("/run/overlayd"),
+            data_dir: PathBuf::from("/var/lib/cni/overlayd"),
         };
         let e = install.install().unwrap_err().to_string();
         assert!(

@@ -40,11 +40,22 @@ pub struct Cli {
 /// Client commands that talk to a running daemon.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Why can't this node reach POD_IP? Checks owner, peer state, routes, devices
+    /// Why can't this node reach a pod? Checks owner, peer state, routes, devices
     /// and recent VXLAN answers, and prints a verdict with the evidence.
     Diagnose {
-        /// The pod address.
-        pod_ip: IpAddr,
+        /// The pod: its address, or NAMESPACE/NAME of a pod on this node.
+        #[arg(value_name = "POD_IP|NAMESPACE/NAME", value_parser = parse_diagnose_target)]
+        target: DiagnoseTarget,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Where the daemon's socket lives.
+        #[arg(long, env = "OVERLAYD_RUN_DIR", default_value = "/run/overlayd")]
+        run_dir: PathBuf,
+    },
+    /// List the pods on this node: address(es), namespace/name, container, interface,
+    /// host veth, age, and whether each still runs (from the CNI plugin's store).
+    Pods {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -113,6 +124,38 @@ pub enum Command {
         #[arg(long, env = "OVERLAYD_RUN_DIR", default_value = "/run/overlayd")]
         run_dir: PathBuf,
     },
+}
+
+/// What `overlayd diagnose` asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiagnoseTarget {
+    /// A pod address.
+    Ip(IpAddr),
+    /// A pod on this node by its Kubernetes namespace and name.
+    Pod {
+        /// `K8S_POD_NAMESPACE`.
+        namespace: String,
+        /// `K8S_POD_NAME`.
+        name: String,
+    },
+}
+
+/// Parses `diagnose`'s argument: an address, or `NAMESPACE/NAME`.
+pub fn parse_diagnose_target(s: &str) -> Result<DiagnoseTarget, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(DiagnoseTarget::Ip(ip));
+    }
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(DiagnoseTarget::Pod {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            })
+        }
+        _ => Err(format!(
+            "'{s}' is neither a pod address (10.244.1.5, fd00:10:244:1::5) nor NAMESPACE/NAME"
+        )),
+    }
 }
 
 /// A part of `overlayd status`.
@@ -344,6 +387,17 @@ pub struct DaemonArgs {
         default_value = "10-overlayd.conflist"
     )]
     pub cni_conflist: String,
+    /// The CNI plugin's IPAM store (its `dataDir`, written into the conflist that
+    /// --install-cni writes): the daemon lists the pods there (`overlayd pods`) and
+    /// frees the addresses of pods gone for --reclaim-pod-after [default:
+    /// /var/lib/cni/overlayd with --install-cni, else none].
+    #[arg(long, env = "OVERLAYD_CNI_DATA_DIR", value_name = "DIR")]
+    pub cni_data_dir: Option<PathBuf>,
+    /// Free a pod's addresses once its netns and its host veth have both been gone
+    /// this long (a DEL that never came); `0s` turns the reclaim off.
+    #[arg(long, env = "OVERLAYD_RECLAIM_POD_AFTER", value_name = "DURATION", default_value = "60s",
+          value_parser = parse_duration)]
+    pub reclaim_pod_after: std::time::Duration,
     /// Address for Prometheus `/metrics` and `/healthz`, or `off`.
     #[arg(
         long,
@@ -513,7 +567,18 @@ pub struct FileKeys {
     pub keys: Vec<String>,
 }
 
+/// The plugin's default `dataDir`, the daemon's with --install-cni.
+pub const DEFAULT_CNI_DATA_DIR: &str = "/var/lib/cni/overlayd";
+
 impl DaemonArgs {
+    /// The plugin's store the daemon watches: `--cni-data-dir`, or with --install-cni
+    /// the plugin's default; none otherwise (the daemon does not know where it is).
+    pub fn cni_data_dir(&self) -> Option<PathBuf> {
+        self.cni_data_dir
+            .clone()
+            .or_else(|| self.install_cni.then(|| PathBuf::from(DEFAULT_CNI_DATA_DIR)))
+    }
+
     /// Dual-stack: the IPv6 cluster CIDR and `--subnet-len-v6`, as gossip carries them.
     pub fn second(&self) -> Option<(IpNet, u8)> {
         Some((self.cluster_cidr.second?, self.subnet_len_v6))
@@ -615,6 +680,16 @@ impl DaemonArgs {
                     "must be at most 3650days (ten years)",
                 ));
             }
+        }
+        if !self.reclaim_pod_after.is_zero()
+            && (self.reclaim_pod_after < std::time::Duration::from_secs(1)
+                || self.reclaim_pod_after > MAX_RECLAIM_AFTER)
+        {
+            return Err(invalid(
+                "--reclaim-pod-after",
+                format!("{:?}", self.reclaim_pod_after),
+                "must be 0s (off) or from 1s to 3650days",
+            ));
         }
         if let (Some(n), Some(_)) = (self.bootstrap_expect, self.subnet) {
             return Err(invalid(

@@ -42,5 +42,6 @@ pub mod fsutil;
 pub mod live;
 pub mod metrics;
 pub mod node;
+pub mod pods;
 pub mod privilege;
 pub mod status;

@@ -37,6 +37,9 @@ pub struct StatusSource {
     pub netlink: Option<Netlink>,
     /// `--state-dir`, where `rotate-key` keeps the new WireGuard key.
     pub state_dir: std::path::PathBuf,
+    /// The CNI plugin's pods and the reclaim of their leaked addresses, when the
+    /// daemon knows the plugin's store (`--install-cni` or `--cni-data-dir`).
+    pub pods: Option<std::sync::Arc<crate::daemon::pods::PodWatch>>,
 }
 
 /// The control plane as status reads it.

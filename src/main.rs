@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use overlayd::config::{Command, LogFormat, ParseError, StatusPart};
+use overlayd::config::{Command, DiagnoseTarget, LogFormat, ParseError, StatusPart};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -94,6 +94,73 @@ async fn uninstall(daemon: &overlayd::config::DaemonArgs, wait: bool) -> ExitCod
             ExitCode::FAILURE
         }
     }
+}
+
+/// `overlayd diagnose`: a pod address, or each address of the pod NAMESPACE/NAME on
+/// this node. Exits non-zero when something stands in the way of any of them.
+async fn diagnose(target: DiagnoseTarget, json: bool, run_dir: &std::path::Path) -> ExitCode {
+    let (label, ips) = match target {
+        DiagnoseTarget::Ip(ip) => (None, vec![ip]),
+        DiagnoseTarget::Pod { namespace, name } => {
+            let report = match overlayd::admin::pods(run_dir).await {
+                Ok(r) => r,
+                Err(e) => {
+                    say!("overlayd diagnose {namespace}/{name}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let found = report.find(&namespace, &name);
+            // A pod restarted in a new sandbox may still have its old one listed.
+            let running: Vec<_> = found
+                .iter()
+                .filter(|p| p.state == overlayd::pods::PodState::Running)
+                .collect();
+            let chosen = if running.is_empty() { found.iter().collect() } else { running };
+            let ips: Vec<std::net::IpAddr> = chosen.iter().flat_map(|p| p.ips.clone()).collect();
+            if ips.is_empty() {
+                say!(
+                    "overlayd diagnose: no pod {namespace}/{name} on this node ({} pod(s) here; `overlayd pods` lists them). \
+                     A node knows only its own pods: run this on the pod's node, or give the pod's address.",
+                    report.pods.len()
+                );
+                return ExitCode::FAILURE;
+            }
+            (Some(format!("{namespace}/{name}")), ips)
+        }
+    };
+    let mut code = ExitCode::SUCCESS;
+    let mut out = String::new();
+    let mut all = Vec::new();
+    for ip in ips {
+        match overlayd::admin::diagnose(run_dir, ip).await {
+            Ok(d) => {
+                if !d.reachable {
+                    code = ExitCode::FAILURE;
+                }
+                if let Some(label) = &label {
+                    if !json {
+                        out.push_str(&format!("pod {label}, address {ip}:\n"));
+                    }
+                }
+                if !json {
+                    out.push_str(&overlayd::diagnose::render(&d));
+                }
+                all.push(d);
+            }
+            Err(e) => {
+                say!("overlayd diagnose: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if json {
+        let value = match (label.is_some(), all.len()) {
+            (false, 1) => serde_json::to_value(&all[0]),
+            _ => serde_json::to_value(&all),
+        };
+        out = format!("{}\n", value.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default());
+    }
+    write_out(&out, code)
 }
 
 fn main() -> ExitCode {
@@ -198,18 +265,21 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Some(Command::Diagnose { pod_ip, json, run_dir }) => runtime.block_on(async {
-            match overlayd::admin::diagnose(&run_dir, pod_ip).await {
-                Ok(d) => {
+        Some(Command::Diagnose { target, json, run_dir }) => {
+            runtime.block_on(diagnose(target, json, &run_dir))
+        }
+        Some(Command::Pods { json, run_dir }) => runtime.block_on(async {
+            match overlayd::admin::pods(&run_dir).await {
+                Ok(report) => {
                     let text = if json {
-                        format!("{}\n", serde_json::to_string_pretty(&d).unwrap_or_default())
+                        format!("{}\n", serde_json::to_string_pretty(&report).unwrap_or_default())
                     } else {
-                        overlayd::diagnose::render(&d)
+                        overlayd::pods::render(&report)
                     };
-                    write_out(&text, if d.reachable { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                    write_out(&text, ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    say!("overlayd diagnose: {e}");
+                    say!("overlayd pods: {e}");
                     ExitCode::FAILURE
                 }
             }

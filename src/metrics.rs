@@ -431,6 +431,21 @@ impl Collector for Exporter {
             }
             info.encode_info(&labels)?;
         }
+        if let Some(pods) = &self.source.pods {
+            let gauge = encoder.encode_descriptor(
+                "overlayd_pods",
+                "Pods on this node with an address from the CNI plugin, at the last scan of its store.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(pods.pods() as i64).encode(gauge)?;
+            counter(
+                &mut encoder,
+                "overlayd_pods_reclaimed",
+                "Pod addresses freed because the pod's netns and host veth were gone for --reclaim-pod-after (a DEL that never came).",
+                pods.reclaimed(),
+            )?;
+        }
         let uptime = encoder.encode_descriptor(
             "overlayd_uptime_seconds",
             "Seconds since the daemon started.",

@@ -16,7 +16,7 @@
 //! renamed (the cursor) into place. A temporary file left by a killed plugin is removed
 //! by the next one to take the lock.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use overlayd_node_info::pods::{self, RecordError};
 pub use overlayd_node_info::pods::{Owner, PodIdentity};
-use rustix::fs::FlockOperation;
 
 use crate::error::{Error, Result};
 use crate::faultpoint;
@@ -92,8 +91,8 @@ pub fn next_free(
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
-    // Held for its flock; closing the file releases the lock.
-    _lock: File,
+    // Held for its flock; dropping it releases the lock.
+    _lock: pods::StoreLock,
 }
 
 impl Store {
@@ -116,20 +115,7 @@ impl Store {
     }
 
     fn lock(dir: PathBuf) -> Result<Self> {
-        let lock_path = dir.join(pods::LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::store(&lock_path, e))?;
-        loop {
-            match rustix::fs::flock(&lock, FlockOperation::LockExclusive) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(Error::store(&lock_path, e.into())),
-            }
-        }
+        let lock = pods::StoreLock::take(&dir).map_err(|(path, e)| Error::store(path, e))?;
         let store = Store { dir, _lock: lock };
         store.remove_temps()?;
         Ok(store)

@@ -60,6 +60,7 @@ pub fn run<E: Env, R: Read, W: Write>(env: &E, mut stdin: R, mut stdout: W) -> i
 }
 
 fn handle<E: Env>(cmd: Command, env: &E, input: &[u8]) -> Result<Option<Value>> {
+    let start = std::time::Instant::now();
     let conf = NetConf::parse(input)?;
     let log = Logger::open(conf.log_file.as_deref(), conf.log_level);
     let outcome = match cmd {
@@ -95,10 +96,15 @@ fn handle<E: Env>(cmd: Command, env: &E, input: &[u8]) -> Result<Option<Value>> 
     };
     let id = env.var("CNI_CONTAINERID").unwrap_or_default();
     match &outcome {
-        Ok(_) => log.info(format_args!("{} container={id} ok", cmd.as_str())),
+        Ok(_) => log.info(format_args!(
+            "{} container={id} ok in {:.1} ms",
+            cmd.as_str(),
+            start.elapsed().as_secs_f64() * 1e3
+        )),
         Err(e) => log.error(format_args!(
-            "{cmd:?} container={id} failed (code {}): {e}",
-            e.code()
+            "{cmd:?} container={id} failed (code {}) in {:.1} ms: {e}",
+            e.code(),
+            start.elapsed().as_secs_f64() * 1e3
         )),
     }
     outcome
@@ -178,6 +184,7 @@ fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<C
                 host_veth: Some(host_veth_name(&att.container_id, &att.ifname)),
                 created: Some(unix_now()),
                 pod,
+                netns: att.netns.clone(),
             };
             allocate(conf, att, &node, &owner)?
         }

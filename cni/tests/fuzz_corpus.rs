@@ -247,6 +247,7 @@ fn write_seeds() {
             uid: Some(POD_UID.into()),
             infra_container_id: Some(CONTAINERD_ID.into()),
         },
+        netns: Some("/var/run/netns/cni-5f3e9a1c-0d2b-4c6e-8f7a-1b2c3d4e5f60".into()),
     };
     write("pod_record", "k8s", owner.emit().unwrap().as_bytes());
     write(

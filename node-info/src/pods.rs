@@ -13,6 +13,7 @@
 //! k8s_pod_name=web-0
 //! k8s_pod_uid=6f1d0c2e-8a43-4c1e-9f53-2a8d4b7c1e90
 //! k8s_pod_infra_container_id=3f1c9a7e6b2d
+//! netns=/var/run/netns/cni-1b2c...      CNI_NETNS of the ADD
 //! ```
 //!
 //! Plugins before this format wrote only the first two lines, and read only those: old
@@ -52,6 +53,8 @@ const NAMESPACE: &str = "k8s_pod_namespace";
 const NAME: &str = "k8s_pod_name";
 const UID: &str = "k8s_pod_uid";
 const INFRA: &str = "k8s_pod_infra_container_id";
+const NETNS: &str = "netns";
+const KEYS: [&str; 7] = [HOST_VETH, CREATED, NAMESPACE, NAME, UID, INFRA, NETNS];
 
 /// The store of `network` under the plugin's `dataDir`.
 pub fn store_dir(data_dir: &Path, network: &str) -> PathBuf {
@@ -96,6 +99,9 @@ pub struct Owner {
     pub created: Option<u64>,
     /// The pod's Kubernetes identity (all unknown outside Kubernetes).
     pub pod: PodIdentity,
+    /// `CNI_NETNS` of the ADD: the pod's network namespace as the runtime named it
+    /// (unknown in files of older plugins).
+    pub netns: Option<String>,
 }
 
 /// One reservation: an address and its owner.
@@ -208,11 +214,12 @@ impl Owner {
             host_veth: None,
             created: None,
             pod: PodIdentity::default(),
+            netns: None,
         }
     }
 
     /// The optional fields with their keys, in file order.
-    fn fields(&self) -> [(&'static str, Option<String>); 6] {
+    fn fields(&self) -> [(&'static str, Option<String>); KEYS.len()] {
         [
             (HOST_VETH, self.host_veth.clone()),
             (CREATED, self.created.map(|c| c.to_string())),
@@ -220,6 +227,7 @@ impl Owner {
             (NAME, self.pod.name.clone()),
             (UID, self.pod.uid.clone()),
             (INFRA, self.pod.infra_container_id.clone()),
+            (NETNS, self.netns.clone()),
         ]
     }
 
@@ -259,18 +267,15 @@ impl Owner {
         let ifname = lines.next().unwrap_or_default();
         check_line(ifname, RecordError::NoIfname)?;
         let mut owner = Owner::new(container_id, ifname);
-        let mut seen = [false; 6];
+        let mut seen = [false; KEYS.len()];
         for (i, line) in lines.enumerate() {
             let Some((key, value)) = line.split_once('=') else {
                 return Err(RecordError::NotKeyValue { line: i + 3 });
             };
-            let Some(pos) = [HOST_VETH, CREATED, NAMESPACE, NAME, UID, INFRA]
-                .iter()
-                .position(|k| *k == key)
-            else {
+            let Some(pos) = KEYS.iter().position(|k| *k == key) else {
                 continue;
             };
-            let key = [HOST_VETH, CREATED, NAMESPACE, NAME, UID, INFRA][pos];
+            let key = KEYS[pos];
             if std::mem::replace(&mut seen[pos], true) {
                 return Err(RecordError::DuplicateKey(key));
             }
@@ -289,7 +294,8 @@ impl Owner {
                 NAMESPACE => owner.pod.namespace = Some(value),
                 NAME => owner.pod.name = Some(value),
                 UID => owner.pod.uid = Some(value),
-                _ => owner.pod.infra_container_id = Some(value),
+                INFRA => owner.pod.infra_container_id = Some(value),
+                _ => owner.netns = Some(value),
             }
         }
         Ok(owner)
@@ -369,6 +375,63 @@ pub fn list_dir(dir: &Path) -> io::Result<Listing> {
     Ok(listing)
 }
 
+/// An exclusive `flock(2)` on a store's [`LOCK_FILE`], held until dropped (the kernel
+/// drops it too when the process dies, even killed). ADD, DEL and GC of the plugin and
+/// the daemon's reclaim all take it, so no two of them change a store at once.
+#[derive(Debug)]
+pub struct StoreLock {
+    dir: PathBuf,
+    // Held for its flock; closing the file releases the lock.
+    _file: fs::File,
+}
+
+impl StoreLock {
+    /// Takes the lock of the store at `dir` (which must exist), waiting for the holder.
+    /// Creates the lock file if it is missing. The error names the lock file.
+    pub fn take(dir: &Path) -> Result<StoreLock, (PathBuf, io::Error)> {
+        let path = dir.join(LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| (path.clone(), e))?;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err((path, e.into())),
+            }
+        }
+        Ok(StoreLock {
+            dir: dir.to_path_buf(),
+            _file: file,
+        })
+    }
+
+    /// The store this lock is for.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Frees `record`'s address if its file still holds exactly `record.owner`;
+    /// `Ok(false)` if the file is gone or holds anything else (a DEL freed it, or an ADD
+    /// reserved it again, since the caller looked without the lock).
+    pub fn release_if_unchanged(&self, record: &PodRecord) -> io::Result<bool> {
+        let path = self.dir.join(record.ip.to_string());
+        match read_owner(&path) {
+            Ok(owner) if owner == record.owner => match fs::remove_file(&path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            },
+            Ok(_) | Err(RecordError::Io(io::ErrorKind::NotFound)) => Ok(false),
+            Err(RecordError::Io(kind)) => Err(kind.into()),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +452,7 @@ mod tests {
                 uid: Some("6f1d0c2e-8a43-4c1e-9f53-2a8d4b7c1e90".into()),
                 infra_container_id: Some("3f1c9a7e6b2d".into()),
             },
+            netns: Some("/var/run/netns/cni-1b2c3d4e".into()),
         }
     }
 
@@ -409,7 +473,8 @@ mod tests {
             "3f1c9a7e6b2d\neth0\nhost_veth=ovlv0123456789a\ncreated=1718000000\n\
              k8s_pod_namespace=default\nk8s_pod_name=web-0\n\
              k8s_pod_uid=6f1d0c2e-8a43-4c1e-9f53-2a8d4b7c1e90\n\
-             k8s_pod_infra_container_id=3f1c9a7e6b2d\n"
+             k8s_pod_infra_container_id=3f1c9a7e6b2d\n\
+             netns=/var/run/netns/cni-1b2c3d4e\n"
         );
         // The old plugin's reader: the first two lines.
         let mut lines = text.lines();
@@ -563,6 +628,30 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn release_if_unchanged_frees_only_the_record_it_judged() {
+        let dir = std::env::temp_dir().join(format!("ovl-ni-release-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let ip: IpAddr = "10.244.1.5".parse().unwrap();
+        let record = PodRecord { ip, owner: k8s() };
+        fs::write(dir.join("10.244.1.5"), k8s().emit().unwrap()).unwrap();
+        let lock = StoreLock::take(&dir).unwrap();
+        // Reserved again by another pod since: kept.
+        let mut other = k8s();
+        other.container_id = "another".into();
+        fs::write(dir.join("10.244.1.5"), other.emit().unwrap()).unwrap();
+        assert!(!lock.release_if_unchanged(&record).unwrap());
+        assert!(dir.join("10.244.1.5").exists());
+        // The same owner: freed; a second time: nothing to free.
+        fs::write(dir.join("10.244.1.5"), k8s().emit().unwrap()).unwrap();
+        assert!(lock.release_if_unchanged(&record).unwrap());
+        assert!(!dir.join("10.244.1.5").exists());
+        assert!(!lock.release_if_unchanged(&record).unwrap());
+        drop(lock);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     fn value() -> impl Strategy<Value = Option<String>> {
         proptest::option::of("[^\\p{Cc}]{0,40}")
     }
@@ -580,10 +669,12 @@ mod tests {
             name in value(),
             uid in value(),
             infra in value(),
+            netns in value(),
         ) {
             let owner = Owner {
                 container_id, ifname, host_veth, created,
                 pod: PodIdentity { namespace, name, uid, infra_container_id: infra },
+                netns,
             };
             let text = owner.emit().unwrap();
             prop_assert_eq!(Owner::parse(text.as_bytes()).unwrap(), owner.clone());

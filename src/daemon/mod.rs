@@ -24,6 +24,7 @@ pub mod gossip;
 pub mod host;
 pub mod keys;
 pub mod peers;
+pub mod pods;
 pub mod state;
 pub mod uninstall;
 
@@ -148,6 +149,9 @@ pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result
         heard: Default::default(),
         netlink: Some(netlink.clone()),
         state_dir: args.state_dir.clone(),
+        pods: args
+            .cni_data_dir()
+            .map(|dir| Arc::new(pods::PodWatch::new(dir, args.reclaim_pod_after))),
     });
     let admin = serve_admin(&args, source.clone()).await?;
     let cni = install_cni_plugin(&args)?;
@@ -227,6 +231,7 @@ struct AdminTasks {
     admin: JoinHandle<()>,
     sampler: JoinHandle<()>,
     metrics: Option<JoinHandle<()>>,
+    pods: Option<JoinHandle<()>>,
 }
 
 /// Serves the admin socket in `--run-dir` and, unless turned off, the metrics; samples
@@ -250,6 +255,7 @@ async fn serve_admin(
     let listener =
         crate::admin::bind(&socket_path).map_err(file_err("status socket", &socket_path))?;
     let admin = tokio::spawn(crate::admin::serve(listener, source.clone()));
+    let pods = source.pods.clone().map(|w| tokio::spawn(w.run()));
     let metrics = match args.metrics_addr {
         MetricsAddr::Off => None,
         MetricsAddr::On(addr) => {
@@ -269,6 +275,7 @@ async fn serve_admin(
         admin,
         sampler,
         metrics,
+        pods,
     })
 }
 
@@ -283,6 +290,9 @@ pub fn cni_install_of(args: &DaemonArgs) -> crate::cni_install::InstallCni {
         conf_dir: args.cni_conf_dir.clone(),
         conflist_name: args.cni_conflist.clone(),
         run_dir: args.run_dir.clone(),
+        data_dir: args
+            .cni_data_dir()
+            .unwrap_or_else(|| crate::config::DEFAULT_CNI_DATA_DIR.into()),
     }
 }
 
@@ -423,7 +433,7 @@ impl Daemon {
         }
         admin.admin.abort();
         admin.sampler.abort();
-        if let Some(task) = admin.metrics {
+        for task in [admin.metrics, admin.pods].into_iter().flatten() {
             task.abort();
         }
         let _ = std::fs::remove_file(&admin.socket_path);

@@ -69,6 +69,7 @@ impl TestCluster {
             advertise: None,
             extra: Vec::new(),
             env: Vec::new(),
+            mount_of: None,
         }
     }
 
@@ -108,6 +109,9 @@ pub struct DaemonNode {
     pub extra: Vec<String>,
     /// Environment variables added to every start.
     pub env: Vec<(String, String)>,
+    /// A process whose mount namespace the daemon joins at every start (see
+    /// [`DaemonProcess::start_in`]).
+    pub mount_of: Option<u32>,
 }
 
 impl DaemonNode {
@@ -148,9 +152,10 @@ impl DaemonNode {
     pub fn launch(&mut self, peers: &str) {
         let args = self.args(peers);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.daemon = Some(DaemonProcess::start_with_env(
+        self.daemon = Some(DaemonProcess::start_in(
             &self.bin,
             &self.ns,
+            self.mount_of,
             self.dirs.clone(),
             &self.name,
             &args,

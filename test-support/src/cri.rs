@@ -198,6 +198,11 @@ impl std::error::Error for CriError {}
 /// A containerd with its CRI on a node; stopped, with everything it started, on drop.
 pub struct Containerd {
     child: Option<ChildGuard>,
+    /// Holds the private mount namespace (`sleep`), killed on drop with the rest.
+    anchor: Option<ChildGuard>,
+    anchor_pid: u32,
+    /// The node's netns file.
+    node_path: String,
     dir: Option<tempfile::TempDir>,
     socket: PathBuf,
     /// `mnt:[inode]` of its private mount namespace.
@@ -231,9 +236,11 @@ impl Containerd {
             config_toml(&d, &socket, &image.reference, cni),
         )
         .unwrap();
-        let log = File::create(d.join("containerd.log")).unwrap();
-        // nsenter opens the node's netns file before the mounts hide /run; unshare
-        // execs sh, which execs containerd: the child's pid is containerd's.
+        // The mount namespace is held by an anchor process (`sleep`), so containerd can
+        // be killed and started again in it (its pods' netns and shims live there), and
+        // a daemon can join it. nsenter opens the node's netns file before the mounts
+        // hide /run; unshare execs sh, which execs sleep: the child's pid is the
+        // anchor's.
         let script = r#"set -e
 mount -t tmpfs -o mode=0755 tmpfs /run
 mount -t tmpfs -o mode=0755 tmpfs /var/lib
@@ -241,45 +248,47 @@ mount -t tmpfs -o mode=0755 tmpfs /opt
 mkdir -p /var/lib/cni /run/netns
 mount --bind "$1/var-lib-cni" /var/lib/cni
 mount --bind "$1/var-log" /var/log
-exec containerd --config "$1/config.toml""#;
-        let child = Command::new("nsenter")
+touch "$1/mounted"
+exec sleep infinity"#;
+        let anchor = Command::new("nsenter")
             .arg(format!("--net={}", node.path()))
             .args(["unshare", "-m", "--propagation", "private"])
             .args(["sh", "-c", script, "sh"])
             .arg(&d)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
             .spawn()
-            .expect("spawn containerd (apt-get install containerd)");
+            .expect("spawn the mount namespace's anchor (nsenter, unshare)");
+        let mut anchor = ChildGuard::new(anchor);
+        let mounted = wait_until(Duration::from_secs(10), || {
+            anchor.has_exited() || d.join("mounted").exists()
+        });
+        assert!(
+            mounted && d.join("mounted").exists(),
+            "containerd's private mount namespace was not set up"
+        );
+        let anchor_pid = anchor.pid().expect("the anchor runs");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let mut c = Containerd {
-            child: Some(ChildGuard::new(child)),
+            child: None,
+            anchor: Some(anchor),
+            anchor_pid,
+            node_path: node.path(),
             dir: Some(dir),
             socket,
-            mnt_ns: None,
+            mnt_ns: std::fs::read_link(format!("/proc/{anchor_pid}/ns/mnt"))
+                .ok()
+                .map(|l| l.display().to_string()),
             cgroup_parent,
             rt,
             client: None,
             timings: Mutex::new(BTreeMap::new()),
             name: node.name.clone(),
         };
-        let up = wait_until(Duration::from_secs(20), || {
-            c.child.as_mut().is_some_and(|g| g.has_exited()) || c.ctr(&["version"]).0
-        });
-        assert!(
-            up && c.ctr(&["version"]).0,
-            "containerd did not come up:\n{}",
-            c.log_text()
-        );
-        let pid = c.pid().expect("containerd runs");
-        c.mnt_ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
-            .ok()
-            .map(|l| l.display().to_string());
+        c.spawn_containerd();
         let archive = image.archive.display().to_string();
         let (ok, out) = c.ctr(&[
             "-n",
@@ -291,8 +300,43 @@ exec containerd --config "$1/config.toml""#;
             &archive,
         ]);
         assert!(ok, "ctr images import {archive}: {out}\n{}", c.log_text());
-        let path = c.socket.clone();
-        let client = c.rt.block_on(async move {
+        c.connect();
+        c
+    }
+
+    /// Starts containerd in the anchor's mount and network namespaces (appending to
+    /// its log) and waits until it answers.
+    fn spawn_containerd(&mut self) {
+        let d = self.dir().to_path_buf();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(d.join("containerd.log"))
+            .unwrap();
+        let child = self
+            .command("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd (apt-get install containerd)");
+        self.child = Some(ChildGuard::new(child));
+        let up = wait_until(Duration::from_secs(20), || {
+            self.child.as_mut().is_some_and(|g| g.has_exited()) || self.ctr(&["version"]).0
+        });
+        assert!(
+            up && self.ctr(&["version"]).0,
+            "containerd did not come up:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Connects the CRI client to the socket.
+    fn connect(&mut self) {
+        let path = self.socket.clone();
+        let client = self.rt.block_on(async move {
             let channel = Endpoint::from_static("http://[::]:50051")
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
@@ -306,8 +350,62 @@ exec containerd --config "$1/config.toml""#;
                 .expect("connect to containerd's socket");
             RuntimeServiceClient::new(channel)
         });
-        c.client = Some(client);
+        self.client = Some(client);
+    }
+
+    /// `program` in containerd's network and mount namespaces (where its pods' netns
+    /// files, the CNI cache and the plugin's store are at their fixed paths).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.node_path))
+            .arg(format!("--mount=/proc/{}/ns/mnt", self.anchor_pid))
+            .arg("--")
+            .arg(program);
         c
+    }
+
+    /// The pid of the process that holds containerd's mount namespace (for
+    /// `DaemonNode::mount_of`).
+    pub fn mount_anchor(&self) -> u32 {
+        self.anchor_pid
+    }
+
+    /// Kills containerd with SIGKILL, as a crash would: its shims and pods run on.
+    pub fn kill9(&mut self) {
+        self.client = None;
+        if let Some(mut c) = self.child.take() {
+            c.kill();
+        }
+    }
+
+    /// Starts containerd again after [`Containerd::kill9`], on the same root and state.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "containerd still runs");
+        self.spawn_containerd();
+        self.connect();
+    }
+
+    /// Removes a netns file by hand, as an operator (or a node's reboot) would:
+    /// unmounts and deletes it in containerd's mount namespace.
+    pub fn delete_netns(&self, path: &str) {
+        let out = self
+            .command("sh")
+            .args(["-c", "umount \"$1\" && rm -f \"$1\"", "sh", path])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "delete netns {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether `path` exists in containerd's mount namespace.
+    pub fn path_exists(&self, path: &str) -> bool {
+        self.command("test")
+            .args(["-e", path])
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// containerd's pid, while it runs.
@@ -709,6 +807,9 @@ impl Drop for Containerd {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(mut a) = self.anchor.take() {
+            a.kill();
         }
         // The cgroups empty out once their processes are reaped.
         let _ = wait_until(Duration::from_secs(5), || {

@@ -122,13 +122,38 @@ impl DaemonProcess {
         args: &[&str],
         env: &[(String, String)],
     ) -> Self {
+        Self::start_in(bin, ns, None, dirs, name, args, env)
+    }
+
+    /// Like [`DaemonProcess::start_with_env`]; with `mount_of` the daemon also joins the
+    /// mount namespace of that process (e.g. a test containerd's, so it sees the host
+    /// paths the plugin records as a DaemonSet's hostPath volumes would show them).
+    pub fn start_in(
+        bin: &Overlayd,
+        ns: &Netns,
+        mount_of: Option<u32>,
+        dirs: DaemonDirs,
+        name: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
+        let mut command = match mount_of {
+            None => ns.command(&bin.bin),
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.path()))
+                    .arg(format!("--mount=/proc/{pid}/ns/mnt"))
+                    .arg("--")
+                    .arg(&bin.bin);
+                c
+            }
+        };
         let logfile = File::options()
             .create(true)
             .append(true)
             .open(&dirs.log)
             .unwrap_or_else(|e| panic!("{}: {e}", dirs.log.display()));
-        let child = ns
-            .command(&bin.bin)
+        let child = command
             .args(["--node-name", name])
             .arg("--run-dir")
             .arg(&dirs.run_dir)

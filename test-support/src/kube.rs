@@ -412,6 +412,8 @@ pub struct Mount {
     pub read_only: bool,
     /// `subPath`, if any.
     pub sub_path: Option<String>,
+    /// `mountPropagation: HostToContainer` (`None`, the default, is false).
+    pub host_to_container: bool,
 }
 
 /// `hostPath.type`.
@@ -779,12 +781,21 @@ impl PodTemplate {
             .map(|(i, mv)| {
                 let mat = format!("{at}.volumeMounts[{i}]");
                 let m = obj(mv, &mat);
-                m.keys(&["name", "mountPath", "readOnly", "subPath"], &[]);
+                m.keys(
+                    &["name", "mountPath", "readOnly", "subPath", "mountPropagation"],
+                    &[],
+                );
+                let propagation = m.str("mountPropagation");
+                assert!(
+                    matches!(propagation.as_deref(), None | Some("None" | "HostToContainer")),
+                    "{mat}.mountPropagation: {propagation:?} needs a privileged container"
+                );
                 Mount {
                     volume: m.req_str("name"),
                     path: m.req_str("mountPath"),
                     read_only: m.bool("readOnly"),
                     sub_path: m.str("subPath"),
+                    host_to_container: propagation.as_deref() == Some("HostToContainer"),
                 }
             })
             .collect();
@@ -1127,6 +1138,8 @@ impl PodTemplate {
                     v.source,
                     VolumeSource::ConfigMap { .. } | VolumeSource::Secret { .. }
                 );
+            // `m.host_to_container` is not passed on: a host directory here is a
+            // plain test directory with no mounts below it to propagate.
             let spec = format!(
                 "{}:{}{}",
                 src.display(),
