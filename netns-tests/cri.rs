@@ -353,8 +353,11 @@ fn a_three_nodes_pods_get_our_addresses_ping_and_both_dels_free_them() {
         .client(&["diagnose", &format!("cri-test/{}", p.name)]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("pod cri-test/{}, address {}:", p.name, p.status.ip()))
-            && text.contains("local pod"),
+        text.contains(&format!(
+            "pod cri-test/{}, address {}:",
+            p.name,
+            p.status.ip()
+        )) && text.contains("local pod"),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -629,7 +632,12 @@ fn c_bench_run_pod_sandbox_overlayd_cni_against_bridge_host_local() {
 /// The parent of `pid` (from `/proc/<pid>/stat`).
 fn ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -649,11 +657,16 @@ fn d_lost_dels_are_reclaimed_and_a_running_pod_keeps_its_address() {
     let n = &mut nodes[0];
     let mut pods = Vec::new();
     for (k, name) in ["lost-a", "lost-b", "kept"].into_iter().enumerate() {
-        let id = n
-            .containerd
-            .run_pod("lost", name, &format!("00000000-0000-4000-8000-00000000001{k}"));
+        let id = n.containerd.run_pod(
+            "lost",
+            name,
+            &format!("00000000-0000-4000-8000-00000000001{k}"),
+        );
         let status = n.containerd.pod_status(&id);
-        assert!(status.ready && status.pid.is_some() && status.netns.is_some(), "{status:?}");
+        assert!(
+            status.ready && status.pid.is_some() && status.netns.is_some(),
+            "{status:?}"
+        );
         pods.push((name, id, status));
     }
     let ip = |k: usize| pods[k].2.ip().to_string();
@@ -685,18 +698,26 @@ fn d_lost_dels_are_reclaimed_and_a_running_pod_keeps_its_address() {
         }
         let netns = status.netns.as_deref().unwrap();
         n.containerd.delete_netns(netns);
-        assert!(!n.containerd.path_exists(netns), "{name}: {netns} is still there");
+        assert!(
+            !n.containerd.path_exists(netns),
+            "{name}: {netns} is still there"
+        );
     }
     let gone = wait_until(Duration::from_secs(10), || {
         let links = n.node.ns.links("veth");
         lost_veths.iter().all(|v| !links.contains(v))
     });
-    assert!(gone, "the lost pods' host veths {lost_veths:?} are still there");
+    assert!(
+        gone,
+        "the lost pods' host veths {lost_veths:?} are still there"
+    );
     n.containerd.restart();
     let crashed = Instant::now();
     let reserved_then = n.reserved();
     assert!(
-        [ip(0), ip(1), ip(2)].iter().all(|a| reserved_then.contains(a)),
+        [ip(0), ip(1), ip(2)]
+            .iter()
+            .all(|a| reserved_then.contains(a)),
         "before the grace, every address is still reserved: {reserved_then:?}"
     );
     let listing = json(n);
@@ -719,7 +740,11 @@ fn d_lost_dels_are_reclaimed_and_a_running_pod_keeps_its_address() {
         "lost DELs: addresses reclaimed {:.1} s after the crash (--reclaim-pod-after {GRACE_SECS}s; printed, not asserted)",
         took.as_secs_f64()
     );
-    assert_eq!(n.reserved(), vec![ip(2)], "the running pod keeps its address");
+    assert_eq!(
+        n.reserved(),
+        vec![ip(2)],
+        "the running pod keeps its address"
+    );
     let log = n.node.log_text();
     for (name, id, _) in &pods[..2] {
         assert!(

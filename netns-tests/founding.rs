@@ -258,6 +258,10 @@ fn d_a_node_whose_only_seed_is_down_says_so_and_founds_when_it_comes_up() {
         format!("--cni-plugin={}", workspace_bin("overlayd-cni").display()),
         format!("--cni-bin-dir={}", cni_bin.display()),
         format!("--cni-conf-dir={}", cni_conf.display()),
+        format!(
+            "--cni-data-dir={}",
+            cluster.dir().join("n1-cni-data").display()
+        ),
     ];
     let conflist = cni_conf.join("10-overlayd.conflist");
     nodes[0].launch(&peers[0]);

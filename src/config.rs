@@ -574,9 +574,10 @@ impl DaemonArgs {
     /// The plugin's store the daemon watches: `--cni-data-dir`, or with --install-cni
     /// the plugin's default; none otherwise (the daemon does not know where it is).
     pub fn cni_data_dir(&self) -> Option<PathBuf> {
-        self.cni_data_dir
-            .clone()
-            .or_else(|| self.install_cni.then(|| PathBuf::from(DEFAULT_CNI_DATA_DIR)))
+        self.cni_data_dir.clone().or_else(|| {
+            self.install_cni
+                .then(|| PathBuf::from(DEFAULT_CNI_DATA_DIR))
+        })
     }
 
     /// Dual-stack: the IPv6 cluster CIDR and `--subnet-len-v6`, as gossip carries them.

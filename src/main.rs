@@ -115,7 +115,11 @@ async fn diagnose(target: DiagnoseTarget, json: bool, run_dir: &std::path::Path)
                 .iter()
                 .filter(|p| p.state == overlayd::pods::PodState::Running)
                 .collect();
-            let chosen = if running.is_empty() { found.iter().collect() } else { running };
+            let chosen = if running.is_empty() {
+                found.iter().collect()
+            } else {
+                running
+            };
             let ips: Vec<std::net::IpAddr> = chosen.iter().flat_map(|p| p.ips.clone()).collect();
             if ips.is_empty() {
                 say!(
@@ -158,7 +162,12 @@ async fn diagnose(target: DiagnoseTarget, json: bool, run_dir: &std::path::Path)
             (false, 1) => serde_json::to_value(&all[0]),
             _ => serde_json::to_value(&all),
         };
-        out = format!("{}\n", value.map(|v| serde_json::to_string_pretty(&v).unwrap_or_default()).unwrap_or_default());
+        out = format!(
+            "{}\n",
+            value
+                .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+                .unwrap_or_default()
+        );
     }
     write_out(&out, code)
 }

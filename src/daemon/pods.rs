@@ -242,9 +242,8 @@ fn gather(data_dir: &Path) -> Gathered {
 /// Returns the addresses freed.
 fn free(data_dir: &Path, obs: &Observation) -> io::Result<Vec<std::net::IpAddr>> {
     let dir = store::store_dir(data_dir, &obs.network);
-    let lock = StoreLock::take(&dir).map_err(|(path, e)| {
-        io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-    })?;
+    let lock = StoreLock::take(&dir)
+        .map_err(|(path, e)| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     let owner = &obs.records[0].owner;
     let links = Links::open();
     if netns_presence(owner.netns.as_deref()) != Presence::Gone
@@ -333,7 +332,10 @@ mod tests {
             netns_presence(Some(&s(&dir.path().join("nodir/cni-2")))),
             Presence::Unknown
         );
-        assert_eq!(netns_presence(Some("/proc/999999999/ns/net")), Presence::Unknown);
+        assert_eq!(
+            netns_presence(Some("/proc/999999999/ns/net")),
+            Presence::Unknown
+        );
         assert_eq!(netns_presence(Some("relative")), Presence::Unknown);
         assert_eq!(netns_presence(None), Presence::Unknown);
     }
@@ -343,7 +345,10 @@ mod tests {
         let links = Links::open();
         assert_eq!(links.presence(Some("lo")), Presence::Present);
         assert_eq!(links.presence(Some("ovlvnosuchveth")), Presence::Gone);
-        assert_eq!(links.presence(Some("a-name-longer-than-15")), Presence::Unknown);
+        assert_eq!(
+            links.presence(Some("a-name-longer-than-15")),
+            Presence::Unknown
+        );
         assert_eq!(links.presence(None), Presence::Unknown);
     }
 
@@ -370,7 +375,10 @@ mod tests {
         let w = PodWatch::new(data.path().to_path_buf(), Duration::from_secs(1));
         let r = w.scan().await;
         assert_eq!(r.pods.len(), 2, "{r:?}");
-        assert_eq!(r.find("default", "live")[0].state, crate::pods::PodState::Running);
+        assert_eq!(
+            r.find("default", "live")[0].state,
+            crate::pods::PodState::Running
+        );
         assert!(matches!(
             r.find("default", "gone")[0].state,
             crate::pods::PodState::Gone { .. }

@@ -201,7 +201,10 @@ mod tests {
 
     fn pod(ns: Option<&str>, state: PodState) -> PodReport {
         PodReport {
-            ips: vec!["10.244.1.5".parse().unwrap(), "fd00:10:244:1::5".parse().unwrap()],
+            ips: vec![
+                "10.244.1.5".parse().unwrap(),
+                "fd00:10:244:1::5".parse().unwrap(),
+            ],
             namespace: ns.map(Into::into),
             name: ns.map(|_| "web-0".into()),
             uid: None,
@@ -231,7 +234,10 @@ mod tests {
         let text = render(&report);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("POD "), "{text}");
-        assert!(lines[1].starts_with("default/web-0  10.244.1.5,fd00:10:244:1::5  3f1c9a7e6b2d0 "), "{text}");
+        assert!(
+            lines[1].starts_with("default/web-0  10.244.1.5,fd00:10:244:1::5  3f1c9a7e6b2d0 "),
+            "{text}"
+        );
         assert!(lines[1].ends_with("5m   running"), "{text}");
         assert!(lines[2].starts_with("-  "), "{text}");
         assert!(lines[2].ends_with("gone 12s, freed after 60s"), "{text}");

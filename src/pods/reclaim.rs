@@ -207,7 +207,11 @@ mod tests {
             assert!(!j[0].reclaim);
             // Gone again: the grace starts over.
             let j = r.observe(t0 + s(61), vec![obs("a", Gone, Gone)]);
-            assert_eq!(j[0].state, PodState::Gone { for_secs: 0 }, "{netns:?} {veth:?}");
+            assert_eq!(
+                j[0].state,
+                PodState::Gone { for_secs: 0 },
+                "{netns:?} {veth:?}"
+            );
             assert!(!j[0].reclaim);
             let j = r.observe(t0 + s(121), vec![obs("a", Gone, Gone)]);
             assert!(j[0].reclaim);

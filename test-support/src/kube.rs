@@ -782,12 +782,21 @@ impl PodTemplate {
                 let mat = format!("{at}.volumeMounts[{i}]");
                 let m = obj(mv, &mat);
                 m.keys(
-                    &["name", "mountPath", "readOnly", "subPath", "mountPropagation"],
+                    &[
+                        "name",
+                        "mountPath",
+                        "readOnly",
+                        "subPath",
+                        "mountPropagation",
+                    ],
                     &[],
                 );
                 let propagation = m.str("mountPropagation");
                 assert!(
-                    matches!(propagation.as_deref(), None | Some("None" | "HostToContainer")),
+                    matches!(
+                        propagation.as_deref(),
+                        None | Some("None" | "HostToContainer")
+                    ),
                     "{mat}.mountPropagation: {propagation:?} needs a privileged container"
                 );
                 Mount {
