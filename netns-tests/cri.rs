@@ -686,9 +686,11 @@ fn d_lost_dels_are_reclaimed_and_a_running_pod_keeps_its_address() {
     let listing = json(n);
     let lost_veths = [veth_of(&listing, "lost-a"), veth_of(&listing, "lost-b")];
 
-    // A crash, as a node's would be: containerd is killed; so are the lost pods' pause
-    // processes and shims, and their netns files are removed by hand. No DEL runs.
+    // A crash, as a node's would be: containerd and the daemon are killed; so are the
+    // lost pods' pause processes and shims, and their netns files are removed by hand.
+    // No DEL runs.
     n.containerd.kill9();
+    n.node.daemon.as_mut().unwrap().kill9();
     for (name, _, status) in &pods[..2] {
         let pause = status.pid.unwrap();
         let shim = ppid(pause).unwrap();
@@ -712,6 +714,7 @@ fn d_lost_dels_are_reclaimed_and_a_running_pod_keeps_its_address() {
         "the lost pods' host veths {lost_veths:?} are still there"
     );
     n.containerd.restart();
+    n.node.launch("");
     let crashed = Instant::now();
     let reserved_then = n.reserved();
     assert!(
