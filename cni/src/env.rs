@@ -175,6 +175,25 @@ impl Attachment {
             .map(|(_, v)| v.as_str())
     }
 
+    /// `CNI_NETNS` as the IPAM store keeps it with the address (the daemon's reclaim
+    /// looks for it): refused with code 4 if the store cannot hold it (a control
+    /// character, more than 1024 bytes).
+    pub fn netns_record(&self) -> Result<Option<String>> {
+        let Some(v) = &self.netns else {
+            return Ok(None);
+        };
+        pods::check_value("netns", v)
+            .map(|()| Some(v.clone()))
+            .map_err(|e| Error::InvalidEnv {
+                var: "CNI_NETNS",
+                value: shorten(v),
+                reason: match e {
+                    pods::RecordError::BadValue { reason, .. } => reason.into(),
+                    other => other.to_string(),
+                },
+            })
+    }
+
     /// The pod's Kubernetes identity from `CNI_ARGS`; an absent key or an empty value is
     /// unknown. A value the IPAM store cannot hold (a control character, more than 1024
     /// bytes) is refused with code 4.
@@ -519,6 +538,34 @@ mod tests {
         }
         // ...but in a key we do not use, it is only carried.
         assert!(pod_of("OTHER=a\nb\0c;K8S_POD_NAME=ok").is_ok());
+    }
+
+    #[test]
+    fn a_netns_the_store_cannot_hold_is_refused_with_code_4() {
+        let env = |netns: &str| -> HashMap<String, String> {
+            [
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_NETNS", netns),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+        };
+        let a = Attachment::from_env(&env("/var/run/netns/cni-1"), true).unwrap();
+        assert_eq!(
+            a.netns_record().unwrap().as_deref(),
+            Some("/var/run/netns/cni-1")
+        );
+        for bad in [
+            "/var/run/netns/a\nb".to_string(),
+            format!("/{}", "n".repeat(1100)),
+        ] {
+            let a = Attachment::from_env(&env(&bad), true).unwrap();
+            let e = a.netns_record().unwrap_err();
+            assert_eq!(e.code(), 4, "{e}");
+            assert!(e.to_string().contains("CNI_NETNS"), "{e}");
+        }
     }
 
     #[test]

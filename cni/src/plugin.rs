@@ -164,6 +164,7 @@ fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<C
     // Kept with the address (built-in IPAM); refused (code 4) before anything is done if
     // the store cannot hold it.
     let pod = att.pod()?;
+    let netns = att.netns_record()?;
     let node = Node::load(&conf.run_dir)?;
     let ns = open_netns(att)?;
     let mut host = host_netlink()?;
@@ -184,7 +185,7 @@ fn add(conf: &NetConf, att: &Attachment, input: &[u8], log: &Logger) -> Result<C
                 host_veth: Some(host_veth_name(&att.container_id, &att.ifname)),
                 created: Some(unix_now()),
                 pod,
-                netns: att.netns.clone(),
+                netns,
             };
             allocate(conf, att, &node, &owner)?
         }
