@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use overlayd_test_support::cluster::{
-    all_reach_all, assert_distinct, logs, DaemonNode, TestCluster,
+    all_reach_all, assert_distinct, lease_and_attach, logs, pod_ping, DaemonNode, TestCluster,
 };
 use overlayd_test_support::daemon::{peer, DaemonProcess};
 use overlayd_test_support::tools::{http_get, ping_output, vxlan_icmp};
@@ -549,5 +549,117 @@ fn assert_least_privilege(d: &DaemonProcess) {
     println!(
         "least privilege: {} threads hold CAP_NET_ADMIN only; files 0600 in 0700 dirs",
         tasks.len()
+    );
+}
+
+/// The metric families of a `/metrics` page, by their `# TYPE` lines, named as the docs
+/// name them: a counter with `_total`, an info with `_info`, others as they are.
+fn metric_names(page: &str) -> std::collections::BTreeSet<String> {
+    page.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| {
+            let mut f = rest.split_whitespace();
+            let (name, kind) = (f.next()?, f.next()?);
+            Some(match kind {
+                "counter" => format!("{name}_total"),
+                "info" => format!("{name}_info"),
+                _ => name.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The metric names of docs/operating.md's `/metrics` table.
+fn documented_metrics() -> std::collections::BTreeSet<String> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operating.md")).unwrap();
+    let table = doc
+        .split("`/metrics` on `--metrics-addr` exports:")
+        .nth(1)
+        .expect("the metrics table in docs/operating.md");
+    table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|m| m.split('{').next().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|m| m.starts_with("overlayd_"))
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "netns-tests"),
+    ignore = "needs root: run with --features netns-tests"
+)]
+fn f_every_exported_metric_is_in_the_docs_table_and_every_row_is_exported() {
+    let _load = load::shared();
+    let cluster = TestCluster::new(OVERLAYD);
+    let scrape = |n: &DaemonNode| http_get(&n.ns, "127.0.0.1:9469", "/metrics").1;
+    let mut seen = std::collections::BTreeSet::new();
+    // A kernel-mode node that waits for a second founder (the lease_waiting metric),
+    // with the plugin's store (the pod metrics).
+    let store = cluster.dir().join("n1-cni-data");
+    let extra = [
+        "--bootstrap-expect",
+        "2",
+        "--dataplane",
+        "kernel",
+        "--cni-data-dir",
+        store.to_str().unwrap(),
+    ];
+    let n1 = cluster.start_extra(1, "198.18.0.2", &extra);
+    assert!(
+        wait_until(Duration::from_secs(10), || scrape(&n1)
+            .contains("overlayd_lease_waiting{")),
+        "n1 does not say it waits:\n{}",
+        scrape(&n1)
+    );
+    seen.extend(metric_names(&scrape(&n1)));
+    let n2 = cluster.start_extra(2, "198.18.0.1", &extra[..4]);
+    assert!(
+        wait_until(Duration::from_secs(30), || n1.subnet().is_some()
+            && n2.subnet().is_some()),
+        "{}",
+        logs(&[&n1, &n2])
+    );
+    // The kernel dataplane samples its device's counters every few seconds.
+    assert!(
+        wait_until(Duration::from_secs(20), || scrape(&n1)
+            .contains("overlayd_kernel_device_errors_total{")),
+        "n1 exports no device counters:\n{}",
+        scrape(&n1)
+    );
+    seen.extend(metric_names(&scrape(&n1)));
+    // Two encrypted nodes (the WireGuard metrics), a cluster of their own.
+    let key = cluster.secret_file();
+    let enc = ["--encrypt", "--secret-file", key.to_str().unwrap()];
+    let mut pair = vec![
+        cluster.start_extra(3, "198.18.0.4", &enc),
+        cluster.start_extra(4, "198.18.0.3", &enc),
+    ];
+    lease_and_attach(&mut pair, Duration::from_secs(60));
+    assert!(pod_ping(&pair[0], &pair[1], 10), "{}", logs(&pair));
+    assert!(
+        wait_until(Duration::from_secs(10), || scrape(&pair[0])
+            .contains("overlayd_wg_handshake_age_seconds{")),
+        "no WireGuard handshake between n3 and n4:\n{}",
+        scrape(&pair[0])
+    );
+    seen.extend(metric_names(&scrape(&pair[0])));
+    let documented = documented_metrics();
+    let undocumented: Vec<&String> = seen.difference(&documented).collect();
+    let unexported: Vec<&String> = documented.difference(&seen).collect();
+    println!("{} metric names exported and documented", seen.len());
+    assert!(
+        undocumented.is_empty() && unexported.is_empty(),
+        "exported but not in docs/operating.md's table: {undocumented:?}\n\
+         in the table but exported by none of the nodes: {unexported:?}"
     );
 }

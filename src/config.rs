@@ -581,8 +581,11 @@ impl DaemonArgs {
     }
 
     /// Dual-stack: the IPv6 cluster CIDR and `--subnet-len-v6`, as gossip carries them.
-    pub fn second(&self) -> Option<(IpNet, u8)> {
-        Some((self.cluster_cidr.second?, self.subnet_len_v6))
+    pub fn second(&self) -> Option<crate::control::SecondCidr> {
+        Some(crate::control::SecondCidr {
+            cidr: self.cluster_cidr.second?,
+            subnet_len: self.subnet_len_v6,
+        })
     }
 
     /// Checks what spans several flags; returns the fixed node subnet, if any (else
@@ -613,6 +616,16 @@ impl DaemonArgs {
     }
 
     fn validate_flags(&self) -> Result<Option<IpNet>, ConfigError> {
+        self.check_addressing()?;
+        self.check_others()?;
+        for (i, peer) in self.static_peers.iter().enumerate() {
+            self.check_static_peer(peer, &self.static_peers[..i])?;
+        }
+        Ok(self.subnet)
+    }
+
+    /// The cluster CIDRs, `--subnet` or the lease sizes, and `--reclaim-after`.
+    fn check_addressing(&self) -> Result<(), ConfigError> {
         for cidr in self.cluster_cidr.all() {
             check_network("--cluster-cidr", &cidr)?;
         }
@@ -682,6 +695,11 @@ impl DaemonArgs {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The other flags, each on its own or with one other.
+    fn check_others(&self) -> Result<(), ConfigError> {
         if !self.reclaim_pod_after.is_zero()
             && (self.reclaim_pod_after < std::time::Duration::from_secs(1)
                 || self.reclaim_pod_after > MAX_RECLAIM_AFTER)
@@ -760,72 +778,79 @@ impl DaemonArgs {
                 format!("must differ from --port {} (the VXLAN port)", self.port),
             ));
         }
-        for (i, peer) in self.static_peers.iter().enumerate() {
-            let value = match peer.wg_key {
-                Some(k) => format!(
-                    "{},{},wg-key={}",
-                    peer.subnet,
-                    peer.addr,
-                    crate::dataplane::wg::key::encode(&k)
-                ),
-                None => format!("{},{},{}", peer.subnet, peer.addr, peer.mac),
-            };
-            if self.encrypt && peer.wg_key.is_none() {
+        Ok(())
+    }
+
+    /// One `--static-peer`, against the flags and the peers given before it.
+    fn check_static_peer(
+        &self,
+        peer: &StaticPeer,
+        before: &[StaticPeer],
+    ) -> Result<(), ConfigError> {
+        let value = match peer.wg_key {
+            Some(k) => format!(
+                "{},{},wg-key={}",
+                peer.subnet,
+                peer.addr,
+                crate::dataplane::wg::key::encode(&k)
+            ),
+            None => format!("{},{},{}", peer.subnet, peer.addr, peer.mac),
+        };
+        if self.encrypt && peer.wg_key.is_none() {
+            return Err(invalid(
+                "--static-peer",
+                value,
+                "has no wg-key=: with --encrypt every peer speaks WireGuard, and a VXLAN peer would carry pod traffic in clear",
+            ));
+        }
+        if !self.encrypt && peer.wg_key.is_some() {
+            return Err(invalid(
+                "--static-peer",
+                value,
+                "a WireGuard peer (wg-key=) needs --encrypt",
+            ));
+        }
+        check_network("--static-peer", &peer.subnet)?;
+        if !self.cluster_cidr.all().any(|c| c.contains(&peer.subnet)) {
+            return Err(invalid(
+                "--static-peer",
+                value,
+                format!("subnet is not inside --cluster-cidr {}", self.cluster_cidr),
+            ));
+        }
+        if let Some(subnet) = self.subnet.filter(|s| overlaps(&peer.subnet, s)) {
+            return Err(invalid(
+                "--static-peer",
+                value,
+                format!("subnet overlaps this node's --subnet {subnet}"),
+            ));
+        }
+        for other in before {
+            if overlaps(&peer.subnet, &other.subnet) {
                 return Err(invalid(
                     "--static-peer",
                     value,
-                    "has no wg-key=: with --encrypt every peer speaks WireGuard, and a VXLAN peer would carry pod traffic in clear",
+                    format!("subnet overlaps another --static-peer's {}", other.subnet),
                 ));
             }
-            if !self.encrypt && peer.wg_key.is_some() {
+            if other.addr.ip() == peer.addr.ip() {
                 return Err(invalid(
                     "--static-peer",
                     value,
-                    "a WireGuard peer (wg-key=) needs --encrypt",
+                    format!("underlay address {} is given twice", peer.addr.ip()),
                 ));
-            }
-            check_network("--static-peer", &peer.subnet)?;
-            if !self.cluster_cidr.all().any(|c| c.contains(&peer.subnet)) {
-                return Err(invalid(
-                    "--static-peer",
-                    value,
-                    format!("subnet is not inside --cluster-cidr {}", self.cluster_cidr),
-                ));
-            }
-            if let Some(subnet) = self.subnet.filter(|s| overlaps(&peer.subnet, s)) {
-                return Err(invalid(
-                    "--static-peer",
-                    value,
-                    format!("subnet overlaps this node's --subnet {subnet}"),
-                ));
-            }
-            for other in &self.static_peers[..i] {
-                if overlaps(&peer.subnet, &other.subnet) {
-                    return Err(invalid(
-                        "--static-peer",
-                        value,
-                        format!("subnet overlaps another --static-peer's {}", other.subnet),
-                    ));
-                }
-                if other.addr.ip() == peer.addr.ip() {
-                    return Err(invalid(
-                        "--static-peer",
-                        value,
-                        format!("underlay address {} is given twice", peer.addr.ip()),
-                    ));
-                }
-            }
-            if let Some(adv) = self.advertise_addr {
-                if adv.is_ipv4() != peer.addr.is_ipv4() {
-                    return Err(invalid(
-                        "--static-peer",
-                        value,
-                        format!("address family differs from --advertise-addr {adv}"),
-                    ));
-                }
             }
         }
-        Ok(self.subnet)
+        if let Some(adv) = self.advertise_addr {
+            if adv.is_ipv4() != peer.addr.is_ipv4() {
+                return Err(invalid(
+                    "--static-peer",
+                    value,
+                    format!("address family differs from --advertise-addr {adv}"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1159,7 +1184,10 @@ mod tests {
         assert_eq!(a.cluster_cidr.primary.to_string(), "10.244.0.0/16");
         assert_eq!(
             a.second(),
-            Some(("fd00:10:244::/56".parse().unwrap(), 64)),
+            Some(crate::control::SecondCidr {
+                cidr: "fd00:10:244::/56".parse().unwrap(),
+                subnet_len: 64
+            }),
             "the IPv4 CIDR numbers the leases; /64 by default"
         );
         assert_eq!(

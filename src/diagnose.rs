@@ -60,307 +60,391 @@ fn check(evidence: &mut Vec<Check>, what: &str, ok: bool, detail: String) -> boo
     ok
 }
 
+/// What netlink says about this node's side of the path to a target: everything
+/// [`judge`] needs beyond the status report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The bridge exists and is up.
+    pub bridge_up: bool,
+    /// The dataplane's device (the TUN, or the kernel dataplane's vxlan device)
+    /// exists and is up.
+    pub device_up: bool,
+    /// The device of ours the kernel routes the target through (the bridge's or the
+    /// dataplane device's name), if it is one of them.
+    pub route_dev: Option<String>,
+    /// Kernel mode, target on a live peer: what is wrong with that peer's neighbour,
+    /// FDB entry and route on the vxlan device (empty: nothing). `None`: not checked.
+    pub kernel_entries: Option<Vec<String>>,
+}
+
+/// The dataplane device's kind and name on this node.
+fn device(report: &StatusReport) -> (&'static str, &String) {
+    match report.path.mode {
+        DataplaneMode::Userspace | DataplaneMode::Encrypted => ("TUN", &report.node.tun),
+        DataplaneMode::Kernel => ("vxlan device", &report.path.device),
+    }
+}
+
+/// The peer whose subnet (of either family) holds `target`.
+fn owner_peer(report: &StatusReport, target: IpAddr) -> Option<&crate::status::PeerReport> {
+    report
+        .peers
+        .iter()
+        .find(|p| p.subnet.contains(&target) || p.subnet_v6.is_some_and(|s| s.contains(&target)))
+}
+
+/// The peer's subnet of `target`'s family.
+fn peer_subnet(peer: &crate::status::PeerReport, target: IpAddr) -> ipnet::IpNet {
+    peer.subnet_v6
+        .filter(|s| s.contains(&target))
+        .unwrap_or(peer.subnet)
+}
+
+/// Asks netlink for the [`Facts`] about `target` on this node, whose status is
+/// `report`.
+pub async fn gather(target: IpAddr, report: &StatusReport, netlink: &Netlink) -> Facts {
+    let node = &report.node;
+    let bridge = netlink.link_by_name(&node.bridge).await.ok().flatten();
+    let (_, device_name) = device(report);
+    let dev = netlink.link_by_name(device_name).await.ok().flatten();
+    let route = netlink.route_get(target).await.ok().flatten();
+    let route_dev = route.and_then(|idx| {
+        [(bridge.as_ref(), &node.bridge), (dev.as_ref(), device_name)]
+            .into_iter()
+            .find(|(l, _)| l.is_some_and(|l| l.header.index == idx))
+            .map(|(_, name)| name.clone())
+    });
+    let mut kernel_entries = None;
+    let peer = owner_peer(report, target).filter(|p| p.state != PeerState::Dead);
+    if let (DataplaneMode::Kernel, Some(peer), Some(link)) = (report.path.mode, peer, dev.as_ref())
+    {
+        let subnet = peer_subnet(peer, target);
+        let gateway = gateway_of(&subnet);
+        let mut want = Entries::default();
+        want.neighbours.insert((gateway, peer.vtep_mac));
+        want.fdb.insert((peer.vtep_mac, peer.underlay));
+        want.routes.insert(RouteEntry {
+            dst: subnet,
+            via: gateway,
+            src: None,
+        });
+        let cidrs: Vec<_> = std::iter::once(node.cluster_cidr)
+            .chain(node.cluster_cidr_v6)
+            .collect();
+        kernel_entries = Some(
+            netlink
+                .check_peer_entries(link.header.index, node.port, &cidrs, &want)
+                .await
+                .unwrap_or_else(|e| vec![format!("cannot read them: {e}")]),
+        );
+    }
+    Facts {
+        bridge_up: bridge
+            .as_ref()
+            .is_some_and(crate::dataplane::netlink::is_up),
+        device_up: dev.as_ref().is_some_and(crate::dataplane::netlink::is_up),
+        route_dev,
+        kernel_entries,
+    }
+}
+
 /// Runs the checks for `target` on this node, whose status is `report`; `netlink`
 /// answers for the devices and the kernel's route.
 pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) -> Diagnosis {
-    let node = &report.node;
+    let facts = gather(target, report, netlink).await;
+    judge(target, report, &facts)
+}
+
+/// The verdict on `target` from this node's status and the [`Facts`]: the checks in
+/// order, the first that fails deciding.
+pub fn judge(target: IpAddr, report: &StatusReport, facts: &Facts) -> Diagnosis {
     let mut ev = Vec::new();
-    let mut owner = None;
-    let verdict = 'verdict: {
-        let cidrs = match node.cluster_cidr_v6 {
-            Some(v6) => format!("{}, {v6}", node.cluster_cidr),
-            None => node.cluster_cidr.to_string(),
-        };
-        let in_cluster = node.cluster_cidr.contains(&target)
-            || node.cluster_cidr_v6.is_some_and(|c| c.contains(&target));
-        if !check(
-            &mut ev,
-            "cluster CIDR",
-            in_cluster,
-            format!("{target} in {cidrs}"),
-        ) {
-            break 'verdict format!("{target} is not a pod address of this cluster ({cidrs})");
-        }
-        // The node's subnet of the target's family (dual-stack: the IPv6 one for an
-        // IPv6 address).
-        let own = if node.subnet_v6.is_some() && target.is_ipv6() {
-            node.subnet_v6
-        } else {
-            node.subnet
-        };
-        if let Some(c) = &report.control {
-            if node.subnet.is_none() {
-                let why = c
-                    .waiting
-                    .clone()
-                    .unwrap_or_else(|| "no subnet yet".to_string());
-                check(&mut ev, "this node's lease", false, why.clone());
-                break 'verdict format!(
-                    "this node has no subnet yet, so it has no pods and no routes into the overlay: {why}"
-                );
-            }
-        }
-        let bridge = netlink.link_by_name(&node.bridge).await.ok().flatten();
-        let bridge_up = bridge
-            .as_ref()
-            .is_some_and(crate::dataplane::netlink::is_up);
-        check(
-            &mut ev,
-            "bridge",
-            bridge_up,
+    let (owner, verdict) = judge_node(target, report, facts, &mut ev);
+    Diagnosis {
+        target,
+        owner,
+        reachable: ev.iter().all(|c| c.ok),
+        verdict,
+        evidence: ev,
+    }
+}
+
+fn up_or_down(up: bool) -> &'static str {
+    if up {
+        "is up"
+    } else {
+        "is missing or down"
+    }
+}
+
+/// This node's side: the cluster CIDR, its lease, its bridge and device; then the
+/// owner of the target's subnet, this node ([`judge_local`]) or a peer
+/// ([`judge_peer`]). Returns the owner and the verdict.
+fn judge_node(
+    target: IpAddr,
+    report: &StatusReport,
+    facts: &Facts,
+    ev: &mut Vec<Check>,
+) -> (Option<String>, String) {
+    let node = &report.node;
+    let cidrs = match node.cluster_cidr_v6 {
+        Some(v6) => format!("{}, {v6}", node.cluster_cidr),
+        None => node.cluster_cidr.to_string(),
+    };
+    let in_cluster = node.cluster_cidr.contains(&target)
+        || node.cluster_cidr_v6.is_some_and(|c| c.contains(&target));
+    if !check(
+        ev,
+        "cluster CIDR",
+        in_cluster,
+        format!("{target} in {cidrs}"),
+    ) {
+        return (
+            None,
+            format!("{target} is not a pod address of this cluster ({cidrs})"),
+        );
+    }
+    if let (Some(c), None) = (&report.control, node.subnet) {
+        let why = c
+            .waiting
+            .clone()
+            .unwrap_or_else(|| "no subnet yet".to_string());
+        check(ev, "this node's lease", false, why.clone());
+        return (
+            None,
             format!(
-                "{} {}",
-                node.bridge,
-                if bridge_up {
-                    "is up"
-                } else {
-                    "is missing or down"
-                }
+                "this node has no subnet yet, so it has no pods and no routes into the overlay: {why}"
             ),
         );
-        let kernel = report.path.mode == DataplaneMode::Kernel;
-        let (device_kind, device_name) = match report.path.mode {
-            DataplaneMode::Userspace | DataplaneMode::Encrypted => ("TUN", &node.tun),
-            DataplaneMode::Kernel => ("vxlan device", &report.path.device),
-        };
-        let tun = netlink.link_by_name(device_name).await.ok().flatten();
-        let tun_up = tun.as_ref().is_some_and(crate::dataplane::netlink::is_up);
-        check(
-            &mut ev,
-            device_kind,
-            tun_up,
-            format!(
-                "{} {}",
-                device_name,
-                if tun_up {
-                    "is up"
-                } else {
-                    "is missing or down"
-                }
-            ),
+    }
+    check(
+        ev,
+        "bridge",
+        facts.bridge_up,
+        format!("{} {}", node.bridge, up_or_down(facts.bridge_up)),
+    );
+    let (device_kind, device_name) = device(report);
+    check(
+        ev,
+        device_kind,
+        facts.device_up,
+        format!("{} {}", device_name, up_or_down(facts.device_up)),
+    );
+    // The node's subnet of the target's family (dual-stack: the IPv6 one for an IPv6
+    // address).
+    let own = if node.subnet_v6.is_some() && target.is_ipv6() {
+        node.subnet_v6
+    } else {
+        node.subnet
+    };
+    if let Some(own) = own.filter(|s| s.contains(&target)) {
+        return (
+            Some(node.name.clone()),
+            judge_local(target, report, facts, own, ev),
         );
-        let route = netlink.route_get(target).await.ok().flatten();
-        let route_dev = route.and_then(|idx| {
-            [(bridge.as_ref(), &node.bridge), (tun.as_ref(), device_name)]
-                .into_iter()
-                .find(|(l, _)| l.is_some_and(|l| l.header.index == idx))
-                .map(|(_, name)| name.clone())
-        });
-
-        if own.is_some_and(|s| s.contains(&target)) {
-            owner = Some(node.name.clone());
+    }
+    match owner_peer(report, target) {
+        Some(peer) => (
+            Some(peer.name.clone()),
+            judge_peer(target, report, facts, peer, ev),
+        ),
+        None => {
             check(
-                &mut ev,
-                "owner",
-                true,
-                format!(
-                    "this node ({}) owns {}",
-                    node.name,
-                    own.map(|s| s.to_string()).unwrap_or_default()
-                ),
-            );
-            let ok = route_dev.as_deref() == Some(node.bridge.as_str());
-            check(
-                &mut ev,
-                "kernel route",
-                ok,
-                format!(
-                    "{target} via {}",
-                    route_dev.as_deref().unwrap_or("no device of ours")
-                ),
-            );
-            if !bridge_up {
-                break 'verdict format!(
-                    "the pod would be local, but bridge {} is missing or down",
-                    node.bridge
-                );
-            }
-            if !ok {
-                break 'verdict format!(
-                    "the kernel does not route {target} to bridge {}",
-                    node.bridge
-                );
-            }
-            break 'verdict format!(
-                "{target} is a local pod on this node's bridge {}: check the pod's own interface",
-                node.bridge
-            );
-        }
-
-        let Some(peer) = report.peers.iter().find(|p| {
-            p.subnet.contains(&target) || p.subnet_v6.is_some_and(|s| s.contains(&target))
-        }) else {
-            check(
-                &mut ev,
+                ev,
                 "owner",
                 false,
                 "no node's lease or static peer covers this address".into(),
             );
-            let fate = if kernel {
+            let fate = if report.path.mode == DataplaneMode::Kernel {
                 "it meets the cluster's unreachable route (ICMP unreachable)"
             } else {
                 "it is dropped as unknown_subnet"
             };
-            break 'verdict format!("no node owns the subnet of {target}: traffic to {fate}");
-        };
-        owner = Some(peer.name.clone());
-        check(
-            &mut ev,
-            "owner",
-            true,
+            (
+                None,
+                format!("no node owns the subnet of {target}: traffic to {fate}"),
+            )
+        }
+    }
+}
+
+/// A target in this node's own subnet: a local pod on the bridge.
+fn judge_local(
+    target: IpAddr,
+    report: &StatusReport,
+    facts: &Facts,
+    own: ipnet::IpNet,
+    ev: &mut Vec<Check>,
+) -> String {
+    let node = &report.node;
+    check(
+        ev,
+        "owner",
+        true,
+        format!("this node ({}) owns {own}", node.name),
+    );
+    let route_dev = facts.route_dev.as_deref();
+    let ok = route_dev == Some(node.bridge.as_str());
+    check(
+        ev,
+        "kernel route",
+        ok,
+        format!("{target} via {}", route_dev.unwrap_or("no device of ours")),
+    );
+    if !facts.bridge_up {
+        format!(
+            "the pod would be local, but bridge {} is missing or down",
+            node.bridge
+        )
+    } else if !ok {
+        format!(
+            "the kernel does not route {target} to bridge {}",
+            node.bridge
+        )
+    } else {
+        format!(
+            "{target} is a local pod on this node's bridge {}: check the pod's own interface",
+            node.bridge
+        )
+    }
+}
+
+/// A target in a peer's subnet: the peer's state, the kernel's entries and route, the
+/// WireGuard session, and whether the peer answers.
+fn judge_peer(
+    target: IpAddr,
+    report: &StatusReport,
+    facts: &Facts,
+    peer: &crate::status::PeerReport,
+    ev: &mut Vec<Check>,
+) -> String {
+    let kernel = report.path.mode == DataplaneMode::Kernel;
+    let (device_kind, device_name) = device(report);
+    let subnet = peer_subnet(peer, target);
+    check(
+        ev,
+        "owner",
+        true,
+        format!("{} owns {subnet} at {}", peer.name, peer.underlay),
+    );
+    let alive = peer.state != PeerState::Dead;
+    check(
+        ev,
+        "peer state",
+        alive,
+        format!("{} is {:?}", peer.name, peer.state).to_lowercase(),
+    );
+    let mut entries_ok = true;
+    if let (true, Some(problems)) = (kernel && alive, facts.kernel_entries.as_ref()) {
+        let gateway = gateway_of(&subnet);
+        entries_ok = problems.is_empty();
+        let detail = if entries_ok {
             format!(
-                "{} owns {} at {}",
-                peer.name,
-                peer.subnet_v6
-                    .filter(|s| s.contains(&target))
-                    .unwrap_or(peer.subnet),
-                peer.underlay
-            ),
-        );
-        let alive = peer.state != PeerState::Dead;
-        check(
-            &mut ev,
-            "peer state",
-            alive,
-            format!("{} is {:?}", peer.name, peer.state).to_lowercase(),
-        );
-        let routed = route_dev.as_deref() == Some(device_name.as_str());
-        let mut entries_ok = true;
-        if let (true, Some(link)) = (kernel && alive, tun.as_ref()) {
-            // The peer's subnet of the target's family.
-            let subnet = peer
-                .subnet_v6
-                .filter(|s| s.contains(&target))
-                .unwrap_or(peer.subnet);
-            let gateway = gateway_of(&subnet);
-            let mut want = Entries::default();
-            want.neighbours.insert((gateway, peer.vtep_mac));
-            want.fdb.insert((peer.vtep_mac, peer.underlay));
-            want.routes.insert(RouteEntry {
-                dst: subnet,
-                via: gateway,
-                src: None,
-            });
-            let cidrs: Vec<_> = std::iter::once(node.cluster_cidr)
-                .chain(node.cluster_cidr_v6)
-                .collect();
-            let problems = netlink
-                .check_peer_entries(link.header.index, node.port, &cidrs, &want)
-                .await
-                .unwrap_or_else(|e| vec![format!("cannot read them: {e}")]);
-            entries_ok = problems.is_empty();
-            let detail = if entries_ok {
-                format!(
-                    "neighbour {gateway} lladdr {}, FDB {} dst {}, route {subnet} via {gateway} onlink",
-                    peer.vtep_mac, peer.vtep_mac, peer.underlay
-                )
-            } else {
-                problems.join("; ")
-            };
-            check(&mut ev, "kernel entries", entries_ok, detail);
-        }
-        check(
-            &mut ev,
-            "kernel route",
-            routed,
-            format!(
-                "{target} via {}",
-                route_dev.as_deref().unwrap_or("no device of ours")
-            ),
-        );
-        // Encrypted: the WireGuard session with the peer.
-        let handshake_failed = peer.wg.as_ref().and_then(|w| {
-            let s = &w.session;
-            let failed = s.session != "established" && s.initiations >= 2;
-            let why = if !failed {
-                None
-            } else if let Some(n) = s.failures.get("unknown_key") {
-                Some(format!("{n} of its handshakes carry a key that is not the one it published (it rotated its key or restarted with another state dir?)"))
-            } else if let Some(n) = s.failures.get("bad_handshake") {
-                Some(format!("{n} of its handshake messages were refused (MAC, timestamp or rate limit): are both nodes on the same keys?"))
-            } else {
-                Some(format!(
-                    "no answer to {} handshake initiations: check UDP {} between this node and {}, and that {} has this node's public key",
-                    s.initiations,
-                    peer.underlay.port(),
-                    peer.underlay.ip(),
-                    peer.name
-                ))
-            };
-            let detail = match &why {
-                Some(why) => why.clone(),
-                None => format!(
-                    "session {}{}",
-                    s.session,
-                    s.handshake_age_ms
-                        .map(|ms| format!(", handshake {}s ago", ms / 1000))
-                        .unwrap_or_default()
-                ),
-            };
-            check(&mut ev, "handshake", why.is_none(), detail);
-            why
-        });
-        let heard = peer.last_heard_secs;
-        let answered = heard.is_some_and(|s| s <= QUIET.as_secs());
-        let detail = match (heard, peer.tx_packets) {
-            (Some(s), _) => format!(
-                "last packet from {} {s}s ago; sent {} / received {} packets",
-                peer.name, peer.tx_packets, peer.rx_packets
-            ),
-            (None, 0) => format!("nothing sent to or received from {} yet", peer.name),
-            (None, n) => format!("sent {n} packets to {}, never received one back", peer.name),
+                "neighbour {gateway} lladdr {}, FDB {} dst {}, route {subnet} via {gateway} onlink",
+                peer.vtep_mac, peer.vtep_mac, peer.underlay
+            )
+        } else {
+            problems.join("; ")
         };
-        let quiet_but_sending = !answered && peer.tx_packets > 0;
-        check(&mut ev, "answers", !quiet_but_sending, detail);
-        if !alive {
-            let fate = if kernel {
-                "it meets the cluster's unreachable route (ICMP unreachable)"
-            } else {
-                "it is dropped as peer_dead"
-            };
-            break 'verdict format!(
-                "{} (owner of {}) is declared dead: traffic to {fate}",
-                peer.name, peer.subnet
-            );
-        }
-        if !tun_up {
-            break 'verdict format!(
-                "{device_kind} {device_name} is missing or down: nothing leaves this node for the overlay"
-            );
-        }
-        if !entries_ok {
-            break 'verdict format!(
-                "the vxlan device {device_name} lacks {}'s entries: the daemon re-adds them within 10 s; if not, see its log",
-                peer.name
-            );
-        }
-        if !routed {
-            break 'verdict format!("the kernel does not route {target} through {device_name}: the route is missing or shadowed");
-        }
-        if let Some(why) = handshake_failed {
-            break 'verdict format!("handshake with {} failed: {why}", peer.name);
-        }
-        if quiet_but_sending {
-            break 'verdict format!(
-                "{} receives our packets but nothing comes back: check UDP {} between this node and {} (firewall, MTU, or the peer's own pods)",
-                peer.name,
-                peer.underlay.port(),
-                peer.underlay.ip()
-            );
-        }
+        check(ev, "kernel entries", entries_ok, detail);
+    }
+    let route_dev = facts.route_dev.as_deref();
+    let routed = route_dev == Some(device_name.as_str());
+    check(
+        ev,
+        "kernel route",
+        routed,
+        format!("{target} via {}", route_dev.unwrap_or("no device of ours")),
+    );
+    let handshake_failed = handshake(peer, ev);
+    let quiet_but_sending = answers(peer, ev);
+    if !alive {
+        let fate = if kernel {
+            "it meets the cluster's unreachable route (ICMP unreachable)"
+        } else {
+            "it is dropped as peer_dead"
+        };
+        format!(
+            "{} (owner of {}) is declared dead: traffic to {fate}",
+            peer.name, peer.subnet
+        )
+    } else if !facts.device_up {
+        format!(
+            "{device_kind} {device_name} is missing or down: nothing leaves this node for the overlay"
+        )
+    } else if !entries_ok {
+        format!(
+            "the vxlan device {device_name} lacks {}'s entries: the daemon re-adds them within 10 s; if not, see its log",
+            peer.name
+        )
+    } else if !routed {
+        format!("the kernel does not route {target} through {device_name}: the route is missing or shadowed")
+    } else if let Some(why) = handshake_failed {
+        format!("handshake with {} failed: {why}", peer.name)
+    } else if quiet_but_sending {
+        format!(
+            "{} receives our packets but nothing comes back: check UDP {} between this node and {} (firewall, MTU, or the peer's own pods)",
+            peer.name,
+            peer.underlay.port(),
+            peer.underlay.ip()
+        )
+    } else {
         format!(
             "nothing on this node stands in the way: {target} is reached through {} at {}",
             peer.name, peer.underlay
         )
-    };
-    let reachable = ev.iter().all(|c| c.ok);
-    Diagnosis {
-        target,
-        owner,
-        reachable,
-        verdict,
-        evidence: ev,
     }
+}
+
+/// Encrypted: the WireGuard session with `peer`. Returns why its handshake failed.
+fn handshake(peer: &crate::status::PeerReport, ev: &mut Vec<Check>) -> Option<String> {
+    let s = &peer.wg.as_ref()?.session;
+    let failed = s.session != "established" && s.initiations >= 2;
+    let why = if !failed {
+        None
+    } else if let Some(n) = s.failures.get("unknown_key") {
+        Some(format!("{n} of its handshakes carry a key that is not the one it published (it rotated its key or restarted with another state dir?)"))
+    } else if let Some(n) = s.failures.get("bad_handshake") {
+        Some(format!("{n} of its handshake messages were refused (MAC, timestamp or rate limit): are both nodes on the same keys?"))
+    } else {
+        Some(format!(
+            "no answer to {} handshake initiations: check UDP {} between this node and {}, and that {} has this node's public key",
+            s.initiations,
+            peer.underlay.port(),
+            peer.underlay.ip(),
+            peer.name
+        ))
+    };
+    let detail = match &why {
+        Some(why) => why.clone(),
+        None => format!(
+            "session {}{}",
+            s.session,
+            s.handshake_age_ms
+                .map(|ms| format!(", handshake {}s ago", ms / 1000))
+                .unwrap_or_default()
+        ),
+    };
+    check(ev, "handshake", why.is_none(), detail);
+    why
+}
+
+/// Whether `peer` answers: true when we send to it and nothing has come back for
+/// [`QUIET`].
+fn answers(peer: &crate::status::PeerReport, ev: &mut Vec<Check>) -> bool {
+    let heard = peer.last_heard_secs;
+    let answered = heard.is_some_and(|s| s <= QUIET.as_secs());
+    let detail = match (heard, peer.tx_packets) {
+        (Some(s), _) => format!(
+            "last packet from {} {s}s ago; sent {} / received {} packets",
+            peer.name, peer.tx_packets, peer.rx_packets
+        ),
+        (None, 0) => format!("nothing sent to or received from {} yet", peer.name),
+        (None, n) => format!("sent {n} packets to {}, never received one back", peer.name),
+    };
+    let quiet_but_sending = !answered && peer.tx_packets > 0;
+    check(ev, "answers", !quiet_but_sending, detail);
+    quiet_but_sending
 }
 
 /// Renders a diagnosis for people.
@@ -383,4 +467,138 @@ pub fn render(d: &Diagnosis) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::PeerOrigin;
+    use crate::status::{NodeReport, PathReport, PeerReport};
+
+    /// Node n1 (subnet 10.244.1.0/24, fixed) in `mode`, with peer n2 owning
+    /// 10.244.2.0/24 in `state`.
+    fn report(mode: DataplaneMode, state: PeerState) -> StatusReport {
+        StatusReport {
+            node: NodeReport {
+                name: "n1".into(),
+                advertise_addr: "198.18.0.1".parse().unwrap(),
+                port: 4789,
+                vni: 1,
+                vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
+                subnet: Some("10.244.1.0/24".parse().unwrap()),
+                gateway: Some("10.244.1.1".parse().unwrap()),
+                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                subnet_v6: None,
+                cluster_cidr_v6: None,
+                mtu: 1450,
+                bridge: "ovl0".into(),
+                tun: "ovltun0".into(),
+                uptime_secs: 3,
+            },
+            control: None,
+            peers: vec![PeerReport {
+                name: "n2".into(),
+                subnet: "10.244.2.0/24".parse().unwrap(),
+                subnet_v6: None,
+                underlay: "198.18.0.2:4789".parse().unwrap(),
+                vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
+                state,
+                origin: PeerOrigin::Gossip,
+                tx_packets: 10,
+                tx_bytes: 1000,
+                rx_packets: 10,
+                rx_bytes: 1000,
+                tx_dropped: 0,
+                rx_dropped: 0,
+                last_heard_secs: Some(1),
+                wg: None,
+            }],
+            dataplane: Default::default(),
+            path: PathReport {
+                mode,
+                device: "ovlvx0".into(),
+                reason: "test".into(),
+                device_errors: Default::default(),
+                wg: None,
+            },
+        }
+    }
+
+    fn facts(route_dev: &str, kernel_entries: Option<Vec<String>>) -> Facts {
+        Facts {
+            bridge_up: true,
+            device_up: true,
+            route_dev: Some(route_dev.into()),
+            kernel_entries,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_healthy_path_to_a_peer_is_reachable() {
+        let r = report(DataplaneMode::Kernel, PeerState::Alive);
+        let d = judge(ip("10.244.2.7"), &r, &facts("ovlvx0", Some(vec![])));
+        assert!(d.reachable, "{d:?}");
+        assert_eq!(d.owner.as_deref(), Some("n2"));
+        assert!(
+            d.verdict
+                .starts_with("nothing on this node stands in the way"),
+            "{}",
+            d.verdict
+        );
+        let whats: Vec<&str> = d.evidence.iter().map(|c| c.what.as_str()).collect();
+        assert_eq!(
+            whats,
+            [
+                "cluster CIDR",
+                "bridge",
+                "vxlan device",
+                "owner",
+                "peer state",
+                "kernel entries",
+                "kernel route",
+                "answers"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_first_failed_check_decides() {
+        let kernel = report(DataplaneMode::Kernel, PeerState::Alive);
+        let cases: Vec<(StatusReport, &str, Facts, &str)> = vec![
+            (kernel.clone(), "192.0.2.1", facts("ovlvx0", Some(vec![])), "is not a pod address of this cluster"),
+            (kernel.clone(), "10.244.9.9", facts("ovlvx0", None), "no node owns the subnet of 10.244.9.9: traffic to it meets the cluster's unreachable route"),
+            (report(DataplaneMode::Userspace, PeerState::Alive), "10.244.9.9", facts("ovltun0", None), "it is dropped as unknown_subnet"),
+            (report(DataplaneMode::Kernel, PeerState::Dead), "10.244.2.7", facts("ovlvx0", None), "n2 (owner of 10.244.2.0/24) is declared dead"),
+            (kernel.clone(), "10.244.2.7", Facts { device_up: false, ..facts("ovlvx0", Some(vec![])) }, "vxlan device ovlvx0 is missing or down"),
+            (kernel.clone(), "10.244.2.7", facts("ovlvx0", Some(vec!["no FDB entry".into()])), "the vxlan device ovlvx0 lacks n2's entries"),
+            (kernel.clone(), "10.244.2.7", facts("eth0", Some(vec![])), "the kernel does not route 10.244.2.7 through ovlvx0"),
+            (kernel.clone(), "10.244.1.5", facts("ovl0", None), "10.244.1.5 is a local pod on this node's bridge ovl0"),
+            (kernel.clone(), "10.244.1.5", facts("ovlvx0", None), "the kernel does not route 10.244.1.5 to bridge ovl0"),
+            (kernel, "10.244.1.5", Facts { bridge_up: false, ..facts("ovl0", None) }, "the pod would be local, but bridge ovl0 is missing or down"),
+        ];
+        for (r, target, f, want) in cases {
+            let d = judge(ip(target), &r, &f);
+            assert!(d.verdict.contains(want), "{target}: {}", d.verdict);
+            let local_ok = want.contains("is a local pod");
+            assert_eq!(d.reachable, local_ok, "{target}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_points_at_the_underlay() {
+        let mut r = report(DataplaneMode::Userspace, PeerState::Alive);
+        r.peers[0].last_heard_secs = None;
+        let d = judge(ip("10.244.2.7"), &r, &facts("ovltun0", None));
+        assert!(!d.reachable);
+        assert!(
+            d.verdict
+                .starts_with("n2 receives our packets but nothing comes back: check UDP 4789"),
+            "{}",
+            d.verdict
+        );
+    }
 }

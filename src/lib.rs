@@ -1,14 +1,18 @@
 //! overlayd: a container overlay network.
 //!
-//! One daemon per host owns the node bridge and a TUN device. Pod packets that leave
-//! the node are read from the TUN, wrapped in VXLAN ([RFC 7348]) and sent to the peer
-//! that owns the destination subnet; VXLAN datagrams from peers are unwrapped and
-//! written back to the TUN.
+//! One daemon per host owns the node bridge and carries pod packets that leave the
+//! node to the peer that owns the destination subnet, as VXLAN ([RFC 7348]). Three
+//! dataplanes sit behind one handle ([`dataplane::DataplaneHandle`]), fed by the same
+//! peer table: the kernel one (the default where the kernel can: a `vxlan` device the
+//! daemon programs, with an nftables filter), the userspace one (a TUN device read and
+//! written by worker threads that wrap and unwrap VXLAN), and the encrypted one
+//! (`--encrypt`: the userspace one with each VXLAN datagram sealed in WireGuard).
 //!
 //! # Layout
 //! - [`dataplane`]: VXLAN wire views, the sans-IO encap/decap core, FIB, offload
-//!   (TSO split, TCP and UDP coalescing) and flow hash, and the driver: one worker
-//!   thread per core, each with its own TUN queue and VXLAN socket.
+//!   (TSO split, TCP and UDP coalescing) and flow hash; the userspace driver (one
+//!   worker thread per core, each with its own TUN queue and VXLAN socket), the
+//!   kernel dataplane (`dataplane::kernel`) and the encrypted one (`dataplane::wg`).
 //! - [`control`]: gossip membership and per-node subnet leases.
 //! - [`config`]: the daemon's flags, parsed and checked.
 //! - [`daemon`]: `run(config, shutdown)`, which the binary calls, in named phases;
@@ -17,6 +21,7 @@
 //! - [`admin`]: the admin socket (typed requests and replies) and its client.
 //! - [`status`]: the status report and its text.
 //! - [`diagnose`]: `overlayd diagnose POD_IP`, checks on the way to a pod.
+//! - [`pods`]: `overlayd pods` and when a gone pod's addresses are reclaimed.
 //! - [`metrics`]: Prometheus metrics and `/healthz`.
 //! - [`privilege`]: dropping capabilities at start.
 //! - [`fsutil`]: atomic writes of state files.

@@ -96,19 +96,51 @@ async fn uninstall(daemon: &overlayd::config::DaemonArgs, wait: bool) -> ExitCod
     }
 }
 
+/// What a client command prints on standard output, and its exit code.
+struct Printed {
+    text: String,
+    code: ExitCode,
+}
+
+impl Printed {
+    fn ok(text: String) -> Printed {
+        Printed {
+            text,
+            code: ExitCode::SUCCESS,
+        }
+    }
+}
+
+/// Why a client command failed, as `overlayd COMMAND: MESSAGE` says it.
+struct Failed {
+    command: &'static str,
+    message: String,
+}
+
+fn failed(command: &'static str) -> impl FnOnce(String) -> Failed {
+    move |message| Failed { command, message }
+}
+
+fn pretty(value: &impl serde::Serialize) -> String {
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    )
+}
+
 /// `overlayd diagnose`: a pod address, or each address of the pod NAMESPACE/NAME on
-/// this node. Exits non-zero when something stands in the way of any of them.
-async fn diagnose(target: DiagnoseTarget, json: bool, run_dir: &std::path::Path) -> ExitCode {
+/// this node. Fails when something stands in the way of any of them.
+async fn diagnose(
+    target: DiagnoseTarget,
+    json: bool,
+    run_dir: &std::path::Path,
+) -> Result<Printed, String> {
     let (label, ips) = match target {
         DiagnoseTarget::Ip(ip) => (None, vec![ip]),
         DiagnoseTarget::Pod { namespace, name } => {
-            let report = match overlayd::admin::pods(run_dir).await {
-                Ok(r) => r,
-                Err(e) => {
-                    say!("overlayd diagnose {namespace}/{name}: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let report = overlayd::admin::pods(run_dir)
+                .await
+                .map_err(|e| format!("{namespace}/{name}: {e}"))?;
             let found = report.find(&namespace, &name);
             // A pod restarted in a new sandbox may still have its old one listed.
             let running: Vec<_> = found
@@ -122,54 +154,133 @@ async fn diagnose(target: DiagnoseTarget, json: bool, run_dir: &std::path::Path)
             };
             let ips: Vec<std::net::IpAddr> = chosen.iter().flat_map(|p| p.ips.clone()).collect();
             if ips.is_empty() {
-                say!(
-                    "overlayd diagnose: no pod {namespace}/{name} on this node ({} pod(s) here; `overlayd pods` lists them). \
+                return Err(format!(
+                    "no pod {namespace}/{name} on this node ({} pod(s) here; `overlayd pods` lists them). \
                      A node knows only its own pods: run this on the pod's node, or give the pod's address.",
                     report.pods.len()
-                );
-                return ExitCode::FAILURE;
+                ));
             }
             (Some(format!("{namespace}/{name}")), ips)
         }
     };
     let mut code = ExitCode::SUCCESS;
-    let mut out = String::new();
+    let mut text = String::new();
     let mut all = Vec::new();
     for ip in ips {
-        match overlayd::admin::diagnose(run_dir, ip).await {
-            Ok(d) => {
-                if !d.reachable {
-                    code = ExitCode::FAILURE;
-                }
-                if let Some(label) = &label {
-                    if !json {
-                        out.push_str(&format!("pod {label}, address {ip}:\n"));
-                    }
-                }
-                if !json {
-                    out.push_str(&overlayd::diagnose::render(&d));
-                }
-                all.push(d);
-            }
-            Err(e) => {
-                say!("overlayd diagnose: {e}");
-                return ExitCode::FAILURE;
-            }
+        let d = overlayd::admin::diagnose(run_dir, ip)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !d.reachable {
+            code = ExitCode::FAILURE;
         }
+        if !json {
+            if let Some(label) = &label {
+                text.push_str(&format!("pod {label}, address {ip}:\n"));
+            }
+            text.push_str(&overlayd::diagnose::render(&d));
+        }
+        all.push(d);
     }
     if json {
-        let value = match (label.is_some(), all.len()) {
-            (false, 1) => serde_json::to_value(&all[0]),
-            _ => serde_json::to_value(&all),
+        text = match (label.is_some(), all.as_slice()) {
+            (false, [one]) => pretty(one),
+            _ => pretty(&all),
         };
-        out = format!(
-            "{}\n",
-            value
-                .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
-                .unwrap_or_default()
-        );
     }
-    write_out(&out, code)
+    Ok(Printed { text, code })
+}
+
+/// Runs a command other than the daemon: a client of the daemon, one that needs none,
+/// or `uninstall`.
+async fn run_cli(command: Command) -> Result<Printed, Failed> {
+    use overlayd::admin;
+    match command {
+        Command::Genkey => Ok(Printed::ok(format!(
+            "{}\n",
+            overlayd::control::auth::generate_key()
+        ))),
+        Command::Pubkey { state_dir } => {
+            use overlayd::dataplane::wg::key;
+            let pair = match key::load(&state_dir) {
+                Ok(Some(pair)) => Ok(pair),
+                Ok(None) => key::load_or_create(&state_dir),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| failed("pubkey")(e.to_string()))?;
+            Ok(Printed::ok(format!(
+                "{}\n",
+                key::encode(&pair.public_bytes())
+            )))
+        }
+        Command::RotateKey { run_dir } => admin::rotate_key(&run_dir)
+            .await
+            .map(|key| Printed::ok(format!("{key}\n")))
+            .map_err(|e| failed("rotate-key")(e.to_string())),
+        Command::Status {
+            part,
+            json,
+            run_dir,
+        } => {
+            let report = admin::status(&run_dir)
+                .await
+                .map_err(|e| failed("status")(e.to_string()))?;
+            let text = match (part, json) {
+                (None, true) => pretty(&report),
+                (Some(StatusPart::Peers), true) => pretty(&report.peers),
+                (Some(StatusPart::Leases), true) => pretty(&serde_json::json!({
+                    "subnet": report.node.subnet,
+                    "control": report.control,
+                })),
+                (None, false) => overlayd::status::render(&report),
+                (Some(StatusPart::Peers), false) => overlayd::status::render_peers(&report),
+                (Some(StatusPart::Leases), false) => overlayd::status::render_leases(&report),
+            };
+            Ok(Printed::ok(format!("{}\n", text.trim_end())))
+        }
+        Command::Diagnose {
+            target,
+            json,
+            run_dir,
+        } => diagnose(target, json, &run_dir)
+            .await
+            .map_err(failed("diagnose")),
+        Command::Pods { json, run_dir } => {
+            let report = admin::pods(&run_dir)
+                .await
+                .map_err(|e| failed("pods")(e.to_string()))?;
+            Ok(Printed::ok(if json {
+                pretty(&report)
+            } else {
+                overlayd::pods::render(&report)
+            }))
+        }
+        Command::Leave { run_dir } => admin::leave(&run_dir)
+            .await
+            .map(|message| Printed::ok(format!("{message}\n")))
+            .map_err(|e| failed("leave")(e.to_string())),
+        Command::Rmpeer { name, run_dir } => {
+            say!(
+                "overlayd rmpeer: reclaiming {name}'s subnet now. If {name} is alive behind a network \
+                 partition, two nodes use the same subnet until it heals; use this only for nodes that are gone."
+            );
+            let subnets = admin::rmpeer(&run_dir, &name)
+                .await
+                .map_err(|e| failed("rmpeer")(e.to_string()))?;
+            Ok(Printed::ok(if subnets.is_empty() {
+                format!("{name} held no subnet this node could reclaim\n")
+            } else {
+                let list: Vec<String> = subnets.iter().map(ToString::to_string).collect();
+                format!("reclaimed {}\n", list.join(", "))
+            }))
+        }
+        Command::Uninstall { wait, daemon } => {
+            init_logging(&daemon.log_level, daemon.log_format);
+            Ok(Printed {
+                text: String::new(),
+                code: uninstall(&daemon, wait).await,
+            })
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -220,113 +331,13 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Genkey) => {
-            write_out(&format!("{}\n", overlayd::control::auth::generate_key()), ExitCode::SUCCESS)
-        }
-        Some(Command::Pubkey { state_dir }) => {
-            let made = match overlayd::dataplane::wg::key::load(&state_dir) {
-                Ok(Some(pair)) => Ok(pair),
-                Ok(None) => overlayd::dataplane::wg::key::load_or_create(&state_dir),
-                Err(e) => Err(e),
-            };
-            match made {
-                Ok(pair) => {
-                    let key = overlayd::dataplane::wg::key::encode(&pair.public_bytes());
-                    write_out(&format!("{key}\n"), ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    say!("overlayd pubkey: {e}");
-                    ExitCode::FAILURE
-                }
+        Some(command) => match runtime.block_on(run_cli(command)) {
+            Ok(printed) => write_out(&printed.text, printed.code),
+            Err(f) => {
+                say!("overlayd {}: {}", f.command, f.message);
+                ExitCode::FAILURE
             }
-        }
-        Some(Command::RotateKey { run_dir }) => runtime.block_on(async {
-            match overlayd::admin::rotate_key(&run_dir).await {
-                Ok(key) => {
-                    write_out(&format!("{key}\n"), ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    say!("overlayd rotate-key: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }),
-        Some(Command::Status { part, json, run_dir }) => runtime.block_on(async {
-            match overlayd::admin::status(&run_dir).await {
-                Ok(report) => {
-                    let text = match (part, json) {
-                        (None, true) => serde_json::to_string_pretty(&report).unwrap_or_default(),
-                        (Some(StatusPart::Peers), true) => serde_json::to_string_pretty(&report.peers).unwrap_or_default(),
-                        (Some(StatusPart::Leases), true) => serde_json::to_string_pretty(&serde_json::json!({
-                            "subnet": report.node.subnet,
-                            "control": report.control,
-                        }))
-                        .unwrap_or_default(),
-                        (None, false) => overlayd::status::render(&report),
-                        (Some(StatusPart::Peers), false) => overlayd::status::render_peers(&report),
-                        (Some(StatusPart::Leases), false) => overlayd::status::render_leases(&report),
-                    };
-                    write_out(&format!("{}\n", text.trim_end()), ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    say!("overlayd status: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }),
-        Some(Command::Diagnose { target, json, run_dir }) => {
-            runtime.block_on(diagnose(target, json, &run_dir))
-        }
-        Some(Command::Pods { json, run_dir }) => runtime.block_on(async {
-            match overlayd::admin::pods(&run_dir).await {
-                Ok(report) => {
-                    let text = if json {
-                        format!("{}\n", serde_json::to_string_pretty(&report).unwrap_or_default())
-                    } else {
-                        overlayd::pods::render(&report)
-                    };
-                    write_out(&text, ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    say!("overlayd pods: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }),
-        Some(Command::Uninstall { wait, daemon }) => {
-            init_logging(&daemon.log_level, daemon.log_format);
-            runtime.block_on(uninstall(&daemon, wait))
-        }
-        Some(Command::Leave { run_dir }) => runtime.block_on(async {
-            match overlayd::admin::leave(&run_dir).await {
-                Ok(message) => {
-                    write_out(&format!("{message}\n"), ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    say!("overlayd leave: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }),
-        Some(Command::Rmpeer { name, run_dir }) => runtime.block_on(async {
-            say!(
-                "overlayd rmpeer: reclaiming {name}'s subnet now. If {name} is alive behind a network \
-                 partition, two nodes use the same subnet until it heals; use this only for nodes that are gone."
-            );
-            match overlayd::admin::rmpeer(&run_dir, &name).await {
-                Ok(subnets) if subnets.is_empty() => {
-                    write_out(&format!("{name} held no subnet this node could reclaim\n"), ExitCode::SUCCESS)
-                }
-                Ok(subnets) => {
-                    let list: Vec<String> = subnets.iter().map(ToString::to_string).collect();
-                    write_out(&format!("reclaimed {}\n", list.join(", ")), ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    say!("overlayd rmpeer: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }),
+        },
         None => {
             let shutdown = {
                 let _rt = runtime.enter();

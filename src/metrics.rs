@@ -23,9 +23,11 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::daemon::pods::PodWatch;
 use crate::dataplane::stats::{DirectionTotals, DropReason, BATCH_BUCKETS};
 use crate::dataplane::PeerState;
 use crate::live::StatusSource;
+use crate::status::{ControlReport, NodeReport, StatusReport};
 
 /// The collector that turns a node's status into metrics on each scrape.
 #[derive(Clone)]
@@ -70,390 +72,430 @@ impl Collector for Exporter {
         let stats = self.source.dataplane.stats();
         let dirs: [(&str, DirectionTotals); 2] = [("tx", stats.tx()), ("rx", stats.rx())];
 
-        let packets: Vec<_> = dirs
-            .iter()
-            .map(|(d, s)| (vec![("direction", *d)], s.forwarded.0))
-            .collect();
-        counters(
-            &mut encoder,
-            "overlayd_dataplane_packets",
-            "Packets forwarded, by direction (tx: TUN to peers, rx: peers to TUN).",
-            &packets,
-        )?;
-        let bytes: Vec<_> = dirs
-            .iter()
-            .map(|(d, s)| (vec![("direction", *d)], s.forwarded.1))
-            .collect();
-        counters(
-            &mut encoder,
-            "overlayd_dataplane_bytes",
-            "Inner IP bytes forwarded, by direction.",
-            &bytes,
-        )?;
-        let drops: Vec<_> = dirs
-            .iter()
-            .flat_map(|(d, s)| {
-                DropReason::ALL
-                    .iter()
-                    .map(move |r| (vec![("direction", *d), ("reason", r.as_str())], s.drops(*r)))
-            })
-            .collect();
-        counters(
-            &mut encoder,
-            "overlayd_dataplane_drops",
-            "Packets dropped, by direction and reason.",
-            &drops,
-        )?;
+        dataplane(&mut encoder, &report, &dirs)?;
+        peers(&mut encoder, &report)?;
+        if let Some(c) = &report.control {
+            members(&mut encoder, c)?;
+            leases(&mut encoder, c)?;
+        }
+        if let Some(p) = &self.source.pods {
+            pods(&mut encoder, p)?;
+        }
+        node(&mut encoder, &report.node)
+    }
+}
 
-        {
-            let mut batch = encoder.encode_descriptor(
-                "overlayd_dataplane_batch_size",
-                "Packets handled per round of a dataplane worker.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (dir, s) in &dirs {
-                let (sum, count, cumulative) = s.batches();
-                // prometheus-client adds the buckets up itself: give it each bucket's
-                // own count, the +Inf one last.
-                let mut below = 0;
-                let mut buckets: Vec<(f64, u64)> = BATCH_BUCKETS
-                    .iter()
-                    .zip(cumulative)
-                    .map(|(b, c)| (*b as f64, c - std::mem::replace(&mut below, c)))
-                    .collect();
-                // Read while a worker counts, the buckets may be one round ahead of
-                // `count`: the count is then the buckets' total.
-                let count = count.max(below);
-                buckets.push((f64::INFINITY, count - below));
-                batch
-                    .encode_family(&[("direction", *dir)])?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+/// The dataplane's totals, batch sizes, mode and (kernel mode) device errors.
+fn dataplane(
+    encoder: &mut DescriptorEncoder<'_>,
+    report: &StatusReport,
+    dirs: &[(&str, DirectionTotals); 2],
+) -> Result<(), std::fmt::Error> {
+    let packets: Vec<_> = dirs
+        .iter()
+        .map(|(d, s)| (vec![("direction", *d)], s.forwarded.0))
+        .collect();
+    counters(
+        encoder,
+        "overlayd_dataplane_packets",
+        "Packets forwarded, by direction (tx: TUN to peers, rx: peers to TUN).",
+        &packets,
+    )?;
+    let bytes: Vec<_> = dirs
+        .iter()
+        .map(|(d, s)| (vec![("direction", *d)], s.forwarded.1))
+        .collect();
+    counters(
+        encoder,
+        "overlayd_dataplane_bytes",
+        "Inner IP bytes forwarded, by direction.",
+        &bytes,
+    )?;
+    let drops: Vec<_> = dirs
+        .iter()
+        .flat_map(|(d, s)| {
+            DropReason::ALL
+                .iter()
+                .map(move |r| (vec![("direction", *d), ("reason", r.as_str())], s.drops(*r)))
+        })
+        .collect();
+    counters(
+        encoder,
+        "overlayd_dataplane_drops",
+        "Packets dropped, by direction and reason.",
+        &drops,
+    )?;
+
+    {
+        let mut batch = encoder.encode_descriptor(
+            "overlayd_dataplane_batch_size",
+            "Packets handled per round of a dataplane worker.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (dir, s) in dirs {
+            let (sum, count, cumulative) = s.batches();
+            // prometheus-client adds the buckets up itself: give it each bucket's
+            // own count, the +Inf one last.
+            let mut below = 0;
+            let mut buckets: Vec<(f64, u64)> = BATCH_BUCKETS
+                .iter()
+                .zip(cumulative)
+                .map(|(b, c)| (*b as f64, c - std::mem::replace(&mut below, c)))
+                .collect();
+            // Read while a worker counts, the buckets may be one round ahead of
+            // `count`: the count is then the buckets' total.
+            let count = count.max(below);
+            buckets.push((f64::INFINITY, count - below));
+            batch
+                .encode_family(&[("direction", *dir)])?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                     sum as f64, count, &buckets, None,
                 )?;
-            }
         }
+    }
 
-        {
-            let mut mode = encoder.encode_descriptor(
-                "overlayd_dataplane_mode",
-                "1 for the dataplane that carries this node's pod traffic (kernel: a programmed vxlan device; userspace: the TUN dataplane), labelled with why.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for m in crate::dataplane::DataplaneMode::ALL {
-                let on = i64::from(report.path.mode == m);
-                let reason = if on == 1 {
-                    report.path.reason.as_str()
-                } else {
-                    ""
-                };
-                ConstGauge::new(on)
-                    .encode(mode.encode_family(&[("mode", m.as_str()), ("reason", reason)])?)?;
-            }
-        }
-        if !report.path.device_errors.is_empty() {
-            let errors: Vec<_> = report
-                .path
-                .device_errors
-                .iter()
-                .map(|(k, v)| (vec![("counter", k.as_str())], *v))
-                .collect();
-            counters(
-                &mut encoder,
-                "overlayd_kernel_device_errors",
-                "Drops and errors the kernel counts on the vxlan device (kernel dataplane).",
-                &errors,
-            )?;
-        }
-
-        let per_peer =
-            |f: fn(&crate::status::PeerReport) -> (u64, u64)| -> Vec<(Vec<(&str, &str)>, u64)> {
-                report
-                    .peers
-                    .iter()
-                    .flat_map(|p| {
-                        let (tx, rx) = f(p);
-                        [
-                            (vec![("peer", p.name.as_str()), ("direction", "tx")], tx),
-                            (vec![("peer", p.name.as_str()), ("direction", "rx")], rx),
-                        ]
-                    })
-                    .collect()
-            };
-        counters(
-            &mut encoder,
-            "overlayd_peer_packets",
-            "Packets exchanged with each peer.",
-            &per_peer(|p| (p.tx_packets, p.rx_packets)),
-        )?;
-        counters(
-            &mut encoder,
-            "overlayd_peer_bytes",
-            "Inner bytes exchanged with each peer.",
-            &per_peer(|p| (p.tx_bytes, p.rx_bytes)),
-        )?;
-
-        let wg: Vec<_> = report
-            .peers
-            .iter()
-            .filter_map(|p| p.wg.as_ref().map(|w| (p.name.as_str(), w)))
-            .collect();
-        if !wg.is_empty() {
-            {
-                let mut up = encoder.encode_descriptor(
-                    "overlayd_wg_session_established",
-                    "1 while a WireGuard session with the peer is established (encrypted dataplane).",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                for (peer, w) in &wg {
-                    let v = i64::from(w.session.session == "established");
-                    ConstGauge::new(v).encode(up.encode_family(&[("peer", *peer)])?)?;
-                }
-            }
-            {
-                let mut age = encoder.encode_descriptor(
-                    "overlayd_wg_handshake_age_seconds",
-                    "Seconds since the last completed WireGuard handshake with the peer (absent: none).",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                for (peer, w) in &wg {
-                    if let Some(ms) = w.session.handshake_age_ms {
-                        ConstGauge::new(ms as f64 / 1000.0)
-                            .encode(age.encode_family(&[("peer", *peer)])?)?;
-                    }
-                }
-            }
-            let failures: Vec<_> = wg
-                .iter()
-                .flat_map(|(peer, w)| {
-                    [
-                        "bad_tag",
-                        "replay",
-                        "unknown_key",
-                        "no_session",
-                        "bad_handshake",
-                    ]
-                    .into_iter()
-                    .map(move |r| {
-                        let n = w.session.failures.get(r).copied().unwrap_or(0);
-                        (vec![("peer", *peer), ("reason", r)], n)
-                    })
-                })
-                .collect();
-            counters(
-                &mut encoder,
-                "overlayd_wg_failures",
-                "WireGuard messages from each peer that failed, by reason (bad_tag, replay, unknown_key, no_session, bad_handshake).",
-                &failures,
-            )?;
-        }
-
-        counters(&mut encoder, "overlayd_peer_drops", "Packets to or from each peer that were dropped (tx: peer dead; rx: bad frame from it).", &per_peer(|p| (p.tx_dropped, p.rx_dropped)))?;
-
-        {
-            let mut peers = encoder.encode_descriptor(
-                "overlayd_peers",
-                "Peers in the forwarding table, by state.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (state, name) in [
-                (PeerState::Alive, "alive"),
-                (PeerState::Suspect, "suspect"),
-                (PeerState::Dead, "dead"),
-            ] {
-                let n = report.peers.iter().filter(|p| p.state == state).count() as i64;
-                ConstGauge::new(n).encode(peers.encode_family(&[("state", name)])?)?;
-            }
-        }
-
-        if let Some(c) = &report.control {
-            {
-                let mut members = encoder.encode_descriptor(
-                    "overlayd_gossip_members",
-                    "Members gossip knows, by state, with or without a lease.",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                for (state, label) in [
-                    (PeerState::Alive, "alive"),
-                    (PeerState::Suspect, "suspect"),
-                    (PeerState::Dead, "dead"),
-                ] {
-                    let n = c.members.iter().filter(|m| m.state == state).count() as i64;
-                    ConstGauge::new(n).encode(members.encode_family(&[("state", label)])?)?;
-                }
-            }
-            {
-                let mut member = encoder.encode_descriptor(
-                    "overlayd_gossip_member",
-                    "1 for each member gossip knows, with its state and lease (\"none yet\" before it has one).",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                for m in &c.members {
-                    let state = match m.state {
-                        PeerState::Alive => "alive",
-                        PeerState::Suspect => "suspect",
-                        PeerState::Dead => "dead",
-                    };
-                    let lease = m.subnet.map_or("none yet".to_string(), |s| s.to_string());
-                    ConstGauge::new(1i64).encode(member.encode_family(&[
-                        ("name", m.name.as_str()),
-                        ("state", state),
-                        ("lease", lease.as_str()),
-                    ])?)?;
-                }
-            }
-            if let Some(w) = &c.waiting {
-                let mut waiting = encoder.encode_descriptor(
-                    "overlayd_lease_waiting",
-                    "1 while this node uses no subnet, labelled with what it waits for.",
-                    None,
-                    MetricType::Gauge,
-                )?;
-                ConstGauge::new(1i64).encode(waiting.encode_family(&[("reason", w.as_str())])?)?;
-            }
-            let used = i64::try_from(c.leases_used).unwrap_or(i64::MAX);
-            let total = i64::try_from(c.leases_total).unwrap_or(i64::MAX);
-            for (name, help, value) in [
-                (
-                    "overlayd_leases_used",
-                    "Subnets of the cluster CIDR in use, ours included.",
-                    used,
-                ),
-                (
-                    "overlayd_leases_total",
-                    "Subnets in the cluster CIDR.",
-                    total,
-                ),
-                (
-                    "overlayd_leases_free",
-                    "Subnets of the cluster CIDR not in use.",
-                    total.saturating_sub(used),
-                ),
-                (
-                    "overlayd_lease_fenced",
-                    "1 while this node holds a lease it may not use (cut off from its witnesses).",
-                    i64::from(c.fenced),
-                ),
-                (
-                    "overlayd_lease_exhausted",
-                    "1 while the cluster CIDR has no free subnet for this node.",
-                    i64::from(c.exhausted),
-                ),
-                (
-                    "overlayd_lease_state_unsaved",
-                    "1 while the lease state cannot be saved to the state dir (see overlayd status).",
-                    i64::from(c.state_error.is_some()),
-                ),
-                (
-                    "overlayd_gossip_auth_keys",
-                    "Cluster keys accepted for gossip (0: gossip is not authenticated).",
-                    c.auth_keys.len() as i64,
-                ),
-            ] {
-                let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-                ConstGauge::new(value).encode(m)?;
-            }
-            counters(
-                &mut encoder,
-                "overlayd_gossip_messages",
-                "Gossip datagrams, by direction.",
-                &[
-                    (vec![("direction", "tx")], c.gossip_tx_messages),
-                    (vec![("direction", "rx")], c.gossip_rx_messages),
-                ],
-            )?;
-            counters(
-                &mut encoder,
-                "overlayd_gossip_bytes",
-                "Gossip bytes (UDP payload), by direction.",
-                &[
-                    (vec![("direction", "tx")], c.gossip_tx_bytes),
-                    (vec![("direction", "rx")], c.gossip_rx_bytes),
-                ],
-            )?;
-            counter(
-                &mut encoder,
-                "overlayd_gossip_dropped",
-                "Gossip datagrams dropped as malformed, oversized, from another cluster, or lease messages from a non-member.",
-                c.gossip_dropped,
-            )?;
-            counter(
-                &mut encoder,
-                "overlayd_gossip_peer_deaths",
-                "Peers this node saw declared dead (failed probes or a leave).",
-                c.peer_deaths,
-            )?;
-            counter(
-                &mut encoder,
-                "overlayd_lease_messages_held",
-                "Lease messages not sent because the lease state could not be saved.",
-                c.lease_messages_held,
-            )?;
-            let rejected: Vec<_> = c
-                .gossip_rejected
-                .iter()
-                .map(|(r, n)| (vec![("reason", r.as_str())], *n))
-                .collect();
-            counters(
-                &mut encoder,
-                "overlayd_gossip_rejected",
-                "Gossip datagrams rejected by the cluster-key check, by reason (unsigned, signed_without_key, malformed_auth, unknown_key, bad_tag, stale, replay).",
-                &rejected,
-            )?;
-        }
-
-        let node = &report.node;
-        {
-            let mut info = encoder.encode_descriptor(
-                "overlayd_node",
-                "This node: name, subnet (and dual-stack its IPv6 subnet), VTEP MAC and underlay address.",
-                None,
-                MetricType::Info,
-            )?;
-            let subnet = node.subnet.map(|s| s.to_string()).unwrap_or_default();
-            let subnet_v6 = node.subnet_v6.map(|s| s.to_string()).unwrap_or_default();
-            let mac = node.vtep_mac.to_string();
-            let addr = node.advertise_addr.to_string();
-            let mut labels = vec![
-                ("node", node.name.as_str()),
-                ("subnet", subnet.as_str()),
-                ("vtep_mac", mac.as_str()),
-                ("advertise_addr", addr.as_str()),
-            ];
-            if node.cluster_cidr_v6.is_some() {
-                labels.push(("subnet_v6", subnet_v6.as_str()));
-            }
-            info.encode_info(&labels)?;
-        }
-        if let Some(pods) = &self.source.pods {
-            let gauge = encoder.encode_descriptor(
-                "overlayd_pods",
-                "Pods on this node with an address from the CNI plugin, at the last scan of its store.",
-                None,
-                MetricType::Gauge,
-            )?;
-            ConstGauge::new(pods.pods() as i64).encode(gauge)?;
-            counter(
-                &mut encoder,
-                "overlayd_pods_reclaimed",
-                "Pod addresses freed because the pod's netns and host veth were gone for --reclaim-pod-after (a DEL that never came).",
-                pods.reclaimed(),
-            )?;
-        }
-        let uptime = encoder.encode_descriptor(
-            "overlayd_uptime_seconds",
-            "Seconds since the daemon started.",
+    {
+        let mut mode = encoder.encode_descriptor(
+            "overlayd_dataplane_mode",
+            "1 for the dataplane that carries this node's pod traffic (kernel: a programmed vxlan device; userspace: the TUN dataplane), labelled with why.",
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(node.uptime_secs as i64).encode(uptime)
+        for m in crate::dataplane::DataplaneMode::ALL {
+            let on = i64::from(report.path.mode == m);
+            let reason = if on == 1 {
+                report.path.reason.as_str()
+            } else {
+                ""
+            };
+            ConstGauge::new(on)
+                .encode(mode.encode_family(&[("mode", m.as_str()), ("reason", reason)])?)?;
+        }
     }
+    if !report.path.device_errors.is_empty() {
+        let errors: Vec<_> = report
+            .path
+            .device_errors
+            .iter()
+            .map(|(k, v)| (vec![("counter", k.as_str())], *v))
+            .collect();
+        counters(
+            encoder,
+            "overlayd_kernel_device_errors",
+            "Drops and errors the kernel counts on the vxlan device (kernel dataplane).",
+            &errors,
+        )?;
+    }
+    Ok(())
+}
+
+/// Per-peer traffic and drops, the WireGuard sessions, peers by state.
+fn peers(
+    encoder: &mut DescriptorEncoder<'_>,
+    report: &StatusReport,
+) -> Result<(), std::fmt::Error> {
+    let per_peer =
+        |f: fn(&crate::status::PeerReport) -> (u64, u64)| -> Vec<(Vec<(&str, &str)>, u64)> {
+            report
+                .peers
+                .iter()
+                .flat_map(|p| {
+                    let (tx, rx) = f(p);
+                    [
+                        (vec![("peer", p.name.as_str()), ("direction", "tx")], tx),
+                        (vec![("peer", p.name.as_str()), ("direction", "rx")], rx),
+                    ]
+                })
+                .collect()
+        };
+    counters(
+        encoder,
+        "overlayd_peer_packets",
+        "Packets exchanged with each peer.",
+        &per_peer(|p| (p.tx_packets, p.rx_packets)),
+    )?;
+    counters(
+        encoder,
+        "overlayd_peer_bytes",
+        "Inner bytes exchanged with each peer.",
+        &per_peer(|p| (p.tx_bytes, p.rx_bytes)),
+    )?;
+
+    wireguard(encoder, report)?;
+
+    counters(
+        encoder,
+        "overlayd_peer_drops",
+        "Packets to or from each peer that were dropped (tx: peer dead; rx: bad frame from it).",
+        &per_peer(|p| (p.tx_dropped, p.rx_dropped)),
+    )?;
+
+    {
+        let mut peers = encoder.encode_descriptor(
+            "overlayd_peers",
+            "Peers in the forwarding table, by state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for state in PeerState::ALL {
+            let n = report.peers.iter().filter(|p| p.state == state).count() as i64;
+            ConstGauge::new(n).encode(peers.encode_family(&[("state", state.as_str())])?)?;
+        }
+    }
+    Ok(())
+}
+
+/// `--encrypt`: each peer's WireGuard session, handshake age and failures.
+fn wireguard(
+    encoder: &mut DescriptorEncoder<'_>,
+    report: &StatusReport,
+) -> Result<(), std::fmt::Error> {
+    let wg: Vec<_> = report
+        .peers
+        .iter()
+        .filter_map(|p| p.wg.as_ref().map(|w| (p.name.as_str(), w)))
+        .collect();
+    if !wg.is_empty() {
+        {
+            let mut up = encoder.encode_descriptor(
+                "overlayd_wg_session_established",
+                "1 while a WireGuard session with the peer is established (encrypted dataplane).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (peer, w) in &wg {
+                let v = i64::from(w.session.session == "established");
+                ConstGauge::new(v).encode(up.encode_family(&[("peer", *peer)])?)?;
+            }
+        }
+        {
+            let mut age = encoder.encode_descriptor(
+                "overlayd_wg_handshake_age_seconds",
+                "Seconds since the last completed WireGuard handshake with the peer (absent: none).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (peer, w) in &wg {
+                if let Some(ms) = w.session.handshake_age_ms {
+                    ConstGauge::new(ms as f64 / 1000.0)
+                        .encode(age.encode_family(&[("peer", *peer)])?)?;
+                }
+            }
+        }
+        let failures: Vec<_> = wg
+            .iter()
+            .flat_map(|(peer, w)| {
+                [
+                    "bad_tag",
+                    "replay",
+                    "unknown_key",
+                    "no_session",
+                    "bad_handshake",
+                ]
+                .into_iter()
+                .map(move |r| {
+                    let n = w.session.failures.get(r).copied().unwrap_or(0);
+                    (vec![("peer", *peer), ("reason", r)], n)
+                })
+            })
+            .collect();
+        counters(
+            encoder,
+            "overlayd_wg_failures",
+            "WireGuard messages from each peer that failed, by reason (bad_tag, replay, unknown_key, no_session, bad_handshake).",
+            &failures,
+        )?;
+    }
+    Ok(())
+}
+
+/// Gossip members by state, each member, and what a node without a subnet waits for.
+fn members(encoder: &mut DescriptorEncoder<'_>, c: &ControlReport) -> Result<(), std::fmt::Error> {
+    {
+        let mut members = encoder.encode_descriptor(
+            "overlayd_gossip_members",
+            "Members gossip knows, by state, with or without a lease.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for state in PeerState::ALL {
+            let n = c.members.iter().filter(|m| m.state == state).count() as i64;
+            ConstGauge::new(n).encode(members.encode_family(&[("state", state.as_str())])?)?;
+        }
+    }
+    {
+        let mut member = encoder.encode_descriptor(
+            "overlayd_gossip_member",
+            "1 for each member gossip knows, with its state and lease (\"none yet\" before it has one).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for m in &c.members {
+            let state = m.state.as_str();
+            let lease = m.subnet.map_or("none yet".to_string(), |s| s.to_string());
+            ConstGauge::new(1i64).encode(member.encode_family(&[
+                ("name", m.name.as_str()),
+                ("state", state),
+                ("lease", lease.as_str()),
+            ])?)?;
+        }
+    }
+    if let Some(w) = &c.waiting {
+        let mut waiting = encoder.encode_descriptor(
+            "overlayd_lease_waiting",
+            "1 while this node uses no subnet, labelled with what it waits for.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64).encode(waiting.encode_family(&[("reason", w.as_str())])?)?;
+    }
+    Ok(())
+}
+
+/// The lease space, this node's lease flags, gossip traffic and rejections.
+fn leases(encoder: &mut DescriptorEncoder<'_>, c: &ControlReport) -> Result<(), std::fmt::Error> {
+    let used = i64::try_from(c.leases_used).unwrap_or(i64::MAX);
+    let total = i64::try_from(c.leases_total).unwrap_or(i64::MAX);
+    for (name, help, value) in [
+        (
+            "overlayd_leases_used",
+            "Subnets of the cluster CIDR in use, ours included.",
+            used,
+        ),
+        (
+            "overlayd_leases_total",
+            "Subnets in the cluster CIDR.",
+            total,
+        ),
+        (
+            "overlayd_leases_free",
+            "Subnets of the cluster CIDR not in use.",
+            total.saturating_sub(used),
+        ),
+        (
+            "overlayd_lease_fenced",
+            "1 while this node holds a lease it may not use (cut off from its witnesses).",
+            i64::from(c.fenced),
+        ),
+        (
+            "overlayd_lease_exhausted",
+            "1 while the cluster CIDR has no free subnet for this node.",
+            i64::from(c.exhausted),
+        ),
+        (
+            "overlayd_lease_state_unsaved",
+            "1 while the lease state cannot be saved to the state dir (see overlayd status).",
+            i64::from(c.state_error.is_some()),
+        ),
+        (
+            "overlayd_gossip_auth_keys",
+            "Cluster keys accepted for gossip (0: gossip is not authenticated).",
+            c.auth_keys.len() as i64,
+        ),
+    ] {
+        let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(value).encode(m)?;
+    }
+    counters(
+        encoder,
+        "overlayd_gossip_messages",
+        "Gossip datagrams, by direction.",
+        &[
+            (vec![("direction", "tx")], c.gossip_tx_messages),
+            (vec![("direction", "rx")], c.gossip_rx_messages),
+        ],
+    )?;
+    counters(
+        encoder,
+        "overlayd_gossip_bytes",
+        "Gossip bytes (UDP payload), by direction.",
+        &[
+            (vec![("direction", "tx")], c.gossip_tx_bytes),
+            (vec![("direction", "rx")], c.gossip_rx_bytes),
+        ],
+    )?;
+    counter(
+        encoder,
+        "overlayd_gossip_dropped",
+        "Gossip datagrams dropped as malformed, oversized, from another cluster, or lease messages from a non-member.",
+        c.gossip_dropped,
+    )?;
+    counter(
+        encoder,
+        "overlayd_gossip_peer_deaths",
+        "Peers this node saw declared dead (failed probes or a leave).",
+        c.peer_deaths,
+    )?;
+    counter(
+        encoder,
+        "overlayd_lease_messages_held",
+        "Lease messages not sent because the lease state could not be saved.",
+        c.lease_messages_held,
+    )?;
+    let rejected: Vec<_> = c
+        .gossip_rejected
+        .iter()
+        .map(|(r, n)| (vec![("reason", r.as_str())], *n))
+        .collect();
+    counters(
+        encoder,
+        "overlayd_gossip_rejected",
+        "Gossip datagrams rejected by the cluster-key check, by reason (unsigned, signed_without_key, malformed_auth, unknown_key, bad_tag, stale, replay).",
+        &rejected,
+    )?;
+    Ok(())
+}
+
+/// This node's identity and uptime.
+fn node(encoder: &mut DescriptorEncoder<'_>, node: &NodeReport) -> Result<(), std::fmt::Error> {
+    {
+        let mut info = encoder.encode_descriptor(
+            "overlayd_node",
+            "This node: name, subnet (and dual-stack its IPv6 subnet), VTEP MAC and underlay address.",
+            None,
+            MetricType::Info,
+        )?;
+        let subnet = node.subnet.map(|s| s.to_string()).unwrap_or_default();
+        let subnet_v6 = node.subnet_v6.map(|s| s.to_string()).unwrap_or_default();
+        let mac = node.vtep_mac.to_string();
+        let addr = node.advertise_addr.to_string();
+        let mut labels = vec![
+            ("node", node.name.as_str()),
+            ("subnet", subnet.as_str()),
+            ("vtep_mac", mac.as_str()),
+            ("advertise_addr", addr.as_str()),
+        ];
+        if node.cluster_cidr_v6.is_some() {
+            labels.push(("subnet_v6", subnet_v6.as_str()));
+        }
+        info.encode_info(&labels)?;
+    }
+    let uptime = encoder.encode_descriptor(
+        "overlayd_uptime_seconds",
+        "Seconds since the daemon started.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(node.uptime_secs as i64).encode(uptime)
+}
+
+/// The CNI plugin's pods and the reclaim of their addresses.
+fn pods(encoder: &mut DescriptorEncoder<'_>, pods: &PodWatch) -> Result<(), std::fmt::Error> {
+    let gauge = encoder.encode_descriptor(
+        "overlayd_pods",
+        "Pods on this node with an address from the CNI plugin, at the last scan of its store.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(pods.pods() as i64).encode(gauge)?;
+    counter(
+        encoder,
+        "overlayd_pods_reclaimed",
+        "Pod addresses freed because the pod's netns and host veth were gone for --reclaim-pod-after (a DEL that never came).",
+        pods.reclaimed(),
+    )?;
+    Ok(())
 }
 
 /// Builds the registry for `source`.

@@ -134,13 +134,13 @@ pub struct ControllerConfig {
 pub fn cluster_fingerprint(
     cidr: IpNet,
     subnet_len: u8,
-    second: Option<(IpNet, u8)>,
+    second: Option<super::SecondCidr>,
     vni: u32,
 ) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut s = format!("{cidr}/{subnet_len}/{vni}");
-    if let Some((cidr, len)) = second {
-        s.push_str(&format!("/{cidr}/{len}"));
+    if let Some(second) = second {
+        s.push_str(&format!("/{}/{}", second.cidr, second.subnet_len));
     }
     for b in s.bytes() {
         h ^= u64::from(b);

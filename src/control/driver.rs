@@ -53,7 +53,7 @@ pub struct ControlConfig {
     /// `--subnet-len` (default 24).
     pub subnet_len: u8,
     /// Dual-stack: the IPv6 cluster CIDR and `--subnet-len-v6`.
-    pub second: Option<(IpNet, u8)>,
+    pub second: Option<super::SecondCidr>,
     /// `--peers`, resolved (see [`parse_peers`]).
     pub seeds: Vec<SocketAddr>,
     /// `--bootstrap-expect N`: found once a majority of N nodes started with the

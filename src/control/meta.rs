@@ -14,6 +14,7 @@ use ipnet::IpNet;
 
 use super::founding::Founder;
 use super::message::{get_str, Owned, WireError};
+use super::subnet::SecondCidr;
 
 /// What a node publishes about itself through gossip.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -34,7 +35,7 @@ pub struct NodeMeta {
     pub subnet_len: u8,
     /// Dual-stack: the IPv6 cluster CIDR and per-node IPv6 prefix length. A lease's
     /// index numbers a subnet in both CIDRs.
-    pub second: Option<(IpNet, u8)>,
+    pub second: Option<SecondCidr>,
     /// The subnet the node uses now: index in the cluster CIDR and ownership version.
     pub lease: Option<Owned>,
     /// Whether the node owns free subnets it can hand out.
@@ -69,7 +70,7 @@ impl NodeMeta {
     pub fn lease_count(&self) -> Result<u32, super::error::Error> {
         let count = super::subnet::subnet_count(self.cluster_cidr, self.subnet_len)?;
         match self.second {
-            Some((cidr, len)) => Ok(count.min(super::subnet::subnet_count(cidr, len)?)),
+            Some(s) => Ok(count.min(super::subnet::subnet_count(s.cidr, s.subnet_len)?)),
             None => Ok(count),
         }
     }
@@ -80,7 +81,10 @@ impl NodeMeta {
     pub fn subnets(&self, idx: u32) -> Option<(IpNet, Option<IpNet>)> {
         let first = super::subnet::subnet_of(self.cluster_cidr, self.subnet_len, idx)?;
         match self.second {
-            Some((cidr, len)) => Some((first, Some(super::subnet::subnet_of(cidr, len, idx)?))),
+            Some(s) => Some((
+                first,
+                Some(super::subnet::subnet_of(s.cidr, s.subnet_len, idx)?),
+            )),
             None => Some((first, None)),
         }
     }
@@ -97,16 +101,16 @@ impl NodeMeta {
                 "subnet length /{} here, /{} on {}",
                 self.subnet_len, other.subnet_len, other.name
             ))
-        } else if self.second.map(|s| s.0) != other.second.map(|s| s.0) {
-            let cidr = |m: &NodeMeta| m.second.map_or("none".to_string(), |s| s.0.to_string());
+        } else if self.second.map(|s| s.cidr) != other.second.map(|s| s.cidr) {
+            let cidr = |m: &NodeMeta| m.second.map_or("none".to_string(), |s| s.cidr.to_string());
             Some(format!(
                 "IPv6 cluster CIDR {} here, {} on {}",
                 cidr(self),
                 cidr(other),
                 other.name
             ))
-        } else if self.second.map(|s| s.1) != other.second.map(|s| s.1) {
-            let len = |m: &NodeMeta| m.second.map_or(0, |s| s.1);
+        } else if self.second.map(|s| s.subnet_len) != other.second.map(|s| s.subnet_len) {
+            let len = |m: &NodeMeta| m.second.map_or(0, |s| s.subnet_len);
             Some(format!(
                 "IPv6 subnet length (--subnet-len-v6) /{} here, /{} on {}",
                 len(self),
@@ -254,7 +258,7 @@ pub fn meta_len(m: &NodeMeta) -> usize {
         + if m.cluster_id.is_some() { 8 } else { 0 }
         + if m.bootstrap_expect.is_some() { 4 } else { 0 }
         + if m.wg.is_some() { 34 } else { 0 }
-        + m.second.map_or(0, |(c, _)| ip(c.addr()) + 2)
+        + m.second.map_or(0, |s| ip(s.cidr.addr()) + 2)
 }
 
 const HAS_FOUNDER: u8 = 1;
@@ -315,10 +319,10 @@ pub fn put_meta(m: &NodeMeta, out: &mut impl BufMut) {
         out.put_u16(wg.port);
         out.put_slice(&wg.key);
     }
-    if let Some((cidr, len)) = m.second {
-        put_ip(cidr.addr(), out);
-        out.put_u8(cidr.prefix_len());
-        out.put_u8(len);
+    if let Some(s) = m.second {
+        put_ip(s.cidr.addr(), out);
+        out.put_u8(s.cidr.prefix_len());
+        out.put_u8(s.subnet_len);
     }
 }
 
@@ -389,7 +393,10 @@ pub fn get_meta(buf: &mut impl Buf) -> Result<NodeMeta, WireError> {
         let ip = get_ip(buf)?;
         need(buf, 2)?;
         let cidr = IpNet::new(ip, buf.get_u8()).map_err(|_| WireError::Malformed)?;
-        Some((cidr, buf.get_u8()))
+        Some(SecondCidr {
+            cidr,
+            subnet_len: buf.get_u8(),
+        })
     } else {
         None
     };
@@ -651,7 +658,10 @@ pub(crate) mod tests {
     fn a_dual_stack_node_and_a_single_stack_one_mismatch_naming_the_ipv6_cidr() {
         let v4 = meta("a");
         let dual = NodeMeta {
-            second: Some(("fd00:10:244::/56".parse().unwrap(), 64)),
+            second: Some(SecondCidr {
+                cidr: "fd00:10:244::/56".parse().unwrap(),
+                subnet_len: 64,
+            }),
             ..meta("b")
         };
         assert_eq!(
@@ -659,7 +669,10 @@ pub(crate) mod tests {
             "IPv6 cluster CIDR none here, fd00:10:244::/56 on b"
         );
         let other_len = NodeMeta {
-            second: Some(("fd00:10:244::/56".parse().unwrap(), 80)),
+            second: Some(SecondCidr {
+                cidr: "fd00:10:244::/56".parse().unwrap(),
+                subnet_len: 80,
+            }),
             ..meta("c")
         };
         assert_eq!(
@@ -713,8 +726,9 @@ pub(crate) mod tests {
                         vtep_mac: mac,
                         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
                         subnet_len: 24,
-                        second: second.map(|(ip, prefix, len)| {
-                            (IpNet::new(IpAddr::V6(ip.into()), prefix).unwrap(), len)
+                        second: second.map(|(ip, prefix, len)| SecondCidr {
+                            cidr: IpNet::new(IpAddr::V6(ip.into()), prefix).unwrap(),
+                            subnet_len: len,
                         }),
                         lease,
                         has_free,

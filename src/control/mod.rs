@@ -51,4 +51,4 @@ pub use membership::{KnownMember, MemberState, Membership, MembershipConfig, Mem
 pub use message::{Datagram, LeaseDatagram, LeaseMsg, WireError};
 pub use meta::{NodeMeta, WgIdentity};
 pub use report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status, VersionRefusal};
-pub use subnet::{subnet_count, subnet_of};
+pub use subnet::{subnet_count, subnet_of, SecondCidr};

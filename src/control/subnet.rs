@@ -6,6 +6,17 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::error::Error;
 
+/// Dual-stack: the second cluster CIDR (IPv6) and the prefix length of each node's
+/// subnet in it (`--subnet-len-v6`). The primary is `--cluster-cidr`'s first CIDR with
+/// `--subnet-len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SecondCidr {
+    /// The IPv6 cluster CIDR.
+    pub cidr: IpNet,
+    /// The prefix length of a node's subnet in it.
+    pub subnet_len: u8,
+}
+
 /// Number of `/subnet_len` subnets in `cidr`, capped at 2^20.
 pub fn subnet_count(cidr: IpNet, subnet_len: u8) -> Result<u32, Error> {
     let bits = cidr.max_prefix_len();

@@ -53,9 +53,9 @@ impl Running {
     /// Waits until the dataplane fails.
     pub async fn wait(&mut self) -> Result<(), crate::dataplane::Error> {
         match self {
-            Running::Userspace(d) => d.wait().await,
+            Running::Userspace(d) => d.threads.wait().await,
             Running::Kernel(k) => k.wait().await,
-            Running::Encrypted(d) => d.wait().await,
+            Running::Encrypted(d) => d.threads.wait().await,
         }
     }
 
@@ -64,8 +64,8 @@ impl Running {
     /// unless the node `left` the cluster, when it is removed.
     pub async fn shut_down(self, netlink: &Netlink, args: &DaemonArgs, left: bool) {
         match self {
-            Running::Userspace(d) => d.shutdown().await,
-            Running::Encrypted(d) => d.shutdown().await,
+            Running::Userspace(d) => d.threads.shutdown().await,
+            Running::Encrypted(d) => d.threads.shutdown().await,
             Running::Kernel(k) => {
                 k.shutdown().await;
                 if left {
@@ -134,17 +134,21 @@ pub async fn start(s: Start<'_>) -> Result<Started, DaemonError> {
         return Ok(started);
     }
     let started = match s.args.dataplane {
-        DataplaneChoice::Userspace => start_userspace(&s, fib, "--dataplane userspace".into()).await?,
+        DataplaneChoice::Userspace => {
+            start_userspace(&s, fib, "--dataplane userspace".into()).await?
+        }
         DataplaneChoice::Kernel => start_kernel(&s, fib, "--dataplane kernel".into())
             .await
-            .map_err(|e| {
-                crate::dataplane::Error::Host(format!(
-                    "--dataplane kernel: {e} (run with --dataplane userspace or auto to use the userspace dataplane)"
-                ))
-            })?,
+            .map_err(|e| crate::dataplane::Error::KernelForced(Box::new(e)))?,
         DataplaneChoice::Auto => match needs_userspace(s.args) {
             Some(why) => start_userspace(&s, fib, format!("auto: {why}")).await?,
-            None => match start_kernel(&s, fib.clone(), "auto: a vxlan device could be created".into()).await {
+            None => match start_kernel(
+                &s,
+                fib.clone(),
+                "auto: a vxlan device could be created".into(),
+            )
+            .await
+            {
                 Ok(started) => started,
                 Err(e) => {
                     tracing::warn!("--dataplane auto: the kernel dataplane cannot start ({e}); using the userspace dataplane");
@@ -229,8 +233,9 @@ async fn open_tun(s: &Start<'_>) -> Result<(tun::TunDevice, u32), DaemonError> {
         .netlink
         .link_by_name(&args.tun)
         .await?
-        .ok_or_else(|| {
-            crate::dataplane::Error::Host(format!("TUN {} vanished after creation", args.tun))
+        .ok_or_else(|| crate::dataplane::Error::Vanished {
+            what: "TUN",
+            name: args.tun.clone(),
         })?
         .header
         .index;

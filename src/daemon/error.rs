@@ -17,6 +17,9 @@ pub enum DaemonError {
     /// The control plane could not start, or stopped with an error.
     #[error(transparent)]
     Control(#[from] crate::control::Error),
+    /// The control plane's task ended without an answer (it panicked or was cancelled).
+    #[error("control plane task ended: {0}")]
+    ControlTaskEnded(#[source] tokio::task::JoinError),
     /// The WireGuard key file is unreadable or invalid.
     #[error(transparent)]
     Key(#[from] crate::dataplane::wg::key::KeyError),

@@ -110,8 +110,8 @@ pub async fn start(
     ));
     let total = crate::control::subnet_count(args.cluster_cidr.primary, args.subnet_len)
         .unwrap_or(0)
-        .min(args.second().map_or(u32::MAX, |(c, l)| {
-            crate::control::subnet_count(c, l).unwrap_or(0)
+        .min(args.second().map_or(u32::MAX, |s| {
+            crate::control::subnet_count(s.cidr, s.subnet_len).unwrap_or(0)
         }));
     let (report_tx, report) = watch::channel(ControlReport {
         leases_total: u64::from(total),

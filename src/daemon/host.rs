@@ -98,7 +98,7 @@ pub struct Host {
     cluster_route: ClusterRoute,
     cluster_cidr: IpNet,
     /// Dual-stack: the IPv6 cluster CIDR and `--subnet-len-v6`.
-    second: Option<(IpNet, u8)>,
+    second: Option<crate::control::SecondCidr>,
     node_path: PathBuf,
     node_name: String,
     bridge: String,
@@ -149,7 +149,7 @@ impl Host {
         }
         let subnet_v6 = subnet.and_then(|s| self.subnet_v6_of(s));
         self.apply_family(self.cluster_cidr, subnet).await?;
-        if let Some((cidr, _)) = self.second {
+        if let Some(crate::control::SecondCidr { cidr, .. }) = self.second {
             self.apply_family(cidr, subnet_v6).await?;
         }
         match subnet {
@@ -163,7 +163,7 @@ impl Host {
                     cluster_cidr: self.cluster_cidr,
                     subnet_v6,
                     gateway_v6: subnet_v6.map(|s| gateway_of(&s)),
-                    cluster_cidr_v6: self.second.map(|s| s.0),
+                    cluster_cidr_v6: self.second.map(|s| s.cidr),
                 };
                 let json = serde_json::to_vec_pretty(&info).expect("NodeInfo serializes");
                 write_atomic(&self.node_path, &json, 0o600, 0o700)
@@ -191,9 +191,9 @@ impl Host {
     /// Dual-stack: the IPv6 subnet that goes with `subnet` (the same lease index in
     /// the IPv6 cluster CIDR, see [`crate::control::NodeMeta::subnets`]).
     pub fn subnet_v6_of(&self, subnet: IpNet) -> Option<IpNet> {
-        let (cidr, len) = self.second?;
+        let second = self.second?;
         let idx = crate::control::subnet::index_of(self.cluster_cidr, subnet)?;
-        crate::control::subnet_of(cidr, len, idx)
+        crate::control::subnet_of(second.cidr, second.subnet_len, idx)
     }
 
     /// One family: the gateway of `subnet` (inside `cluster`) on the bridge, stale

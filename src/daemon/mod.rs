@@ -357,8 +357,8 @@ impl Daemon {
                 n.gateway = subnet.map(|s| gateway_of(&s));
             });
             self.dataplane.set_router(Routers {
-                first: subnet.map(|s| gateway_of(&s)),
-                v6: subnet_v6.map(|s| gateway_of(&s)),
+                primary: subnet.map(|s| gateway_of(&s)),
+                second: subnet_v6.map(|s| gateway_of(&s)),
             });
             let learned = self
                 .peers
@@ -407,7 +407,7 @@ impl Daemon {
                     return match done {
                         Ok(Ok(())) => Ok(()),
                         Ok(Err(e)) => Err(DaemonError::Control(e)),
-                        Err(join) => Err(crate::dataplane::Error::Host(format!("control plane task ended: {join}")).into()),
+                        Err(join) => Err(DaemonError::ControlTaskEnded(join)),
                     };
                 }
             }

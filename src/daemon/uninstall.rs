@@ -52,7 +52,10 @@ pub async fn uninstall(args: &DaemonArgs) -> Result<Vec<String>, DaemonError> {
     for family in ["ip", "ip6"] {
         let gone = tokio::task::spawn_blocking(move || nft::delete_table(family, MASQ_TABLE))
             .await
-            .map_err(|e| crate::dataplane::Error::Host(format!("nft task: {e}")))??;
+            .map_err(|source| crate::dataplane::Error::TaskEnded {
+                what: "nft",
+                source,
+            })??;
         if gone {
             removed.push(format!("nftables table {family} {MASQ_TABLE}"));
         }

@@ -37,29 +37,23 @@
 //! never sleeps, so it takes up to a core: a latency-for-CPU trade for the
 //! operator to make, measured in `netns-tests/throughput.sh`.
 
-use std::io::{self, IoSlice, IoSliceMut};
 use std::net::UdpSocket;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use quinn_udp::{RecvMeta, UdpSocketState};
-use rustix::event::{PollFd, PollFlags};
 use tokio::sync::watch;
 
-use super::batch::{Head, TxBatch, TxDatagram, MAX_GSO_SEGMENTS};
-use super::encap::{tun_read_offset, Decapsulator, EncapConfig, Encapsulator, HEADROOM};
+use super::batch::TxBatch;
+use super::encap::{Decapsulator, EncapConfig, Encapsulator};
 use super::error::Error;
 use super::fib::Fib;
 use super::handle::Feeds;
-use super::icmp::{UnreachableReplies, MAX_TUN_WRITE, REPLY_RATE};
-use super::offload::{Coalescer, TunWrite, MAX_COALESCE, MAX_SEGMENTS_PER_PACKET};
+use super::offload::{Coalescer, MAX_SEGMENTS_PER_PACKET};
 use super::stats::{DropReason, Stats};
-use super::threads::{run_rounds, wait, Stop, Threads};
+use super::threads::{run_rounds, Stop, Threads};
 use super::tun::{TunDevice, TunQueue};
-use super::udp::{Gather, Sockets, UdpSender};
-
-/// Largest IP packet the TUN can hand us.
-const MAX_PACKET: usize = 65_535;
+use super::udp::{Sockets, UdpSender};
+use super::worker::{send_groups, write_tun, Received, Route, RxBatch, TunReads};
 
 /// How the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,7 +67,9 @@ pub struct DataplaneOptions {
 
 /// Owns the dataplane's worker threads.
 pub struct DataplaneDriver {
-    threads: Threads,
+    /// The workers: `wait` until one fails (one only returns on a fatal TUN or socket
+    /// error), `shutdown` to stop them (the TUN and socket fds close with them).
+    pub(crate) threads: Threads,
 }
 
 impl DataplaneDriver {
@@ -147,20 +143,6 @@ impl DataplaneDriver {
         }
         Ok(DataplaneDriver { threads })
     }
-
-    /// Waits until a worker fails (one only returns on a fatal TUN or socket error).
-    pub async fn wait(&mut self) -> Result<(), Error> {
-        self.threads.wait().await
-    }
-
-    /// Stops the workers and waits for them; the TUN and socket fds close with them.
-    pub async fn shutdown(self) {
-        self.threads.shutdown().await
-    }
-}
-
-pub(crate) fn is_would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
 }
 
 /// One worker: its TUN queue, its sockets and both directions' state.
@@ -168,6 +150,7 @@ struct Worker {
     tun: TunQueue,
     rx_socket: UdpSocket,
     tx_sockets: Arc<[UdpSocket]>,
+    vnet: bool,
     tx: TxPath,
     rx: RxPath,
     stop: Arc<Stop>,
@@ -208,6 +191,7 @@ impl Worker {
             tun,
             rx_socket,
             tx_sockets,
+            vnet,
             tx: tx_path,
             rx: rx_path,
             stop,
@@ -223,6 +207,7 @@ impl Worker {
             tun,
             rx_socket,
             tx_sockets,
+            vnet,
             tx,
             rx,
             stop,
@@ -234,34 +219,43 @@ impl Worker {
             &*tun,
             &*rx_socket,
             "waiting on the TUN device and the VXLAN socket",
-            || Ok(tx.round(tun, tx_sockets, stop)? + rx.round(tun, rx_socket)?),
+            || Ok(tx.round(tun, tx_sockets, stop, *vnet)? + rx.round(tun, rx_socket)?),
         )
     }
 }
 
-/// TUN buffers filled per round of the outbound path before it sends.
-const TX_BUFS: usize = 16;
 /// Header slots of the outbound batch (segmented datagrams).
 const TX_SLOTS: usize = 2048;
-/// Receive buffers per `recvmmsg`; each holds up to 64 GRO-merged datagrams.
-const RX_BUFS: usize = 16;
-/// Size of one receive buffer.
-const RX_BUF_LEN: usize = 96 * 1024;
 
-/// TUN → peers: reads up to [`TX_BUFS`] packets (super-packets with offloads), splits
-/// and encapsulates them into one [`TxBatch`], then sends it in GSO runs.
+/// TUN → peers: reads up to [`super::worker::TX_BUFS`] packets (super-packets with
+/// offloads), splits and encapsulates them into one [`TxBatch`], then sends it in GSO
+/// runs.
 struct TxPath {
-    vnet: bool,
     enc: Encapsulator,
     fib: watch::Receiver<Arc<Fib>>,
     stats: Arc<Stats>,
-    bufs: Vec<Vec<u8>>,
+    reads: TunReads,
     batch: TxBatch,
     sender: UdpSender,
-    /// Source of ICMP unreachable replies (the node's gateway), if set.
-    router: watch::Receiver<crate::dataplane::icmp::Routers>,
-    icmp: UnreachableReplies,
-    icmp_buf: Vec<u8>,
+}
+
+/// The encapsulator as the TUN reads' [`Route`]: each read goes into the batch.
+struct Encap<'a> {
+    enc: &'a mut Encapsulator,
+    batch: &'a mut TxBatch,
+    vnet: bool,
+}
+
+impl Route for Encap<'_> {
+    fn has_room(&self) -> bool {
+        self.batch.free_slots() >= MAX_SEGMENTS_PER_PACKET
+    }
+
+    fn route(&mut self, k: usize, buf: &mut [u8], len: usize) -> Result<(), DropReason> {
+        self.enc
+            .encapsulate_read(buf, len, self.vnet, k as u32, self.batch)
+            .map(|_| ())
+    }
 }
 
 impl TxPath {
@@ -274,18 +268,12 @@ impl TxPath {
         sender: UdpSender,
     ) -> TxPath {
         TxPath {
-            vnet,
             enc,
             fib,
             stats,
-            bufs: (0..TX_BUFS)
-                .map(|_| vec![0u8; HEADROOM + MAX_PACKET])
-                .collect(),
+            reads: TunReads::new(vnet, router),
             batch: TxBatch::new(TX_SLOTS),
             sender,
-            router,
-            icmp: UnreachableReplies::new(REPLY_RATE, vnet),
-            icmp_buf: vec![0u8; MAX_TUN_WRITE],
         }
     }
 
@@ -295,149 +283,44 @@ impl TxPath {
         tun: &TunQueue,
         sockets: &[UdpSocket],
         stop: &Stop,
+        vnet: bool,
     ) -> Result<usize, Error> {
-        let off = tun_read_offset(self.vnet);
         if self.fib.has_changed().unwrap_or(false) {
             self.enc.set_fib(self.fib.borrow_and_update().clone());
         }
         self.batch.clear();
-        let mut k = 0;
-        while k < TX_BUFS && self.batch.free_slots() >= MAX_SEGMENTS_PER_PACKET {
-            let n = match tun.recv(&mut self.bufs[k][off..]) {
-                Ok(n) => n,
-                Err(e) if is_would_block(&e) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(Error::Io {
-                        what: "reading the TUN device",
-                        source,
-                    })
-                }
-            };
-            let result = self.enc.encapsulate_read(
-                &mut self.bufs[k],
-                n,
-                self.vnet,
-                k as u32,
-                &mut self.batch,
-            );
-            if let Err(reason) = result {
-                // The ICMP core decides on a reply, given the gateway address in force
-                // and the time now; both are read only for a drop.
-                self.icmp.set_router(*self.router.borrow());
-                let packet = self.bufs[k].get(HEADROOM..off + n).unwrap_or_default();
-                let reply =
-                    self.icmp
-                        .handle_drop(Instant::now(), reason, packet, &mut self.icmp_buf);
-                if let Some(len) = reply {
-                    // Best effort: a full TUN queue drops the reply.
-                    let _ = tun.send_vectored(&[IoSlice::new(&self.icmp_buf[..len])]);
-                }
-            }
-            k += 1;
-        }
+        let k = self.reads.read(
+            tun,
+            &mut Encap {
+                enc: &mut self.enc,
+                batch: &mut self.batch,
+                vnet,
+            },
+        )?;
         if k > 0 {
-            self.send_batch(sockets, stop);
+            let bufs = &self.reads.bufs;
+            send_groups(
+                &mut self.sender,
+                sockets,
+                &self.batch,
+                stop,
+                &self.stats,
+                |d| &bufs[d.buf as usize][d.body.start as usize..d.body.end as usize],
+            );
             self.enc.flush_peer_stats();
             self.stats.tx.record_batch(self.batch.datagrams().len());
         }
         Ok(k)
     }
-
-    /// Sends every datagram of the batch in GSO runs, each from the source port its
-    /// flow picks; a full socket is waited for, failures are counted as drops.
-    fn send_batch(&mut self, sockets: &[UdpSocket], stop: &Stop) {
-        let bufs = &self.bufs;
-        send_groups(
-            &mut self.sender,
-            sockets,
-            &self.batch,
-            stop,
-            &self.stats,
-            |d| &bufs[d.buf as usize][d.body.start as usize..d.body.end as usize],
-        );
-    }
 }
 
-/// Sends every datagram of `batch` in GSO runs, each from the socket of `sockets`
-/// its flow picks (`body` gives a datagram's bytes in its packet buffer); a full
-/// socket is waited for, failures are counted as drops.
-pub(crate) fn send_groups<'a>(
-    sender: &mut UdpSender,
-    sockets: &[UdpSocket],
-    batch: &'a TxBatch,
-    stop: &Stop,
-    stats: &Stats,
-    body: impl Fn(&TxDatagram) -> &'a [u8],
-) {
-    for g in batch.groups(sender.max_segments(), sockets.len()) {
-        let datagrams = &batch.datagrams()[g.range.clone()];
-        let mut iov = [IoSlice::new(&[]); 2 * MAX_GSO_SEGMENTS];
-        let mut parts = [0u8; MAX_GSO_SEGMENTS];
-        let mut n = 0;
-        for (i, d) in datagrams.iter().enumerate() {
-            let bytes = body(d);
-            match d.head {
-                Head::InPlace => {
-                    iov[n] = IoSlice::new(bytes);
-                    n += 1;
-                    parts[i] = 1;
-                }
-                Head::Slot(s) => {
-                    iov[n] = IoSlice::new(batch.slot(s, d.head_len));
-                    iov[n + 1] = IoSlice::new(bytes);
-                    n += 2;
-                    parts[i] = 2;
-                }
-            }
-        }
-        let gather = Gather {
-            iov: &iov[..n],
-            parts: &parts[..datagrams.len()],
-        };
-        let socket = &sockets[g.source];
-        let result = loop {
-            match sender.send(socket, g.dst, g.segment_size, &gather) {
-                Err(e) if is_would_block(&e) => {
-                    if let Err(e) = wait_writable(socket, stop) {
-                        break Err(e);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                other => break other,
-            }
-        };
-        if let Err(e) = result {
-            for _ in datagrams {
-                stats.tx.drop(DropReason::IoError);
-            }
-            tracing::trace!(error = %e, dst = %g.dst, "send failed");
-        }
-    }
-}
-
-/// Waits until `socket` takes more data; an error if stopped meanwhile.
-fn wait_writable(socket: &UdpSocket, stop: &Stop) -> io::Result<()> {
-    let mut fds = [
-        PollFd::new(socket, PollFlags::OUT),
-        PollFd::new(&stop.event, PollFlags::IN),
-    ];
-    wait(&mut fds)?;
-    if stop.is_set() {
-        return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
-    }
-    Ok(())
-}
-
-/// Peers → TUN: receives up to [`RX_BUFS`] GRO-merged buffers per `recvmmsg`,
-/// decapsulates every datagram, merges TCP segments and writes the result.
+/// Peers → TUN: receives up to [`super::worker::RX_BUFS`] GRO-merged buffers per
+/// `recvmmsg`, decapsulates every datagram, merges TCP segments and writes the result.
 struct RxPath {
     dec: Decapsulator,
     fib: watch::Receiver<Arc<Fib>>,
     stats: Arc<Stats>,
-    state: UdpSocketState,
-    bufs: Vec<u8>,
-    metas: [RecvMeta; RX_BUFS],
+    rx: RxBatch,
     coalescer: Coalescer,
 }
 
@@ -453,11 +336,8 @@ impl RxPath {
         stats: Arc<Stats>,
         log: bool,
     ) -> Result<RxPath, Error> {
-        let state = UdpSocketState::new(socket.into()).map_err(|source| Error::Io {
-            what: "setting up the VXLAN socket for batch receive",
-            source,
-        })?;
-        let gro = state.gro_segments() > 1;
+        let rx = RxBatch::new(socket, "setting up the VXLAN socket for batch receive")?;
+        let gro = rx.gro();
         if log {
             tracing::info!(
                 udp_gro = gro,
@@ -476,96 +356,36 @@ impl RxPath {
             dec,
             fib,
             stats,
-            state,
-            bufs: vec![0u8; RX_BUFS * RX_BUF_LEN],
-            metas: [RecvMeta::default(); RX_BUFS],
+            rx,
             coalescer: Coalescer::new(vnet, uso).with_mtu(mtu),
         })
     }
 
     /// One `recvmmsg` and its TUN writes; returns the datagrams handled.
     fn round(&mut self, tun: &TunQueue, socket: &UdpSocket) -> Result<usize, Error> {
-        let received = {
-            let mut chunks = self.bufs.chunks_mut(RX_BUF_LEN);
-            let mut iovs: [IoSliceMut<'_>; RX_BUFS] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            self.state.recv(socket.into(), &mut iovs, &mut self.metas)
-        };
-        let n = match received {
-            Ok(n) => n,
-            Err(e) if is_would_block(&e) => return Ok(0),
-            // ICMP errors reported on the socket (a peer's port unreachable) are not fatal.
-            Err(e) if is_transient(&e) => return Ok(1),
-            Err(source) => {
-                return Err(Error::Io {
-                    what: "receiving on the VXLAN socket",
-                    source,
-                })
-            }
+        let n = match self.rx.recv(socket, "receiving on the VXLAN socket")? {
+            Received::Nothing => return Ok(0),
+            Received::Transient => return Ok(1),
+            Received::Buffers(n) => n,
         };
         if self.fib.has_changed().unwrap_or(false) {
             self.dec.set_fib(self.fib.borrow_and_update().clone());
         }
-        let bufs = &mut self.bufs;
         self.coalescer.clear();
         let mut handled = 0;
-        for (i, meta) in self.metas[..n].iter().enumerate() {
-            let base = i * RX_BUF_LEN;
-            let len = meta.len.min(RX_BUF_LEN);
-            let stride = if meta.stride == 0 { len } else { meta.stride };
-            let mut at = 0;
-            while at < len {
-                let end = (at + stride).min(len);
-                let datagram = &bufs[base + at..base + end];
-                if let Ok(r) = self.dec.decapsulate(meta.addr.ip(), datagram) {
-                    let range = base + at + r.start..base + at + r.end;
-                    self.coalescer.push(0, range.clone(), &bufs[range]);
-                }
-                handled += 1;
-                at = end;
+        for d in self.rx.datagrams(n) {
+            let datagram = &self.rx.bufs[d.range.clone()];
+            if let Ok(r) = self.dec.decapsulate(d.from.ip(), datagram) {
+                let range = d.range.start + r.start..d.range.start + r.end;
+                self.coalescer.push(0, range.clone(), &self.rx.bufs[range]);
             }
+            handled += 1;
         }
         self.dec.flush_peer_stats();
-        self.coalescer.finish(std::slice::from_mut(bufs));
-        write_tun(tun, &self.coalescer, bufs, &self.stats);
+        self.coalescer
+            .finish(std::slice::from_mut(&mut self.rx.bufs));
+        write_tun(tun, &self.coalescer, &self.rx.bufs, &self.stats);
         self.stats.rx.record_batch(handled);
         Ok(handled.max(1))
     }
-}
-
-/// Writes what `coalescer` made of a receive batch in `buf` to the TUN; a failed
-/// write is counted as a drop.
-pub(crate) fn write_tun(tun: &TunQueue, coalescer: &Coalescer, buf: &[u8], stats: &Stats) {
-    for w in coalescer.writes() {
-        let written = match w {
-            TunWrite::Single { range, .. } => {
-                let packet = &buf[range.start as usize..range.end as usize];
-                tun.send_vectored(&[IoSlice::new(packet)])
-            }
-            TunWrite::Coalesced { head, pieces } => {
-                let mut iov = [IoSlice::new(&[]); MAX_COALESCE + 1];
-                iov[0] = IoSlice::new(head);
-                for (slot, p) in iov[1..].iter_mut().zip(pieces) {
-                    *slot = IoSlice::new(&buf[p.range.start as usize..p.range.end as usize]);
-                }
-                tun.send_vectored(&iov[..pieces.len() + 1])
-            }
-        };
-        if written.is_err() {
-            stats.rx.drop(DropReason::IoError);
-        }
-    }
-}
-
-pub(crate) fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::ECONNREFUSED
-                | libc::EHOSTUNREACH
-                | libc::ENETUNREACH
-                | libc::EINTR
-                | libc::ENOBUFS
-        )
-    )
 }

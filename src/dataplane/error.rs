@@ -46,9 +46,82 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The host is not as the daemon needs it.
-    #[error("{0}")]
-    Host(String),
+    /// A link of the name we use exists and is of another kind.
+    #[error("{flag} {name}: a link of that name exists and is not a {kind}{hint}")]
+    WrongLinkKind {
+        /// The flag that names the device (`--bridge`, `--vxlan-device`).
+        flag: &'static str,
+        /// The device name.
+        name: String,
+        /// The kind we need (`bridge`, `vxlan device`).
+        kind: &'static str,
+        /// What to do, if there is more to say (starts with `; `).
+        hint: &'static str,
+    },
+    /// A device was gone when looked up right after it was created (or found).
+    #[error("{what} {name} vanished after creation")]
+    Vanished {
+        /// What the device is (`bridge`, `TUN`, `vxlan device`).
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// The `nft` binary could not be run or talked to.
+    #[error("nftables: {what}: {source}{hint}")]
+    NftRun {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+        /// What to do, if there is more to say (starts with ` (`).
+        hint: &'static str,
+    },
+    /// `nft` ran and refused, or printed what we cannot read.
+    #[error("nftables: {what}: {detail}")]
+    NftFailed {
+        /// What was being done.
+        what: &'static str,
+        /// nft's message (its standard error), or what is wrong with its output.
+        detail: String,
+    },
+    /// A task of the dataplane (the kernel dataplane's, or one that ran `nft`) ended
+    /// without finishing: it panicked or was cancelled.
+    #[error("{what} task ended: {source}")]
+    TaskEnded {
+        /// Which task.
+        what: &'static str,
+        /// How it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A userspace dataplane thread panicked.
+    #[error("dataplane thread {thread} panicked: {message}")]
+    ThreadPanicked {
+        /// The thread's name.
+        thread: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// The encrypted dataplane opened no socket (it opens one per worker).
+    #[error("no WireGuard socket")]
+    NoWgSocket,
+    /// `--dataplane kernel` was asked for and the kernel dataplane cannot start.
+    #[error("--dataplane kernel: {0} (run with --dataplane userspace or auto to use the userspace dataplane)")]
+    KernelForced(#[source] Box<Error>),
+    /// A fault a test asked for (`OVERLAYD_TEST_FAIL`, `netns-tests` builds only).
+    #[error("{what}: {source} ({var}={value})")]
+    TestFault {
+        /// What fails.
+        what: &'static str,
+        /// The error it fails with.
+        #[source]
+        source: std::io::Error,
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: &'static str,
+    },
     /// The TUN or socket failed while forwarding.
     #[error("{what}: {source}")]
     Io {

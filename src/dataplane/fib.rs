@@ -28,6 +28,20 @@ pub enum PeerState {
     Dead,
 }
 
+impl PeerState {
+    /// Every state, in the order status and metrics list them.
+    pub const ALL: [PeerState; 3] = [PeerState::Alive, PeerState::Suspect, PeerState::Dead];
+
+    /// Its name in status, metrics labels and JSON (`alive`, `suspect`, `dead`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Alive => "alive",
+            PeerState::Suspect => "suspect",
+            PeerState::Dead => "dead",
+        }
+    }
+}
+
 /// Where a peer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -141,24 +141,24 @@ pub const MAX_TUN_WRITE: usize = VNET_HDR_LEN + MAX_REPLY;
 /// subnet's, and dual-stack its IPv6 subnet's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Routers {
-    /// The gateway of the node's subnet.
-    pub first: Option<IpAddr>,
-    /// Dual-stack: the gateway of its IPv6 subnet.
-    pub v6: Option<IpAddr>,
+    /// The gateway of the node's subnet (the primary family's).
+    pub primary: Option<IpAddr>,
+    /// Dual-stack: the gateway of its IPv6 subnet (the second family's).
+    pub second: Option<IpAddr>,
 }
 
 impl Routers {
-    /// Only `first`.
-    pub fn one(first: IpAddr) -> Routers {
+    /// Only `primary`.
+    pub fn one(primary: IpAddr) -> Routers {
         Routers {
-            first: Some(first),
-            v6: None,
+            primary: Some(primary),
+            second: None,
         }
     }
 
     /// The router of the IPv4 (`v4`) or the IPv6 family, if the node has one.
     pub fn of_family(&self, v4: bool) -> Option<IpAddr> {
-        [self.first, self.v6]
+        [self.primary, self.second]
             .into_iter()
             .flatten()
             .find(|r| r.is_ipv4() == v4)
@@ -331,8 +331,8 @@ mod tests {
             "no IPv6 gateway: no reply"
         );
         replies.set_router(Routers {
-            first: Some("10.244.1.1".parse().unwrap()),
-            v6: Some("fd00:1::1".parse().unwrap()),
+            primary: Some("10.244.1.1".parse().unwrap()),
+            second: Some("fd00:1::1".parse().unwrap()),
         });
         let n = replies
             .handle_drop(t0, DropReason::UnknownSubnet, &v6, &mut out)

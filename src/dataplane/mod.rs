@@ -22,6 +22,7 @@
 //! - [`udp`]: the VXLAN sockets; GSO/`sendmmsg` send and GRO/`recvmmsg` receive.
 //! - [`netlink`]: bridge, addresses and routes (Linux only).
 //! - [`wg`]: the encrypted dataplane (WireGuard in the userspace workers).
+//! - [`worker`]: the packet loop both userspace dataplanes' workers share.
 //!
 //! Every `unsafe` block here says why it is sound in a `// SAFETY:` comment.
 
@@ -45,6 +46,7 @@ pub mod tun;
 pub mod udp;
 pub mod wg;
 pub mod wire;
+pub mod worker;
 
 pub use encap::{Decapsulator, EncapConfig, Encapsulator, Transmit, HEADROOM};
 pub use error::Error;

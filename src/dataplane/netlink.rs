@@ -74,9 +74,12 @@ impl Netlink {
         let link = match self.link_by_name(name).await? {
             Some(link) => {
                 if !is_kind(&link, "bridge") {
-                    return Err(Error::Host(format!(
-                        "--bridge {name}: a link of that name exists and is not a bridge"
-                    )));
+                    return Err(Error::WrongLinkKind {
+                        flag: "--bridge",
+                        name: name.to_string(),
+                        kind: "bridge",
+                        hint: "",
+                    });
                 }
                 link
             }
@@ -89,7 +92,10 @@ impl Netlink {
                     .map_err(nl(format!("create bridge {name}")))?;
                 self.link_by_name(name)
                     .await?
-                    .ok_or_else(|| Error::Host(format!("bridge {name} vanished after creation")))?
+                    .ok_or_else(|| Error::Vanished {
+                        what: "bridge",
+                        name: name.to_string(),
+                    })?
             }
         };
         let index = link.header.index;

@@ -93,9 +93,10 @@ impl Threads {
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
-                    Err(Error::Host(format!(
-                        "dataplane thread {label} panicked: {msg}"
-                    )))
+                    Err(Error::ThreadPanicked {
+                        thread: label,
+                        message: msg,
+                    })
                 });
             let _ = done.send(result);
         });

@@ -125,10 +125,12 @@ impl Netlink {
     pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<u32, Error> {
         if let Some(link) = self.link_by_name(&spec.name).await? {
             if !is_kind(&link, "vxlan") {
-                return Err(Error::Host(format!(
-                    "--vxlan-device {}: a link of that name exists and is not a vxlan device; remove it or pick another name",
-                    spec.name
-                )));
+                return Err(Error::WrongLinkKind {
+                    flag: "--vxlan-device",
+                    name: spec.name.clone(),
+                    kind: "vxlan device",
+                    hint: "; remove it or pick another name",
+                });
             }
             let want = VxlanParams {
                 vni: Some(spec.vni),
@@ -162,12 +164,13 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl(format!("create vxlan device {}", spec.name)))?;
-        let link = self.link_by_name(&spec.name).await?.ok_or_else(|| {
-            Error::Host(format!(
-                "vxlan device {} vanished after creation",
-                spec.name
-            ))
-        })?;
+        let link = self
+            .link_by_name(&spec.name)
+            .await?
+            .ok_or_else(|| Error::Vanished {
+                what: "vxlan device",
+                name: spec.name.clone(),
+            })?;
         self.configure_vxlan(link.header.index, spec).await?;
         tracing::info!(device = %spec.name, vni = spec.vni, port = spec.port, local = %spec.local, "created the vxlan device");
         Ok(link.header.index)
@@ -557,10 +560,12 @@ pub const TEST_FAIL_VAR: &str = "OVERLAYD_TEST_FAIL";
 fn fault_point_vxlan_create() -> Result<(), Error> {
     #[cfg(feature = "netns-tests")]
     if std::env::var(TEST_FAIL_VAR).is_ok_and(|v| v == "vxlan_create") {
-        return Err(Error::Host(format!(
-            "create vxlan device: {} ({TEST_FAIL_VAR}=vxlan_create)",
-            std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)
-        )));
+        return Err(Error::TestFault {
+            what: "create vxlan device",
+            source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            var: TEST_FAIL_VAR,
+            value: "vxlan_create",
+        });
     }
     Ok(())
 }

@@ -136,7 +136,10 @@ impl KernelDriver {
                 }
                 Err(e) => {
                     self.task = None;
-                    Err(Error::Host(format!("kernel dataplane task ended: {e}")))
+                    Err(Error::TaskEnded {
+                        what: "kernel dataplane",
+                        source: e,
+                    })
                 }
             },
             None => std::future::pending().await,
@@ -173,7 +176,10 @@ impl KernelDriver {
             let script = ruleset::remove_script();
             tokio::task::spawn_blocking(move || nft::apply(&script))
                 .await
-                .map_err(|e| Error::Host(format!("nft task: {e}")))??;
+                .map_err(|source| Error::TaskEnded {
+                    what: "nft",
+                    source,
+                })??;
             removed = true;
         }
         Ok(removed)
@@ -297,7 +303,10 @@ impl Programmer {
         .script();
         tokio::task::spawn_blocking(move || nft::apply(&script))
             .await
-            .map_err(|e| Error::Host(format!("nft task: {e}")))??;
+            .map_err(|source| Error::TaskEnded {
+                what: "nft",
+                source,
+            })??;
         self.ids.by_name = live;
         self.installed = true;
         self.ruleset_of = Some(fib.clone());
@@ -336,8 +345,8 @@ impl Programmer {
             ("spoofed_source", DropReason::SpoofedSource),
             ("not_ip", DropReason::NotIp),
         ] {
-            if let Some((packets, _)) = counters.get(name) {
-                stats.rx.set_drops(reason, *packets);
+            if let Some(c) = counters.get(name) {
+                stats.rx.set_drops(reason, c.packets);
             }
         }
         let fib: Arc<Fib> = self.feeds.fib.borrow().clone();
@@ -345,11 +354,11 @@ impl Programmer {
             let Some(id) = self.ids.by_name.get(&peer.name) else {
                 continue;
             };
-            if let Some((p, b)) = counters.get(&Member::rx_counter(*id)) {
-                peer.stats.rx.set(*p, *b);
+            if let Some(c) = counters.get(&Member::rx_counter(*id)) {
+                peer.stats.rx.set(c.packets, c.bytes);
             }
-            if let Some((p, b)) = counters.get(&Member::tx_counter(*id)) {
-                peer.stats.tx.set(*p, *b);
+            if let Some(c) = counters.get(&Member::tx_counter(*id)) {
+                peer.stats.tx.set(c.packets, c.bytes);
             }
         }
     }

@@ -14,8 +14,21 @@ fn nft() -> Command {
     Command::new(std::env::var_os("OVERLAYD_NFT").unwrap_or_else(|| "nft".into()))
 }
 
-fn nft_error(what: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Host(format!("nftables: {what}: {detail}"))
+/// `nft` could not be run or talked to while doing `what`.
+fn nft_run(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::NftRun {
+        what,
+        source,
+        hint: "",
+    }
+}
+
+/// `nft` refused, saying `detail`.
+fn nft_failed(what: &'static str, detail: impl std::fmt::Display) -> Error {
+    Error::NftFailed {
+        what,
+        detail: detail.to_string(),
+    }
 }
 
 /// Applies `script` with `nft -f -` (one transaction).
@@ -26,22 +39,21 @@ pub fn apply(script: &str) -> Result<(), Error> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            nft_error(
-                "cannot run nft",
-                format!("{e} (install the nftables package, or use --dataplane userspace)"),
-            )
+        .map_err(|source| Error::NftRun {
+            what: "cannot run nft",
+            source,
+            hint: " (install the nftables package, or use --dataplane userspace)",
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
-            .map_err(|e| nft_error("writing the ruleset to nft", e))?;
+            .map_err(nft_run("writing the ruleset to nft"))?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| nft_error("waiting for nft", e))?;
+        .map_err(nft_run("waiting for nft"))?;
     if !out.status.success() {
-        return Err(nft_error(
+        return Err(nft_failed(
             "nft -f refused the ruleset",
             String::from_utf8_lossy(&out.stderr).trim(),
         ));
@@ -55,14 +67,14 @@ pub fn counters() -> Result<Counters, Error> {
         .args(["-j", "list", "counters", "table", "inet", TABLE])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| nft_error("cannot run nft", e))?;
+        .map_err(nft_run("cannot run nft"))?;
     if !out.status.success() {
-        return Err(nft_error(
+        return Err(nft_failed(
             "nft list counters",
             String::from_utf8_lossy(&out.stderr).trim(),
         ));
     }
-    parse_counters(&out.stdout).map_err(|e| nft_error("nft list counters", e))
+    parse_counters(&out.stdout).map_err(|e| nft_failed("nft list counters", e))
 }
 
 /// Whether table `inet overlayd` exists (false also when nft cannot run).

@@ -206,8 +206,8 @@ mod tests {
         p.subnet_v6 = Some("fd00:10:244:2::/64".parse().unwrap());
         let f = fib(vec![p]);
         let routers = Routers {
-            first: Some(ip("10.244.1.1")),
-            v6: Some(ip("fd00:10:244:1::1")),
+            primary: Some(ip("10.244.1.1")),
+            second: Some(ip("fd00:10:244:1::1")),
         };
         let (e, _) = Entries::for_fib(&f, ip("198.18.0.1"), routers);
         assert_eq!(e.fdb.len(), 1);

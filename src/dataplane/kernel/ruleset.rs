@@ -230,8 +230,17 @@ pub fn remove_script() -> String {
     format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
 }
 
+/// One nftables counter's values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterValue {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted.
+    pub bytes: u64,
+}
+
 /// Counter values by name.
-pub type Counters = HashMap<String, (u64, u64)>;
+pub type Counters = HashMap<String, CounterValue>;
 
 #[derive(Deserialize)]
 struct Listing {
@@ -246,8 +255,8 @@ struct CounterObject {
     bytes: u64,
 }
 
-/// Parses the output of `nft -j list counters table inet overlayd` into (packets,
-/// bytes) by counter name. Entries that are not counters of our table are skipped.
+/// Parses the output of `nft -j list counters table inet overlayd` into values by
+/// counter name. Entries that are not counters of our table are skipped.
 pub fn parse_counters(json: &[u8]) -> Result<Counters, String> {
     let listing: Listing =
         serde_json::from_slice(json).map_err(|e| format!("nft -j output is not JSON: {e}"))?;
@@ -260,7 +269,13 @@ pub fn parse_counters(json: &[u8]) -> Result<Counters, String> {
             continue;
         };
         if c.table == TABLE {
-            out.insert(c.name, (c.packets, c.bytes));
+            out.insert(
+                c.name,
+                CounterValue {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                },
+            );
         }
     }
     Ok(out)
@@ -349,8 +364,9 @@ mod tests {
             {"counter": {"family": "inet", "name": "rx_p0", "table": "overlayd", "handle": 5, "packets": 10, "bytes": 1000}},
             {"counter": {"family": "inet", "name": "x", "table": "other", "handle": 6, "packets": 1, "bytes": 1}}]}"#;
         let c = parse_counters(json).unwrap();
-        assert_eq!(c["unknown_sender"], (3, 150));
-        assert_eq!(c["rx_p0"], (10, 1000));
+        let v = |packets, bytes| CounterValue { packets, bytes };
+        assert_eq!(c["unknown_sender"], v(3, 150));
+        assert_eq!(c["rx_p0"], v(10, 1000));
         assert!(!c.contains_key("x"));
         assert!(parse_counters(b"not json").is_err());
     }

@@ -11,13 +11,11 @@
 //! one lock per run of one peer's messages, and TCP segments are merged again for
 //! the TUN. Nothing on the packet path allocates.
 
-use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quinn_udp::{RecvMeta, UdpSocketState};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::sync::watch;
 
@@ -25,30 +23,22 @@ use super::key::KeyPair;
 use super::path::{flush_queue, slots_needed, Arena, Opened, Opener, Sealed, Sealer};
 use super::tunnels::{TunnelTable, Tunnels};
 use crate::dataplane::batch::TxBatch;
-use crate::dataplane::driver::{
-    is_transient, is_would_block, send_groups, write_tun, DataplaneOptions,
-};
-use crate::dataplane::encap::{tun_read_offset, HEADROOM};
+use crate::dataplane::driver::DataplaneOptions;
 use crate::dataplane::error::Error;
 use crate::dataplane::fib::Fib;
 use crate::dataplane::handle::Feeds;
-use crate::dataplane::icmp::{UnreachableReplies, MAX_TUN_WRITE, REPLY_RATE};
-use crate::dataplane::offload::{Coalescer, VNET_HDR_LEN};
-use crate::dataplane::stats::Stats;
+use crate::dataplane::offload::Coalescer;
+use crate::dataplane::stats::{DropReason, Stats};
 use crate::dataplane::threads::{run_rounds, Stop, Threads};
 use crate::dataplane::tun::{TunDevice, TunQueue};
 use crate::dataplane::udp::UdpSender;
+use crate::dataplane::worker::{
+    send_groups, write_tun, Received, Route, RxBatch, TunReads, MAX_PACKET, RX_BUFS, RX_BUF_LEN,
+    TX_BUFS,
+};
 
-/// Largest IP packet the TUN can hand us.
-const MAX_PACKET: usize = 65_535;
-/// TUN reads per round.
-const TX_BUFS: usize = 16;
 /// Sealed datagrams per send batch.
 const TX_SLOTS: usize = 1024;
-/// Receive buffers per `recvmmsg`.
-const RX_BUFS: usize = 16;
-/// Size of one receive buffer (up to 64 GRO-merged datagrams).
-const RX_BUF_LEN: usize = 96 * 1024;
 /// Bytes in front of every opened packet, where the TUN write's virtio-net header goes.
 const RX_GAP: usize = 16;
 /// How long after a key rotation the old key is retired: peers that learned the
@@ -93,7 +83,8 @@ impl WgControl {
 
 /// Owns the encrypted dataplane's threads.
 pub struct WgDriver {
-    threads: Threads,
+    /// The worker and timer threads: `wait` until one fails, `shutdown` to stop them.
+    pub(crate) threads: Threads,
     control: WgControl,
 }
 
@@ -131,7 +122,7 @@ impl WgDriver {
         }
         let timer_socket = sockets
             .first()
-            .ok_or_else(|| Error::Host("no WireGuard socket".into()))?
+            .ok_or(Error::NoWgSocket)?
             .try_clone()
             .map_err(io("cloning the WireGuard socket"))?;
         let public = local.public_bytes();
@@ -198,16 +189,6 @@ impl WgDriver {
     /// What rotates the key of the running dataplane.
     pub fn control(&self) -> WgControl {
         self.control.clone()
-    }
-
-    /// Waits until a worker fails.
-    pub async fn wait(&mut self) -> Result<(), Error> {
-        self.threads.wait().await
-    }
-
-    /// Stops the threads and waits for them.
-    pub async fn shutdown(self) {
-        self.threads.shutdown().await
     }
 }
 
@@ -289,6 +270,33 @@ impl Timers {
     }
 }
 
+/// A TUN read the sealer routed: its buffer, its length, and the peer it goes to.
+#[derive(Debug, Clone, Copy)]
+struct Routed {
+    /// The read's index in [`TunReads::bufs`].
+    buf: usize,
+    /// Bytes read.
+    len: usize,
+    /// The peer's index in the tunnels.
+    peer: u32,
+}
+
+/// The sealer as the TUN reads' [`Route`]: each read is routed to its peer now and
+/// sealed, per run of reads to one peer, once the round's reads are in.
+struct Seal<'a> {
+    sealer: &'a Sealer,
+    tunnels: &'a Tunnels,
+    routed: &'a mut Vec<Routed>,
+}
+
+impl Route for Seal<'_> {
+    fn route(&mut self, k: usize, buf: &mut [u8], len: usize) -> Result<(), DropReason> {
+        let peer = self.sealer.route(self.tunnels, buf, len)?;
+        self.routed.push(Routed { buf: k, len, peer });
+        Ok(())
+    }
+}
+
 /// One worker: its TUN queue, its socket, and both directions' state.
 struct Worker {
     tun: TunQueue,
@@ -296,24 +304,19 @@ struct Worker {
     vnet: bool,
     tunnels_rx: watch::Receiver<Arc<Tunnels>>,
     tunnels: Arc<Tunnels>,
-    router: watch::Receiver<crate::dataplane::icmp::Routers>,
     stats: Arc<Stats>,
     stop: Arc<Stop>,
     busy_poll: Duration,
     // Outbound.
     sealer: Sealer,
-    bufs: Vec<Vec<u8>>,
-    reads: Vec<(usize, usize, u32)>,
+    reads: TunReads,
+    routed: Vec<Routed>,
     arena: Arena,
     batch: TxBatch,
     sender: UdpSender,
-    icmp: UnreachableReplies,
-    icmp_buf: Vec<u8>,
     // Inbound.
     opener: Opener,
-    state: UdpSocketState,
-    rx_bufs: Vec<u8>,
-    metas: [RecvMeta; RX_BUFS],
+    rx: RxBatch,
     plain: Vec<u8>,
     scratch: Vec<u8>,
     coalescer: Coalescer,
@@ -333,14 +336,11 @@ impl Worker {
         stop: Arc<Stop>,
         options: DataplaneOptions,
     ) -> Result<Worker, Error> {
-        let state = UdpSocketState::new((&socket).into()).map_err(|source| Error::Io {
-            what: "setting up the WireGuard socket for batch receive",
-            source,
-        })?;
+        let rx = RxBatch::new(&socket, "setting up the WireGuard socket for batch receive")?;
         let sender = UdpSender::new(&socket, index == 0);
         if index == 0 {
             tracing::info!(
-                udp_gro = state.gro_segments() > 1,
+                udp_gro = rx.gro(),
                 udp_gso = sender.max_segments() > 1,
                 tun_offloads = vnet,
                 "WireGuard socket: recvmmsg receive, GSO send"
@@ -353,24 +353,17 @@ impl Worker {
             vnet,
             tunnels_rx,
             tunnels,
-            router,
             sealer: Sealer::new(stats.clone(), vnet),
             opener: Opener::new(stats.clone()),
             stats,
             stop,
             busy_poll: options.busy_poll,
-            bufs: (0..TX_BUFS)
-                .map(|_| vec![0u8; HEADROOM + MAX_PACKET])
-                .collect(),
-            reads: Vec::with_capacity(TX_BUFS),
+            reads: TunReads::new(vnet, router),
+            routed: Vec::with_capacity(TX_BUFS),
             arena: Arena::new(TX_SLOTS, options.mtu),
             batch: TxBatch::new(0),
             sender,
-            icmp: UnreachableReplies::new(REPLY_RATE, vnet),
-            icmp_buf: vec![0u8; MAX_TUN_WRITE],
-            state,
-            rx_bufs: vec![0u8; RX_BUFS * RX_BUF_LEN],
-            metas: [RecvMeta::default(); RX_BUFS],
+            rx,
             plain: vec![0u8; 2 * RX_BUFS * RX_BUF_LEN],
             // Queued packets sealed after a handshake go here: up to the MTU.
             scratch: vec![0u8; MAX_PACKET + 64],
@@ -408,70 +401,41 @@ impl Worker {
 
     /// Reads up to [`TX_BUFS`] TUN packets, seals them per peer run and sends them.
     fn tx_round(&mut self) -> Result<usize, Error> {
-        let off = tun_read_offset(self.vnet);
-        self.reads.clear();
-        let mut k = 0;
-        while k < TX_BUFS {
-            let n = match self.tun.recv(&mut self.bufs[k][off..]) {
-                Ok(n) => n,
-                Err(e) if is_would_block(&e) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(Error::Io {
-                        what: "reading the TUN device",
-                        source,
-                    })
-                }
-            };
-            match self.sealer.route(&self.tunnels, &self.bufs[k], n) {
-                Ok(idx) => self.reads.push((k, n, idx)),
-                Err(reason) => {
-                    self.icmp.set_router(*self.router.borrow());
-                    let len = if self.vnet {
-                        n.saturating_sub(VNET_HDR_LEN)
-                    } else {
-                        n
-                    };
-                    let packet = self.bufs[k]
-                        .get(HEADROOM..HEADROOM + len)
-                        .unwrap_or_default();
-                    if let Some(len) =
-                        self.icmp
-                            .handle_drop(Instant::now(), reason, packet, &mut self.icmp_buf)
-                    {
-                        let _ = self
-                            .tun
-                            .send_vectored(&[io::IoSlice::new(&self.icmp_buf[..len])]);
-                    }
-                }
-            }
-            k += 1;
-        }
-        if self.reads.is_empty() {
+        self.routed.clear();
+        let k = self.reads.read(
+            &self.tun,
+            &mut Seal {
+                sealer: &self.sealer,
+                tunnels: &self.tunnels,
+                routed: &mut self.routed,
+            },
+        )?;
+        if self.routed.is_empty() {
             return Ok(k);
         }
         self.arena.clear();
         self.batch.clear();
         let tunnels = self.tunnels.clone();
         let mut i = 0;
-        while i < self.reads.len() {
-            let idx = self.reads[i].2;
+        while i < self.routed.len() {
+            let idx = self.routed[i].peer;
             let Some(peer) = tunnels.peer(idx) else {
                 i += 1;
                 continue;
             };
             let mut tunn = peer.lock();
             let mut tally = Sealed::default();
-            while i < self.reads.len() && self.reads[i].2 == idx {
-                let (k, n, _) = self.reads[i];
-                if self.arena.free() < slots_needed(&self.bufs[k], n, self.vnet) {
+            while i < self.routed.len() && self.routed[i].peer == idx {
+                let Routed { buf, len, .. } = self.routed[i];
+                let read = &mut self.reads.bufs[buf];
+                if self.arena.free() < slots_needed(read, len, self.vnet) {
                     self.flush();
                 }
                 if let Ok(s) = self.sealer.seal(
                     peer,
                     &mut tunn,
-                    &mut self.bufs[k],
-                    n,
+                    &mut self.reads.bufs[buf],
+                    len,
                     &mut self.arena,
                     &mut self.batch,
                 ) {
@@ -512,23 +476,13 @@ impl Worker {
 
     /// One `recvmmsg`: opens every message, merges TCP segments, writes the TUN.
     fn rx_round(&mut self) -> Result<usize, Error> {
-        let received = {
-            let mut chunks = self.rx_bufs.chunks_mut(RX_BUF_LEN);
-            let mut iovs: [IoSliceMut<'_>; RX_BUFS] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            self.state
-                .recv((&self.socket).into(), &mut iovs, &mut self.metas)
-        };
-        let n = match received {
-            Ok(n) => n,
-            Err(e) if is_would_block(&e) => return Ok(0),
-            Err(e) if is_transient(&e) => return Ok(1),
-            Err(source) => {
-                return Err(Error::Io {
-                    what: "receiving on the WireGuard socket",
-                    source,
-                })
-            }
+        let n = match self
+            .rx
+            .recv(&self.socket, "receiving on the WireGuard socket")?
+        {
+            Received::Nothing => return Ok(0),
+            Received::Transient => return Ok(1),
+            Received::Buffers(n) => n,
         };
         let tunnels = self.tunnels.clone();
         self.coalescer.clear();
@@ -538,49 +492,33 @@ impl Worker {
         let mut send = |to: SocketAddr, msg: &[u8]| {
             let _ = socket.send_to(msg, to);
         };
-        for (m, meta) in self.metas[..n].iter().enumerate() {
-            let base = m * RX_BUF_LEN;
-            let len = meta.len.min(RX_BUF_LEN);
-            let stride = if meta.stride == 0 { len } else { meta.stride };
-            let from = meta.addr;
-            let mut at = 0;
-            while at < len {
-                let end = (at + stride).min(len);
-                let msg = &self.rx_bufs[base + at..base + end];
-                let Some(idx) = Opener::data_peer(&tunnels, msg) else {
-                    self.opener
-                        .open_control(&tunnels, from, msg, &mut self.scratch, &mut send);
-                    handled += 1;
-                    at = end;
-                    continue;
-                };
-                let Some(peer) = tunnels.peer(idx) else {
-                    at = end;
-                    continue;
-                };
-                // A run of this peer's data messages in this buffer, under one lock.
-                let mut tunn = peer.lock();
-                let (mut packets, mut bytes) = (0u64, 0usize);
-                while at < len {
-                    let end = (at + stride).min(len);
-                    let msg = &self.rx_bufs[base + at..base + end];
-                    if Opener::data_peer(&tunnels, msg) != Some(idx) {
-                        break;
-                    }
-                    let start = at_plain + RX_GAP;
-                    let Some(out) = self.plain.get_mut(start..start + msg.len()) else {
-                        // Cannot happen: an opened packet is shorter than its message
-                        // by more than the gap, and the arena is twice the buffers.
-                        self.stats
-                            .rx
-                            .drop(crate::dataplane::stats::DropReason::IoError);
-                        handled += 1;
-                        at = end;
-                        continue;
-                    };
-                    match self
+        let rx_bufs = &self.rx.bufs;
+        let mut datagrams = self.rx.datagrams(n).peekable();
+        while let Some(first) = datagrams.next() {
+            let msg = &rx_bufs[first.range.clone()];
+            let Some(idx) = Opener::data_peer(&tunnels, msg) else {
+                self.opener
+                    .open_control(&tunnels, first.from, msg, &mut self.scratch, &mut send);
+                handled += 1;
+                continue;
+            };
+            let Some(peer) = tunnels.peer(idx) else {
+                continue;
+            };
+            // A run of this peer's data messages, under one lock.
+            let mut tunn = peer.lock();
+            let (mut packets, mut bytes) = (0u64, 0usize);
+            let mut d = first;
+            loop {
+                let msg = &rx_bufs[d.range.clone()];
+                let start = at_plain + RX_GAP;
+                match self.plain.get_mut(start..start + msg.len()) {
+                    // Cannot happen: an opened packet is shorter than its message by
+                    // more than the gap, and the arena is twice the buffers.
+                    None => self.stats.rx.drop(DropReason::IoError),
+                    Some(out) => match self
                         .opener
-                        .open_data(&tunnels, idx, peer, &mut tunn, from, msg, out)
+                        .open_data(&tunnels, idx, peer, &mut tunn, d.from, msg, out)
                     {
                         Ok(Opened::Inner(l)) => {
                             let range = start..start + l;
@@ -591,17 +529,25 @@ impl Worker {
                         }
                         Ok(Opened::Send { to, len }) => send(to, &out[..len]),
                         _ => {}
+                    },
+                }
+                handled += 1;
+                match datagrams.peek() {
+                    Some(next)
+                        if Opener::data_peer(&tunnels, &rx_bufs[next.range.clone()])
+                            == Some(idx) =>
+                    {
+                        d = datagrams.next().unwrap_or(d);
                     }
-                    handled += 1;
-                    at = end;
+                    _ => break,
                 }
-                // The first data message of a session we answered makes it
-                // current: what waited for it can go now.
-                flush_queue(&self.stats, peer, &mut tunn, &mut self.scratch, &mut send);
-                drop(tunn);
-                if packets > 0 {
-                    peer.stats.rx.add_shared(packets, bytes);
-                }
+            }
+            // The first data message of a session we answered makes it current:
+            // what waited for it can go now.
+            flush_queue(&self.stats, peer, &mut tunn, &mut self.scratch, &mut send);
+            drop(tunn);
+            if packets > 0 {
+                peer.stats.rx.add_shared(packets, bytes);
             }
         }
         self.coalescer.finish(std::slice::from_mut(&mut self.plain));

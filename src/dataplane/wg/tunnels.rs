@@ -394,11 +394,6 @@ impl TunnelTable {
         self.generation = next.generation;
     }
 
-    /// Whether a rotation is under way.
-    pub fn rotating(&self) -> bool {
-        self.next.is_some()
-    }
-
     /// Runs every tunnel's timers once (call about every 100 ms): what a timer wants
     /// sent (a handshake initiation or retry, a keepalive) is passed to `send` with
     /// the peer's endpoint; each peer's session state goes to its counters, and
