@@ -349,13 +349,19 @@ fn unblock_gossip(ns: &str) {
     not(feature = "netns-tests"),
     ignore = "needs root: run with --features netns-tests"
 )]
-fn e_four_nodes_with_the_founders_port_blocked_for_3s_end_in_one_cluster_20_times() {
+fn e_four_nodes_with_the_founders_port_blocked_for_3s_end_in_one_cluster_every_time() {
     let _load = load::shared();
     // The start: n1 names only itself, n2 and n3 are given n1, n4 is given n3;
     // n1's gossip port is blocked for its first 3 s, so n3's first join is lost and
     // {n3, n4} start as an island, which re-announces to n1 must merge.
     let peers = [seeds(&[1]), seeds(&[1]), seeds(&[1]), seeds(&[3])];
-    let runs = 20;
+    // 8 runs in the README's test command (about 7 s each); more with
+    // OVERLAYD_FOUNDING_RUNS (docs/founding.md measured 20).
+    let runs: u32 = std::env::var("OVERLAYD_FOUNDING_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(8);
     let mut times = Vec::new();
     let whole = Instant::now();
     for run in 1..=runs {
