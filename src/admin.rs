@@ -381,24 +381,9 @@ mod tests {
 
     #[test]
     fn a_status_reply_carries_the_whole_report() {
-        use crate::status::{ControlReport, NodeReport, PeerReport};
+        use crate::status::{ControlReport, PeerReport};
         let mut report = StatusReport {
-            node: NodeReport {
-                name: "n1".into(),
-                advertise_addr: "198.18.0.1".parse().unwrap(),
-                port: 4789,
-                vni: 1,
-                vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
-                subnet: Some("10.244.1.0/24".parse().unwrap()),
-                gateway: Some("10.244.1.1".parse().unwrap()),
-                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-                subnet_v6: None,
-                cluster_cidr_v6: None,
-                mtu: 1450,
-                bridge: "ovl0".into(),
-                tun: "ovltun0".into(),
-                uptime_secs: 7,
-            },
+            node: crate::status::test_node(),
             control: Some(ControlReport {
                 lease: Some("10.244.1.0/24".parse().unwrap()),
                 witnesses: vec!["n2".into()],

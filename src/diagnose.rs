@@ -473,28 +473,13 @@ pub fn render(d: &Diagnosis) -> String {
 mod tests {
     use super::*;
     use crate::dataplane::PeerOrigin;
-    use crate::status::{NodeReport, PathReport, PeerReport};
+    use crate::status::{PathReport, PeerReport};
 
     /// Node n1 (subnet 10.244.1.0/24, fixed) in `mode`, with peer n2 owning
     /// 10.244.2.0/24 in `state`.
     fn report(mode: DataplaneMode, state: PeerState) -> StatusReport {
         StatusReport {
-            node: NodeReport {
-                name: "n1".into(),
-                advertise_addr: "198.18.0.1".parse().unwrap(),
-                port: 4789,
-                vni: 1,
-                vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
-                subnet: Some("10.244.1.0/24".parse().unwrap()),
-                gateway: Some("10.244.1.1".parse().unwrap()),
-                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-                subnet_v6: None,
-                cluster_cidr_v6: None,
-                mtu: 1450,
-                bridge: "ovl0".into(),
-                tun: "ovltun0".into(),
-                uptime_secs: 3,
-            },
+            node: crate::status::test_node(),
             control: None,
             peers: vec![PeerReport {
                 name: "n2".into(),

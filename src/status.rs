@@ -631,6 +631,28 @@ pub fn render_peers(report: &StatusReport) -> String {
     out
 }
 
+/// Node n1 of the unit tests: 198.18.0.1, cluster 10.244.0.0/16, subnet
+/// 10.244.1.0/24, bridge `ovl0`, TUN `ovltun0`.
+#[cfg(test)]
+pub(crate) fn test_node() -> NodeReport {
+    NodeReport {
+        name: "n1".into(),
+        advertise_addr: "198.18.0.1".parse().unwrap(),
+        port: 4789,
+        vni: 1,
+        vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
+        subnet: Some("10.244.1.0/24".parse().unwrap()),
+        gateway: Some("10.244.1.1".parse().unwrap()),
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        subnet_v6: None,
+        cluster_cidr_v6: None,
+        mtu: 1450,
+        bridge: "ovl0".into(),
+        tun: "ovltun0".into(),
+        uptime_secs: 7,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,20 +697,10 @@ mod tests {
         assert_eq!(control.alive, 1);
         let report = StatusReport {
             node: NodeReport {
-                name: "n1".into(),
-                advertise_addr: "198.18.0.1".parse().unwrap(),
-                port: 4789,
-                vni: 1,
-                vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
                 subnet: None,
                 gateway: None,
-                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-                subnet_v6: None,
-                cluster_cidr_v6: None,
-                mtu: 1450,
-                bridge: "ovl0".into(),
-                tun: "ovltun0".into(),
                 uptime_secs: 3,
+                ..test_node()
             },
             control: Some(control),
             peers: vec![],
