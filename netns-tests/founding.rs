@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use overlayd::control::driver::DEFAULT_GOSSIP_PORT;
+use overlayd::control::DEFAULT_GOSSIP_PORT;
 use overlayd_test_support::cluster::{
     all_reach_all, assert_distinct, logs, subnet_of, DaemonNode, TestCluster,
 };

@@ -16,9 +16,9 @@ use ipnet::IpNet;
 use crate::dataplane::wire::MacAddr;
 
 /// The default VXLAN UDP port (IANA-assigned, RFC 7348 §5).
-pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+pub(crate) const DEFAULT_VXLAN_PORT: u16 = 4789;
 /// Default UDP port of the encrypted dataplane (WireGuard's own default).
-pub const DEFAULT_WG_PORT: u16 = 51820;
+pub(crate) const DEFAULT_WG_PORT: u16 = 51820;
 
 /// `overlayd`: with no subcommand it runs the daemon.
 #[derive(Debug, Parser)]
@@ -141,7 +141,7 @@ pub enum DiagnoseTarget {
 }
 
 /// Parses `diagnose`'s argument: an address, or `NAMESPACE/NAME`.
-pub fn parse_diagnose_target(s: &str) -> Result<DiagnoseTarget, String> {
+pub(crate) fn parse_diagnose_target(s: &str) -> Result<DiagnoseTarget, String> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(DiagnoseTarget::Ip(ip));
     }
@@ -445,13 +445,13 @@ impl std::str::FromStr for MetricsAddr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticPeer {
     /// The subnet it owns.
-    pub subnet: IpNet,
+    pub(crate) subnet: IpNet,
     /// Its underlay address and VXLAN port.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Its VTEP MAC.
-    pub mac: MacAddr,
+    pub(crate) mac: MacAddr,
     /// Accept inner source addresses outside `subnet` from it.
-    pub allow_any_source: bool,
+    pub(crate) allow_any_source: bool,
     /// A plain WireGuard peer's public key (`wg-key=`); `mac` is then unused (zero).
     pub wg_key: Option<[u8; 32]>,
 }
@@ -500,13 +500,8 @@ pub struct ClusterCidrs {
 
 impl ClusterCidrs {
     /// Both CIDRs, the primary first.
-    pub fn all(&self) -> impl Iterator<Item = IpNet> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = IpNet> {
         std::iter::once(self.primary).chain(self.second)
-    }
-
-    /// Whether `ip` lies in either CIDR.
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        self.all().any(|c| c.contains(ip))
     }
 }
 
@@ -562,18 +557,18 @@ fn check_network(flag: &'static str, net: &IpNet) -> Result<(), ConfigError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileKeys {
     /// The config file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Long flag names (without dashes) whose value came from the file.
-    pub keys: Vec<String>,
+    pub(crate) keys: Vec<String>,
 }
 
 /// The plugin's default `dataDir`, the daemon's with --install-cni.
-pub const DEFAULT_CNI_DATA_DIR: &str = "/var/lib/cni/overlayd";
+pub(crate) const DEFAULT_CNI_DATA_DIR: &str = "/var/lib/cni/overlayd";
 
 impl DaemonArgs {
     /// The plugin's store the daemon watches: `--cni-data-dir`, or with --install-cni
     /// the plugin's default; none otherwise (the daemon does not know where it is).
-    pub fn cni_data_dir(&self) -> Option<PathBuf> {
+    pub(crate) fn cni_data_dir(&self) -> Option<PathBuf> {
         self.cni_data_dir.clone().or_else(|| {
             self.install_cni
                 .then(|| PathBuf::from(DEFAULT_CNI_DATA_DIR))
@@ -581,7 +576,7 @@ impl DaemonArgs {
     }
 
     /// Dual-stack: the IPv6 cluster CIDR and `--subnet-len-v6`, as gossip carries them.
-    pub fn second(&self) -> Option<crate::control::SecondCidr> {
+    pub(crate) fn second(&self) -> Option<crate::control::SecondCidr> {
         Some(crate::control::SecondCidr {
             cidr: self.cluster_cidr.second?,
             subnet_len: self.subnet_len_v6,
@@ -877,62 +872,19 @@ fn clap_line(e: &clap::Error) -> String {
     line.trim_start_matches("error: ").to_string()
 }
 
-/// Parses `argv`, merging `--config FILE` under the flags: each key of the file is
-/// handed to clap as the flag of the same name unless that flag was given on the
-/// command line or through its OVERLAYD_* variable. So file values are checked by the
-/// same parsers as flags, and errors about them name the key and the file.
-pub fn parse_from<I, T>(argv: I) -> Result<Cli, ParseError>
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
+/// The flags the keys of a `--config` file stand for, appended to `merged` (a key
+/// whose flag was given on the command line or through its variable is skipped);
+/// returns the flags' long names. `command` and `matches` are the (sub)command the
+/// file is for and what the command line gave it.
+fn file_flags(
+    table: &toml::Table,
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+    file_err: &dyn Fn(String) -> ParseError,
+    merged: &mut Vec<std::ffi::OsString>,
+) -> Result<Vec<String>, ParseError> {
     use clap::parser::ValueSource;
-    use clap::{ArgAction, CommandFactory, FromArgMatches};
-
-    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
-    let command = Cli::command();
-    let matches = command.clone().try_get_matches_from(&argv)?;
-    let cli = Cli::from_arg_matches(&matches)?;
-    // `--config` is merged for the daemon and for `uninstall`, which takes its flags.
-    let (path, sub) = match &cli.command {
-        None => (cli.daemon.config.clone(), None),
-        Some(Command::Uninstall { daemon, .. }) => (daemon.config.clone(), Some("uninstall")),
-        Some(_) => (None, None),
-    };
-    let Some(path) = path else {
-        return Ok(cli);
-    };
-    let (command, matches, sub_at) = match sub {
-        None => (command, matches, 1),
-        Some(name) => {
-            let at = argv
-                .iter()
-                .position(|a| a.to_str() == Some(name))
-                .map_or(1, |i| i + 1);
-            let sub_command =
-                command
-                    .find_subcommand(name)
-                    .cloned()
-                    .ok_or_else(|| ParseError::File {
-                        path: path.clone(),
-                        msg: format!("no subcommand {name}"),
-                    })?;
-            let sub_matches = matches
-                .subcommand_matches(name)
-                .cloned()
-                .unwrap_or_default();
-            (sub_command, sub_matches, at)
-        }
-    };
-    let file_err = |msg: String| ParseError::File {
-        path: path.clone(),
-        msg,
-    };
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| file_err(format!("cannot read it: {e}")))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| file_err(e.to_string().trim_end().replace('\n', " ")))?;
+    use clap::ArgAction;
 
     let args: Vec<&clap::Arg> = command
         .get_arguments()
@@ -948,12 +900,8 @@ where
         keys.sort();
         keys.join(", ")
     };
-    let mut merged: Vec<std::ffi::OsString> = argv[..sub_at.min(argv.len())].to_vec();
-    if merged.is_empty() {
-        merged.push("overlayd".into());
-    }
     let mut keys = Vec::new();
-    for (key, value) in &table {
+    for (key, value) in table {
         let wanted = key.replace('_', "-");
         let arg = args
             .iter()
@@ -1000,6 +948,70 @@ where
         }
         keys.push(long);
     }
+    Ok(keys)
+}
+
+/// Parses `argv`, merging `--config FILE` under the flags: each key of the file is
+/// handed to clap as the flag of the same name unless that flag was given on the
+/// command line or through its OVERLAYD_* variable. So file values are checked by the
+/// same parsers as flags, and errors about them name the key and the file.
+pub fn parse_from<I, T>(argv: I) -> Result<Cli, ParseError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+    let command = Cli::command();
+    let matches = command.clone().try_get_matches_from(&argv)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    // `--config` is merged for the daemon and for `uninstall`, which takes its flags.
+    let (path, sub) = match &cli.command {
+        None => (cli.daemon.config.clone(), None),
+        Some(Command::Uninstall { daemon, .. }) => (daemon.config.clone(), Some("uninstall")),
+        Some(_) => (None, None),
+    };
+    let Some(path) = path else {
+        return Ok(cli);
+    };
+    let (command, matches, sub_at) = match sub {
+        None => (command, matches, 1),
+        Some(name) => {
+            let at = argv
+                .iter()
+                .position(|a| a.to_str() == Some(name))
+                .map_or(1, |i| i + 1);
+            let sub_command =
+                command
+                    .find_subcommand(name)
+                    .cloned()
+                    .ok_or_else(|| ParseError::File {
+                        path: path.clone(),
+                        msg: format!("no subcommand {name}"),
+                    })?;
+            let sub_matches = matches
+                .subcommand_matches(name)
+                .cloned()
+                .unwrap_or_default();
+            (sub_command, sub_matches, at)
+        }
+    };
+    let file_err = |msg: String| ParseError::File {
+        path: path.clone(),
+        msg,
+    };
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| file_err(format!("cannot read it: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_err(e.to_string().trim_end().replace('\n', " ")))?;
+
+    let mut merged: Vec<std::ffi::OsString> = argv[..sub_at.min(argv.len())].to_vec();
+    if merged.is_empty() {
+        merged.push("overlayd".into());
+    }
+    let keys = file_flags(&table, &command, &matches, &file_err, &mut merged)?;
     merged.extend(argv.iter().skip(sub_at).cloned());
     let parse = match sub {
         None => command.try_get_matches_from(&merged),
@@ -1046,13 +1058,13 @@ where
 }
 
 /// True when one network contains the other's network address.
-pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+pub(crate) fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// Parses `SUBNET,ADDR[:PORT],MAC[,allow-any-source]`; ADDR may be IPv6 in brackets
 /// when a port is given (`[fd00::1]:4789`).
-pub fn parse_static_peer(s: &str) -> Result<StaticPeer, String> {
+pub(crate) fn parse_static_peer(s: &str) -> Result<StaticPeer, String> {
     let parts: Vec<&str> = s.split(',').map(str::trim).collect();
     let usage = "expected SUBNET,ADDR[:PORT],MAC[,allow-any-source], e.g. 10.244.2.0/24,198.18.0.2,02:00:00:00:00:02, or SUBNET,ADDR[:PORT],wg-key=BASE64 for a WireGuard peer";
     if !(3..=4).contains(&parts.len()) {
@@ -1144,13 +1156,13 @@ fn parse_bootstrap_expect(s: &str) -> Result<u32, String> {
 }
 
 /// Parses a duration such as `24h`, `90m`, `30s` or `1h30m`.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration such as 24h, 90m or 30s: {e}"))
 }
 
 /// Checks a Linux interface name: 1 to 15 bytes, no '/', ':' or white space.
-pub fn parse_ifname(s: &str) -> Result<String, String> {
+pub(crate) fn parse_ifname(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > 15 {
         return Err(format!(
             "'{s}' must be 1 to 15 bytes long (a Linux interface name)"

@@ -10,7 +10,7 @@ use std::path::Path;
 /// Writes `data` to `path` atomically with permissions `mode`, creating the parent
 /// directory (mode 0755 for run dirs, or as `dir_mode` says) if needed. Skips the
 /// write when the file already holds exactly `data`.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32, dir_mode: u32) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32, dir_mode: u32) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -48,7 +48,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32, dir_mode: u32) -> io::R
 /// Removes the temporary files [`write_atomic`] left in `dir` when a process was
 /// killed between creating and renaming one (`.<name>.tmp.<pid>` of a process that no
 /// longer runs). Returns how many it removed; a missing dir is not an error.
-pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
+pub(crate) fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),

@@ -16,37 +16,26 @@
 //! - [`control`]: gossip membership and per-node subnet leases.
 //! - [`config`]: the daemon's flags, parsed and checked.
 //! - [`daemon`]: `run(config, shutdown)`, which the binary calls, in named phases;
-//!   host devices, the peer table and the control plane in its submodules.
-//! - [`live`]: the daemon's live state that status, diagnose and metrics read.
-//! - [`admin`]: the admin socket (typed requests and replies) and its client.
-//! - [`status`]: the status report and its text.
-//! - [`diagnose`]: `overlayd diagnose POD_IP`, checks on the way to a pod.
+//!   host devices, the peer table, the control plane, capabilities, `--install-cni`
+//!   and `node.json` in its submodules.
+//! - [`ops`]: the operations layer: live state, the admin socket, status, diagnose
+//!   and metrics.
 //! - [`pods`]: `overlayd pods` and when a gone pod's addresses are reclaimed.
-//! - [`metrics`]: Prometheus metrics and `/healthz`.
-//! - [`privilege`]: dropping capabilities at start.
 //! - [`fsutil`]: atomic writes of state files.
-//! - [`cni_install`]: what `--install-cni` does.
-//! - [`node`]: `node.json`, the contract between the daemon and the CNI plugin.
 //!
-//! "Node" means one host running overlayd: [`node`], [`status::NodeReport`],
+//! "Node" means one host running overlayd: [`daemon::node`], [`ops::status::NodeReport`],
 //! [`control::NodeMeta`] (what a node publishes). The control plane's state machine
 //! is [`control::Controller`].
 //!
 //! [RFC 7348]: https://www.rfc-editor.org/rfc/rfc7348
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod admin;
-pub mod cni_install;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
-pub mod diagnose;
-pub mod fsutil;
-pub mod live;
-pub mod metrics;
-pub mod node;
+pub(crate) mod fsutil;
+pub mod ops;
 pub mod pods;
-pub mod privilege;
-pub mod status;

@@ -138,7 +138,7 @@ async fn diagnose(
     let (label, ips) = match target {
         DiagnoseTarget::Ip(ip) => (None, vec![ip]),
         DiagnoseTarget::Pod { namespace, name } => {
-            let report = overlayd::admin::pods(run_dir)
+            let report = overlayd::ops::admin::pods(run_dir)
                 .await
                 .map_err(|e| format!("{namespace}/{name}: {e}"))?;
             let found = report.find(&namespace, &name);
@@ -167,7 +167,7 @@ async fn diagnose(
     let mut text = String::new();
     let mut all = Vec::new();
     for ip in ips {
-        let d = overlayd::admin::diagnose(run_dir, ip)
+        let d = overlayd::ops::admin::diagnose(run_dir, ip)
             .await
             .map_err(|e| e.to_string())?;
         if !d.reachable {
@@ -177,7 +177,7 @@ async fn diagnose(
             if let Some(label) = &label {
                 text.push_str(&format!("pod {label}, address {ip}:\n"));
             }
-            text.push_str(&overlayd::diagnose::render(&d));
+            text.push_str(&overlayd::ops::diagnose::render(&d));
         }
         all.push(d);
     }
@@ -193,7 +193,7 @@ async fn diagnose(
 /// Runs a command other than the daemon: a client of the daemon, one that needs none,
 /// or `uninstall`.
 async fn run_cli(command: Command) -> Result<Printed, Failed> {
-    use overlayd::admin;
+    use overlayd::ops::admin;
     match command {
         Command::Genkey => Ok(Printed::ok(format!(
             "{}\n",
@@ -231,9 +231,9 @@ async fn run_cli(command: Command) -> Result<Printed, Failed> {
                     "subnet": report.node.subnet,
                     "control": report.control,
                 })),
-                (None, false) => overlayd::status::render(&report),
-                (Some(StatusPart::Peers), false) => overlayd::status::render_peers(&report),
-                (Some(StatusPart::Leases), false) => overlayd::status::render_leases(&report),
+                (None, false) => overlayd::ops::status::render(&report),
+                (Some(StatusPart::Peers), false) => overlayd::ops::status::render_peers(&report),
+                (Some(StatusPart::Leases), false) => overlayd::ops::status::render_leases(&report),
             };
             Ok(Printed::ok(format!("{}\n", text.trim_end())))
         }
@@ -306,8 +306,9 @@ fn main() -> ExitCode {
             overlayd::config::MetricsAddr::On(a) => a.port(),
             overlayd::config::MetricsAddr::Off => 0,
         };
-        let low = overlayd::privilege::needs_low_port(&[d.port, d.gossip_port, metrics_port]);
-        match overlayd::privilege::drop_capabilities(low) {
+        let low =
+            overlayd::daemon::privilege::needs_low_port(&[d.port, d.gossip_port, metrics_port]);
+        match overlayd::daemon::privilege::drop_capabilities(low) {
             Ok(kept) => tracing::info!(
                 keep = ?kept.caps,
                 bounding_reduced = kept.bounding_reduced,

@@ -310,35 +310,26 @@ fn allocate(
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn setup(
-    conf: &NetConf,
-    att: &Attachment,
-    node: &Node,
-    ns: &std::fs::File,
+/// Creates the veth pair: `host_name` on the host, `att.ifname` in the pod's netns
+/// `ns`. A leftover host end of an earlier, interrupted ADD of this attachment is
+/// deleted and the pair made again.
+fn create_veth(
     host: &mut Netlink,
-    bridge_index: u32,
-    addresses: &[(IpNet, IpAddr)],
-    created: &mut bool,
-    log: &Logger,
-) -> Result<CniResult> {
-    let mtu = conf.mtu.unwrap_or(node.info.mtu);
-    let host_name = host_veth_name(&att.container_id, &att.ifname);
+    host_name: &str,
+    att: &Attachment,
+    ns: &std::fs::File,
+    mtu: u32,
+    mac: [u8; 6],
+) -> Result<()> {
     let netns_path = att.netns.clone().unwrap_or_default();
-    let mac = mac_for(
-        addresses
-            .first()
-            .map(|a| a.0.addr())
-            .unwrap_or([0u8; 4].into()),
-    );
     let create =
-        |host: &mut Netlink| host.create_veth(&host_name, &att.ifname, ns.as_raw_fd(), mtu, mac);
+        |host: &mut Netlink| host.create_veth(host_name, &att.ifname, ns.as_raw_fd(), mtu, mac);
     match create(host) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
             // A leftover host veth of an earlier, interrupted ADD of this attachment.
             let stale = host
-                .delete_link_by_name(&host_name)
+                .delete_link_by_name(host_name)
                 .map_err(|e| Error::netlink(format!("deleting stale {host_name}"), e))?;
             if !stale {
                 return Err(Error::netlink(
@@ -363,35 +354,17 @@ fn setup(
             ))
         }
     }
-    *created = true;
-    faultpoint::stall("after-veth");
+    Ok(())
+}
 
-    let host_link = host
-        .link(&host_name)
-        .map_err(|e| Error::netlink(format!("looking up {host_name}"), e))?
-        .ok_or_else(|| {
-            Error::netlink(
-                format!("looking up {host_name}"),
-                std::io::Error::from_raw_os_error(libc::ENODEV),
-            )
-        })?;
-    let host_index = host_link.header.index;
-    let alias = format!(
-        "{ALIAS_PREFIX}{}/{}/{}",
-        conf.name, att.container_id, att.ifname
-    );
-    host.set_up(host_index, Some(bridge_index), Some(&alias))
-        .map_err(|e| {
-            Error::netlink(
-                format!("attaching {host_name} to bridge {}", node.info.bridge),
-                e,
-            )
-        })?;
-    if conf.hairpin_mode {
-        host.set_hairpin(host_index)
-            .map_err(|e| Error::netlink(format!("enabling hairpin on {host_name}"), e))?;
-    }
-
+/// Inside the pod's netns `ns`: puts `addresses` on `att.ifname`, brings it up and
+/// adds a default route via each address's gateway; returns the routes.
+fn configure_pod(
+    ns: &std::fs::File,
+    att: &Attachment,
+    addresses: &[(IpNet, IpAddr)],
+    netns_path: &str,
+) -> Result<Vec<Route>> {
     let mut pod = netns::run_in(ns, Netlink::new)
         .map_err(|e| Error::netlink(format!("opening a netlink socket in {netns_path}"), e))?;
     let pod_index = pod
@@ -429,6 +402,61 @@ fn setup(
             gw: Some(*gateway),
         });
     }
+    Ok(routes)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn setup(
+    conf: &NetConf,
+    att: &Attachment,
+    node: &Node,
+    ns: &std::fs::File,
+    host: &mut Netlink,
+    bridge_index: u32,
+    addresses: &[(IpNet, IpAddr)],
+    created: &mut bool,
+    log: &Logger,
+) -> Result<CniResult> {
+    let mtu = conf.mtu.unwrap_or(node.info.mtu);
+    let host_name = host_veth_name(&att.container_id, &att.ifname);
+    let netns_path = att.netns.clone().unwrap_or_default();
+    let mac = mac_for(
+        addresses
+            .first()
+            .map(|a| a.0.addr())
+            .unwrap_or([0u8; 4].into()),
+    );
+    create_veth(host, &host_name, att, ns, mtu, mac)?;
+    *created = true;
+    faultpoint::stall("after-veth");
+
+    let host_link = host
+        .link(&host_name)
+        .map_err(|e| Error::netlink(format!("looking up {host_name}"), e))?
+        .ok_or_else(|| {
+            Error::netlink(
+                format!("looking up {host_name}"),
+                std::io::Error::from_raw_os_error(libc::ENODEV),
+            )
+        })?;
+    let host_index = host_link.header.index;
+    let alias = format!(
+        "{ALIAS_PREFIX}{}/{}/{}",
+        conf.name, att.container_id, att.ifname
+    );
+    host.set_up(host_index, Some(bridge_index), Some(&alias))
+        .map_err(|e| {
+            Error::netlink(
+                format!("attaching {host_name} to bridge {}", node.info.bridge),
+                e,
+            )
+        })?;
+    if conf.hairpin_mode {
+        host.set_hairpin(host_index)
+            .map_err(|e| Error::netlink(format!("enabling hairpin on {host_name}"), e))?;
+    }
+
+    let routes = configure_pod(ns, att, addresses, &netns_path)?;
 
     if conf.ip_masq {
         for family in &node.families {

@@ -46,13 +46,13 @@ type HmacSha256 = Hmac<Sha256>;
 /// Length of the auth field when a key is in use.
 pub const AUTH_LEN: usize = 44;
 /// Length of the truncated tag.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 /// Keys a secret file may hold at once (current and next).
-pub const MAX_KEYS: usize = 2;
+pub(crate) const MAX_KEYS: usize = 2;
 /// Shortest key accepted, in bytes (after trimming whitespace).
-pub const MIN_KEY_LEN: usize = 16;
+pub(crate) const MIN_KEY_LEN: usize = 16;
 /// How far a datagram's timestamp may be from our clock.
-pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(120);
 /// Sessions remembered at once; beyond this the least recently seen is forgotten.
 const MAX_SESSIONS: usize = 4096;
 /// Replay window per session, in datagrams.
@@ -90,7 +90,7 @@ pub enum KeyError {
 
 /// One cluster key, ready to sign and verify.
 #[derive(Clone)]
-pub struct ClusterKey {
+pub(crate) struct ClusterKey {
     id: [u8; 4],
     mac: HmacSha256,
 }
@@ -103,7 +103,7 @@ impl std::fmt::Debug for ClusterKey {
 
 impl ClusterKey {
     /// Derives the MAC key and key id from the key text.
-    pub fn derive(secret: &[u8]) -> Self {
+    pub(crate) fn derive(secret: &[u8]) -> Self {
         // Any key length is valid for HMAC, so these never fail.
         let mut ext = HmacSha256::new_from_slice(KEY_SALT).expect("HMAC takes any key length");
         ext.update(secret);
@@ -119,7 +119,7 @@ impl ClusterKey {
     }
 
     /// The key id, in hex, as logs and `overlayd status` show it.
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         hex(&self.id)
     }
 }
@@ -161,7 +161,7 @@ impl KeySet {
     }
 
     /// Key ids, signing key first.
-    pub fn ids(&self) -> Vec<String> {
+    pub(crate) fn ids(&self) -> Vec<String> {
         self.keys.iter().map(ClusterKey::id).collect()
     }
 
@@ -191,7 +191,7 @@ pub enum Reject {
 
 impl Reject {
     /// Short label, used as the metrics `reason`.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Reject::Unsigned => "unsigned",
             Reject::Signed => "signed_without_key",
@@ -238,19 +238,19 @@ impl std::fmt::Display for Reject {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RejectCounters {
     /// [`Reject::Unsigned`].
-    pub unsigned: u64,
+    pub(crate) unsigned: u64,
     /// [`Reject::Signed`].
-    pub signed_without_key: u64,
+    pub(crate) signed_without_key: u64,
     /// [`Reject::Malformed`].
-    pub malformed: u64,
+    pub(crate) malformed: u64,
     /// [`Reject::UnknownKey`].
-    pub unknown_key: u64,
+    pub(crate) unknown_key: u64,
     /// [`Reject::BadTag`].
-    pub bad_tag: u64,
+    pub(crate) bad_tag: u64,
     /// [`Reject::Stale`].
-    pub stale: u64,
+    pub(crate) stale: u64,
     /// [`Reject::Replay`].
-    pub replay: u64,
+    pub(crate) replay: u64,
 }
 
 impl RejectCounters {
@@ -268,7 +268,7 @@ impl RejectCounters {
     }
 
     /// `(label, count)` pairs, for metrics and status.
-    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
+    pub(crate) fn by_reason(&self) -> [(&'static str, u64); 7] {
         [
             ("unsigned", self.unsigned),
             ("signed_without_key", self.signed_without_key),
@@ -346,17 +346,17 @@ impl Authenticator {
     }
 
     /// Replaces the keys (a reload of the secret file).
-    pub fn set_keys(&mut self, keys: Option<KeySet>) {
+    pub(crate) fn set_keys(&mut self, keys: Option<KeySet>) {
         self.keys = keys;
     }
 
     /// The key ids in use, signing key first; empty without a key.
-    pub fn key_ids(&self) -> Vec<String> {
+    pub(crate) fn key_ids(&self) -> Vec<String> {
         self.keys.as_ref().map(KeySet::ids).unwrap_or_default()
     }
 
     /// Rejections so far.
-    pub fn rejected(&self) -> RejectCounters {
+    pub(crate) fn rejected(&self) -> RejectCounters {
         self.rejected
     }
 

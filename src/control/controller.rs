@@ -14,8 +14,10 @@ use ipnet::IpNet;
 
 use super::auth::{Authenticator, KeySet, Reject};
 use super::error::Error;
+#[cfg(any(test, feature = "sim"))]
+use super::founding::Founder;
 use super::founding::{
-    FoundedPeer, Founder, Founding, FoundingConfig, FoundingTransmit, InitialSet, Participant,
+    FoundedPeer, Founding, FoundingConfig, FoundingTransmit, InitialSet, Participant,
 };
 use super::lease::{Lease, LeaseConfig, LeaseEvent, LeaseState, LeaseTransmit};
 use super::membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
@@ -28,14 +30,33 @@ use super::report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status, Ve
 pub enum Event {
     /// The lease state machine reported something.
     Lease(LeaseEvent),
-    /// The set of peers or their state changed: re-read [`Controller::peers`].
+    /// The set of peers or their state (alive, suspect, dead) changed: re-read
+    /// [`Controller::peers`].
     PeersChanged,
-    /// A peer refused us for a configuration mismatch: we must not join.
+    /// A peer refused us for a configuration mismatch while we were still joining
+    /// (no lease history): we must not join, and the driver stops.
     Refused {
         /// The peer.
         peer: String,
         /// What differs, from its point of view.
         reason: String,
+    },
+    /// A peer refused us for a configuration mismatch after we were established
+    /// (we hold or handed out subnets): we keep serving our own cluster, since
+    /// exiting would cut our pods off because some other cluster's node gossiped to
+    /// us. Raised once per peer.
+    RefusedWhileServing {
+        /// The peer.
+        peer: String,
+        /// What differs, from its point of view.
+        reason: String,
+    },
+    /// A leave ([`Controller::leave`]) ended: our space was handed over (or there
+    /// was nobody to hand it to), or [`LEAVE_TIMEOUT`] passed first; the departure
+    /// is announced to the membership. The driver flushes and stops.
+    Left {
+        /// The deadline passed before a witness took our space.
+        timed_out: bool,
     },
     /// We refused a peer for a configuration mismatch.
     RefusedPeer {
@@ -81,14 +102,18 @@ pub enum Event {
     },
 }
 
+/// How long a leave waits for a witness to take our space before the node announces
+/// its departure anyway ([`Event::Left`]).
+pub(crate) const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a joining node waits for any seed before [`Event::SeedsSilent`].
-pub const SEEDS_SILENT_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const SEEDS_SILENT_AFTER: Duration = Duration::from_secs(10);
 
 /// How often a rejected sender is reported again (see [`Event::Rejected`]).
-pub const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Rejections reported per [`REJECT_LOG_INTERVAL`], whatever their sources: a flood
 /// from many (or spoofed) addresses must not turn into a line per datagram.
-pub const REJECT_LOG_BUDGET: u32 = 20;
+pub(crate) const REJECT_LOG_BUDGET: u32 = 20;
 /// Senders whose last report is remembered; the table is cleared when full.
 const REJECT_LOG_SOURCES: usize = 1024;
 /// Senders of a version we cannot accept that status lists; the oldest goes first.
@@ -131,7 +156,7 @@ pub struct ControllerConfig {
 }
 
 /// FNV-1a of the cluster parameters; lease datagrams from other clusters are dropped.
-pub fn cluster_fingerprint(
+pub(crate) fn cluster_fingerprint(
     cidr: IpNet,
     subnet_len: u8,
     second: Option<super::SecondCidr>,
@@ -192,14 +217,14 @@ impl ReportBudget {
 }
 
 /// How long a founding proposer waits for one phase before it retries.
-pub const FOUNDING_PHASE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const FOUNDING_PHASE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Base delay of founding retries, and of a candidate that does not propose first.
-pub const FOUNDING_BACKOFF: Duration = Duration::from_millis(300);
+pub(crate) const FOUNDING_BACKOFF: Duration = Duration::from_millis(300);
 /// First delay between announces to a seed outside our membership; it doubles up to
 /// [`SEED_RETRY_MAX`], for as long as the node runs, so that islands merge.
-pub const SEED_RETRY_MIN: Duration = Duration::from_secs(1);
+pub(crate) const SEED_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest delay between announces to a seed outside our membership.
-pub const SEED_RETRY_MAX: Duration = Duration::from_secs(10);
+pub(crate) const SEED_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// When to announce to one seed next, while it is not in our membership.
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +254,12 @@ pub struct Controller {
     held: u64,
     names: HashMap<String, SocketAddr>,
     peers_dirty: bool,
+    /// Peers whose refusal an established node has reported (once each); at most
+    /// [`REJECT_LOG_SOURCES`] names, after which new refusers are not reported (the
+    /// names come from the datagrams, so a sender must not grow this without bound).
+    refused_by: BTreeSet<String>,
+    /// A leave in progress ends at this instant at the latest.
+    leave_deadline: Option<Instant>,
     /// The lease state in memory is newer than the one on disk.
     unsaved: bool,
     /// The lease (subnet index) in the last state on disk.
@@ -338,6 +369,8 @@ impl Controller {
             held: 0,
             names: HashMap::new(),
             peers_dirty: true,
+            refused_by: BTreeSet::new(),
+            leave_deadline: None,
             unsaved: false,
             saved_lease,
             auth,
@@ -370,12 +403,12 @@ impl Controller {
     }
 
     /// Replaces the cluster keys (a reload of `--secret-file`).
-    pub fn set_keys(&mut self, keys: Option<KeySet>) {
+    pub(crate) fn set_keys(&mut self, keys: Option<KeySet>) {
         self.auth.set_keys(keys);
     }
 
     /// Publishes our new WireGuard port and public key.
-    pub fn set_wg(&mut self, wg: Option<super::meta::WgIdentity>, now: Instant) {
+    pub(crate) fn set_wg(&mut self, wg: Option<super::meta::WgIdentity>, now: Instant) {
         self.membership.set_wg(wg, now);
     }
 
@@ -475,10 +508,15 @@ impl Controller {
 
     fn handle_lease(&mut self, from: SocketAddr, d: LeaseDatagram, now: Instant) {
         if let LeaseMsg::Refuse { reason } = d.msg {
-            self.events.push_back(Event::Refused {
-                peer: d.from,
-                reason,
-            });
+            let peer = d.from;
+            if !self.is_established() {
+                self.events.push_back(Event::Refused { peer, reason });
+            } else if self.refused_by.len() < REJECT_LOG_SOURCES
+                && self.refused_by.insert(peer.clone())
+            {
+                self.events
+                    .push_back(Event::RefusedWhileServing { peer, reason });
+            }
             return;
         }
         if d.cluster != self.fingerprint {
@@ -658,6 +696,7 @@ impl Controller {
                     self.deaths += 1;
                     self.peers_dirty = true;
                 }
+                MembershipEvent::Suspicion => self.peers_dirty = true,
                 MembershipEvent::Mismatch { peer, addr, reason } => {
                     self.send_lease(
                         addr,
@@ -688,6 +727,7 @@ impl Controller {
             self.peers_dirty = false;
             self.events.push_back(Event::PeersChanged);
         }
+        self.after_leave(now);
     }
 
     fn lease_datagram(&self, msg: LeaseMsg) -> Vec<u8> {
@@ -761,6 +801,9 @@ impl Controller {
         if let Some(f) = self.founding.poll_timeout() {
             t = t.min(f);
         }
+        if let Some(d) = self.leave_deadline {
+            t = t.min(d);
+        }
         if self.membership.live_names().next().is_some() {
             let me = self.membership.me().gossip;
             for r in &self.seed_retries {
@@ -792,12 +835,12 @@ impl Controller {
     }
 
     /// The subnet this node may use at `now`.
-    pub fn using_subnet(&self, now: Instant) -> Option<IpNet> {
+    pub(crate) fn using_subnet(&self, now: Instant) -> Option<IpNet> {
         Some(self.using_subnets(now)?.0)
     }
 
     /// The subnets this node may use at `now`: the first, and dual-stack the IPv6 one.
-    pub fn using_subnets(&self, now: Instant) -> Option<(IpNet, Option<IpNet>)> {
+    pub(crate) fn using_subnets(&self, now: Instant) -> Option<(IpNet, Option<IpNet>)> {
         self.membership.me().subnets(self.using(now)?)
     }
 
@@ -862,7 +905,7 @@ impl Controller {
     }
 
     /// Every member gossip knows, with its state and published subnet (if any).
-    pub fn members(&self) -> Vec<MemberReport> {
+    pub(crate) fn members(&self) -> Vec<MemberReport> {
         let me = self.membership.me();
         self.membership
             .peers()
@@ -881,12 +924,14 @@ impl Controller {
     }
 
     /// The founding machine (for inspection).
-    pub fn founding(&self) -> &Founding {
+    #[cfg(test)]
+    pub(crate) fn founding(&self) -> &Founding {
         &self.founding
     }
 
     /// The founder of our cluster, once known.
-    pub fn founder(&self) -> Option<&Founder> {
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) fn founder(&self) -> Option<&Founder> {
         self.founding.decided()
     }
 
@@ -909,7 +954,7 @@ impl Controller {
     }
 
     /// What this node waits for while it uses no subnet (`None`: it uses one).
-    pub fn waiting(&self, now: Instant) -> Option<LeaseWait> {
+    pub(crate) fn waiting(&self, now: Instant) -> Option<LeaseWait> {
         if self.using(now).is_some() {
             return None;
         }
@@ -994,25 +1039,33 @@ impl Controller {
         }
     }
 
-    /// Leaves on purpose: releases our space to a witness and tells the cluster.
-    pub fn leave(&mut self, now: Instant) {
+    /// Leaves on purpose: releases our space to a witness, then tells the cluster
+    /// we are gone; [`Event::Left`] says when that is done (within
+    /// [`LEAVE_TIMEOUT`]).
+    pub(crate) fn leave(&mut self, now: Instant) {
+        if self.leave_deadline.is_none() {
+            self.leave_deadline = Some(now + LEAVE_TIMEOUT);
+        }
         self.lease.leave(now);
         self.after(now);
     }
 
-    /// Whether a leave has finished handing over our space.
-    pub fn leave_done(&self) -> bool {
-        self.lease.leave_done()
-    }
-
-    /// Announces our departure to the membership (after [`Controller::leave_done`]).
-    pub fn leave_membership(&mut self, now: Instant) {
-        self.membership.leave(now);
+    /// Ends a leave in progress once the hand-over is done or its deadline passed.
+    fn after_leave(&mut self, now: Instant) {
+        let Some(deadline) = self.leave_deadline else {
+            return;
+        };
+        let done = self.lease.leave_done();
+        if done || now >= deadline {
+            self.leave_deadline = None;
+            self.membership.leave(now);
+            self.events.push_back(Event::Left { timed_out: !done });
+        }
     }
 
     /// `rmpeer NAME`: takes over `name`'s space now. Safe only if `name` is really
     /// gone; if it is alive behind a partition, both nodes use the same subnet.
-    pub fn force_reclaim(&mut self, name: &str, now: Instant) -> Vec<u32> {
+    pub(crate) fn force_reclaim(&mut self, name: &str, now: Instant) -> Vec<u32> {
         let published = self
             .membership
             .peer(name)
@@ -1364,6 +1417,140 @@ mod tests {
             assert_eq!(a.peers().first().map(|p| p.subnet), expect, "index {idx}");
             assert_eq!(a.subnets_in_use(later).0, 1 + u64::from(expect.is_some()));
         }
+    }
+
+    fn drain(n: &mut Controller) -> Vec<Event> {
+        std::iter::from_fn(|| n.poll_event()).collect()
+    }
+
+    fn refuse(to: &mut Controller, from: &str, now: Instant) {
+        let d = LeaseDatagram {
+            from: from.into(),
+            cluster: 0,
+            msg: LeaseMsg::Refuse {
+                reason: "cluster CIDR differs".into(),
+            },
+        };
+        let mut data = Vec::new();
+        d.emit(&mut data);
+        to.handle_datagram("10.0.0.9:7946".parse().unwrap(), &data, now);
+    }
+
+    /// A refusal stops a node still joining; an established node keeps serving and
+    /// hears of each refusing peer once.
+    #[test]
+    fn a_refusal_is_fatal_only_to_a_node_still_joining() {
+        let now = Instant::now();
+        let mut cfg = test_config();
+        cfg.founder = false;
+        cfg.seeds = vec!["10.0.0.2:7946".parse().unwrap()];
+        let mut joining = Controller::new(cfg, None, now).unwrap();
+        assert!(!joining.is_established());
+        drain(&mut joining);
+        refuse(&mut joining, "x", now);
+        assert!(
+            drain(&mut joining).contains(&Event::Refused {
+                peer: "x".into(),
+                reason: "cluster CIDR differs".into()
+            }),
+            "a joining node must not join"
+        );
+        let mut serving = b_with_lease(3);
+        assert!(serving.is_established());
+        drain(&mut serving);
+        for _ in 0..3 {
+            refuse(&mut serving, "x", now);
+        }
+        refuse(&mut serving, "y", now);
+        let refusals: Vec<_> = drain(&mut serving)
+            .into_iter()
+            .filter(|e| matches!(e, Event::Refused { .. } | Event::RefusedWhileServing { .. }))
+            .collect();
+        assert_eq!(
+            refusals,
+            ["x", "y"].map(|p| Event::RefusedWhileServing {
+                peer: p.into(),
+                reason: "cluster CIDR differs".into()
+            })
+        );
+    }
+
+    /// Refusals from ever new names are reported up to a bound, and remembered no
+    /// further: a sender cannot grow the table one name per datagram.
+    #[test]
+    fn refusals_from_many_names_are_reported_up_to_a_bound() {
+        let now = Instant::now();
+        let mut serving = b_with_lease(3);
+        drain(&mut serving);
+        for i in 0..REJECT_LOG_SOURCES + 100 {
+            refuse(&mut serving, &format!("x{i}"), now);
+        }
+        let reported = drain(&mut serving)
+            .into_iter()
+            .filter(|e| matches!(e, Event::RefusedWhileServing { .. }))
+            .count();
+        assert_eq!(reported, REJECT_LOG_SOURCES);
+        assert_eq!(serving.refused_by.len(), REJECT_LOG_SOURCES);
+    }
+
+    /// A leave whose witness has gone silent ends at the deadline the core keeps,
+    /// and asks to be woken for it; with nobody to hand to, it ends at once.
+    #[test]
+    fn a_leave_nobody_takes_ends_at_its_deadline() {
+        let mut alone = b_with_lease(3);
+        drain(&mut alone);
+        alone.leave(Instant::now());
+        assert!(drain(&mut alone).contains(&Event::Left { timed_out: false }));
+        let mut a = node();
+        let mut b = b_with_lease(3);
+        let t0 = exchange(&mut a, &mut b, Instant::now(), 30);
+        drain(&mut b);
+        // a goes silent: b's hand-over to it is never confirmed.
+        b.leave(t0);
+        assert!(!drain(&mut b)
+            .iter()
+            .any(|e| matches!(e, Event::Left { .. })));
+        assert!(b.poll_timeout() <= t0 + LEAVE_TIMEOUT);
+        b.handle_timeout(t0 + LEAVE_TIMEOUT - Duration::from_millis(1));
+        assert!(!drain(&mut b)
+            .iter()
+            .any(|e| matches!(e, Event::Left { .. })));
+        b.handle_timeout(t0 + LEAVE_TIMEOUT);
+        assert!(drain(&mut b).contains(&Event::Left { timed_out: true }));
+        b.handle_timeout(t0 + LEAVE_TIMEOUT * 2);
+        assert!(!drain(&mut b)
+            .iter()
+            .any(|e| matches!(e, Event::Left { .. })));
+    }
+
+    /// When a peer goes quiet it turns suspect before it is dead, and the core says
+    /// so with an event (the driver republishes on it, no polling).
+    #[test]
+    fn a_peer_turning_suspect_raises_peers_changed() {
+        let now = Instant::now();
+        let mut a = node();
+        let mut b = b_with_lease(3);
+        let mut now = exchange(&mut a, &mut b, now, 30);
+        assert!(a
+            .peers()
+            .iter()
+            .any(|p| p.name == "b" && p.state == MemberState::Alive));
+        drain(&mut a);
+        // b goes silent: a's probes go unanswered.
+        let mut saw = None;
+        for _ in 0..600 {
+            now += Duration::from_millis(100);
+            a.handle_timeout(now);
+            while a.poll_transmit(now).is_some() {}
+            if drain(&mut a).contains(&Event::PeersChanged) {
+                let state = a.peers().iter().find(|p| p.name == "b").map(|p| p.state);
+                if state == Some(MemberState::Suspect) {
+                    saw = Some(now);
+                    break;
+                }
+            }
+        }
+        assert!(saw.is_some(), "no PeersChanged with b suspect");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::auth::KeySet;
 use super::controller::{
-    Controller, ControllerConfig, Event, REJECT_LOG_BUDGET, REJECT_LOG_INTERVAL,
+    Controller, ControllerConfig, Event, LEAVE_TIMEOUT, REJECT_LOG_BUDGET, REJECT_LOG_INTERVAL,
 };
 use super::error::Error;
 use super::lease::{LeaseConfig, LeaseEvent, LeaseState, STATE_FORMAT};
@@ -33,46 +33,46 @@ use crate::fsutil::write_atomic;
 /// Default gossip port (`--gossip-port`).
 pub const DEFAULT_GOSSIP_PORT: u16 = 7946;
 /// File name of the persisted lease state inside `--state-dir`.
-pub const STATE_FILE: &str = "lease.json";
+pub(crate) const STATE_FILE: &str = "lease.json";
 
 /// Settings of the control plane, from the daemon's flags.
 #[derive(Debug, Clone)]
-pub struct ControlConfig {
+pub(crate) struct ControlConfig {
     /// Node name (`--node-name`).
-    pub name: String,
+    pub(crate) name: String,
     /// Address peers reach us on, for gossip and VXLAN.
-    pub advertise_addr: IpAddr,
+    pub(crate) advertise_addr: IpAddr,
     /// Our VXLAN UDP port.
-    pub vxlan_port: u16,
+    pub(crate) vxlan_port: u16,
     /// VXLAN network identifier.
-    pub vni: u32,
+    pub(crate) vni: u32,
     /// Our VTEP MAC address.
-    pub vtep_mac: [u8; 6],
+    pub(crate) vtep_mac: [u8; 6],
     /// `--cluster-cidr`.
-    pub cluster_cidr: IpNet,
+    pub(crate) cluster_cidr: IpNet,
     /// `--subnet-len` (default 24).
-    pub subnet_len: u8,
+    pub(crate) subnet_len: u8,
     /// Dual-stack: the IPv6 cluster CIDR and `--subnet-len-v6`.
-    pub second: Option<super::SecondCidr>,
+    pub(crate) second: Option<super::SecondCidr>,
     /// `--peers`, resolved (see [`parse_peers`]).
-    pub seeds: Vec<SocketAddr>,
+    pub(crate) seeds: Vec<SocketAddr>,
     /// `--bootstrap-expect N`: found once a majority of N nodes started with the
     /// same N have met (`docs/founding.md`).
-    pub bootstrap_expect: Option<u32>,
+    pub(crate) bootstrap_expect: Option<u32>,
     /// `--gossip-port` (default 7946; 0 picks a free port, for tests).
-    pub gossip_port: u16,
+    pub(crate) gossip_port: u16,
     /// `--state-dir`: where the lease state is persisted.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// `--reclaim-after` (default 24 h). The fence bound is half of it.
-    pub reclaim_after: Duration,
+    pub(crate) reclaim_after: Duration,
     /// `--leave-on-exit`: release our subnet when the shutdown future resolves.
-    pub leave_on_exit: bool,
+    pub(crate) leave_on_exit: bool,
     /// Membership timing (200 ms gossip, 1 s probes by default).
-    pub membership: MembershipConfig,
+    pub(crate) membership: MembershipConfig,
     /// The cluster keys from `--secret-file`; `None` runs unauthenticated.
-    pub keys: Option<KeySet>,
+    pub(crate) keys: Option<KeySet>,
     /// With `--encrypt`: our WireGuard port and public key, published in gossip.
-    pub wg: Option<WgIdentity>,
+    pub(crate) wg: Option<WgIdentity>,
 }
 
 impl ControlConfig {
@@ -86,19 +86,19 @@ impl ControlConfig {
     /// A node that merely lists itself first does not found alone: nodes given the
     /// same seeds in different orders would found several clusters. With
     /// `--bootstrap-expect` no node founds alone.
-    pub fn is_founder(&self, local: SocketAddr) -> bool {
+    pub(crate) fn is_founder(&self, local: SocketAddr) -> bool {
         self.bootstrap_expect.is_none() && self.seeds.iter().all(|s| self.is_self(s, local))
     }
 
     /// Whether this node proposes first in the founding agreement: it lists itself
     /// first in `--peers` (the old way of naming the founder).
-    pub fn proposes_first(&self, local: SocketAddr) -> bool {
+    pub(crate) fn proposes_first(&self, local: SocketAddr) -> bool {
         self.seeds.first().is_some_and(|s| self.is_self(s, local))
     }
 }
 
 /// Resolves `--peers HOST[:PORT][,…]`; the port defaults to `default_port`.
-pub fn parse_peers(list: &str, default_port: u16) -> std::io::Result<Vec<SocketAddr>> {
+pub(crate) fn parse_peers(list: &str, default_port: u16) -> std::io::Result<Vec<SocketAddr>> {
     let mut out = Vec::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let with_port = if item.parse::<SocketAddr>().is_ok() {
@@ -120,13 +120,13 @@ pub fn parse_peers(list: &str, default_port: u16) -> std::io::Result<Vec<SocketA
 
 /// What the daemon needs to know about its own subnet.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LeaseStatus {
+pub(crate) struct LeaseStatus {
     /// The subnet we may use now (`None`: not yet, lost, or fenced).
-    pub subnet: Option<IpNet>,
+    pub(crate) subnet: Option<IpNet>,
     /// Every subnet is in use; the node keeps asking.
-    pub exhausted: bool,
+    pub(crate) exhausted: bool,
     /// What the node waits for while it uses no subnet.
-    pub waiting: Option<LeaseWait>,
+    pub(crate) waiting: Option<LeaseWait>,
 }
 
 enum Command {
@@ -139,32 +139,35 @@ enum Command {
 
 /// The cloneable front end of the control driver.
 #[derive(Debug, Clone)]
-pub struct ControlHandle {
+pub(crate) struct ControlHandle {
     tx: mpsc::Sender<Command>,
     peers: watch::Receiver<Vec<PeerInfo>>,
     lease: watch::Receiver<LeaseStatus>,
+    /// The gossip socket's address (the tests read it).
+    #[cfg_attr(not(test), allow(dead_code))]
     local: SocketAddr,
 }
 
 impl ControlHandle {
     /// Peers with a subnet, for the FIB. Changes when a peer appears, changes its
     /// subnet, is declared dead or comes back.
-    pub fn peers(&self) -> watch::Receiver<Vec<PeerInfo>> {
+    pub(crate) fn peers(&self) -> watch::Receiver<Vec<PeerInfo>> {
         self.peers.clone()
     }
 
     /// Our own subnet.
-    pub fn lease(&self) -> watch::Receiver<LeaseStatus> {
+    pub(crate) fn lease(&self) -> watch::Receiver<LeaseStatus> {
         self.lease.clone()
     }
 
     /// The gossip socket's address.
-    pub fn local_addr(&self) -> SocketAddr {
+    #[cfg(test)]
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
     /// A snapshot for `overlayd status`.
-    pub async fn status(&self) -> Result<Status, Error> {
+    pub(crate) async fn status(&self) -> Result<Status, Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Status(tx))
@@ -175,7 +178,7 @@ impl ControlHandle {
 
     /// `overlayd leave`: releases our subnet to a witness, leaves the cluster and
     /// stops the driver. Resolves when done.
-    pub async fn leave(&self) -> Result<(), Error> {
+    pub(crate) async fn leave(&self) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Leave(tx))
@@ -187,7 +190,7 @@ impl ControlHandle {
     /// `overlayd rmpeer NAME`: takes over NAME's subnets now, without waiting for
     /// `--reclaim-after`. If NAME is alive behind a partition, two nodes then use the
     /// same subnet until the partition heals; only use it for nodes known to be gone.
-    pub async fn rmpeer(&self, name: &str) -> Result<Vec<IpNet>, Error> {
+    pub(crate) async fn rmpeer(&self, name: &str) -> Result<Vec<IpNet>, Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Rmpeer(name.to_owned(), tx))
@@ -197,7 +200,7 @@ impl ControlHandle {
     }
 
     /// Publishes a new WireGuard port and public key (`overlayd rotate-key`).
-    pub async fn set_wg(&self, wg: WgIdentity) -> Result<(), Error> {
+    pub(crate) async fn set_wg(&self, wg: WgIdentity) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::SetWg(wg, tx))
@@ -208,7 +211,7 @@ impl ControlHandle {
 
     /// Replaces the cluster keys (the daemon re-reads `--secret-file` on SIGHUP).
     /// Datagrams are signed with the new first key from now on.
-    pub async fn set_keys(&self, keys: Option<KeySet>) -> Result<(), Error> {
+    pub(crate) async fn set_keys(&self, keys: Option<KeySet>) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::SetKeys(keys, tx))
@@ -220,14 +223,14 @@ impl ControlHandle {
 
 /// The control plane's tokio task.
 #[derive(Debug)]
-pub struct ControlDriver;
+pub(crate) struct ControlDriver;
 
 impl ControlDriver {
     /// Binds the gossip socket on `0.0.0.0:gossip_port` and spawns the driver. The
     /// task ends when `shutdown` resolves (after releasing our subnet if
     /// `leave_on_exit`), after [`ControlHandle::leave`], or on a fatal error such as
     /// a cluster mismatch.
-    pub async fn spawn(
+    pub(crate) async fn spawn(
         cfg: ControlConfig,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(ControlHandle, JoinHandle<Result<(), Error>>), Error> {
@@ -246,7 +249,7 @@ impl ControlDriver {
     }
 
     /// Spawns the driver on any [`Transport`] (tests use the in-memory one).
-    pub fn spawn_with<T: Transport>(
+    pub(crate) fn spawn_with<T: Transport>(
         cfg: ControlConfig,
         transport: T,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -301,8 +304,9 @@ impl ControlDriver {
             leave_on_exit: cfg.leave_on_exit,
             traffic: GossipTraffic::default(),
             save_error: None,
-            peers_published: Instant::now(),
-            refused_by: Default::default(),
+            leaving: false,
+            leave_done: None,
+            left: false,
         };
         let task = tokio::spawn(async move { driver.run(shutdown).await });
         Ok((
@@ -334,9 +338,12 @@ struct Driver<T> {
     leave_on_exit: bool,
     traffic: GossipTraffic,
     save_error: Option<SaveError>,
-    peers_published: Instant,
-    /// Peers whose refusal an established node has logged (once each).
-    refused_by: std::collections::BTreeSet<String>,
+    /// A leave is in progress: commands and shutdown wait until it ends.
+    leaving: bool,
+    /// Told when the leave ends (`overlayd leave` waits on it).
+    leave_done: Option<oneshot::Sender<()>>,
+    /// The node raised [`Event::Left`]: the driver stops.
+    left: bool,
 }
 
 /// The lease state could not be saved: since when, the last error, when to retry and
@@ -363,51 +370,25 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A leave in progress: it ends when the hand-over is done or at `deadline`.
-struct Leaving {
-    deadline: Instant,
-    /// Told when the leave ends (`overlayd leave` waits on it).
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Leaving {
-    fn within_10s(done: Option<oneshot::Sender<()>>) -> Leaving {
-        Leaving {
-            deadline: Instant::now() + Duration::from_secs(10),
-            done,
-        }
-    }
-}
-
 impl<T: Transport> Driver<T> {
     async fn run(&mut self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         tokio::pin!(shutdown);
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        let mut leaving: Option<Leaving> = None;
         loop {
             self.flush().await?;
-            if let Some(l) = &leaving {
-                if self.node.leave_done() || Instant::now() >= l.deadline {
-                    self.node.leave_membership(now());
-                    self.flush().await?;
-                    if let Some(Leaving {
-                        done: Some(done), ..
-                    }) = leaving.take()
-                    {
-                        let _ = done.send(());
-                    }
-                    return Ok(());
+            if self.left {
+                if let Some(done) = self.leave_done.take() {
+                    let _ = done.send(());
                 }
+                return Ok(());
             }
-            let mut wake = Instant::from_std(self.node.poll_timeout());
-            if leaving.is_some() {
-                wake = wake.min(Instant::now() + Duration::from_millis(100));
-            }
+            let wake = Instant::from_std(self.node.poll_timeout());
+            let leaving = self.leaving;
             let r = tokio::select! {
                 r = self.transport.recv_from(&mut buf) => Wake::Recv(r),
                 _ = tokio::time::sleep_until(wake) => Wake::Timer,
-                cmd = self.rx.recv(), if leaving.is_none() => Wake::Command(cmd),
-                _ = &mut shutdown, if leaving.is_none() => Wake::Shutdown,
+                cmd = self.rx.recv(), if !leaving => Wake::Command(cmd),
+                _ = &mut shutdown, if !leaving => Wake::Shutdown,
             };
             // The wall clock follows NTP steps; the node takes its timestamps from it.
             self.node.set_wall_clock(now(), unix_ms());
@@ -431,8 +412,9 @@ impl<T: Transport> Driver<T> {
                         let _ = tx.send(status);
                     }
                     Some(Command::Leave(tx)) => {
+                        self.leaving = true;
+                        self.leave_done = Some(tx);
                         self.node.leave(now());
-                        leaving = Some(Leaving::within_10s(Some(tx)));
                     }
                     Some(Command::Rmpeer(name, tx)) => {
                         let taken = self.node.force_reclaim(&name, now());
@@ -456,8 +438,8 @@ impl<T: Transport> Driver<T> {
                 },
                 Wake::Shutdown => {
                     if self.leave_on_exit {
+                        self.leaving = true;
                         self.node.leave(now());
-                        leaving = Some(Leaving::within_10s(None));
                     } else {
                         self.flush().await?;
                         return Ok(());
@@ -538,19 +520,25 @@ impl<T: Transport> Driver<T> {
             match ev {
                 Event::PeersChanged => peers_changed = true,
                 Event::Refused { peer, reason } => {
-                    // Refusing to join is for a node still joining. A node that already
-                    // holds or handed out subnets keeps serving its own cluster: exiting would
-                    // cut its pods off because some other cluster's node gossiped to it.
-                    if !self.node.is_established() {
-                        return Err(Error::ClusterMismatch { peer, reason });
-                    }
-                    if self.refused_by.insert(peer.clone()) {
-                        tracing::error!(
-                            %peer,
-                            %reason,
-                            "a peer refused us (another cluster or configuration); this node keeps serving its own cluster: check --peers and the cluster settings on both"
+                    return Err(Error::ClusterMismatch { peer, reason });
+                }
+                Event::RefusedWhileServing { peer, reason } => {
+                    tracing::error!(
+                        %peer,
+                        %reason,
+                        "a peer refused us (another cluster or configuration); this node keeps serving its own cluster: check --peers and the cluster settings on both"
+                    );
+                }
+                Event::Left { timed_out } => {
+                    if !timed_out {
+                        tracing::info!("left the cluster");
+                    } else {
+                        tracing::warn!(
+                            "left the cluster before a witness confirmed taking our subnet (waited {} s); the cluster reclaims it as it does a dead node's",
+                            LEAVE_TIMEOUT.as_secs()
                         );
                     }
+                    self.left = true;
                 }
                 Event::RefusedPeer { peer, reason } => {
                     tracing::error!(%peer, %reason, "refused a peer with a different configuration");
@@ -623,10 +611,7 @@ impl<T: Transport> Driver<T> {
             *s = status;
             changed
         });
-        // Suspect <-> alive changes raise no event: republish at least once a second
-        // (a no-op when nothing changed).
-        if peers_changed || self.peers_published.elapsed() >= Duration::from_secs(1) {
-            self.peers_published = Instant::now();
+        if peers_changed {
             let peers = self.node.peers();
             self.peers_tx.send_if_modified(|p| {
                 let changed = *p != peers;
@@ -639,7 +624,7 @@ impl<T: Transport> Driver<T> {
 }
 
 /// Reads the persisted lease state, if any.
-pub fn load_state(path: &Path) -> Result<Option<LeaseState>, Error> {
+pub(crate) fn load_state(path: &Path) -> Result<Option<LeaseState>, Error> {
     match std::fs::read(path) {
         Ok(bytes) => {
             let corrupt = |source| Error::StateCorrupt {
@@ -686,7 +671,7 @@ pub fn load_state(path: &Path) -> Result<Option<LeaseState>, Error> {
 /// rename, fsync of the directory), readable by root only, so a crash or a full disk
 /// leaves the old state or the new one, never a torn file. Unchanged state is not
 /// rewritten.
-pub fn save_state(path: &Path, st: &LeaseState) -> Result<(), Error> {
+pub(crate) fn save_state(path: &Path, st: &LeaseState) -> Result<(), Error> {
     let err = |source| Error::State {
         path: path.to_owned(),
         source,
@@ -705,7 +690,7 @@ pub fn save_state(path: &Path, st: &LeaseState) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::transport::ChannelNetwork;
+    use super::super::transport::channel::ChannelNetwork;
     use super::*;
 
     fn cfg(name: &str, dir: &Path, seeds: Vec<SocketAddr>, port: u16) -> ControlConfig {

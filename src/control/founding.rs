@@ -32,13 +32,13 @@ pub enum InitialSet {
 
 /// A node that may be counted towards a quorum: its name, gossip address and initial set.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Participant {
+pub(crate) struct Participant {
     /// Node name.
-    pub name: String,
+    pub(crate) name: String,
     /// Gossip address the node advertises.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The node's initial set.
-    pub initial: InitialSet,
+    pub(crate) initial: InitialSet,
 }
 
 fn majority(n: usize) -> usize {
@@ -47,7 +47,7 @@ fn majority(n: usize) -> usize {
 
 impl InitialSet {
     /// How many members of this set a quorum must hold.
-    pub fn needed(&self) -> usize {
+    pub(crate) fn needed(&self) -> usize {
         match self {
             InitialSet::Peers(s) => majority(s.len()),
             InitialSet::Expect(n) => majority(*n as usize),
@@ -55,7 +55,7 @@ impl InitialSet {
     }
 
     /// How many of `group` count towards this set.
-    pub fn present(&self, group: &[Participant]) -> usize {
+    pub(crate) fn present(&self, group: &[Participant]) -> usize {
         match self {
             InitialSet::Peers(s) => group.iter().filter(|p| s.contains(&p.addr)).count(),
             InitialSet::Expect(n) => group
@@ -66,13 +66,13 @@ impl InitialSet {
     }
 
     /// Whether `group` holds a majority of this set.
-    pub fn satisfied_by(&self, group: &[Participant]) -> bool {
+    pub(crate) fn satisfied_by(&self, group: &[Participant]) -> bool {
         self.present(group) >= self.needed()
     }
 }
 
 /// Whether `group` is a quorum: it holds a majority of the initial set of each member.
-pub fn is_quorum(group: &[Participant]) -> bool {
+pub(crate) fn is_quorum(group: &[Participant]) -> bool {
     !group.is_empty() && group.iter().all(|p| p.initial.satisfied_by(group))
 }
 
@@ -80,7 +80,7 @@ pub fn is_quorum(group: &[Participant]) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Ballot {
     /// Round number, starting at 1.
-    pub round: u64,
+    pub(crate) round: u64,
     /// The proposing node.
     pub proposer: String,
 }
@@ -89,24 +89,19 @@ pub struct Ballot {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Founder {
     /// The founding node's name (empty: unknown, see [`Founder::legacy`]).
-    pub name: String,
+    pub(crate) name: String,
     /// A random id, fixed at founding, that names the cluster (0: unknown).
-    pub cluster_id: u64,
+    pub(crate) cluster_id: u64,
 }
 
 impl Founder {
     /// The founder of a cluster founded before founding by agreement existed: unknown
     /// name, cluster id 0. It never conflicts with any other cluster id.
-    pub fn legacy() -> Self {
+    pub(crate) fn legacy() -> Self {
         Founder {
             name: String::new(),
             cluster_id: 0,
         }
-    }
-
-    /// Whether `other` names a different cluster (both ids known and different).
-    pub fn conflicts_with(&self, other: &Founder) -> bool {
-        self.cluster_id != 0 && other.cluster_id != 0 && self.cluster_id != other.cluster_id
     }
 }
 
@@ -114,7 +109,7 @@ impl Founder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accepted {
     /// The ballot of the accept.
-    pub ballot: Ballot,
+    pub(crate) ballot: Ballot,
     /// The value.
     pub founder: Founder,
 }
@@ -123,9 +118,9 @@ pub struct Accepted {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FoundingState {
     /// The highest ballot promised: no lower prepare or accept is answered yes.
-    pub promised: Option<Ballot>,
+    pub(crate) promised: Option<Ballot>,
     /// The last value accepted.
-    pub accepted: Option<Accepted>,
+    pub(crate) accepted: Option<Accepted>,
     /// The founder of the cluster this node belongs to, once known.
     pub decided: Option<Founder>,
 }
@@ -182,17 +177,17 @@ pub enum FoundingMsg {
 
 /// Settings of the founding machine.
 #[derive(Debug, Clone)]
-pub struct FoundingConfig {
+pub(crate) struct FoundingConfig {
     /// This node's name.
-    pub name: String,
+    pub(crate) name: String,
     /// This node's gossip address.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// This node's initial set.
-    pub initial: InitialSet,
+    pub(crate) initial: InitialSet,
     /// How long a proposer waits for a phase before it gives up and retries.
-    pub phase_timeout: Duration,
+    pub(crate) phase_timeout: Duration,
     /// Base delay before a node that is not the lowest-named candidate proposes.
-    pub backoff: Duration,
+    pub(crate) backoff: Duration,
     /// Propose at once, as if we were the lowest-named candidate (the node lists
     /// itself first in `--peers`). Only speed depends on it, never safety.
     pub propose_first: bool,
@@ -221,20 +216,20 @@ pub enum FoundingWait {
 
 /// A member that belongs to a founded cluster, and the cluster id it publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundedPeer {
+pub(crate) struct FoundedPeer {
     /// The member's name.
-    pub name: String,
+    pub(crate) name: String,
     /// The cluster id it publishes (0: founded before founding by agreement).
-    pub cluster_id: u64,
+    pub(crate) cluster_id: u64,
 }
 
 /// A founding message and the node it goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundingTransmit {
+pub(crate) struct FoundingTransmit {
     /// The receiver's node name.
-    pub to: String,
+    pub(crate) to: String,
     /// The message.
-    pub msg: FoundingMsg,
+    pub(crate) msg: FoundingMsg,
 }
 
 /// A promise a proposer collected: who promised, and what it had accepted.
@@ -262,7 +257,7 @@ enum Phase {
 
 /// The founding state machine of one node.
 #[derive(Debug)]
-pub struct Founding {
+pub(crate) struct Founding {
     cfg: FoundingConfig,
     st: FoundingState,
     members: Vec<Participant>,
@@ -285,7 +280,7 @@ pub struct Founding {
 
 impl Founding {
     /// Starts from persisted state. `seed` seeds the cluster id and the retry jitter.
-    pub fn new(cfg: FoundingConfig, st: FoundingState, seed: u64, now: Instant) -> Self {
+    pub(crate) fn new(cfg: FoundingConfig, st: FoundingState, seed: u64, now: Instant) -> Self {
         let max_round = st
             .promised
             .as_ref()
@@ -311,17 +306,17 @@ impl Founding {
     }
 
     /// The persisted state.
-    pub fn state(&self) -> &FoundingState {
+    pub(crate) fn state(&self) -> &FoundingState {
         &self.st
     }
 
     /// The founder, once chosen.
-    pub fn decided(&self) -> Option<&Founder> {
+    pub(crate) fn decided(&self) -> Option<&Founder> {
         self.st.decided.as_ref()
     }
 
     /// Returns true once after each change that must be saved before messages go out.
-    pub fn take_dirty(&mut self) -> bool {
+    pub(crate) fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
     }
 
@@ -348,14 +343,14 @@ impl Founding {
     /// belong to a founded cluster. A node that has not decided asks those members
     /// for the founder ([`Founding::handle_timeout`]) instead of proposing: their
     /// value was chosen, and they answer with `Decided`.
-    pub fn set_members(&mut self, members: Vec<Participant>, founded: Vec<FoundedPeer>) {
+    pub(crate) fn set_members(&mut self, members: Vec<Participant>, founded: Vec<FoundedPeer>) {
         self.members = members;
         self.founded_peers = founded.into_iter().map(|f| f.name).collect();
     }
 
     /// Founds at once with this node as the founder (the explicit ways: no `--peers`,
     /// or this node first in them), unless a founder is already known.
-    pub fn found_alone(&mut self) {
+    pub(crate) fn found_alone(&mut self) {
         if self.st.decided.is_none() {
             let founder = Founder {
                 name: self.cfg.name.clone(),
@@ -368,7 +363,7 @@ impl Founding {
     /// Tells the machine that this node already belongs to a founded cluster (it
     /// received a subnet before it learned the founder): it only asks members for
     /// the founder from now on.
-    pub fn set_in_cluster(&mut self) {
+    pub(crate) fn set_in_cluster(&mut self) {
         if self.st.decided.is_none() && !self.in_cluster {
             self.in_cluster = true;
             self.phase = Phase::Idle;
@@ -377,7 +372,7 @@ impl Founding {
 
     /// Marks a node whose lease state predates founding (it owned, knew or used a
     /// subnet) as founded, with the unknown founder [`Founder::legacy`].
-    pub fn adopt_legacy(&mut self) {
+    pub(crate) fn adopt_legacy(&mut self) {
         self.decide(Founder::legacy());
     }
 
@@ -393,7 +388,7 @@ impl Founding {
     }
 
     /// Handles a founding message from `from`.
-    pub fn handle_message(&mut self, from: &str, msg: FoundingMsg, now: Instant) {
+    pub(crate) fn handle_message(&mut self, from: &str, msg: FoundingMsg, now: Instant) {
         self.process(from, msg, now);
         self.drain_self(now);
     }
@@ -422,120 +417,19 @@ impl Founding {
             FoundingMsg::Prepare { ballot } | FoundingMsg::Accept { ballot, .. }
                 if ballot.round == u64::MAX => {}
             FoundingMsg::Nack { promised, .. } if promised.round == u64::MAX => {}
-            FoundingMsg::Prepare { ballot } => {
-                self.max_round = self.max_round.max(ballot.round);
-                self.last_proposer = Some(ballot.proposer.clone());
-                if let Some(f) = self.st.decided.clone() {
-                    self.send(from, FoundingMsg::Decided { founder: f });
-                } else if self.admits(&ballot) {
-                    if self.st.promised.as_ref() != Some(&ballot) {
-                        self.st.promised = Some(ballot.clone());
-                        self.dirty = true;
-                    }
-                    let reply = FoundingMsg::Promise {
-                        ballot,
-                        accepted: self.st.accepted.clone(),
-                        addr: self.cfg.addr,
-                        initial: self.cfg.initial.clone(),
-                    };
-                    self.send(from, reply);
-                } else {
-                    self.refuse(from, ballot);
-                }
-            }
-            FoundingMsg::Accept { ballot, founder } => {
-                self.max_round = self.max_round.max(ballot.round);
-                if let Some(f) = self.st.decided.clone() {
-                    self.send(from, FoundingMsg::Decided { founder: f });
-                } else if self.admits(&ballot) {
-                    let acc = Accepted {
-                        ballot: ballot.clone(),
-                        founder,
-                    };
-                    if self.st.accepted.as_ref() != Some(&acc)
-                        || self.st.promised.as_ref() != Some(&ballot)
-                    {
-                        self.st.promised = Some(ballot.clone());
-                        self.st.accepted = Some(acc);
-                        self.dirty = true;
-                    }
-                    let reply = FoundingMsg::Accepted {
-                        ballot,
-                        addr: self.cfg.addr,
-                        initial: self.cfg.initial.clone(),
-                    };
-                    self.send(from, reply);
-                } else {
-                    self.refuse(from, ballot);
-                }
-            }
+            FoundingMsg::Prepare { ballot } => self.on_prepare(from, ballot),
+            FoundingMsg::Accept { ballot, founder } => self.on_accept(from, ballot, founder),
             FoundingMsg::Promise {
                 ballot,
                 accepted,
                 addr,
                 initial,
-            } => {
-                let Phase::Preparing {
-                    ballot: ours,
-                    promises,
-                    ..
-                } = &mut self.phase
-                else {
-                    return;
-                };
-                if ballot != *ours {
-                    return;
-                }
-                let participant = Participant {
-                    name: from.to_string(),
-                    addr,
-                    initial,
-                };
-                promises.insert(
-                    from.to_string(),
-                    PromiseFrom {
-                        participant,
-                        accepted,
-                    },
-                );
-                self.try_phase2(now);
-            }
+            } => self.on_promise(from, ballot, accepted, addr, initial, now),
             FoundingMsg::Accepted {
                 ballot,
                 addr,
                 initial,
-            } => {
-                let Phase::Accepting {
-                    ballot: ours,
-                    accepts,
-                    founder,
-                    ..
-                } = &mut self.phase
-                else {
-                    return;
-                };
-                if ballot != *ours {
-                    return;
-                }
-                accepts.insert(
-                    from.to_string(),
-                    Participant {
-                        name: from.to_string(),
-                        addr,
-                        initial,
-                    },
-                );
-                let group: Vec<Participant> = accepts.values().cloned().collect();
-                if is_quorum(&group) {
-                    let f = founder.clone();
-                    self.decide(f.clone());
-                    for m in self.members.clone() {
-                        if m.name != self.cfg.name {
-                            self.send(&m.name, FoundingMsg::Decided { founder: f.clone() });
-                        }
-                    }
-                }
-            }
+            } => self.on_accepted(from, ballot, addr, initial),
             FoundingMsg::Nack { ballot, promised } => {
                 self.max_round = self.max_round.max(promised.round);
                 let ours = match &self.phase {
@@ -550,6 +444,126 @@ impl Founding {
                 }
             }
             FoundingMsg::Decided { founder } => self.decide(founder),
+        }
+    }
+
+    /// Acceptor: a proposer asks us to promise `ballot`.
+    fn on_prepare(&mut self, from: &str, ballot: Ballot) {
+        self.max_round = self.max_round.max(ballot.round);
+        self.last_proposer = Some(ballot.proposer.clone());
+        if let Some(f) = self.st.decided.clone() {
+            self.send(from, FoundingMsg::Decided { founder: f });
+        } else if self.admits(&ballot) {
+            if self.st.promised.as_ref() != Some(&ballot) {
+                self.st.promised = Some(ballot.clone());
+                self.dirty = true;
+            }
+            let reply = FoundingMsg::Promise {
+                ballot,
+                accepted: self.st.accepted.clone(),
+                addr: self.cfg.addr,
+                initial: self.cfg.initial.clone(),
+            };
+            self.send(from, reply);
+        } else {
+            self.refuse(from, ballot);
+        }
+    }
+
+    /// Acceptor: a proposer asks us to accept `founder` at `ballot`.
+    fn on_accept(&mut self, from: &str, ballot: Ballot, founder: Founder) {
+        self.max_round = self.max_round.max(ballot.round);
+        if let Some(f) = self.st.decided.clone() {
+            self.send(from, FoundingMsg::Decided { founder: f });
+        } else if self.admits(&ballot) {
+            let acc = Accepted {
+                ballot: ballot.clone(),
+                founder,
+            };
+            if self.st.accepted.as_ref() != Some(&acc) || self.st.promised.as_ref() != Some(&ballot)
+            {
+                self.st.promised = Some(ballot.clone());
+                self.st.accepted = Some(acc);
+                self.dirty = true;
+            }
+            let reply = FoundingMsg::Accepted {
+                ballot,
+                addr: self.cfg.addr,
+                initial: self.cfg.initial.clone(),
+            };
+            self.send(from, reply);
+        } else {
+            self.refuse(from, ballot);
+        }
+    }
+
+    /// Proposer: `from` promised our ballot (and tells what it accepted before).
+    fn on_promise(
+        &mut self,
+        from: &str,
+        ballot: Ballot,
+        accepted: Option<Accepted>,
+        addr: SocketAddr,
+        initial: InitialSet,
+        now: Instant,
+    ) {
+        let Phase::Preparing {
+            ballot: ours,
+            promises,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if ballot != *ours {
+            return;
+        }
+        let participant = Participant {
+            name: from.to_string(),
+            addr,
+            initial,
+        };
+        promises.insert(
+            from.to_string(),
+            PromiseFrom {
+                participant,
+                accepted,
+            },
+        );
+        self.try_phase2(now);
+    }
+
+    /// Proposer: `from` accepted our founder; a quorum decides it.
+    fn on_accepted(&mut self, from: &str, ballot: Ballot, addr: SocketAddr, initial: InitialSet) {
+        let Phase::Accepting {
+            ballot: ours,
+            accepts,
+            founder,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if ballot != *ours {
+            return;
+        }
+        accepts.insert(
+            from.to_string(),
+            Participant {
+                name: from.to_string(),
+                addr,
+                initial,
+            },
+        );
+        let group: Vec<Participant> = accepts.values().cloned().collect();
+        if is_quorum(&group) {
+            let f = founder.clone();
+            self.decide(f.clone());
+            for m in self.members.clone() {
+                if m.name != self.cfg.name {
+                    self.send(&m.name, FoundingMsg::Decided { founder: f.clone() });
+                }
+            }
         }
     }
 
@@ -635,7 +649,7 @@ impl Founding {
     }
 
     /// Runs timers: starts a proposal when a quorum seems present, retries on timeouts.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.st.decided.is_some() {
             return;
         }
@@ -724,7 +738,7 @@ impl Founding {
     }
 
     /// The next instant [`Founding::handle_timeout`] must run.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.st.decided.is_some() {
             return None;
         }
@@ -735,12 +749,12 @@ impl Founding {
     }
 
     /// The next message to send, if any.
-    pub fn poll_transmit(&mut self) -> Option<FoundingTransmit> {
+    pub(crate) fn poll_transmit(&mut self) -> Option<FoundingTransmit> {
         self.outbox.pop_front()
     }
 
     /// What the node waits for, while no founder is chosen.
-    pub fn waiting(&self) -> Option<FoundingWait> {
+    pub(crate) fn waiting(&self) -> Option<FoundingWait> {
         if self.st.decided.is_some() || self.in_cluster {
             return None;
         }

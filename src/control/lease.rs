@@ -25,23 +25,23 @@ use super::message::{LeaseMsg, Owned, View, WitnessConfig};
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
     /// This node's name.
-    pub name: String,
+    pub(crate) name: String,
     /// Number of subnets in the cluster CIDR.
-    pub subnet_count: u32,
+    pub(crate) subnet_count: u32,
     /// Whether this node creates the cluster's space (owns every subnet at version 1)
     /// when it starts without persisted state.
-    pub founder: bool,
+    pub(crate) founder: bool,
     /// A witness attests an owner dead after this long without a beat (`--reclaim-after`).
-    pub reclaim_after: Duration,
+    pub(crate) reclaim_after: Duration,
     /// An owner stops using its lease when it has had no majority acknowledgement for
     /// this long. Must be at most `reclaim_after / 2` (see `docs/leases.md`).
-    pub fence_after: Duration,
+    pub(crate) fence_after: Duration,
     /// How often beats go to witnesses; also the tick of the state machine.
-    pub beat_interval: Duration,
+    pub(crate) beat_interval: Duration,
     /// How often a node without a lease asks again.
-    pub request_interval: Duration,
+    pub(crate) request_interval: Duration,
     /// Number of witnesses each owner keeps.
-    pub witnesses: usize,
+    pub(crate) witnesses: usize,
 }
 
 impl LeaseConfig {
@@ -71,11 +71,11 @@ impl LeaseConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watch {
     /// The owner's epoch.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// The newest witness sets the owner sent.
-    pub view: View,
+    pub(crate) view: View,
     /// The newest ownership version the owner sent.
-    pub state_version: u64,
+    pub(crate) state_version: u64,
     /// The ownership set at that version.
     pub owned: Vec<Owned>,
 }
@@ -84,16 +84,16 @@ pub struct Watch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingGrant {
     /// Receiver.
-    pub to: String,
+    pub(crate) to: String,
     /// Subnets and their new versions.
-    pub subnets: Vec<Owned>,
+    pub(crate) subnets: Vec<Owned>,
     /// The giver's state version that no longer contains them.
-    pub after_version: u64,
+    pub(crate) after_version: u64,
 }
 
 /// The format of the persisted [`LeaseState`] this build writes. A newer format is
 /// refused on load, by name, rather than misread.
-pub const STATE_FORMAT: u32 = 1;
+pub(crate) const STATE_FORMAT: u32 = 1;
 
 fn first_format() -> u32 {
     1
@@ -139,7 +139,7 @@ pub struct LeaseState {
 impl LeaseState {
     /// Whether this node ever owned, knew or used a subnet: it belongs to a founded
     /// cluster, whatever its founding state says.
-    pub fn has_history(&self) -> bool {
+    pub(crate) fn has_history(&self) -> bool {
         !self.owned.is_empty() || !self.known.is_empty() || self.lease.is_some()
     }
 }
@@ -203,9 +203,9 @@ struct Sent {
 
 /// A lease message and the node it goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseTransmit {
+pub(crate) struct LeaseTransmit {
     /// The receiver's node name.
-    pub to: String,
+    pub(crate) to: String,
     /// The message.
     pub msg: LeaseMsg,
 }
@@ -247,7 +247,7 @@ fn majority(n: usize) -> usize {
 
 impl Lease {
     /// Starts the state machine from persisted state, or fresh.
-    pub fn new(cfg: LeaseConfig, persisted: Option<LeaseState>, now: Instant) -> Self {
+    pub(crate) fn new(cfg: LeaseConfig, persisted: Option<LeaseState>, now: Instant) -> Self {
         let fresh = persisted.is_none();
         let mut st = persisted.unwrap_or_default();
         // `load_state` refuses a file whose boot counter cannot be incremented.
@@ -295,14 +295,14 @@ impl Lease {
     }
 
     /// Returns true once after each change that must be persisted before acting on it.
-    pub fn take_dirty(&mut self) -> bool {
+    pub(crate) fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
     }
 
     /// Creates the cluster's space (owns every subnet at version 1), if this node
     /// never owned or knew a subnet. Returns whether it did. Called once the founding
     /// agreement names this node; a second call changes nothing.
-    pub fn found(&mut self) -> bool {
+    pub(crate) fn found(&mut self) -> bool {
         if self.st.has_history() || self.cfg.subnet_count == 0 {
             return false;
         }
@@ -314,7 +314,7 @@ impl Lease {
     }
 
     /// Replaces the founding part of the persisted state (saved with the rest).
-    pub fn set_founding(&mut self, founding: FoundingState) {
+    pub(crate) fn set_founding(&mut self, founding: FoundingState) {
         if self.st.founding != founding {
             self.st.founding = founding;
             self.dirty = true;
@@ -322,7 +322,7 @@ impl Lease {
     }
 
     /// The owner the last request for a subnet went to, while this node has none.
-    pub fn asking(&self) -> Option<&str> {
+    pub(crate) fn asking(&self) -> Option<&str> {
         if self.st.lease.is_some() || self.exhausted {
             return None;
         }
@@ -331,7 +331,7 @@ impl Lease {
 
     /// Tells the machine which peers are alive, which are declared dead, and which
     /// have free space.
-    pub fn set_peers(
+    pub(crate) fn set_peers(
         &mut self,
         mut live: Vec<String>,
         mut dead: Vec<String>,
@@ -346,7 +346,7 @@ impl Lease {
     }
 
     /// Whether this node owns subnets besides its lease.
-    pub fn has_free(&self) -> bool {
+    pub(crate) fn has_free(&self) -> bool {
         !self.leaving && self.free().next().is_some()
     }
 
@@ -360,7 +360,7 @@ impl Lease {
     }
 
     /// The lease and its version, as published through gossip while in use.
-    pub fn published(&self, now: Instant) -> Option<Owned> {
+    pub(crate) fn published(&self, now: Instant) -> Option<Owned> {
         let s = self.using(now)?;
         Some((s, self.st.owned.get(&s).copied().unwrap_or(0)))
     }
@@ -406,7 +406,7 @@ impl Lease {
 
     /// Whether this node may use its lease and act as an owner at `now`. It stops two
     /// beat intervals early, so that an event emitted on the next tick is never late.
-    pub fn in_good_standing(&self, now: Instant) -> bool {
+    pub(crate) fn in_good_standing(&self, now: Instant) -> bool {
         if self.leaving {
             return false;
         }
@@ -421,23 +421,23 @@ impl Lease {
     }
 
     /// The subnet this node may use at `now`.
-    pub fn using(&self, now: Instant) -> Option<u32> {
+    pub(crate) fn using(&self, now: Instant) -> Option<u32> {
         let l = self.st.lease?;
         self.in_good_standing(now).then_some(l)
     }
 
     /// Next instant [`Lease::handle_timeout`] must run.
-    pub fn poll_timeout(&self) -> Instant {
+    pub(crate) fn poll_timeout(&self) -> Instant {
         self.next_tick
     }
 
     /// Next message to send, with the receiver's name.
-    pub fn poll_transmit(&mut self) -> Option<LeaseTransmit> {
+    pub(crate) fn poll_transmit(&mut self) -> Option<LeaseTransmit> {
         self.outbox.pop_front()
     }
 
     /// Next event.
-    pub fn poll_event(&mut self) -> Option<LeaseEvent> {
+    pub(crate) fn poll_event(&mut self) -> Option<LeaseEvent> {
         self.events.pop_front()
     }
 
@@ -462,7 +462,7 @@ impl Lease {
     }
 
     /// Handles a lease message from node `from`.
-    pub fn handle_message(&mut self, from: &str, msg: LeaseMsg, now: Instant) {
+    pub(crate) fn handle_message(&mut self, from: &str, msg: LeaseMsg, now: Instant) {
         self.dispatch(from, msg, now);
         self.drain_self(now);
         self.report_use(now);
@@ -834,7 +834,7 @@ impl Lease {
     }
 
     /// Runs periodic work: beats, witness checks, grants, requests.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if now < self.next_tick {
             self.report_use(now);
             return;
@@ -1016,13 +1016,14 @@ impl Lease {
     }
 
     /// Whether the last request round found no free space.
-    pub fn exhausted(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn exhausted(&self) -> bool {
         self.exhausted && self.st.lease.is_none()
     }
 
     /// Leaves on purpose: stops using the lease and hands every owned subnet to the
     /// first live witness (once our witnesses have seen the hand-over).
-    pub fn leave(&mut self, now: Instant) {
+    pub(crate) fn leave(&mut self, now: Instant) {
         self.leaving = true;
         self.st.lease = None;
         let to = self
@@ -1074,13 +1075,13 @@ impl Lease {
     }
 
     /// Whether a leave has handed everything over (or had no one to hand it to).
-    pub fn leave_done(&self) -> bool {
+    pub(crate) fn leave_done(&self) -> bool {
         self.leaving && self.st.pending_grants.is_empty()
     }
 
     /// `rmpeer`: takes over what `node` owned as far as this node knows, without
     /// waiting for attestations. Unsafe if `node` is alive: see `docs/leases.md`.
-    pub fn force_reclaim(&mut self, node: &str, published: Option<Owned>) -> Vec<u32> {
+    pub(crate) fn force_reclaim(&mut self, node: &str, published: Option<Owned>) -> Vec<u32> {
         let mut known: Vec<Owned> = self
             .st
             .watching

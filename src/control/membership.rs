@@ -11,7 +11,7 @@
 //! protocol ([`super::lease`]) and all I/O: datagrams and `now` come in, datagrams
 //! and a deadline go out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
@@ -38,11 +38,11 @@ pub enum MemberState {
 
 /// A peer's latest identity and its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownMember {
+pub(crate) struct KnownMember {
     /// The identity it published last.
-    pub meta: NodeMeta,
+    pub(crate) meta: NodeMeta,
     /// Its liveness.
-    pub state: MemberState,
+    pub(crate) state: MemberState,
 }
 
 /// When a foca timer fires; `seq` keeps timers due at the same instant apart, in
@@ -57,15 +57,15 @@ struct TimerKey {
 #[derive(Debug, Clone)]
 pub struct MembershipConfig {
     /// How often each node gossips updates to a few random members.
-    pub gossip_interval: Duration,
+    pub(crate) gossip_interval: Duration,
     /// Members each gossip round goes to.
-    pub gossip_fanout: usize,
+    pub(crate) gossip_fanout: usize,
     /// SWIM probe period.
-    pub probe_period: Duration,
+    pub(crate) probe_period: Duration,
     /// Expected cluster size, for foca's retransmission and suspicion tuning.
-    pub cluster_size_hint: u32,
+    pub(crate) cluster_size_hint: u32,
     /// Seed for foca's random choices (deterministic in the simulator).
-    pub rng_seed: u64,
+    pub(crate) rng_seed: u64,
 }
 
 impl Default for MembershipConfig {
@@ -82,11 +82,14 @@ impl Default for MembershipConfig {
 
 /// An event from the membership layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MembershipEvent {
+pub(crate) enum MembershipEvent {
     /// A peer appeared or changed its identity.
     Up(NodeMeta),
     /// A peer was declared dead.
     Down(NodeMeta),
+    /// A peer became suspect, or a suspect one was heard from again (foca raises no
+    /// notification for either): [`Membership::peers`] changed.
+    Suspicion,
     /// A peer with different cluster parameters was refused.
     Mismatch {
         /// The refused peer's name.
@@ -113,7 +116,7 @@ pub struct Membership {
     /// Our founder, as the codec compares it with every identity it decodes.
     founder: Arc<Mutex<Option<Founder>>>,
     /// Datagrams foca rejected (malformed or mismatched).
-    pub dropped: u64,
+    pub(crate) dropped: u64,
     catch_up: Option<CatchUp>,
     /// Whether foca is connected (it probes and answers). A change of identity
     /// disconnects it until a message addressed to the new identity arrives; see
@@ -124,6 +127,9 @@ pub struct Membership {
     config: Config,
     /// Member count the suspicion timeout was last computed for.
     tuned_for: usize,
+    /// The members foca held suspect after its last input, to raise
+    /// [`MembershipEvent::Suspicion`] when that changes.
+    suspect: HashSet<String>,
 }
 
 /// After joining, a node asks several members per gossip round for a feed until the
@@ -154,7 +160,7 @@ impl std::fmt::Debug for Membership {
 impl Membership {
     /// Creates the membership state of node `me`; nothing is sent until
     /// [`Membership::join`] or [`Membership::handle_timeout`].
-    pub fn new(me: NodeMeta, cfg: &MembershipConfig) -> Self {
+    pub(crate) fn new(me: NodeMeta, cfg: &MembershipConfig) -> Self {
         let size = NonZeroU32::new(cfg.cluster_size_hint.max(1)).unwrap_or(NonZeroU32::MIN);
         let mut fc = Config::new_lan(size);
         // Room for the frame header and the auth field within foca's LAN budget.
@@ -200,6 +206,7 @@ impl Membership {
             rng: cfg.rng_seed | 1,
             config: fc,
             tuned_for: usize::MAX,
+            suspect: HashSet::new(),
         };
         m.retune();
         m
@@ -233,7 +240,7 @@ impl Membership {
 
     /// Sends an announce to a seed. The seed's identity is a placeholder with only
     /// its address filled in: foca replies with a feed of members.
-    pub fn join(&mut self, seed: SocketAddr, now: Instant) {
+    pub(crate) fn join(&mut self, seed: SocketAddr, now: Instant) {
         self.catch_up = Some(CatchUp {
             known: self.peers.len(),
             grew_at: now,
@@ -244,7 +251,7 @@ impl Membership {
     /// Sends an announce to a seed without starting a catch-up: a node that already
     /// has members re-announces to seeds outside its membership, so that islands
     /// merge. The reply (a feed) and the gossip that follows do the rest.
-    pub fn announce_to(&mut self, seed: SocketAddr, now: Instant) {
+    pub(crate) fn announce_to(&mut self, seed: SocketAddr, now: Instant) {
         let mut s = self.me().clone();
         s.name = format!("seed:{seed}");
         s.gossip = seed;
@@ -257,7 +264,7 @@ impl Membership {
 
     /// Changes what we publish (lease, free space, founder). foca gossips it as a new
     /// identity. From then on, identities founded by another founder are refused.
-    pub fn set_meta(
+    pub(crate) fn set_meta(
         &mut self,
         lease: Option<Owned>,
         has_free: bool,
@@ -297,7 +304,7 @@ impl Membership {
 
     /// Publishes a new WireGuard identity (`overlayd rotate-key`): foca gossips it
     /// as a new identity, as for a lease change.
-    pub fn set_wg(&mut self, wg: Option<super::meta::WgIdentity>, now: Instant) {
+    pub(crate) fn set_wg(&mut self, wg: Option<super::meta::WgIdentity>, now: Instant) {
         let me = self.me();
         if me.wg == wg {
             return;
@@ -307,7 +314,7 @@ impl Membership {
     }
 
     /// Handles the body of a [`Kind::Membership`] datagram.
-    pub fn handle_datagram(&mut self, body: &[u8], now: Instant) {
+    pub(crate) fn handle_datagram(&mut self, body: &[u8], now: Instant) {
         if self.foca.handle_data(body, &mut self.rt).is_err() {
             self.dropped += 1;
         }
@@ -326,7 +333,7 @@ impl Membership {
     }
 
     /// Fires every foca timer due at `now` and the periodic gossip.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.next_gossip.is_none() {
             self.next_gossip = Some(now + self.gossip_interval);
             // Kick off probing; foca schedules everything else itself.
@@ -352,7 +359,7 @@ impl Membership {
     }
 
     /// The next instant at which [`Membership::handle_timeout`] must run.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let t = self.timers.keys().next().map(|k| k.at);
         match (t, self.next_gossip) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -388,7 +395,31 @@ impl Membership {
                 }
             }
         }
+        self.follow_suspicion();
         self.retune();
+    }
+
+    /// Raises [`MembershipEvent::Suspicion`] when the set of suspect members differs
+    /// from the one after the last input. Allocates only when it changed.
+    fn follow_suspicion(&mut self) {
+        let mut count = 0;
+        let mut same = true;
+        for m in self.foca.iter_membership_state() {
+            if m.state() == foca::State::Suspect {
+                count += 1;
+                same = same && self.suspect.contains(&m.id().name);
+            }
+        }
+        if same && count == self.suspect.len() {
+            return;
+        }
+        self.suspect = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| m.id().name.clone())
+            .collect();
+        self.events.push(MembershipEvent::Suspicion);
     }
 
     fn upsert(&mut self, m: NodeMeta, state: MemberState) {
@@ -410,7 +441,7 @@ impl Membership {
     }
 
     /// Runs the periodic gossip if due, then returns the next datagram to send.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Datagram> {
+    pub(crate) fn poll_transmit(&mut self, now: Instant) -> Option<Datagram> {
         if let Some(t) = self.next_gossip {
             if t <= now {
                 self.next_gossip = Some(now + self.gossip_interval);
@@ -504,7 +535,7 @@ impl Membership {
     }
 
     /// Returns the next membership event.
-    pub fn poll_event(&mut self) -> Option<MembershipEvent> {
+    pub(crate) fn poll_event(&mut self) -> Option<MembershipEvent> {
         if self.events.is_empty() {
             None
         } else {
@@ -513,12 +544,12 @@ impl Membership {
     }
 
     /// The latest known identity and state of a peer.
-    pub fn peer(&self, name: &str) -> Option<&KnownMember> {
+    pub(crate) fn peer(&self, name: &str) -> Option<&KnownMember> {
         self.peers.get(name)
     }
 
     /// Every known peer with its state (suspicion comes from foca's member table).
-    pub fn peers(&self) -> Vec<KnownMember> {
+    pub(crate) fn peers(&self) -> Vec<KnownMember> {
         let mut suspect = std::collections::HashSet::new();
         for m in self.foca.iter_membership_state() {
             if m.state() == foca::State::Suspect {
@@ -546,12 +577,12 @@ impl Membership {
 
     /// Every known peer's latest identity and whether it is declared dead, without
     /// the suspicion lookup of [`Membership::peers`].
-    pub fn peer_table(&self) -> impl Iterator<Item = &KnownMember> {
+    pub(crate) fn peer_table(&self) -> impl Iterator<Item = &KnownMember> {
         self.peers.values()
     }
 
     /// Names of peers currently alive or suspect.
-    pub fn live_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn live_names(&self) -> impl Iterator<Item = &str> {
         self.peers
             .values()
             .filter(|k| k.state != MemberState::Dead)
@@ -559,14 +590,14 @@ impl Membership {
     }
 
     /// Whether a live (alive or suspect) peer has this gossip address.
-    pub fn has_live_addr(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn has_live_addr(&self, addr: SocketAddr) -> bool {
         self.peers
             .values()
             .any(|k| k.state != MemberState::Dead && k.meta.gossip == addr)
     }
 
     /// Leaves the cluster: foca tells a few members we are gone.
-    pub fn leave(&mut self, now: Instant) {
+    pub(crate) fn leave(&mut self, now: Instant) {
         let _ = self.foca.leave_cluster(&mut self.rt);
         self.drain(now);
     }

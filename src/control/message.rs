@@ -30,19 +30,19 @@ use bytes::{Buf, BufMut};
 use super::founding::{Accepted, Ballot, Founder, FoundingMsg, InitialSet};
 
 /// First four bytes of every overlayd gossip datagram.
-pub const MAGIC: [u8; 4] = *b"OVLD";
+pub(crate) const MAGIC: [u8; 4] = *b"OVLD";
 /// The gossip protocol version this build speaks and emits.
 ///
 /// The contract between releases: version N+1 changes the wire only in ways that N
 /// already parses or drops and counts, so N and N+1 run in one cluster; a change N
 /// could misread skips a number, so both sides refuse each other by name instead.
-pub const BUILD_VERSION: u8 = 1;
+pub(crate) const BUILD_VERSION: u8 = 1;
 
 /// The version this process speaks: [`BUILD_VERSION`], unless the build has the
 /// `test-wire-version` feature and `OVERLAYD_TEST_WIRE_VERSION` holds 1 to 254. The
 /// upgrade and version-skew tests run images of versions 2 and 9 so, from one build;
 /// without the feature the variable is not read.
-pub fn version() -> u8 {
+pub(crate) fn version() -> u8 {
     static VERSION: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     if !cfg!(feature = "test-wire-version") {
         return BUILD_VERSION;
@@ -57,20 +57,20 @@ pub fn version() -> u8 {
 }
 
 /// The variable a `test-wire-version` build reads its version from.
-pub const TEST_VERSION_VAR: &str = "OVERLAYD_TEST_WIRE_VERSION";
+pub(crate) const TEST_VERSION_VAR: &str = "OVERLAYD_TEST_WIRE_VERSION";
 
 /// The oldest peer version this process accepts: the previous one.
-pub fn min_accepted() -> u8 {
+pub(crate) fn min_accepted() -> u8 {
     version().saturating_sub(1).max(1)
 }
 
 /// The newest peer version this process accepts: the next one.
-pub fn max_accepted() -> u8 {
+pub(crate) fn max_accepted() -> u8 {
     version().saturating_add(1)
 }
 
 /// Whether a peer speaking gossip protocol `version` can be talked to.
-pub fn accepts(version: u8) -> bool {
+pub(crate) fn accepts(version: u8) -> bool {
     (min_accepted()..=max_accepted()).contains(&version)
 }
 /// Datagrams longer than this are dropped before parsing.
@@ -157,11 +157,11 @@ pub struct Datagram {
 
 /// A set of witnesses a node has asked to watch its lease, numbered by the node.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct WitnessConfig {
+pub(crate) struct WitnessConfig {
     /// Increases by one each time the node changes its witnesses.
-    pub id: u64,
+    pub(crate) id: u64,
     /// Witness names; the first one is the beneficiary of a reclaim.
-    pub members: Vec<String>,
+    pub(crate) members: Vec<String>,
 }
 
 /// The witness sets of an owner that are not yet retired (at most two: the current
@@ -169,14 +169,14 @@ pub struct WitnessConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct View {
     /// Increases on every change to `configs`.
-    pub version: u64,
+    pub(crate) version: u64,
     /// Oldest first; the first member of the first set is the reclaim beneficiary.
-    pub configs: Vec<WitnessConfig>,
+    pub(crate) configs: Vec<WitnessConfig>,
 }
 
 impl View {
     /// The node that takes the space over when this view's witnesses attest.
-    pub fn beneficiary(&self) -> Option<&str> {
+    pub(crate) fn beneficiary(&self) -> Option<&str> {
         self.configs
             .iter()
             .find_map(|c| c.members.first())
@@ -184,7 +184,7 @@ impl View {
     }
 
     /// Whether `name` belongs to one of the sets.
-    pub fn contains(&self, name: &str) -> bool {
+    pub(crate) fn contains(&self, name: &str) -> bool {
         self.configs
             .iter()
             .any(|c| c.members.iter().any(|m| m == name))
@@ -192,7 +192,7 @@ impl View {
 }
 
 /// One owned subnet: its index in the cluster CIDR and its ownership version.
-pub type Owned = (u32, u64);
+pub(crate) type Owned = (u32, u64);
 
 /// A lease protocol message (see `docs/leases.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]

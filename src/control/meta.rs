@@ -59,15 +59,15 @@ pub struct NodeMeta {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WgIdentity {
     /// UDP port of its encrypted dataplane (`--wg-port`).
-    pub port: u16,
+    pub(crate) port: u16,
     /// Its X25519 public key.
-    pub key: [u8; 32],
+    pub(crate) key: [u8; 32],
 }
 
 impl NodeMeta {
     /// How many leases the cluster has: the subnets of its CIDR, or of the smaller
     /// of its two CIDRs when dual-stack.
-    pub fn lease_count(&self) -> Result<u32, super::error::Error> {
+    pub(crate) fn lease_count(&self) -> Result<u32, super::error::Error> {
         let count = super::subnet::subnet_count(self.cluster_cidr, self.subnet_len)?;
         match self.second {
             Some(s) => Ok(count.min(super::subnet::subnet_count(s.cidr, s.subnet_len)?)),
@@ -78,7 +78,7 @@ impl NodeMeta {
     /// The subnet lease `idx` numbers in the cluster CIDR, and dual-stack the one of
     /// the same index in the IPv6 CIDR: one lease gives a node both, so no two live
     /// nodes share a subnet in either family if they share none in the first.
-    pub fn subnets(&self, idx: u32) -> Option<(IpNet, Option<IpNet>)> {
+    pub(crate) fn subnets(&self, idx: u32) -> Option<(IpNet, Option<IpNet>)> {
         let first = super::subnet::subnet_of(self.cluster_cidr, self.subnet_len, idx)?;
         match self.second {
             Some(s) => Some((
@@ -90,7 +90,7 @@ impl NodeMeta {
     }
 
     /// Describes the first cluster parameter in which `other` differs from `self`.
-    pub fn mismatch(&self, other: &NodeMeta) -> Option<String> {
+    pub(crate) fn mismatch(&self, other: &NodeMeta) -> Option<String> {
         if self.cluster_cidr != other.cluster_cidr {
             Some(format!(
                 "cluster CIDR {} here, {} on {}",
@@ -138,7 +138,7 @@ impl NodeMeta {
     /// Describes how `other` belongs to a different cluster than `ours` (the founder
     /// we decided on): both were founded, with different known cluster ids. Such
     /// nodes must not merge silently.
-    pub fn founder_mismatch(ours: &Founder, other: &NodeMeta) -> Option<String> {
+    pub(crate) fn founder_mismatch(ours: &Founder, other: &NodeMeta) -> Option<String> {
         let theirs = other.cluster_id?;
         (ours.cluster_id != 0 && theirs != 0 && ours.cluster_id != theirs).then(|| {
             format!(
@@ -183,9 +183,9 @@ pub struct MetaCodec {
 
 /// An identity [`MetaCodec`] refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mismatch {
+pub(crate) struct Mismatch {
     /// The refused identity.
-    pub meta: NodeMeta,
+    pub(crate) meta: NodeMeta,
     /// The first cluster parameter that differs.
     pub reason: String,
 }
@@ -429,12 +429,12 @@ impl MetaCodec {
     }
 
     /// The slot holding the founder we belong to, for the refusal of other clusters.
-    pub fn founder_slot(&self) -> Arc<Mutex<Option<Founder>>> {
+    pub(crate) fn founder_slot(&self) -> Arc<Mutex<Option<Founder>>> {
         self.founder.clone()
     }
 
     /// The slot where the codec leaves the last identity it refused.
-    pub fn mismatches(&self) -> Arc<Mutex<Option<Mismatch>>> {
+    pub(crate) fn mismatches(&self) -> Arc<Mutex<Option<Mismatch>>> {
         self.last_mismatch.clone()
     }
 

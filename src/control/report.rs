@@ -15,15 +15,15 @@ use super::membership::MemberState;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MemberReport {
     /// Node name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its gossip address.
-    pub gossip: SocketAddr,
+    pub(crate) gossip: SocketAddr,
     /// Alive, suspect or dead.
-    pub state: MemberState,
+    pub(crate) state: MemberState,
     /// The subnet it publishes, if any.
-    pub subnet: Option<IpNet>,
+    pub(crate) subnet: Option<IpNet>,
     /// Dual-stack: its IPv6 subnet (the same lease).
-    pub subnet_v6: Option<IpNet>,
+    pub(crate) subnet_v6: Option<IpNet>,
 }
 
 /// What a node that uses no subnet waits for. Its [`fmt::Display`] is the status
@@ -63,7 +63,7 @@ impl LeaseWait {
     /// Whether `other` is the same reason for the log: the log says it once per
     /// change, not once per request (the owner asked, the proposer and the counts of
     /// a space held out of reach may change from one try to the next).
-    pub fn same_reason(&self, other: &LeaseWait) -> bool {
+    pub(crate) fn same_reason(&self, other: &LeaseWait) -> bool {
         match (self, other) {
             (LeaseWait::Founding(FoundingWait::Peers { .. }), LeaseWait::Founding(_)) => {
                 self == other
@@ -184,11 +184,11 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionRefusal {
     /// Its gossip address.
-    pub from: SocketAddr,
+    pub(crate) from: SocketAddr,
     /// The version it speaks.
-    pub version: u8,
+    pub(crate) version: u8,
     /// Datagrams refused.
-    pub datagrams: u64,
+    pub(crate) datagrams: u64,
     /// Seconds since the last one came.
     pub ago_secs: u64,
 }
@@ -197,11 +197,11 @@ pub struct VersionRefusal {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GossipTraffic {
     /// Datagrams sent.
-    pub tx_datagrams: u64,
+    pub(crate) tx_datagrams: u64,
     /// Bytes sent.
-    pub tx_bytes: u64,
+    pub(crate) tx_bytes: u64,
     /// Datagrams received.
-    pub rx_datagrams: u64,
+    pub(crate) rx_datagrams: u64,
     /// Bytes received.
-    pub rx_bytes: u64,
+    pub(crate) rx_bytes: u64,
 }

@@ -192,7 +192,7 @@ fn addr(i: usize) -> SocketAddr {
 }
 
 /// Name of node `i`.
-pub fn name(i: usize) -> String {
+pub(crate) fn name(i: usize) -> String {
     format!("n{i:05}")
 }
 
@@ -389,7 +389,9 @@ impl Sim {
         if node.take_lease_dirty() {
             self.slots[i].persisted = Some(node.lease().state().clone());
         }
+        let mut left = false;
         while let Some(ev) = node.poll_event() {
+            left |= matches!(ev, Event::Left { .. });
             if !matches!(ev, Event::PeersChanged) {
                 self.trace.push(format!("{:?} {} {:?}", now_v, name(i), ev));
             }
@@ -412,11 +414,7 @@ impl Sim {
             }
         }
         let wake = self.virt(i, node.poll_timeout());
-        if self.slots[i].left && node.leave_done() {
-            node.leave_membership(local);
-            while let Some(t) = node.poll_transmit(local) {
-                out.push(t);
-            }
+        if left {
             // A node that has left is gone: its process exits (its state file stays).
             self.slots[i].using = None;
         } else {
@@ -549,7 +547,7 @@ impl Sim {
     }
 
     /// Runs one event. Returns false when nothing is left.
-    pub fn step(&mut self) -> bool {
+    pub(crate) fn step(&mut self) -> bool {
         let Some(Reverse(Due { at, id })) = self.heap.pop() else {
             return false;
         };
@@ -649,7 +647,8 @@ impl Sim {
     }
 
     /// For each running node, when it learned the watched node's lease.
-    pub fn learned(&self) -> Vec<Option<Duration>> {
+    #[cfg(test)]
+    pub(crate) fn learned(&self) -> Vec<Option<Duration>> {
         match &self.watch {
             Some(w) => (0..self.slots.len())
                 .filter(|i| self.slots[*i].node.is_some())
@@ -700,24 +699,22 @@ pub fn random_schedule(seed: u64, n: usize, secs: u64) -> Vec<(Duration, Op)> {
 /// founded. Every fault ends by `settled_at`; from then on every node must get a
 /// subnet.
 #[derive(Debug, Clone)]
-pub struct BootstrapSchedule {
+pub(crate) struct BootstrapSchedule {
     /// What kind of seed lists the nodes were given.
-    pub kind: BootstrapKind,
+    pub(crate) kind: BootstrapKind,
     /// Each node's `--peers` (node indices).
-    pub seeds: Vec<Vec<usize>>,
+    pub(crate) seeds: Vec<Vec<usize>>,
     /// Every node's `--bootstrap-expect`, if used.
-    pub bootstrap_expect: Option<u32>,
+    pub(crate) bootstrap_expect: Option<u32>,
     /// The group of each node, for disjoint groups.
-    pub groups: Option<Vec<usize>>,
-    /// The operations, by virtual time.
-    pub ops: Vec<(Duration, Op)>,
-    /// When the last fault ends and every node runs.
-    pub settled_at: Duration,
+    pub(crate) groups: Option<Vec<usize>>,
+    /// The operations, by virtual time; every fault ends by `settled_at` (12 s).
+    pub(crate) ops: Vec<(Duration, Op)>,
 }
 
 /// The seed lists of a [`BootstrapSchedule`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BootstrapKind {
+pub(crate) enum BootstrapKind {
     /// Every node is given the same 1-3 seeds, in its own order.
     SharedSeeds,
     /// Every node names exactly one other node: one cycle, with chains into it.
@@ -731,7 +728,7 @@ pub enum BootstrapKind {
 impl BootstrapKind {
     /// Whether the quorums of this kind intersect, so that one founder is chosen
     /// (`docs/founding.md` §3). Disjoint groups legitimately found twice.
-    pub fn one_cluster(self) -> bool {
+    pub(crate) fn one_cluster(self) -> bool {
         self != BootstrapKind::DisjointGroups
     }
 }
@@ -740,7 +737,7 @@ impl BootstrapKind {
 /// the first seconds, partitions, crashes and restarts during the first 10 s (a node
 /// may be restarted in the middle of the agreement). At `settled_at` the network heals,
 /// every port opens and every crashed node restarts.
-pub fn bootstrap_schedule(seed: u64, n: usize) -> BootstrapSchedule {
+pub(crate) fn bootstrap_schedule(seed: u64, n: usize) -> BootstrapSchedule {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0xb007);
     let kind = match seed % 4 {
         0 => BootstrapKind::SharedSeeds,
@@ -812,6 +809,26 @@ pub fn bootstrap_schedule(seed: u64, n: usize) -> BootstrapSchedule {
                 .collect()
         }
     };
+    let settled_at = Duration::from_millis(12_000);
+    let ops = bootstrap_ops(&mut rng, n, perm[0], settled_at);
+    BootstrapSchedule {
+        kind,
+        seeds,
+        bootstrap_expect,
+        groups,
+        ops,
+    }
+}
+
+/// The operations of a [`bootstrap_schedule`]: starts over 0-3 s, node `blocked`'s
+/// port closed for the first seconds, random crashes, restarts and partitions during
+/// the first 10 s, and at `settled_at` everything healed, opened and started.
+fn bootstrap_ops(
+    rng: &mut StdRng,
+    n: usize,
+    blocked: usize,
+    settled_at: Duration,
+) -> Vec<(Duration, Op)> {
     let mut ops = Vec::new();
     for i in 0..n {
         ops.push((
@@ -820,7 +837,6 @@ pub fn bootstrap_schedule(seed: u64, n: usize) -> BootstrapSchedule {
         ));
     }
     // A closed port while others join (the seed's socket is not open yet).
-    let blocked = perm[0];
     ops.push((Duration::ZERO, Op::Block(blocked)));
     ops.push((
         Duration::from_millis(rng.random_range(500..4000)),
@@ -843,7 +859,6 @@ pub fn bootstrap_schedule(seed: u64, n: usize) -> BootstrapSchedule {
         };
         ops.push((at, op));
     }
-    let settled_at = Duration::from_millis(12_000);
     ops.push((settled_at, Op::Heal));
     for i in 0..n {
         ops.push((settled_at, Op::Unblock(i)));
@@ -852,19 +867,17 @@ pub fn bootstrap_schedule(seed: u64, n: usize) -> BootstrapSchedule {
         // restart from: start it.
         ops.push((settled_at, Op::Start(i)));
     }
-    BootstrapSchedule {
-        kind,
-        seeds,
-        bootstrap_expect,
-        groups,
-        ops,
-        settled_at,
-    }
+    ops
 }
 
 /// Runs a [`BootstrapSchedule`] until `settled_at + tail`, checking the invariant at
 /// every step; returns the simulation.
-pub fn run_bootstrap(mut cfg: SimConfig, n: usize, b: &BootstrapSchedule, tail: Duration) -> Sim {
+pub(crate) fn run_bootstrap(
+    mut cfg: SimConfig,
+    n: usize,
+    b: &BootstrapSchedule,
+    tail: Duration,
+) -> Sim {
     cfg.seeds = Some(b.seeds.clone());
     cfg.bootstrap_expect = b.bootstrap_expect;
     cfg.groups = b.groups.clone();
@@ -1049,8 +1062,8 @@ mod tests {
 #[cfg(test)]
 mod bootstrap {
     use super::*;
+    use crate::control::founding::FoundingWait;
     use crate::control::report::LeaseWait;
-    use crate::control::FoundingWait;
 
     /// A simulation where node `i` names `seeds[i]`, every node started at the given
     /// virtual times.

@@ -12,13 +12,13 @@ use super::error::Error;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SecondCidr {
     /// The IPv6 cluster CIDR.
-    pub cidr: IpNet,
+    pub(crate) cidr: IpNet,
     /// The prefix length of a node's subnet in it.
-    pub subnet_len: u8,
+    pub(crate) subnet_len: u8,
 }
 
 /// Number of `/subnet_len` subnets in `cidr`, capped at 2^20.
-pub fn subnet_count(cidr: IpNet, subnet_len: u8) -> Result<u32, Error> {
+pub(crate) fn subnet_count(cidr: IpNet, subnet_len: u8) -> Result<u32, Error> {
     let bits = cidr.max_prefix_len();
     if subnet_len < cidr.prefix_len() || subnet_len > bits {
         return Err(Error::BadSubnetLen { cidr, subnet_len });
@@ -28,7 +28,7 @@ pub fn subnet_count(cidr: IpNet, subnet_len: u8) -> Result<u32, Error> {
 }
 
 /// The `idx`-th `/subnet_len` subnet of `cidr`; `None` past the last one.
-pub fn subnet_of(cidr: IpNet, subnet_len: u8, idx: u32) -> Option<IpNet> {
+pub(crate) fn subnet_of(cidr: IpNet, subnet_len: u8, idx: u32) -> Option<IpNet> {
     // `checked_shl` only checks the shift amount, not the bits shifted out: an index
     // past the count would give a subnet outside `cidr` (or wrap onto another one).
     if idx >= subnet_count(cidr, subnet_len).ok()? {
@@ -54,7 +54,7 @@ pub fn subnet_of(cidr: IpNet, subnet_len: u8, idx: u32) -> Option<IpNet> {
 }
 
 /// The index of `subnet` among the `/subnet.prefix_len()` subnets of `cidr`.
-pub fn index_of(cidr: IpNet, subnet: IpNet) -> Option<u32> {
+pub(crate) fn index_of(cidr: IpNet, subnet: IpNet) -> Option<u32> {
     if !cidr.contains(&subnet.network()) || subnet.prefix_len() < cidr.prefix_len() {
         return None;
     }

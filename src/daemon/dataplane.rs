@@ -30,7 +30,7 @@ use crate::dataplane::{
 };
 
 /// The running dataplane, whichever it is.
-pub enum Running {
+pub(crate) enum Running {
     /// Worker threads on a TUN.
     Userspace(DataplaneDriver),
     /// A programmed kernel vxlan device.
@@ -40,18 +40,18 @@ pub enum Running {
 }
 
 /// A started dataplane.
-pub struct Started {
+pub(crate) struct Started {
     /// What the daemon waits on and stops.
-    pub running: Running,
+    pub(crate) running: Running,
     /// The feed and the counters.
-    pub handle: DataplaneHandle,
+    pub(crate) handle: DataplaneHandle,
     /// What carries the cluster CIDR, for the host's routes.
-    pub cluster_route: ClusterRoute,
+    pub(crate) cluster_route: ClusterRoute,
 }
 
 impl Running {
     /// Waits until the dataplane fails.
-    pub async fn wait(&mut self) -> Result<(), crate::dataplane::Error> {
+    pub(crate) async fn wait(&mut self) -> Result<(), crate::dataplane::Error> {
         match self {
             Running::Userspace(d) => d.threads.wait().await,
             Running::Kernel(k) => k.wait().await,
@@ -62,7 +62,7 @@ impl Running {
     /// Stops the dataplane. The userspace one takes its TUN (and route) with it; the
     /// kernel one leaves its device programmed so traffic flows across a restart,
     /// unless the node `left` the cluster, when it is removed.
-    pub async fn shut_down(self, netlink: &Netlink, args: &DaemonArgs, left: bool) {
+    pub(crate) async fn shut_down(self, netlink: &Netlink, args: &DaemonArgs, left: bool) {
         match self {
             Running::Userspace(d) => d.threads.shutdown().await,
             Running::Encrypted(d) => d.threads.shutdown().await,
@@ -84,21 +84,21 @@ impl Running {
 }
 
 /// What the dataplane starts from.
-pub struct Start<'a> {
+pub(crate) struct Start<'a> {
     /// The daemon's flags.
-    pub args: &'a DaemonArgs,
+    pub(crate) args: &'a DaemonArgs,
     /// Netlink in the daemon's namespace.
-    pub netlink: &'a Netlink,
+    pub(crate) netlink: &'a Netlink,
     /// The advertise address and the overlay MTU.
-    pub underlay: Underlay,
+    pub(crate) underlay: Underlay,
     /// The VTEP MAC.
-    pub vtep_mac: MacAddr,
+    pub(crate) vtep_mac: MacAddr,
     /// `--subnet`, if fixed.
-    pub fixed_subnet: Option<IpNet>,
+    pub(crate) fixed_subnet: Option<IpNet>,
     /// The static peers.
-    pub statics: &'a [Peer],
+    pub(crate) statics: &'a [Peer],
     /// With `--encrypt`: the node's WireGuard key pair.
-    pub wg_keys: Option<KeyPair>,
+    pub(crate) wg_keys: Option<KeyPair>,
 }
 
 /// Why `--dataplane auto` must take userspace, if a flag says so.
@@ -113,7 +113,7 @@ fn needs_userspace(args: &DaemonArgs) -> Option<String> {
 }
 
 /// Starts the dataplane `--dataplane` asks for.
-pub async fn start(s: Start<'_>) -> Result<Started, DaemonError> {
+pub(crate) async fn start(s: Start<'_>) -> Result<Started, DaemonError> {
     let (fib, warnings) = build_fib(s.fixed_subnet, s.statics.to_vec());
     for w in warnings {
         tracing::warn!("{w}");

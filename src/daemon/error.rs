@@ -25,7 +25,7 @@ pub enum DaemonError {
     Key(#[from] crate::dataplane::wg::key::KeyError),
     /// `--install-cni` failed.
     #[error(transparent)]
-    InstallCni(#[from] crate::cni_install::InstallError),
+    InstallCni(#[from] crate::daemon::cni_install::InstallError),
     /// A listener could not be bound.
     #[error("{what} {addr}: cannot listen: {source}")]
     Listen {

@@ -18,38 +18,38 @@ use crate::config::{ConfigError, DaemonArgs};
 use crate::control::driver::{ControlConfig, ControlDriver, ControlHandle, LeaseStatus};
 use crate::control::{KeySet, LeaseWait};
 use crate::dataplane::wire::MacAddr;
-use crate::live::ControlSource;
-use crate::status::ControlReport;
+use crate::ops::live::ControlSource;
+use crate::ops::status::ControlReport;
 
 /// The running control plane.
-pub struct Gossip {
+pub(crate) struct Gossip {
     /// Its handle, and the control report refreshed once a second.
-    pub source: ControlSource,
+    pub(crate) source: ControlSource,
     /// The control task; it ends when told to stop or on an error.
-    pub join: JoinHandle<Result<(), crate::control::Error>>,
+    pub(crate) join: JoinHandle<Result<(), crate::control::Error>>,
 }
 
 /// What the control plane starts from besides the flags.
-pub struct GossipStart {
+pub(crate) struct GossipStart {
     /// This node's name.
-    pub node_name: String,
+    pub(crate) node_name: String,
     /// Underlay address and MTU.
-    pub underlay: Underlay,
+    pub(crate) underlay: Underlay,
     /// The VTEP MAC.
-    pub vtep_mac: MacAddr,
+    pub(crate) vtep_mac: MacAddr,
     /// The cluster keys, if gossip is authenticated.
-    pub keys: Option<KeySet>,
+    pub(crate) keys: Option<KeySet>,
     /// With `--encrypt`: our WireGuard port and public key, to publish.
-    pub wg: Option<crate::control::WgIdentity>,
+    pub(crate) wg: Option<crate::control::WgIdentity>,
     /// The SIGHUP stream, for key reloads.
-    pub hangup: tokio::signal::unix::Signal,
+    pub(crate) hangup: tokio::signal::unix::Signal,
     /// When the daemon started (status reports count from it).
-    pub started: Instant,
+    pub(crate) started: Instant,
 }
 
 /// Starts the control driver; it stops once `stop` turns true. Lease changes go to
 /// `subnet`, and SIGHUP reloads the cluster keys.
-pub async fn start(
+pub(crate) async fn start(
     args: &DaemonArgs,
     start: GossipStart,
     stop: watch::Receiver<bool>,

@@ -13,16 +13,16 @@ use ipnet::IpNet;
 
 use super::error::{file_err, DaemonError};
 use crate::config::{ConfigError, DaemonArgs};
+use crate::daemon::node::{NodeInfo, NODE_FILE};
 use crate::dataplane::encap::{OVERHEAD_V4, OVERHEAD_V6};
 use crate::dataplane::netlink::{enable_forwarding, Netlink};
 use crate::dataplane::wg::{WG_OVERHEAD_V4, WG_OVERHEAD_V6};
 use crate::fsutil::write_atomic;
-use crate::node::{NodeInfo, NODE_FILE};
 
-pub use crate::dataplane::fib::gateway_of;
+pub(crate) use crate::dataplane::fib::gateway_of;
 
 /// The node's name when no `--node-name` is given: the kernel hostname.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()
@@ -32,15 +32,18 @@ pub fn hostname() -> String {
 
 /// Where the node meets the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Underlay {
+pub(crate) struct Underlay {
     /// The address peers send VXLAN to (`--advertise-addr`, or the default route's).
-    pub advertise_addr: IpAddr,
+    pub(crate) advertise_addr: IpAddr,
     /// The overlay MTU: `--mtu`, or the underlay's less the VXLAN overhead.
-    pub mtu: u32,
+    pub(crate) mtu: u32,
 }
 
 /// Finds the advertise address and its interface's MTU, and picks the overlay MTU.
-pub async fn underlay(netlink: &Netlink, args: &DaemonArgs) -> Result<Underlay, DaemonError> {
+pub(crate) async fn underlay(
+    netlink: &Netlink,
+    args: &DaemonArgs,
+) -> Result<Underlay, DaemonError> {
     let (advertise_addr, underlay_mtu) = match args.advertise_addr {
         Some(addr) => {
             let (_, mtu) = netlink.link_of_addr(addr).await?.ok_or_else(|| ConfigError::Invalid {
@@ -83,7 +86,7 @@ pub async fn underlay(netlink: &Netlink, args: &DaemonArgs) -> Result<Underlay, 
 
 /// What carries the cluster CIDR beyond the node's own subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClusterRoute {
+pub(crate) enum ClusterRoute {
     /// The route `<cluster cidr> dev <TUN> src <gateway>` (userspace dataplane).
     Tun(u32),
     /// Per-peer routes and an `unreachable` cluster route, both kept by the kernel
@@ -92,7 +95,7 @@ pub enum ClusterRoute {
 }
 
 /// The node's devices, and what it applies when its subnet changes.
-pub struct Host {
+pub(crate) struct Host {
     netlink: Netlink,
     bridge_index: u32,
     cluster_route: ClusterRoute,
@@ -110,7 +113,7 @@ pub struct Host {
 impl Host {
     /// Sets up the bridge pods attach to and forwarding; `cluster_route` says what
     /// carries the rest of the cluster CIDR.
-    pub async fn set_up(
+    pub(crate) async fn set_up(
         netlink: Netlink,
         args: &DaemonArgs,
         node_name: &str,
@@ -143,7 +146,7 @@ impl Host {
     /// route's source, and node.json; dual-stack, the same for the IPv6 subnet that
     /// goes with it. Without a subnet, the cluster addresses go and node.json is
     /// removed, so the CNI plugin answers "try again later".
-    pub async fn apply(&mut self, subnet: Option<IpNet>) -> Result<(), DaemonError> {
+    pub(crate) async fn apply(&mut self, subnet: Option<IpNet>) -> Result<(), DaemonError> {
         if self.applied == Some(subnet) {
             return Ok(());
         }
@@ -190,7 +193,7 @@ impl Host {
 
     /// Dual-stack: the IPv6 subnet that goes with `subnet` (the same lease index in
     /// the IPv6 cluster CIDR, see [`crate::control::NodeMeta::subnets`]).
-    pub fn subnet_v6_of(&self, subnet: IpNet) -> Option<IpNet> {
+    pub(crate) fn subnet_v6_of(&self, subnet: IpNet) -> Option<IpNet> {
         let second = self.second?;
         let idx = crate::control::subnet::index_of(self.cluster_cidr, subnet)?;
         crate::control::subnet_of(second.cidr, second.subnet_len, idx)

@@ -10,7 +10,7 @@ use crate::control::driver::ControlHandle;
 use crate::control::KeySet;
 
 /// Reads and checks `--secret-file`. Errors name the flag and the path.
-pub fn load_keys(path: &Path) -> Result<KeySet, ConfigError> {
+pub(crate) fn load_keys(path: &Path) -> Result<KeySet, ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let bad = |why: String| ConfigError::Invalid {
         flag: "--secret-file",
@@ -33,7 +33,7 @@ pub fn load_keys(path: &Path) -> Result<KeySet, ConfigError> {
 
 /// Re-reads `--secret-file` on each SIGHUP and hands the keys to the control plane.
 /// A file that does not load leaves the keys in use unchanged.
-pub async fn reload_keys_on_hangup(
+pub(crate) async fn reload_keys_on_hangup(
     ctl: ControlHandle,
     path: Option<PathBuf>,
     mut hangup: tokio::signal::unix::Signal,

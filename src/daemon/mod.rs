@@ -17,15 +17,22 @@
 //! - [`keys`]: `--secret-file`, at start and on SIGHUP.
 //! - [`state`]: the state and run dirs and the VTEP MAC.
 //! - [`uninstall`]: `overlayd uninstall`, which removes all of the above from the host.
+//! - [`pods`]: the driver that reclaims the addresses of gone pods.
+//! - [`privilege`]: dropping capabilities at start.
+//! - [`cni_install`]: what `--install-cni` does.
+//! - [`node`]: `node.json`, the contract between the daemon and the CNI plugin.
 
-pub mod dataplane;
-pub mod error;
-pub mod gossip;
-pub mod host;
-pub mod keys;
-pub mod peers;
-pub mod pods;
-pub mod state;
+pub(crate) mod cni_install;
+pub(crate) mod dataplane;
+pub(crate) mod error;
+pub(crate) mod gossip;
+pub(crate) mod host;
+pub(crate) mod keys;
+pub(crate) mod node;
+pub(crate) mod peers;
+pub(crate) mod pods;
+pub mod privilege;
+pub(crate) mod state;
 pub mod uninstall;
 
 use std::future::Future;
@@ -43,8 +50,8 @@ use crate::dataplane::icmp::Routers;
 use crate::dataplane::netlink::Netlink;
 use crate::dataplane::wire::MacAddr;
 use crate::dataplane::DataplaneHandle;
-use crate::live::StatusSource;
-use crate::status::NodeReport;
+use crate::ops::live::StatusSource;
+use crate::ops::status::NodeReport;
 
 use dataplane::Running;
 use error::file_err;
@@ -52,11 +59,10 @@ use gossip::{Gossip, GossipStart};
 use host::Host;
 use peers::PeerTable;
 
-pub use error::DaemonError;
-pub use host::gateway_of;
-pub use keys::load_keys;
-pub use peers::{build_fib, static_peers};
-pub use state::VTEP_MAC_FILE;
+pub(crate) use error::DaemonError;
+pub(crate) use host::gateway_of;
+pub(crate) use keys::load_keys;
+pub(crate) use peers::static_peers;
 
 /// Runs the daemon until `shutdown` resolves or the dataplane fails.
 pub async fn run(args: DaemonArgs, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
@@ -250,24 +256,24 @@ async fn serve_admin(
             }
         })
     };
-    let socket_path = args.run_dir.join(crate::admin::SOCKET_FILE);
+    let socket_path = args.run_dir.join(crate::ops::admin::SOCKET_FILE);
     state::private_dir(&args.run_dir).map_err(file_err("run dir", &args.run_dir))?;
     let listener =
-        crate::admin::bind(&socket_path).map_err(file_err("status socket", &socket_path))?;
-    let admin = tokio::spawn(crate::admin::serve(listener, source.clone()));
+        crate::ops::admin::bind(&socket_path).map_err(file_err("status socket", &socket_path))?;
+    let admin = tokio::spawn(crate::ops::admin::serve(listener, source.clone()));
     let pods = source.pods.clone().map(|w| tokio::spawn(w.run()));
     let metrics = match args.metrics_addr {
         MetricsAddr::Off => None,
         MetricsAddr::On(addr) => {
             let listener =
-                crate::metrics::bind(addr)
+                crate::ops::metrics::bind(addr)
                     .await
                     .map_err(|source| DaemonError::Listen {
                         what: "--metrics-addr",
                         addr,
                         source,
                     })?;
-            Some(tokio::spawn(crate::metrics::serve(listener, source)))
+            Some(tokio::spawn(crate::ops::metrics::serve(listener, source)))
         }
     };
     Ok(AdminTasks {
@@ -280,12 +286,12 @@ async fn serve_admin(
 }
 
 /// What `--install-cni` installs, from the flags.
-pub fn cni_install_of(args: &DaemonArgs) -> crate::cni_install::InstallCni {
-    crate::cni_install::InstallCni {
+pub(crate) fn cni_install_of(args: &DaemonArgs) -> crate::daemon::cni_install::InstallCni {
+    crate::daemon::cni_install::InstallCni {
         plugin: args
             .cni_plugin
             .clone()
-            .unwrap_or_else(crate::cni_install::default_plugin),
+            .unwrap_or_else(crate::daemon::cni_install::default_plugin),
         bin_dir: args.cni_bin_dir.clone(),
         conf_dir: args.cni_conf_dir.clone(),
         conflist_name: args.cni_conflist.clone(),
@@ -316,7 +322,7 @@ fn install_cni_plugin(args: &DaemonArgs) -> Result<Option<CniInstall>, DaemonErr
 
 /// `--install-cni`, and whether the conflist is in place.
 struct CniInstall {
-    install: crate::cni_install::InstallCni,
+    install: crate::daemon::cni_install::InstallCni,
     conflist: bool,
 }
 

@@ -18,7 +18,7 @@ use crate::dataplane::wire::MacAddr;
 use crate::dataplane::{Fib, Peer, PeerOrigin, PeerState};
 
 /// Builds the peers of the forwarding table from `--static-peer`.
-pub fn static_peers(args: &DaemonArgs) -> Vec<Peer> {
+pub(crate) fn static_peers(args: &DaemonArgs) -> Vec<Peer> {
     args.static_peers
         .iter()
         .map(|p| Peer {
@@ -40,7 +40,7 @@ pub fn static_peers(args: &DaemonArgs) -> Vec<Peer> {
 /// overlaps our own or an earlier peer's (static peers come first), or that shares an
 /// earlier peer's underlay address, is left out and named in the returned warnings,
 /// so one bad announcement never takes down forwarding to everyone else.
-pub fn build_fib(own: Option<IpNet>, peers: Vec<Peer>) -> (Fib, Vec<String>) {
+pub(crate) fn build_fib(own: Option<IpNet>, peers: Vec<Peer>) -> (Fib, Vec<String>) {
     let mut kept: Vec<Peer> = Vec::with_capacity(peers.len());
     let mut warnings = Vec::new();
     for peer in peers {
@@ -96,7 +96,7 @@ struct BuiltFrom {
 
 /// The peers behind the FIB: static ones plus those learned by gossip, with traffic
 /// counters kept per name across rebuilds and each state change logged once.
-pub struct PeerTable {
+pub(crate) struct PeerTable {
     statics: Vec<Peer>,
     vni: u32,
     encrypted: bool,
@@ -109,7 +109,7 @@ impl PeerTable {
     /// A table with the static peers `statics`; learned peers count only with `vni`.
     /// In an `encrypted` cluster a learned peer is reached at its WireGuard port with
     /// its published key, and one that published none is left out.
-    pub fn new(statics: Vec<Peer>, vni: u32, encrypted: bool) -> PeerTable {
+    pub(crate) fn new(statics: Vec<Peer>, vni: u32, encrypted: bool) -> PeerTable {
         PeerTable {
             statics,
             vni,
@@ -121,7 +121,7 @@ impl PeerTable {
     }
 
     /// A new FIB if our subnet or the learned peers changed since the last call.
-    pub fn update(&mut self, own: Option<IpNet>, learned: &[PeerInfo]) -> Option<Fib> {
+    pub(crate) fn update(&mut self, own: Option<IpNet>, learned: &[PeerInfo]) -> Option<Fib> {
         if self
             .last
             .as_ref()

@@ -20,7 +20,7 @@ use crate::pods::reclaim::{group, Judged, Observation, Presence, Reclaimer};
 use crate::pods::{MalformedReport, PodReport, PodsReport};
 
 /// The pods of this node and the reclaim of their leaked addresses.
-pub struct PodWatch {
+pub(crate) struct PodWatch {
     data_dir: PathBuf,
     reclaimer: tokio::sync::Mutex<Reclaimer>,
     reclaimed: AtomicU64,
@@ -36,7 +36,7 @@ struct Gathered {
 
 impl PodWatch {
     /// Watches the stores under `data_dir`, freeing after `grace` (zero: never).
-    pub fn new(data_dir: PathBuf, grace: Duration) -> PodWatch {
+    pub(crate) fn new(data_dir: PathBuf, grace: Duration) -> PodWatch {
         PodWatch {
             data_dir,
             reclaimer: tokio::sync::Mutex::new(Reclaimer::new(grace)),
@@ -45,23 +45,18 @@ impl PodWatch {
         }
     }
 
-    /// The store's directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
     /// Addresses freed since the daemon started.
-    pub fn reclaimed(&self) -> u64 {
+    pub(crate) fn reclaimed(&self) -> u64 {
         self.reclaimed.load(Ordering::Relaxed)
     }
 
     /// Pods at the last scan.
-    pub fn pods(&self) -> u64 {
+    pub(crate) fn pods(&self) -> u64 {
         self.pods.load(Ordering::Relaxed)
     }
 
     /// How often the background scan runs: a quarter of the grace, 1 s to 15 s.
-    pub fn interval(grace: Duration) -> Duration {
+    pub(crate) fn interval(grace: Duration) -> Duration {
         if grace.is_zero() {
             return Duration::from_secs(15);
         }
@@ -69,7 +64,7 @@ impl PodWatch {
     }
 
     /// Scans every [`PodWatch::interval`] until the task is dropped.
-    pub async fn run(self: Arc<Self>) {
+    pub(crate) async fn run(self: Arc<Self>) {
         let grace = self.reclaimer.lock().await.grace();
         tracing::info!(
             data_dir = %self.data_dir.display(),
@@ -86,7 +81,7 @@ impl PodWatch {
     }
 
     /// Scans now: lists the pods, judges them, frees what is gone for the grace.
-    pub async fn scan(&self) -> PodsReport {
+    pub(crate) async fn scan(&self) -> PodsReport {
         // One scan at a time: the judgement remembers since when each pod is gone.
         let mut reclaimer = self.reclaimer.lock().await;
         let dir = self.data_dir.clone();

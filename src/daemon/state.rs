@@ -11,11 +11,11 @@ use crate::dataplane::wire::MacAddr;
 use crate::fsutil::write_atomic;
 
 /// File inside `--state-dir` that keeps the VTEP MAC across restarts.
-pub const VTEP_MAC_FILE: &str = "vtep_mac";
+pub(crate) const VTEP_MAC_FILE: &str = "vtep_mac";
 
 /// Creates `dir` (mode 0700) or, if it exists, takes group and other access away: the
 /// state and runtime files are root's alone.
-pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -30,7 +30,7 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Removes the temporary files a killed daemon left in `dirs`; failures are only
 /// logged.
-pub fn remove_stale_temps(dirs: &[&Path]) {
+pub(crate) fn remove_stale_temps(dirs: &[&Path]) {
     for dir in dirs {
         match crate::fsutil::remove_stale_temps(dir) {
             Ok(0) => {}
@@ -46,7 +46,7 @@ pub fn remove_stale_temps(dirs: &[&Path]) {
 
 /// Loads the VTEP MAC kept in the state dir, or creates and keeps one. An explicit
 /// `--vtep-mac` wins and is kept too.
-pub fn vtep_mac(state_dir: &Path, given: Option<MacAddr>) -> Result<MacAddr, DaemonError> {
+pub(crate) fn vtep_mac(state_dir: &Path, given: Option<MacAddr>) -> Result<MacAddr, DaemonError> {
     let path = state_dir.join(VTEP_MAC_FILE);
     let mac = match given {
         Some(mac) => mac,

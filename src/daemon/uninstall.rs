@@ -27,9 +27,9 @@ const MASQ_TABLE: &str = "overlayd-cni";
 
 /// Removes overlayd from this host; returns a line per thing removed.
 pub async fn uninstall(args: &DaemonArgs) -> Result<Vec<String>, DaemonError> {
-    if crate::admin::status(&args.run_dir).await.is_ok() {
+    if crate::ops::admin::status(&args.run_dir).await.is_ok() {
         return Err(DaemonError::StillRunning {
-            socket: args.run_dir.join(crate::admin::SOCKET_FILE),
+            socket: args.run_dir.join(crate::ops::admin::SOCKET_FILE),
         });
     }
     let mut removed = Vec::new();
@@ -60,7 +60,10 @@ pub async fn uninstall(args: &DaemonArgs) -> Result<Vec<String>, DaemonError> {
             removed.push(format!("nftables table {family} {MASQ_TABLE}"));
         }
     }
-    let run_files = [overlayd_node_info::NODE_FILE, crate::admin::SOCKET_FILE];
+    let run_files = [
+        overlayd_node_info::NODE_FILE,
+        crate::ops::admin::SOCKET_FILE,
+    ];
     let state_files = [
         crate::control::driver::STATE_FILE,
         super::state::VTEP_MAC_FILE,

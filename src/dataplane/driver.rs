@@ -53,20 +53,20 @@ use super::stats::{DropReason, Stats};
 use super::threads::{run_rounds, Stop, Threads};
 use super::tun::{TunDevice, TunQueue};
 use super::udp::{Sockets, UdpSender};
-use super::worker::{send_groups, write_tun, Received, Route, RxBatch, TunReads};
+use super::worker::{send_groups, write_tun, Received, Route, RxBatch, TunReads, WorkerSetup};
 
 /// How the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DataplaneOptions {
+pub(crate) struct DataplaneOptions {
     /// How long an idle worker keeps polling its TUN queue and socket after its
     /// last packet before it sleeps; zero sleeps at once.
-    pub busy_poll: Duration,
+    pub(crate) busy_poll: Duration,
     /// The overlay MTU: the largest inner packet a pod takes.
-    pub mtu: u32,
+    pub(crate) mtu: u32,
 }
 
 /// Owns the dataplane's worker threads.
-pub struct DataplaneDriver {
+pub(crate) struct DataplaneDriver {
     /// The workers: `wait` until one fails (one only returns on a fatal TUN or socket
     /// error), `shutdown` to stop them (the TUN and socket fds close with them).
     pub(crate) threads: Threads,
@@ -75,14 +75,14 @@ pub struct DataplaneDriver {
 impl DataplaneDriver {
     /// How many workers [`DataplaneDriver::spawn`] starts for `tun` and `sockets`:
     /// one per pair of TUN queue and receive socket.
-    pub fn workers_for(tun: &TunDevice, sockets: &Sockets) -> usize {
+    pub(crate) fn workers_for(tun: &TunDevice, sockets: &Sockets) -> usize {
         tun.queues.len().min(sockets.rx.len()).max(1)
     }
 
     /// Starts one worker per pair of TUN queue and receive socket (extra queues or
     /// sockets are closed), forwarding with the tables `feeds` delivers and counting
     /// into its stats (which must have [`DataplaneDriver::workers_for`] workers).
-    pub fn spawn(
+    pub(crate) fn spawn(
         tun: TunDevice,
         sockets: Sockets,
         config: EncapConfig,
@@ -90,9 +90,6 @@ impl DataplaneDriver {
         options: DataplaneOptions,
     ) -> Result<DataplaneDriver, Error> {
         let workers = DataplaneDriver::workers_for(&tun, &sockets);
-        let TunDevice {
-            queues, vnet, uso, ..
-        } = tun;
         let Sockets { rx: rx_sockets, tx } = sockets;
         let Feeds {
             fib: fib_rx,
@@ -116,29 +113,13 @@ impl DataplaneDriver {
                 options.busy_poll
             );
         }
-        for (i, (tun, rx_socket)) in queues.into_iter().zip(rx_sockets).enumerate() {
-            let worker_stats = stats.worker(i);
-            let enc = Encapsulator::new(config, fib.clone(), worker_stats.clone());
-            let dec = Decapsulator::new(config, fib.clone(), worker_stats.clone());
-            let (fib_rx, router_rx) = (fib_rx.clone(), router_rx.clone());
-            let (stop, tx) = (threads.stop.clone(), tx.clone());
-            threads.spawn(format!("overlayd-dp{i}"), move || {
-                Worker::new(
-                    i,
-                    tun,
-                    rx_socket,
-                    tx,
-                    vnet,
-                    uso,
-                    enc,
-                    dec,
-                    fib_rx,
-                    router_rx,
-                    worker_stats,
-                    stop,
-                    options,
-                )?
-                .run()
+        let setups = WorkerSetup::per_queue(tun, &router_rx, &stats, &threads.stop, options);
+        for (setup, rx_socket) in setups.into_iter().zip(rx_sockets) {
+            let enc = Encapsulator::new(config, fib.clone(), setup.stats.clone());
+            let dec = Decapsulator::new(config, fib.clone(), setup.stats.clone());
+            let (fib_rx, tx) = (fib_rx.clone(), tx.clone());
+            threads.spawn(format!("overlayd-dp{}", setup.index), move || {
+                Worker::new(setup, rx_socket, tx, enc, dec, fib_rx)?.run()
             });
         }
         Ok(DataplaneDriver { threads })
@@ -158,44 +139,43 @@ struct Worker {
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
     fn new(
-        index: usize,
-        tun: TunQueue,
+        setup: WorkerSetup,
         rx_socket: UdpSocket,
         tx_sockets: Arc<[UdpSocket]>,
-        vnet: bool,
-        uso: bool,
         enc: Encapsulator,
         dec: Decapsulator,
         fib: watch::Receiver<Arc<Fib>>,
-        router: watch::Receiver<crate::dataplane::icmp::Routers>,
-        stats: Arc<Stats>,
-        stop: Arc<Stop>,
-        options: DataplaneOptions,
     ) -> Result<Worker, Error> {
         let first_tx = tx_sockets.first().unwrap_or(&rx_socket);
-        let sender = UdpSender::new(first_tx, index == 0);
-        let tx_path = TxPath::new(vnet, enc, fib.clone(), router, stats.clone(), sender);
+        let sender = UdpSender::new(first_tx, setup.index == 0);
+        let tx_path = TxPath::new(
+            setup.vnet,
+            enc,
+            fib.clone(),
+            setup.router,
+            setup.stats.clone(),
+            sender,
+        );
         let rx_path = RxPath::new(
             &rx_socket,
-            vnet,
-            uso,
-            options.mtu,
+            setup.vnet,
+            setup.uso,
+            setup.options.mtu,
             dec,
             fib,
-            stats,
-            index == 0,
+            setup.stats,
+            setup.index == 0,
         )?;
         Ok(Worker {
-            tun,
+            tun: setup.tun,
             rx_socket,
             tx_sockets,
-            vnet,
+            vnet: setup.vnet,
             tx: tx_path,
             rx: rx_path,
-            stop,
-            busy_poll: options.busy_poll,
+            stop: setup.stop,
+            busy_poll: setup.options.busy_poll,
         })
     }
 

@@ -39,9 +39,9 @@ const _: () = assert!(HEADROOM >= VNET_HDR_LEN);
 
 /// Encapsulation overhead on the underlay for an IPv4 underlay: outer IPv4 (20), UDP
 /// (8), VXLAN (8) and inner Ethernet (14). The overlay MTU is the underlay MTU less this.
-pub const OVERHEAD_V4: u32 = 20 + 8 + HEADROOM as u32;
+pub(crate) const OVERHEAD_V4: u32 = 20 + 8 + HEADROOM as u32;
 /// The same for an IPv6 underlay (outer IPv6 header of 40 bytes).
-pub const OVERHEAD_V6: u32 = 40 + 8 + HEADROOM as u32;
+pub(crate) const OVERHEAD_V6: u32 = 40 + 8 + HEADROOM as u32;
 
 /// What to send after a successful encapsulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +118,7 @@ impl Encapsulator {
     }
 
     /// Replaces the forwarding table (membership changed).
-    pub fn set_fib(&mut self, fib: Arc<Fib>) {
+    pub(crate) fn set_fib(&mut self, fib: Arc<Fib>) {
         self.flush_peer_stats();
         self.fib = fib;
     }
@@ -212,7 +212,7 @@ impl Encapsulator {
 /// Where a TUN read goes in a packet buffer: at `HEADROOM - VNET_HDR_LEN` when the TUN
 /// puts a virtio-net header in front of every packet (`vnet`), so that the IP packet
 /// always starts at `HEADROOM`; at `HEADROOM` otherwise.
-pub const fn tun_read_offset(vnet: bool) -> usize {
+pub(crate) const fn tun_read_offset(vnet: bool) -> usize {
     if vnet {
         HEADROOM - VNET_HDR_LEN
     } else {
@@ -340,7 +340,7 @@ impl Decapsulator {
     }
 
     /// Replaces the forwarding table (membership changed).
-    pub fn set_fib(&mut self, fib: Arc<Fib>) {
+    pub(crate) fn set_fib(&mut self, fib: Arc<Fib>) {
         self.flush_peer_stats();
         self.fib = fib;
     }

@@ -30,10 +30,10 @@ pub enum PeerState {
 
 impl PeerState {
     /// Every state, in the order status and metrics list them.
-    pub const ALL: [PeerState; 3] = [PeerState::Alive, PeerState::Suspect, PeerState::Dead];
+    pub(crate) const ALL: [PeerState; 3] = [PeerState::Alive, PeerState::Suspect, PeerState::Dead];
 
     /// Its name in status, metrics labels and JSON (`alive`, `suspect`, `dead`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             PeerState::Alive => "alive",
             PeerState::Suspect => "suspect",
@@ -80,13 +80,13 @@ pub struct Peer {
 
 impl Peer {
     /// Its subnets: `subnet`, and dual-stack `subnet_v6`.
-    pub fn subnets(&self) -> impl Iterator<Item = IpNet> {
+    pub(crate) fn subnets(&self) -> impl Iterator<Item = IpNet> {
         std::iter::once(self.subnet).chain(self.subnet_v6)
     }
 
     /// Whether `ip` lies in one of its subnets (the anti-spoofing check).
     #[inline]
-    pub fn owns(&self, ip: &IpAddr) -> bool {
+    pub(crate) fn owns(&self, ip: &IpAddr) -> bool {
         self.subnet.contains(ip) || self.subnet_v6.is_some_and(|s| s.contains(ip))
     }
 }
@@ -251,7 +251,7 @@ impl Fib {
 
     /// The index in [`Fib::peers`] of the peer whose subnet holds `dst`.
     #[inline(always)]
-    pub fn lookup_index(&self, dst: IpAddr) -> Option<u32> {
+    pub(crate) fn lookup_index(&self, dst: IpAddr) -> Option<u32> {
         match dst {
             IpAddr::V4(a) => {
                 let key = u32::from(a);

@@ -18,7 +18,7 @@ use super::wg::WgControl;
 /// The front end of a running dataplane: counters, the path in use and the
 /// forwarding-table feed.
 #[derive(Clone)]
-pub struct DataplaneHandle {
+pub(crate) struct DataplaneHandle {
     stats: Arc<NodeStats>,
     fib: watch::Sender<Arc<Fib>>,
     router: watch::Sender<Routers>,
@@ -32,36 +32,36 @@ pub struct DataplaneHandle {
 const REFRESH_WAIT: Duration = Duration::from_secs(1);
 
 /// The receiving ends of a handle's feeds, for the dataplane that forwards.
-pub struct Feeds {
+pub(crate) struct Feeds {
     /// The forwarding table in force.
-    pub fib: watch::Receiver<Arc<Fib>>,
+    pub(crate) fib: watch::Receiver<Arc<Fib>>,
     /// The node's gateway (the source of ICMP replies and of local traffic).
-    pub router: watch::Receiver<Routers>,
+    pub(crate) router: watch::Receiver<Routers>,
     /// The counters the dataplane writes.
-    pub stats: Arc<NodeStats>,
+    pub(crate) stats: Arc<NodeStats>,
     /// Error and drop counters of the kernel device, by name (kernel mode).
-    pub device_errors: Arc<Mutex<BTreeMap<String, u64>>>,
+    pub(crate) device_errors: Arc<Mutex<BTreeMap<String, u64>>>,
     /// Requests to copy the kernel's counters now and answer when done (kernel
     /// mode). A dataplane that counts as it forwards drops this end, and
     /// [`DataplaneHandle::refresh_counters`] then returns at once.
-    pub refresh: mpsc::Receiver<oneshot::Sender<()>>,
+    pub(crate) refresh: mpsc::Receiver<oneshot::Sender<()>>,
 }
 
 impl DataplaneHandle {
     /// The handle of an encrypted dataplane, which rotates its key.
-    pub fn with_encryption(mut self, control: WgControl) -> DataplaneHandle {
+    pub(crate) fn with_encryption(mut self, control: WgControl) -> DataplaneHandle {
         self.encryption = Some(control);
         self
     }
 
     /// The encrypted dataplane's key control, if the dataplane encrypts.
-    pub fn encryption(&self) -> Option<&WgControl> {
+    pub(crate) fn encryption(&self) -> Option<&WgControl> {
         self.encryption.as_ref()
     }
 
     /// A handle over `workers` sets of counters, starting with `fib`, for the
     /// dataplane described by `path`; the feeds go to the dataplane.
-    pub fn new(fib: Arc<Fib>, workers: usize, path: PathInfo) -> (DataplaneHandle, Feeds) {
+    pub(crate) fn new(fib: Arc<Fib>, workers: usize, path: PathInfo) -> (DataplaneHandle, Feeds) {
         let stats = Arc::new(NodeStats::new(workers));
         let (fib_tx, fib_rx) = watch::channel(fib);
         let (router_tx, router_rx) = watch::channel(Routers::default());
@@ -90,7 +90,7 @@ impl DataplaneHandle {
     /// `diagnose`) looks at them: the kernel dataplane, which copies the kernel's
     /// counters once a second, copies them now; a dataplane that counts as it
     /// forwards has nothing to do. Waits at most a second.
-    pub async fn refresh_counters(&self) {
+    pub(crate) async fn refresh_counters(&self) {
         let (done, copied) = oneshot::channel();
         if self.refresh.try_send(done).is_ok() {
             let _ = tokio::time::timeout(REFRESH_WAIT, copied).await;
@@ -98,18 +98,18 @@ impl DataplaneHandle {
     }
 
     /// The live counters of every worker.
-    pub fn stats(&self) -> &Arc<NodeStats> {
+    pub(crate) fn stats(&self) -> &Arc<NodeStats> {
         &self.stats
     }
 
     /// Which dataplane runs, on which device, and why.
-    pub fn path(&self) -> &PathInfo {
+    pub(crate) fn path(&self) -> &PathInfo {
         &self.path
     }
 
     /// The kernel device's error and drop counters, by name (empty in userspace
     /// mode, where every drop is counted by reason instead).
-    pub fn device_errors(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn device_errors(&self) -> BTreeMap<String, u64> {
         self.device_errors
             .lock()
             .map(|m| m.clone())
@@ -117,18 +117,18 @@ impl DataplaneHandle {
     }
 
     /// Installs a new forwarding table; the dataplane uses it from its next round.
-    pub fn set_fib(&self, fib: Arc<Fib>) {
+    pub(crate) fn set_fib(&self, fib: Arc<Fib>) {
         self.fib.send_replace(fib);
     }
 
     /// Sets the node's gateway (the address ICMP unreachable replies and local
     /// traffic come from); `None` while the node has no subnet.
-    pub fn set_router(&self, router: Routers) {
+    pub(crate) fn set_router(&self, router: Routers) {
         self.router.send_replace(router);
     }
 
     /// The forwarding table in use.
-    pub fn fib(&self) -> Arc<Fib> {
+    pub(crate) fn fib(&self) -> Arc<Fib> {
         self.fib.borrow().clone()
     }
 }

@@ -21,11 +21,11 @@ use super::wire::checksum;
 use super::wire::{IpHeader, Ipv4Packet, Ipv6Packet};
 
 /// Largest reply this module writes.
-pub const MAX_REPLY: usize = 1280;
+pub(crate) const MAX_REPLY: usize = 1280;
 
 /// Why the destination is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unreachable {
+pub(crate) enum Unreachable {
     /// No peer owns the destination subnet (ICMPv4 net unreachable, ICMPv6 no route).
     NoRoute,
     /// The owner is declared dead (ICMPv4 host unreachable, ICMPv6 address unreachable).
@@ -36,7 +36,7 @@ pub enum Unreachable {
 /// `router` (this node's gateway address of the same family). Returns its length, or
 /// `None` when no reply is due: the packet is malformed, is itself an ICMP error, has
 /// a multicast, broadcast or unspecified source, or `router` is of the other family.
-pub fn unreachable(
+pub(crate) fn unreachable(
     packet: &[u8],
     why: Unreachable,
     router: IpAddr,
@@ -131,25 +131,26 @@ fn v6(
 }
 
 /// ICMP unreachable replies per second at most, per worker.
-pub const REPLY_RATE: u32 = 100;
+pub(crate) const REPLY_RATE: u32 = 100;
 
 /// Largest TUN write [`UnreachableReplies::handle_drop`] produces: a virtio-net header
 /// and [`MAX_REPLY`].
-pub const MAX_TUN_WRITE: usize = VNET_HDR_LEN + MAX_REPLY;
+pub(crate) const MAX_TUN_WRITE: usize = VNET_HDR_LEN + MAX_REPLY;
 
 /// The node's gateway addresses on its bridge, where ICMP errors come from: its
 /// subnet's, and dual-stack its IPv6 subnet's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Routers {
+pub(crate) struct Routers {
     /// The gateway of the node's subnet (the primary family's).
-    pub primary: Option<IpAddr>,
+    pub(crate) primary: Option<IpAddr>,
     /// Dual-stack: the gateway of its IPv6 subnet (the second family's).
-    pub second: Option<IpAddr>,
+    pub(crate) second: Option<IpAddr>,
 }
 
 impl Routers {
     /// Only `primary`.
-    pub fn one(primary: IpAddr) -> Routers {
+    #[cfg(test)]
+    pub(crate) fn one(primary: IpAddr) -> Routers {
         Routers {
             primary: Some(primary),
             second: None,
@@ -157,7 +158,7 @@ impl Routers {
     }
 
     /// The router of the IPv4 (`v4`) or the IPv6 family, if the node has one.
-    pub fn of_family(&self, v4: bool) -> Option<IpAddr> {
+    pub(crate) fn of_family(&self, v4: bool) -> Option<IpAddr> {
         [self.primary, self.second]
             .into_iter()
             .flatten()
@@ -168,7 +169,7 @@ impl Routers {
 /// The ICMP-unreachable side of one worker's outbound path: which drops get a reply,
 /// from which address, how often, and the bytes to write to the TUN.
 #[derive(Debug, Clone)]
-pub struct UnreachableReplies {
+pub(crate) struct UnreachableReplies {
     router: Routers,
     vnet: bool,
     limit: RateLimit,
@@ -177,7 +178,7 @@ pub struct UnreachableReplies {
 impl UnreachableReplies {
     /// Replies at most `rate` times a second; with `vnet` every TUN write starts with
     /// a virtio-net header. No reply is sent until [`Self::set_router`] gives an address.
-    pub fn new(rate: u32, vnet: bool) -> UnreachableReplies {
+    pub(crate) fn new(rate: u32, vnet: bool) -> UnreachableReplies {
         UnreachableReplies {
             router: Routers::default(),
             vnet,
@@ -187,7 +188,7 @@ impl UnreachableReplies {
 
     /// Sets the addresses replies come from (the node's gateways); a packet of a
     /// family with none gets no reply.
-    pub fn set_router(&mut self, router: Routers) {
+    pub(crate) fn set_router(&mut self, router: Routers) {
         self.router = router;
     }
 
@@ -197,7 +198,7 @@ impl UnreachableReplies {
     /// packet), writes the TUN write into `out` (at least [`MAX_TUN_WRITE`] bytes for
     /// every reply to fit): a zero virtio-net header ("no GSO, checksum complete") if
     /// the TUN takes one, then the ICMP reply. Returns its length.
-    pub fn handle_drop(
+    pub(crate) fn handle_drop(
         &mut self,
         now: Instant,
         reason: DropReason,
@@ -223,7 +224,7 @@ impl UnreachableReplies {
 
 /// A token bucket: at most `rate` replies per second, bursts of up to `rate`.
 #[derive(Debug, Clone)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     rate: u32,
     tokens: u32,
     last: Option<Instant>,
@@ -231,7 +232,7 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// A limiter allowing `rate` replies per second.
-    pub fn new(rate: u32) -> RateLimit {
+    pub(crate) fn new(rate: u32) -> RateLimit {
         RateLimit {
             rate,
             tokens: rate,
@@ -240,7 +241,7 @@ impl RateLimit {
     }
 
     /// True if a reply may be sent at `now` (and takes a token).
-    pub fn allow(&mut self, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant) -> bool {
         if let Some(last) = self.last {
             let elapsed = now.saturating_duration_since(last);
             let refill = (elapsed.as_secs_f64() * f64::from(self.rate)) as u32;

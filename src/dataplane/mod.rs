@@ -29,28 +29,30 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod batch;
-pub mod driver;
-pub mod encap;
-pub mod error;
-pub mod fib;
+pub(crate) mod driver;
+pub(crate) mod encap;
+pub(crate) mod error;
+pub(crate) mod fib;
 pub mod flow;
-pub mod handle;
-pub mod icmp;
-pub mod kernel;
-pub mod mode;
-pub mod netlink;
+pub(crate) mod handle;
+pub(crate) mod icmp;
+pub(crate) mod kernel;
+pub(crate) mod mode;
+pub(crate) mod netlink;
 pub mod offload;
 pub mod stats;
-pub mod threads;
-pub mod tun;
-pub mod udp;
+pub(crate) mod threads;
+pub(crate) mod tun;
+pub(crate) mod udp;
 pub mod wg;
 pub mod wire;
-pub mod worker;
+pub(crate) mod worker;
 
-pub use encap::{Decapsulator, EncapConfig, Encapsulator, Transmit, HEADROOM};
-pub use error::Error;
+// The benches and fuzz targets run the packet path's cores with these.
+pub use encap::{Decapsulator, EncapConfig, Encapsulator, HEADROOM};
 pub use fib::{gateway_of, Fib, Peer, PeerOrigin, PeerState};
-pub use handle::{DataplaneHandle, Feeds};
-pub use mode::{DataplaneMode, PathInfo};
-pub use stats::{DropReason, NodeStats, Stats};
+pub use stats::{DropReason, Stats};
+
+pub(crate) use error::Error;
+pub(crate) use handle::DataplaneHandle;
+pub(crate) use mode::{DataplaneMode, PathInfo};

@@ -22,14 +22,14 @@ pub enum DataplaneMode {
 
 impl DataplaneMode {
     /// Both modes, in a fixed order.
-    pub const ALL: [DataplaneMode; 3] = [
+    pub(crate) const ALL: [DataplaneMode; 3] = [
         DataplaneMode::Userspace,
         DataplaneMode::Kernel,
         DataplaneMode::Encrypted,
     ];
 
     /// The mode's stable name, as status and metrics print it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DataplaneMode::Userspace => "userspace",
             DataplaneMode::Kernel => "kernel",
@@ -46,11 +46,11 @@ impl std::fmt::Display for DataplaneMode {
 
 /// The active dataplane, the device that carries it and why it was chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct PathInfo {
+pub(crate) struct PathInfo {
     /// Which dataplane runs.
-    pub mode: DataplaneMode,
+    pub(crate) mode: DataplaneMode,
     /// Its device: the TUN (userspace) or the vxlan device (kernel).
-    pub device: String,
+    pub(crate) device: String,
     /// Why this mode: the flag, or what `--dataplane auto` found.
-    pub reason: String,
+    pub(crate) reason: String,
 }

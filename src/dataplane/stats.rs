@@ -95,7 +95,7 @@ impl DropReason {
     ];
 
     /// The reason's stable name, as status and metrics print it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DropReason::UnknownSubnet => "unknown_subnet",
             DropReason::PeerDead => "peer_dead",
@@ -144,28 +144,28 @@ pub struct Flow {
 impl Flow {
     /// Counts one packet of `bytes` bytes (single writer).
     #[inline]
-    pub fn add(&self, bytes: usize) {
+    pub(crate) fn add(&self, bytes: usize) {
         bump(&self.packets, 1);
         bump(&self.bytes, bytes as u64);
     }
 
     /// Counts `packets` packets of `bytes` bytes in all (single writer).
     #[inline]
-    pub fn add_many(&self, packets: u64, bytes: u64) {
+    pub(crate) fn add_many(&self, packets: u64, bytes: u64) {
         bump(&self.packets, packets);
         bump(&self.bytes, bytes);
     }
 
     /// Counts `packets` packets of `bytes` bytes in all; safe with several writers.
     #[inline]
-    pub fn add_shared(&self, packets: u64, bytes: usize) {
+    pub(crate) fn add_shared(&self, packets: u64, bytes: usize) {
         self.packets.fetch_add(packets, Relaxed);
         self.bytes.fetch_add(bytes as u64, Relaxed);
     }
 
     /// Sets the counts to totals read elsewhere (the kernel dataplane copies the
     /// kernel's counters here; it is their one writer).
-    pub fn set(&self, packets: u64, bytes: u64) {
+    pub(crate) fn set(&self, packets: u64, bytes: u64) {
         self.packets.store(packets, Relaxed);
         self.bytes.store(bytes, Relaxed);
     }
@@ -194,7 +194,7 @@ pub struct DirectionStats {
 impl DirectionStats {
     /// Records that one wake-up handled `packets` packets.
     #[inline]
-    pub fn record_batch(&self, packets: usize) {
+    pub(crate) fn record_batch(&self, packets: usize) {
         let n = packets as u64;
         if let Some(i) = BATCH_BUCKETS.iter().position(|b| n <= *b) {
             bump(&self.batch_buckets[i], 1);
@@ -203,30 +203,15 @@ impl DirectionStats {
         bump(&self.batch_sum, n);
     }
 
-    /// Batch-size histogram: (sum, count, cumulative counts per bucket of [`BATCH_BUCKETS`]).
-    pub fn batches(&self) -> (u64, u64, [u64; BATCH_BUCKETS.len()]) {
-        let mut cumulative = [0u64; BATCH_BUCKETS.len()];
-        let mut acc = 0;
-        for (i, b) in self.batch_buckets.iter().enumerate() {
-            acc += b.load(Relaxed);
-            cumulative[i] = acc;
-        }
-        (
-            self.batch_sum.load(Relaxed),
-            self.batch_count.load(Relaxed),
-            cumulative,
-        )
-    }
-
     /// Counts one drop.
     #[inline]
-    pub fn drop(&self, reason: DropReason) {
+    pub(crate) fn drop(&self, reason: DropReason) {
         bump(&self.drops[reason.index()], 1);
     }
 
     /// Counts `n` drops.
     #[inline]
-    pub fn drop_many(&self, reason: DropReason, n: u64) {
+    pub(crate) fn drop_many(&self, reason: DropReason, n: u64) {
         bump(&self.drops[reason.index()], n);
     }
 
@@ -270,7 +255,7 @@ pub struct PeerStats {
 /// A peer's WireGuard session as the encrypted dataplane last saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum WgSession {
+pub(crate) enum WgSession {
     /// No session and no handshake under way.
     None,
     /// A handshake initiation is out, no session yet.
@@ -281,7 +266,7 @@ pub enum WgSession {
 
 impl WgSession {
     /// The state's stable name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             WgSession::None => "none",
             WgSession::Handshaking => "handshaking",
@@ -301,13 +286,13 @@ pub struct WgPeerStats {
     /// Handshake initiations sent since the last session was established.
     initiations: AtomicU64,
     /// Data messages whose tag did not verify.
-    pub bad_tag: AtomicU64,
+    pub(crate) bad_tag: AtomicU64,
     /// Data messages replayed or too old.
-    pub replay: AtomicU64,
+    pub(crate) replay: AtomicU64,
     /// Handshakes from the peer's address with a key that is not the peer's.
-    pub unknown_key: AtomicU64,
+    pub(crate) unknown_key: AtomicU64,
     /// Data messages for no session we hold.
-    pub no_session: AtomicU64,
+    pub(crate) no_session: AtomicU64,
     /// Handshake messages refused (MAC, timestamp, rate limit, malformed).
     pub bad_handshake: AtomicU64,
 }
@@ -327,7 +312,7 @@ pub struct WgPeerSnapshot {
 
 impl WgPeerStats {
     /// Records the session state and its handshake's age (the timer thread).
-    pub fn set_session(&self, session: WgSession, age: Option<std::time::Duration>) {
+    pub(crate) fn set_session(&self, session: WgSession, age: Option<std::time::Duration>) {
         let code = match session {
             WgSession::None => 0,
             WgSession::Handshaking => 1,
@@ -342,17 +327,17 @@ impl WgPeerStats {
     }
 
     /// Initiations sent since the last session was established.
-    pub fn initiations(&self) -> u64 {
+    pub(crate) fn initiations(&self) -> u64 {
         self.initiations.load(Relaxed)
     }
 
     /// Counts a handshake initiation sent.
-    pub fn initiation_sent(&self) {
+    pub(crate) fn initiation_sent(&self) {
         self.initiations.fetch_add(1, Relaxed);
     }
 
     /// Counts a failure of `reason` (one of the encrypted reasons).
-    pub fn fail(&self, reason: DropReason) {
+    pub(crate) fn fail(&self, reason: DropReason) {
         let c = match reason {
             DropReason::BadTag => &self.bad_tag,
             DropReason::Replay => &self.replay,
@@ -364,7 +349,7 @@ impl WgPeerStats {
     }
 
     /// The session state.
-    pub fn session(&self) -> WgSession {
+    pub(crate) fn session(&self) -> WgSession {
         match self.session.load(Relaxed) {
             2 => WgSession::Established,
             1 => WgSession::Handshaking,
@@ -373,7 +358,7 @@ impl WgPeerStats {
     }
 
     /// A copy for status and metrics.
-    pub fn snapshot(&self) -> WgPeerSnapshot {
+    pub(crate) fn snapshot(&self) -> WgPeerSnapshot {
         let age = self.handshake_age_ms.load(Relaxed);
         let failures = [
             ("bad_tag", &self.bad_tag),
@@ -412,7 +397,8 @@ pub struct StatsSnapshot {
 
 impl Stats {
     /// Copies the counters.
-    pub fn snapshot(&self) -> StatsSnapshot {
+    #[cfg(test)]
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let (mut tx, mut rx) = (DirectionTotals::default(), DirectionTotals::default());
         tx.add(&self.tx);
         rx.add(&self.rx);
@@ -422,9 +408,9 @@ impl Stats {
 
 /// One direction's counters summed over every worker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DirectionTotals {
+pub(crate) struct DirectionTotals {
     /// (packets, bytes) forwarded.
-    pub forwarded: (u64, u64),
+    pub(crate) forwarded: (u64, u64),
     drops: [u64; DropReason::ALL.len()],
     batch_buckets: [u64; BATCH_BUCKETS.len()],
     batch_count: u64,
@@ -447,12 +433,12 @@ impl DirectionTotals {
     }
 
     /// Drops so far for `reason`.
-    pub fn drops(&self, reason: DropReason) -> u64 {
+    pub(crate) fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason.index()]
     }
 
     /// Batch-size histogram: (sum, count, cumulative counts per bucket of [`BATCH_BUCKETS`]).
-    pub fn batches(&self) -> (u64, u64, [u64; BATCH_BUCKETS.len()]) {
+    pub(crate) fn batches(&self) -> (u64, u64, [u64; BATCH_BUCKETS.len()]) {
         let mut cumulative = self.batch_buckets;
         for i in 1..cumulative.len() {
             cumulative[i] += cumulative[i - 1];
@@ -463,39 +449,39 @@ impl DirectionTotals {
 
 /// The counters of every worker of a node, summed when read.
 #[derive(Debug, Default)]
-pub struct NodeStats {
+pub(crate) struct NodeStats {
     workers: Vec<Arc<Stats>>,
 }
 
 impl NodeStats {
     /// Counters for `workers` workers, all zero.
-    pub fn new(workers: usize) -> NodeStats {
+    pub(crate) fn new(workers: usize) -> NodeStats {
         NodeStats {
             workers: (0..workers.max(1)).map(|_| Arc::default()).collect(),
         }
     }
 
     /// The counters of worker `i` (its only writer); `i` wraps around.
-    pub fn worker(&self, i: usize) -> Arc<Stats> {
+    pub(crate) fn worker(&self, i: usize) -> Arc<Stats> {
         self.workers[i % self.workers.len()].clone()
     }
 
     /// Outbound totals (TUN to peers).
-    pub fn tx(&self) -> DirectionTotals {
+    pub(crate) fn tx(&self) -> DirectionTotals {
         let mut t = DirectionTotals::default();
         self.workers.iter().for_each(|w| t.add(&w.tx));
         t
     }
 
     /// Inbound totals (peers to TUN).
-    pub fn rx(&self) -> DirectionTotals {
+    pub(crate) fn rx(&self) -> DirectionTotals {
         let mut t = DirectionTotals::default();
         self.workers.iter().for_each(|w| t.add(&w.rx));
         t
     }
 
     /// Copies the summed counters.
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot::of(&self.tx(), &self.rx())
     }
 }

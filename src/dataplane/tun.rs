@@ -16,13 +16,13 @@ use super::error::Error;
 
 /// What [`open`] got from the kernel.
 #[derive(Debug)]
-pub struct TunDevice {
+pub(crate) struct TunDevice {
     /// One fd per queue, non-blocking.
-    pub queues: Vec<TunQueue>,
+    pub(crate) queues: Vec<TunQueue>,
     /// Whether every read and write carries a virtio-net header (TSO in, GRO out).
-    pub vnet: bool,
+    pub(crate) vnet: bool,
     /// Whether the device also takes UDP segmentation offload (USO) on writes.
-    pub uso: bool,
+    pub(crate) uso: bool,
 }
 
 /// Creates the TUN device `name` (no packet-information header) with `queues`
@@ -31,7 +31,7 @@ pub struct TunDevice {
 /// kernel has it, USO) are asked for first; without them the device moves one plain
 /// packet per read and write. Several queues need `IFF_MULTI_QUEUE`; a kernel
 /// without it gets one queue. The log says which.
-pub fn open(name: &str, mtu: u32, queues: usize) -> Result<TunDevice, Error> {
+pub(crate) fn open(name: &str, mtu: u32, queues: usize) -> Result<TunDevice, Error> {
     let mtu16 = u16::try_from(mtu).unwrap_or(u16::MAX);
     let queues = queues.max(1);
     let build = |offload: bool, multi: bool| {
@@ -109,13 +109,13 @@ fn into_queue(device: tun_rs::SyncDevice) -> io::Result<TunQueue> {
 
 /// One non-blocking TUN queue fd.
 #[derive(Debug)]
-pub struct TunQueue {
+pub(crate) struct TunQueue {
     fd: OwnedFd,
 }
 
 impl TunQueue {
     /// Takes `fd` and makes it non-blocking.
-    pub fn new(fd: OwnedFd) -> io::Result<TunQueue> {
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<TunQueue> {
         let flags = fcntl_getfl(&fd)?;
         fcntl_setfl(&fd, flags | OFlags::NONBLOCK)?;
         Ok(TunQueue { fd })
@@ -123,13 +123,13 @@ impl TunQueue {
 
     /// Reads one packet if one is queued (`WouldBlock` otherwise).
     #[inline]
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         Ok(rustix::io::read(&self.fd, buf)?)
     }
 
     /// Writes one packet made of `iov` parts (`WouldBlock` if the queue is full).
     #[inline]
-    pub fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    pub(crate) fn send_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         Ok(rustix::io::writev(&self.fd, iov)?)
     }
 }

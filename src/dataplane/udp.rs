@@ -52,7 +52,7 @@ use super::error::Error;
 
 /// Send sockets (outer source ports) of a node with `workers` workers: at least 16,
 /// two per worker beyond that, so a receiver has flows to spread over its cores.
-pub fn source_ports(workers: usize) -> usize {
+pub(crate) fn source_ports(workers: usize) -> usize {
     (2 * workers).clamp(16, 256)
 }
 /// Socket buffer size asked of the kernel for the receive sockets.
@@ -62,16 +62,16 @@ const SEND_BUFFER: usize = 1 << 20;
 
 /// The VXLAN sockets of a node.
 #[derive(Debug)]
-pub struct Sockets {
+pub(crate) struct Sockets {
     /// One per worker, bound to the VXLAN port in one `SO_REUSEPORT` group.
-    pub rx: Vec<UdpSocket>,
+    pub(crate) rx: Vec<UdpSocket>,
     /// Bound to ephemeral ports, shared by the workers; the flow hash picks one.
-    pub tx: Arc<[UdpSocket]>,
+    pub(crate) tx: Arc<[UdpSocket]>,
 }
 
 /// Opens the sockets of `workers` workers receiving on `bind` (see the module
 /// docs). Fewer receive sockets come back if the kernel refuses `SO_REUSEPORT`.
-pub fn open_sockets(bind: SocketAddr, workers: usize) -> Result<Sockets, Error> {
+pub(crate) fn open_sockets(bind: SocketAddr, workers: usize) -> Result<Sockets, Error> {
     let err = |addr, source| Error::Socket { addr, source };
     let rx = open_rx_sockets(bind, workers)?;
     let src = SocketAddr::new(bind.ip(), 0);
@@ -84,7 +84,7 @@ pub fn open_sockets(bind: SocketAddr, workers: usize) -> Result<Sockets, Error> 
 
 /// Opens `workers` receive sockets bound to `bind` in one `SO_REUSEPORT` group
 /// (fewer if the kernel refuses `SO_REUSEPORT`).
-pub fn open_rx_sockets(bind: SocketAddr, workers: usize) -> Result<Vec<UdpSocket>, Error> {
+pub(crate) fn open_rx_sockets(bind: SocketAddr, workers: usize) -> Result<Vec<UdpSocket>, Error> {
     let err = |addr, source| Error::Socket { addr, source };
     let workers = workers.max(1);
     let mut rx = Vec::with_capacity(workers);
@@ -131,7 +131,7 @@ fn tx_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 /// Whether the kernel accepts `UDP_SEGMENT` on `socket`.
-pub fn gso_supported(socket: &impl AsRawFd) -> bool {
+pub(crate) fn gso_supported(socket: &impl AsRawFd) -> bool {
     let mut value: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt on a live fd with a correctly sized out-buffer.
@@ -149,23 +149,23 @@ pub fn gso_supported(socket: &impl AsRawFd) -> bool {
 
 /// Sends groups of datagrams on the VXLAN send sockets, with GSO while it works.
 #[derive(Debug)]
-pub struct UdpSender {
+pub(crate) struct UdpSender {
     gso: bool,
 }
 
 /// Datagrams of one send: `iov` holds their parts, `parts[i]` says how many iovecs
 /// datagram `i` has.
-pub struct Gather<'a, 'b> {
+pub(crate) struct Gather<'a, 'b> {
     /// Every part of every datagram, in order.
-    pub iov: &'a [IoSlice<'b>],
+    pub(crate) iov: &'a [IoSlice<'b>],
     /// Parts per datagram.
-    pub parts: &'a [u8],
+    pub(crate) parts: &'a [u8],
 }
 
 impl UdpSender {
     /// A sender for sockets like `socket`; probes GSO. `log` says which path is
     /// active (one worker logs it for all).
-    pub fn new(socket: &impl AsRawFd, log: bool) -> UdpSender {
+    pub(crate) fn new(socket: &impl AsRawFd, log: bool) -> UdpSender {
         let gso = gso_supported(socket);
         if log && gso {
             tracing::info!("UDP sockets: GSO (UDP_SEGMENT) send path");
@@ -176,7 +176,7 @@ impl UdpSender {
     }
 
     /// Most datagrams per send call (one GSO `sendmsg` or one `sendmmsg`).
-    pub fn max_segments(&self) -> usize {
+    pub(crate) fn max_segments(&self) -> usize {
         MAX_GSO_SEGMENTS
     }
 
@@ -184,7 +184,7 @@ impl UdpSender {
     /// `sendmsg` whose payload the kernel splits every `segment_size` bytes (all but
     /// the last are that size); without, one `sendmmsg`. `WouldBlock` means nothing
     /// was sent and the socket is full: wait until it is writable and call again.
-    pub fn send(
+    pub(crate) fn send(
         &mut self,
         socket: &impl AsRawFd,
         dst: SocketAddr,

@@ -26,6 +26,51 @@ use super::threads::{wait, Stop};
 use super::tun::TunQueue;
 use super::udp::{Gather, UdpSender};
 
+/// What every userspace worker thread is given, whichever dataplane it serves: its
+/// index (worker 0 logs what the sockets can do), its TUN queue and the queue's
+/// offloads, the gateway feed for ICMP replies, its counters, the stop signal and
+/// the options.
+pub(crate) struct WorkerSetup {
+    pub(crate) index: usize,
+    pub(crate) tun: TunQueue,
+    /// The TUN queue carries a virtio-net header (TSO/USO and checksum offloads).
+    pub(crate) vnet: bool,
+    /// The TUN queue takes UDP segmentation offload.
+    pub(crate) uso: bool,
+    pub(crate) router: watch::Receiver<Routers>,
+    pub(crate) stats: std::sync::Arc<Stats>,
+    pub(crate) stop: std::sync::Arc<Stop>,
+    pub(crate) options: super::driver::DataplaneOptions,
+}
+
+impl WorkerSetup {
+    /// One setup per queue of `tun`: worker `i` gets queue `i` and counter set `i`
+    /// of `stats`.
+    pub(crate) fn per_queue(
+        tun: super::tun::TunDevice,
+        router: &watch::Receiver<Routers>,
+        stats: &super::stats::NodeStats,
+        stop: &std::sync::Arc<Stop>,
+        options: super::driver::DataplaneOptions,
+    ) -> Vec<WorkerSetup> {
+        let (vnet, uso) = (tun.vnet, tun.uso);
+        tun.queues
+            .into_iter()
+            .enumerate()
+            .map(|(index, tun)| WorkerSetup {
+                index,
+                tun,
+                vnet,
+                uso,
+                router: router.clone(),
+                stats: stats.worker(index),
+                stop: stop.clone(),
+                options,
+            })
+            .collect()
+    }
+}
+
 /// Largest IP packet the TUN can hand us.
 pub(crate) const MAX_PACKET: usize = 65_535;
 /// TUN packets (super-packets with offloads) read per round of the outbound path.
@@ -51,7 +96,7 @@ pub(crate) trait Route {
 /// the outer headers, and the ICMP unreachable replies to packets a core drops.
 pub(crate) struct TunReads {
     /// The read buffers; read `k` is in `bufs[k]`.
-    pub bufs: Vec<Vec<u8>>,
+    pub(crate) bufs: Vec<Vec<u8>>,
     vnet: bool,
     /// The gateway addresses replies come from, as the daemon sets them.
     router: watch::Receiver<Routers>,
@@ -137,7 +182,7 @@ pub(crate) enum Received {
 pub(crate) struct RxBatch {
     state: UdpSocketState,
     /// The receive buffers, back to back; a [`Datagram`]'s range indexes them.
-    pub bufs: Vec<u8>,
+    pub(crate) bufs: Vec<u8>,
     metas: [RecvMeta; RX_BUFS],
 }
 

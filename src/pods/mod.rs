@@ -5,7 +5,7 @@
 //! [`reclaim`] judges, sans IO, when a pod is gone for good and its addresses may be
 //! freed. Gathering the facts and freeing the files is `crate::daemon::pods`.
 
-pub mod reclaim;
+pub(crate) mod reclaim;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -59,7 +59,7 @@ pub struct PodReport {
 
 impl PodReport {
     /// `namespace/name`, when both are known.
-    pub fn qualified_name(&self) -> Option<String> {
+    pub(crate) fn qualified_name(&self) -> Option<String> {
         Some(format!(
             "{}/{}",
             self.namespace.as_ref()?,
@@ -72,7 +72,7 @@ impl PodReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MalformedReport {
     /// The file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// What is wrong with it.
     pub error: String,
 }
@@ -107,7 +107,7 @@ impl PodsReport {
 }
 
 /// `12s`, `5m`, `3h`, `2d`: an age in its largest whole unit.
-pub fn age(secs: u64) -> String {
+pub(crate) fn age(secs: u64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 2 * 3600 => format!("{}m", s / 60),

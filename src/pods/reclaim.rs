@@ -20,7 +20,7 @@ use super::PodState;
 
 /// Whether a pod's netns or host veth exists, as the daemon sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Presence {
+pub(crate) enum Presence {
     /// It exists.
     Present,
     /// It does not exist, and the daemon could have seen it if it did.
@@ -32,20 +32,20 @@ pub enum Presence {
 /// One pod attachment as one scan saw it: its reservations in one network's store
 /// (one per address family) and the presence of its netns and host veth.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// The network (the store's directory name under `dataDir`).
-    pub network: String,
+    pub(crate) network: String,
     /// Its reservations, all of one owner (same container ID and interface).
-    pub records: Vec<PodRecord>,
+    pub(crate) records: Vec<PodRecord>,
     /// Its netns (`CNI_NETNS` of the ADD).
-    pub netns: Presence,
+    pub(crate) netns: Presence,
     /// Its host veth.
-    pub veth: Presence,
+    pub(crate) veth: Presence,
 }
 
 impl Observation {
     /// The attachment's key: network, container ID, interface.
-    pub fn key(&self) -> Key {
+    pub(crate) fn key(&self) -> Key {
         let owner = self.records.first().map(|r| &r.owner);
         (
             self.network.clone(),
@@ -56,11 +56,11 @@ impl Observation {
 }
 
 /// An attachment: network, container ID, interface name.
-pub type Key = (String, String, String);
+pub(crate) type Key = (String, String, String);
 
 /// Groups a store's records by attachment (container ID and interface), in address
 /// order of each group's first record.
-pub fn group(records: Vec<PodRecord>) -> Vec<Vec<PodRecord>> {
+pub(crate) fn group(records: Vec<PodRecord>) -> Vec<Vec<PodRecord>> {
     let mut groups: BTreeMap<(String, String), Vec<PodRecord>> = BTreeMap::new();
     for r in records {
         groups
@@ -78,25 +78,25 @@ pub fn group(records: Vec<PodRecord>) -> Vec<Vec<PodRecord>> {
 
 /// What one scan decided about one attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Judged {
+pub(crate) struct Judged {
     /// The observation.
-    pub observation: Observation,
+    pub(crate) observation: Observation,
     /// Its state.
-    pub state: PodState,
+    pub(crate) state: PodState,
     /// Whether to free its reservations now (after a second look under the lock).
-    pub reclaim: bool,
+    pub(crate) reclaim: bool,
 }
 
 /// Remembers since when each attachment has been seen gone.
 #[derive(Debug, Clone)]
-pub struct Reclaimer {
+pub(crate) struct Reclaimer {
     grace: Duration,
     gone_since: HashMap<Key, Instant>,
 }
 
 impl Reclaimer {
     /// A reclaimer with grace period `grace`; `Duration::ZERO` judges but never frees.
-    pub fn new(grace: Duration) -> Reclaimer {
+    pub(crate) fn new(grace: Duration) -> Reclaimer {
         Reclaimer {
             grace,
             gone_since: HashMap::new(),
@@ -104,13 +104,13 @@ impl Reclaimer {
     }
 
     /// The grace period (`Duration::ZERO`: reclaim is off).
-    pub fn grace(&self) -> Duration {
+    pub(crate) fn grace(&self) -> Duration {
         self.grace
     }
 
     /// Judges one scan's observations at `now`. An attachment absent from the scan is
     /// forgotten (a DEL freed it), so a later one with the same key starts afresh.
-    pub fn observe(&mut self, now: Instant, observations: Vec<Observation>) -> Vec<Judged> {
+    pub(crate) fn observe(&mut self, now: Instant, observations: Vec<Observation>) -> Vec<Judged> {
         let mut seen: HashMap<Key, Instant> = HashMap::new();
         let mut out = Vec::with_capacity(observations.len());
         for observation in observations {
@@ -144,7 +144,7 @@ impl Reclaimer {
     }
 
     /// Forgets `key` (its reservations were freed).
-    pub fn forget(&mut self, key: &Key) {
+    pub(crate) fn forget(&mut self, key: &Key) {
         self.gone_since.remove(key);
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-pub use overlayd::status::{PeerReport, StatusReport};
+pub use overlayd::ops::status::{PeerReport, StatusReport};
 
 use crate::cmd::wait_until;
 use crate::netns::Netns;

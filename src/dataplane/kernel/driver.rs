@@ -19,13 +19,13 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::device::VxlanSpec;
 use super::nft;
 use super::plan::{changes, Entries};
 use super::ruleset::{self, Member, Ruleset};
 use crate::dataplane::fib::{Fib, PeerState};
 use crate::dataplane::handle::Feeds;
 use crate::dataplane::icmp::Routers;
+use crate::dataplane::netlink::VxlanSpec;
 use crate::dataplane::netlink::{disable_ipv6, Netlink};
 use crate::dataplane::stats::DropReason;
 use crate::dataplane::Error;
@@ -37,16 +37,16 @@ const REPAIR_EVERY: Duration = Duration::from_secs(10);
 
 /// What the kernel dataplane needs to know.
 #[derive(Debug, Clone)]
-pub struct KernelConfig {
+pub(crate) struct KernelConfig {
     /// The vxlan device.
-    pub spec: VxlanSpec,
+    pub(crate) spec: VxlanSpec,
     /// The cluster CIDRs (dual-stack: both): routes inside them on the device are
     /// ours, and the rest of them is unreachable.
-    pub cluster_cidrs: Vec<IpNet>,
+    pub(crate) cluster_cidrs: Vec<IpNet>,
 }
 
 /// The running kernel dataplane.
-pub struct KernelDriver {
+pub(crate) struct KernelDriver {
     task: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
 }
@@ -76,7 +76,7 @@ impl KernelDriver {
     /// Creates (or reuses) the vxlan device, installs the filter and the entries for
     /// the forwarding table in `feeds`, brings the device up and starts following
     /// the feeds. Any failure here is returned before the device carries traffic.
-    pub async fn start(
+    pub(crate) async fn start(
         netlink: Netlink,
         config: KernelConfig,
         feeds: Feeds,
@@ -127,7 +127,7 @@ impl KernelDriver {
     }
 
     /// Waits until the driver's task ends (it only does when stopped).
-    pub async fn wait(&mut self) -> Result<(), Error> {
+    pub(crate) async fn wait(&mut self) -> Result<(), Error> {
         match self.task.as_mut() {
             Some(task) => match task.await {
                 Ok(()) => {
@@ -148,7 +148,7 @@ impl KernelDriver {
 
     /// Stops following the feeds. The device, its entries and the filter stay, so
     /// pod traffic keeps flowing while the daemon restarts, as with flannel.
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
             let _ = task.await;
@@ -160,7 +160,7 @@ impl KernelDriver {
     /// routes of the cluster CIDRs `clusters` and the nftables table. For `overlayd
     /// leave` and for a switch to the userspace dataplane; true if there was
     /// anything to remove.
-    pub async fn remove(
+    pub(crate) async fn remove(
         netlink: &Netlink,
         device: &str,
         clusters: impl IntoIterator<Item = IpNet>,

@@ -7,15 +7,16 @@
 //! - [`plan`]: the neighbour, FDB and route entries for a forwarding table, and the
 //!   changes from what the kernel has (sans-IO).
 //! - [`ruleset`]: the nftables ruleset as `nft -f` text and its counters (sans-IO).
-//! - [`device`]: the rtnetlink requests.
 //! - [`nft`]: runs the `nft` binary.
 //! - [`driver`]: the task that follows the feeds and copies the counters.
+//!
+//! The rtnetlink requests (the vxlan device and its entries) are in
+//! [`crate::dataplane::netlink`].
 
-pub mod device;
-pub mod driver;
-pub mod nft;
-pub mod plan;
-pub mod ruleset;
+pub(crate) mod driver;
+pub(crate) mod nft;
+pub(crate) mod plan;
+pub(crate) mod ruleset;
 
-pub use device::{VxlanSpec, TEST_FAIL_VAR};
-pub use driver::{KernelConfig, KernelDriver};
+pub(crate) use crate::dataplane::netlink::VxlanSpec;
+pub(crate) use driver::{KernelConfig, KernelDriver};

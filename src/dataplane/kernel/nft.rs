@@ -32,7 +32,7 @@ fn nft_failed(what: &'static str, detail: impl std::fmt::Display) -> Error {
 }
 
 /// Applies `script` with `nft -f -` (one transaction).
-pub fn apply(script: &str) -> Result<(), Error> {
+pub(crate) fn apply(script: &str) -> Result<(), Error> {
     let mut child = nft()
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -62,7 +62,7 @@ pub fn apply(script: &str) -> Result<(), Error> {
 }
 
 /// The counters of table `inet overlayd`.
-pub fn counters() -> Result<Counters, Error> {
+pub(crate) fn counters() -> Result<Counters, Error> {
     let out = nft()
         .args(["-j", "list", "counters", "table", "inet", TABLE])
         .stdin(Stdio::null())
@@ -78,13 +78,13 @@ pub fn counters() -> Result<Counters, Error> {
 }
 
 /// Whether table `inet overlayd` exists (false also when nft cannot run).
-pub fn table_exists() -> bool {
+pub(crate) fn table_exists() -> bool {
     has_table("inet", TABLE)
 }
 
 /// Deletes table `name` of `family` if it exists; true if it did (`overlayd
 /// uninstall`, for the CNI plugin's masquerade tables).
-pub fn delete_table(family: &str, name: &str) -> Result<bool, Error> {
+pub(crate) fn delete_table(family: &str, name: &str) -> Result<bool, Error> {
     if !has_table(family, name) {
         return Ok(false);
     }

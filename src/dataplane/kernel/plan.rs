@@ -23,31 +23,31 @@ use crate::dataplane::wire::MacAddr;
 
 /// A route to a peer's subnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RouteEntry {
+pub(crate) struct RouteEntry {
     /// The peer's subnet.
-    pub dst: IpNet,
+    pub(crate) dst: IpNet,
     /// The peer's gateway, reached `onlink` on the vxlan device.
-    pub via: IpAddr,
+    pub(crate) via: IpAddr,
     /// Our gateway, the source of traffic the node itself sends (None without a
     /// subnet).
-    pub src: Option<IpAddr>,
+    pub(crate) src: Option<IpAddr>,
 }
 
 /// The kernel entries on the vxlan device, as sets so that a duplicate in the
 /// kernel shows up as an entry to delete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Entries {
+pub(crate) struct Entries {
     /// Neighbour entries: gateway address to VTEP MAC.
-    pub neighbours: BTreeSet<(IpAddr, MacAddr)>,
+    pub(crate) neighbours: BTreeSet<(IpAddr, MacAddr)>,
     /// FDB entries: VTEP MAC to underlay address and port.
-    pub fdb: BTreeSet<(MacAddr, SocketAddr)>,
+    pub(crate) fdb: BTreeSet<(MacAddr, SocketAddr)>,
     /// Routes to peer subnets.
-    pub routes: BTreeSet<RouteEntry>,
+    pub(crate) routes: BTreeSet<RouteEntry>,
 }
 
 /// One change to the kernel's entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// Delete this route.
     DelRoute(RouteEntry),
     /// Delete this neighbour entry.
@@ -67,7 +67,7 @@ impl Entries {
     /// of `local` (the vxlan device's `local`), with routes from our gateway of each
     /// family (`routers`). Peers left out (another underlay family, a VTEP MAC an
     /// earlier peer has) are named in the returned warnings.
-    pub fn for_fib(fib: &Fib, local: IpAddr, routers: Routers) -> (Entries, Vec<String>) {
+    pub(crate) fn for_fib(fib: &Fib, local: IpAddr, routers: Routers) -> (Entries, Vec<String>) {
         let mut out = Entries::default();
         let mut warnings = Vec::new();
         let mut macs: BTreeMap<MacAddr, &str> = BTreeMap::new();
@@ -111,7 +111,7 @@ impl Entries {
 /// The changes that turn `have` into `want`: deletions first (routes before the
 /// neighbours they use), then additions (FDB entries before the neighbours and
 /// routes that rely on them). Entries in both are left alone.
-pub fn changes(have: &Entries, want: &Entries) -> Vec<Change> {
+pub(crate) fn changes(have: &Entries, want: &Entries) -> Vec<Change> {
     let mut out = Vec::new();
     out.extend(
         have.routes
@@ -144,6 +144,33 @@ pub fn changes(have: &Entries, want: &Entries) -> Vec<Change> {
             .map(|r| Change::AddRoute(*r)),
     );
     out
+}
+
+/// The entries of `want` that `have` lacks, as the additions that would put them
+/// in: what `diagnose` reports missing for one peer. A route counts as there when
+/// the kernel has one to the same destination through the same gateway, whatever
+/// its preferred source (which `diagnose` does not know).
+pub(crate) fn missing(have: &Entries, want: &Entries) -> Vec<Change> {
+    let mut have = have.clone();
+    have.routes = have
+        .routes
+        .iter()
+        .filter_map(|r| {
+            want.routes
+                .iter()
+                .find(|w| w.dst == r.dst && w.via == r.via)
+                .copied()
+        })
+        .collect();
+    changes(&have, want)
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Change::AddFdb(..) | Change::AddNeighbour(..) | Change::AddRoute(_)
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -261,5 +288,43 @@ mod tests {
             ]
         );
         assert!(changes(&want, &want).is_empty());
+    }
+
+    #[test]
+    fn missing_names_only_what_the_kernel_lacks_whatever_a_routes_source() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 2]);
+        let at: SocketAddr = "198.18.0.2:4789".parse().unwrap();
+        let route = RouteEntry {
+            dst: "10.244.2.0/24".parse().unwrap(),
+            via: ip("10.244.2.1"),
+            src: None,
+        };
+        let mut want = Entries::default();
+        want.neighbours.insert((ip("10.244.2.1"), mac));
+        want.fdb.insert((mac, at));
+        want.routes.insert(route);
+        let mut have = Entries::default();
+        have.fdb.insert((mac, at));
+        have.fdb.insert((MacAddr([2, 0, 0, 0, 0, 9]), at));
+        have.routes.insert(RouteEntry {
+            src: Some(ip("10.244.1.1")),
+            ..route
+        });
+        assert_eq!(
+            missing(&have, &want),
+            [Change::AddNeighbour(ip("10.244.2.1"), mac)]
+        );
+        have.routes.clear();
+        have.routes.insert(RouteEntry {
+            via: ip("10.244.2.9"),
+            ..route
+        });
+        assert_eq!(
+            missing(&have, &want),
+            [
+                Change::AddNeighbour(ip("10.244.2.1"), mac),
+                Change::AddRoute(route)
+            ]
+        );
     }
 }

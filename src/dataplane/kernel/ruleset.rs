@@ -29,10 +29,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 /// The nftables table (family `inet`) of the kernel dataplane.
-pub const TABLE: &str = "overlayd";
+pub(crate) const TABLE: &str = "overlayd";
 
 /// The drop counters of the ruleset, by the name status gives their reason.
-pub const DROP_COUNTERS: [&str; 4] = ["unknown_sender", "dead_sender", "spoofed_source", "not_ip"];
+pub(crate) const DROP_COUNTERS: [&str; 4] =
+    ["unknown_sender", "dead_sender", "spoofed_source", "not_ip"];
 
 /// Bit offset, from the start of the UDP header, of the inner EtherType.
 const INNER_ETHERTYPE_BITS: u32 = (8 + 8 + 12) * 8;
@@ -43,46 +44,46 @@ const INNER_V6_SRC_BITS: u32 = (8 + 8 + 14 + 8) * 8;
 
 /// A peer as the ruleset sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     /// Stable id of the peer within this run (names its chains and counters).
-    pub id: u32,
+    pub(crate) id: u32,
     /// Its underlay address.
-    pub underlay: IpAddr,
+    pub(crate) underlay: IpAddr,
     /// Its VXLAN port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Its subnet: inner sources must lie inside it (or inside `subnet_v6`).
-    pub subnet: IpNet,
+    pub(crate) subnet: IpNet,
     /// Dual-stack: its IPv6 subnet.
-    pub subnet_v6: Option<IpNet>,
+    pub(crate) subnet_v6: Option<IpNet>,
     /// Accept any inner source (a static peer with `allow-any-source`).
-    pub allow_any_source: bool,
+    pub(crate) allow_any_source: bool,
     /// Declared dead: its datagrams are dropped.
-    pub dead: bool,
+    pub(crate) dead: bool,
 }
 
 impl Member {
     /// The name of this member's receive counter.
-    pub fn rx_counter(id: u32) -> String {
+    pub(crate) fn rx_counter(id: u32) -> String {
         format!("rx_p{id}")
     }
 
     /// The name of this member's transmit counter.
-    pub fn tx_counter(id: u32) -> String {
+    pub(crate) fn tx_counter(id: u32) -> String {
         format!("tx_p{id}")
     }
 }
 
 /// A ruleset to install.
 #[derive(Debug, Clone)]
-pub struct Ruleset<'a> {
+pub(crate) struct Ruleset<'a> {
     /// The VXLAN port this node receives on.
-    pub port: u16,
+    pub(crate) port: u16,
     /// The members (every peer in the forwarding table).
-    pub members: &'a [Member],
+    pub(crate) members: &'a [Member],
     /// Ids of members in the installed ruleset that are gone now.
-    pub removed: &'a [u32],
+    pub(crate) removed: &'a [u32],
     /// Replace the whole table (the first ruleset of a run) rather than its rules.
-    pub fresh: bool,
+    pub(crate) fresh: bool,
 }
 
 /// Writes the nft match of an inner source inside `subnet`, or None when
@@ -114,7 +115,7 @@ fn addr_match(addr: &IpAddr) -> &'static str {
 
 impl Ruleset<'_> {
     /// The `nft -f` script that installs this ruleset in one transaction.
-    pub fn script(&self) -> String {
+    pub(crate) fn script(&self) -> String {
         let t = format!("inet {TABLE}");
         let mut s = String::new();
         if self.fresh {
@@ -226,21 +227,21 @@ impl Ruleset<'_> {
 
 /// The script that removes the table (mode switch, `overlayd leave`): `add` first
 /// so that a missing table is no error.
-pub fn remove_script() -> String {
+pub(crate) fn remove_script() -> String {
     format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
 }
 
 /// One nftables counter's values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CounterValue {
+pub(crate) struct CounterValue {
     /// Packets counted.
-    pub packets: u64,
+    pub(crate) packets: u64,
     /// Bytes counted.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// Counter values by name.
-pub type Counters = HashMap<String, CounterValue>;
+pub(crate) type Counters = HashMap<String, CounterValue>;
 
 #[derive(Deserialize)]
 struct Listing {
@@ -257,7 +258,7 @@ struct CounterObject {
 
 /// Parses the output of `nft -j list counters table inet overlayd` into values by
 /// counter name. Entries that are not counters of our table are skipped.
-pub fn parse_counters(json: &[u8]) -> Result<Counters, String> {
+pub(crate) fn parse_counters(json: &[u8]) -> Result<Counters, String> {
     let listing: Listing =
         serde_json::from_slice(json).map_err(|e| format!("nft -j output is not JSON: {e}"))?;
     let mut out = Counters::new();

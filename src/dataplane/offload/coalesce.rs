@@ -135,7 +135,7 @@ impl Coalescer {
     /// Sets the overlay MTU (1500 unless set): an inner TCP packet longer than it
     /// with a partial checksum is written as a TSO super-packet of segments that
     /// fit (see the module doc).
-    pub fn with_mtu(mut self, mtu: u32) -> Coalescer {
+    pub(crate) fn with_mtu(mut self, mtu: u32) -> Coalescer {
         self.mtu = mtu;
         self
     }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::key::KeyPair;
 use super::path::{flush_queue, slots_needed, Arena, Opened, Opener, Sealed, Sealer};
-use super::tunnels::{TunnelTable, Tunnels};
+use super::tunnels::{TunnelTable, Tunnels, RETIRE_AFTER};
 use crate::dataplane::batch::TxBatch;
 use crate::dataplane::driver::DataplaneOptions;
 use crate::dataplane::error::Error;
@@ -33,18 +33,14 @@ use crate::dataplane::threads::{run_rounds, Stop, Threads};
 use crate::dataplane::tun::{TunDevice, TunQueue};
 use crate::dataplane::udp::UdpSender;
 use crate::dataplane::worker::{
-    send_groups, write_tun, Received, Route, RxBatch, TunReads, MAX_PACKET, RX_BUFS, RX_BUF_LEN,
-    TX_BUFS,
+    send_groups, write_tun, Received, Route, RxBatch, TunReads, WorkerSetup, MAX_PACKET, RX_BUFS,
+    RX_BUF_LEN, TX_BUFS,
 };
 
 /// Sealed datagrams per send batch.
 const TX_SLOTS: usize = 1024;
 /// Bytes in front of every opened packet, where the TUN write's virtio-net header goes.
 const RX_GAP: usize = 16;
-/// How long after a key rotation the old key is retired: peers that learned the
-/// new key by then (gossip takes well under a second) have moved over with no loss;
-/// any other tunnel then hands shakes again with the new key.
-const RETIRE_AFTER: Duration = Duration::from_secs(10);
 /// How often the timer thread runs the WireGuard timers.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -60,7 +56,7 @@ impl WgControl {
     /// Starts moving to `pair` ([`TunnelTable::rotate`]); resolves once the workers
     /// accept handshakes for the new key, so it is safe to publish it then. False if
     /// the dataplane has stopped.
-    pub async fn rotate(&self, pair: KeyPair) -> bool {
+    pub(crate) async fn rotate(&self, pair: KeyPair) -> bool {
         let public = pair.public_bytes();
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.rotate.send((pair, tx)).is_err() || rx.await.is_err() {
@@ -71,12 +67,12 @@ impl WgControl {
     }
 
     /// The WireGuard port.
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// The public key in force.
-    pub fn public(&self) -> [u8; 32] {
+    pub(crate) fn public(&self) -> [u8; 32] {
         *self.public.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -93,7 +89,7 @@ impl WgDriver {
     /// sealing with `local`'s key for the peers of the tables `feeds` delivers.
     /// `feeds`' counters need a set per worker and one more for the timer thread
     /// ([`WgDriver::counter_sets`]): each set has one writer.
-    pub fn spawn(
+    pub(crate) fn spawn(
         tun: TunDevice,
         sockets: Vec<UdpSocket>,
         local: KeyPair,
@@ -102,9 +98,6 @@ impl WgDriver {
     ) -> Result<WgDriver, Error> {
         let io = |what| move |source| Error::Io { what, source };
         let mut threads = Threads::new()?;
-        let TunDevice {
-            queues, vnet, uso, ..
-        } = tun;
         let Feeds {
             fib: fib_rx,
             router,
@@ -131,29 +124,16 @@ impl WgDriver {
         let (first, fresh) = table.build_noting_new(fib_rx.borrow().clone());
         let (tunnels_tx, tunnels_rx) = watch::channel(first);
         let (rotate_tx, rotate_rx) = std::sync::mpsc::channel();
-        let workers = queues.len().min(sockets.len()).max(1);
+        let workers = tun.queues.len().min(sockets.len()).max(1);
         tracing::info!(
             workers,
             "encrypted dataplane: {workers} worker thread(s), one TUN queue and one WireGuard socket each"
         );
-        for (i, (tun, socket)) in queues.into_iter().zip(sockets).enumerate() {
-            let worker_stats = stats.worker(i);
-            let (tunnels, router, stop) =
-                (tunnels_rx.clone(), router.clone(), threads.stop.clone());
-            threads.spawn(format!("overlayd-wg{i}"), move || {
-                Worker::new(
-                    i,
-                    tun,
-                    socket,
-                    vnet,
-                    uso,
-                    tunnels,
-                    router,
-                    worker_stats,
-                    stop,
-                    options,
-                )?
-                .run()
+        let setups = WorkerSetup::per_queue(tun, &router, &stats, &threads.stop, options);
+        for (setup, socket) in setups.into_iter().zip(sockets) {
+            let tunnels = tunnels_rx.clone();
+            threads.spawn(format!("overlayd-wg{}", setup.index), move || {
+                Worker::new(setup, socket, tunnels)?.run()
             });
         }
         let timer_stop = threads.stop.clone();
@@ -182,12 +162,12 @@ impl WgDriver {
     }
 
     /// The sets of counters the dataplane needs for `workers` workers.
-    pub fn counter_sets(workers: usize) -> usize {
+    pub(crate) fn counter_sets(workers: usize) -> usize {
         workers + 1
     }
 
     /// What rotates the key of the running dataplane.
-    pub fn control(&self) -> WgControl {
+    pub(crate) fn control(&self) -> WgControl {
         self.control.clone()
     }
 }
@@ -219,7 +199,6 @@ impl Timers {
         } = self;
         let mut scratch = vec![0u8; 2048];
         let mut current = publish.borrow().clone();
-        let mut retire_at: Option<Instant> = None;
         table.greet(&current, &fresh, &mut scratch, |to, msg| {
             let _ = socket.send_to(msg, to);
         });
@@ -238,14 +217,10 @@ impl Timers {
             while let Ok((pair, done)) = rotations.try_recv() {
                 rotated.push(done);
                 tracing::info!(public_key = %super::key::encode(&pair.public_bytes()), "WireGuard key rotation: peers move to the new key as they learn it; the old key is retired in {} s", RETIRE_AFTER.as_secs());
-                table.finish_rotation();
-                table.rotate(pair);
-                retire_at = Some(Instant::now() + RETIRE_AFTER);
+                table.rotate(pair, Instant::now());
                 rebuild = true;
             }
-            if retire_at.is_some_and(|t| Instant::now() >= t) {
-                retire_at = None;
-                table.finish_rotation();
+            if table.retire_due(Instant::now()) {
                 tracing::info!("WireGuard key rotation done: the old key is retired");
                 rebuild = true;
             }
@@ -323,51 +298,43 @@ struct Worker {
 }
 
 impl Worker {
-    #[allow(clippy::too_many_arguments)]
     fn new(
-        index: usize,
-        tun: TunQueue,
+        setup: WorkerSetup,
         socket: UdpSocket,
-        vnet: bool,
-        uso: bool,
         tunnels_rx: watch::Receiver<Arc<Tunnels>>,
-        router: watch::Receiver<crate::dataplane::icmp::Routers>,
-        stats: Arc<Stats>,
-        stop: Arc<Stop>,
-        options: DataplaneOptions,
     ) -> Result<Worker, Error> {
         let rx = RxBatch::new(&socket, "setting up the WireGuard socket for batch receive")?;
-        let sender = UdpSender::new(&socket, index == 0);
-        if index == 0 {
+        let sender = UdpSender::new(&socket, setup.index == 0);
+        if setup.index == 0 {
             tracing::info!(
                 udp_gro = rx.gro(),
                 udp_gso = sender.max_segments() > 1,
-                tun_offloads = vnet,
+                tun_offloads = setup.vnet,
                 "WireGuard socket: recvmmsg receive, GSO send"
             );
         }
         let tunnels = tunnels_rx.borrow().clone();
         Ok(Worker {
-            tun,
+            tun: setup.tun,
             socket,
-            vnet,
+            vnet: setup.vnet,
             tunnels_rx,
             tunnels,
-            sealer: Sealer::new(stats.clone(), vnet),
-            opener: Opener::new(stats.clone()),
-            stats,
-            stop,
-            busy_poll: options.busy_poll,
-            reads: TunReads::new(vnet, router),
+            sealer: Sealer::new(setup.stats.clone(), setup.vnet),
+            opener: Opener::new(setup.stats.clone()),
+            stats: setup.stats,
+            stop: setup.stop,
+            busy_poll: setup.options.busy_poll,
+            reads: TunReads::new(setup.vnet, setup.router),
             routed: Vec::with_capacity(TX_BUFS),
-            arena: Arena::new(TX_SLOTS, options.mtu),
+            arena: Arena::new(TX_SLOTS, setup.options.mtu),
             batch: TxBatch::new(0),
             sender,
             rx,
             plain: vec![0u8; 2 * RX_BUFS * RX_BUF_LEN],
             // Queued packets sealed after a handshake go here: up to the MTU.
             scratch: vec![0u8; MAX_PACKET + 64],
-            coalescer: Coalescer::new(vnet, uso).with_mtu(options.mtu),
+            coalescer: Coalescer::new(setup.vnet, setup.uso).with_mtu(setup.options.mtu),
         })
     }
 

@@ -11,10 +11,10 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use rand::RngCore as _;
 
 /// File of the private key in the state dir.
-pub const PRIVATE_KEY_FILE: &str = "wg_private_key";
+pub(crate) const PRIVATE_KEY_FILE: &str = "wg_private_key";
 
 /// A public key, 32 bytes.
-pub type PublicBytes = [u8; 32];
+pub(crate) type PublicBytes = [u8; 32];
 
 /// A node's key pair.
 #[derive(Clone)]
@@ -81,7 +81,7 @@ pub fn encode(key: &[u8; 32]) -> String {
 }
 
 /// Decodes a base64 key (44 characters, as `wg` prints them).
-pub fn decode(s: &str) -> Result<[u8; 32], String> {
+pub(crate) fn decode(s: &str) -> Result<[u8; 32], String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s.trim())
         .map_err(|e| format!("not base64 ({e})"))?;
@@ -106,7 +106,7 @@ pub fn load(state_dir: &Path) -> Result<Option<KeyPair>, KeyError> {
 }
 
 /// Writes `pair`'s private key to `state_dir` (0600, atomically).
-pub fn store(state_dir: &Path, pair: &KeyPair) -> Result<(), KeyError> {
+pub(crate) fn store(state_dir: &Path, pair: &KeyPair) -> Result<(), KeyError> {
     let path = state_dir.join(PRIVATE_KEY_FILE);
     let text = format!("{}\n", encode(&pair.secret.to_bytes()));
     crate::fsutil::write_atomic(&path, text.as_bytes(), 0o600, 0o700)

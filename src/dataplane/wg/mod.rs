@@ -12,7 +12,7 @@
 //! The protocol and its crypto are boringtun's; nothing here is a cipher or a
 //! protocol of our own (`docs/encryption.md`).
 
-pub mod driver;
+pub(crate) mod driver;
 pub mod key;
 pub mod path;
 pub mod tunnels;
@@ -21,9 +21,9 @@ pub use driver::{WgControl, WgDriver};
 
 /// Encapsulation overhead on an IPv4 underlay: outer IPv4 (20), UDP (8) and the
 /// WireGuard data header and tag (32). The overlay MTU is the underlay MTU less this.
-pub const WG_OVERHEAD_V4: u32 = 20 + 8 + tunnels::DATA_OVERHEAD as u32;
+pub(crate) const WG_OVERHEAD_V4: u32 = 20 + 8 + tunnels::DATA_OVERHEAD as u32;
 /// The same on an IPv6 underlay (outer IPv6 header of 40 bytes).
-pub const WG_OVERHEAD_V6: u32 = 40 + 8 + tunnels::DATA_OVERHEAD as u32;
+pub(crate) const WG_OVERHEAD_V6: u32 = 40 + 8 + tunnels::DATA_OVERHEAD as u32;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

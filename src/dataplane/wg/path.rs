@@ -28,7 +28,7 @@ use crate::dataplane::stats::{DropReason, Stats};
 use crate::dataplane::wire::IpHeader;
 
 /// The drop reason of a boringtun error.
-pub fn reason_of(e: &WireGuardError) -> DropReason {
+pub(crate) fn reason_of(e: &WireGuardError) -> DropReason {
     match e {
         WireGuardError::InvalidAeadTag => DropReason::BadTag,
         WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => DropReason::Replay,
@@ -70,7 +70,7 @@ impl Arena {
     }
 
     /// Slots still free.
-    pub fn free(&self) -> usize {
+    pub(crate) fn free(&self) -> usize {
         self.buf.len() / self.stride - self.used
     }
 
@@ -95,7 +95,7 @@ impl Arena {
 
 /// How many datagrams a TUN read of `read` bytes may seal into (its segments, or
 /// one): what the caller keeps free in the [`Arena`].
-pub fn slots_needed(buf: &[u8], read: usize, vnet: bool) -> usize {
+pub(crate) fn slots_needed(buf: &[u8], read: usize, vnet: bool) -> usize {
     if !vnet {
         return 1;
     }
@@ -126,9 +126,9 @@ pub struct Sealer {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sealed {
     /// Inner packets sealed or queued for a handshake.
-    pub packets: u64,
+    pub(crate) packets: u64,
     /// Their inner bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 impl Sealer {
@@ -316,7 +316,7 @@ impl Sealer {
 /// once it has a session, through `send`, and counts it as sent (node-wide into
 /// `stats`, and for the peer). `out` is scratch, at least the MTU plus
 /// [`DATA_OVERHEAD`].
-pub fn flush_queue(
+pub(crate) fn flush_queue(
     stats: &Stats,
     peer: &WgPeer,
     tunn: &mut Tunn,

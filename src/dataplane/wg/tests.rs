@@ -23,12 +23,12 @@ const B_ADDR: &str = "198.18.0.2:51820";
 
 /// One node: its tunnels to the other and its packet cores.
 pub(crate) struct Node {
-    pub table: TunnelTable,
-    pub tunnels: Arc<Tunnels>,
-    pub sealer: Sealer,
-    pub opener: Opener,
-    pub stats: Arc<Stats>,
-    pub addr: SocketAddr,
+    pub(crate) table: TunnelTable,
+    pub(crate) tunnels: Arc<Tunnels>,
+    pub(crate) sealer: Sealer,
+    pub(crate) opener: Opener,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) addr: SocketAddr,
     vnet: bool,
 }
 
@@ -370,7 +370,7 @@ fn a_rotated_key_is_adopted_when_the_peer_hands_shake_with_it() {
     let (mut a, mut b) = connected(false);
     let new = KeyPair::generate();
     let new_public = new.public_bytes();
-    a.table.rotate(new);
+    a.table.rotate(new, std::time::Instant::now());
     a.tunnels = a.table.build(a.tunnels.fib().clone());
     // The old session still works.
     let p = udp([10, 244, 1, 2], [10, 244, 2, 9], 30);
@@ -389,6 +389,32 @@ fn a_rotated_key_is_adopted_when_the_peer_hands_shake_with_it() {
     // A's tunnel is on the new key now: its packets open on B's new tunnel.
     let sealed = a.seal(&p).unwrap();
     assert_eq!(b.receive(a.addr, &sealed[0]).0, vec![p]);
+}
+
+#[test]
+fn the_old_key_retires_when_the_table_says_it_is_due() {
+    use super::tunnels::RETIRE_AFTER;
+    let (mut a, _b) = connected(false);
+    let old = a.table.public();
+    let new = KeyPair::generate();
+    let new_public = new.public_bytes();
+    let t0 = std::time::Instant::now();
+    assert!(
+        !a.table.retire_due(t0),
+        "nothing to retire before a rotation"
+    );
+    a.table.rotate(new, t0);
+    assert_eq!(a.table.public(), old, "the old key serves until it retires");
+    assert!(!a
+        .table
+        .retire_due(t0 + RETIRE_AFTER - std::time::Duration::from_millis(1)));
+    assert!(a.table.retire_due(t0 + RETIRE_AFTER));
+    assert_eq!(
+        a.table.public(),
+        new_public,
+        "the new key is the node's key"
+    );
+    assert!(!a.table.retire_due(t0 + RETIRE_AFTER * 2), "retired once");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -33,11 +33,11 @@ use crate::dataplane::stats::{DropReason, PeerStats, Stats, WgSession};
 /// cookies (WireGuard's DoS defence, §5.4.7 of the paper). Each is counted once,
 /// before its peer is looked up: the tunnels check MAC1 again with a limiter that
 /// never asks for a cookie (see [`tunnel_limiter`]).
-pub const HANDSHAKE_RATE_LIMIT: u64 = 200;
+pub(crate) const HANDSHAKE_RATE_LIMIT: u64 = 200;
 
 /// How many packets boringtun holds for a tunnel while its handshake is under way
 /// (its `MAX_QUEUE_DEPTH`); it drops any more without a word.
-pub const HANDSHAKE_QUEUE: u32 = 256;
+pub(crate) const HANDSHAKE_QUEUE: u32 = 256;
 
 /// The limiter the tunnels of key `public` verify initiations with: MAC1 only, as
 /// the node-wide limiter already counted the initiation against
@@ -51,7 +51,7 @@ fn tunnel_limiter(public: &PublicKey) -> Arc<RateLimiter> {
 /// counted here: boringtun neither reports how many nor which it dropped. Changed
 /// only with the tunnel locked (atomics only so that [`WgPeer`] is `Sync`).
 #[derive(Debug, Default)]
-pub struct HandshakeQueue {
+pub(crate) struct HandshakeQueue {
     packets: AtomicU32,
     bytes: AtomicU64,
 }
@@ -59,7 +59,7 @@ pub struct HandshakeQueue {
 impl HandshakeQueue {
     /// Notes an inner packet of `len` bytes handed to a tunnel with no session:
     /// whether boringtun kept it (false: [`HANDSHAKE_QUEUE`] were waiting already).
-    pub fn push(&self, len: usize) -> bool {
+    pub(crate) fn push(&self, len: usize) -> bool {
         let n = self.packets.load(Relaxed);
         if n >= HANDSHAKE_QUEUE {
             return false;
@@ -70,19 +70,19 @@ impl HandshakeQueue {
     }
 
     /// Packets waiting.
-    pub fn len(&self) -> u32 {
+    pub(crate) fn len(&self) -> u32 {
         self.packets.load(Relaxed)
     }
 
     /// Whether none are waiting.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Notes that `sent` waiting packets went out (the oldest first): their packets
     /// and inner bytes. The bytes are exact when the queue empties, else each
     /// packet's share.
-    pub fn sent(&self, sent: u32) -> (u64, u64) {
+    pub(crate) fn sent(&self, sent: u32) -> (u64, u64) {
         let n = self.packets.load(Relaxed);
         let bytes = self.bytes.load(Relaxed);
         let sent = sent.min(n);
@@ -101,7 +101,7 @@ impl HandshakeQueue {
 
     /// Notes that boringtun emptied the queue (its handshake gave up): the packets
     /// and bytes lost.
-    pub fn clear(&self) -> (u64, u64) {
+    pub(crate) fn clear(&self) -> (u64, u64) {
         (
             u64::from(self.packets.swap(0, Relaxed)),
             self.bytes.swap(0, Relaxed),
@@ -116,18 +116,16 @@ const REJECT_AFTER: Duration = Duration::from_secs(180);
 /// One WireGuard peer: its key, where it is reached and its tunnel.
 pub struct WgPeer {
     /// Its name in the forwarding table.
-    pub name: String,
-    /// Its public key.
-    pub key: PublicBytes,
+    pub(crate) name: String,
     /// Where its datagrams go: underlay address and WireGuard port.
-    pub endpoint: SocketAddr,
+    pub(crate) endpoint: SocketAddr,
     /// Our index for its sessions (boringtun puts it in the upper 24 bits of the
     /// receiver index of every message addressed to us).
-    pub index: u32,
+    pub(crate) index: u32,
     /// Its counters (shared with the forwarding table's peer).
-    pub stats: Arc<PeerStats>,
+    pub(crate) stats: Arc<PeerStats>,
     /// What its tunnel holds while a handshake is under way.
-    pub queue: HandshakeQueue,
+    pub(crate) queue: HandshakeQueue,
     /// The generation of our key pair its tunnel uses (see [`TunnelTable::rotate`]).
     generation: AtomicU64,
     tunn: Mutex<Tunn>,
@@ -152,7 +150,7 @@ impl WgPeer {
 
     /// Moves the tunnel (held locked by the caller) to `next`, generation
     /// `generation`, unless it is there already. Its sessions end with the old key.
-    pub fn adopt(&self, tunn: &mut Tunn, next: &NextKey, generation: u64) {
+    pub(crate) fn adopt(&self, tunn: &mut Tunn, next: &NextKey, generation: u64) {
         if self.generation.swap(generation, Relaxed) != generation {
             tunn.set_static_private(
                 next.pair.secret.clone(),
@@ -164,15 +162,15 @@ impl WgPeer {
 }
 
 /// The key pair a rotation moves to, while peers still use the old one.
-pub struct NextKey {
+pub(crate) struct NextKey {
     /// The new pair.
-    pub pair: Arc<KeyPair>,
+    pub(crate) pair: Arc<KeyPair>,
     /// Its handshake rate limiter (MAC1 is keyed by the public key).
-    pub limiter: Arc<RateLimiter>,
+    pub(crate) limiter: Arc<RateLimiter>,
     /// Its tunnels' limiter ([`tunnel_limiter`]).
     tunnel_limiter: Arc<RateLimiter>,
     /// Its generation.
-    pub generation: u64,
+    pub(crate) generation: u64,
 }
 
 /// What the workers route and decrypt with: the forwarding table and the tunnel of
@@ -190,7 +188,7 @@ pub struct Tunnels {
 
 impl Tunnels {
     /// The forwarding table.
-    pub fn fib(&self) -> &Arc<Fib> {
+    pub(crate) fn fib(&self) -> &Arc<Fib> {
         &self.fib
     }
 
@@ -203,33 +201,33 @@ impl Tunnels {
     /// The FIB index of the peer whose session index is `receiver_index` (a field of
     /// every message but the initiation).
     #[inline]
-    pub fn by_receiver(&self, receiver_index: u32) -> Option<u32> {
+    pub(crate) fn by_receiver(&self, receiver_index: u32) -> Option<u32> {
         self.by_index.get(&(receiver_index >> 8)).copied()
     }
 
     /// The FIB index of the peer with public key `key`.
-    pub fn by_key(&self, key: &PublicBytes) -> Option<u32> {
+    pub(crate) fn by_key(&self, key: &PublicBytes) -> Option<u32> {
         self.by_key.get(key).copied()
     }
 
     /// Our key pair.
-    pub fn local(&self) -> &KeyPair {
+    pub(crate) fn local(&self) -> &KeyPair {
         &self.local
     }
 
     /// The node-wide handshake rate limiter (MAC1 check and cookies).
-    pub fn limiter(&self) -> &RateLimiter {
+    pub(crate) fn limiter(&self) -> &RateLimiter {
         &self.limiter
     }
 
     /// During a key rotation: the new key, which peers that learned it hand shake
     /// with (see [`TunnelTable::rotate`]).
-    pub fn next(&self) -> Option<&NextKey> {
+    pub(crate) fn next(&self) -> Option<&NextKey> {
         self.next.as_deref()
     }
 
     /// Every tunnel.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<WgPeer>> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<WgPeer>> {
         self.peers.iter().flatten()
     }
 }
@@ -242,9 +240,16 @@ pub struct TunnelTable {
     /// The generation of `local`.
     generation: u64,
     next: Option<Arc<NextKey>>,
+    /// When the rotation in progress retires the old key.
+    retire_at: Option<Instant>,
     live: HashMap<(PublicBytes, SocketAddr), Arc<WgPeer>>,
     next_index: u32,
 }
+
+/// How long after a key rotation the old key is retired: peers that learned the
+/// new key by then (gossip takes well under a second) have moved over with no loss;
+/// any other tunnel then hands shakes again with the new key.
+pub(crate) const RETIRE_AFTER: Duration = Duration::from_secs(10);
 
 impl TunnelTable {
     /// A table for a node with key pair `local`.
@@ -256,6 +261,7 @@ impl TunnelTable {
             limiter,
             generation: 0,
             next: None,
+            retire_at: None,
             live: HashMap::new(),
             // Random, so that a restarted node's new session indices rarely match
             // what peers still send to its old sessions.
@@ -264,7 +270,8 @@ impl TunnelTable {
     }
 
     /// Our public key.
-    pub fn public(&self) -> PublicBytes {
+    #[cfg(test)]
+    pub(crate) fn public(&self) -> PublicBytes {
         self.local.public_bytes()
     }
 
@@ -277,7 +284,7 @@ impl TunnelTable {
 
     /// [`TunnelTable::build`], also returning the FIB indices of the peers that got a
     /// new tunnel (new to the table, or with a new key or endpoint).
-    pub fn build_noting_new(&mut self, fib: Arc<Fib>) -> (Arc<Tunnels>, Vec<u32>) {
+    pub(crate) fn build_noting_new(&mut self, fib: Arc<Fib>) -> (Arc<Tunnels>, Vec<u32>) {
         let mut fresh = Vec::new();
         let mut live = HashMap::with_capacity(fib.peers().len());
         let mut peers = Vec::with_capacity(fib.peers().len());
@@ -305,7 +312,6 @@ impl TunnelTable {
                     );
                     Arc::new(WgPeer {
                         name: p.name.clone(),
-                        key,
                         endpoint: p.underlay,
                         index,
                         stats: p.stats.clone(),
@@ -338,7 +344,7 @@ impl TunnelTable {
     /// initiation while we did not know it yet; we only learn of it now, and its
     /// retry would come 5 s later (WireGuard's `Rekey-Timeout`). Handing shakes at
     /// once brings the session up in one round trip.
-    pub fn greet(
+    pub(crate) fn greet(
         &self,
         tunnels: &Tunnels,
         fresh: &[u32],
@@ -363,12 +369,15 @@ impl TunnelTable {
         }
     }
 
-    /// Starts moving to key pair `new`, make before break: until
-    /// [`TunnelTable::finish_rotation`], tunnels keep their sessions on the old key,
-    /// and a peer that learned the new key through gossip and hands shake with it
-    /// moves its tunnel over ([`WgPeer::adopt`], in the packet path). Takes effect
-    /// in the next [`TunnelTable::build`]'s snapshot.
-    pub fn rotate(&mut self, new: KeyPair) {
+    /// Starts moving to key pair `new` at `now`, make before break: a rotation
+    /// still in progress is finished first; then until the old key retires
+    /// ([`RETIRE_AFTER`], see [`TunnelTable::retire_due`]) tunnels keep their
+    /// sessions on the old key, and a peer that learned the new key through gossip
+    /// and hands shake with it moves its tunnel over ([`WgPeer::adopt`], in the
+    /// packet path). Takes effect in the next [`TunnelTable::build`]'s snapshot.
+    pub(crate) fn rotate(&mut self, new: KeyPair, now: Instant) {
+        self.finish_rotation();
+        self.retire_at = Some(now + RETIRE_AFTER);
         let limiter = Arc::new(RateLimiter::new(&new.public, HANDSHAKE_RATE_LIMIT));
         self.next = Some(Arc::new(NextKey {
             tunnel_limiter: tunnel_limiter(&new.public),
@@ -378,9 +387,20 @@ impl TunnelTable {
         }));
     }
 
+    /// Retires the old key if the rotation in progress is due at `now`; true if it
+    /// did (the caller rebuilds the snapshot).
+    pub(crate) fn retire_due(&mut self, now: Instant) -> bool {
+        if self.retire_at.is_none_or(|t| now < t) {
+            return false;
+        }
+        self.finish_rotation();
+        true
+    }
+
     /// Ends a rotation: tunnels still on the old key move to the new one (their
     /// sessions end and they hand shake again), and the old key is gone.
-    pub fn finish_rotation(&mut self) {
+    fn finish_rotation(&mut self) {
+        self.retire_at = None;
         let Some(next) = self.next.take() else {
             return;
         };
@@ -400,7 +420,7 @@ impl TunnelTable {
     /// packets lost with a handshake boringtun gave up on to `stats`
     /// (`no_handshake`). Also resets the handshake rate limiter's count once a
     /// second.
-    pub fn tick(
+    pub(crate) fn tick(
         &self,
         tunnels: &Tunnels,
         stats: &Stats,
@@ -440,28 +460,28 @@ impl TunnelTable {
 }
 
 /// WireGuard message types (the first byte; the next three are zero).
-pub const MSG_INITIATION: u8 = 1;
+pub(crate) const MSG_INITIATION: u8 = 1;
 /// Handshake response.
-pub const MSG_RESPONSE: u8 = 2;
+pub(crate) const MSG_RESPONSE: u8 = 2;
 /// Cookie reply.
-pub const MSG_COOKIE: u8 = 3;
+pub(crate) const MSG_COOKIE: u8 = 3;
 /// Transport data.
-pub const MSG_DATA: u8 = 4;
+pub(crate) const MSG_DATA: u8 = 4;
 /// Bytes a data message adds to its plaintext: type, receiver index, counter, tag.
-pub const DATA_OVERHEAD: usize = 16 + 16;
+pub(crate) const DATA_OVERHEAD: usize = 16 + 16;
 /// Size of a handshake initiation, the largest message a tunnel writes unasked.
-pub const INITIATION_LEN: usize = 148;
+pub(crate) const INITIATION_LEN: usize = 148;
 
 /// Whether `msg` is a handshake initiation.
 #[inline]
-pub fn is_initiation(msg: &[u8]) -> bool {
+pub(crate) fn is_initiation(msg: &[u8]) -> bool {
     msg.len() == INITIATION_LEN && msg.first() == Some(&MSG_INITIATION)
 }
 
 /// The receiver index of a response, cookie reply or data message (the message
 /// type's position of it), if `msg` is one and long enough.
 #[inline]
-pub fn receiver_index(msg: &[u8]) -> Option<u32> {
+pub(crate) fn receiver_index(msg: &[u8]) -> Option<u32> {
     let at = match *msg.first()? {
         MSG_RESPONSE => 8,
         MSG_COOKIE | MSG_DATA => 4,
@@ -472,6 +492,6 @@ pub fn receiver_index(msg: &[u8]) -> Option<u32> {
 }
 
 /// The underlay address `ip` belongs to a known peer: its FIB index.
-pub fn peer_at(tunnels: &Tunnels, ip: IpAddr) -> Option<u32> {
+pub(crate) fn peer_at(tunnels: &Tunnels, ip: IpAddr) -> Option<u32> {
     tunnels.fib.underlay_index(ip)
 }

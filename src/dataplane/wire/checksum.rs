@@ -61,7 +61,7 @@ pub fn finish(acc: u64) -> [u8; 2] {
 /// Whether a sum over everything a checksum covers, the field included, verifies
 /// (the ones'-complement sum is all ones).
 #[inline]
-pub fn verifies(acc: u64) -> bool {
+pub(crate) fn verifies(acc: u64) -> bool {
     fold(acc) == 0xffff
 }
 
@@ -89,7 +89,7 @@ pub fn pseudo(ip: &[u8], proto: u8, len: u32) -> u64 {
 /// without options (20 bytes) is five words added with no loop: the view checks one
 /// on every packet, both ways.
 #[inline(always)]
-pub fn add_ipv4_header(header: &[u8]) -> u64 {
+pub(crate) fn add_ipv4_header(header: &[u8]) -> u64 {
     match <&[u8; 20]>::try_from(header) {
         Ok(h) => {
             let word =

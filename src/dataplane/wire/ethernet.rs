@@ -14,14 +14,14 @@ use super::{Error, Field};
 
 mod field {
     use super::Field;
-    pub const DST: Field = 0..6;
-    pub const SRC: Field = 6..12;
-    pub const ETHERTYPE: Field = 12..14;
-    pub const PAYLOAD: usize = 14;
+    pub(super) const DST: Field = 0..6;
+    pub(super) const SRC: Field = 6..12;
+    pub(super) const ETHERTYPE: Field = 12..14;
+    pub(super) const PAYLOAD: usize = 14;
 }
 
 /// Length of the Ethernet II header.
-pub const HEADER_LEN: usize = field::PAYLOAD;
+pub(crate) const HEADER_LEN: usize = field::PAYLOAD;
 
 /// A 48-bit MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
@@ -30,14 +30,14 @@ pub struct MacAddr(pub [u8; 6]);
 impl MacAddr {
     /// A random unicast, locally administered address (RFC 7042 §2.1), as kernel
     /// drivers pick for virtual devices.
-    pub fn random_local<R: rand::Rng + ?Sized>(rng: &mut R) -> MacAddr {
+    pub(crate) fn random_local<R: rand::Rng + ?Sized>(rng: &mut R) -> MacAddr {
         let mut bytes: [u8; 6] = rng.random();
         bytes[0] = (bytes[0] & 0xfe) | 0x02;
         MacAddr(bytes)
     }
 
     /// True for a group (multicast or broadcast) address.
-    pub fn is_multicast(&self) -> bool {
+    pub(crate) fn is_multicast(&self) -> bool {
         self.0[0] & 0x01 != 0
     }
 }
@@ -149,7 +149,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// Checks that the buffer holds a whole header.
-    pub fn check_len(&self) -> Result<(), Error> {
+    pub(crate) fn check_len(&self) -> Result<(), Error> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             Err(Error::Truncated)
         } else {

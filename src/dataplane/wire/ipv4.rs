@@ -23,15 +23,15 @@ use super::{checksum, Error, Field};
 
 mod field {
     use super::Field;
-    pub const VER_IHL: usize = 0;
-    pub const LENGTH: Field = 2..4;
-    pub const PROTOCOL: usize = 9;
-    pub const SRC: Field = 12..16;
-    pub const DST: Field = 16..20;
+    pub(super) const VER_IHL: usize = 0;
+    pub(super) const LENGTH: Field = 2..4;
+    pub(super) const PROTOCOL: usize = 9;
+    pub(super) const SRC: Field = 12..16;
+    pub(super) const DST: Field = 16..20;
 }
 
 /// Length of an IPv4 header without options.
-pub const MIN_HEADER_LEN: usize = 20;
+pub(crate) const MIN_HEADER_LEN: usize = 20;
 
 /// A view over a buffer that starts with an IPv4 header.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +41,7 @@ pub struct Ipv4Packet<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Wraps `buffer` without checking it.
-    pub const fn new_unchecked(buffer: T) -> Ipv4Packet<T> {
+    pub(crate) const fn new_unchecked(buffer: T) -> Ipv4Packet<T> {
         Ipv4Packet { buffer }
     }
 
@@ -54,7 +54,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// Checks the version, that the header length is at least 20 and fits in the
     /// buffer, and that the total length covers the header and fits in the buffer.
-    pub fn check_len(&self) -> Result<(), Error> {
+    pub(crate) fn check_len(&self) -> Result<(), Error> {
         let buf = self.buffer.as_ref();
         if buf.len() < MIN_HEADER_LEN {
             return Err(Error::Truncated);

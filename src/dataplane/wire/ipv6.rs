@@ -19,15 +19,15 @@ use super::{Error, Field};
 
 mod field {
     use super::Field;
-    pub const VERSION: usize = 0;
-    pub const LENGTH: Field = 4..6;
-    pub const NEXT_HEADER: usize = 6;
-    pub const SRC: Field = 8..24;
-    pub const DST: Field = 24..40;
+    pub(super) const VERSION: usize = 0;
+    pub(super) const LENGTH: Field = 4..6;
+    pub(super) const NEXT_HEADER: usize = 6;
+    pub(super) const SRC: Field = 8..24;
+    pub(super) const DST: Field = 24..40;
 }
 
 /// Length of the fixed IPv6 header.
-pub const HEADER_LEN: usize = 40;
+pub(crate) const HEADER_LEN: usize = 40;
 
 /// A view over a buffer that starts with an IPv6 header.
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +37,7 @@ pub struct Ipv6Packet<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// Wraps `buffer` without checking it.
-    pub const fn new_unchecked(buffer: T) -> Ipv6Packet<T> {
+    pub(crate) const fn new_unchecked(buffer: T) -> Ipv6Packet<T> {
         Ipv6Packet { buffer }
     }
 
@@ -49,7 +49,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     }
 
     /// Checks the version and that header plus payload length fit in the buffer.
-    pub fn check_len(&self) -> Result<(), Error> {
+    pub(crate) fn check_len(&self) -> Result<(), Error> {
         let buf = self.buffer.as_ref();
         if buf.len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -64,7 +64,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     }
 
     /// Payload length as the header states it.
-    pub fn payload_len(&self) -> u16 {
+    pub(crate) fn payload_len(&self) -> u16 {
         let b = &self.buffer.as_ref()[field::LENGTH];
         u16::from_be_bytes([b[0], b[1]])
     }

@@ -16,19 +16,20 @@ use super::{Error, Field};
 
 mod field {
     use super::Field;
-    pub const FLAGS: usize = 0;
-    pub const RESERVED1: Field = 1..4;
-    pub const VNI: Field = 4..7;
-    pub const RESERVED2: usize = 7;
-    pub const PAYLOAD: usize = 8;
+    pub(super) const FLAGS: usize = 0;
+    pub(super) const RESERVED1: Field = 1..4;
+    pub(super) const VNI: Field = 4..7;
+    pub(super) const RESERVED2: usize = 7;
+    pub(super) const PAYLOAD: usize = 8;
 }
 
 /// Length of the VXLAN header.
-pub const HEADER_LEN: usize = field::PAYLOAD;
+pub(crate) const HEADER_LEN: usize = field::PAYLOAD;
 /// The I flag: the VNI field is valid. RFC 7348 requires it set.
-pub const FLAG_I: u8 = 0x08;
+pub(crate) const FLAG_I: u8 = 0x08;
 /// The largest VNI: the field is 24 bits wide.
-pub const MAX_VNI: u32 = 0x00ff_ffff;
+#[cfg(test)]
+pub(crate) const MAX_VNI: u32 = 0x00ff_ffff;
 
 /// A view over a buffer that starts with a VXLAN header.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +52,7 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
     }
 
     /// Checks that the buffer holds a whole VXLAN header.
-    pub fn check_len(&self) -> Result<(), Error> {
+    pub(crate) fn check_len(&self) -> Result<(), Error> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             Err(Error::Truncated)
         } else {
@@ -74,27 +75,22 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD..]
     }
-
-    /// Consumes the view and returns the buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> VxlanPacket<T> {
     /// Sets the flags byte.
-    pub fn set_flags(&mut self, flags: u8) {
+    pub(crate) fn set_flags(&mut self, flags: u8) {
         self.buffer.as_mut()[field::FLAGS] = flags;
     }
 
     /// Sets the VNI; bits above 24 are dropped.
-    pub fn set_vni(&mut self, vni: u32) {
+    pub(crate) fn set_vni(&mut self, vni: u32) {
         let b = vni.to_be_bytes();
         self.buffer.as_mut()[field::VNI].copy_from_slice(&b[1..4]);
     }
 
     /// Zeroes both reserved fields, as RFC 7348 asks of senders.
-    pub fn clear_reserved(&mut self) {
+    pub(crate) fn clear_reserved(&mut self) {
         let buf = self.buffer.as_mut();
         buf[field::RESERVED1].fill(0);
         buf[field::RESERVED2] = 0;
@@ -117,11 +113,6 @@ impl VxlanRepr {
             return Err(Error::Malformed);
         }
         Ok(VxlanRepr { vni: packet.vni() })
-    }
-
-    /// Length of the emitted header.
-    pub const fn buffer_len(&self) -> usize {
-        HEADER_LEN
     }
 
     /// Writes the header into the first [`HEADER_LEN`] bytes of `packet`.

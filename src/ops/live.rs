@@ -3,8 +3,8 @@
 //! peer was last heard from. [`StatusSource::report`] turns it into a
 //! [`StatusReport`].
 //!
-//! Left out: the report types and their text ([`crate::status`]), the admin socket
-//! ([`crate::admin`]) and the metrics exposition ([`crate::metrics`]).
+//! Left out: the report types and their text ([`crate::ops::status`]), the admin socket
+//! ([`crate::ops::admin`]) and the metrics exposition ([`crate::ops::metrics`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,54 +15,54 @@ use tokio::sync::watch;
 use crate::control::driver::ControlHandle;
 use crate::dataplane::netlink::Netlink;
 use crate::dataplane::DataplaneHandle;
-use crate::status::{ControlReport, NodeReport, PeerReport, StatusReport};
+use crate::ops::status::{ControlReport, NodeReport, PeerReport, StatusReport};
 
 /// The live state status, diagnose and metrics read: the daemon fills it in and
 /// keeps it current.
-pub struct StatusSource {
+pub(crate) struct StatusSource {
     /// The node report; the daemon updates it when the subnet changes (uptime is
     /// filled in per request).
-    pub node: watch::Sender<NodeReport>,
+    pub(crate) node: watch::Sender<NodeReport>,
     /// When the daemon started.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// The running dataplane.
-    pub dataplane: DataplaneHandle,
+    pub(crate) dataplane: DataplaneHandle,
     /// The control plane, when leases are in use.
-    pub control: Option<ControlSource>,
+    pub(crate) control: Option<ControlSource>,
     /// Asks the daemon to stop (after `overlayd leave`).
-    pub stop: watch::Sender<bool>,
+    pub(crate) stop: watch::Sender<bool>,
     /// Per peer name: when its receive counter last grew.
-    pub heard: Mutex<HashMap<String, Heard>>,
+    pub(crate) heard: Mutex<HashMap<String, Heard>>,
     /// Netlink, for `diagnose`.
-    pub netlink: Option<Netlink>,
+    pub(crate) netlink: Option<Netlink>,
     /// `--state-dir`, where `rotate-key` keeps the new WireGuard key.
-    pub state_dir: std::path::PathBuf,
+    pub(crate) state_dir: std::path::PathBuf,
     /// The CNI plugin's pods and the reclaim of their leaked addresses, when the
     /// daemon knows the plugin's store (`--install-cni` or `--cni-data-dir`).
-    pub pods: Option<std::sync::Arc<crate::daemon::pods::PodWatch>>,
+    pub(crate) pods: Option<std::sync::Arc<crate::daemon::pods::PodWatch>>,
 }
 
 /// The control plane as status reads it.
 #[derive(Clone)]
-pub struct ControlSource {
+pub(crate) struct ControlSource {
     /// Asks the control task directly (`overlayd status`, `leave`, `rmpeer`).
-    pub handle: ControlHandle,
+    pub(crate) handle: ControlHandle,
     /// The control report refreshed once a second (metrics read this copy).
-    pub report: watch::Receiver<ControlReport>,
+    pub(crate) report: watch::Receiver<ControlReport>,
 }
 
 /// When a peer was last heard from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Heard {
+pub(crate) struct Heard {
     /// Its receive packet counter at the last sample.
-    pub rx_packets: u64,
+    pub(crate) rx_packets: u64,
     /// When that counter last grew.
-    pub at: Instant,
+    pub(crate) at: Instant,
 }
 
 impl StatusSource {
     /// Builds a report from the live counters.
-    pub fn report(&self) -> StatusReport {
+    pub(crate) fn report(&self) -> StatusReport {
         let mut node = self.node.borrow().clone();
         node.uptime_secs = self.started.elapsed().as_secs();
         let fib = self.dataplane.fib();
@@ -87,7 +87,7 @@ impl StatusSource {
                     tx_dropped: p.stats.tx_dropped.get().0,
                     rx_dropped: p.stats.rx_dropped.get().0,
                     last_heard_secs: self.last_heard(&p.name),
-                    wg: p.wg_key.map(|k| crate::status::WgPeerReport {
+                    wg: p.wg_key.map(|k| crate::ops::status::WgPeerReport {
                         public_key: crate::dataplane::wg::key::encode(&k),
                         session: p.stats.wg.snapshot(),
                     }),
@@ -102,7 +102,7 @@ impl StatusSource {
             dataplane: self.dataplane.stats().snapshot(),
             path: {
                 let p = self.dataplane.path();
-                crate::status::PathReport {
+                crate::ops::status::PathReport {
                     mode: p.mode,
                     device: p.device.clone(),
                     reason: p.reason.clone(),
@@ -110,7 +110,7 @@ impl StatusSource {
                     wg: self
                         .dataplane
                         .encryption()
-                        .map(|w| crate::status::WgNodeReport {
+                        .map(|w| crate::ops::status::WgNodeReport {
                             port: w.port(),
                             public_key: crate::dataplane::wg::key::encode(&w.public()),
                         }),
@@ -124,7 +124,7 @@ impl StatusSource {
     /// Notes which peers' receive counters grew since the last call; the daemon calls
     /// it once a second, so "last heard" is accurate to a second and the packet path
     /// never reads a clock.
-    pub fn sample_heard(&self) {
+    pub(crate) fn sample_heard(&self) {
         let now = Instant::now();
         let fib = self.dataplane.fib();
         let Ok(mut heard) = self.heard.lock() else {
@@ -159,7 +159,7 @@ impl StatusSource {
 
     /// Like [`StatusSource::report`], with the control plane asked now rather than
     /// the once-a-second copy that metrics use.
-    pub async fn fresh_report(&self) -> StatusReport {
+    pub(crate) async fn fresh_report(&self) -> StatusReport {
         // The kernel dataplane's counters as of now, not of its last once-a-second
         // copy; traffic since the last tick counts as heard now, not "never".
         self.dataplane.refresh_counters().await;

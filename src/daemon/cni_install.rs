@@ -12,32 +12,33 @@ use crate::fsutil::write_atomic;
 
 /// The conflist the daemon installs: overlayd-cni first, then portmap and bandwidth
 /// (the same as `config/overlayd-k8s.conflist`), with `runDir` set to the daemon's.
-pub const CONFLIST_TEMPLATE: &str = include_str!("../config/overlayd-k8s.conflist");
+pub(crate) const CONFLIST_TEMPLATE: &str = include_str!("../../config/overlayd-k8s.conflist");
 
 /// Where and what to install.
 #[derive(Debug, Clone)]
-pub struct InstallCni {
+pub(crate) struct InstallCni {
     /// The plugin binary to copy.
-    pub plugin: PathBuf,
+    pub(crate) plugin: PathBuf,
     /// The CNI bin dir (`--cni-bin-dir`).
-    pub bin_dir: PathBuf,
+    pub(crate) bin_dir: PathBuf,
     /// The CNI conf dir (`--cni-conf-dir`).
-    pub conf_dir: PathBuf,
+    pub(crate) conf_dir: PathBuf,
     /// The conflist file name.
-    pub conflist_name: String,
+    pub(crate) conflist_name: String,
     /// The daemon's run dir, where the plugin finds node.json.
-    pub run_dir: PathBuf,
+    pub(crate) run_dir: PathBuf,
     /// The plugin's IPAM store (`dataDir`), where the daemon lists and reclaims pods.
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
 }
 
 /// What an install changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Installed {
+#[cfg(test)]
+pub(crate) struct Installed {
     /// The plugin binary was (re)written.
-    pub binary: bool,
+    pub(crate) binary: bool,
     /// The conflist was (re)written.
-    pub conflist: bool,
+    pub(crate) conflist: bool,
 }
 
 /// Why the install failed.
@@ -57,7 +58,7 @@ fn err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Instal
 
 /// The conflist text for a daemon whose run dir is `run_dir` and whose plugin keeps
 /// its store in `data_dir`.
-pub fn conflist(run_dir: &Path, data_dir: &Path) -> String {
+pub(crate) fn conflist(run_dir: &Path, data_dir: &Path) -> String {
     let quote = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap_or_default();
     CONFLIST_TEMPLATE
         .replace("\"/run/overlayd\"", &quote(run_dir))
@@ -66,7 +67,8 @@ pub fn conflist(run_dir: &Path, data_dir: &Path) -> String {
 
 impl InstallCni {
     /// Installs the plugin and the conflist; writes only what differs.
-    pub fn install(&self) -> Result<Installed, InstallError> {
+    #[cfg(test)]
+    pub(crate) fn install(&self) -> Result<Installed, InstallError> {
         Ok(Installed {
             binary: self.install_plugin()?,
             conflist: self.install_conflist()?,
@@ -75,7 +77,7 @@ impl InstallCni {
 
     /// Copies the plugin binary into the bin dir unless it is there already.
     /// Returns whether it was written.
-    pub fn install_plugin(&self) -> Result<bool, InstallError> {
+    pub(crate) fn install_plugin(&self) -> Result<bool, InstallError> {
         let binary =
             std::fs::read(&self.plugin).map_err(err("cannot read the plugin", &self.plugin))?;
         let bin_path = self.plugin_path();
@@ -88,7 +90,7 @@ impl InstallCni {
     }
 
     /// Writes the conflist unless it is there already. Returns whether it was written.
-    pub fn install_conflist(&self) -> Result<bool, InstallError> {
+    pub(crate) fn install_conflist(&self) -> Result<bool, InstallError> {
         let text = conflist(&self.run_dir, &self.data_dir);
         let conf_path = self.conflist_path();
         let changed = std::fs::read_to_string(&conf_path).map_or(true, |old| old != text);
@@ -101,7 +103,7 @@ impl InstallCni {
 
     /// Removes the conflist first (the kubelet stops sending pods here), then the
     /// plugin. Returns the files removed; a file already gone is not an error.
-    pub fn uninstall(&self) -> Result<Vec<PathBuf>, InstallError> {
+    pub(crate) fn uninstall(&self) -> Result<Vec<PathBuf>, InstallError> {
         let mut removed = Vec::new();
         for path in [self.conflist_path(), self.plugin_path()] {
             match std::fs::remove_file(&path) {
@@ -114,18 +116,18 @@ impl InstallCni {
     }
 
     /// Where the plugin is installed.
-    pub fn plugin_path(&self) -> PathBuf {
+    pub(crate) fn plugin_path(&self) -> PathBuf {
         self.bin_dir.join("overlayd-cni")
     }
 
     /// Where the conflist is installed.
-    pub fn conflist_path(&self) -> PathBuf {
+    pub(crate) fn conflist_path(&self) -> PathBuf {
         self.conf_dir.join(&self.conflist_name)
     }
 }
 
 /// `overlayd-cni` next to the running `overlayd`, the default `--cni-plugin`.
-pub fn default_plugin() -> PathBuf {
+pub(crate) fn default_plugin() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|d| d.join("overlayd-cni")))

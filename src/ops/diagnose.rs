@@ -10,25 +10,27 @@
 //! whether VXLAN traffic from that peer has arrived recently (a peer we send to that
 //! never answers points at the underlay).
 //!
-//! Left out: how the question and the answer travel ([`crate::admin`]).
+//! Left out: how the question and the answer travel ([`crate::ops::admin`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::kernel::plan::{Entries, RouteEntry};
+use ipnet::IpNet;
+
+use crate::dataplane::kernel::plan::{self, Change, Entries, RouteEntry};
 use crate::dataplane::netlink::Netlink;
 use crate::dataplane::{gateway_of, DataplaneMode, PeerState};
-use crate::status::StatusReport;
+use crate::ops::status::{PeerReport, StatusReport};
 
 /// One piece of evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     /// What was checked.
-    pub what: String,
+    pub(crate) what: String,
     /// Whether it is as it should be.
-    pub ok: bool,
+    pub(crate) ok: bool,
     /// What was found.
     pub detail: String,
 }
@@ -49,7 +51,7 @@ pub struct Diagnosis {
 }
 
 /// How long without VXLAN traffic from a peer we send to counts as "not answering".
-pub const QUIET: Duration = Duration::from_secs(30);
+pub(crate) const QUIET: Duration = Duration::from_secs(30);
 
 fn check(evidence: &mut Vec<Check>, what: &str, ok: bool, detail: String) -> bool {
     evidence.push(Check {
@@ -63,18 +65,18 @@ fn check(evidence: &mut Vec<Check>, what: &str, ok: bool, detail: String) -> boo
 /// What netlink says about this node's side of the path to a target: everything
 /// [`judge`] needs beyond the status report.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// The bridge exists and is up.
-    pub bridge_up: bool,
+    pub(crate) bridge_up: bool,
     /// The dataplane's device (the TUN, or the kernel dataplane's vxlan device)
     /// exists and is up.
-    pub device_up: bool,
+    pub(crate) device_up: bool,
     /// The device of ours the kernel routes the target through (the bridge's or the
     /// dataplane device's name), if it is one of them.
-    pub route_dev: Option<String>,
-    /// Kernel mode, target on a live peer: what is wrong with that peer's neighbour,
-    /// FDB entry and route on the vxlan device (empty: nothing). `None`: not checked.
-    pub kernel_entries: Option<Vec<String>>,
+    pub(crate) route_dev: Option<String>,
+    /// Kernel mode, target on a live peer: the neighbour, FDB and route entries on
+    /// the vxlan device, or why they could not be read. `None`: not read.
+    pub(crate) kernel_entries: Option<Result<Entries, String>>,
 }
 
 /// The dataplane device's kind and name on this node.
@@ -86,7 +88,7 @@ fn device(report: &StatusReport) -> (&'static str, &String) {
 }
 
 /// The peer whose subnet (of either family) holds `target`.
-fn owner_peer(report: &StatusReport, target: IpAddr) -> Option<&crate::status::PeerReport> {
+fn owner_peer(report: &StatusReport, target: IpAddr) -> Option<&PeerReport> {
     report
         .peers
         .iter()
@@ -94,7 +96,7 @@ fn owner_peer(report: &StatusReport, target: IpAddr) -> Option<&crate::status::P
 }
 
 /// The peer's subnet of `target`'s family.
-fn peer_subnet(peer: &crate::status::PeerReport, target: IpAddr) -> ipnet::IpNet {
+fn peer_subnet(peer: &PeerReport, target: IpAddr) -> ipnet::IpNet {
     peer.subnet_v6
         .filter(|s| s.contains(&target))
         .unwrap_or(peer.subnet)
@@ -102,7 +104,7 @@ fn peer_subnet(peer: &crate::status::PeerReport, target: IpAddr) -> ipnet::IpNet
 
 /// Asks netlink for the [`Facts`] about `target` on this node, whose status is
 /// `report`.
-pub async fn gather(target: IpAddr, report: &StatusReport, netlink: &Netlink) -> Facts {
+pub(crate) async fn gather(target: IpAddr, report: &StatusReport, netlink: &Netlink) -> Facts {
     let node = &report.node;
     let bridge = netlink.link_by_name(&node.bridge).await.ok().flatten();
     let (_, device_name) = device(report);
@@ -116,26 +118,15 @@ pub async fn gather(target: IpAddr, report: &StatusReport, netlink: &Netlink) ->
     });
     let mut kernel_entries = None;
     let peer = owner_peer(report, target).filter(|p| p.state != PeerState::Dead);
-    if let (DataplaneMode::Kernel, Some(peer), Some(link)) = (report.path.mode, peer, dev.as_ref())
-    {
-        let subnet = peer_subnet(peer, target);
-        let gateway = gateway_of(&subnet);
-        let mut want = Entries::default();
-        want.neighbours.insert((gateway, peer.vtep_mac));
-        want.fdb.insert((peer.vtep_mac, peer.underlay));
-        want.routes.insert(RouteEntry {
-            dst: subnet,
-            via: gateway,
-            src: None,
-        });
+    if let (DataplaneMode::Kernel, Some(_), Some(link)) = (report.path.mode, peer, dev.as_ref()) {
         let cidrs: Vec<_> = std::iter::once(node.cluster_cidr)
             .chain(node.cluster_cidr_v6)
             .collect();
         kernel_entries = Some(
             netlink
-                .check_peer_entries(link.header.index, node.port, &cidrs, &want)
+                .vxlan_entries(link.header.index, node.port, &cidrs)
                 .await
-                .unwrap_or_else(|e| vec![format!("cannot read them: {e}")]),
+                .map_err(|e| e.to_string()),
         );
     }
     Facts {
@@ -150,14 +141,47 @@ pub async fn gather(target: IpAddr, report: &StatusReport, netlink: &Netlink) ->
 
 /// Runs the checks for `target` on this node, whose status is `report`; `netlink`
 /// answers for the devices and the kernel's route.
-pub async fn diagnose(target: IpAddr, report: &StatusReport, netlink: &Netlink) -> Diagnosis {
+pub(crate) async fn diagnose(
+    target: IpAddr,
+    report: &StatusReport,
+    netlink: &Netlink,
+) -> Diagnosis {
     let facts = gather(target, report, netlink).await;
     judge(target, report, &facts)
 }
 
+/// The neighbour, FDB entry and route the kernel dataplane programs for `peer`'s
+/// `subnet`.
+fn peer_entries(peer: &PeerReport, subnet: IpNet) -> Entries {
+    let gateway = gateway_of(&subnet);
+    let mut want = Entries::default();
+    want.neighbours.insert((gateway, peer.vtep_mac));
+    want.fdb.insert((peer.vtep_mac, peer.underlay));
+    want.routes.insert(RouteEntry {
+        dst: subnet,
+        via: gateway,
+        src: None,
+    });
+    want
+}
+
+/// What a missing entry (an addition [`plan::missing`] names) looks like in the
+/// evidence.
+fn lacks(add: &Change) -> String {
+    match add {
+        Change::AddNeighbour(ip, mac) | Change::DelNeighbour(ip, mac) => {
+            format!("no neighbour entry {ip} lladdr {mac}")
+        }
+        Change::AddFdb(mac, at) | Change::DelFdb(mac, at) => format!("no FDB entry {mac} dst {at}"),
+        Change::AddRoute(r) | Change::DelRoute(r) => {
+            format!("no route {} via {} onlink", r.dst, r.via)
+        }
+    }
+}
+
 /// The verdict on `target` from this node's status and the [`Facts`]: the checks in
 /// order, the first that fails deciding.
-pub fn judge(target: IpAddr, report: &StatusReport, facts: &Facts) -> Diagnosis {
+pub(crate) fn judge(target: IpAddr, report: &StatusReport, facts: &Facts) -> Diagnosis {
     let mut ev = Vec::new();
     let (owner, verdict) = judge_node(target, report, facts, &mut ev);
     Diagnosis {
@@ -315,7 +339,7 @@ fn judge_peer(
     target: IpAddr,
     report: &StatusReport,
     facts: &Facts,
-    peer: &crate::status::PeerReport,
+    peer: &PeerReport,
     ev: &mut Vec<Check>,
 ) -> String {
     let kernel = report.path.mode == DataplaneMode::Kernel;
@@ -335,8 +359,15 @@ fn judge_peer(
         format!("{} is {:?}", peer.name, peer.state).to_lowercase(),
     );
     let mut entries_ok = true;
-    if let (true, Some(problems)) = (kernel && alive, facts.kernel_entries.as_ref()) {
+    if let (true, Some(have)) = (kernel && alive, facts.kernel_entries.as_ref()) {
         let gateway = gateway_of(&subnet);
+        let problems = match have {
+            Ok(have) => plan::missing(have, &peer_entries(peer, subnet))
+                .iter()
+                .map(lacks)
+                .collect(),
+            Err(e) => vec![format!("cannot read them: {e}")],
+        };
         entries_ok = problems.is_empty();
         let detail = if entries_ok {
             format!(
@@ -397,7 +428,7 @@ fn judge_peer(
 }
 
 /// Encrypted: the WireGuard session with `peer`. Returns why its handshake failed.
-fn handshake(peer: &crate::status::PeerReport, ev: &mut Vec<Check>) -> Option<String> {
+fn handshake(peer: &PeerReport, ev: &mut Vec<Check>) -> Option<String> {
     let s = &peer.wg.as_ref()?.session;
     let failed = s.session != "established" && s.initiations >= 2;
     let why = if !failed {
@@ -431,7 +462,7 @@ fn handshake(peer: &crate::status::PeerReport, ev: &mut Vec<Check>) -> Option<St
 
 /// Whether `peer` answers: true when we send to it and nothing has come back for
 /// [`QUIET`].
-fn answers(peer: &crate::status::PeerReport, ev: &mut Vec<Check>) -> bool {
+fn answers(peer: &PeerReport, ev: &mut Vec<Check>) -> bool {
     let heard = peer.last_heard_secs;
     let answered = heard.is_some_and(|s| s <= QUIET.as_secs());
     let detail = match (heard, peer.tx_packets) {
@@ -472,32 +503,15 @@ pub fn render(d: &Diagnosis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::PeerOrigin;
-    use crate::status::{PathReport, PeerReport};
+    use crate::ops::status::PathReport;
 
     /// Node n1 (subnet 10.244.1.0/24, fixed) in `mode`, with peer n2 owning
     /// 10.244.2.0/24 in `state`.
     fn report(mode: DataplaneMode, state: PeerState) -> StatusReport {
         StatusReport {
-            node: crate::status::test_node(),
+            node: crate::ops::status::test_node(),
             control: None,
-            peers: vec![PeerReport {
-                name: "n2".into(),
-                subnet: "10.244.2.0/24".parse().unwrap(),
-                subnet_v6: None,
-                underlay: "198.18.0.2:4789".parse().unwrap(),
-                vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
-                state,
-                origin: PeerOrigin::Gossip,
-                tx_packets: 10,
-                tx_bytes: 1000,
-                rx_packets: 10,
-                rx_bytes: 1000,
-                tx_dropped: 0,
-                rx_dropped: 0,
-                last_heard_secs: Some(1),
-                wg: None,
-            }],
+            peers: vec![crate::ops::status::test_peer(state)],
             dataplane: Default::default(),
             path: PathReport {
                 mode,
@@ -509,12 +523,22 @@ mod tests {
         }
     }
 
-    fn facts(route_dev: &str, kernel_entries: Option<Vec<String>>) -> Facts {
+    /// Facts with the bridge and device up and the route through `route_dev`;
+    /// `entries`: `Some(true)`, the kernel has n2's entries; `Some(false)`, it has
+    /// none; `None`, not read.
+    fn facts(route_dev: &str, entries: Option<bool>) -> Facts {
+        let n2 = crate::ops::status::test_peer(PeerState::Alive);
         Facts {
             bridge_up: true,
             device_up: true,
             route_dev: Some(route_dev.into()),
-            kernel_entries,
+            kernel_entries: entries.map(|all| {
+                Ok(if all {
+                    peer_entries(&n2, n2.subnet)
+                } else {
+                    Entries::default()
+                })
+            }),
         }
     }
 
@@ -525,7 +549,7 @@ mod tests {
     #[test]
     fn a_healthy_path_to_a_peer_is_reachable() {
         let r = report(DataplaneMode::Kernel, PeerState::Alive);
-        let d = judge(ip("10.244.2.7"), &r, &facts("ovlvx0", Some(vec![])));
+        let d = judge(ip("10.244.2.7"), &r, &facts("ovlvx0", Some(true)));
         assert!(d.reachable, "{d:?}");
         assert_eq!(d.owner.as_deref(), Some("n2"));
         assert!(
@@ -554,13 +578,13 @@ mod tests {
     fn the_first_failed_check_decides() {
         let kernel = report(DataplaneMode::Kernel, PeerState::Alive);
         let cases: Vec<(StatusReport, &str, Facts, &str)> = vec![
-            (kernel.clone(), "192.0.2.1", facts("ovlvx0", Some(vec![])), "is not a pod address of this cluster"),
+            (kernel.clone(), "192.0.2.1", facts("ovlvx0", Some(true)), "is not a pod address of this cluster"),
             (kernel.clone(), "10.244.9.9", facts("ovlvx0", None), "no node owns the subnet of 10.244.9.9: traffic to it meets the cluster's unreachable route"),
             (report(DataplaneMode::Userspace, PeerState::Alive), "10.244.9.9", facts("ovltun0", None), "it is dropped as unknown_subnet"),
             (report(DataplaneMode::Kernel, PeerState::Dead), "10.244.2.7", facts("ovlvx0", None), "n2 (owner of 10.244.2.0/24) is declared dead"),
-            (kernel.clone(), "10.244.2.7", Facts { device_up: false, ..facts("ovlvx0", Some(vec![])) }, "vxlan device ovlvx0 is missing or down"),
-            (kernel.clone(), "10.244.2.7", facts("ovlvx0", Some(vec!["no FDB entry".into()])), "the vxlan device ovlvx0 lacks n2's entries"),
-            (kernel.clone(), "10.244.2.7", facts("eth0", Some(vec![])), "the kernel does not route 10.244.2.7 through ovlvx0"),
+            (kernel.clone(), "10.244.2.7", Facts { device_up: false, ..facts("ovlvx0", Some(true)) }, "vxlan device ovlvx0 is missing or down"),
+            (kernel.clone(), "10.244.2.7", facts("ovlvx0", Some(false)), "the vxlan device ovlvx0 lacks n2's entries"),
+            (kernel.clone(), "10.244.2.7", facts("eth0", Some(true)), "the kernel does not route 10.244.2.7 through ovlvx0"),
             (kernel.clone(), "10.244.1.5", facts("ovl0", None), "10.244.1.5 is a local pod on this node's bridge ovl0"),
             (kernel.clone(), "10.244.1.5", facts("ovlvx0", None), "the kernel does not route 10.244.1.5 to bridge ovl0"),
             (kernel, "10.244.1.5", Facts { bridge_up: false, ..facts("ovl0", None) }, "the pod would be local, but bridge ovl0 is missing or down"),

@@ -1,8 +1,8 @@
 //! What `overlayd status` reports ([`StatusReport`] and its parts, also its JSON
 //! form) and how it renders them as text.
 //!
-//! Left out: where the numbers come from ([`crate::live`]) and how the report
-//! travels from the daemon to the CLI ([`crate::admin`]).
+//! Left out: where the numbers come from ([`crate::ops::live`]) and how the report
+//! travels from the daemon to the CLI ([`crate::ops::admin`]).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -189,7 +189,11 @@ pub struct RefusedVersionLine {
 impl ControlReport {
     /// The report for a control-plane snapshot `st`, with `total` subnets in the
     /// cluster CIDR, taken `as_of_secs` into the daemon's life.
-    pub fn from_status(st: &crate::control::Status, total: u64, as_of_secs: u64) -> ControlReport {
+    pub(crate) fn from_status(
+        st: &crate::control::Status,
+        total: u64,
+        as_of_secs: u64,
+    ) -> ControlReport {
         use crate::control::MemberState as Ctl;
         let count = |state: Ctl| st.members.iter().filter(|m| m.state == state).count();
         let fib_state = |state: Ctl| match state {
@@ -653,10 +657,35 @@ pub(crate) fn test_node() -> NodeReport {
     }
 }
 
+/// Peer n2 of the unit tests, in `state`: subnet 10.244.2.0/24 at 198.18.0.2:4789,
+/// heard a second ago, every counter a different value.
+#[cfg(test)]
+pub(crate) fn test_peer(state: crate::dataplane::PeerState) -> PeerReport {
+    PeerReport {
+        name: "n2".into(),
+        subnet: "10.244.2.0/24".parse().unwrap(),
+        subnet_v6: None,
+        underlay: "198.18.0.2:4789".parse().unwrap(),
+        vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
+        state,
+        origin: crate::dataplane::PeerOrigin::Gossip,
+        tx_packets: 10,
+        tx_bytes: 1000,
+        rx_packets: 11,
+        rx_bytes: 1100,
+        tx_dropped: 5,
+        rx_dropped: 6,
+        last_heard_secs: Some(1),
+        wg: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{FoundingWait, LeaseWait, MemberReport, MemberState, Status};
+    use crate::control::founding::FoundingWait;
+    use crate::control::report::MemberReport;
+    use crate::control::{LeaseWait, MemberState, Status};
 
     /// A node that waits to found, as issue 13 saw it: the peer is alive in gossip
     /// and has no lease either. Status says both, and what the node waits for.

@@ -26,12 +26,12 @@ use tokio::net::TcpListener;
 use crate::daemon::pods::PodWatch;
 use crate::dataplane::stats::{DirectionTotals, DropReason, BATCH_BUCKETS};
 use crate::dataplane::PeerState;
-use crate::live::StatusSource;
-use crate::status::{ControlReport, NodeReport, StatusReport};
+use crate::ops::live::StatusSource;
+use crate::ops::status::{ControlReport, NodeReport, StatusReport};
 
 /// The collector that turns a node's status into metrics on each scrape.
 #[derive(Clone)]
-pub struct Exporter {
+pub(crate) struct Exporter {
     source: Arc<StatusSource>,
 }
 
@@ -196,7 +196,7 @@ fn peers(
     report: &StatusReport,
 ) -> Result<(), std::fmt::Error> {
     let per_peer =
-        |f: fn(&crate::status::PeerReport) -> (u64, u64)| -> Vec<(Vec<(&str, &str)>, u64)> {
+        |f: fn(&crate::ops::status::PeerReport) -> (u64, u64)| -> Vec<(Vec<(&str, &str)>, u64)> {
             report
                 .peers
                 .iter()
@@ -499,14 +499,14 @@ fn pods(encoder: &mut DescriptorEncoder<'_>, pods: &PodWatch) -> Result<(), std:
 }
 
 /// Builds the registry for `source`.
-pub fn registry(source: Arc<StatusSource>) -> Registry {
+pub(crate) fn registry(source: Arc<StatusSource>) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Exporter { source }));
     registry
 }
 
 /// Renders the registry in the text exposition format.
-pub fn render(registry: &Registry) -> String {
+pub(crate) fn render(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail; a collector error leaves a partial page.
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
@@ -562,12 +562,12 @@ async fn handle(
 }
 
 /// Binds `addr`.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
 /// Serves `/metrics` and `/healthz` for `source` until the task is dropped.
-pub async fn serve(listener: TcpListener, source: Arc<StatusSource>) {
+pub(crate) async fn serve(listener: TcpListener, source: Arc<StatusSource>) {
     let registry = Arc::new(registry(source.clone()));
     loop {
         let stream = match listener.accept().await {
@@ -575,7 +575,7 @@ pub async fn serve(listener: TcpListener, source: Arc<StatusSource>) {
             Err(e) => {
                 // Out of file descriptors, say: retrying at once would spin a core.
                 tracing::warn!("metrics: cannot accept a connection: {e}");
-                tokio::time::sleep(crate::admin::ACCEPT_RETRY).await;
+                tokio::time::sleep(crate::ops::admin::ACCEPT_RETRY).await;
                 continue;
             }
         };

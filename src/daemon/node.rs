@@ -4,4 +4,4 @@
 //! this module re-exports it for the daemon, which writes the file atomically
 //! (`crate::daemon::host`) once the node's devices are up and it holds a subnet.
 
-pub use overlayd_node_info::{NodeInfo, NODE_FILE};
+pub(crate) use overlayd_node_info::{NodeInfo, NODE_FILE};

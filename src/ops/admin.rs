@@ -6,8 +6,8 @@
 //! The protocol is one JSON [`Request`] line and one JSON [`Reply`] line, then the
 //! daemon closes the connection. Both ends are this binary.
 //!
-//! Left out: what the report holds ([`crate::status`]), how a diagnosis is made
-//! ([`crate::diagnose`]) and where the numbers come from ([`crate::live`]).
+//! Left out: what the report holds ([`crate::ops::status`]), how a diagnosis is made
+//! ([`crate::ops::diagnose`]) and where the numbers come from ([`crate::ops::live`]).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -19,13 +19,13 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::diagnose::Diagnosis;
-use crate::live::StatusSource;
+use crate::ops::diagnose::Diagnosis;
+use crate::ops::live::StatusSource;
+use crate::ops::status::StatusReport;
 use crate::pods::PodsReport;
-use crate::status::StatusReport;
 
 /// File name of the admin socket inside `--run-dir`.
-pub const SOCKET_FILE: &str = "overlayd.sock";
+pub(crate) const SOCKET_FILE: &str = "overlayd.sock";
 
 /// Longest request line the daemon reads.
 const MAX_REQUEST: u64 = 1024;
@@ -33,7 +33,7 @@ const MAX_REQUEST: u64 = 1024;
 /// What the CLI asks the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "lowercase")]
-pub enum Request {
+pub(crate) enum Request {
     /// The status report, with the control plane asked now.
     Status,
     /// Why this node can or cannot reach `target`.
@@ -58,7 +58,7 @@ pub enum Request {
 /// What the daemon answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "lowercase")]
-pub enum Reply {
+pub(crate) enum Reply {
     /// The answer to [`Request::Status`].
     Status(Box<StatusReport>),
     /// The answer to [`Request::Diagnose`].
@@ -97,7 +97,7 @@ impl Reply {
 }
 
 /// Binds the admin socket at `path` with mode 0600, replacing a stale one.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if path.exists() {
         // A live daemon answers; a dead one left a stale socket behind.
@@ -119,10 +119,10 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// is answered and carried out, not cut off halfway.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// The pause before accepting again after `accept` failed.
-pub const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serves admin requests until the task is dropped.
-pub async fn serve(listener: UnixListener, source: Arc<StatusSource>) {
+pub(crate) async fn serve(listener: UnixListener, source: Arc<StatusSource>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -164,7 +164,7 @@ async fn handle(request: Request, source: &StatusSource) -> Reply {
         Request::Diagnose { target } => match &source.netlink {
             Some(netlink) => {
                 let report = source.fresh_report().await;
-                Reply::Diagnosis(crate::diagnose::diagnose(target, &report, netlink).await)
+                Reply::Diagnosis(crate::ops::diagnose::diagnose(target, &report, netlink).await)
             }
             None => Reply::error("diagnose is not available on this daemon"),
         },
@@ -259,7 +259,7 @@ pub enum ClientError {
 
 /// Sends `request` to the daemon whose run dir is `run_dir` and returns its reply;
 /// [`Reply::Error`] becomes [`ClientError::Refused`].
-pub async fn call(
+pub(crate) async fn call(
     run_dir: &Path,
     request: &Request,
     timeout: Duration,
@@ -381,33 +381,19 @@ mod tests {
 
     #[test]
     fn a_status_reply_carries_the_whole_report() {
-        use crate::status::{ControlReport, PeerReport};
+        use crate::ops::status::ControlReport;
         let mut report = StatusReport {
-            node: crate::status::test_node(),
+            node: crate::ops::status::test_node(),
             control: Some(ControlReport {
                 lease: Some("10.244.1.0/24".parse().unwrap()),
                 witnesses: vec!["n2".into()],
                 ..Default::default()
             }),
-            peers: vec![PeerReport {
-                name: "n2".into(),
-                subnet: "10.244.2.0/24".parse().unwrap(),
-                subnet_v6: None,
-                underlay: "198.18.0.2:4789".parse().unwrap(),
-                vtep_mac: "02:00:00:00:00:02".parse().unwrap(),
-                state: crate::dataplane::PeerState::Suspect,
-                origin: crate::dataplane::PeerOrigin::Gossip,
-                tx_packets: 1,
-                tx_bytes: 2,
-                rx_packets: 3,
-                rx_bytes: 4,
-                tx_dropped: 5,
-                rx_dropped: 6,
-                last_heard_secs: Some(8),
-                wg: None,
-            }],
+            peers: vec![crate::ops::status::test_peer(
+                crate::dataplane::PeerState::Suspect,
+            )],
             dataplane: Default::default(),
-            path: crate::status::PathReport {
+            path: crate::ops::status::PathReport {
                 mode: crate::dataplane::DataplaneMode::Kernel,
                 device: "ovlvx0".into(),
                 reason: "auto: a vxlan device could be created".into(),
