@@ -747,8 +747,8 @@ fn b_rolling_upgrade_to_next_keeps_subnets_addresses_and_the_plugin() {
         );
         let text = k.status_text(r);
         assert!(
-            line_with(&text, &["gossip protocol 2"]).is_some(),
-            "{name} on the next image does not show gossip protocol 2:\n{text}"
+            line_with(&text, &["gossip protocol 3"]).is_some(),
+            "{name} on the next image does not show gossip protocol 3:\n{text}"
         );
         let others: Vec<String> = (0..3)
             .filter(|&j| j != r)
@@ -823,7 +823,7 @@ fn c_a_skewed_gossip_protocol_is_refused_and_the_others_carry_on() {
             let logs = k.podman.logs(&k.nodes[i].container);
             line_with(
                 &logs,
-                &["gossip protocol 9", "this node speaks gossip protocol 1"],
+                &["gossip protocol 9", "this node speaks gossip protocol 2"],
             )
             .map(|l| (i, l.to_string()))
         });
@@ -840,7 +840,7 @@ fn c_a_skewed_gossip_protocol_is_refused_and_the_others_carry_on() {
         )
     });
     assert!(
-        status_line.contains("protocol 1"),
+        status_line.contains("protocol 2"),
         "status line without our version: {status_line}"
     );
     println!("n{} status: {}", wi + 1, status_line.trim());

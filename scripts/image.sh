@@ -67,7 +67,11 @@ case "$VARIANT" in
   # in the image's environment: next speaks 2 (accepted by 1), skew speaks 9 (refused
   # by 1, and refusing it).
   current) WIRE_VERSION=""; SUFFIX="" ;;
-  next) WIRE_VERSION=2; SUFFIX="-next" ;;
+  # One past this release's gossip protocol (BUILD_VERSION in src/control/message.rs).
+  next)
+    BUILD_VERSION=$(sed -n 's/^pub(crate) const BUILD_VERSION: u8 = \([0-9]*\);$/\1/p' "$ROOT/src/control/message.rs")
+    [ -n "$BUILD_VERSION" ] || { echo "no BUILD_VERSION in src/control/message.rs" >&2; exit 2; }
+    WIRE_VERSION=$((BUILD_VERSION + 1)); SUFFIX="-next" ;;
   skew) WIRE_VERSION=9; SUFFIX="-skew" ;;
   *) echo "unknown variant '$VARIANT' (current, next or skew)" >&2; exit 2 ;;
 esac

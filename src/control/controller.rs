@@ -23,6 +23,7 @@ use super::lease::{Lease, LeaseConfig, LeaseEvent, LeaseState, LeaseTransmit};
 use super::membership::{KnownMember, MemberState, Membership, MembershipConfig, MembershipEvent};
 use super::message::{self, Datagram, LeaseDatagram, LeaseMsg, Owned, WireError};
 use super::meta::NodeMeta;
+use super::offer::Offers;
 use super::report::{GossipTraffic, LeaseWait, MemberReport, PeerInfo, Status, VersionRefusal};
 
 /// An event for the driver.
@@ -90,6 +91,14 @@ pub enum Event {
         from: SocketAddr,
         /// The version it speaks.
         version: u8,
+    },
+    /// A peer answered our direct-routing probe ([`Controller::probe_datagram`]):
+    /// the path pod traffic would take to it directly carried the probe.
+    ProbeAnswered {
+        /// The peer.
+        peer: String,
+        /// The probe's nonce.
+        nonce: u64,
     },
     /// [`REJECT_LOG_BUDGET`] rejections were reported in this interval: further ones
     /// are counted but not reported until it ends (many, or spoofed, sources).
@@ -273,6 +282,8 @@ pub struct Controller {
     refused: HashMap<SocketAddr, Refused>,
     alone_since: Option<Instant>,
     silent_reported: Option<Instant>,
+    /// Direct-routing offers, ours and the members' (`docs/direct-routing.md`).
+    offers: Offers,
 }
 
 impl Controller {
@@ -383,6 +394,7 @@ impl Controller {
             refused: HashMap::new(),
             alone_since: Some(now),
             silent_reported: None,
+            offers: Offers::default(),
         })
     }
 
@@ -427,6 +439,10 @@ impl Controller {
         if let Err(WireError::BadVersion(version)) = frame {
             self.refuse_version(from, version, now);
             return;
+        }
+        if frame.is_ok() {
+            // The version byte of an authenticated frame: which messages it takes.
+            self.offers.heard(from, data[4], now);
         }
         match frame {
             Ok((message::Kind::Membership, body)) => {
@@ -523,6 +539,15 @@ impl Controller {
             self.dropped += 1;
             return;
         }
+        if matches!(
+            d.msg,
+            LeaseMsg::DirectOffer { .. } | LeaseMsg::Probe { .. } | LeaseMsg::ProbeAck { .. }
+        ) {
+            // A probe comes from the sender's gateway address, not its gossip one:
+            // it must not be learned as the member's address below.
+            self.handle_path_message(d, now);
+            return;
+        }
         // Lease messages come only from members: a witness, owner or requester is one,
         // and the lease machine keeps state per sender (a `Watch` per beating name). A
         // name gossip does not know yet is dropped like a lost datagram; it retries.
@@ -537,8 +562,76 @@ impl Controller {
         }
     }
 
+    /// Handles the direct-routing messages of a member; a non-member's are dropped
+    /// and counted.
+    fn handle_path_message(&mut self, d: LeaseDatagram, now: Instant) {
+        let gossip = match self.membership.peer(&d.from) {
+            Some(k) if k.state != MemberState::Dead => k.meta.gossip,
+            _ => {
+                self.dropped += 1;
+                return;
+            }
+        };
+        match d.msg {
+            LeaseMsg::DirectOffer { mac } if self.offers.receive(&d.from, mac, now) => {
+                self.peers_dirty = true;
+            }
+            // Answered only while we offer: a stale offer elsewhere must not pass
+            // its probe.
+            LeaseMsg::Probe { nonce } if self.offers.ours().is_some() => {
+                self.send_lease(gossip, LeaseMsg::ProbeAck { nonce });
+            }
+            LeaseMsg::ProbeAck { nonce } => self.events.push_back(Event::ProbeAnswered {
+                peer: d.from,
+                nonce,
+            }),
+            _ => {}
+        }
+    }
+
+    /// Sets what we offer for direct routing: our underlay interface's MAC address,
+    /// or `None` to offer nothing (members drop a withdrawn offer when it expires).
+    /// A new offer goes to every member that speaks the version at once.
+    // Driven by the daemon's direct-routing driver, issue 27's next part.
+    #[allow(dead_code)]
+    pub(crate) fn set_direct_offer(&mut self, mac: Option<[u8; 6]>, now: Instant) {
+        self.offers.set_ours(mac, now);
+        self.send_offers(now);
+    }
+
+    /// Sends our offer to every live member heard speaking a version that has it,
+    /// when it is due.
+    fn send_offers(&mut self, now: Instant) {
+        let Some(mac) = self.offers.due(now) else {
+            return;
+        };
+        let to: Vec<SocketAddr> = self
+            .membership
+            .peer_table()
+            .filter(|k| k.state != MemberState::Dead && self.offers.speaks_offers(k.meta.gossip))
+            .map(|k| k.meta.gossip)
+            .collect();
+        for addr in to {
+            self.send_lease(addr, LeaseMsg::DirectOffer { mac });
+        }
+    }
+
+    /// A sealed probe for the direct path to a peer (`docs/direct-routing.md`): the
+    /// daemon sends it from our gateway address to the peer's, and the peer's answer
+    /// comes back as [`Event::ProbeAnswered`] with the same `nonce`.
+    // Driven by the daemon's direct-routing driver, issue 27's next part.
+    #[allow(dead_code)]
+    pub(crate) fn probe_datagram(&mut self, nonce: u64, now: Instant) -> Vec<u8> {
+        let data = self.lease_datagram(LeaseMsg::Probe { nonce });
+        self.auth.seal(data, self.wall_ms(now))
+    }
+
     /// Runs timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.send_offers(now);
+        if self.offers.expire(now) {
+            self.peers_dirty = true;
+        }
         if now >= self.next_join && !self.seeds.is_empty() {
             self.next_join = now + Duration::from_secs(2);
             if self.membership.live_names().next().is_none() {
@@ -692,8 +785,9 @@ impl Controller {
                     self.names.insert(m.name.clone(), m.gossip);
                     self.peers_dirty = true;
                 }
-                MembershipEvent::Down(_) => {
+                MembershipEvent::Down(m) => {
                     self.deaths += 1;
+                    self.offers.forget(&m.name);
                     self.peers_dirty = true;
                 }
                 MembershipEvent::Suspicion => self.peers_dirty = true,
@@ -804,6 +898,9 @@ impl Controller {
         if let Some(d) = self.leave_deadline {
             t = t.min(d);
         }
+        if let Some(o) = self.offers.poll_timeout() {
+            t = t.min(o);
+        }
         if self.membership.live_names().next().is_some() {
             let me = self.membership.me().gossip;
             for r in &self.seed_retries {
@@ -886,6 +983,7 @@ impl Controller {
                 vni: m.vni,
                 state,
                 wg: m.wg,
+                direct: self.offers.of(&m.name),
             };
             let replace = by_subnet
                 .get(&idx)
@@ -1353,7 +1451,20 @@ mod tests {
 
     /// Runs two controllers for `steps` tenths of a second, delivering every datagram
     /// at once and saving state as the driver does.
-    fn exchange(a: &mut Controller, b: &mut Controller, mut now: Instant, steps: u32) -> Instant {
+    fn exchange(a: &mut Controller, b: &mut Controller, now: Instant, steps: u32) -> Instant {
+        exchange_with(a, b, now, steps, |_| {}, |_| {})
+    }
+
+    /// [`exchange`], with `patch_b` applied to each of b's datagrams before a gets it
+    /// and `seen_by_b` shown each of a's datagrams to b.
+    fn exchange_with(
+        a: &mut Controller,
+        b: &mut Controller,
+        mut now: Instant,
+        steps: u32,
+        patch_b: impl Fn(&mut Vec<u8>),
+        mut seen_by_b: impl FnMut(&[u8]),
+    ) -> Instant {
         let (aa, ba) = (a.membership().me().gossip, b.membership().me().gossip);
         for _ in 0..steps {
             now += Duration::from_millis(100);
@@ -1364,12 +1475,14 @@ mod tests {
                 while let Some(d) = a.poll_transmit(now) {
                     moved = true;
                     if d.to == ba {
+                        seen_by_b(&d.data);
                         b.handle_datagram(aa, &d.data, now);
                     }
                 }
-                while let Some(d) = b.poll_transmit(now) {
+                while let Some(mut d) = b.poll_transmit(now) {
                     moved = true;
                     if d.to == aa {
+                        patch_b(&mut d.data);
                         a.handle_datagram(ba, &d.data, now);
                     }
                 }
@@ -1581,6 +1694,133 @@ mod tests {
         let mut b = b_with_lease(3);
         exchange(&mut a, &mut b, now, 30);
         assert!(a.lease().state().watching.contains_key("b"));
+    }
+
+    const MAC_B: [u8; 6] = [2, 0xbb, 0, 0, 0, 2];
+
+    /// The lease message in a datagram, if it is one.
+    fn lease_msg(data: &[u8]) -> Option<LeaseMsg> {
+        match message::parse_frame(data) {
+            Ok((message::Kind::Lease, body)) => LeaseDatagram::parse(body).ok().map(|d| d.msg),
+            _ => None,
+        }
+    }
+
+    fn direct_of(n: &Controller, name: &str) -> Option<[u8; 6]> {
+        n.peers().into_iter().find(|p| p.name == name)?.direct
+    }
+
+    /// b's offer reaches a, is renewed while b offers, and expires once b stops.
+    #[test]
+    fn a_direct_offer_reaches_members_and_expires_when_withdrawn() {
+        let mut a = node();
+        let mut b = b_with_lease(3);
+        let mut now = exchange(&mut a, &mut b, Instant::now(), 30);
+        assert_eq!(direct_of(&a, "b"), None);
+        b.set_direct_offer(Some(MAC_B), now);
+        now = exchange(&mut a, &mut b, now, 5);
+        assert_eq!(direct_of(&a, "b"), Some(MAC_B));
+        assert!(drain(&mut a).contains(&Event::PeersChanged));
+        // Renewed every period: still held well past one expiry.
+        let expiry = super::super::offer::OFFER_EXPIRY;
+        now = exchange(&mut a, &mut b, now, (expiry.as_millis() / 100) as u32 * 2);
+        assert_eq!(direct_of(&a, "b"), Some(MAC_B));
+        b.set_direct_offer(None, now);
+        now = exchange(&mut a, &mut b, now, (expiry.as_millis() / 100) as u32 + 5);
+        assert_eq!(direct_of(&a, "b"), None, "a withdrawn offer expires");
+        assert!(a.peers().iter().any(|p| p.name == "b"), "b is still a peer");
+        let _ = now;
+    }
+
+    /// A peer heard speaking gossip protocol 1 gets no offer: it would drop it as an
+    /// unknown message and count it as malformed.
+    #[test]
+    fn no_offer_goes_to_a_peer_of_version_1() {
+        let mut a = node();
+        let mut b = b_with_lease(3);
+        let speaks_1 = |d: &mut Vec<u8>| d[4] = 1;
+        let now = exchange_with(&mut a, &mut b, Instant::now(), 30, speaks_1, |_| {});
+        a.set_direct_offer(Some([2, 0xaa, 0, 0, 0, 1]), now);
+        let mut offers = 0;
+        let mut to_b = 0;
+        exchange_with(&mut a, &mut b, now, 250, speaks_1, |d| {
+            to_b += 1;
+            if matches!(lease_msg(d), Some(LeaseMsg::DirectOffer { .. })) {
+                offers += 1;
+            }
+        });
+        assert!(to_b > 20, "a talked to b ({to_b} datagrams)");
+        assert_eq!(offers, 0);
+        // The same exchange with b speaking its own version does carry offers.
+        let mut a = node();
+        let mut b = b_with_lease(3);
+        let now = exchange(&mut a, &mut b, Instant::now(), 30);
+        a.set_direct_offer(Some([2, 0xaa, 0, 0, 0, 1]), now);
+        exchange_with(
+            &mut a,
+            &mut b,
+            now,
+            250,
+            |_| {},
+            |d| {
+                if matches!(lease_msg(d), Some(LeaseMsg::DirectOffer { .. })) {
+                    offers += 1;
+                }
+            },
+        );
+        assert!(offers >= 2, "{offers} offers in 25 s");
+    }
+
+    /// a's probe comes to b from a's gateway address; b answers on the gossip path,
+    /// to a's gossip address, only while b offers; a raises `ProbeAnswered`.
+    #[test]
+    fn a_probe_is_answered_on_the_gossip_path_while_the_peer_offers() {
+        let mut a = node();
+        let mut b = b_with_lease(3);
+        let now = exchange(&mut a, &mut b, Instant::now(), 30);
+        let gateway: SocketAddr = "10.244.0.1:7946".parse().unwrap();
+        let a_gossip = a.membership().me().gossip;
+        let probe = a.probe_datagram(77, now);
+        b.handle_datagram(gateway, &probe, now);
+        assert!(
+            b.poll_transmit(now).is_none(),
+            "b offers nothing: no answer"
+        );
+        b.set_direct_offer(Some(MAC_B), now);
+        while b.poll_transmit(now).is_some() {}
+        let probe = a.probe_datagram(78, now);
+        b.handle_datagram(gateway, &probe, now);
+        let ack = b.poll_transmit(now).expect("an answer");
+        assert_eq!(ack.to, a_gossip, "answered to the gossip address");
+        assert_eq!(lease_msg(&ack.data), Some(LeaseMsg::ProbeAck { nonce: 78 }));
+        assert_eq!(
+            b.names.get("a"),
+            Some(&a_gossip),
+            "the probe's address is not learned"
+        );
+        drain(&mut a);
+        a.handle_datagram(b.membership().me().gossip, &ack.data, now);
+        assert!(drain(&mut a).contains(&Event::ProbeAnswered {
+            peer: "b".into(),
+            nonce: 78
+        }));
+        // A stranger's probe and offer are dropped and counted.
+        let before = b.dropped();
+        for msg in [
+            LeaseMsg::Probe { nonce: 1 },
+            LeaseMsg::DirectOffer { mac: MAC_B },
+        ] {
+            let d = LeaseDatagram {
+                from: "stranger".into(),
+                cluster: b.fingerprint,
+                msg,
+            };
+            let mut data = Vec::new();
+            d.emit(&mut data);
+            b.handle_datagram(gateway, &data, now);
+        }
+        assert_eq!(b.dropped(), before + 2);
+        assert!(b.poll_transmit(now).is_none());
     }
 
     proptest! {

@@ -537,7 +537,12 @@ impl Lease {
                     self.finish_leave();
                 }
             }
-            LeaseMsg::Refuse { .. } | LeaseMsg::Founding(_) => {}
+            // Handled by the controller before the lease machine sees anything.
+            LeaseMsg::Refuse { .. }
+            | LeaseMsg::Founding(_)
+            | LeaseMsg::DirectOffer { .. }
+            | LeaseMsg::Probe { .. }
+            | LeaseMsg::ProbeAck { .. } => {}
         }
     }
 

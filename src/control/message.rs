@@ -36,7 +36,12 @@ pub(crate) const MAGIC: [u8; 4] = *b"OVLD";
 /// The contract between releases: version N+1 changes the wire only in ways that N
 /// already parses or drops and counts, so N and N+1 run in one cluster; a change N
 /// could misread skips a number, so both sides refuse each other by name instead.
-pub(crate) const BUILD_VERSION: u8 = 1;
+pub(crate) const BUILD_VERSION: u8 = 2;
+
+/// The first gossip protocol version with the direct-routing messages
+/// ([`LeaseMsg::DirectOffer`], [`LeaseMsg::Probe`], [`LeaseMsg::ProbeAck`]): they are
+/// sent only to peers heard speaking it or later (`docs/direct-routing.md`).
+pub(crate) const DIRECT_VERSION: u8 = 2;
 
 /// The version this process speaks: [`BUILD_VERSION`], unless the build has the
 /// `test-wire-version` feature and `OVERLAYD_TEST_WIRE_VERSION` holds 1 to 254. The
@@ -258,6 +263,26 @@ pub enum LeaseMsg {
     },
     /// Founding a new cluster by agreement (`docs/founding.md`).
     Founding(FoundingMsg),
+    /// Member → member, every few seconds while it lasts: "I accept pod traffic
+    /// routed to me directly, without a tunnel; it comes from this MAC address when I
+    /// send it" (`docs/direct-routing.md`). An offer not renewed expires.
+    DirectOffer {
+        /// The sender's underlay interface MAC address: the source of its direct
+        /// frames, which the receiver's anti-spoofing filter matches.
+        mac: [u8; 6],
+    },
+    /// Sent on the path pod traffic would take directly (from the sender's gateway
+    /// address to the receiver's): the receiver answers with a [`LeaseMsg::ProbeAck`]
+    /// on the gossip path.
+    Probe {
+        /// Chosen by the sender, echoed in the answer.
+        nonce: u64,
+    },
+    /// The answer to a [`LeaseMsg::Probe`]: the direct path carried it.
+    ProbeAck {
+        /// The probe's nonce.
+        nonce: u64,
+    },
 }
 
 /// The body of a [`Kind::Lease`] datagram.
@@ -301,6 +326,14 @@ fn get_u64(buf: &mut &[u8]) -> Result<u64, WireError> {
         return Err(WireError::UnexpectedEnd);
     }
     Ok(buf.get_u64())
+}
+fn get_mac(buf: &mut &[u8]) -> Result<[u8; 6], WireError> {
+    let mut mac = [0u8; 6];
+    if buf.remaining() < mac.len() {
+        return Err(WireError::UnexpectedEnd);
+    }
+    buf.copy_to_slice(&mut mac);
+    Ok(mac)
 }
 pub(crate) fn get_str(buf: &mut &[u8]) -> Result<String, WireError> {
     let n = get_u8(buf)? as usize;
@@ -654,6 +687,18 @@ impl LeaseDatagram {
                 put_str(out, reason);
             }
             LeaseMsg::Founding(m) => put_founding(out, m),
+            LeaseMsg::DirectOffer { mac } => {
+                out.put_u8(15);
+                out.put_slice(mac);
+            }
+            LeaseMsg::Probe { nonce } => {
+                out.put_u8(16);
+                out.put_u64(*nonce);
+            }
+            LeaseMsg::ProbeAck { nonce } => {
+                out.put_u8(17);
+                out.put_u64(*nonce);
+            }
         }
     }
 
@@ -701,6 +746,9 @@ impl LeaseDatagram {
                 reason: get_str(b)?,
             },
             t @ 9..=14 => LeaseMsg::Founding(get_founding(t, b)?),
+            15 => LeaseMsg::DirectOffer { mac: get_mac(b)? },
+            16 => LeaseMsg::Probe { nonce: get_u64(b)? },
+            17 => LeaseMsg::ProbeAck { nonce: get_u64(b)? },
             t => return Err(WireError::UnknownKind(t)),
         };
         if b.has_remaining() {
@@ -844,6 +892,9 @@ mod tests {
             owned().prop_map(|subnets| LeaseMsg::GrantAck { subnets }),
             name().prop_map(|reason| LeaseMsg::Refuse { reason }),
             founding().prop_map(LeaseMsg::Founding),
+            any::<[u8; 6]>().prop_map(|mac| LeaseMsg::DirectOffer { mac }),
+            any::<u64>().prop_map(|nonce| LeaseMsg::Probe { nonce }),
+            any::<u64>().prop_map(|nonce| LeaseMsg::ProbeAck { nonce }),
         ]
     }
 
@@ -884,7 +935,7 @@ mod tests {
         assert_eq!(
             buf,
             [
-                b'O', b'V', b'L', b'D', 1, 2, 0, 2, b'n', b'1', 0, 0, 0, 0, 0, 0, 0, 7, 14, 2,
+                b'O', b'V', b'L', b'D', 2, 2, 0, 2, b'n', b'1', 0, 0, 0, 0, 0, 0, 0, 7, 14, 2,
                 b'n', b'2', 0, 0, 0, 0, 0, 0, 1, 2
             ]
         );
@@ -903,8 +954,49 @@ mod tests {
         d.emit(&mut buf);
         assert_eq!(
             buf,
-            [b'O', b'V', b'L', b'D', 1, 2, 0, 2, b'n', b'1', 0, 0, 0, 0, 0, 0, 0, 7, 5]
+            [b'O', b'V', b'L', b'D', 2, 2, 0, 2, b'n', b'1', 0, 0, 0, 0, 0, 0, 0, 7, 5]
         );
+    }
+
+    #[test]
+    fn direct_routing_literal_bytes() {
+        let head = [
+            b'O', b'V', b'L', b'D', 2, 2, 0, 2, b'n', b'1', 0, 0, 0, 0, 0, 0, 0, 7,
+        ];
+        let cases = [
+            (
+                LeaseMsg::DirectOffer {
+                    mac: [2, 0xaa, 0, 0, 0, 9],
+                },
+                vec![15, 2, 0xaa, 0, 0, 0, 9],
+            ),
+            (
+                LeaseMsg::Probe { nonce: 0x0102 },
+                vec![16, 0, 0, 0, 0, 0, 0, 1, 2],
+            ),
+            (
+                LeaseMsg::ProbeAck { nonce: 0x0103 },
+                vec![17, 0, 0, 0, 0, 0, 0, 1, 3],
+            ),
+        ];
+        for (msg, tail) in cases {
+            let d = LeaseDatagram {
+                from: "n1".into(),
+                cluster: 7,
+                msg,
+            };
+            let mut buf = Vec::new();
+            d.emit(&mut buf);
+            assert_eq!(buf[..head.len()], head);
+            assert_eq!(buf[head.len()..], tail[..], "{:?}", d.msg);
+            let (_, body) = parse_frame(&buf).unwrap();
+            assert_eq!(LeaseDatagram::parse(body).unwrap(), d);
+            // Cut short or with a byte too many, it is refused, not misread.
+            assert!(LeaseDatagram::parse(&body[..body.len() - 1]).is_err());
+            let mut long = body.to_vec();
+            long.push(0);
+            assert_eq!(LeaseDatagram::parse(&long), Err(WireError::Malformed));
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`membership`]: SWIM membership on [foca].
 //! - [`lease`]: the subnet lease state machine; its safety argument is in
 //!   `docs/leases.md`.
+//! - [`offer`]: the direct-routing offers between members and the versions that
+//!   carry them (`docs/direct-routing.md`).
 //! - [`founding`]: choosing the one founder of a new cluster by agreement
 //!   (single-decree Paxos over the initial peers); argued in `docs/founding.md`.
 //! - [`controller`]: [`Controller`], both cores behind one `handle_*`/`poll_*`
@@ -34,6 +36,7 @@ pub(crate) mod lease;
 pub(crate) mod membership;
 pub mod message;
 pub mod meta;
+pub(crate) mod offer;
 pub(crate) mod report;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;

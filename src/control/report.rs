@@ -137,6 +137,9 @@ pub struct PeerInfo {
     pub state: MemberState,
     /// Its WireGuard port and public key, in an encrypted cluster.
     pub wg: Option<super::meta::WgIdentity>,
+    /// Its direct-routing offer, if it holds one out: the MAC address its direct
+    /// frames come from (`docs/direct-routing.md`).
+    pub direct: Option<[u8; 6]>,
 }
 
 /// What `overlayd status` shows about the control plane.

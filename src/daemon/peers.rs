@@ -214,6 +214,7 @@ mod tests {
             vni,
             state,
             wg: None,
+            direct: None,
         }
     }
 
