@@ -741,7 +741,7 @@ fn b_rolling_upgrade_to_next_keeps_subnets_addresses_and_the_plugin() {
         );
         assert_eq!(
             s.control.as_ref().map(|c| c.protocol),
-            Some(2),
+            Some(3),
             "{name} on the next image: {:?}",
             s.control
         );

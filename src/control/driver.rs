@@ -502,6 +502,93 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// Logs or acts on one event of the node; true when the peers changed. Returns
+    /// fatal errors.
+    fn on_event(&mut self, ev: Event) -> Result<bool, Error> {
+        match ev {
+            Event::PeersChanged => return Ok(true),
+            Event::Refused { peer, reason } => {
+                return Err(Error::ClusterMismatch { peer, reason });
+            }
+            Event::RefusedWhileServing { peer, reason } => {
+                tracing::error!(
+                    %peer,
+                    %reason,
+                    "a peer refused us (another cluster or configuration); this node keeps serving its own cluster: check --peers and the cluster settings on both"
+                );
+            }
+            Event::Left { timed_out } => {
+                if !timed_out {
+                    tracing::info!("left the cluster");
+                } else {
+                    tracing::warn!(
+                        "left the cluster before a witness confirmed taking our subnet (waited {} s); the cluster reclaims it as it does a dead node's",
+                        LEAVE_TIMEOUT.as_secs()
+                    );
+                }
+                self.left = true;
+            }
+            Event::RefusedPeer { peer, reason } => {
+                tracing::error!(%peer, %reason, "refused a peer with a different configuration");
+            }
+            Event::SeedsSilent { seeds, for_secs } => {
+                tracing::warn!(
+                    ?seeds,
+                    "no seed has answered for {for_secs} s: check that they run, that UDP port {} is open between the nodes, and that --secret-file holds the cluster's key (a peer drops gossip signed with another key, or unsigned)",
+                    seeds.first().map(|s| s.port()).unwrap_or_default()
+                );
+            }
+            Event::Rejected { from, reason } => {
+                tracing::warn!(
+                    %from,
+                    reason = reason.label(),
+                    "rejected gossip from {from}: {reason} (counted in overlayd_gossip_rejected_total; repeats from this address are not logged for {} s)",
+                    REJECT_LOG_INTERVAL.as_secs()
+                );
+            }
+            Event::VersionRefused { from, version } => {
+                tracing::warn!(
+                    %from,
+                    peer_version = version,
+                    version = message::version(),
+                    "refusing gossip from {from}: it speaks gossip protocol {version}, this node speaks gossip protocol {} (accepts {} to {}); this node keeps serving its own pods. Upgrade one version at a time (repeats from this address are not logged for {} s)",
+                    message::version(),
+                    message::min_accepted(),
+                    message::max_accepted(),
+                    REJECT_LOG_INTERVAL.as_secs()
+                );
+            }
+            Event::RejectReportsPaused => {
+                tracing::warn!(
+                    "{} rejected gossip senders logged in {} s: rejections from further addresses are counted in overlayd_gossip_rejected_total, not logged, until the interval ends",
+                    REJECT_LOG_BUDGET,
+                    REJECT_LOG_INTERVAL.as_secs()
+                );
+            }
+            Event::RejectReportsResumed { unreported } => {
+                tracing::warn!(
+                    unreported,
+                    "{unreported} rejected gossip datagrams from addresses not logged before went unlogged in the last {} s",
+                    REJECT_LOG_INTERVAL.as_secs()
+                );
+            }
+            // Said by the daemon from `LeaseStatus::waiting`, once per change, with
+            // what is really missing (no free holder in reach is not exhaustion).
+            Event::Lease(LeaseEvent::Exhausted) => {}
+            Event::Lease(LeaseEvent::Reclaimed { node, subnets }) => {
+                tracing::info!(%node, ?subnets, "reclaimed the space of a silent node");
+            }
+            Event::Lease(LeaseEvent::Lost) => {
+                tracing::warn!("our witnesses declared our lease dead; requesting a new subnet");
+            }
+            Event::Lease(LeaseEvent::Using(_)) => {}
+            // No probe is sent yet: the daemon's direct-routing driver is issue
+            // 27's next part (docs/direct-routing.md).
+            Event::ProbeAnswered { .. } => {}
+        }
+        Ok(false)
+    }
+
     /// Persists state, sends datagrams, publishes events. Returns fatal errors.
     async fn flush(&mut self) -> Result<(), Error> {
         self.save();
@@ -517,89 +604,7 @@ impl<T: Transport> Driver<T> {
         }
         let mut peers_changed = false;
         while let Some(ev) = self.node.poll_event() {
-            match ev {
-                Event::PeersChanged => peers_changed = true,
-                Event::Refused { peer, reason } => {
-                    return Err(Error::ClusterMismatch { peer, reason });
-                }
-                Event::RefusedWhileServing { peer, reason } => {
-                    tracing::error!(
-                        %peer,
-                        %reason,
-                        "a peer refused us (another cluster or configuration); this node keeps serving its own cluster: check --peers and the cluster settings on both"
-                    );
-                }
-                Event::Left { timed_out } => {
-                    if !timed_out {
-                        tracing::info!("left the cluster");
-                    } else {
-                        tracing::warn!(
-                            "left the cluster before a witness confirmed taking our subnet (waited {} s); the cluster reclaims it as it does a dead node's",
-                            LEAVE_TIMEOUT.as_secs()
-                        );
-                    }
-                    self.left = true;
-                }
-                Event::RefusedPeer { peer, reason } => {
-                    tracing::error!(%peer, %reason, "refused a peer with a different configuration");
-                }
-                Event::SeedsSilent { seeds, for_secs } => {
-                    tracing::warn!(
-                        ?seeds,
-                        "no seed has answered for {for_secs} s: check that they run, that UDP port {} is open between the nodes, and that --secret-file holds the cluster's key (a peer drops gossip signed with another key, or unsigned)",
-                        seeds.first().map(|s| s.port()).unwrap_or_default()
-                    );
-                }
-                Event::Rejected { from, reason } => {
-                    tracing::warn!(
-                        %from,
-                        reason = reason.label(),
-                        "rejected gossip from {from}: {reason} (counted in overlayd_gossip_rejected_total; repeats from this address are not logged for {} s)",
-                        REJECT_LOG_INTERVAL.as_secs()
-                    );
-                }
-                Event::VersionRefused { from, version } => {
-                    tracing::warn!(
-                        %from,
-                        peer_version = version,
-                        version = message::version(),
-                        "refusing gossip from {from}: it speaks gossip protocol {version}, this node speaks gossip protocol {} (accepts {} to {}); this node keeps serving its own pods. Upgrade one version at a time (repeats from this address are not logged for {} s)",
-                        message::version(),
-                        message::min_accepted(),
-                        message::max_accepted(),
-                        REJECT_LOG_INTERVAL.as_secs()
-                    );
-                }
-                Event::RejectReportsPaused => {
-                    tracing::warn!(
-                        "{} rejected gossip senders logged in {} s: rejections from further addresses are counted in overlayd_gossip_rejected_total, not logged, until the interval ends",
-                        REJECT_LOG_BUDGET,
-                        REJECT_LOG_INTERVAL.as_secs()
-                    );
-                }
-                Event::RejectReportsResumed { unreported } => {
-                    tracing::warn!(
-                        unreported,
-                        "{unreported} rejected gossip datagrams from addresses not logged before went unlogged in the last {} s",
-                        REJECT_LOG_INTERVAL.as_secs()
-                    );
-                }
-                // Said by the daemon from `LeaseStatus::waiting`, once per change, with
-                // what is really missing (no free holder in reach is not exhaustion).
-                Event::Lease(LeaseEvent::Exhausted) => {}
-                Event::Lease(LeaseEvent::Reclaimed { node, subnets }) => {
-                    tracing::info!(%node, ?subnets, "reclaimed the space of a silent node");
-                }
-                Event::Lease(LeaseEvent::Lost) => {
-                    tracing::warn!(
-                        "our witnesses declared our lease dead; requesting a new subnet"
-                    );
-                }
-                Event::Lease(LeaseEvent::Using(_)) => {}
-                // No probe is sent yet: the daemon's direct-routing driver is issue
-                // 27's next part (docs/direct-routing.md).
-                Event::ProbeAnswered { .. } => {}
-            }
+            peers_changed |= self.on_event(ev)?;
         }
         // The state file is written before the new lease is announced to the daemon.
         self.save();
